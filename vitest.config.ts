@@ -1,0 +1,14 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    // Integration suites start real processes and libp2p nodes: give them room,
+    // and run files in separate processes so one suite's sockets never leak into another.
+    pool: "forks",
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // 2 cores in CI: two files at a time keeps timing-sensitive mesh tests honest.
+    maxWorkers: 2,
+  },
+});
