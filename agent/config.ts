@@ -1,0 +1,280 @@
+/**
+ * Agent configuration: flags > environment > config file > defaults.
+ * Every bad setting stops the agent at once with a message that names it.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+
+/** A setting that could not be used; `setting` names it as the user wrote it. */
+export class ConfigError extends Error {
+  constructor(
+    readonly setting: string,
+    message: string,
+  ) {
+    super(`Invalid ${setting}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** The agent's resolved settings. */
+export interface AgentConfig {
+  coordinator: string | undefined;
+  token: string | undefined;
+  agentToken: string | undefined;
+  cluster: string;
+  dataDir: string;
+  listen: { host: string; port: number };
+  publicUrl: string;
+  meshListen: string[];
+  bootstrap: string[];
+  mdns: boolean;
+  psk: string | undefined;
+  services: string | undefined;
+  mode: "mesh" | "direct";
+  probeIntervalMs: number;
+  probeTimeoutMs: number;
+  debounceMs: number;
+  tier: number | undefined;
+  capabilities: Record<string, unknown>;
+}
+
+/** One row per setting: flag name, env variable, config-file key, help text. */
+const SETTINGS = [
+  ["coordinator", "ROLLCALL_COORDINATOR", "coordinator URL (omit to run without reporting)"],
+  ["token", "ROLLCALL_CLUSTER_TOKEN", "cluster token sent to the coordinator"],
+  ["agent-token", "ROLLCALL_AGENT_TOKEN", "token for /_agent/cluster (default: cluster token)"],
+  ["cluster", "ROLLCALL_CLUSTER", 'cluster name (default "default")'],
+  ["data-dir", "ROLLCALL_DATA_DIR", "where the agent keeps its key (default .data/agent)"],
+  ["listen", "ROLLCALL_LISTEN", "gateway listen address host:port (default 127.0.0.1:8700)"],
+  ["public-url", "ROLLCALL_PUBLIC_URL", "URL others reach the gateway at (the tunnel_url)"],
+  [
+    "mesh-listen",
+    "ROLLCALL_MESH_LISTEN",
+    "mesh multiaddrs, comma-separated (default /ip4/0.0.0.0/tcp/7400)",
+  ],
+  ["bootstrap", "ROLLCALL_BOOTSTRAP", "bootstrap peer multiaddrs with /p2p/<id>, comma-separated"],
+  ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false)"],
+  ["psk", "ROLLCALL_PSK", "private-network key: swarm.key text or a path to it"],
+  [
+    "services",
+    "ROLLCALL_SERVICES",
+    "services manifest JSON file (default: agent/services.example.json)",
+  ],
+  ["mode", "ROLLCALL_MODE", "mesh (default) or direct"],
+  ["probe-interval", "ROLLCALL_PROBE_INTERVAL", "seconds between service probes (default 10)"],
+  ["probe-timeout", "ROLLCALL_PROBE_TIMEOUT", "seconds a probe may take (default 2)"],
+  ["debounce", "ROLLCALL_DEBOUNCE", "seconds the leader waits to batch changes (default 2)"],
+  ["tier", "ROLLCALL_TIER", "1 GPU, 2 CPU, 3 storage (default: from capabilities)"],
+  ["capabilities", "ROLLCALL_CAPABILITIES", "JSON object, as in direct-mode register"],
+] as const;
+
+type Key = (typeof SETTINGS)[number][0];
+
+/** The --help text. */
+export function helpText(): string {
+  const rows = SETTINGS.map(
+    ([flag, env, help]) => `  --${flag.padEnd(15)} ${env.padEnd(24)} ${help}`,
+  );
+  return [
+    "Usage: rollcall-agent [options]",
+    "",
+    "Detects the HTTP services this machine runs, fronts them on one gateway port,",
+    "gossips with the other agents and, when elected leader, reports to the coordinator.",
+    "",
+    "Options (flag, environment variable, meaning):",
+    ...rows,
+    "  --config FILE   ROLLCALL_CONFIG          JSON file with any of the settings above",
+    "  --help                                   this text",
+    "",
+  ].join("\n");
+}
+
+const camel = (flag: string) => flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
+
+/** Raw strings per setting, merged from the three sources, with where each came from. */
+function collect(argv: string[], env: Record<string, string | undefined>) {
+  const options = Object.fromEntries([
+    ...SETTINGS.map(([flag]) => [flag, { type: flag === "mdns" ? "boolean" : "string" }] as const),
+    ["config", { type: "string" }],
+    ["help", { type: "boolean" }],
+  ]) as Record<string, { type: "string" | "boolean" }>;
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: false, strict: true });
+  } catch (err) {
+    throw new ConfigError("arguments", (err as Error).message);
+  }
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  const raw = new Map<Key, { value: string; from: string }>();
+  const configPath = (flags.config as string | undefined) ?? env.ROLLCALL_CONFIG;
+  if (configPath) {
+    let file: Record<string, unknown>;
+    try {
+      file = JSON.parse(readFileSync(configPath, "utf8"));
+    } catch (err) {
+      throw new ConfigError("--config", `cannot read ${configPath}: ${(err as Error).message}`);
+    }
+    if (typeof file !== "object" || file === null || Array.isArray(file)) {
+      throw new ConfigError("--config", `${configPath} must hold a JSON object`);
+    }
+    const known = new Set(SETTINGS.map(([flag]) => camel(flag)));
+    for (const key of Object.keys(file)) {
+      if (!known.has(key)) throw new ConfigError(`${configPath}: ${key}`, "unknown setting");
+    }
+    for (const [flag] of SETTINGS) {
+      const v = file[camel(flag)];
+      if (v === undefined) continue;
+      const value = typeof v === "string" ? v : Array.isArray(v) ? v.join(",") : JSON.stringify(v);
+      raw.set(flag, { value, from: `${configPath}: ${camel(flag)}` });
+    }
+  }
+  for (const [flag, envName] of SETTINGS) {
+    const v = env[envName];
+    if (v !== undefined && v !== "") raw.set(flag, { value: v, from: envName });
+  }
+  for (const [flag] of SETTINGS) {
+    const v = flags[flag];
+    if (v !== undefined) raw.set(flag, { value: String(v), from: `--${flag}` });
+  }
+  return { raw, help: flags.help === true };
+}
+
+const list = (s: string | undefined) =>
+  (s ?? "")
+    .split(",")
+    .map((x) => x.trim())
+    .filter(Boolean);
+
+/** Parses argv and env into settings; throws ConfigError naming the bad setting. */
+export function loadConfig(
+  argv: string[],
+  env: Record<string, string | undefined> = process.env,
+): { config: AgentConfig; help: boolean } {
+  const { raw, help } = collect(argv, env);
+  const get = (k: Key) => raw.get(k)?.value;
+  const check = <T>(k: Key, schema: z.ZodType<T>, fallback: T): T => {
+    const entry = raw.get(k);
+    if (!entry) return fallback;
+    const r = schema.safeParse(entry.value);
+    if (!r.success) {
+      throw new ConfigError(
+        entry.from,
+        `${JSON.stringify(entry.value)}: ${r.error.issues[0]?.message}`,
+      );
+    }
+    return r.data;
+  };
+  const url = z.string().refine((s) => /^https?:\/\/[^/]+/.test(s) && URL.canParse(s), {
+    message: "must be an http:// or https:// URL",
+  });
+  const seconds = (min: number, max: number) =>
+    z.coerce.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`);
+  const bool = z
+    .enum(["true", "false", "1", "0", "yes", "no"], { message: "must be true or false" })
+    .transform((s) => ["true", "1", "yes"].includes(s));
+
+  const listenStr = check(
+    "listen",
+    z.string().regex(/^[^:\s]+:\d{1,5}$/, "must be host:port"),
+    "127.0.0.1:8700",
+  );
+  const [host, portStr] = listenStr.split(":") as [string, string];
+  const port = Number(portStr);
+  if (port > 65535)
+    throw new ConfigError(raw.get("listen")?.from ?? "--listen", "port must be at most 65535");
+  const wildcard = host === "0.0.0.0" || host === "::";
+  const publicUrl = check("public-url", url, wildcard ? "" : `http://${host}:${port}`).replace(
+    /\/+$/,
+    "",
+  );
+  if (!publicUrl) {
+    throw new ConfigError(
+      "--public-url",
+      `required when --listen binds ${host}: say how others reach this gateway`,
+    );
+  }
+  const capabilities = check(
+    "capabilities",
+    z
+      .string()
+      .transform((s, ctx) => {
+        try {
+          return JSON.parse(s) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be a JSON object" });
+          return z.NEVER;
+        }
+      })
+      .pipe(z.record(z.string(), z.unknown(), { message: "must be a JSON object" })),
+    {},
+  );
+  const multiaddr = z
+    .string()
+    .regex(/^\/(ip4|ip6|dns|dns4|dns6)\//, "must be a multiaddr like /ip4/1.2.3.4/tcp/7400");
+  const multiaddrs = (k: Key, fallback: string[]) => {
+    const values = list(get(k));
+    for (const v of values) {
+      if (!multiaddr.safeParse(v).success)
+        throw new ConfigError(
+          raw.get(k)?.from ?? `--${k}`,
+          `${JSON.stringify(v)} must be a multiaddr like /ip4/1.2.3.4/tcp/7400`,
+        );
+    }
+    return values.length > 0 ? values : fallback;
+  };
+  const bootstrap = multiaddrs("bootstrap", []);
+  for (const b of bootstrap) {
+    if (!b.includes("/p2p/"))
+      throw new ConfigError(
+        raw.get("bootstrap")?.from ?? "--bootstrap",
+        `${JSON.stringify(b)} must end with /p2p/<peer id>`,
+      );
+  }
+  let psk = get("psk");
+  if (psk !== undefined && !psk.includes("/key/swarm/psk/")) {
+    try {
+      psk = readFileSync(psk, "utf8");
+    } catch (err) {
+      throw new ConfigError(
+        raw.get("psk")?.from ?? "--psk",
+        `not a swarm.key text and not a readable file (${(err as Error).message})`,
+      );
+    }
+    if (!psk.includes("/key/swarm/psk/"))
+      throw new ConfigError(
+        raw.get("psk")?.from ?? "--psk",
+        "file is not in the swarm.key format (/key/swarm/psk/1.0.0/)",
+      );
+  }
+  const config: AgentConfig = {
+    coordinator: raw.has("coordinator")
+      ? check("coordinator", url, "").replace(/\/+$/, "")
+      : undefined,
+    token: get("token"),
+    agentToken: get("agent-token") ?? get("token"),
+    cluster: check(
+      "cluster",
+      z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "use 1-64 letters, digits, . _ -"),
+      "default",
+    ),
+    dataDir: get("data-dir") ?? ".data/agent",
+    listen: { host, port },
+    publicUrl,
+    meshListen: multiaddrs("mesh-listen", ["/ip4/0.0.0.0/tcp/7400"]),
+    bootstrap,
+    mdns: check("mdns", bool, false),
+    psk,
+    services: get("services"),
+    mode: check("mode", z.enum(["mesh", "direct"], { message: "must be mesh or direct" }), "mesh"),
+    probeIntervalMs: check("probe-interval", seconds(0.1, 3600), 10) * 1000,
+    probeTimeoutMs: check("probe-timeout", seconds(0.05, 60), 2) * 1000,
+    debounceMs: check("debounce", seconds(0, 600), 2) * 1000,
+    tier: raw.has("tier") ? check("tier", z.coerce.number().int().min(1).max(3), 2) : undefined,
+    capabilities,
+  };
+  if (config.mode === "direct" && !config.coordinator) {
+    throw new ConfigError("--coordinator", "direct mode needs a coordinator URL");
+  }
+  return { config, help };
+}

@@ -1,0 +1,222 @@
+/**
+ * The gateway: one HTTP port that fronts the local services at /service/<name>/...
+ * (bodies streamed both ways, hop-by-hop headers stripped), plus /_agent/health
+ * and the token-protected live view at /_agent/cluster.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import type { DetectedService } from "./detect.ts";
+
+/** Headers that describe one hop, never forwarded (RFC 9110 7.6.1). */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** Copies headers without hop-by-hop ones (and those the Connection header names). */
+export function stripHopByHop(headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
+  const named = new Set(
+    String(headers.connection ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+const SERVICE_PATH = /^\/service\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
+
+/** Splits /service/<name>/<rest>?q; null when the path tries to escape (.., encoded slashes). */
+export function parseServicePath(
+  url: string,
+): { name: string; rest: string; query: string } | null {
+  const m = SERVICE_PATH.exec(url);
+  if (!m) return null;
+  const [, name = "", rest = "/", query = ""] = m;
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) return null;
+  const segments = rest.split("/");
+  for (const seg of segments) {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(seg);
+    } catch {
+      return null;
+    }
+    if (decoded === ".." || decoded === "." || decoded.includes("/") || decoded.includes("\\")) {
+      return null;
+    }
+  }
+  return { name, rest, query };
+}
+
+/** Compares a request's bearer token with the expected one in constant time. */
+export function bearerMatches(header: string | undefined, expected: string): boolean {
+  const given = header?.startsWith("Bearer ") ? header.slice(7) : "";
+  const a = createHash("sha256").update(given).digest();
+  const b = createHash("sha256").update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** Settings of a gateway. */
+export interface GatewayInit {
+  host: string;
+  port: number;
+  /** Protects /_agent/cluster; when unset the view is open (local development). */
+  agentToken?: string | undefined;
+  /** Milliseconds an upstream may take to answer (default 30 s). */
+  upstreamTimeoutMs?: number;
+}
+
+/** What the gateway asks the rest of the agent. */
+export interface GatewayComponents {
+  service(name: string): DetectedService | undefined;
+  services(): DetectedService[];
+  health(): Record<string, unknown>;
+  clusterView(): unknown;
+}
+
+const json = (res: http.ServerResponse, status: number, body: unknown) => {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+  });
+  res.end(text);
+};
+
+/** The agent's HTTP gateway. */
+export class Gateway {
+  readonly #init: GatewayInit;
+  readonly #c: GatewayComponents;
+  readonly #server: http.Server;
+  readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+
+  constructor(init: GatewayInit, components: GatewayComponents) {
+    this.#init = init;
+    this.#c = components;
+    this.#server = http.createServer((req, res) => this.#handle(req, res));
+    this.#server.keepAliveTimeout = 65_000;
+  }
+
+  /** Listens; resolves with the bound port. */
+  start(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once("error", reject);
+      this.#server.listen(this.#init.port, this.#init.host, () => {
+        this.#server.off("error", reject);
+        resolve((this.#server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  /** Closes the listener, idle connections and the upstream pool. */
+  async stop(): Promise<void> {
+    this.#agent.destroy();
+    this.#server.closeAllConnections();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const route = this.#route(req);
+    if ("service" in route) this.#proxy(req, res, route.service, route.path);
+    else json(res, route.status, route.body);
+  }
+
+  /** Decides what a request gets: a JSON answer, or the local service to proxy to. */
+  #route(
+    req: http.IncomingMessage,
+  ): { status: number; body: unknown } | { service: DetectedService; path: string } {
+    const url = req.url ?? "/";
+    const path = url.split("?")[0];
+    if (path === "/_agent/health") return { status: 200, body: this.#c.health() };
+    if (path === "/_agent/cluster") {
+      const token = this.#init.agentToken;
+      if (token && !bearerMatches(req.headers.authorization, token)) {
+        return {
+          status: 401,
+          body: { error: "Unauthorized", message: "A valid agent token is required" },
+        };
+      }
+      return { status: 200, body: this.#c.clusterView() };
+    }
+    if (!url.startsWith("/service/")) {
+      return { status: 404, body: { error: "Not found", message: "Use /service/<name>/<path>" } };
+    }
+    const parsed = parseServicePath(url);
+    if (!parsed) {
+      return {
+        status: 400,
+        body: {
+          error: "Bad service path",
+          message: "Path segments may not be ., .. or encoded slashes",
+        },
+      };
+    }
+    const service = this.#c.service(parsed.name);
+    if (!service) {
+      return {
+        status: 404,
+        body: {
+          error: `Service '${parsed.name}' not running on this worker`,
+          available_services: this.#c.services().map((s) => s.name),
+        },
+      };
+    }
+    return { service, path: parsed.rest + parsed.query };
+  }
+
+  #proxy(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    svc: DetectedService,
+    path: string,
+  ): void {
+    const target = new URL(svc.url);
+    const headers = stripHopByHop(req.headers);
+    const client = req.socket.remoteAddress ?? "";
+    const prior = req.headers["x-forwarded-for"];
+    headers["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
+    headers["x-forwarded-host"] ??= req.headers.host ?? "";
+    headers["x-forwarded-proto"] ??= "http";
+    headers.host = target.host;
+    const basePath = target.pathname.replace(/\/+$/, "");
+    const upstream = http.request({
+      host: target.hostname,
+      port: target.port || 80,
+      method: req.method,
+      path: basePath + path,
+      headers,
+      agent: this.#agent,
+      timeout: this.#init.upstreamTimeoutMs ?? 30_000,
+    });
+    upstream.on("response", (up) => {
+      res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
+      up.pipe(res);
+    });
+    upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
+    upstream.on("error", (err) => {
+      if (res.headersSent) return void res.destroy(err);
+      const timedOut = err.message === "upstream timeout";
+      json(res, timedOut ? 504 : 502, {
+        error: timedOut ? "Upstream timeout" : "Upstream failed",
+        message: err.message,
+        service: svc.name,
+      });
+    });
+    req.on("aborted", () => upstream.destroy());
+    req.pipe(upstream);
+  }
+}

@@ -1,0 +1,109 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, helpText, loadConfig } from "../agent/config.ts";
+
+const load = (argv: string[], env: Record<string, string> = {}) => loadConfig(argv, env).config;
+
+function settingOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.setting;
+    throw err;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("loadConfig", () => {
+  it("has sane defaults", () => {
+    const c = load([]);
+    expect(c).toMatchObject({
+      coordinator: undefined,
+      cluster: "default",
+      listen: { host: "127.0.0.1", port: 8700 },
+      publicUrl: "http://127.0.0.1:8700",
+      mode: "mesh",
+      mdns: false,
+      probeIntervalMs: 10_000,
+      bootstrap: [],
+    });
+  });
+
+  it("takes flags over env over the config file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "rollcall-cfg-"));
+    const file = join(dir, "agent.json");
+    writeFileSync(
+      file,
+      JSON.stringify({
+        cluster: "fromfile",
+        listen: "127.0.0.1:9000",
+        mdns: true,
+        bootstrap: ["/ip4/127.0.0.1/tcp/1/p2p/QmX"],
+      }),
+    );
+    const c = load(["--config", file, "--listen", "127.0.0.1:9100"], {
+      ROLLCALL_CLUSTER: "fromenv",
+    });
+    expect(c.cluster).toBe("fromenv");
+    expect(c.listen.port).toBe(9100);
+    expect(c.mdns).toBe(true);
+    expect(c.bootstrap).toEqual(["/ip4/127.0.0.1/tcp/1/p2p/QmX"]);
+  });
+
+  it("reads lists and the token from the environment", () => {
+    const c = load([], {
+      ROLLCALL_COORDINATOR: "http://127.0.0.1:8787/",
+      ROLLCALL_CLUSTER_TOKEN: "t",
+      ROLLCALL_MESH_LISTEN: "/ip4/127.0.0.1/tcp/7401, /ip4/127.0.0.1/tcp/7402",
+    });
+    expect(c.coordinator).toBe("http://127.0.0.1:8787");
+    expect(c.token).toBe("t");
+    expect(c.agentToken).toBe("t");
+    expect(c.meshListen).toHaveLength(2);
+  });
+
+  it.each([
+    [["--coordinator", "ftp://x"], {}, "--coordinator"],
+    [[], { ROLLCALL_COORDINATOR: "not a url" }, "ROLLCALL_COORDINATOR"],
+    [["--listen", "8700"], {}, "--listen"],
+    [["--listen", "127.0.0.1:99999"], {}, "--listen"],
+    [["--listen", "0.0.0.0:8700"], {}, "--public-url"],
+    [["--mode", "star"], {}, "--mode"],
+    [["--mode", "direct"], {}, "--coordinator"],
+    [["--bootstrap", "127.0.0.1:4001"], {}, "--bootstrap"],
+    [["--bootstrap", "/ip4/127.0.0.1/tcp/4001"], {}, "--bootstrap"],
+    [["--probe-interval", "fast"], {}, "--probe-interval"],
+    [["--tier", "7"], {}, "--tier"],
+    [["--capabilities", "[1]"], {}, "--capabilities"],
+    [["--psk", "/nonexistent/swarm.key"], {}, "--psk"],
+    [["--cluster", "a b"], {}, "--cluster"],
+    [["--nope"], {}, "arguments"],
+    [["--config", "/nonexistent.json"], {}, "--config"],
+  ])("rejects %j %j naming %s", (argv, env, setting) => {
+    expect(settingOf(() => load(argv, env))).toBe(setting);
+  });
+
+  it("names an unknown key in the config file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "rollcall-cfg-"));
+    const file = join(dir, "agent.json");
+    writeFileSync(file, JSON.stringify({ clustr: "typo" }));
+    expect(settingOf(() => load(["--config", file]))).toBe(`${file}: clustr`);
+  });
+
+  it("documents every setting in --help", () => {
+    expect(loadConfig(["--help"], {}).help).toBe(true);
+    for (const flag of [
+      "--coordinator",
+      "--token",
+      "--mdns",
+      "--psk",
+      "--services",
+      "--mode",
+      "ROLLCALL_PUBLIC_URL",
+    ]) {
+      expect(helpText()).toContain(flag);
+    }
+  });
+});

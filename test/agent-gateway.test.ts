@@ -1,0 +1,159 @@
+import http from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { DetectedService } from "../agent/detect.ts";
+import { Gateway, parseServicePath } from "../agent/gateway.ts";
+import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+
+let up: Upstream;
+let gw: Gateway;
+let base: string;
+
+beforeAll(async () => {
+  up = await startUpstream("upload");
+  const svc: DetectedService = {
+    name: "upload",
+    url: up.url,
+    port: up.port,
+    status: "healthy",
+    latency_ms: 1,
+  };
+  gw = new Gateway(
+    { host: "127.0.0.1", port: 0, agentToken: "s3cret" },
+    {
+      service: (n) => (n === "upload" ? svc : undefined),
+      services: () => [svc],
+      health: () => ({ status: "healthy" }),
+      clusterView: () => ({ leader: "me" }),
+    },
+  );
+  base = `http://127.0.0.1:${await gw.start()}`;
+});
+
+afterAll(async () => {
+  await gw.stop();
+  await up.close();
+});
+
+/** One request with node:http, which sends headers and paths exactly as given. */
+function raw(
+  path: string,
+  init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: "127.0.0.1",
+        port: new URL(base).port,
+        path,
+        method: init.method ?? "GET",
+        headers: init.headers,
+      },
+      (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => {
+          text += c.toString("utf8");
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      },
+    );
+    req.on("error", reject);
+    req.end(init.body);
+  });
+}
+
+describe("parseServicePath", () => {
+  it.each([
+    ["/service/upload/a/b?x=1", { name: "upload", rest: "/a/b", query: "?x=1" }],
+    ["/service/upload", { name: "upload", rest: "/", query: "" }],
+    ["/service/upload/../rag/x", null],
+    ["/service/upload/%2e%2e/x", null],
+    ["/service/upload/a%2Fb", null],
+    ["/service/..%2frag/x", null],
+    ["/service/UP load/x", null],
+  ])("%s", (path, expected) => {
+    expect(parseServicePath(path)).toEqual(expected);
+  });
+});
+
+describe("Gateway", () => {
+  it("proxies method, path, query, body and headers, stripping hop-by-hop ones", async () => {
+    // fetch refuses to send hop-by-hop headers, so speak raw HTTP/1.1 with node:http.
+    const { status, text } = await raw("/service/upload/files/1?x=y", {
+      method: "POST",
+      body: "hello",
+      headers: {
+        "x-custom": "kept",
+        "keep-alive": "timeout=5",
+        connection: "x-drop",
+        "x-drop": "1",
+      },
+    });
+    expect(status).toBe(200);
+    const echo = JSON.parse(text) as {
+      method: string;
+      url: string;
+      body: string;
+      headers: Record<string, string>;
+    };
+    expect(echo.method).toBe("POST");
+    expect(echo.url).toBe("/files/1?x=y");
+    expect(echo.body).toBe("hello");
+    expect(echo.headers["x-custom"]).toBe("kept");
+    expect(echo.headers["x-drop"]).toBeUndefined();
+    expect(echo.headers["keep-alive"]).toBeUndefined();
+    expect(echo.headers["x-forwarded-for"]).toContain("127.0.0.1");
+  });
+
+  it("streams a large body through without loss", async () => {
+    const big = "x".repeat(5 * 1024 * 1024);
+    const res = await fetch(`${base}/service/upload/big`, { method: "PUT", body: big });
+    const echo = (await res.json()) as { body: string };
+    expect(echo.body.length).toBe(big.length);
+  });
+
+  it("answers 404 with the local services for an unknown one, 400 for an escape", async () => {
+    const res = await fetch(`${base}/service/rag/x`);
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({ available_services: ["upload"] });
+    // fetch normalises "..", so send the raw path with node:http.
+    expect((await raw("/service/upload/%2e%2e/admin")).status).toBe(400);
+  });
+
+  it("protects /_agent/cluster with the agent token", async () => {
+    expect((await fetch(`${base}/_agent/cluster`)).status).toBe(401);
+    const wrong = await fetch(`${base}/_agent/cluster`, {
+      headers: { authorization: "Bearer nope" },
+    });
+    expect(wrong.status).toBe(401);
+    const ok = await fetch(`${base}/_agent/cluster`, {
+      headers: { authorization: "Bearer s3cret" },
+    });
+    expect(await ok.json()).toEqual({ leader: "me" });
+    expect((await fetch(`${base}/_agent/health`)).status).toBe(200);
+  });
+
+  it("answers 502 when the upstream is gone", async () => {
+    const other = await startUpstream("tmp");
+    await other.close();
+    const g = new Gateway(
+      { host: "127.0.0.1", port: 0 },
+      {
+        service: () => ({
+          name: "x",
+          url: other.url,
+          port: other.port,
+          status: "healthy",
+          latency_ms: 0,
+        }),
+        services: () => [],
+        health: () => ({}),
+        clusterView: () => ({}),
+      },
+    );
+    const port = await g.start();
+    const res = await fetch(`http://127.0.0.1:${port}/service/x/y`);
+    expect(res.status).toBe(502);
+    expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
+    await g.stop();
+  });
+});
