@@ -1,0 +1,116 @@
+/**
+ * The coordinator's HTTP API as the agent uses it. Every call resolves to a
+ * result (never throws): ok with the JSON answer, or an error that says whether
+ * a retry makes sense (429, 5xx, network) and how long the server asked to wait.
+ */
+import type { ReportAnswer, SendResult } from "./reporter.ts";
+
+/** The outcome of one call. */
+export type CallResult<T> =
+  | { ok: true; status: number; data: T }
+  | { ok: false; status: number; retryable: boolean; retryAfterMs?: number; error: string };
+
+/** Settings of a client. */
+export interface ClientInit {
+  /** Base URL of the coordinator, without a trailing slash. */
+  baseUrl: string;
+  /** Cluster token, sent as `Authorization: Bearer`; never logged. */
+  token?: string | undefined;
+  /** Per-request timeout (default 10 s). */
+  timeoutMs?: number;
+}
+
+/** Answer of POST /api/worker/register. */
+export interface RegisterAnswer {
+  worker_id: string;
+  tier: number;
+  heartbeat_interval: number;
+  is_heartbeat_leader: boolean;
+  services_registered: string[];
+}
+
+/** Parses Retry-After (seconds or an HTTP date) into milliseconds. */
+export function parseRetryAfter(value: string | null, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+}
+
+/** A small client for the coordinator's agent-facing endpoints. */
+export class CoordinatorClient {
+  readonly #init: ClientInit;
+  readonly #fetch: typeof fetch;
+
+  constructor(init: ClientInit, components: { fetch?: typeof fetch } = {}) {
+    this.#init = init;
+    this.#fetch = components.fetch ?? fetch;
+  }
+
+  /** POST /api/cluster/heartbeat (leader mode). */
+  async report(body: unknown): Promise<SendResult> {
+    const r = await this.call<ReportAnswer>("POST", "/api/cluster/heartbeat", body);
+    return r.ok
+      ? { ok: true, answer: r.data }
+      : { ok: false, retryable: r.retryable, retryAfterMs: r.retryAfterMs, error: r.error };
+  }
+
+  /** POST /api/worker/register (direct mode). */
+  register(body: unknown): Promise<CallResult<RegisterAnswer>> {
+    return this.call("POST", "/api/worker/register", body);
+  }
+
+  /** POST /api/worker/heartbeat (direct mode). */
+  heartbeat(body: unknown): Promise<CallResult<{ status: string }>> {
+    return this.call("POST", "/api/worker/heartbeat", body);
+  }
+
+  /** DELETE /api/worker/unregister/<id> (direct mode, on a graceful stop). */
+  unregister(workerId: string): Promise<CallResult<{ status: string }>> {
+    return this.call("DELETE", `/api/worker/unregister/${encodeURIComponent(workerId)}`);
+  }
+
+  /** One JSON call; maps every failure to a CallResult. */
+  async call<T>(method: string, path: string, body?: unknown): Promise<CallResult<T>> {
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    if (this.#init.token) headers.authorization = `Bearer ${this.#init.token}`;
+    let res: Response;
+    try {
+      res = await this.#fetch(this.#init.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.#init.timeoutMs ?? 10_000),
+      });
+    } catch (err) {
+      const e = err as Error;
+      const cause = (e.cause as Error | undefined)?.message;
+      return {
+        ok: false,
+        status: 0,
+        retryable: true,
+        error: `${method} ${path} failed: ${e.name === "TimeoutError" ? "timed out" : (cause ?? e.message)}`,
+      };
+    }
+    let data: unknown;
+    try {
+      data = await res.json();
+    } catch {
+      data = undefined;
+    }
+    if (res.ok) return { ok: true, status: res.status, data: data as T };
+    const message =
+      data && typeof data === "object" && "error" in data
+        ? String((data as { error: unknown }).error)
+        : res.statusText;
+    return {
+      ok: false,
+      status: res.status,
+      retryable: res.status === 429 || res.status === 408 || res.status >= 500,
+      retryAfterMs: parseRetryAfter(res.headers.get("retry-after")),
+      error: `${method} ${path} answered ${res.status}: ${message}`,
+    };
+  }
+}

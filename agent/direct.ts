@@ -1,0 +1,144 @@
+/**
+ * Direct mode: no mesh. The agent registers itself, then heartbeats at the
+ * interval the coordinator asks for; the coordinator writes only on a status
+ * change or when the stored record is older than its write interval.
+ * A change of services re-registers; a 404 (the coordinator forgot us) too.
+ */
+import { type Clock, systemClock } from "../mesh/clock.ts";
+import type { CallResult, CoordinatorClient, RegisterAnswer } from "./client.ts";
+
+/** What the agent registers: the contract's register body. */
+export interface Registration {
+  worker_id: string;
+  tunnel_url: string;
+  ip_address?: string;
+  capabilities: Record<string, unknown>;
+  containers: {
+    name: string;
+    service_url: string;
+    port: number;
+    health_endpoint: string;
+  }[];
+}
+
+/** Load figures sent with each heartbeat. */
+export interface LoadSample {
+  status: "online" | "busy";
+  current_load: number;
+  available_memory: number;
+}
+
+/** Collaborators of the direct reporter. */
+export interface DirectComponents {
+  client: Pick<CoordinatorClient, "register" | "heartbeat" | "unregister">;
+  load: () => LoadSample;
+  clock?: Clock;
+  log?: (line: string) => void;
+}
+
+/** Registers and heartbeats on its own; for single workers and setups without a mesh. */
+export class DirectReporter {
+  readonly #c: DirectComponents & { clock: Clock };
+  #registration: Registration;
+  #registered: RegisterAnswer | undefined;
+  #intervalMs = 30_000;
+  #failures = 0;
+  #timer: unknown;
+  #running = false;
+  #busy = false;
+  #dirty = true;
+  /** Counters for tests and the live view. */
+  readonly stats = {
+    registers: 0,
+    heartbeats: 0,
+    failures: 0,
+    lastError: undefined as string | undefined,
+  };
+
+  constructor(registration: Registration, components: DirectComponents) {
+    this.#registration = registration;
+    this.#c = { ...components, clock: components.clock ?? systemClock };
+  }
+
+  /** The answer of the last successful register, if any. */
+  get registered(): RegisterAnswer | undefined {
+    return this.#registered;
+  }
+
+  /** Registers at once, then heartbeats until stop(). */
+  start(): Promise<void> {
+    this.#running = true;
+    return this.#tick();
+  }
+
+  /** New services or URL: registers again on the next tick (at once). */
+  update(registration: Registration): void {
+    this.#registration = registration;
+    this.#dirty = true;
+    if (this.#running && !this.#busy) this.#schedule(0);
+  }
+
+  /** Stops heartbeating, clears the timer and unregisters (best effort). */
+  async stop(): Promise<void> {
+    this.#running = false;
+    if (this.#timer !== undefined) this.#c.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#registered) await this.#c.client.unregister(this.#registered.worker_id);
+  }
+
+  #schedule(ms: number): void {
+    if (!this.#running) return;
+    if (this.#timer !== undefined) this.#c.clock.clearTimeout(this.#timer);
+    this.#timer = this.#c.clock.setTimeout(() => {
+      this.#timer = undefined;
+      void this.#tick();
+    }, ms);
+  }
+
+  async #tick(): Promise<void> {
+    if (!this.#running || this.#busy) return;
+    this.#busy = true;
+    let result: CallResult<unknown>;
+    try {
+      if (this.#dirty || !this.#registered) {
+        const r = await this.#c.client.register(this.#registration);
+        if (r.ok) {
+          this.#registered = r.data;
+          this.#dirty = false;
+          this.#intervalMs = Math.max(1, r.data.heartbeat_interval) * 1000;
+          this.stats.registers += 1;
+          this.#c.log?.(
+            `Registered as ${r.data.worker_id} (tier ${r.data.tier}): ${r.data.services_registered.join(", ") || "no services"}`,
+          );
+        }
+        result = r;
+      } else {
+        const r = await this.#c.client.heartbeat({
+          worker_id: this.#registered.worker_id,
+          ...this.#c.load(),
+        });
+        if (r.ok) this.stats.heartbeats += 1;
+        else if (r.status === 404) this.#dirty = true; // forgotten: register again at once
+        result = r;
+      }
+    } finally {
+      this.#busy = false;
+    }
+    if (result.ok) {
+      this.#failures = 0;
+      this.#schedule(this.#dirty ? 0 : this.#intervalMs);
+      return;
+    }
+    this.stats.failures += 1;
+    this.stats.lastError = result.error;
+    if (result.status === 404 && this.#dirty) {
+      this.#schedule(0);
+      return;
+    }
+    this.#failures += 1;
+    const backoff = Math.min(60_000, 1000 * 2 ** Math.min(6, this.#failures - 1));
+    const delay = Math.max(backoff * (0.5 + Math.random() / 2), result.retryAfterMs ?? 0);
+    this.#c.log?.(`${result.error}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    this.#schedule(delay);
+  }
+}
