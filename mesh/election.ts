@@ -1,0 +1,80 @@
+/**
+ * Leader election as a pure function of a membership view.
+ *
+ * Leader = the lowest ID among alive, non-flapping members that have been alive for the settle
+ * period. A sitting leader keeps the role until it is no longer alive (suspect, dead, left) or a
+ * lower settled ID is present. A node that would pick itself but hears a higher-ID alive member
+ * claim leadership follows that claimant instead (see below), so claims converge to one.
+ * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
+ * takes max(term seen) + 1, so nodes that saw the same history pick the same term before the
+ * new leader has even spoken.
+ */
+import type { Leader, MemberState } from "./types.ts";
+
+/** What the election needs to know about one member. */
+export interface ElectionMember {
+  id: string;
+  self: boolean;
+  state: MemberState;
+  flapping: boolean;
+  aliveSince: number;
+  leaderTerm?: number;
+}
+
+/** What the election needs to know about the view. */
+export interface ElectionView {
+  self: string;
+  members: readonly ElectionMember[];
+}
+
+/** Election settings: the settle period, the current time and the highest term seen. */
+export interface ElectionSettings {
+  settleMs: number;
+  now: number;
+  maxTerm: number;
+}
+
+/** Default settle period: how long a member must be alive before it may lead. */
+export const DEFAULT_SETTLE_MS = 5000;
+
+/** Whether a member may take leadership now. */
+export function eligible(m: ElectionMember, settings: ElectionSettings): boolean {
+  return m.state === "alive" && !m.flapping && settings.now - m.aliveSince >= settings.settleMs;
+}
+
+/** Elects the leader of `view` given the previous result on this node; null if none is eligible. */
+export function elect(
+  view: ElectionView,
+  previous: Leader | null,
+  settings: ElectionSettings,
+): Leader | null {
+  let lowest: ElectionMember | undefined;
+  let sitting: ElectionMember | undefined;
+  for (const m of view.members) {
+    if (previous && m.id === previous.id) sitting = m;
+    if (eligible(m, settings) && (!lowest || m.id < lowest.id)) lowest = m;
+  }
+  const keep =
+    previous !== null &&
+    sitting !== undefined &&
+    sitting.state === "alive" &&
+    !(lowest !== undefined && lowest.id < sitting.id);
+  const chosen = keep ? sitting : lowest;
+  if (!chosen) return null;
+  // Symmetry breaker: while a member with a higher ID than the choice is alive and claims
+  // leadership, follow the highest such claimant until it steps down. This gives one leader
+  // right after a partition heals, and keeps a member that others see as flapping or unsettled
+  // (which it cannot see itself) from leading beside the leader they chose.
+  let claimant: ElectionMember | undefined;
+  for (const m of view.members) {
+    if (!m.self && m.state === "alive" && m.leaderTerm !== undefined && m.id > chosen.id) {
+      if (!claimant || m.id > claimant.id) claimant = m;
+    }
+  }
+  if (claimant) return { id: claimant.id, term: claimant.leaderTerm as number };
+  const fresh = Math.max(settings.maxTerm, previous?.term ?? 0) + 1;
+  if (chosen.self) return { id: chosen.id, term: keep && previous ? previous.term : fresh };
+  if (chosen.leaderTerm !== undefined) return { id: chosen.id, term: chosen.leaderTerm };
+  if (keep && previous) return { id: chosen.id, term: previous.term };
+  return { id: chosen.id, term: fresh };
+}

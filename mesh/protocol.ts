@@ -1,0 +1,347 @@
+/**
+ * The gossip heartbeat: a versioned, compact binary codec with strict bounds. Pure: no I/O,
+ * no libp2p. Every decode failure is a HeartbeatError; no input can make it throw anything else.
+ *
+ * Layout (version 1), varints are unsigned LEB128:
+ *   u8 version | u8 flags | bytes id | varint incarnation | varint seq | varint term
+ *   | varint uptimeMs | varint stateVersion
+ *   | [flags.state] string url, varint n, n x (string name, u8 sflags, [varint latency]), bytes meta
+ *   | [flags.addrs] varint n, n x bytes multiaddr
+ * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error.
+ */
+import { fromString, toString as bytesToString } from "uint8arrays";
+import type { MemberMeta, MemberStatus, ServiceSummary } from "./types.ts";
+
+/** Current wire version. */
+export const HEARTBEAT_VERSION = 1;
+/** Largest heartbeat accepted or produced, in bytes. */
+export const MAX_HEARTBEAT_BYTES = 4096;
+/** Per-field limits of the heartbeat schema. */
+export const LIMITS = {
+  idBytes: 128,
+  url: 512,
+  services: 64,
+  serviceName: 64,
+  metaBytes: 1024,
+  addrs: 8,
+  addrBytes: 128,
+} as const;
+
+const F_LEADER = 1;
+const F_LEAVING = 2;
+const F_DEGRADED = 4;
+const F_STATE = 8;
+const F_ADDRS = 16;
+const F_KNOWN = 31;
+const S_UNHEALTHY = 1;
+const S_LATENCY = 2;
+const MAX_VARINT = 2 ** 49;
+const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** The routing-relevant state a heartbeat may carry (omitted when unchanged, to save bytes). */
+export interface HeartbeatState {
+  url: string;
+  services: ServiceSummary[];
+  meta?: MemberMeta;
+}
+
+/** One decoded heartbeat. */
+export interface Heartbeat {
+  /** Claimed sender PeerId (must equal the signed sender). */
+  id: string;
+  incarnation: number;
+  /** Per-incarnation sequence number, strictly increasing. */
+  seq: number;
+  /** The sender's term if `leader`, else the highest term it has seen. */
+  term: number;
+  /** The sender claims leadership with `term`. */
+  leader: boolean;
+  /** The sender is stopping gracefully: mark it left at once. */
+  leaving: boolean;
+  status: MemberStatus;
+  /** Milliseconds since this incarnation started. */
+  uptimeMs: number;
+  /** Bumped by the sender whenever its state changes. */
+  stateVersion: number;
+  state?: HeartbeatState;
+  /** Listen multiaddrs in binary form, so peers can dial each other directly. */
+  addrs?: Uint8Array[];
+}
+
+/** A heartbeat failed to decode or validate; the message says what failed. */
+export class HeartbeatError extends Error {
+  override name = "HeartbeatError";
+}
+
+class Writer {
+  #parts: number[] = [];
+  u8(n: number): void {
+    this.#parts.push(n & 0xff);
+  }
+  varint(n: number): void {
+    let v = n;
+    while (v >= 0x80) {
+      this.#parts.push((v % 0x80) | 0x80);
+      v = Math.floor(v / 0x80);
+    }
+    this.#parts.push(v);
+  }
+  bytes(b: Uint8Array): void {
+    this.varint(b.length);
+    for (const x of b) this.#parts.push(x);
+  }
+  string(s: string): void {
+    this.bytes(fromString(s, "utf8"));
+  }
+  finish(): Uint8Array {
+    return Uint8Array.from(this.#parts);
+  }
+}
+
+class Reader {
+  #pos = 0;
+  constructor(readonly buf: Uint8Array) {}
+  get done(): boolean {
+    return this.#pos >= this.buf.length;
+  }
+  u8(what: string): number {
+    const b = this.buf[this.#pos++];
+    if (b === undefined) throw new HeartbeatError(`Heartbeat ended early in ${what}`);
+    return b;
+  }
+  varint(what: string): number {
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < 8; i++) {
+      const b = this.u8(what);
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) {
+        if (value > MAX_VARINT) throw new HeartbeatError(`Heartbeat ${what} is too large`);
+        return value;
+      }
+      scale *= 0x80;
+    }
+    throw new HeartbeatError(`Heartbeat ${what} is too long a varint`);
+  }
+  bytes(what: string, max: number): Uint8Array {
+    const len = this.varint(what);
+    if (len > max) throw new HeartbeatError(`Heartbeat ${what} exceeds ${max} bytes`);
+    if (this.#pos + len > this.buf.length)
+      throw new HeartbeatError(`Heartbeat ended early in ${what}`);
+    const out = this.buf.slice(this.#pos, this.#pos + len);
+    this.#pos += len;
+    return out;
+  }
+  string(what: string, max: number): string {
+    const b = this.bytes(what, max);
+    const s = new TextDecoder("utf-8", { fatal: false }).decode(b);
+    if (s.includes("\uFFFD")) throw new HeartbeatError(`Heartbeat ${what} is not valid UTF-8`);
+    return s;
+  }
+}
+
+/** Checks a URL field: empty, or an absolute http(s) URL within the size limit. */
+export function validateUrl(url: string): void {
+  if (url === "") return;
+  if (url.length > LIMITS.url) throw new HeartbeatError(`URL exceeds ${LIMITS.url} characters`);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new HeartbeatError(`URL is not valid: ${JSON.stringify(url.slice(0, 80))}`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new HeartbeatError("URL must use http or https");
+  }
+}
+
+/** Checks a service list against the heartbeat schema. */
+export function validateServices(services: readonly ServiceSummary[]): void {
+  if (services.length > LIMITS.services) {
+    throw new HeartbeatError(`Too many services (at most ${LIMITS.services})`);
+  }
+  const seen = new Set<string>();
+  for (const s of services) {
+    if (
+      typeof s.name !== "string" ||
+      s.name.length > LIMITS.serviceName ||
+      !SERVICE_NAME.test(s.name)
+    ) {
+      throw new HeartbeatError(
+        `Service name is not valid: ${JSON.stringify(String(s.name).slice(0, 80))}`,
+      );
+    }
+    if (seen.has(s.name)) throw new HeartbeatError(`Service ${s.name} is listed twice`);
+    seen.add(s.name);
+    if (s.status !== "healthy" && s.status !== "unhealthy") {
+      throw new HeartbeatError(`Service ${s.name} has an unknown status`);
+    }
+    const l = s.latency_ms;
+    if (l !== undefined && !(Number.isInteger(l) && l >= 0 && l <= MAX_VARINT)) {
+      throw new HeartbeatError(`Service ${s.name} latency must be a non-negative integer`);
+    }
+  }
+}
+
+/** Encodes metadata as bounded JSON (empty when absent), checking its shape. */
+export function encodeMeta(meta: MemberMeta | undefined): Uint8Array {
+  if (meta === undefined) return new Uint8Array(0);
+  const bytes = fromString(JSON.stringify(meta), "utf8");
+  if (bytes.length > LIMITS.metaBytes)
+    throw new HeartbeatError(`Meta exceeds ${LIMITS.metaBytes} bytes`);
+  checkMeta(meta);
+  return bytes;
+}
+
+function checkMeta(meta: unknown): asserts meta is MemberMeta {
+  if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    throw new HeartbeatError("Meta must be an object");
+  }
+  const { tier, capabilities } = meta as Record<string, unknown>;
+  if (
+    tier !== undefined &&
+    !(Number.isInteger(tier) && (tier as number) >= 0 && (tier as number) <= 255)
+  ) {
+    throw new HeartbeatError("Meta tier must be an integer from 0 to 255");
+  }
+  if (
+    capabilities !== undefined &&
+    (typeof capabilities !== "object" || capabilities === null || Array.isArray(capabilities))
+  ) {
+    throw new HeartbeatError("Meta capabilities must be an object");
+  }
+}
+
+function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
+  if (bytes.length === 0) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(bytesToString(bytes, "utf8"));
+  } catch {
+    throw new HeartbeatError("Heartbeat meta is not valid JSON");
+  }
+  checkMeta(parsed);
+  const out: MemberMeta = {};
+  if (parsed.tier !== undefined) out.tier = parsed.tier;
+  if (parsed.capabilities !== undefined) out.capabilities = parsed.capabilities;
+  return out;
+}
+
+function checkCounter(n: number, what: string): void {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_VARINT) {
+    throw new HeartbeatError(`Heartbeat ${what} must be a non-negative integer`);
+  }
+}
+
+/** Encodes a heartbeat; throws HeartbeatError if it breaks the schema or the size limit. */
+export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
+  const w = new Writer();
+  const id = fromString(hb.id, "base58btc");
+  if (id.length === 0 || id.length > LIMITS.idBytes)
+    throw new HeartbeatError("Heartbeat id is not valid");
+  for (const [n, what] of [
+    [hb.incarnation, "incarnation"],
+    [hb.seq, "sequence"],
+    [hb.term, "term"],
+    [hb.uptimeMs, "uptime"],
+    [hb.stateVersion, "state version"],
+  ] as const) {
+    checkCounter(n, what);
+  }
+  let flags = 0;
+  if (hb.leader) flags |= F_LEADER;
+  if (hb.leaving) flags |= F_LEAVING;
+  if (hb.status === "degraded") flags |= F_DEGRADED;
+  if (hb.state) flags |= F_STATE;
+  if (hb.addrs && hb.addrs.length > 0) flags |= F_ADDRS;
+  w.u8(HEARTBEAT_VERSION);
+  w.u8(flags);
+  w.bytes(id);
+  w.varint(hb.incarnation);
+  w.varint(hb.seq);
+  w.varint(hb.term);
+  w.varint(hb.uptimeMs);
+  w.varint(hb.stateVersion);
+  if (hb.state) {
+    validateUrl(hb.state.url);
+    validateServices(hb.state.services);
+    w.string(hb.state.url);
+    w.varint(hb.state.services.length);
+    for (const s of hb.state.services) {
+      w.string(s.name);
+      const lat = s.latency_ms !== undefined;
+      w.u8((s.status === "unhealthy" ? S_UNHEALTHY : 0) | (lat ? S_LATENCY : 0));
+      if (lat) w.varint(s.latency_ms as number);
+    }
+    w.bytes(encodeMeta(hb.state.meta));
+  }
+  if (hb.addrs && hb.addrs.length > 0) {
+    if (hb.addrs.length > LIMITS.addrs)
+      throw new HeartbeatError(`Too many addresses (at most ${LIMITS.addrs})`);
+    w.varint(hb.addrs.length);
+    for (const a of hb.addrs) {
+      if (a.length > LIMITS.addrBytes) throw new HeartbeatError("Heartbeat address is too long");
+      w.bytes(a);
+    }
+  }
+  const out = w.finish();
+  if (out.length > MAX_HEARTBEAT_BYTES) {
+    throw new HeartbeatError(`Heartbeat exceeds ${MAX_HEARTBEAT_BYTES} bytes`);
+  }
+  return out;
+}
+
+/** Decodes and validates a heartbeat; throws HeartbeatError on anything malformed. */
+export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
+  if (!(buf instanceof Uint8Array)) throw new HeartbeatError("Heartbeat is not bytes");
+  if (buf.length > MAX_HEARTBEAT_BYTES)
+    throw new HeartbeatError(`Heartbeat exceeds ${MAX_HEARTBEAT_BYTES} bytes`);
+  const r = new Reader(buf);
+  const version = r.u8("version");
+  if (version !== HEARTBEAT_VERSION)
+    throw new HeartbeatError(`Heartbeat version ${version} is not supported`);
+  const flags = r.u8("flags");
+  if ((flags & ~F_KNOWN) !== 0) throw new HeartbeatError("Heartbeat has unknown flags");
+  const idBytes = r.bytes("id", LIMITS.idBytes);
+  if (idBytes.length === 0) throw new HeartbeatError("Heartbeat id is empty");
+  const hb: Heartbeat = {
+    id: bytesToString(idBytes, "base58btc"),
+    incarnation: r.varint("incarnation"),
+    seq: r.varint("sequence"),
+    term: r.varint("term"),
+    leader: (flags & F_LEADER) !== 0,
+    leaving: (flags & F_LEAVING) !== 0,
+    status: (flags & F_DEGRADED) !== 0 ? "degraded" : "online",
+    uptimeMs: r.varint("uptime"),
+    stateVersion: r.varint("state version"),
+  };
+  if (flags & F_STATE) {
+    const url = r.string("url", LIMITS.url);
+    validateUrl(url);
+    const n = r.varint("service count");
+    if (n > LIMITS.services)
+      throw new HeartbeatError(`Too many services (at most ${LIMITS.services})`);
+    const services: ServiceSummary[] = [];
+    for (let i = 0; i < n; i++) {
+      const name = r.string("service name", LIMITS.serviceName);
+      const sflags = r.u8("service flags");
+      if ((sflags & ~(S_UNHEALTHY | S_LATENCY)) !== 0)
+        throw new HeartbeatError("Heartbeat service has unknown flags");
+      const s: ServiceSummary = { name, status: sflags & S_UNHEALTHY ? "unhealthy" : "healthy" };
+      if (sflags & S_LATENCY) s.latency_ms = r.varint("service latency");
+      services.push(s);
+    }
+    validateServices(services);
+    const meta = decodeMeta(r.bytes("meta", LIMITS.metaBytes));
+    hb.state = meta === undefined ? { url, services } : { url, services, meta };
+  }
+  if (flags & F_ADDRS) {
+    const n = r.varint("address count");
+    if (n === 0 || n > LIMITS.addrs)
+      throw new HeartbeatError(`Address count must be 1 to ${LIMITS.addrs}`);
+    hb.addrs = [];
+    for (let i = 0; i < n; i++) hb.addrs.push(r.bytes("address", LIMITS.addrBytes));
+  }
+  if (!r.done) throw new HeartbeatError("Heartbeat has trailing bytes");
+  return hb;
+}
