@@ -1324,10 +1324,12 @@ class Registry {
     this.invalidate();
   }
 
-  /** Whether a write to `key` may happen now (budget, and Workers KV's 1 write/s per key). */
+  /** Whether a write to `key` may happen now: within the budget (and 1 write/s per key on Workers KV). */
   #mayWrite(key: string): boolean {
+    if (!this.budget.available) return false;
+    if (this.store.kind !== "cloudflare-kv") return true;
     const last = this.#lastWriteAt.get(key);
-    return this.budget.available && (last === undefined || this.clock.now() - last >= 1000);
+    return last === undefined || this.clock.now() - last >= 1000;
   }
 
   /** Writes a document, or keeps it pending when the budget says no. Returns whether it wrote. */

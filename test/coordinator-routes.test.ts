@@ -1,0 +1,602 @@
+/** In-process route tests of the coordinator: every endpoint, every error path, contract shapes. */
+import { describe, expect, it } from "vitest";
+import { tokensEqual } from "../coordinator.ts";
+import { member, registration, report, testCoordinator } from "./helpers/coord-fixtures.ts";
+
+const MIN = 60_000;
+
+describe("GET /health", () => {
+  it("says healthy and that it runs open for local dev without tokens", async () => {
+    const { call } = testCoordinator();
+    const res = await call("GET", "/health");
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({
+      status: "healthy",
+      mode: "open-local-dev",
+      store: { kind: "memory", persistent: false },
+    });
+  });
+
+  it("says secured when tokens are configured, and needs no token itself", async () => {
+    const { call } = testCoordinator({ clusterToken: "c", adminToken: "a" });
+    const res = await call("GET", "/health");
+    expect(res.body.mode).toBe("secured");
+    expect(res.body.auth).toEqual({
+      cluster_token: true,
+      admin_token: true,
+      legacy_workers_admitted: false,
+    });
+  });
+});
+
+describe("direct mode: register", () => {
+  it("answers the contract shape with tier and services", async () => {
+    const { call } = testCoordinator();
+    const res = await call("POST", "/api/worker/register", {
+      worker_id: "gpu-1",
+      capabilities: { has_gpu: true, gpu_memory: 24, gpu_type: "A10", cpu_cores: 8 },
+      tunnel_url: "http://127.0.0.1:7000",
+      services: ["ocr", { name: "rag", service_url: "http://127.0.0.1:7001" }],
+      containers: [{ name: "notes", port: 7002, health_endpoint: "/health", version: "1.2" }],
+      wants_heartbeat_leadership: true,
+    });
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({
+      worker_id: "gpu-1",
+      tier: 1,
+      heartbeat_interval: 30,
+      is_heartbeat_leader: true,
+      services_registered: ["ocr", "rag", "notes"],
+    });
+  });
+
+  it("derives tiers: GPU 1, storage 3, CPU and default 2; generates an ID when none is sent", async () => {
+    const { call } = testCoordinator();
+    const tiers = [];
+    for (const capabilities of [
+      { worker_type: "gpu" },
+      { has_storage: true, storage_type: "ssd" },
+      { worker_type: "storage" },
+      { worker_type: "cpu", has_storage: true },
+      {},
+    ]) {
+      const res = await call("POST", "/api/worker/register", { capabilities, services: ["x"] });
+      expect(res.status).toBe(200);
+      expect(res.body.worker_id).toMatch(/^worker-[0-9a-f]{12}$/);
+      tiers.push(res.body.tier);
+    }
+    expect(tiers).toEqual([1, 3, 3, 2, 2]);
+  });
+
+  it("gives heartbeat leadership to one worker at a time", async () => {
+    const { call } = testCoordinator();
+    const a = await call(
+      "POST",
+      "/api/worker/register",
+      registration("a", { wants_heartbeat_leadership: true }),
+    );
+    const b = await call(
+      "POST",
+      "/api/worker/register",
+      registration("b", { wants_heartbeat_leadership: true }),
+    );
+    expect([a.body.is_heartbeat_leader, b.body.is_heartbeat_leader]).toEqual([true, false]);
+  });
+
+  it("does not write again for an identical registration within the write interval", async () => {
+    const { call, store, clock } = testCoordinator();
+    await call("POST", "/api/worker/register", registration("w"));
+    await call("POST", "/api/worker/register", registration("w"));
+    expect(store.writes).toBe(1);
+    await call("POST", "/api/worker/register", registration("w", { services: ["upload", "rag"] }));
+    expect(store.writes).toBe(2);
+    clock.advance(6 * MIN);
+    await call("POST", "/api/worker/register", registration("w", { services: ["upload", "rag"] }));
+    expect(store.writes).toBe(3);
+  });
+
+  it("keeps every worker when many register at once (one record per worker)", async () => {
+    const { call } = testCoordinator();
+    await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        call("POST", "/api/worker/register", registration(`w${i}`)),
+      ),
+    );
+    const workers = await call("GET", "/api/admin/workers");
+    expect(workers.body).toHaveLength(40);
+  });
+});
+
+describe("direct mode: heartbeat and staleness", () => {
+  it("answers 404 with the contract body for an unknown worker, and writes nothing", async () => {
+    const { call, store } = testCoordinator();
+    const res = await call("POST", "/api/worker/heartbeat", {
+      worker_id: "ghost",
+      status: "online",
+    });
+    expect(res.status).toBe(404);
+    expect(res.body).toEqual({ error: "Worker not found" });
+    expect(store.writes).toBe(0);
+  });
+
+  it("writes only on a status change or when the record is older than 5 minutes", async () => {
+    const { call, store, clock } = testCoordinator();
+    await call("POST", "/api/worker/register", registration("w"));
+    const hb = (status = "online") =>
+      call("POST", "/api/worker/heartbeat", {
+        worker_id: "w",
+        status,
+        current_load: 0.5,
+        available_memory: 1024,
+      });
+    expect((await hb()).body).toMatchObject({ status: "ok" });
+    clock.advance(30_000);
+    await hb();
+    expect(store.writes).toBe(1);
+    await hb("busy");
+    expect(store.writes).toBe(2);
+    clock.advance(5 * MIN);
+    await hb("busy");
+    expect(store.writes).toBe(3);
+  });
+
+  it("never shows a heartbeating worker offline between writes, and about 12 writes an hour", async () => {
+    const { call, store, clock } = testCoordinator();
+    await call("POST", "/api/worker/register", registration("w"));
+    for (let i = 0; i < 120; i++) {
+      clock.advance(30_000);
+      await call("POST", "/api/worker/heartbeat", { worker_id: "w", status: "online" });
+      const [w] = (await call("GET", "/api/admin/workers")).body;
+      expect(w.status).toBe("online");
+    }
+    expect(store.writes).toBeGreaterThanOrEqual(11);
+    expect(store.writes).toBeLessThanOrEqual(14);
+  });
+
+  it("shows a silent worker offline once its record is older than the write interval plus grace", async () => {
+    const { call, clock } = testCoordinator();
+    await call("POST", "/api/worker/register", registration("w"));
+    clock.advance(6 * MIN);
+    expect((await call("GET", "/api/admin/workers")).body[0].status).toBe("online");
+    clock.advance(2 * MIN);
+    const [w] = (await call("GET", "/api/admin/workers")).body;
+    expect(w.status).toBe("offline");
+    const stats = (await call("GET", "/api/admin/stats")).body;
+    expect(stats).toMatchObject({ total_workers: 1, healthy_workers: 0, offline_workers: 1 });
+  });
+});
+
+describe("direct mode: unregister", () => {
+  it("removes a worker, answers ok, then 404", async () => {
+    const { call } = testCoordinator();
+    await call("POST", "/api/worker/register", registration("w"));
+    const res = await call("DELETE", "/api/worker/unregister/w");
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ status: "ok" });
+    expect((await call("GET", "/api/admin/workers")).body).toEqual([]);
+    expect((await call("DELETE", "/api/worker/unregister/w")).status).toBe(404);
+  });
+
+  it("rejects a malformed ID with 400", async () => {
+    const { call } = testCoordinator();
+    const res = await call("DELETE", `/api/worker/unregister/${encodeURIComponent("../x")}`);
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe("Invalid worker id");
+  });
+});
+
+describe("admin API shapes", () => {
+  it("lists workers, services and stats as the contract says", async () => {
+    const { call } = testCoordinator();
+    await call(
+      "POST",
+      "/api/worker/register",
+      registration("cpu", { services: ["upload", "rag"] }),
+    );
+    await call(
+      "POST",
+      "/api/worker/register",
+      registration("gpu", { capabilities: { has_gpu: true }, services: ["rag"] }),
+    );
+    const workers = (await call("GET", "/api/admin/workers")).body;
+    expect(Array.isArray(workers)).toBe(true);
+    for (const key of [
+      "worker_id",
+      "tier",
+      "status",
+      "last_heartbeat",
+      "capabilities",
+      "services",
+      "tunnel_url",
+      "is_heartbeat_leader",
+    ]) {
+      expect(workers[0]).toHaveProperty(key);
+    }
+    const services = (await call("GET", "/api/admin/services")).body;
+    expect(services.total_services).toBe(2);
+    expect(services.services.rag).toMatchObject({
+      total_workers: 2,
+      healthy_workers: 2,
+      status: "available",
+    });
+    expect(services.services.rag.workers).toHaveLength(2);
+    const stats = (await call("GET", "/api/admin/stats")).body;
+    expect(stats).toMatchObject({
+      total_workers: 2,
+      healthy_workers: 2,
+      offline_workers: 0,
+      by_tier: { "1": 1, "2": 1, "3": 0 },
+      write_budget: { used_today: 2, cap: 1000, remaining: 998 },
+      leader: null,
+    });
+    const budget = (await call("GET", "/api/admin/budget")).body;
+    expect(budget).toMatchObject({ used_today: 2, cap: 1000, pending_writes: 0 });
+  });
+});
+
+describe("leader mode: POST /api/cluster/heartbeat", () => {
+  it("answers the protocol shape and writes the first report", async () => {
+    const { call, store } = testCoordinator();
+    const res = await call("POST", "/api/cluster/heartbeat", report());
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({
+      status: "ok",
+      written: true,
+      reason: "changed",
+      writes_today: 1,
+      write_budget: 1000,
+      next_keepalive_at: "2026-11-26T12:48:00.000Z",
+      next_keepalive_in_s: 2880,
+      digest: expect.any(String),
+    });
+    expect(store.writes).toBe(1);
+    const leader = (await call("GET", "/api/admin/leader")).body.clusters[0];
+    expect(leader).toMatchObject({
+      cluster: "default",
+      leader_id: "A",
+      term: 1,
+      members: 2,
+      stale: false,
+    });
+  });
+
+  it("does not write for volatile changes (sequence, last_seen, latency)", async () => {
+    const { call, store, clock } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    clock.advance(MIN);
+    const res = await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({
+        sequence: 99,
+        members: [
+          member("A", { last_seen: 5000 }),
+          member("B", {
+            last_seen: 6000,
+            services: [{ name: "upload", status: "healthy", latency_ms: 42 }],
+          }),
+        ],
+      }),
+    );
+    expect(res.body).toMatchObject({
+      written: false,
+      reason: "unchanged",
+      next_keepalive_in_s: 2820,
+    });
+    expect(store.writes).toBe(1);
+  });
+
+  it("writes on a real change and on the keepalive, ~30 writes a day when steady", async () => {
+    const { call, store, clock } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    const down = report({
+      sequence: 2,
+      members: [member("A"), member("B", { services: [{ name: "upload", status: "unhealthy" }] })],
+    });
+    expect((await call("POST", "/api/cluster/heartbeat", down)).body.reason).toBe("changed");
+    // A steady day: the agent reports every 60 s (more often than it needs to).
+    const writesBefore = store.writes;
+    for (let i = 0; i < 24 * 60; i++) {
+      clock.advance(MIN);
+      await call("POST", "/api/cluster/heartbeat", { ...down, sequence: 3 + i });
+    }
+    expect(store.writes - writesBefore).toBeGreaterThanOrEqual(29);
+    expect(store.writes - writesBefore).toBeLessThanOrEqual(31);
+  });
+
+  it("shows members unknown once the cluster missed its keepalive lease", async () => {
+    const { call, clock } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    clock.advance(57 * MIN);
+    expect((await call("GET", "/api/admin/workers")).body[0].status).toBe("online");
+    clock.advance(2 * MIN);
+    const workers = (await call("GET", "/api/admin/workers")).body;
+    expect(workers.map((w: { status: string }) => w.status)).toEqual(["unknown", "unknown"]);
+    const route = await call("GET", "/api/service/upload/x");
+    expect(route.status).toBe(503);
+    expect(route.body.error).toBe("No healthy workers available for 'upload'");
+  });
+
+  it("marks the leader as is_heartbeat_leader in the worker list", async () => {
+    const { call } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    const workers = (await call("GET", "/api/admin/workers")).body;
+    const a = workers.find((w: { worker_id: string }) => w.worker_id === "A");
+    expect(a).toMatchObject({
+      is_heartbeat_leader: true,
+      mode: "cluster",
+      cluster: "default",
+      tier: 2,
+    });
+  });
+});
+
+describe("write budget: the hard cap is never passed", () => {
+  it("defers what would pass the cap and writes it when the next day allows", async () => {
+    const { call, store, clock } = testCoordinator({ writeCap: 3 });
+    await call("POST", "/api/worker/register", registration("w1"));
+    await call("POST", "/api/worker/register", registration("w2"));
+    expect((await call("POST", "/api/cluster/heartbeat", report())).body.reason).toBe("changed");
+    const over = await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ sequence: 2, members: [member("A")] }),
+    );
+    expect(over.body).toMatchObject({
+      written: false,
+      reason: "deferred",
+      writes_today: 3,
+      write_budget: 3,
+    });
+    expect(over.body.next_keepalive_at).toBe("2026-11-27T00:00:00.000Z");
+    const reg = await call("POST", "/api/worker/register", registration("w3"));
+    expect(reg.status).toBe(200);
+    expect(reg.body.written).toBe(false);
+    expect(store.writes).toBe(3);
+    // The deferred state already routes and shows in this isolate.
+    expect(
+      (await call("GET", "/api/admin/workers")).body
+        .map((w: { worker_id: string }) => w.worker_id)
+        .sort(),
+    ).toEqual(["A", "w1", "w2", "w3"]);
+    expect((await call("GET", "/api/admin/budget")).body).toMatchObject({
+      used_today: 3,
+      remaining: 0,
+      pending_writes: 2,
+    });
+    clock.advance(12 * 60 * MIN); // past midnight UTC
+    await call("GET", "/health"); // any request flushes what waited
+    expect(store.writes).toBe(5);
+    expect((await call("GET", "/api/admin/budget")).body).toMatchObject({
+      used_today: 2,
+      pending_writes: 0,
+    });
+    const stored = JSON.parse((await store.get("reg/cluster/default")) as string);
+    expect(Object.keys(stored.members)).toEqual(["A"]);
+  });
+});
+
+describe("security", () => {
+  const secured = () =>
+    testCoordinator({ clusterToken: "cluster-secret", adminToken: "admin-secret" });
+  const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+
+  it("needs the cluster token on agent endpoints and the admin token on admin endpoints", async () => {
+    const { call, store } = secured();
+    const none = await call("POST", "/api/cluster/heartbeat", report());
+    expect(none.status).toBe(401);
+    expect(none.body.error).toBe("Missing token");
+    const wrong = await call("POST", "/api/cluster/heartbeat", report(), bearer("nope"));
+    expect(wrong.status).toBe(401);
+    expect(wrong.body.error).toBe("Invalid token");
+    expect((await call("POST", "/api/worker/register", registration("w"))).status).toBe(401);
+    expect(store.writes).toBe(0);
+    expect(
+      (await call("POST", "/api/cluster/heartbeat", report(), bearer("cluster-secret"))).status,
+    ).toBe(200);
+    expect((await call("GET", "/api/admin/workers")).status).toBe(401);
+    expect(
+      (await call("GET", "/api/admin/workers", undefined, bearer("cluster-secret"))).status,
+    ).toBe(401);
+    expect((await call("GET", "/api/admin/stats", undefined, bearer("admin-secret"))).status).toBe(
+      200,
+    );
+  });
+
+  it("admits token-less direct workers only with the legacy setting, never a wrong token", async () => {
+    const { call } = testCoordinator({
+      clusterToken: "c",
+      adminToken: "a",
+      allowLegacyWorkers: true,
+    });
+    expect((await call("POST", "/api/worker/register", registration("old"))).status).toBe(200);
+    expect(
+      (await call("POST", "/api/worker/heartbeat", { worker_id: "old", status: "online" })).status,
+    ).toBe(200);
+    expect(
+      (await call("POST", "/api/worker/register", registration("x"), bearer("bad"))).status,
+    ).toBe(401);
+    expect((await call("POST", "/api/cluster/heartbeat", report())).status).toBe(401);
+    expect((await call("DELETE", "/api/worker/unregister/old")).status).toBe(200);
+  });
+
+  it("compares tokens correctly", async () => {
+    expect(await tokensEqual("abc", "abc")).toBe(true);
+    expect(await tokensEqual("abc", "abd")).toBe(false);
+    expect(await tokensEqual("", "abc")).toBe(false);
+    expect(await tokensEqual("abcd", "abc")).toBe(false);
+  });
+});
+
+describe("bad input: clear 4xx, never 500, nothing written", () => {
+  const endpoints = ["/api/worker/register", "/api/worker/heartbeat", "/api/cluster/heartbeat"];
+  const garbage: unknown[] = [
+    "",
+    "not json",
+    "{",
+    "null",
+    "[]",
+    "42",
+    '"str"',
+    { worker_id: 5 },
+    { worker_id: "../../etc" },
+    { worker_id: "a", status: 7 },
+    { worker_id: "a", current_load: -1 },
+    { worker_id: "a", current_load: "1e999" },
+    { tunnel_url: "javascript:alert(1)" },
+    { tunnel_url: "http://user:pw@host/" },
+    { services: [{ name: "../admin" }] },
+    { services: Array.from({ length: 65 }, (_, i) => `s${i}`) },
+    { capabilities: { has_gpu: "yes" } },
+    { capabilities: { nested: { deep: true } } },
+    { leader_id: "A", term: -1, sequence: 0, members: [] },
+    { leader_id: "A", term: 1.5, sequence: 0, members: [] },
+    { leader_id: "A", term: 1, sequence: 0, members: [member("A"), member("A")] },
+    { leader_id: "A", term: 1, sequence: 0, members: [member("A", { status: "zombie" })] },
+    { leader_id: "A", term: 1, sequence: 0, members: [member("A", { url: "ftp://x" })] },
+    {
+      leader_id: "A",
+      term: 1,
+      sequence: 0,
+      members: [member("A", { services: [{ name: "x" }, { name: "x" }] })],
+    },
+    { leader_id: "A", term: 1, sequence: 0, members: "all" },
+    { __proto__: { polluted: true }, leader_id: "A" },
+  ];
+
+  it("rejects every garbage body on every agent endpoint", async () => {
+    const { call, store } = testCoordinator();
+    for (const path of endpoints) {
+      for (const body of garbage) {
+        const res = await call("POST", path, body);
+        // register accepts an empty object: a worker with nothing declared is valid
+        if (path === "/api/worker/register" && res.status === 200) continue;
+        expect(res.status, `${path} ${JSON.stringify(body)}`).toBeGreaterThanOrEqual(400);
+        expect(res.status).toBeLessThan(500);
+        expect(typeof res.body.error).toBe("string");
+      }
+    }
+    const registered = (await call("GET", "/api/admin/workers")).body.length;
+    expect(store.writes).toBe(registered);
+    expect((await call("GET", "/api/admin/leader")).body.clusters).toEqual([]);
+  });
+
+  it("survives random bytes and random JSON (fuzz)", async () => {
+    const { call, store } = testCoordinator();
+    let seed = 42;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed / 0x7fffffff;
+    };
+    const atoms = [null, true, 0, -1, 1e308, "", "x", "online", [], {}, "http://127.0.0.1:1"];
+    const keys = [
+      "worker_id",
+      "leader_id",
+      "term",
+      "sequence",
+      "members",
+      "status",
+      "url",
+      "services",
+      "name",
+    ];
+    const value = (depth: number): unknown => {
+      if (depth > 2 || rand() < 0.4) return atoms[Math.floor(rand() * atoms.length)];
+      if (rand() < 0.5)
+        return Array.from({ length: Math.floor(rand() * 3) }, () => value(depth + 1));
+      return Object.fromEntries(
+        Array.from({ length: Math.floor(rand() * 5) }, () => [
+          keys[Math.floor(rand() * keys.length)],
+          value(depth + 1),
+        ]),
+      );
+    };
+    for (let i = 0; i < 300; i++) {
+      const path = endpoints[i % 2 === 0 ? 2 : 1] as string;
+      const body =
+        i % 3 === 0
+          ? String.fromCharCode(...Array.from({ length: 20 }, () => Math.floor(rand() * 256)))
+          : JSON.stringify(value(0));
+      const res = await call("POST", path, body);
+      expect(res.status, body).toBeLessThan(500);
+    }
+    expect(store.writes).toBe(0);
+  });
+
+  it("answers 413 for an oversized body", async () => {
+    const { call, store } = testCoordinator({ maxBodyBytes: 1024 });
+    const res = await call("POST", "/api/cluster/heartbeat", { pad: "x".repeat(5000) });
+    expect(res.status).toBe(413);
+    expect(res.body.error).toMatch(/larger than 1024 bytes/);
+    expect(store.writes).toBe(0);
+  });
+
+  it("answers unknown paths with a JSON 404 and CORS preflights with 204", async () => {
+    const { call, coordinator } = testCoordinator();
+    const res = await call("GET", "/nope");
+    expect(res.status).toBe(404);
+    expect(res.body.error).toBe("Not found");
+    const pre = await coordinator.app.request("/api/admin/workers", {
+      method: "OPTIONS",
+      headers: { origin: "https://x.example", "access-control-request-method": "GET" },
+    });
+    expect(pre.status).toBe(204);
+    expect(pre.headers.get("access-control-allow-origin")).toBe("*");
+  });
+});
+
+describe("routing errors (no upstream needed)", () => {
+  it("503 when no worker provides the service, with the available services", async () => {
+    const { call } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    const res = await call("GET", "/api/service/ocr/page");
+    expect(res.status).toBe(503);
+    expect(res.body).toEqual({
+      error: "Service 'ocr' not available",
+      available_services: ["upload"],
+      suggestion: expect.any(String),
+    });
+  });
+
+  it("503 with Retry-After when providers exist but none is healthy", async () => {
+    const { call } = testCoordinator();
+    await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({
+        members: [
+          member("A", { status: "offline" }),
+          member("B", { services: [{ name: "upload", status: "unhealthy" }] }),
+        ],
+      }),
+    );
+    const res = await call("POST", "/api/service/upload/file", "data");
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("30");
+    expect(res.body).toMatchObject({
+      error: "No healthy workers available for 'upload'",
+      available_services: [],
+    });
+  });
+
+  it("400 for names and paths that try to escape", async () => {
+    const { call } = testCoordinator();
+    await call("POST", "/api/cluster/heartbeat", report());
+    for (const path of [
+      "/api/service/upload/..%2fadmin",
+      "/api/service/upload/%2e%2e%2fadmin",
+      "/api/service/upload/a%2Fb",
+      "/api/service/upload/a%5cb",
+      "/api/service/upload/%252e%252e/x",
+      "/api/service/upload/x/%00",
+      "/api/service/up%2fload/x",
+      "/api/service/upload/%zz",
+    ]) {
+      const res = await call("GET", path);
+      expect(res.status, path).toBe(400);
+      expect(res.body.error).toBe("Invalid service path");
+    }
+    // The URL parser resolves a dot segment before routing: this is /api/x, an unknown path.
+    expect((await call("GET", "/api/service/%2e%2e/x")).status).toBe(404);
+  });
+});

@@ -1,0 +1,113 @@
+/** Test fixtures for the coordinator: a fake clock, an in-process app, report builders. */
+import {
+  type ClusterReportInput,
+  type CoordinatorInit,
+  createCoordinator,
+  memoryStore,
+  type Store,
+} from "../../coordinator.ts";
+
+/** A clock whose time moves only when the test says so. */
+export class ManualClock {
+  constructor(public t = Date.parse("2026-11-26T12:00:00.000Z")) {}
+  now(): number {
+    return this.t;
+  }
+  advance(ms: number): void {
+    this.t += ms;
+  }
+}
+
+/** A memory store that counts the writes and deletes that reach it. */
+export function countingStore(inner: Store): Store & { writes: number; deletes: number } {
+  const counted = {
+    kind: inner.kind,
+    persistent: inner.persistent,
+    writes: 0,
+    deletes: 0,
+    get: (key: string) => inner.get(key),
+    list: (prefix: string) => inner.list(prefix),
+    async set(key: string, value: string, options?: { ttlSeconds?: number }) {
+      counted.writes++;
+      await inner.set(key, value, options);
+    },
+    async delete(key: string) {
+      counted.deletes++;
+      await inner.delete(key);
+    },
+    async compareAndSet(key: string, expected: string | null, value: string) {
+      const ok = (await inner.compareAndSet?.(key, expected, value)) ?? false;
+      if (ok) counted.writes++;
+      return ok;
+    },
+  };
+  return counted;
+}
+
+/** An in-process coordinator on a counting memory store and a manual clock. */
+export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fetch) {
+  const clock = new ManualClock();
+  const store = countingStore(memoryStore({}, { clock }));
+  const coordinator = createCoordinator(
+    init,
+    fetcher ? { store, clock, fetch: fetcher } : { store, clock },
+  );
+  const call = async (
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; body: any; headers: Headers }> => {
+    const init: RequestInit = {
+      method,
+      headers: { "content-type": "application/json", ...headers },
+    };
+    if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body);
+    const res = await coordinator.app.request(path, init);
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON: keep the text
+    }
+    return { status: res.status, body: parsed, headers: res.headers };
+  };
+  return { coordinator, clock, store, call };
+}
+
+/** A leader-mode report with sensible defaults. */
+export function report(overrides: Partial<ClusterReportInput> = {}): ClusterReportInput {
+  return {
+    leader_id: "A",
+    term: 1,
+    sequence: 1,
+    members: [member("A"), member("B")],
+    ...overrides,
+  };
+}
+
+/** A member of a leader-mode report. */
+export function member(id: string, overrides: Record<string, unknown> = {}) {
+  return {
+    worker_id: id,
+    incarnation: 1,
+    status: "online" as const,
+    url: `http://127.0.0.1:87${id.charCodeAt(0) % 100}`,
+    last_seen: 1_000,
+    services: [{ name: "upload", status: "healthy" as const }],
+    ...overrides,
+  };
+}
+
+/** A direct-mode registration body. */
+export function registration(id: string, overrides: Record<string, unknown> = {}) {
+  return {
+    worker_id: id,
+    capabilities: { cpu_cores: 4, ram: 8, worker_type: "cpu" },
+    ip_address: "127.0.0.1",
+    tunnel_url: "http://127.0.0.1:9999",
+    services: ["upload"],
+    ...overrides,
+  };
+}
