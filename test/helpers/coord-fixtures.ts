@@ -57,6 +57,7 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
     path: string,
     body?: unknown,
     headers: Record<string, string> = {},
+    // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
   ): Promise<{ status: number; body: any; headers: Headers }> => {
     const init: RequestInit = {
       method,
