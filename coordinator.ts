@@ -274,11 +274,13 @@ function mapStore(
         .sort();
     },
     async compareAndSet(key, expected, value, options) {
-      // Single process: nothing interleaves between this read and write except an await on
-      // `save`, which the file driver serialises.
-      const current = await get(key);
+      // Check and change the map with no await in between: atomic within the process.
+      const map = await load();
+      const entry = map.get(key);
+      const current = entry && !expired(entry, clock.now()) ? entry.v : null;
       if (current !== expected) return false;
-      await set(key, value, options);
+      map.set(key, entryFor(value, options, clock.now()));
+      await save(map);
       return true;
     },
   };
