@@ -1,0 +1,50 @@
+/**
+ * The coordinator on Deno with Deno KV: `deno task coordinator`
+ * (`deno run -A --unstable-kv scripts/start-deno.ts`). Flags (or env): --port (PORT, 8787),
+ * --host (HOST, 127.0.0.1), --kv (ROLLCALL_KV_PATH; unset: Deno's default database, which on
+ * Deno Deploy is the project's managed KV). Settings: ROLLCALL_* env vars, see docs/DEPLOY.md.
+ */
+import { parseArgs } from "node:util";
+import { configFromEnv, createCoordinator, type DenoKvLike, denoKvStore } from "../coordinator.ts";
+
+declare const Deno: {
+  args: string[];
+  env: { toObject(): Record<string, string> };
+  openKv(path?: string): Promise<DenoKvLike>;
+  serve(
+    options: { port: number; hostname: string; onListen(addr: { port: number }): void },
+    handler: (request: Request, info: unknown) => Response | Promise<Response>,
+  ): { shutdown(): Promise<void> };
+  addSignalListener(signal: "SIGINT" | "SIGTERM", fn: () => void): void;
+  exit(code: number): never;
+};
+
+const env = Deno.env.toObject();
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { port: { type: "string" }, host: { type: "string" }, kv: { type: "string" } },
+});
+const port = Number(values.port ?? env.PORT ?? 8787);
+const hostname = values.host ?? env.HOST ?? "127.0.0.1";
+const kvPath = values.kv ?? env.ROLLCALL_KV_PATH;
+
+const kv = await Deno.openKv(kvPath);
+const coordinator = createCoordinator(configFromEnv(env), { store: denoKvStore(kv) });
+const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
+const server = Deno.serve(
+  {
+    port,
+    hostname,
+    onListen: ({ port: bound }) =>
+      console.log(
+        `rollcall coordinator (deno) listening on http://${hostname}:${bound} (Deno KV ${kvPath ?? "default"})`,
+      ),
+  },
+  (request, info) => coordinator.app.fetch(request, info),
+);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => {
+    clearInterval(flush);
+    void server.shutdown().finally(() => Deno.exit(0));
+  });
+}
