@@ -1977,6 +1977,7 @@ class ReplayableBody {
 }
 
 interface AttemptFailure {
+  failed: true;
   error: unknown;
   timedOut: boolean;
 }
@@ -2044,7 +2045,7 @@ async function attempt(
   try {
     return await fetcher(target, { ...init, signal: controller.signal });
   } catch (error) {
-    return { error, timedOut };
+    return { failed: true, error, timedOut };
   } finally {
     clearTimeout(timer);
     clientSignal.removeEventListener("abort", onClientAbort);
@@ -2130,7 +2131,8 @@ async function routeService(
         reg.settings.proxyTimeoutMs,
         c.req.raw.signal,
       );
-      if (result instanceof Response) {
+      // Not `instanceof Response`: @hono/node-server swaps the global Response class.
+      if (!("failed" in result)) {
         const out = responseHeaders(result.headers);
         out.set("x-rollcall-worker", provider.worker_id);
         const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
@@ -2142,6 +2144,9 @@ async function routeService(
       }
       failure = result;
       if (c.req.raw.signal.aborted) break;
+      // Nothing reached the worker when the runtime says the connection was refused or the
+      // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for a
+      // refused and for a dropped connection alike, so there only idempotent methods fail over.
       const nothingSent = !result.timedOut && isConnectFailure(result.error);
       const replayable = !body || body.replayable;
       if (!replayable || !(nothingSent || IDEMPOTENT.has(method))) break;
