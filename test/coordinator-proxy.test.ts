@@ -29,6 +29,7 @@ async function send(
   t: ReturnType<typeof testCoordinator>,
   path: string,
   init: RequestInit = {},
+  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
 ): Promise<{ status: number; body: any; headers: Headers }> {
   const res = await t.coordinator.app.request(path, init);
   const text = await res.text();

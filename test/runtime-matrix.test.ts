@@ -120,6 +120,7 @@ function raw(
   method: string,
   rawPath: string,
   options: { body?: string | Buffer; headers?: Record<string, string> } = {},
+  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
 ): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string; json: () => any }> {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
