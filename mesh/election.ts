@@ -6,7 +6,7 @@
  * lower settled ID is present. A node that would pick itself but hears a higher-ID alive member
  * claim leadership follows that claimant instead (see below), so claims converge to one.
  * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
- * takes max(term seen) + 1, so nodes that saw the same history pick the same term before the
+ * takes max(term seen, previous term) + 1, so nodes that saw the same history pick the same term before the
  * new leader has even spoken.
  */
 import type { Leader, MemberState } from "./types.ts";
@@ -72,6 +72,10 @@ export function elect(
     }
   }
   if (claimant) return { id: claimant.id, term: claimant.leaderTerm as number };
+  // The previous term counts even if its leader never claimed it aloud: that leader may have
+  // acted on it (an agent reports the moment it leads), so a successor must go above it. Nodes
+  // that saw failures in a different order may guess different terms for a moment; the new
+  // leader's claim, authoritative, aligns them within a heartbeat.
   const fresh = Math.max(settings.maxTerm, previous?.term ?? 0) + 1;
   if (chosen.self) return { id: chosen.id, term: keep && previous ? previous.term : fresh };
   if (chosen.leaderTerm !== undefined) return { id: chosen.id, term: chosen.leaderTerm };

@@ -83,6 +83,7 @@ export class Membership {
   #stateVersion = 1;
   #startedAt: number;
   #maxTerm = 0;
+  #stale = 0;
 
   constructor(selfId: string, init: MembershipInit, clock: Clock) {
     this.self = selfId;
@@ -111,6 +112,11 @@ export class Membership {
   /** Highest term seen in any heartbeat, our own claims included. */
   get maxTerm(): number {
     return this.#maxTerm;
+  }
+
+  /** How many received heartbeats were stale (duplicates, old incarnations, after a leave). */
+  get stale(): number {
+    return this.#stale;
   }
 
   /** Our own incarnation. */
@@ -181,9 +187,11 @@ export class Membership {
     const e = this.#entries.get(hb.id);
     if (!e) return this.#add(hb, now);
     const v = e.view;
-    if (hb.incarnation < v.incarnation) return [];
     const newer = hb.incarnation > v.incarnation;
-    if (!newer && (hb.seq <= e.seq || v.state === "left")) return [];
+    if (hb.incarnation < v.incarnation || (!newer && (hb.seq <= e.seq || v.state === "left"))) {
+      this.#stale++;
+      return [];
+    }
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
     v.incarnation = hb.incarnation;
     e.seq = hb.seq;

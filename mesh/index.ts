@@ -1,0 +1,43 @@
+/**
+ * rollcall's gossip mesh: the public API. Import this module (it loads the Node 20
+ * `Promise.withResolvers` shim before libp2p).
+ *
+ * Runtime: `createMesh(init, components)` -> `Mesh` (start/stop, setLocalState, view,
+ * multiaddrs, stats; events "leader", "member-up", "member-down", "view").
+ * Pure pieces, usable without libp2p on a FakeClock (the simulation drives these):
+ * `Membership`, `elect`, the heartbeat codec, `FakeClock`.
+ */
+import "./shim.ts";
+
+export type { Clock } from "./clock.ts";
+export { FakeClock, systemClock } from "./clock.ts";
+export type { ElectionMember, ElectionSettings, ElectionView } from "./election.ts";
+export { DEFAULT_SETTLE_MS, elect, eligible } from "./election.ts";
+export type { Identity } from "./identity.ts";
+export { IdentityError, keyPath, loadIdentity } from "./identity.ts";
+export type { HeartbeatOptions, MemberChange, MembershipInit } from "./membership.ts";
+export { MEMBERSHIP_DEFAULTS, Membership, checkLocal } from "./membership.ts";
+export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./mesh.ts";
+export { MeshStateError, createMesh } from "./mesh.ts";
+export type { MeshLibp2p } from "./node.ts";
+export { GOSSIP_DEFAULTS, PskError, parsePsk } from "./node.ts";
+export type { Heartbeat, HeartbeatState } from "./protocol.ts";
+export {
+  HEARTBEAT_VERSION,
+  HeartbeatError,
+  LIMITS,
+  MAX_HEARTBEAT_BYTES,
+  decodeHeartbeat,
+  encodeHeartbeat,
+} from "./protocol.ts";
+export type {
+  Leader,
+  LocalState,
+  MemberMeta,
+  MemberState,
+  MemberStatus,
+  MemberView,
+  MembershipView,
+  ServiceSummary,
+  ViewSnapshot,
+} from "./types.ts";

@@ -1,0 +1,124 @@
+/**
+ * The libp2p node factory: TCP + Noise + Yamux + identify + gossipsub (StrictSign), mDNS when
+ * asked, and an optional pnet pre-shared key so that strangers cannot even finish a handshake.
+ * Kept thin: the mesh logic lives in membership/election; this file only assembles libp2p.
+ */
+import "./shim.ts";
+import { noise } from "@chainsafe/libp2p-noise";
+import { yamux } from "@chainsafe/libp2p-yamux";
+import { type GossipSub, type GossipsubOpts, StrictSign, gossipsub } from "@libp2p/gossipsub";
+import { identify } from "@libp2p/identify";
+import type { ConnectionGater, Libp2p, PrivateKey } from "@libp2p/interface";
+import { mdns } from "@libp2p/mdns";
+import { preSharedKey } from "@libp2p/pnet";
+import { tcp } from "@libp2p/tcp";
+import { type Libp2pOptions, createLibp2p } from "libp2p";
+import { fromString } from "uint8arrays";
+
+/** The libp2p node the mesh runs on. */
+export type MeshLibp2p = Libp2p<{
+  identify: ReturnType<ReturnType<typeof identify>>;
+  pubsub: GossipSub;
+}>;
+
+/** A pre-shared key is not in the swarm.key format. */
+export class PskError extends Error {
+  override name = "PskError";
+}
+
+/**
+ * Gossipsub tuning for small clusters where every node dials every other: the publisher floods
+ * each heartbeat to all subscribed peers directly, and a thin mesh (D=2) relays it to anyone not
+ * directly connected. Gossip (IHAVE) is off: it would cost more bytes than it saves here.
+ */
+export const GOSSIP_DEFAULTS: Partial<GossipsubOpts> = {
+  floodPublish: true,
+  D: 2,
+  Dlo: 1,
+  Dhi: 3,
+  Dout: 0,
+  Dscore: 1,
+  Dlazy: 0,
+  gossipFactor: 0,
+  heartbeatInterval: 1000,
+  mcacheLength: 3,
+  mcacheGossip: 1,
+  seenTTL: 30_000,
+  fallbackToFloodsub: false,
+  allowPublishToZeroTopicPeers: true,
+  ignoreDuplicatePublishError: true,
+};
+
+/** Settings of the libp2p node. */
+export interface NodeInit {
+  privateKey: PrivateKey;
+  listen: string[];
+  mdns?: boolean;
+  /** mDNS service tag: nodes only discover nodes with the same tag (the cluster). */
+  mdnsTag?: string;
+  psk?: string | Uint8Array;
+  /** Largest pubsub message accepted at the gossipsub layer. */
+  maxMessageBytes?: number;
+  gossip?: Partial<GossipsubOpts>;
+}
+
+/** Collaborators of the libp2p node. */
+export interface NodeComponents {
+  connectionGater?: ConnectionGater;
+}
+
+/** Parses a pre-shared key in the libp2p swarm.key text format into the bytes pnet expects. */
+export function parsePsk(psk: string | Uint8Array): Uint8Array {
+  const text = typeof psk === "string" ? psk : new TextDecoder().decode(psk);
+  const lines = text
+    .trim()
+    .split(/\r?\n/)
+    .map((l) => l.trim());
+  if (
+    lines[0] !== "/key/swarm/psk/1.0.0/" ||
+    lines[1] !== "/base16/" ||
+    !/^[0-9a-fA-F]{64}$/.test(lines[2] ?? "")
+  ) {
+    throw new PskError(
+      "Pre-shared key must be a swarm.key: /key/swarm/psk/1.0.0/, /base16/, 64 hex digits",
+    );
+  }
+  return fromString(`${lines.join("\n")}\n`, "utf8");
+}
+
+/** Creates (does not start) the libp2p node. */
+export async function createNode(
+  init: NodeInit,
+  components: NodeComponents = {},
+): Promise<MeshLibp2p> {
+  const peerDiscovery: NonNullable<Libp2pOptions["peerDiscovery"]> = [];
+  if (init.mdns) peerDiscovery.push(mdns({ interval: 2000, serviceTag: init.mdnsTag }));
+  const options: Libp2pOptions<{
+    identify: ReturnType<ReturnType<typeof identify>>;
+    pubsub: GossipSub;
+  }> = {
+    start: false,
+    privateKey: init.privateKey,
+    addresses: { listen: init.listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery,
+    // Heartbeats already prove liveness every second; libp2p's pings would only add bytes.
+    connectionMonitor: { enabled: false },
+    connectionManager: { dialTimeout: 5000 },
+    services: {
+      identify: identify(),
+      pubsub: gossipsub({
+        ...GOSSIP_DEFAULTS,
+        ...init.gossip,
+        globalSignaturePolicy: StrictSign,
+        maxInboundDataLength: init.maxMessageBytes ?? 16 * 1024,
+      }),
+    },
+  };
+  if (init.psk !== undefined)
+    options.connectionProtector = preSharedKey({ psk: parsePsk(init.psk) });
+  if (components.connectionGater) options.connectionGater = components.connectionGater;
+  return createLibp2p(options);
+}

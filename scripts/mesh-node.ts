@@ -1,0 +1,122 @@
+/**
+ * Runs mesh node(s) in one process and prints their events as JSON lines on stdout, for the
+ * benchmark, the mDNS test and debugging. SIGTERM/SIGINT stop them gracefully (leave announced).
+ *
+ *   npx tsx scripts/mesh-node.ts --data-dir .data/n1 [--listen /ip4/127.0.0.1/tcp/0]
+ *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
+ *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
+ *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0]
+ *
+ * Lines: {"t":<ms>,"node":<index>,"event":"started"|"leader"|"member-up"|"member-down"|"view"|
+ * "stats"|"stopped"|"error", ...}. With --nodes N, node i uses <data-dir>/<i>.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { type Mesh, type MeshInit, createMesh } from "../mesh/index.ts";
+
+const { values } = parseArgs({
+  options: {
+    "data-dir": { type: "string" },
+    listen: { type: "string", multiple: true },
+    bootstrap: { type: "string", multiple: true },
+    mdns: { type: "boolean", default: false },
+    cluster: { type: "string" },
+    "psk-file": { type: "string" },
+    url: { type: "string", default: "" },
+    nodes: { type: "string", default: "1" },
+    views: { type: "boolean", default: false },
+    "heartbeat-ms": { type: "string" },
+    "suspect-ms": { type: "string" },
+    "dead-ms": { type: "string" },
+    "settle-ms": { type: "string" },
+    "stats-ms": { type: "string", default: "0" },
+    "exit-after-ms": { type: "string", default: "0" },
+  },
+});
+
+function out(line: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify({ t: Date.now(), ...line })}\n`);
+}
+
+function num(name: keyof typeof values): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) {
+    out({ event: "error", message: `--${name} must be a non-negative number` });
+    process.exit(2);
+  }
+  return n;
+}
+
+const dataDir = values["data-dir"];
+if (!dataDir) {
+  out({ event: "error", message: "--data-dir is required" });
+  process.exit(2);
+}
+const count = num("nodes") ?? 1;
+const meshes: Mesh[] = [];
+
+for (let i = 0; i < count; i++) {
+  const init: MeshInit = {
+    dataDir: count > 1 ? join(dataDir, String(i)) : dataDir,
+    cluster: values.cluster,
+    listen: values.listen,
+    bootstrap: values.bootstrap,
+    mdns: values.mdns,
+    psk: values["psk-file"] ? readFileSync(values["psk-file"], "utf8") : undefined,
+    local: { url: values.url ?? "", status: "online", services: [] },
+    heartbeatIntervalMs: num("heartbeat-ms"),
+    suspectAfterMs: num("suspect-ms"),
+    deadAfterMs: num("dead-ms"),
+    settleMs: num("settle-ms"),
+  };
+  const mesh = createMesh(init, { logger: (line) => out({ node: i, event: "log", line }) });
+  mesh.addEventListener("leader", (e) => out({ node: i, event: "leader", leader: e.detail }));
+  mesh.addEventListener("member-up", (e) => out({ node: i, event: "member-up", id: e.detail.id }));
+  mesh.addEventListener("member-down", (e) =>
+    out({ node: i, event: "member-down", id: e.detail.id, state: e.detail.state }),
+  );
+  if (values.views) {
+    mesh.addEventListener("view", (e) =>
+      out({
+        node: i,
+        event: "view",
+        leader: e.detail.leader,
+        members: e.detail.members.map((m) => ({ id: m.id, state: m.state, flapping: m.flapping })),
+      }),
+    );
+  }
+  meshes.push(mesh);
+}
+
+let stopping = false;
+async function stopAll(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  await Promise.all(meshes.map((m) => m.stop().catch(() => {})));
+  meshes.forEach((m, i) => out({ node: i, event: "stopped", stats: m.stats() }));
+  process.exit(code);
+}
+process.on("SIGTERM", () => void stopAll(0));
+process.on("SIGINT", () => void stopAll(0));
+
+try {
+  for (const [i, mesh] of meshes.entries()) {
+    await mesh.start();
+    out({ node: i, event: "started", id: mesh.id, addrs: mesh.multiaddrs(), pid: process.pid });
+  }
+} catch (err) {
+  out({ event: "error", message: (err as Error).message });
+  await stopAll(1);
+}
+
+const statsMs = num("stats-ms") ?? 0;
+if (statsMs > 0) {
+  setInterval(() => {
+    meshes.forEach((m, i) => out({ node: i, event: "stats", stats: m.stats(), members: m.view().members.length }));
+  }, statsMs).unref();
+}
+const exitAfter = num("exit-after-ms") ?? 0;
+if (exitAfter > 0) setTimeout(() => void stopAll(0), exitAfter).unref();
