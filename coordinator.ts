@@ -1410,6 +1410,11 @@ class Registry {
     return flushed;
   }
 
+  /** The newest version of a document this isolate wrote or read (no store access). */
+  lastKnown(key: string): Doc | null {
+    return this.#docs.get(key)?.doc ?? null;
+  }
+
   hasPending(key: string): boolean {
     return this.#pending.has(key);
   }
@@ -1703,8 +1708,12 @@ async function clusterHeartbeat(
           : new StoreError(`Store get failed: ${(err as Error).message}`);
       }
       const parsed = parseDoc(raw);
-      const stored = parsed?.kind === "cluster" ? parsed : null;
-      reg.budget.observe(stored?.budget);
+      const read = parsed?.kind === "cluster" ? parsed : null;
+      reg.budget.observe(read?.budget);
+      // Workers KV may serve an older value for up to 60 s after this isolate's own write:
+      // judge "changed" and "keepalive due" against the newest version known.
+      const known = reg.lastKnown(key);
+      const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
       const live = reg.liveCluster(report.cluster);
       const pending = reg.hasPending(key) ? ((await reg.read(key)) as ClusterDoc | null) : null;
       let base = stored;
@@ -1730,8 +1739,11 @@ async function clusterHeartbeat(
       let written = false;
       let reason = decision.reason;
       if (decision.write) {
-        const result = await reg.write(key, merged, raw);
-        if (result === "conflict" && attempt < 4) continue;
+        let result = await reg.write(key, merged, stored === read ? raw : undefined);
+        if (result === "conflict") {
+          if (attempt < 4) continue; // another writer won: merge again on what it wrote
+          result = await reg.write(key, merged);
+        }
         written = result === true;
         if (!written) reason = "deferred";
       } else if (decision.reason === "deferred") {

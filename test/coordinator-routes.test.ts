@@ -1,7 +1,14 @@
 /** In-process route tests of the coordinator: every endpoint, every error path, contract shapes. */
 import { describe, expect, it } from "vitest";
-import { tokensEqual } from "../coordinator.ts";
-import { member, registration, report, testCoordinator } from "./helpers/coord-fixtures.ts";
+import { createCoordinator, memoryStore, type Store, tokensEqual } from "../coordinator.ts";
+import {
+  countingStore,
+  ManualClock,
+  member,
+  registration,
+  report,
+  testCoordinator,
+} from "./helpers/coord-fixtures.ts";
 
 const MIN = 60_000;
 
@@ -302,6 +309,34 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
     }
     expect(store.writes - writesBefore).toBeGreaterThanOrEqual(29);
     expect(store.writes - writesBefore).toBeLessThanOrEqual(31);
+  });
+
+  it("spends no extra write when the store serves a stale value after its own write (Workers KV)", async () => {
+    const clock = new ManualClock();
+    const inner = memoryStore({}, { clock });
+    // Like KV's edge cache: reads keep returning the first value ever read for a minute.
+    const firstRead = new Map<string, string | null>();
+    const stale: Store = {
+      ...inner,
+      kind: "stale-kv",
+      compareAndSet: undefined,
+      get: async (key) => {
+        if (!firstRead.has(key)) firstRead.set(key, await inner.get(key));
+        return firstRead.get(key) ?? null;
+      },
+    };
+    const store = countingStore(stale);
+    const { app } = createCoordinator({}, { store, clock });
+    const send = (body: unknown) =>
+      app
+        .request("/api/cluster/heartbeat", { method: "POST", body: JSON.stringify(body) })
+        .then((r) => r.json());
+    expect((await send(report())).reason).toBe("changed");
+    const down = report({ sequence: 2, members: [member("A")] });
+    expect((await send(down)).reason).toBe("changed");
+    clock.advance(MIN);
+    expect((await send({ ...down, sequence: 3 })).reason).toBe("unchanged");
+    expect(store.writes).toBe(2);
   });
 
   it("shows members unknown once the cluster missed its keepalive lease", async () => {
