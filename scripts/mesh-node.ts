@@ -96,7 +96,7 @@ async function stopAll(code: number): Promise<void> {
   if (stopping) return;
   stopping = true;
   await Promise.all(meshes.map((m) => m.stop().catch(() => {})));
-  meshes.forEach((m, i) => out({ node: i, event: "stopped", stats: m.stats() }));
+  for (const [i, m] of meshes.entries()) out({ node: i, event: "stopped", stats: m.stats() });
   process.exit(code);
 }
 process.on("SIGTERM", () => void stopAll(0));
@@ -115,7 +115,9 @@ try {
 const statsMs = num("stats-ms") ?? 0;
 if (statsMs > 0) {
   setInterval(() => {
-    meshes.forEach((m, i) => out({ node: i, event: "stats", stats: m.stats(), members: m.view().members.length }));
+    for (const [i, m] of meshes.entries()) {
+      out({ node: i, event: "stats", stats: m.stats(), members: m.view().members.length });
+    }
   }, statsMs).unref();
 }
 const exitAfter = num("exit-after-ms") ?? 0;
