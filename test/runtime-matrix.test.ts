@@ -411,3 +411,22 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     expect(none.json().available_services).toContain("upload");
   });
 });
+
+describe("bun coordinator.ts (the default export, no starter)", () => {
+  it("serves with the in-memory store and says it is not persistent", async () => {
+    const port = await refusedPort(); // a free port
+    const p = await spawnUntil(BIN("bun"), ["coordinator.ts"], {
+      ready: /Started .*server: (http:\/\/\S+)/,
+      env: { PORT: String(port) },
+    });
+    try {
+      const res = await raw(`http://127.0.0.1:${port}`, "GET", "/health");
+      expect(res.json()).toMatchObject({
+        status: "healthy",
+        store: { kind: "memory", persistent: false },
+      });
+    } finally {
+      await p.stop();
+    }
+  });
+});
