@@ -327,10 +327,13 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
     };
     const store = countingStore(stale);
     const { app } = createCoordinator({}, { store, clock });
-    const send = (body: unknown) =>
-      app
-        .request("/api/cluster/heartbeat", { method: "POST", body: JSON.stringify(body) })
-        .then((r) => r.json());
+    const send = async (body: unknown) => {
+      const res = await app.request("/api/cluster/heartbeat", {
+        method: "POST",
+        body: JSON.stringify(body),
+      });
+      return (await res.json()) as { reason: string };
+    };
     expect((await send(report())).reason).toBe("changed");
     const down = report({ sequence: 2, members: [member("A")] });
     expect((await send(down)).reason).toBe("changed");
