@@ -84,8 +84,8 @@ export function helpText(): string {
     "",
     "Options (flag, environment variable, meaning):",
     ...rows,
-    "  --config FILE   ROLLCALL_CONFIG          JSON file with any of the settings above",
-    "  --help                                   this text",
+    `  --${"config".padEnd(15)} ${"ROLLCALL_CONFIG".padEnd(24)} JSON file with any of the settings above`,
+    `  --${"help".padEnd(15)} ${"".padEnd(24)} this text`,
     "",
   ].join("\n");
 }

@@ -1,0 +1,287 @@
+/**
+ * The worker agent: wires detection -> gateway -> mesh (or direct mode) -> reporter.
+ * In mesh mode every agent gossips; only the elected leader reports the aggregate.
+ */
+import { freemem, loadavg } from "node:os";
+import {
+  CapabilitiesSchema,
+  type ClusterMemberReport,
+  HttpUrlSchema,
+  tierOf,
+} from "../coordinator.ts";
+import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
+import { aggregate, reportBody } from "./aggregate.ts";
+import { CoordinatorClient } from "./client.ts";
+import { ConfigError, type AgentConfig } from "./config.ts";
+import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
+import { DirectReporter, type Registration } from "./direct.ts";
+import { Gateway } from "./gateway.ts";
+import { LeaderReporter } from "./reporter.ts";
+
+/** Collaborators of an agent. */
+export interface AgentComponents {
+  log?: (line: string) => void;
+  fetch?: typeof fetch;
+}
+
+/** Checks the settings the coordinator will also check, so a mistake stops the agent at start. */
+export function checkAgainstContract(config: AgentConfig): void {
+  if (!HttpUrlSchema.safeParse(config.publicUrl).success) {
+    throw new ConfigError(
+      "--public-url",
+      "must be an http(s) URL without credentials, query or fragment",
+    );
+  }
+  const caps = CapabilitiesSchema.safeParse(config.capabilities);
+  if (!caps.success) {
+    const issue = caps.error.issues[0];
+    throw new ConfigError(
+      "--capabilities",
+      `${issue?.path.join(".") || "value"}: ${issue?.message}`,
+    );
+  }
+}
+
+/** A running worker agent. */
+export class Agent {
+  readonly #config: AgentConfig;
+  readonly #log: (line: string) => void;
+  readonly #detector: ServiceDetector;
+  readonly #gateway: Gateway;
+  readonly #client: CoordinatorClient | undefined;
+  readonly #tier: 1 | 2 | 3;
+  #mesh: Mesh | undefined;
+  #reporter: LeaderReporter<ClusterMemberReport> | undefined;
+  #direct: DirectReporter | undefined;
+  #id = "";
+  #reportedOnce = false;
+  #gatewayPort = 0;
+
+  constructor(
+    config: AgentConfig,
+    candidates: ServiceCandidate[],
+    components: AgentComponents = {},
+  ) {
+    checkAgainstContract(config);
+    this.#config = config;
+    this.#log = components.log ?? ((line) => console.log(line));
+    this.#tier =
+      (config.tier as 1 | 2 | 3 | undefined) ??
+      tierOf(CapabilitiesSchema.parse(config.capabilities));
+    this.#detector = new ServiceDetector(
+      { candidates, intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs },
+      { fetch: components.fetch },
+    );
+    this.#gateway = new Gateway(
+      { host: config.listen.host, port: config.listen.port, agentToken: config.agentToken },
+      {
+        service: (name) => this.#detector.get(name),
+        services: () => this.#detector.services(),
+        health: () => this.health(),
+        clusterView: () => this.clusterView(),
+      },
+    );
+    if (config.coordinator) {
+      this.#client = new CoordinatorClient(
+        { baseUrl: config.coordinator, token: config.token },
+        { fetch: components.fetch },
+      );
+    }
+  }
+
+  /** This agent's stable ID (its PeerId); known after start(). */
+  get id(): string {
+    return this.#id;
+  }
+
+  /** The gateway's bound port; known after start(). */
+  get gatewayPort(): number {
+    return this.#gatewayPort;
+  }
+
+  /** Detects services, opens the gateway, joins the mesh or registers directly. */
+  async start(): Promise<void> {
+    const c = this.#config;
+    this.#log("Detecting available services...");
+    await this.#detector.start();
+    const found = this.#detector.services();
+    for (const s of found) {
+      this.#log(`  ✓ ${s.name} on port ${s.port} (${s.status}, ${s.latency_ms} ms)`);
+    }
+    this.#log(`Found ${found.length} active service(s)`);
+    this.#detector.addEventListener("change", () => this.#onServicesChanged());
+    this.#gatewayPort = await this.#gateway.start();
+    this.#log(
+      `Gateway on http://${c.listen.host}:${this.#gatewayPort}, reachable at ${c.publicUrl}`,
+    );
+    if (c.mode === "direct") await this.#startDirect();
+    else await this.#startMesh();
+  }
+
+  /** Leaves the mesh (or unregisters), closes the gateway, stops probing. */
+  async stop(): Promise<void> {
+    this.#detector.stop();
+    this.#reporter?.stop();
+    await this.#direct?.stop().catch(() => {});
+    await this.#mesh?.stop();
+    await this.#gateway.stop();
+  }
+
+  /** /_agent/health. */
+  health(): Record<string, unknown> {
+    const leader = this.#mesh?.view().leader ?? null;
+    return {
+      status: "healthy",
+      worker_id: this.#id,
+      mode: this.#config.mode,
+      leader: leader?.id ?? null,
+      is_leader: leader?.id === this.#id && this.#id !== "",
+      services: this.#detector.services().map((s) => ({ name: s.name, status: s.status })),
+    };
+  }
+
+  /** /_agent/cluster: the live view (members, leader, services, health, reporting). */
+  clusterView(): Record<string, unknown> {
+    const view = this.#mesh?.view();
+    return {
+      self: this.#id,
+      cluster: this.#config.cluster,
+      mode: this.#config.mode,
+      leader: view?.leader ?? null,
+      members: aggregate(view ?? { members: [] }).members,
+      all_members: (view?.members ?? []).map((m) => ({
+        worker_id: m.id,
+        state: m.state,
+        flapping: m.flapping,
+        incarnation: m.incarnation,
+        url: m.url,
+        last_seen: m.lastSeen,
+      })),
+      services: this.#detector.services(),
+      reporter: this.#reporter?.stats ?? this.#direct?.stats ?? null,
+    };
+  }
+
+  #summaries(): ServiceSummary[] {
+    return this.#detector
+      .services()
+      .map((s) => ({ name: s.name, status: s.status, latency_ms: s.latency_ms }));
+  }
+
+  #onServicesChanged(): void {
+    const names = this.#detector.services().map((s) => `${s.name}:${s.status}`);
+    this.#log(`Services changed: ${names.join(", ") || "none"}`);
+    this.#mesh?.setLocalState({ services: this.#summaries() });
+    this.#direct?.update(this.#registration());
+  }
+
+  #registration(): Registration {
+    const c = this.#config;
+    return {
+      worker_id: this.#id,
+      tunnel_url: c.publicUrl,
+      capabilities: c.capabilities,
+      containers: this.#detector.services().map((s) => ({
+        name: s.name,
+        service_url: `${c.publicUrl}/service/${s.name}`,
+        port: s.port,
+        health_endpoint: "/health",
+      })),
+    };
+  }
+
+  async #startDirect(): Promise<void> {
+    const identity = await loadIdentity(this.#config.dataDir);
+    this.#id = identity.peerId.toString();
+    const client = this.#client as CoordinatorClient;
+    this.#direct = new DirectReporter(this.#registration(), {
+      client,
+      load: () => ({
+        status: "online",
+        current_load: loadavg()[0] ?? 0,
+        available_memory: freemem(),
+      }),
+      log: this.#log,
+    });
+    await this.#direct.start();
+    const r = this.#direct.registered;
+    if (r)
+      this.#log(
+        `Registered with ${this.#config.coordinator} as ${r.worker_id} (tier ${r.tier}, direct mode)`,
+      );
+    else
+      this.#log(
+        `Could not register with ${this.#config.coordinator} yet (${this.#direct.stats.lastError}); retrying`,
+      );
+  }
+
+  async #startMesh(): Promise<void> {
+    const c = this.#config;
+    const mesh = createMesh(
+      {
+        dataDir: c.dataDir,
+        cluster: c.cluster,
+        listen: c.meshListen,
+        bootstrap: c.bootstrap,
+        mdns: c.mdns,
+        psk: c.psk,
+        local: {
+          url: c.publicUrl,
+          status: "online",
+          services: this.#summaries(),
+          meta: { tier: this.#tier, capabilities: c.capabilities },
+        },
+      },
+      { logger: (line) => this.#log(`mesh: ${line}`) },
+    );
+    this.#mesh = mesh;
+    if (this.#client) {
+      const client = this.#client;
+      this.#reporter = new LeaderReporter<ClusterMemberReport>(
+        { debounceMs: c.debounceMs },
+        {
+          send: (r) =>
+            client.report(
+              reportBody({
+                cluster: c.cluster,
+                leaderId: this.#id,
+                term: r.term,
+                sequence: r.sequence,
+                aggregate: r,
+              }),
+            ),
+          log: (line) => this.#log(line),
+        },
+      );
+    }
+    mesh.addEventListener("leader", (e) => this.#onLeader(e.detail));
+    mesh.addEventListener("view", (e) => this.#reporter?.update(aggregate(e.detail)));
+    mesh.addEventListener("member-up", (e) =>
+      this.#log(`Member up: ${e.detail.id} at ${e.detail.url}`),
+    );
+    mesh.addEventListener("member-down", (e) =>
+      this.#log(`Member down: ${e.detail.id} (${e.detail.state})`),
+    );
+    await mesh.start();
+    this.#id = mesh.id;
+    this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${this.#tier}, mesh mode)`);
+    this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
+    if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");
+  }
+
+  #onLeader(leader: { id: string; term: number } | null): void {
+    const self = leader !== null && leader.id === this.#id;
+    this.#log(
+      leader
+        ? `Leader is ${leader.id} (term ${leader.term})${self ? ": this agent" : ""}`
+        : "No leader yet",
+    );
+    if (!this.#reporter) return;
+    if (self && this.#mesh) this.#reporter.update(aggregate(this.#mesh.view()));
+    this.#reporter.setLeader(self, leader?.term ?? 0);
+    if (self && !this.#reportedOnce) {
+      this.#reportedOnce = true;
+      this.#log(`Reporting the cluster to ${this.#config.coordinator} as its leader`);
+    }
+  }
+}
