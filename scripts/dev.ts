@@ -1,0 +1,247 @@
+/**
+ * The whole local cluster on one machine: `npm run dev` (Node) or `deno task dev` (Deno).
+ *
+ * Starts the coordinator with its embedded persistent store (a file under Node, Deno KV
+ * under Deno), three agents in mesh mode on loopback, and small sample services behind
+ * them; prints the coordinator URL and commands to try. Ctrl-C stops everything.
+ *
+ * Flags: --base-port N (default 8700: coordinator N+87, gateways N+1..3, mesh N+11..13,
+ * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
+ * --probe-interval S (agents' probe interval, default 10).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { loadIdentity } from "../mesh/index.ts";
+
+const { values } = parseArgs({
+  options: {
+    "base-port": { type: "string", default: "8700" },
+    data: { type: "string", default: ".data/dev" },
+    fresh: { type: "boolean", default: false },
+    "probe-interval": { type: "string", default: "10" },
+  },
+});
+
+const isDeno = "Deno" in globalThis;
+const base = Number(values["base-port"]);
+if (!Number.isInteger(base) || base < 1024 || base > 65000) {
+  console.error("Invalid --base-port: use a number from 1024 to 65000");
+  process.exit(2);
+}
+const dataDir = resolve(values.data);
+const host = "127.0.0.1";
+const coordinatorPort = base + 87;
+const coordinatorUrl = `http://${host}:${coordinatorPort}`;
+
+/** Which sample services each worker runs; `upload` and `rag` run on two workers each. */
+const WORKERS = [
+  { services: ["notes", "upload"] },
+  { services: ["upload", "rag"] },
+  { services: ["rag", "ocr"] },
+];
+
+const servicePort = (worker: number, k: number) => base + 100 + 10 * (worker + 1) + k;
+
+const children: { name: string; proc: ChildProcess }[] = [];
+let stopping = false;
+
+/** Runs a TypeScript file with the same runtime as this script. */
+function run(
+  name: string,
+  file: string,
+  args: string[],
+  opts: { quiet?: boolean; env?: Record<string, string> } = {},
+) {
+  const runtimeArgs = isDeno
+    ? ["run", "-A", "--unstable-kv", file, ...args]
+    : ["--import", "tsx", file, ...args];
+  const proc = spawn(process.execPath, runtimeArgs, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...opts.env },
+  });
+  const prefix = `[${name}]`.padEnd(10);
+  const print = (chunk: Buffer, err: boolean) => {
+    for (const line of chunk.toString("utf8").split("\n")) {
+      if (!line.trim()) continue;
+      if (opts.quiet && !err) continue;
+      (err ? process.stderr : process.stdout).write(`${prefix} ${line}\n`);
+    }
+  };
+  proc.stdout?.on("data", (c: Buffer) => print(c, false));
+  proc.stderr?.on("data", (c: Buffer) => print(c, true));
+  proc.on("exit", (code, signal) => {
+    if (!stopping) {
+      console.error(`${prefix} exited (${signal ?? code}); stopping the cluster`);
+      void shutdown(1);
+    }
+  });
+  children.push({ name, proc });
+  return proc;
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const s = createServer();
+    s.once("error", () => done(false));
+    s.listen(port, host, () => s.close(() => done(true)));
+  });
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (stopping) return;
+    try {
+      if (await check()) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`Timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+}
+
+async function shutdown(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  console.log("\nStopping the local cluster...");
+  const exits = children.map(
+    ({ proc }) =>
+      new Promise<void>((done) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return done();
+        proc.once("exit", () => done());
+        proc.kill("SIGTERM");
+      }),
+  );
+  const force = setTimeout(() => {
+    for (const { proc } of children)
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+  }, 5000);
+  await Promise.all(exits);
+  clearTimeout(force);
+  console.log("Everything stopped.");
+  process.exit(code);
+}
+
+process.on("SIGINT", () => void shutdown(0));
+process.on("SIGTERM", () => void shutdown(0));
+
+async function main(): Promise<void> {
+  const ports = [
+    coordinatorPort,
+    ...WORKERS.flatMap((w, i) => [
+      base + 1 + i,
+      base + 11 + i,
+      ...w.services.map((_, k) => servicePort(i, k)),
+    ]),
+  ];
+  const busy: number[] = [];
+  for (const p of ports) if (!(await portFree(p))) busy.push(p);
+  if (busy.length) {
+    console.error(
+      `Ports already in use: ${busy.join(", ")}. Stop what uses them, or pass --base-port.`,
+    );
+    process.exit(2);
+  }
+  if (values.fresh) rmSync(dataDir, { recursive: true, force: true });
+  mkdirSync(dataDir, { recursive: true });
+
+  // Identities first, so every agent can be given the others as bootstrap peers.
+  const agents = await Promise.all(
+    WORKERS.map(async (w, i) => {
+      const dir = join(dataDir, `agent${i + 1}`);
+      const identity = await loadIdentity(dir);
+      const meshAddr = `/ip4/${host}/tcp/${base + 11 + i}/p2p/${identity.peerId.toString()}`;
+      const manifest = join(dir, "services.json");
+      const services = w.services.map((name, k) => ({ name, port: servicePort(i, k) }));
+      writeFileSync(manifest, `${JSON.stringify({ services }, null, 2)}\n`);
+      return { i, dir, meshAddr, manifest, services, gateway: `http://${host}:${base + 1 + i}` };
+    }),
+  );
+
+  if (isDeno) {
+    run("coord", "scripts/start-deno.ts", [
+      "--port",
+      String(coordinatorPort),
+      "--kv",
+      join(dataDir, "coordinator.kv"),
+    ]);
+  } else {
+    run("coord", "scripts/start-node.ts", [
+      "--port",
+      String(coordinatorPort),
+      "--data",
+      join(dataDir, "coordinator.json"),
+    ]);
+  }
+  for (const a of agents) {
+    for (const s of a.services) {
+      run(
+        `${s.name}@${a.i + 1}`,
+        "scripts/sample-service.ts",
+        ["--name", s.name, "--port", String(s.port), "--worker", `worker${a.i + 1}`],
+        { quiet: true },
+      );
+    }
+  }
+  await waitFor(
+    "the coordinator",
+    async () => (await fetch(`${coordinatorUrl}/health`)).ok,
+    60_000,
+  );
+  for (const a of agents) {
+    const others = agents.filter((o) => o !== a).map((o) => o.meshAddr);
+    run(`agent${a.i + 1}`, "agent/cli.ts", [
+      "--coordinator",
+      coordinatorUrl,
+      "--data-dir",
+      a.dir,
+      "--listen",
+      `${host}:${base + 1 + a.i}`,
+      "--mesh-listen",
+      `/ip4/${host}/tcp/${base + 11 + a.i}`,
+      "--bootstrap",
+      others.join(","),
+      "--services",
+      a.manifest,
+      "--probe-interval",
+      String(values["probe-interval"]),
+    ]);
+  }
+  const expected = new Set(WORKERS.flatMap((w) => w.services));
+  await waitFor(
+    "the agents to report every service",
+    async () => {
+      const res = await fetch(`${coordinatorUrl}/api/admin/services`);
+      const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
+      return [...expected].every((n) => (body.services[n]?.healthy_workers ?? 0) > 0);
+    },
+    90_000,
+  );
+  if (stopping) return;
+  const c = coordinatorUrl;
+  console.log(`
+rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
+
+  Coordinator  ${c}
+  Workers      ${agents.map((a) => a.gateway).join("  ")}
+  Services     ${[...expected].sort().join(", ")}
+
+Try:
+  curl -s ${c}/api/admin/services          # list services and their healthy workers
+  curl -s ${c}/api/service/nope/hello      # a service that does not exist: 503 with the list
+  curl -s ${c}/api/service/upload/hello    # a routed call: the answer names the worker
+  curl -s ${c}/api/admin/workers           # list workers, their leader and services
+  npx tsx scripts/test-service-discovery.ts ${c}
+
+Ctrl-C stops everything.
+`);
+}
+
+main().catch((err) => {
+  console.error(`Could not start the local cluster: ${(err as Error).message}`);
+  void shutdown(1);
+});
