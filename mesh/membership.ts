@@ -196,15 +196,18 @@ export class Membership {
     v.incarnation = hb.incarnation;
     e.seq = hb.seq;
     v.lastSeen = now;
+    // A new status or state (url, services, meta) is news for the view, even without a transition.
+    let news = v.status !== hb.status;
     v.status = hb.status;
     v.leaderTerm = hb.leader ? hb.term : undefined;
     if (hb.state) {
+      news ||= hb.stateVersion !== e.stateVersion || newer;
       Object.assign(v, copyLocal({ ...hb.state, status: hb.status }));
       if (!hb.state.meta) delete v.meta;
       e.stateVersion = hb.stateVersion;
     }
     if (hb.leaving) return this.#transition(e, "left", now);
-    if (v.state === "alive") return [];
+    if (v.state === "alive") return news ? [{ id: v.id, from: "alive", to: "alive" }] : [];
     v.aliveSince = newer ? now - hb.uptimeMs : now;
     return this.#transition(e, "alive", now);
   }
