@@ -25,7 +25,10 @@ interface Timer {
 export class FakeClock implements Clock {
   #now: number;
   #seq = 0;
+  /** Pending timers by handle; the heap may also hold cancelled ones, skipped when popped. */
   #timers = new Map<number, Timer>();
+  /** Min-heap on (at, seq): O(log n) per timer, so simulations with thousands of timers stay fast. */
+  #heap: Timer[] = [];
 
   constructor(start = 0) {
     this.#now = start;
@@ -37,7 +40,9 @@ export class FakeClock implements Clock {
 
   setTimeout(fn: () => void, ms: number): unknown {
     const seq = ++this.#seq;
-    this.#timers.set(seq, { at: this.#now + Math.max(0, ms), seq, fn });
+    const t = { at: this.#now + Math.max(0, ms), seq, fn };
+    this.#timers.set(seq, t);
+    this.#push(t);
     return seq;
   }
 
@@ -54,17 +59,47 @@ export class FakeClock implements Clock {
   advance(ms: number): void {
     const end = this.#now + ms;
     for (;;) {
-      let next: Timer | undefined;
-      for (const t of this.#timers.values()) {
-        if (t.at <= end && (!next || t.at < next.at || (t.at === next.at && t.seq < next.seq))) {
-          next = t;
-        }
-      }
-      if (!next) break;
-      this.#timers.delete(next.seq);
+      const next = this.#heap[0];
+      if (!next || next.at > end) break;
+      this.#pop();
+      if (!this.#timers.delete(next.seq)) continue; // cancelled
       this.#now = Math.max(this.#now, next.at);
       next.fn();
     }
     this.#now = end;
+  }
+
+  #less(a: Timer, b: Timer): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
+
+  #push(t: Timer): void {
+    const h = this.#heap;
+    h.push(t);
+    let i = h.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.#less(h[i] as Timer, h[parent] as Timer)) break;
+      [h[i], h[parent]] = [h[parent] as Timer, h[i] as Timer];
+      i = parent;
+    }
+  }
+
+  #pop(): void {
+    const h = this.#heap;
+    const last = h.pop() as Timer;
+    if (h.length === 0) return;
+    h[0] = last;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < h.length && this.#less(h[l] as Timer, h[m] as Timer)) m = l;
+      if (r < h.length && this.#less(h[r] as Timer, h[m] as Timer)) m = r;
+      if (m === i) break;
+      [h[i], h[m]] = [h[m] as Timer, h[i] as Timer];
+      i = m;
+    }
   }
 }
