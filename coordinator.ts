@@ -60,6 +60,52 @@ export interface CoordinatorInit {
   maxBodyBytes?: number;
   /** `Access-Control-Allow-Origin`. Default `*`. */
   corsOrigin?: string;
+  /** Requests one worker may have in flight for one service; beyond, others or the queue. Default 100. */
+  maxConcurrent?: number;
+  /** Requests that may wait per service while every provider is at its limit. Default 100. */
+  queueSize?: number;
+  /** Longest wait in that queue before `503` with `Retry-After`. Default 5 s. */
+  queueTimeoutMs?: number;
+  /** Consecutive failures (refused, dropped, timeout, 5xx) that eject a worker from a service. Default 5. */
+  ejectAfterFailures?: number;
+  /** The first ejection lasts this long, the n-th n times as long (up to `ejectMaxMs`). Default 10 s. */
+  ejectBaseMs?: number;
+  /** Longest ejection. Default 5 min. */
+  ejectMaxMs?: number;
+  /** A breaker opens when at least this share of its recent requests failed. Default 0.5. */
+  breakerFailureRatio?: number;
+  /** ...among at least this many requests in the breaker window. Default 10. */
+  breakerMinRequests?: number;
+  /** The breaker's window. Default 10 s. */
+  breakerWindowMs?: number;
+  /** How long an open breaker refuses requests before it lets one probe through. Default 5 s. */
+  breakerOpenMs?: number;
+  /** Retries may add this share of a service's requests (per retry window). Default 0.2. */
+  retryRatio?: number;
+  /** Retries always allowed per retry window, on top of the ratio. Default 10. */
+  retryMin?: number;
+  /** The retry budget's window. Default 10 s. */
+  retryWindowMs?: number;
+  /** Time constant of the latency EWMA: old knowledge fades towards the service's mean. Default 10 s. */
+  latencyDecayMs?: number;
+  /** Window of the metrics' percentiles, throughput and scaling signals. Default 60 s. */
+  metricsWindowMs?: number;
+  /** Route on the leader agent's live view (`/_agent/cluster`) when reachable. Default true. */
+  liveView?: boolean;
+  /** The live view is refreshed (in the background) after this. Default 2 s. */
+  liveViewTtlMs?: number;
+  /** Time the leader's agent has to answer for its live view. Default 500 ms. */
+  liveViewTimeoutMs?: number;
+  /** Token sent to the agent for its live view. Default: the cluster token. */
+  agentToken?: string | null;
+  /** URL that gets a POST when a service's scaling signal changes. Default none. */
+  scalingWebhook?: string | null;
+  /** Time the scaling webhook has to answer. Default 2 s. */
+  scalingWebhookTimeoutMs?: number;
+  /** p95 latency (ms) at or above which a service asks to scale up. Default 1,000. */
+  scaleUpLatencyMs?: number;
+  /** A service asks to scale down when one provider fewer would run at most this busy. Default 0.25. */
+  scaleDownUtilization?: number;
 }
 
 /** Resolved settings: every default applied. */
@@ -82,6 +128,29 @@ export interface Settings {
   replayBufferBytes: number;
   maxBodyBytes: number;
   corsOrigin: string;
+  maxConcurrent: number;
+  queueSize: number;
+  queueTimeoutMs: number;
+  ejectAfterFailures: number;
+  ejectBaseMs: number;
+  ejectMaxMs: number;
+  breakerFailureRatio: number;
+  breakerMinRequests: number;
+  breakerWindowMs: number;
+  breakerOpenMs: number;
+  retryRatio: number;
+  retryMin: number;
+  retryWindowMs: number;
+  latencyDecayMs: number;
+  metricsWindowMs: number;
+  liveView: boolean;
+  liveViewTtlMs: number;
+  liveViewTimeoutMs: number;
+  agentToken: string | null;
+  scalingWebhook: string | null;
+  scalingWebhookTimeoutMs: number;
+  scaleUpLatencyMs: number;
+  scaleDownUtilization: number;
 }
 
 /** Thrown when configuration from env/bindings is invalid. */
@@ -102,6 +171,14 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
       throw new ConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
+  const ratio = (name: string, value: number): number => {
+    if (!(value >= 0 && value <= 1)) throw new ConfigError(`${name} must be between 0 and 1`);
+    return value;
+  };
+  const webhook = init.scalingWebhook || null;
+  if (webhook !== null && !isHttpUrl(webhook)) {
+    throw new ConfigError("Scaling webhook must be an http(s) URL without credentials");
+  }
   return {
     clusterToken: init.clusterToken || null,
     adminToken: init.adminToken || null,
@@ -121,6 +198,29 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
     replayBufferBytes: init.replayBufferBytes ?? 1024 * 1024,
     maxBodyBytes: init.maxBodyBytes ?? 256 * 1024,
     corsOrigin: init.corsOrigin ?? "*",
+    maxConcurrent: Math.max(1, Math.floor(init.maxConcurrent ?? 100)),
+    queueSize: Math.max(0, Math.floor(init.queueSize ?? 100)),
+    queueTimeoutMs: init.queueTimeoutMs ?? 5000,
+    ejectAfterFailures: Math.max(1, Math.floor(init.ejectAfterFailures ?? 5)),
+    ejectBaseMs: init.ejectBaseMs ?? 10_000,
+    ejectMaxMs: init.ejectMaxMs ?? 5 * MINUTE,
+    breakerFailureRatio: ratio("breakerFailureRatio", init.breakerFailureRatio ?? 0.5),
+    breakerMinRequests: Math.max(1, Math.floor(init.breakerMinRequests ?? 10)),
+    breakerWindowMs: init.breakerWindowMs ?? 10_000,
+    breakerOpenMs: init.breakerOpenMs ?? 5000,
+    retryRatio: ratio("retryRatio", init.retryRatio ?? 0.2),
+    retryMin: Math.max(0, Math.floor(init.retryMin ?? 10)),
+    retryWindowMs: init.retryWindowMs ?? 10_000,
+    latencyDecayMs: init.latencyDecayMs ?? 10_000,
+    metricsWindowMs: init.metricsWindowMs ?? MINUTE,
+    liveView: init.liveView ?? true,
+    liveViewTtlMs: init.liveViewTtlMs ?? 2000,
+    liveViewTimeoutMs: init.liveViewTimeoutMs ?? 500,
+    agentToken: init.agentToken || init.clusterToken || null,
+    scalingWebhook: webhook,
+    scalingWebhookTimeoutMs: init.scalingWebhookTimeoutMs ?? 2000,
+    scaleUpLatencyMs: init.scaleUpLatencyMs ?? 1000,
+    scaleDownUtilization: ratio("scaleDownUtilization", init.scaleDownUtilization ?? 0.25),
   };
 }
 
@@ -136,6 +236,21 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     const n = Number(v);
     if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
     return n * scale;
+  };
+  const share = (name: string): number | undefined => {
+    const v = str(name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0 || n > 1)
+      throw new ConfigError(`${name} must be between 0 and 1`);
+    return n;
+  };
+  const count = (name: string): number | undefined => {
+    const v = str(name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+    return n;
   };
   const bool = (name: string): boolean | undefined => {
     const v = str(name)?.toLowerCase();
@@ -176,8 +291,31 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     maxBodyBytes: num("ROLLCALL_MAX_BODY_BYTES"),
     corsOrigin: str("ROLLCALL_CORS_ORIGIN"),
     aliases,
+    maxConcurrent: num("ROLLCALL_MAX_CONCURRENT"),
+    queueSize: count("ROLLCALL_QUEUE_SIZE"),
+    queueTimeoutMs: num("ROLLCALL_QUEUE_TIMEOUT_MS"),
+    ejectAfterFailures: num("ROLLCALL_EJECT_AFTER"),
+    ejectBaseMs: num("ROLLCALL_EJECT_BASE_MS"),
+    ejectMaxMs: num("ROLLCALL_EJECT_MAX_MS"),
+    breakerFailureRatio: share("ROLLCALL_BREAKER_RATIO"),
+    breakerMinRequests: num("ROLLCALL_BREAKER_MIN_REQUESTS"),
+    breakerWindowMs: num("ROLLCALL_BREAKER_WINDOW_MS"),
+    breakerOpenMs: num("ROLLCALL_BREAKER_OPEN_MS"),
+    retryRatio: share("ROLLCALL_RETRY_RATIO"),
+    retryMin: count("ROLLCALL_RETRY_MIN"),
+    retryWindowMs: num("ROLLCALL_RETRY_WINDOW_MS"),
+    latencyDecayMs: num("ROLLCALL_LATENCY_DECAY_MS"),
+    metricsWindowMs: num("ROLLCALL_METRICS_WINDOW_S", 1000),
+    liveView: bool("ROLLCALL_LIVE_VIEW"),
+    liveViewTtlMs: num("ROLLCALL_LIVE_VIEW_TTL_MS"),
+    liveViewTimeoutMs: num("ROLLCALL_LIVE_VIEW_TIMEOUT_MS"),
+    agentToken: str("ROLLCALL_AGENT_TOKEN") ?? null,
+    scalingWebhook: str("ROLLCALL_SCALING_WEBHOOK") ?? null,
+    scalingWebhookTimeoutMs: num("ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS"),
+    scaleUpLatencyMs: num("ROLLCALL_SCALE_UP_P95_MS"),
+    scaleDownUtilization: share("ROLLCALL_SCALE_DOWN_UTILIZATION"),
   };
-  resolveSettings(init); // validates aliases
+  resolveSettings(init); // validates aliases, shares and the webhook URL
   return init;
 }
 
@@ -1204,6 +1342,8 @@ export interface RoutingTable {
   workers: WorkerView[];
   providers: Map<string, Provider[]>;
   clusters: ClusterSummary[];
+  /** "live" when a cluster's members come from its leader agent's live view, else "stored". */
+  source: "live" | "stored";
 }
 
 /** A cluster's leader and lease, as the admin API shows them. */
@@ -1219,6 +1359,10 @@ export interface ClusterSummary {
   next_keepalive_at: string | null;
   digest: string;
   pending_write: boolean;
+  /** Where the members shown (and routed to) come from. */
+  source: "live" | "stored";
+  /** The leader's agent URL (its live view is read there). */
+  leader_url: string | null;
 }
 
 class KeyedMutex {
@@ -1272,6 +1416,8 @@ class Registry {
   #live = new Map<string, LiveWorker>();
   #clusters = new Map<string, LiveCluster>();
   #table: RoutingTable | null = null;
+  /** Live views of the clusters (set by the app when enabled). */
+  live: LiveViews | null = null;
 
   constructor(
     readonly settings: Settings,
@@ -1489,14 +1635,21 @@ class Registry {
       });
     }
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
+    let source: RoutingTable["source"] = "stored";
     for (const stored of docs) {
       if (stored.kind !== "cluster") continue;
       const live = this.#clusters.get(stored.cluster);
       const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const stale = clusterIsStale(lastAlive, now, this.settings);
-      const leader = leaderOf(doc);
-      for (const m of Object.values(doc.members)) {
+      const view = this.live?.current(stored.cluster, now) ?? null;
+      const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
+      const storedLeader = leaderOf(doc);
+      const leader = view?.leaderId
+        ? { leader_id: view.leaderId, term: storedLeader?.term ?? null }
+        : storedLeader;
+      const members = view?.members ?? Object.values(doc.members);
+      if (view !== null) source = "live";
+      for (const m of members) {
         const status = stale ? "unknown" : m.status;
         views.set(m.worker_id, {
           worker_id: m.worker_id,
@@ -1518,6 +1671,7 @@ class Registry {
         });
         serviceHealth.set(m.worker_id, new Map(m.services.map((s) => [s.name, s.status])));
       }
+      const leaderMember = leader ? members.find((m) => m.worker_id === leader.leader_id) : null;
       clusters.push({
         cluster: doc.cluster,
         leader_id: leader?.leader_id ?? null,
@@ -1532,6 +1686,8 @@ class Registry {
           : null,
         digest: doc.digest,
         pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
+        source: view !== null ? "live" : "stored",
+        leader_url: leaderMember?.url ?? doc.members[leader?.leader_id ?? ""]?.url ?? null,
       });
     }
     const providers = new Map<string, Provider[]>();
@@ -1554,7 +1710,7 @@ class Registry {
         providers.set(name, list);
       }
     }
-    return { builtAt: now, workers: [...views.values()], providers, clusters };
+    return { builtAt: now, workers: [...views.values()], providers, clusters, source };
   }
 }
 
@@ -1769,7 +1925,803 @@ async function clusterHeartbeat(
 }
 
 // ============================================================================================
-// Routing and proxy: pick providers, forward with failover
+// Routing health (pure; time is passed in): traffic windows, circuit breaker, retry budget,
+// endpoints, the power-of-two-choices picker and scaling signals. All of it lives per
+// isolate: on Workers each isolate learns on its own (see docs/DEPLOY.md).
+// ============================================================================================
+
+const HISTOGRAM_BASE_MS = 0.05;
+const HISTOGRAM_STEPS_PER_DOUBLING = 4;
+const HISTOGRAM_BUCKETS = 84; // 0.05 ms to ~88 s, each bucket ~19 % wide
+const WINDOW_SLICES = 6;
+const FIELDS = 5; // per slice: requests, errors, retries, rejected, peak in flight
+const FAILURE_PENALTY_MS = 1000; // latency a failed attempt counts as, at least
+const EWMA_SAMPLE_WEIGHT = 0.3;
+
+/** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. */
+export function latencyBucket(ms: number): number {
+  if (!(ms > HISTOGRAM_BASE_MS)) return 0;
+  const i = Math.ceil(Math.log2(ms / HISTOGRAM_BASE_MS) * HISTOGRAM_STEPS_PER_DOUBLING);
+  return i < HISTOGRAM_BUCKETS ? i : HISTOGRAM_BUCKETS - 1;
+}
+
+function bucketTop(i: number): number {
+  return HISTOGRAM_BASE_MS * 2 ** (i / HISTOGRAM_STEPS_PER_DOUBLING);
+}
+
+/** What a traffic window shows (the last `window_s` seconds). */
+export interface WindowSnapshot {
+  window_s: number;
+  requests: number;
+  errors: number;
+  retries: number;
+  rejected: number;
+  peak_in_flight: number;
+  throughput_rps: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+}
+
+/**
+ * The last `windowMs` of traffic in six slices: counts (requests, errors, retries, rejected),
+ * the peak in flight, and a log-bucketed latency histogram whose percentiles are within about
+ * 10 %. Recording is O(1) and allocates nothing.
+ */
+export class TrafficWindow {
+  readonly #sliceMs: number;
+  readonly #epochs = new Float64Array(WINDOW_SLICES).fill(-1);
+  readonly #counts = new Float64Array(WINDOW_SLICES * FIELDS);
+  readonly #histogram = new Uint32Array(WINDOW_SLICES * HISTOGRAM_BUCKETS);
+
+  constructor(
+    readonly windowMs: number,
+    readonly startedAt: number,
+  ) {
+    this.#sliceMs = windowMs / WINDOW_SLICES;
+  }
+
+  #slice(now: number): number {
+    const epoch = Math.floor(now / this.#sliceMs);
+    const i = epoch % WINDOW_SLICES;
+    if (this.#epochs[i] !== epoch) {
+      this.#epochs[i] = epoch;
+      this.#counts.fill(0, i * FIELDS, (i + 1) * FIELDS);
+      this.#histogram.fill(0, i * HISTOGRAM_BUCKETS, (i + 1) * HISTOGRAM_BUCKETS);
+    }
+    return i;
+  }
+
+  /** Counts one finished request (or attempt), whether it failed, and its latency. */
+  record(now: number, latencyMs: number, failed: boolean): void {
+    const i = this.#slice(now);
+    (this.#counts[i * FIELDS] as number)++;
+    if (failed) (this.#counts[i * FIELDS + 1] as number)++;
+    (this.#histogram[i * HISTOGRAM_BUCKETS + latencyBucket(latencyMs)] as number)++;
+  }
+
+  /** Counts one retry. */
+  retry(now: number): void {
+    (this.#counts[this.#slice(now) * FIELDS + 2] as number)++;
+  }
+
+  /** Counts one request turned away (queue full or timed out, every breaker open). */
+  reject(now: number): void {
+    (this.#counts[this.#slice(now) * FIELDS + 3] as number)++;
+  }
+
+  /** Notes the number in flight; the window keeps the peak. */
+  inFlight(now: number, n: number): void {
+    const at = this.#slice(now) * FIELDS + 4;
+    if (n > (this.#counts[at] as number)) this.#counts[at] = n;
+  }
+
+  /** The figures of the window ending at `now`. */
+  snapshot(now: number): WindowSnapshot {
+    const current = Math.floor(now / this.#sliceMs);
+    const sums = [0, 0, 0, 0];
+    let peak = 0;
+    const merged = new Float64Array(HISTOGRAM_BUCKETS);
+    for (let i = 0; i < WINDOW_SLICES; i++) {
+      const epoch = this.#epochs[i] as number;
+      if (epoch < 0 || epoch > current || epoch <= current - WINDOW_SLICES) continue;
+      for (let f = 0; f < 4; f++)
+        sums[f] = (sums[f] as number) + (this.#counts[i * FIELDS + f] as number);
+      peak = Math.max(peak, this.#counts[i * FIELDS + 4] as number);
+      for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
+        merged[b] = (merged[b] as number) + (this.#histogram[i * HISTOGRAM_BUCKETS + b] as number);
+      }
+    }
+    const span = Math.min(
+      this.windowMs - this.#sliceMs + (now - current * this.#sliceMs),
+      now - this.startedAt,
+    );
+    const requests = sums[0] as number;
+    return {
+      window_s: Math.round(this.windowMs / 100) / 10,
+      requests,
+      errors: sums[1] as number,
+      retries: sums[2] as number,
+      rejected: sums[3] as number,
+      peak_in_flight: peak,
+      throughput_rps: span > 0 ? Math.round((requests * 10_000) / span) / 10 : 0,
+      p50_ms: percentile(merged, requests, 0.5),
+      p95_ms: percentile(merged, requests, 0.95),
+      p99_ms: percentile(merged, requests, 0.99),
+    };
+  }
+}
+
+function percentile(histogram: Float64Array, total: number, q: number): number | null {
+  if (total <= 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
+    const n = histogram[b] as number;
+    if (n > 0 && seen + n >= rank) {
+      const low = b === 0 ? 0 : bucketTop(b - 1);
+      const value = low + (bucketTop(b) - low) * Math.min(1, (rank - seen) / n);
+      return Math.round(value * 100) / 100;
+    }
+    seen += n;
+  }
+  return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
+}
+
+/** A circuit breaker's state. */
+export type BreakerState = "closed" | "open" | "half_open";
+
+/** Settings of a circuit breaker. */
+export interface BreakerInit {
+  failureRatio: number;
+  minRequests: number;
+  windowMs: number;
+  openMs: number;
+}
+
+/**
+ * A circuit breaker for one worker and service. Closed, it counts outcomes over a sliding
+ * window (two halves, weighted) and opens when at least `failureRatio` of at least
+ * `minRequests` requests failed. Open, it refuses requests for `openMs`; then, half-open, it
+ * lets exactly one probe through: the probe's success closes it, its failure opens it again.
+ * Outcomes of requests sent before it opened are ignored.
+ */
+export class CircuitBreaker {
+  state: BreakerState = "closed";
+  /** When an open breaker lets a probe through. */
+  openUntil = 0;
+  /** Times it opened. */
+  trips = 0;
+  #probing = false;
+  #start = 0;
+  #n = 0;
+  #f = 0;
+  #prevN = 0;
+  #prevF = 0;
+
+  constructor(readonly init: BreakerInit) {}
+
+  /** Whether a request may go now (an open breaker turns half-open once its time is up). */
+  allows(now: number): boolean {
+    if (this.state === "closed") return true;
+    if (this.state === "open") {
+      if (now < this.openUntil) return false;
+      this.state = "half_open";
+      this.#probing = false;
+    }
+    return !this.#probing;
+  }
+
+  /** Notes a request sent; returns whether it is the half-open probe. */
+  dispatch(): boolean {
+    if (this.state !== "half_open") return false;
+    this.#probing = true;
+    return true;
+  }
+
+  /** A request answered well. */
+  success(now: number, probe: boolean): void {
+    if (this.state === "closed") this.#count(now, false);
+    else if (this.state === "half_open" && probe) this.#close(now);
+  }
+
+  /** A request failed (refused, dropped, timed out, 5xx). */
+  failure(now: number, probe: boolean): void {
+    if (this.state === "half_open") {
+      if (probe) this.#open(now);
+      return;
+    }
+    if (this.state === "open") return;
+    this.#count(now, true);
+    const { n, f } = this.#estimate(now);
+    if (n >= this.init.minRequests && f >= this.init.failureRatio * n) this.#open(now);
+  }
+
+  /** A request ended without an outcome (the client went away): frees the probe slot. */
+  abandon(probe: boolean): void {
+    if (probe) this.#probing = false;
+  }
+
+  /** Requests and failures the window counts now. */
+  counts(now: number): { requests: number; failures: number } {
+    const { n, f } = this.#estimate(now);
+    return { requests: Math.round(n * 10) / 10, failures: Math.round(f * 10) / 10 };
+  }
+
+  #roll(now: number): void {
+    const w = this.init.windowMs;
+    const elapsed = now - this.#start;
+    if (elapsed < w) return;
+    if (elapsed < 2 * w) {
+      this.#prevN = this.#n;
+      this.#prevF = this.#f;
+    } else {
+      this.#prevN = 0;
+      this.#prevF = 0;
+    }
+    this.#n = 0;
+    this.#f = 0;
+    this.#start = now - (elapsed % w);
+  }
+
+  #estimate(now: number): { n: number; f: number } {
+    this.#roll(now);
+    const weight = 1 - (now - this.#start) / this.init.windowMs;
+    return { n: this.#n + this.#prevN * weight, f: this.#f + this.#prevF * weight };
+  }
+
+  #count(now: number, failed: boolean): void {
+    this.#roll(now);
+    this.#n++;
+    if (failed) this.#f++;
+  }
+
+  #open(now: number): void {
+    this.state = "open";
+    this.openUntil = now + this.init.openMs;
+    this.trips++;
+    this.#probing = false;
+  }
+
+  #close(now: number): void {
+    this.state = "closed";
+    this.#probing = false;
+    this.#start = now;
+    this.#n = 0;
+    this.#f = 0;
+    this.#prevN = 0;
+    this.#prevF = 0;
+  }
+}
+
+/**
+ * A retry budget for one service (the Finagle/Linkerd model): over a sliding window, retries
+ * may add at most `ratio` of the requests plus `min` retries. So retries can never multiply
+ * the load on a failing service.
+ */
+export class RetryBudget {
+  #start = 0;
+  #requests = 0;
+  #retries = 0;
+  #prevRequests = 0;
+  #prevRetries = 0;
+
+  constructor(readonly init: { ratio: number; min: number; windowMs: number }) {}
+
+  /** Counts one original request (it earns `ratio` of a retry). */
+  request(now: number): void {
+    this.#roll(now);
+    this.#requests++;
+  }
+
+  /** Takes one retry from the budget; false when it is spent. */
+  tryRetry(now: number): boolean {
+    if (this.available(now) < 1) return false;
+    this.#retries++;
+    return true;
+  }
+
+  /** Retries the budget still allows now. */
+  available(now: number): number {
+    this.#roll(now);
+    const weight = 1 - (now - this.#start) / this.init.windowMs;
+    const requests = this.#requests + this.#prevRequests * weight;
+    const retries = this.#retries + this.#prevRetries * weight;
+    return Math.max(0, this.init.min + this.init.ratio * requests - retries);
+  }
+
+  #roll(now: number): void {
+    const w = this.init.windowMs;
+    const elapsed = now - this.#start;
+    if (elapsed < w) return;
+    this.#prevRequests = elapsed < 2 * w ? this.#requests : 0;
+    this.#prevRetries = elapsed < 2 * w ? this.#retries : 0;
+    this.#requests = 0;
+    this.#retries = 0;
+    this.#start = now - (elapsed % w);
+  }
+}
+
+/** The settings routing health uses. */
+export type RoutingSettings = Pick<
+  Settings,
+  | "maxConcurrent"
+  | "queueSize"
+  | "ejectAfterFailures"
+  | "ejectBaseMs"
+  | "ejectMaxMs"
+  | "breakerFailureRatio"
+  | "breakerMinRequests"
+  | "breakerWindowMs"
+  | "breakerOpenMs"
+  | "retryRatio"
+  | "retryMin"
+  | "retryWindowMs"
+  | "latencyDecayMs"
+  | "metricsWindowMs"
+>;
+
+const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
+
+/** One worker serving one service, and what this isolate learned about it. */
+export class Endpoint {
+  /** The service URL without a trailing slash. */
+  base = "";
+  tier: 1 | 2 | 3 = 2;
+  health: Provider["health"] = "healthy";
+  inFlight = 0;
+  /** Latency EWMA in ms (0: nothing known yet) and when it was last updated. */
+  ewmaMs = 0;
+  ewmaAt = 0;
+  consecutiveFailures = 0;
+  ejectedUntil = 0;
+  ejections = 0;
+  lastEjectedAt = 0;
+  attempts = 0;
+  failures = 0;
+  latencySumMs = 0;
+  readonly breaker: CircuitBreaker;
+  readonly window: TrafficWindow;
+
+  constructor(
+    readonly worker_id: string,
+    readonly service: string,
+    settings: RoutingSettings,
+    now: number,
+  ) {
+    this.breaker = new CircuitBreaker({
+      failureRatio: settings.breakerFailureRatio,
+      minRequests: settings.breakerMinRequests,
+      windowMs: settings.breakerWindowMs,
+      openMs: settings.breakerOpenMs,
+    });
+    this.window = new TrafficWindow(settings.metricsWindowMs, now);
+  }
+
+  /** Takes the provider's current URL, tier and health from the routing table. */
+  update(provider: Provider): void {
+    this.base = trimSlash(provider.url);
+    this.tier = provider.tier;
+    this.health = provider.health;
+  }
+
+  /** Whether it is ejected at `now`. */
+  ejected(now: number): boolean {
+    return now < this.ejectedUntil;
+  }
+}
+
+/** What a pick needs besides the route: time, randomness, and the workers already tried. */
+export interface PickOptions {
+  now: number;
+  random: () => number;
+  tried?: readonly Endpoint[] | null;
+}
+
+/** Why nothing could be picked: every usable provider is at its limit, or none is usable. */
+export type Blocked = "busy" | "open" | "none";
+
+/** A waiter in a service's queue. */
+interface Waiter {
+  wake: (ok: boolean) => void;
+  timer: ReturnType<typeof setTimeout> | null;
+  done: boolean;
+}
+
+/**
+ * One service's routing state in this isolate: its endpoints in preference groups (healthy
+ * before degraded, then lower tier), the picker, outlier ejection, the retry budget, the
+ * bounded queue and the service's traffic figures.
+ */
+export class ServiceRoute {
+  /** Routable endpoints, sorted by health, tier and ID. */
+  endpoints: Endpoint[] = [];
+  /** Start index of each preference group in `endpoints`, then its length. */
+  groups: number[] = [0];
+  /** Providers in the routing table, usable or not. */
+  providers = 0;
+  /** Service-wide latency EWMA of successful attempts (0: nothing known). */
+  ewmaMs = 0;
+  inFlight = 0;
+  requests = 0;
+  errors = 0;
+  retries = 0;
+  rejected = 0;
+  latencySumMs = 0;
+  queued = 0;
+  signal: ScalingSignal = { signal: "steady", reason: "no traffic seen yet" };
+  nextEvaluationAt = 0;
+  readonly budget: RetryBudget;
+  readonly window: TrafficWindow;
+  readonly firstSeenAt: number;
+  #turn = 0;
+  #waiters: Waiter[] = [];
+  #head = 0;
+
+  constructor(
+    readonly name: string,
+    readonly settings: RoutingSettings,
+    now: number,
+  ) {
+    this.budget = new RetryBudget({
+      ratio: settings.retryRatio,
+      min: settings.retryMin,
+      windowMs: settings.retryWindowMs,
+    });
+    this.window = new TrafficWindow(settings.metricsWindowMs, now);
+    this.firstSeenAt = now;
+  }
+
+  /** Replaces the endpoints (after the routing table changed). */
+  setEndpoints(endpoints: Endpoint[], providers: number): void {
+    endpoints.sort(
+      (a, b) =>
+        HEALTH_RANK[a.health] - HEALTH_RANK[b.health] ||
+        a.tier - b.tier ||
+        (a.worker_id < b.worker_id ? -1 : a.worker_id > b.worker_id ? 1 : 0),
+    );
+    const groups = [0];
+    for (let i = 1; i < endpoints.length; i++) {
+      const a = endpoints[i - 1] as Endpoint;
+      const b = endpoints[i] as Endpoint;
+      if (a.health !== b.health || a.tier !== b.tier) groups.push(i);
+    }
+    groups.push(endpoints.length);
+    this.endpoints = endpoints;
+    this.groups = groups;
+    this.providers = providers;
+  }
+
+  /** The latency estimate of an endpoint: its EWMA fading towards the service's mean. */
+  latency(e: Endpoint, now: number): number {
+    if (e.ewmaMs === 0) return this.ewmaMs;
+    if (this.ewmaMs === 0) return e.ewmaMs;
+    const fade = Math.exp(-(now - e.ewmaAt) / this.settings.latencyDecayMs);
+    return this.ewmaMs + (e.ewmaMs - this.ewmaMs) * fade;
+  }
+
+  /** Cost of sending one more request: (in flight + 1) x latency estimate. */
+  cost(e: Endpoint, now: number): number {
+    return (e.inFlight + 1) * this.latency(e, now);
+  }
+
+  #usable(e: Endpoint, now: number, tried: readonly Endpoint[] | null, strict: boolean): boolean {
+    return (
+      e.inFlight < this.settings.maxConcurrent &&
+      (!strict || !e.ejected(now)) &&
+      (tried === null || !tried.includes(e)) &&
+      e.breaker.allows(now)
+    );
+  }
+
+  /**
+   * Picks an endpoint: the first preference group with a usable one; within it, power of two
+   * choices on cost (round-robin while nothing is known about the service's latency). Ejected
+   * endpoints are used only when nothing else is usable. O(1) unless most of a group is
+   * unusable. Null when nothing is usable (see `blocked`).
+   */
+  pick(options: PickOptions): Endpoint | null {
+    const tried = options.tried ?? null;
+    for (let pass = 0; pass < 2; pass++) {
+      const strict = pass === 0;
+      for (let g = 0; g + 1 < this.groups.length; g++) {
+        const found = this.#pickIn(
+          this.groups[g] as number,
+          this.groups[g + 1] as number,
+          options,
+          tried,
+          strict,
+        );
+        if (found) return found;
+      }
+    }
+    return null;
+  }
+
+  #pickIn(
+    start: number,
+    end: number,
+    options: PickOptions,
+    tried: readonly Endpoint[] | null,
+    strict: boolean,
+  ): Endpoint | null {
+    const { now, random } = options;
+    const list = this.endpoints;
+    const m = end - start;
+    if (m === 1) {
+      const only = list[start] as Endpoint;
+      return this.#usable(only, now, tried, strict) ? only : null;
+    }
+    if (this.ewmaMs === 0) {
+      // Nothing known yet: round-robin over the usable ones.
+      for (let k = 0; k < m; k++) {
+        const e = list[start + ((this.#turn + k) % m)] as Endpoint;
+        if (this.#usable(e, now, tried, strict)) {
+          this.#turn = (this.#turn + k + 1) % 1_000_000_007;
+          return e;
+        }
+      }
+      return null;
+    }
+    const i = start + Math.floor(random() * m);
+    let j = start + Math.floor(random() * (m - 1));
+    if (j >= i) j++;
+    const a = list[i] as Endpoint;
+    const b = list[j] as Endpoint;
+    const okA = this.#usable(a, now, tried, strict);
+    const okB = this.#usable(b, now, tried, strict);
+    if (okA && okB) return this.cost(a, now) <= this.cost(b, now) ? a : b;
+    if (okA) return a;
+    if (okB) return b;
+    // Both draws unusable: choose among the usable rest (a scan, only on this slow path).
+    let usable = 0;
+    for (let k = start; k < end; k++) {
+      if (this.#usable(list[k] as Endpoint, now, tried, strict)) usable++;
+    }
+    if (usable === 0) return null;
+    const nth = Math.floor(random() * usable);
+    let best: Endpoint | null = null;
+    let second: Endpoint | null = null;
+    const other = usable > 1 ? (nth + 1 + Math.floor(random() * (usable - 1))) % usable : -1;
+    for (let k = start, seen = 0; k < end; k++) {
+      const e = list[k] as Endpoint;
+      if (!this.#usable(e, now, tried, strict)) continue;
+      if (seen === nth) best = e;
+      if (seen === other) second = e;
+      seen++;
+    }
+    if (best && second) return this.cost(best, now) <= this.cost(second, now) ? best : second;
+    return best;
+  }
+
+  /** Why `pick` found nothing: "busy" (some provider is only at its limit), "open", or "none". */
+  blocked(now: number, tried: readonly Endpoint[] | null = null): Blocked {
+    let open = false;
+    for (const e of this.endpoints) {
+      if (tried?.includes(e)) continue;
+      if (!e.breaker.allows(now)) open = true;
+      else if (e.inFlight >= this.settings.maxConcurrent) return "busy";
+    }
+    return open ? "open" : "none";
+  }
+
+  /** Milliseconds until the first open breaker lets a probe through (at least 1 s). */
+  retryAfterMs(now: number): number {
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const e of this.endpoints) {
+      if (e.breaker.state === "open") soonest = Math.min(soonest, e.breaker.openUntil - now);
+    }
+    return Number.isFinite(soonest) ? Math.max(1000, soonest) : 1000;
+  }
+
+  /** Counts an incoming request (it also earns the retry budget). */
+  begin(now: number): void {
+    this.requests++;
+    this.budget.request(now);
+  }
+
+  /** Sends an attempt to `e`; returns whether it is the half-open breaker's probe. */
+  dispatch(e: Endpoint, now: number): boolean {
+    e.inFlight++;
+    e.attempts++;
+    this.inFlight++;
+    this.window.inFlight(now, this.inFlight);
+    e.window.inFlight(now, e.inFlight);
+    return e.breaker.dispatch();
+  }
+
+  /**
+   * Records an attempt's outcome and frees its slot: latency EWMA (peak-sensitive: a slower
+   * sample counts at once, a faster one by 30 %), consecutive failures and outlier ejection
+   * (never more than half the endpoints at once, each ejection longer), the breaker.
+   */
+  settle(
+    e: Endpoint,
+    outcome: {
+      now: number;
+      latencyMs: number;
+      failed: boolean;
+      abandoned?: boolean;
+      probe: boolean;
+    },
+  ): void {
+    const { now, latencyMs, failed, probe } = outcome;
+    e.inFlight--;
+    this.inFlight--;
+    this.#wakeOne();
+    if (outcome.abandoned) {
+      e.breaker.abandon(probe);
+      return;
+    }
+    e.window.record(now, latencyMs, failed);
+    e.latencySumMs += latencyMs;
+    const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
+    const base = this.latency(e, now) || sample;
+    e.ewmaMs = sample > base ? sample : base + (sample - base) * EWMA_SAMPLE_WEIGHT;
+    e.ewmaAt = now;
+    if (!failed) {
+      this.ewmaMs = this.ewmaMs === 0 ? latencyMs : this.ewmaMs + (latencyMs - this.ewmaMs) * 0.1;
+      e.consecutiveFailures = 0;
+      if (e.ejections > 0 && now - e.lastEjectedAt > this.settings.ejectMaxMs * 2) e.ejections = 0;
+      e.breaker.success(now, probe);
+      return;
+    }
+    e.failures++;
+    e.consecutiveFailures++;
+    e.breaker.failure(now, probe);
+    if (
+      e.consecutiveFailures >= this.settings.ejectAfterFailures &&
+      !e.ejected(now) &&
+      this.ejectedCount(now) < Math.floor(this.endpoints.length / 2)
+    ) {
+      e.ejections++;
+      e.ejectedUntil =
+        now + Math.min(this.settings.ejectBaseMs * e.ejections, this.settings.ejectMaxMs);
+      e.lastEjectedAt = now;
+      e.consecutiveFailures = 0;
+    }
+  }
+
+  /** Endpoints ejected at `now`. */
+  ejectedCount(now: number): number {
+    let n = 0;
+    for (const e of this.endpoints) if (e.ejected(now)) n++;
+    return n;
+  }
+
+  /** Counts a finished request: its final status and end-to-end latency (ms). */
+  finish(now: number, status: number, latencyMs: number): void {
+    const failed = status >= 500;
+    if (failed) this.errors++;
+    this.latencySumMs += latencyMs;
+    this.window.record(now, latencyMs, failed);
+  }
+
+  /** Counts a retry taken from the budget. */
+  noteRetry(now: number): void {
+    this.retries++;
+    this.window.retry(now);
+  }
+
+  /** Counts a request turned away (queue full, queue timeout, every breaker open). */
+  noteRejected(now: number): void {
+    this.rejected++;
+    this.window.reject(now);
+  }
+
+  /**
+   * Waits for a slot (a finished request wakes the oldest waiter). Resolves false when the
+   * queue is full (at once) or after `timeoutMs`.
+   */
+  wait(timeoutMs: number): Promise<boolean> {
+    if (this.queued >= this.settings.queueSize) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const waiter: Waiter = {
+        done: false,
+        timer: null,
+        wake: (ok) => {
+          if (waiter.done) return;
+          waiter.done = true;
+          this.queued--;
+          if (waiter.timer !== null) clearTimeout(waiter.timer);
+          resolve(ok);
+        },
+      };
+      waiter.timer = setTimeout(() => waiter.wake(false), Math.max(0, timeoutMs));
+      this.queued++;
+      this.#waiters.push(waiter);
+    });
+  }
+
+  #wakeOne(): void {
+    while (this.#head < this.#waiters.length) {
+      const w = this.#waiters[this.#head++] as Waiter;
+      if (!w.done) {
+        w.wake(true);
+        break;
+      }
+    }
+    if (this.#head > 64 && this.#head * 2 > this.#waiters.length) {
+      this.#waiters = this.#waiters.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+}
+
+/** A service's scaling signal and why. */
+export interface ScalingSignal {
+  signal: "scale_up" | "scale_down" | "steady";
+  reason: string;
+}
+
+/** What a scaling decision looks at. */
+export interface ScalingInput {
+  /** Providers in the routing table. */
+  providers: number;
+  /** Providers that take traffic now (routable, not ejected, breaker not open). */
+  serving: number;
+  /** In-flight limit per provider. */
+  limit: number;
+  /** Requests waiting in the queue now. */
+  queued: number;
+  window: WindowSnapshot;
+  /** How long this isolate has watched the service (ms). */
+  observedMs: number;
+  windowMs: number;
+  scaleUpLatencyMs: number;
+  scaleDownUtilization: number;
+}
+
+/**
+ * The scaling signal of a service (pure). Scale up on queueing or turned-away requests, on
+ * saturation (peak in flight >= 80 % of the serving providers' limits), on p95 latency at or
+ * over the threshold (with at least 20 requests), or when no provider serves. Scale down when
+ * at least two providers serve and, over a whole window, one fewer would have run at most
+ * `scaleDownUtilization` busy. Otherwise steady.
+ */
+export function scalingSignal(input: ScalingInput): ScalingSignal {
+  const w = input.window;
+  const s = w.window_s;
+  if (input.providers > 0 && input.serving === 0) {
+    return { signal: "scale_up", reason: "no healthy providers: none takes traffic now" };
+  }
+  if (input.queued > 0 || w.rejected > 0) {
+    return {
+      signal: "scale_up",
+      reason: `queueing: ${input.queued} waiting now, ${w.rejected} turned away in the last ${s} s`,
+    };
+  }
+  const capacity = input.serving * input.limit;
+  if (capacity > 0 && w.peak_in_flight >= 0.8 * capacity) {
+    return {
+      signal: "scale_up",
+      reason: `saturation: peak ${w.peak_in_flight} in flight of ${capacity} (${input.serving} providers x ${input.limit})`,
+    };
+  }
+  if (w.p95_ms !== null && w.requests >= 20 && w.p95_ms >= input.scaleUpLatencyMs) {
+    return {
+      signal: "scale_up",
+      reason: `latency: p95 ${w.p95_ms} ms >= ${input.scaleUpLatencyMs} ms over the last ${s} s`,
+    };
+  }
+  if (input.serving >= 2 && input.observedMs >= input.windowMs) {
+    const fewer = (input.serving - 1) * input.limit;
+    const load = w.peak_in_flight / fewer;
+    if (load <= input.scaleDownUtilization) {
+      return {
+        signal: "scale_down",
+        reason: `idle providers: peak ${w.peak_in_flight} in flight across ${input.serving} providers (limit ${input.limit} each) in the last ${s} s; one fewer would run at ${Math.round(load * 100)} %`,
+      };
+    }
+  }
+  return {
+    signal: "steady",
+    reason: `within limits: peak ${w.peak_in_flight} in flight, p95 ${w.p95_ms ?? "-"} ms, no queueing`,
+  };
+}
+
+// ============================================================================================
+// Paths and forwarding: path safety, aliases, replayable bodies, one attempt
 // ============================================================================================
 
 const HOP_BY_HOP = [
@@ -1872,27 +2824,6 @@ export function matchAlias(
     if (hit && (!best || prefix.length > best[0].length)) best = [prefix, service];
   }
   return best ? { service: best[1], rest: pathname.slice(1) } : null;
-}
-
-/**
- * Orders a service's providers for one request: healthy before degraded, lower tier first,
- * round-robin within a tier. Unhealthy providers are left out. (Issue 5 swaps this for a
- * least-request / EWMA picker with outlier ejection.)
- */
-export function orderProviders(providers: readonly Provider[], turn: number): Provider[] {
-  const out: Provider[] = [];
-  for (const health of ["healthy", "degraded"] as const) {
-    const usable = providers.filter((p) => p.health === health);
-    for (const tier of [1, 2, 3] as const) {
-      const group = usable
-        .filter((p) => p.tier === tier)
-        .sort((a, b) => (a.worker_id < b.worker_id ? -1 : 1));
-      if (group.length === 0) continue;
-      const k = turn % group.length;
-      out.push(...group.slice(k), ...group.slice(0, k));
-    }
-  }
-  return out;
 }
 
 /** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
@@ -2011,7 +2942,8 @@ function clientAddress(c: Context): string | undefined {
   return undefined;
 }
 
-function forwardHeaders(c: Context, url: URL): Headers {
+function forwardHeaders(c: Context, url: string): Headers {
+  const host = c.req.header("host");
   const headers = new Headers(c.req.raw.headers);
   const named = headers.get("connection");
   if (named) for (const name of named.split(",")) headers.delete(name.trim());
@@ -2021,13 +2953,14 @@ function forwardHeaders(c: Context, url: URL): Headers {
   const client = clientAddress(c);
   const prior = headers.get("x-forwarded-for");
   if (client) headers.set("x-forwarded-for", prior ? `${prior}, ${client}` : client);
-  headers.set("x-forwarded-proto", url.protocol.replace(":", ""));
-  headers.set("x-forwarded-host", c.req.header("host") ?? url.host);
+  const https = url.startsWith("https:");
+  headers.set("x-forwarded-proto", https ? "https" : "http");
+  headers.set("x-forwarded-host", host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8)));
   return headers;
 }
 
-function responseHeaders(upstream: Headers): Headers {
-  const headers = new Headers(upstream);
+/** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
+function cleanResponseHeaders(headers: Headers): void {
   const named = headers.get("connection");
   if (named) for (const name of named.split(",")) headers.delete(name.trim());
   for (const name of HOP_BY_HOP) headers.delete(name);
@@ -2036,7 +2969,6 @@ function responseHeaders(upstream: Headers): Headers {
     headers.delete("content-encoding");
     headers.delete("content-length");
   }
-  return headers;
 }
 
 async function attempt(
@@ -2044,7 +2976,7 @@ async function attempt(
   target: string,
   init: RequestInit,
   timeoutMs: number,
-  clientSignal: AbortSignal,
+  clientSignal: AbortSignal | undefined,
 ): Promise<Response | AttemptFailure> {
   const controller = new AbortController();
   let timedOut = false;
@@ -2053,14 +2985,15 @@ async function attempt(
     controller.abort();
   }, timeoutMs);
   const onClientAbort = () => controller.abort();
-  clientSignal.addEventListener("abort", onClientAbort, { once: true });
+  clientSignal?.addEventListener("abort", onClientAbort, { once: true });
+  init.signal = controller.signal;
   try {
-    return await fetcher(target, { ...init, signal: controller.signal });
+    return await fetcher(target, init);
   } catch (error) {
     return { failed: true, error, timedOut };
   } finally {
     clearTimeout(timer);
-    clientSignal.removeEventListener("abort", onClientAbort);
+    clientSignal?.removeEventListener("abort", onClientAbort);
   }
 }
 
@@ -2071,10 +3004,560 @@ function json(body: unknown, status: number, extra: Record<string, string> = {})
   });
 }
 
+/** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
+function defer(c: Context | null, promise: Promise<unknown>): void {
+  const quiet = promise.catch(() => {});
+  if (c === null) return;
+  try {
+    c.executionCtx.waitUntil(quiet);
+  } catch {
+    // No ExecutionContext (Node, Bun, Deno): the promise runs on by itself.
+  }
+}
+
+// ============================================================================================
+// Router: per-isolate routing state kept across routing-table rebuilds, the live view, signals
+// ============================================================================================
+
+/** The per-isolate router: endpoints and service routes, kept while the table is rebuilt. */
+class Router {
+  readonly routes = new Map<string, ServiceRoute>();
+  readonly #endpoints = new Map<string, Endpoint>();
+  #table: RoutingTable | null = null;
+
+  constructor(readonly settings: Settings) {}
+
+  /** Takes a (re)built routing table: O(1) when it is the one seen last. */
+  sync(table: RoutingTable, now: number): void {
+    if (table === this.#table) return;
+    this.#table = table;
+    const seen = new Set<string>();
+    for (const [name, providers] of table.providers) {
+      let route = this.routes.get(name);
+      if (!route) {
+        route = new ServiceRoute(name, this.settings, now);
+        this.routes.set(name, route);
+      }
+      const list: Endpoint[] = [];
+      for (const p of providers) {
+        if (p.health === "unhealthy" || !isHttpUrl(p.url)) continue;
+        const key = `${name}\u0000${p.worker_id}`;
+        seen.add(key);
+        let ep = this.#endpoints.get(key);
+        if (!ep) {
+          ep = new Endpoint(p.worker_id, name, this.settings, now);
+          this.#endpoints.set(key, ep);
+        }
+        ep.update(p);
+        list.push(ep);
+      }
+      route.setEndpoints(list, providers.length);
+    }
+    for (const [name, route] of this.routes) {
+      if (!table.providers.has(name)) route.setEndpoints([], 0);
+    }
+    for (const key of [...this.#endpoints.keys()]) if (!seen.has(key)) this.#endpoints.delete(key);
+  }
+}
+
+const LiveViewSchema = z.object({
+  cluster: z.string().nullish(),
+  leader: z.object({ id: z.string(), term: z.number() }).nullish(),
+  members: z.array(ClusterMemberSchema).max(1000),
+});
+
+/** A cluster's live view as fetched from its leader's agent. */
+interface LiveView {
+  members: StoredMember[];
+  leaderId: string | null;
+  leaderUrl: string | null;
+  at: number;
+  digest: string;
+}
+
+interface LiveState {
+  view: LiveView | null;
+  nextAt: number;
+  refreshing: boolean;
+  fetches: number;
+  failures: number;
+  /** Failed fetches since the last good one: each doubles the wait (up to a minute). */
+  streak: number;
+  error: string | null;
+  url: string | null;
+}
+
+/**
+ * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`
+ * with the agent token) in the background, never while a request waits: refreshed after
+ * `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so routing falls
+ * back to the stored table; failed fetches back off (doubling, up to a minute). Per isolate.
+ */
+class LiveViews {
+  readonly #state = new Map<string, LiveState>();
+
+  constructor(
+    readonly settings: Settings,
+    readonly components: { fetcher: typeof fetch; clock: ClockLike; onChange: () => void },
+  ) {}
+
+  /** The live view of a cluster, when fresh enough to route on. */
+  current(cluster: string, now: number): LiveView | null {
+    const view = this.#state.get(cluster)?.view ?? null;
+    return view !== null && now - view.at <= 5 * this.settings.liveViewTtlMs ? view : null;
+  }
+
+  /** Starts the refreshes that are due (never awaited by a request); drops views too old. */
+  tick(table: RoutingTable, now: number, c: Context | null): void {
+    for (const cluster of table.clusters) {
+      let state = this.#state.get(cluster.cluster);
+      if (state === undefined) {
+        state = {
+          view: null,
+          nextAt: 0,
+          refreshing: false,
+          fetches: 0,
+          failures: 0,
+          streak: 0,
+          error: null,
+          url: null,
+        };
+        this.#state.set(cluster.cluster, state);
+      }
+      if (state.view !== null && now - state.view.at > 5 * this.settings.liveViewTtlMs) {
+        state.view = null;
+        this.components.onChange();
+      }
+      if (state.refreshing || now < state.nextAt) continue;
+      const url = state.view?.leaderUrl ?? cluster.leader_url;
+      if (!url) continue;
+      state.refreshing = true;
+      state.nextAt = now + Math.min(this.settings.liveViewTtlMs * 2 ** state.streak, MINUTE);
+      state.url = url;
+      const done = this.#refresh(cluster.cluster, url, state).finally(() => {
+        state.refreshing = false;
+      });
+      defer(c, done);
+    }
+  }
+
+  /** What the admin API shows about a cluster's live view. */
+  status(cluster: string): Record<string, unknown> | null {
+    const state = this.#state.get(cluster);
+    if (!state) return null;
+    return {
+      agent_url: state.url,
+      fetched_at: state.view ? new Date(state.view.at).toISOString() : null,
+      fetches: state.fetches,
+      failures: state.failures,
+      last_error: state.error,
+    };
+  }
+
+  async #refresh(cluster: string, url: string, state: LiveState): Promise<void> {
+    const { fetcher, clock, onChange } = this.components;
+    state.fetches++;
+    try {
+      const headers: Record<string, string> = { accept: "application/json" };
+      if (this.settings.agentToken) headers.authorization = `Bearer ${this.settings.agentToken}`;
+      const res = await fetcher(`${trimSlash(url)}/_agent/cluster`, {
+        headers,
+        signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
+      });
+      if (res.status !== 200) {
+        await res.body?.cancel().catch(() => {});
+        throw new Error(`The agent answered ${res.status}`);
+      }
+      const parsed = LiveViewSchema.safeParse(await res.json());
+      if (!parsed.success) throw new Error("The agent's live view does not match the protocol");
+      const data = parsed.data;
+      if (data.cluster && data.cluster !== cluster) {
+        throw new Error(`The agent belongs to cluster ${data.cluster}`);
+      }
+      if (data.members.length === 0) throw new Error("The agent's live view lists no members");
+      const now = clock.now();
+      const leaderId = data.leader?.id ?? null;
+      const members = data.members.map((m) => storedMember(m, leaderId ?? "live", now));
+      const digest = `${routingDigest(members)}:${leaderId}`;
+      const changed = state.view?.digest !== digest;
+      state.view = {
+        members,
+        leaderId,
+        leaderUrl: members.find((m) => m.worker_id === leaderId)?.url ?? url,
+        at: now,
+        digest,
+      };
+      state.error = null;
+      state.streak = 0;
+      if (changed) onChange();
+    } catch (err) {
+      state.failures++;
+      state.streak = Math.min(state.streak + 1, 10);
+      state.error = (err as Error).message || "The live view could not be fetched";
+      if (state.view !== null) {
+        state.view = null;
+        onChange();
+      }
+    }
+  }
+}
+
+/** A breaker's state as of `now` (an open breaker whose time is up shows half-open). */
+function breakerState(e: Endpoint, now: number): BreakerState {
+  const b = e.breaker;
+  return b.state === "open" && now >= b.openUntil ? "half_open" : b.state;
+}
+
+function iso(ms: number): string | null {
+  return ms > 0 ? new Date(ms).toISOString() : null;
+}
+
+function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
+  const state = breakerState(e, now);
+  return {
+    url: e.base,
+    tier: e.tier,
+    health: e.health,
+    requests_total: e.attempts,
+    errors_total: e.failures,
+    in_flight: e.inFlight,
+    latency_ewma_ms: Math.round(route.latency(e, now) * 100) / 100,
+    consecutive_failures: e.consecutiveFailures,
+    ejected: e.ejected(now),
+    ejected_until: e.ejected(now) ? iso(e.ejectedUntil) : null,
+    ejections: e.ejections,
+    breaker: {
+      state,
+      open_until: state === "open" ? iso(e.breaker.openUntil) : null,
+      trips: e.breaker.trips,
+      window: e.breaker.counts(now),
+    },
+    window: e.window.snapshot(now),
+  };
+}
+
+/** Serving providers: routable, not ejected, breaker not open. */
+function servingCount(route: ServiceRoute, now: number): number {
+  let n = 0;
+  for (const e of route.endpoints) if (!e.ejected(now) && breakerState(e, now) !== "open") n++;
+  return n;
+}
+
+function serviceMetrics(route: ServiceRoute, now: number) {
+  const workers: Record<string, ReturnType<typeof endpointMetrics>> = {};
+  for (const e of route.endpoints) workers[e.worker_id] = endpointMetrics(route, e, now);
+  return {
+    requests_total: route.requests,
+    errors_total: route.errors,
+    retries_total: route.retries,
+    rejected_total: route.rejected,
+    latency_sum_ms: Math.round(route.latencySumMs * 100) / 100,
+    in_flight: route.inFlight,
+    queue_length: route.queued,
+    providers: route.providers,
+    serving: servingCount(route, now),
+    retry_budget_available: Math.floor(route.budget.available(now)),
+    latency_ewma_ms: Math.round(route.ewmaMs * 100) / 100,
+    window: route.window.snapshot(now),
+    scaling: route.signal,
+    workers,
+  };
+}
+
+/** The metrics JSON (`GET /api/admin/metrics`). */
+export type ServiceMetrics = ReturnType<typeof serviceMetrics>;
+
+function promLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+/**
+ * The Prometheus text format (0.0.4) of the metrics JSON: counters, gauges, and latency
+ * summaries whose quantiles cover the metrics window (sums and counts since start).
+ */
+export function prometheusText(services: Record<string, ServiceMetrics>): string {
+  type Worker = ServiceMetrics["workers"][string];
+  const out: string[] = [];
+  const rows: [ServiceMetrics, string][] = [];
+  const workerRows: [Worker, string][] = [];
+  for (const name of Object.keys(services).sort()) {
+    const s = services[name] as ServiceMetrics;
+    const label = `service="${promLabel(name)}"`;
+    rows.push([s, label]);
+    for (const id of Object.keys(s.workers).sort()) {
+      workerRows.push([s.workers[id] as Worker, `${label},worker="${promLabel(id)}"`]);
+    }
+  }
+  const emit = <T>(
+    list: [T, string][],
+    [name, type, help, get]: [string, string, string, (x: T) => number | string],
+  ) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [x, label] of list) out.push(`${name}{${label}} ${get(x)}`);
+  };
+  const oneHot = <T>(
+    list: [T, string][],
+    [name, help, key, values, get]: [string, string, string, string[], (x: T) => string],
+  ) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+    for (const [x, label] of list) {
+      for (const v of values) out.push(`${name}{${label},${key}="${v}"} ${get(x) === v ? 1 : 0}`);
+    }
+  };
+  const summary = <T>(
+    list: [T, string][],
+    [name, help, window, totals]: [
+      string,
+      string,
+      (x: T) => WindowSnapshot,
+      ((x: T) => [number, number]) | null,
+    ],
+  ) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} summary`);
+    for (const [x, label] of list) {
+      const w = window(x);
+      for (const [q, v] of [
+        ["0.5", w.p50_ms],
+        ["0.95", w.p95_ms],
+        ["0.99", w.p99_ms],
+      ] as const) {
+        out.push(`${name}{${label},quantile="${q}"} ${v === null ? "NaN" : v / 1000}`);
+      }
+      if (totals) {
+        const [sumMs, count] = totals(x);
+        out.push(`${name}_sum{${label}} ${sumMs / 1000}`, `${name}_count{${label}} ${count}`);
+      }
+    }
+  };
+  const perService: [string, string, string, (s: ServiceMetrics) => number][] = [
+    [
+      "rollcall_requests_total",
+      "counter",
+      "Requests routed to a service.",
+      (s) => s.requests_total,
+    ],
+    ["rollcall_errors_total", "counter", "Requests answered with a 5xx.", (s) => s.errors_total],
+    [
+      "rollcall_retries_total",
+      "counter",
+      "Retries taken from the retry budget.",
+      (s) => s.retries_total,
+    ],
+    [
+      "rollcall_rejected_total",
+      "counter",
+      "Requests turned away (queue full or timed out, breakers open).",
+      (s) => s.rejected_total,
+    ],
+    ["rollcall_in_flight", "gauge", "Requests in flight to a service.", (s) => s.in_flight],
+    [
+      "rollcall_queue_length",
+      "gauge",
+      "Requests waiting for a free provider.",
+      (s) => s.queue_length,
+    ],
+    ["rollcall_serving_workers", "gauge", "Providers taking traffic now.", (s) => s.serving],
+    [
+      "rollcall_throughput_rps",
+      "gauge",
+      "Requests per second over the window.",
+      (s) => s.window.throughput_rps,
+    ],
+  ];
+  for (const family of perService) emit(rows, family);
+  summary(rows, [
+    "rollcall_request_duration_seconds",
+    "Time to response headers, queueing and retries included.",
+    (s) => s.window,
+    (s) => [s.latency_sum_ms, s.requests_total],
+  ]);
+  oneHot(rows, [
+    "rollcall_scaling_signal",
+    "The service's scaling signal (1 for the current one).",
+    "signal",
+    ["scale_up", "scale_down", "steady"],
+    (s) => s.scaling.signal,
+  ]);
+  const perWorker: [string, string, string, (w: Worker) => number][] = [
+    [
+      "rollcall_worker_requests_total",
+      "counter",
+      "Attempts sent to a worker for a service.",
+      (w) => w.requests_total,
+    ],
+    [
+      "rollcall_worker_errors_total",
+      "counter",
+      "Failed attempts (refused, dropped, timeout, 5xx).",
+      (w) => w.errors_total,
+    ],
+    ["rollcall_worker_in_flight", "gauge", "Attempts in flight to a worker.", (w) => w.in_flight],
+    ["rollcall_worker_ejected", "gauge", "1 while the worker is ejected.", (w) => +w.ejected],
+    [
+      "rollcall_worker_latency_ewma_seconds",
+      "gauge",
+      "The picker's latency estimate.",
+      (w) => w.latency_ewma_ms / 1000,
+    ],
+  ];
+  for (const family of perWorker) emit(workerRows, family);
+  oneHot(workerRows, [
+    "rollcall_worker_breaker_state",
+    "The breaker's state (1 for the current one).",
+    "state",
+    ["closed", "open", "half_open"],
+    (w) => w.breaker.state,
+  ]);
+  summary(workerRows, [
+    "rollcall_worker_request_duration_seconds",
+    "Time to headers per attempt.",
+    (w) => w.window,
+    null,
+  ]);
+  return `${out.join("\n")}\n`;
+}
+
+// ============================================================================================
+// Routing and proxy: admit (pick or queue), forward, retry within the budget, answer
+// ============================================================================================
+
+/** Upstream answers that count as failures and may be retried (idempotent methods only). */
+const FAILED_STATUS = new Set([500, 502, 503, 504]);
+/** A rest of path that needs the full safety check (anything else is plain segments). */
+const CAREFUL_REST = /[%\\\0]|(?:^|\/)\.\.?(?:\/|$)/;
+
 interface ProxyContext {
   reg: Registry;
+  router: Router;
+  live: LiveViews | null;
+  settings: Settings;
+  clock: ClockLike;
   fetcher: typeof fetch;
-  turns: Map<string, number>;
+  random: () => number;
+  clientSignal: (request: Request, env: unknown) => AbortSignal | undefined;
+  /** Whether upstream responses have mutable headers (a custom fetch); null until known. */
+  inPlace: boolean | null;
+  webhook: { sent: number; failed: number; lastError: string | null };
+}
+
+function addCors(settings: Settings, c: Context, headers: Headers): void {
+  const origin = settings.corsOrigin;
+  if (origin === "*") headers.set("access-control-allow-origin", "*");
+  else {
+    if (c.req.header("origin") === origin) headers.set("access-control-allow-origin", origin);
+    headers.append("vary", "Origin");
+  }
+  headers.set("access-control-expose-headers", "Retry-After,X-Rollcall-Worker");
+}
+
+function proxyJson(
+  ctx: ProxyContext,
+  c: Context,
+  body: unknown,
+  status: number,
+  extra: Record<string, string> = {},
+): Response {
+  const res = json(body, status, extra);
+  addCors(ctx.settings, c, res.headers);
+  return res;
+}
+
+function availableServices(table: RoutingTable): string[] {
+  return [...table.providers.entries()]
+    .filter(([, list]) => list.some((p) => p.health !== "unhealthy"))
+    .map(([name]) => name)
+    .sort();
+}
+
+/** Evaluates a service's scaling signal; a change calls the webhook (never awaited). */
+function evaluateSignal(ctx: ProxyContext, route: ServiceRoute, now: number, c: Context | null) {
+  route.nextEvaluationAt = now + 1000;
+  const next = scalingSignal({
+    providers: route.providers,
+    serving: servingCount(route, now),
+    limit: ctx.settings.maxConcurrent,
+    queued: route.queued,
+    window: route.window.snapshot(now),
+    observedMs: now - route.firstSeenAt,
+    windowMs: ctx.settings.metricsWindowMs,
+    scaleUpLatencyMs: ctx.settings.scaleUpLatencyMs,
+    scaleDownUtilization: ctx.settings.scaleDownUtilization,
+  });
+  const previous = route.signal;
+  route.signal = next;
+  const url = ctx.settings.scalingWebhook;
+  if (url === null || next.signal === previous.signal) return;
+  const payload = JSON.stringify({
+    service: route.name,
+    signal: next.signal,
+    previous: previous.signal,
+    reason: next.reason,
+    at: new Date(now).toISOString(),
+    providers: route.providers,
+    serving: servingCount(route, now),
+  });
+  const post = async () => {
+    try {
+      const res = await ctx.fetcher(url, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: payload,
+        signal: AbortSignal.timeout(ctx.settings.scalingWebhookTimeoutMs),
+      });
+      await res.body?.cancel().catch(() => {});
+      if (res.status >= 300) throw new Error(`The webhook answered ${res.status}`);
+      ctx.webhook.sent++;
+    } catch (err) {
+      ctx.webhook.failed++;
+      ctx.webhook.lastError = (err as Error).message || "The webhook call failed";
+    }
+  };
+  defer(c, post());
+}
+
+/** An endpoint for a new request: picked at once, or after waiting in the bounded queue. */
+async function admit(ctx: ProxyContext, route: ServiceRoute): Promise<Endpoint | Blocked> {
+  const deadline = performance.now() + ctx.settings.queueTimeoutMs;
+  for (;;) {
+    const now = ctx.clock.now();
+    const ep = route.pick({ now, random: ctx.random });
+    if (ep !== null) return ep;
+    const why = route.blocked(now);
+    if (why !== "busy") return why;
+    const left = deadline - performance.now();
+    if (left <= 0 || !(await route.wait(left))) return "busy";
+  }
+}
+
+function respond(
+  ctx: ProxyContext,
+  c: Context,
+  result: Response,
+  ep: Endpoint,
+  method: string,
+): Response {
+  if (ctx.inPlace !== false) {
+    // A custom fetch (the Node starter's) hands back mutable headers: answer with its response.
+    try {
+      result.headers.set("x-rollcall-worker", ep.worker_id);
+      ctx.inPlace = true;
+      cleanResponseHeaders(result.headers);
+      addCors(ctx.settings, c, result.headers);
+      return result;
+    } catch {
+      ctx.inPlace = false; // fetch's own responses have immutable headers
+    }
+  }
+  const headers = new Headers(result.headers);
+  cleanResponseHeaders(headers);
+  headers.set("x-rollcall-worker", ep.worker_id);
+  addCors(ctx.settings, c, headers);
+  const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
+  return new Response(nullBody ? null : result.body, {
+    status: result.status,
+    statusText: result.statusText,
+    headers,
+  });
 }
 
 async function routeService(
@@ -2082,101 +3565,149 @@ async function routeService(
   ctx: ProxyContext,
   target: ServiceTarget,
 ): Promise<Response> {
-  const { reg, fetcher, turns } = ctx;
-  if (target.rest !== null) assertSafeRest(target.rest);
+  const { reg, router, settings } = ctx;
+  const rest = target.rest;
+  const careful = rest !== null && CAREFUL_REST.test(rest);
+  if (careful) assertSafeRest(rest as string);
   const table = await reg.table();
-  const all = table.providers.get(target.service) ?? [];
-  const available = [...table.providers.entries()]
-    .filter(([, list]) => list.some((p) => p.health !== "unhealthy"))
-    .map(([name]) => name)
-    .sort();
-  if (all.length === 0) {
-    return json(
+  let now = ctx.clock.now();
+  router.sync(table, now);
+  if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, c);
+  const route = router.routes.get(target.service);
+  if (route === undefined || route.providers === 0) {
+    return proxyJson(
+      ctx,
+      c,
       {
         error: `Service '${target.service}' not available`,
-        available_services: available,
+        available_services: availableServices(table),
         suggestion: `No registered worker provides '${target.service}'. GET /api/admin/services lists what is available.`,
       },
       503,
     );
   }
-  const turn = turns.get(target.service) ?? 0;
-  turns.set(target.service, turn + 1);
-  const ordered = orderProviders(all, turn).slice(0, reg.settings.maxAttempts);
-  if (ordered.length === 0) {
-    return json(
-      {
-        error: `No healthy workers available for '${target.service}'`,
-        available_services: available,
-        suggestion: `All ${all.length} worker(s) providing '${target.service}' are offline or unhealthy; retry later.`,
-      },
-      503,
-      { "retry-after": String(reg.settings.heartbeatIntervalS) },
+  const started = performance.now();
+  route.begin(now);
+  const answer = (res: Response): Response => {
+    now = ctx.clock.now();
+    route.finish(now, res.status, performance.now() - started);
+    if (now >= route.nextEvaluationAt) evaluateSignal(ctx, route, now, c);
+    return res;
+  };
+  const picked = route.endpoints.length > 0 ? await admit(ctx, route) : "none";
+  if (typeof picked === "string") {
+    if (picked !== "none") route.noteRejected(ctx.clock.now());
+    const busy = picked === "busy";
+    const retryAfterS = busy
+      ? 1
+      : picked === "open"
+        ? Math.ceil(route.retryAfterMs(ctx.clock.now()) / 1000)
+        : settings.heartbeatIntervalS;
+    return answer(
+      proxyJson(
+        ctx,
+        c,
+        busy
+          ? {
+              error: `All workers for '${target.service}' are busy`,
+              available_services: availableServices(table),
+              suggestion: `Every provider of '${target.service}' is at its limit of ${settings.maxConcurrent} requests and the queue is full or was too slow; retry later.`,
+            }
+          : {
+              error: `No healthy workers available for '${target.service}'`,
+              available_services: availableServices(table),
+              suggestion:
+                picked === "open"
+                  ? `The circuit breakers of all ${route.endpoints.length} worker(s) providing '${target.service}' are open after repeated failures; retry later.`
+                  : `All ${route.providers} worker(s) providing '${target.service}' are offline or unhealthy; retry later.`,
+            },
+        503,
+        { "retry-after": String(retryAfterS) },
+      ),
     );
   }
-  const incoming = new URL(c.req.url);
+  let ep = picked;
+  const url = c.req.url;
+  const q = url.indexOf("?");
+  const search = q === -1 ? "" : url.slice(q);
   const method = c.req.method.toUpperCase();
-  const headers = forwardHeaders(c, incoming);
+  const headers = forwardHeaders(c, url);
   const source = method === "GET" || method === "HEAD" ? null : c.req.raw.body;
-  const body = source ? new ReplayableBody(source, reg.settings.replayBufferBytes) : null;
+  const body = source ? new ReplayableBody(source, settings.replayBufferBytes) : null;
+  const signal = ctx.clientSignal(c.req.raw, c.env);
+  let tried: Endpoint[] | null = null;
+  let held: Response | null = null; // the last upstream 5xx: the answer if nothing better comes
   let failure: AttemptFailure | null = null;
-  let worker = ordered[0] as Provider;
+  let last = ep;
   try {
-    for (const provider of ordered) {
-      worker = provider;
-      let url: string;
-      try {
-        url = upstreamUrl(provider.url, target.rest, incoming.search);
-      } catch (err) {
-        if (err instanceof UnsafePathError) throw err;
-        continue; // a provider with a malformed URL: try the next
-      }
+    for (let n = 1; ; n++) {
+      last = ep;
+      const to = careful
+        ? upstreamUrl(ep.base, rest, search)
+        : rest === null
+          ? ep.base + search
+          : `${ep.base}/${rest}${search}`;
       const init: RequestInit & { duplex?: "half" } = { method, headers, redirect: "manual" };
       if (body) {
         init.body = body.stream();
         init.duplex = "half";
       }
-      const result = await attempt(
-        fetcher,
-        url,
-        init,
-        reg.settings.proxyTimeoutMs,
-        c.req.raw.signal,
-      );
+      const probe = route.dispatch(ep, now);
+      const t0 = performance.now();
+      const result = await attempt(ctx.fetcher, to, init, settings.proxyTimeoutMs, signal);
+      const latencyMs = performance.now() - t0;
+      now = ctx.clock.now();
+      const aborted = signal?.aborted === true;
       // Not `instanceof Response`: @hono/node-server swaps the global Response class.
       if (!("failed" in result)) {
-        const out = responseHeaders(result.headers);
-        out.set("x-rollcall-worker", provider.worker_id);
-        const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
-        return new Response(nullBody ? null : result.body, {
-          status: result.status,
-          statusText: result.statusText,
-          headers: out,
-        });
+        const failed = FAILED_STATUS.has(result.status);
+        route.settle(ep, { now, latencyMs, failed, probe });
+        if (!failed) {
+          held?.body?.cancel().catch(() => {});
+          return answer(respond(ctx, c, result, ep, method));
+        }
+        held?.body?.cancel().catch(() => {});
+        held = result;
+        failure = null;
+        // The request reached the worker: only an idempotent method may go again.
+        if (!IDEMPOTENT.has(method)) break;
+      } else {
+        route.settle(ep, { now, latencyMs, failed: !aborted, abandoned: aborted, probe });
+        failure = result;
+        if (aborted) break;
+        // Nothing reached the worker when the runtime says the connection was refused or the
+        // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for
+        // a refused and for a dropped connection alike, so there only idempotent methods retry.
+        const nothingSent = !result.timedOut && isConnectFailure(result.error);
+        if (!(nothingSent || IDEMPOTENT.has(method))) break;
       }
-      failure = result;
-      if (c.req.raw.signal.aborted) break;
-      // Nothing reached the worker when the runtime says the connection was refused or the
-      // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for a
-      // refused and for a dropped connection alike, so there only idempotent methods fail over.
-      const nothingSent = !result.timedOut && isConnectFailure(result.error);
-      const replayable = !body || body.replayable;
-      if (!replayable || !(nothingSent || IDEMPOTENT.has(method))) break;
+      if ((body && !body.replayable) || n >= settings.maxAttempts) break;
+      tried ??= [];
+      tried.push(ep);
+      const next = route.pick({ now, random: ctx.random, tried });
+      if (next === null || !route.budget.tryRetry(now)) break;
+      route.noteRetry(now);
+      ep = next;
     }
   } finally {
     body?.release();
   }
+  if (held !== null) return answer(respond(ctx, c, held, last, method));
   const timedOut = failure?.timedOut ?? false;
-  return json(
-    {
-      error: "Service proxy failed",
-      message: timedOut
-        ? `Worker did not answer within ${reg.settings.proxyTimeoutMs} ms`
-        : `Worker could not be reached: ${(failure?.error as Error | undefined)?.message ?? "unknown error"}`,
-      service: target.service,
-      worker: worker.worker_id,
-    },
-    timedOut ? 504 : 502,
+  return answer(
+    proxyJson(
+      ctx,
+      c,
+      {
+        error: "Service proxy failed",
+        message: timedOut
+          ? `Worker did not answer within ${settings.proxyTimeoutMs} ms`
+          : `Worker could not be reached: ${(failure?.error as Error | undefined)?.message ?? "unknown error"}`,
+        service: target.service,
+        worker: last.worker_id,
+      },
+      signal?.aborted ? 499 : timedOut ? 504 : 502,
+    ),
   );
 }
 
@@ -2236,6 +3767,10 @@ export interface CoordinatorComponents {
   clock?: ClockLike;
   /** Upstream client for the proxy (the Node starter may hand in a faster one). */
   fetch?: typeof fetch;
+  /** Randomness for the picker's two choices (tests pass a seeded one). Default Math.random. */
+  random?: () => number;
+  /** The signal that aborts when the client goes away. Default: `request.signal`. */
+  clientSignal?: (request: Request, env: unknown) => AbortSignal | undefined;
 }
 
 /** A coordinator: the hono app and its parts. */
@@ -2252,6 +3787,8 @@ export interface Coordinator {
   table(): Promise<RoutingTable>;
   /** Today's write budget figures. */
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  /** Re-evaluates every service's scaling signal (a change calls the webhook); starters call it every few seconds. */
+  tick(): void;
 }
 
 function issues(err: z.ZodError): { path: string; message: string }[] {
@@ -2294,7 +3831,32 @@ export function createCoordinator(
   const clock = components.clock ?? systemNow;
   const fetcher = components.fetch ?? ((input, reqInit) => fetch(input, reqInit));
   const reg = new Registry(settings, components.store, clock);
-  const proxy: ProxyContext = { reg, fetcher, turns: new Map() };
+  const router = new Router(settings);
+  const live = settings.liveView
+    ? new LiveViews(settings, { fetcher, clock, onChange: () => reg.invalidate() })
+    : null;
+  reg.live = live;
+  const proxy: ProxyContext = {
+    reg,
+    router,
+    live,
+    settings,
+    clock,
+    fetcher,
+    random: components.random ?? Math.random,
+    clientSignal: components.clientSignal ?? ((request) => request.signal),
+    inPlace: null,
+    webhook: { sent: 0, failed: 0, lastError: null },
+  };
+  /** The routing table, synced into the router, live views refreshed when due. */
+  const routing = async (c: Context | null) => {
+    const table = await reg.table();
+    const now = clock.now();
+    router.sync(table, now);
+    live?.tick(table, now, c);
+    for (const route of router.routes.values()) evaluateSignal(proxy, route, now, c);
+    return { table, now };
+  };
   const app = new Hono();
   const limit = bodyLimit({
     maxSize: settings.maxBodyBytes,
@@ -2315,14 +3877,18 @@ export function createCoordinator(
     if (alias) return routeService(c, proxy, alias);
     return c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404);
   });
-  app.use(
-    "*",
-    cors({
-      origin: settings.corsOrigin,
-      allowHeaders: ["Authorization", "Content-Type"],
-      allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
-      exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
-    }),
+  const corsHeaders = cors({
+    origin: settings.corsOrigin,
+    allowHeaders: ["Authorization", "Content-Type"],
+    allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
+    exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
+  });
+  // The proxy sets the same CORS headers on its answers itself: hono's middleware would wrap
+  // every proxied response in a new one (it touches `c.res` before the handler runs).
+  app.use("*", (c, next) =>
+    c.req.method !== "OPTIONS" && c.req.path.startsWith("/api/service/")
+      ? next()
+      : corsHeaders(c, next),
   );
   // Opportunistic: what the cap deferred is written on the first request that may write it.
   app.use("*", async (_c, next) => {
@@ -2387,26 +3953,83 @@ export function createCoordinator(
     if (denied) return denied;
     await next();
   });
-  admin.get("/workers", async (c) => c.json((await reg.table()).workers));
+  admin.get("/workers", async (c) => {
+    const { table } = await routing(c);
+    c.header("x-rollcall-source", table.source);
+    return c.json(table.workers);
+  });
   admin.get("/services", async (c) => {
-    const table = await reg.table();
+    const { table, now } = await routing(c);
     const services: Record<string, unknown> = {};
     for (const name of [...table.providers.keys()].sort()) {
       const list = table.providers.get(name) ?? [];
+      const route = router.routes.get(name);
       const healthy = list.filter((p) => p.health !== "unhealthy").length;
+      const routed = new Map(route?.endpoints.map((e) => [e.worker_id, e]) ?? []);
       services[name] = {
         total_workers: list.length,
         healthy_workers: healthy,
         status: healthy > 0 ? "available" : "unavailable",
-        workers: list.map((p) => ({
-          worker_id: p.worker_id,
-          url: p.url,
-          tier: p.tier,
-          health: p.health,
-        })),
+        serving_workers: route ? servingCount(route, now) : 0,
+        in_flight: route?.inFlight ?? 0,
+        queue_length: route?.queued ?? 0,
+        scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+        workers: list.map((p) => {
+          const e = routed.get(p.worker_id);
+          return {
+            worker_id: p.worker_id,
+            url: p.url,
+            tier: p.tier,
+            health: p.health,
+            breaker: e ? breakerState(e, now) : null,
+            ejected: e ? e.ejected(now) : false,
+            in_flight: e?.inFlight ?? 0,
+          };
+        }),
       };
     }
-    return c.json({ services, total_services: table.providers.size });
+    c.header("x-rollcall-source", table.source);
+    return c.json({ services, total_services: table.providers.size, source: table.source });
+  });
+  admin.get("/breakers", async (c) => {
+    const { table, now } = await routing(c);
+    const breakers = [];
+    for (const name of [...router.routes.keys()].sort()) {
+      const route = router.routes.get(name) as ServiceRoute;
+      for (const e of route.endpoints) {
+        const m = endpointMetrics(route, e, now);
+        breakers.push({
+          service: name,
+          worker_id: e.worker_id,
+          ...m.breaker,
+          ejected: m.ejected,
+          ejected_until: m.ejected_until,
+          ejections: m.ejections,
+          consecutive_failures: m.consecutive_failures,
+        });
+      }
+    }
+    return c.json({ breakers, source: table.source });
+  });
+  admin.get("/metrics", async (c) => {
+    const { table, now } = await routing(c);
+    const services: Record<string, ServiceMetrics> = {};
+    for (const name of [...router.routes.keys()].sort()) {
+      services[name] = serviceMetrics(router.routes.get(name) as ServiceRoute, now);
+    }
+    return c.json({
+      source: table.source,
+      generated_at: new Date(now).toISOString(),
+      window_s: settings.metricsWindowMs / 1000,
+      services,
+      scaling_webhook: settings.scalingWebhook ? { ...proxy.webhook } : null,
+      live_views: Object.fromEntries(
+        table.clusters.map((cl) => [
+          cl.cluster,
+          { source: cl.source, ...live?.status(cl.cluster) },
+        ]),
+      ),
+    });
   });
   admin.get("/stats", async (c) => {
     const table = await reg.table();
@@ -2436,8 +4059,22 @@ export function createCoordinator(
   admin.get("/budget", (c) => c.json(budget()));
   app.route("/api/admin", admin);
 
+  app.get("/metrics", async (c) => {
+    const denied = await authorize(c, settings, "admin");
+    if (denied) return denied;
+    const { now } = await routing(c);
+    const services: Record<string, ServiceMetrics> = {};
+    for (const [name, route] of router.routes) services[name] = serviceMetrics(route, now);
+    return c.body(prometheusText(services), 200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+    });
+  });
+
   app.all("/api/service/*", async (c) => {
-    const target = parseServicePath(new URL(c.req.url).pathname);
+    const url = c.req.url;
+    const start = url.indexOf("/", url.indexOf("//") + 2);
+    const q = url.indexOf("?", start);
+    const target = parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
     if (!target) return c.json({ error: "Not found" }, 404);
     return routeService(c, proxy, target);
   });
@@ -2449,6 +4086,7 @@ export function createCoordinator(
     flush: () => reg.flushPending(),
     table: () => reg.table(),
     budget,
+    tick: () => void routing(null).catch(() => {}),
   };
 }
 

@@ -189,16 +189,22 @@ describe("failover", () => {
     const hang = await startEcho("hang");
     hang.mode = "hang";
     try {
-      const t = await withMembers([member("H", { url: hang.url }), member("E", { url: b.url })], {
-        proxyTimeoutMs: 300,
-      });
+      // Fresh coordinators know nothing about latency yet, so they take turns: of two requests
+      // sent together, one goes first to the hanging worker. (Later ones would avoid it.)
+      const fresh = () =>
+        withMembers([member("H", { url: hang.url }), member("E", { url: b.url })], {
+          proxyTimeoutMs: 300,
+        });
       const before = b.received.length;
+      const forGets = await fresh();
       const gets = await Promise.all([
-        send(t, "/api/service/upload/g"),
-        send(t, "/api/service/upload/g"),
+        send(forGets, "/api/service/upload/g"),
+        send(forGets, "/api/service/upload/g"),
       ]);
       expect(gets.map((r) => r.status)).toEqual([200, 200]);
+      expect(hang.received.filter((r) => r.method === "GET").length).toBeGreaterThanOrEqual(1);
       // Two POSTs: one goes first to the hanging worker (504, not retried), one to b.
+      const t = await fresh();
       const posts = await Promise.all([
         send(t, "/api/service/upload/p", { method: "POST", body: "once" }),
         send(t, "/api/service/upload/p", { method: "POST", body: "once" }),

@@ -187,7 +187,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       status: "online",
       url: dead,
       last_seen: 1,
-      services: [{ name: "flaky" }],
+      services: [{ name: "flaky" }, { name: "postflaky" }],
     },
     {
       worker_id: "m-up2",
@@ -195,7 +195,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       status: "online",
       url: up2.url,
       last_seen: 1,
-      services: [{ name: "flaky" }, { name: "slow" }],
+      services: [{ name: "flaky" }, { name: "slow" }, { name: "postflaky" }],
     },
     {
       worker_id: "m-hang",
@@ -258,7 +258,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     expect(second.json()).toMatchObject({ written: false, reason: "unchanged", writes_today: 1 });
     expect((await raw(base, "GET", "/api/admin/workers")).status).toBe(401);
     const services = await admin("/api/admin/services");
-    expect(services.total_services).toBe(4);
+    expect(services.total_services).toBe(5);
     expect(services.services.flaky).toMatchObject({
       total_workers: 2,
       healthy_workers: 2,
@@ -349,10 +349,12 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       expect(res.status, res.text).toBe(200);
       expect(res.json().upstream).toBe("up2");
     }
+    // postflaky has seen no traffic: its first request goes to the first provider by ID,
+    // m-dead; the second goes where the first one learned to go, up2.
     const posts = [];
     for (let i = 0; i < 2; i++) {
       posts.push(
-        await raw(base, "POST", "/api/service/flaky/p", {
+        await raw(base, "POST", "/api/service/postflaky/p", {
           body: `b${i}`,
           headers: { "content-type": "text/plain" },
         }),
@@ -361,8 +363,8 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     if (runtime.name === "workerd") {
       // workerd cannot tell a refused connection from a dropped one: the POST that met the
       // dead worker first is not resent (502), the other goes to up2.
-      expect(posts.map((r) => r.status).sort()).toEqual([200, 502]);
-      expect(posts.find((r) => r.status === 502)?.json()).toMatchObject({
+      expect(posts.map((r) => r.status)).toEqual([502, 200]);
+      expect(posts[0]?.json()).toMatchObject({
         error: "Service proxy failed",
         worker: "m-dead",
       });
@@ -397,11 +399,32 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       const res = await raw(base, "GET", p);
       expect(res.status, p).toBeLessThan(500);
     }
-    for (const got of up.received.slice(before)) {
+    // The leader m-up's URL also gets the coordinator's own live-view fetches (/_agent/cluster).
+    for (const got of up.received.slice(before).filter((r) => r.url !== "/_agent/cluster")) {
       expect(/^\/service\/(upload\/|admin(\/|$))/.test(got.url), got.url).toBe(true);
       if (got.url.startsWith("/service/upload/"))
         expect(got.url).not.toMatch(/\.\.|%2e%2e|%2f|%5c/i);
     }
+  });
+
+  it("asks the leader's agent for its live view with the token, routes on the stored table when that fails, and shows metrics", async () => {
+    // Every proxied request may start a background refresh; the leader m-up is an echo server,
+    // not an agent, so its answer is no live view and the stored table stays the source.
+    const deadline = Date.now() + 20_000;
+    while (!up.received.some((r) => r.url === "/_agent/cluster") && Date.now() < deadline) {
+      await raw(base, "GET", "/api/service/upload/poke");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const asked = up.received.find((r) => r.url === "/_agent/cluster");
+    expect(asked?.headers.authorization).toBe(`Bearer ${CLUSTER}`);
+    expect((await admin("/api/admin/services")).source).toBe("stored");
+    const metrics = await admin("/api/admin/metrics");
+    expect(metrics.services.flaky.workers["m-dead"].errors_total).toBeGreaterThan(0);
+    expect(metrics.services.upload.requests_total).toBeGreaterThan(0);
+    const prom = await raw(base, "GET", "/metrics", { headers: bearer(ADMIN) });
+    expect(prom.status).toBe(200);
+    expect(prom.text).toMatch(/^rollcall_requests_total\{service="upload"\} [1-9]/m);
+    expect((await raw(base, "GET", "/metrics")).status).toBe(401);
   });
 
   it("answers the contract's 503 bodies", async () => {

@@ -44,12 +44,13 @@ export function countingStore(inner: Store): Store & { writes: number; deletes: 
   return counted;
 }
 
-/** An in-process coordinator on a counting memory store and a manual clock. */
+/** An in-process coordinator on a counting memory store and a manual clock (live view off by default). */
 export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fetch) {
   const clock = new ManualClock();
   const store = countingStore(memoryStore({}, { clock }));
+  // The leader's live view is off unless a test asks for it: these upstreams are no agents.
   const coordinator = createCoordinator(
-    init,
+    { liveView: false, ...init },
     fetcher ? { store, clock, fetch: fetcher } : { store, clock },
   );
   const call = async (
