@@ -3,7 +3,8 @@
  *
  * Leader = the lowest ID among alive, non-flapping members that have been alive for the settle
  * period. A sitting leader keeps the role until it is no longer alive (suspect, dead, left) or a
- * lower settled ID is present. A node that would pick itself but hears a higher-ID alive member
+ * lower settled ID is present; a node that hears none of its peers waits until the leader is
+ * dead, not just suspect (it is more likely the one cut off). A node that would pick itself but hears a higher-ID alive member
  * claim leadership follows that claimant instead (see below), so claims converge to one.
  * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
  * takes max(term seen, previous term) + 1, so nodes that saw the same history pick the same term before the
@@ -50,15 +51,27 @@ export function elect(
 ): Leader | null {
   let lowest: ElectionMember | undefined;
   let sitting: ElectionMember | undefined;
+  let others = 0;
+  let hearing = 0;
   for (const m of view.members) {
     if (previous && m.id === previous.id) sitting = m;
     if (eligible(m, settings) && (!lowest || m.id < lowest.id)) lowest = m;
+    if (!m.self && m.state !== "left") {
+      others++;
+      if (m.state === "alive") hearing++;
+    }
   }
+  // Cut off: we hear none of the members we know. More likely we are the one cut off than
+  // that all of them failed at once (Lifeguard's lesson), so a merely suspected leader keeps
+  // its role until it is dead. A member whose network flaps never grabs the lead.
+  const isolated = others > 0 && hearing === 0;
+  const sittingHolds =
+    sitting !== undefined &&
+    (sitting.state === "alive" || (isolated && sitting.state === "suspect"));
   const keep =
     previous !== null &&
-    sitting !== undefined &&
-    sitting.state === "alive" &&
-    !(lowest !== undefined && lowest.id < sitting.id);
+    sittingHolds &&
+    !(lowest !== undefined && lowest.id < (sitting as ElectionMember).id);
   const chosen = keep ? sitting : lowest;
   if (!chosen) return null;
   // Symmetry breaker: while a member with a higher ID than the choice is alive and claims

@@ -243,6 +243,36 @@ describe("membership and election on a fake clock", () => {
     for (const id of ["A", "B", "C", "D", "E"]) expect(sim.changes(id, healedAt)).toBe(0);
   });
 
+  it("a member cut off from everyone for a few seconds never takes the lead (network flap)", () => {
+    const sim = cluster(["A", "B", "C"]);
+    sim.run(8000);
+    expect(sim.leaders()).toEqual(["A@1"]);
+    const since = sim.clock.now();
+    for (let i = 0; i < 6; i++) {
+      sim.split(["C"], ["A", "B"]);
+      sim.run(5000);
+      expect(sim.stateOf("C", "A")).toBe("suspect");
+      expect(sim.node("C").leader).toEqual({ id: "A", term: 1 });
+      sim.heal();
+      sim.run(5000);
+    }
+    for (const id of ["A", "B", "C"]) expect(sim.changes(id, since)).toBe(0);
+    expect(sim.node("A").m.member("C")?.flapping).toBe(true);
+  });
+
+  it("a member cut off until its peers are dead leads its side, and one leader remains after healing", () => {
+    const sim = cluster(["A", "B", "C"]);
+    sim.run(8000);
+    sim.split(["C"], ["A", "B"]);
+    sim.run(12_000);
+    expect(sim.stateOf("C", "A")).toBe("dead");
+    expect(sim.leaders(["C"])).toEqual(["C@2"]);
+    expect(sim.leaders(["A", "B"])).toEqual(["A@1"]);
+    sim.heal();
+    sim.run(10_000);
+    expect(sim.leaders()).toHaveLength(1);
+  });
+
   it("a higher incarnation refutes a suspicion; stale heartbeats change nothing", () => {
     const clock = new FakeClock(0);
     const m = new Membership("B", { local }, clock);
