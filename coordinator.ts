@@ -1416,6 +1416,8 @@ class Registry {
   #live = new Map<string, LiveWorker>();
   #clusters = new Map<string, LiveCluster>();
   #table: RoutingTable | null = null;
+  /** The table is rebuilt after this: the oldest live view it used expires then. */
+  #liveUntil = Number.POSITIVE_INFINITY;
   /** Live views of the clusters (set by the app when enabled). */
   live: LiveViews | null = null;
 
@@ -1582,7 +1584,13 @@ class Registry {
   /** The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse. */
   async table(): Promise<RoutingTable> {
     const now = this.clock.now();
-    if (this.#table && now - this.#table.builtAt < this.settings.tableTtlMs) return this.#table;
+    if (
+      this.#table &&
+      now - this.#table.builtAt < this.settings.tableTtlMs &&
+      now <= this.#liveUntil
+    ) {
+      return this.#table;
+    }
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
       let keys: string[];
       try {
@@ -1636,6 +1644,7 @@ class Registry {
     }
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     let source: RoutingTable["source"] = "stored";
+    this.#liveUntil = Number.POSITIVE_INFINITY;
     for (const stored of docs) {
       if (stored.kind !== "cluster") continue;
       const live = this.#clusters.get(stored.cluster);
@@ -1643,12 +1652,12 @@ class Registry {
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
       const view = this.live?.current(stored.cluster, now) ?? null;
       const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
-      const storedLeader = leaderOf(doc);
-      const leader = view?.leaderId
-        ? { leader_id: view.leaderId, term: storedLeader?.term ?? null }
-        : storedLeader;
+      const leader = leaderOf(doc);
       const members = view?.members ?? Object.values(doc.members);
-      if (view !== null) source = "live";
+      if (view !== null) {
+        source = "live";
+        this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
+      }
       for (const m of members) {
         const status = stale ? "unknown" : m.status;
         views.set(m.worker_id, {
@@ -1671,7 +1680,6 @@ class Registry {
         });
         serviceHealth.set(m.worker_id, new Map(m.services.map((s) => [s.name, s.status])));
       }
-      const leaderMember = leader ? members.find((m) => m.worker_id === leader.leader_id) : null;
       clusters.push({
         cluster: doc.cluster,
         leader_id: leader?.leader_id ?? null,
@@ -1687,7 +1695,7 @@ class Registry {
         digest: doc.digest,
         pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
         source: view !== null ? "live" : "stored",
-        leader_url: leaderMember?.url ?? doc.members[leader?.leader_id ?? ""]?.url ?? null,
+        leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
       });
     }
     const providers = new Map<string, Provider[]>();
@@ -1937,6 +1945,7 @@ const WINDOW_SLICES = 6;
 const FIELDS = 5; // per slice: requests, errors, retries, rejected, peak in flight
 const FAILURE_PENALTY_MS = 1000; // latency a failed attempt counts as, at least
 const EWMA_SAMPLE_WEIGHT = 0.3;
+const COST_TIE = 1.3; // costs within 30 % of each other count as equal: the two alternate
 
 /** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. */
 export function latencyBucket(ms: number): number {
@@ -2355,6 +2364,7 @@ export class ServiceRoute {
   readonly window: TrafficWindow;
   readonly firstSeenAt: number;
   #turn = 0;
+  #last: Endpoint | null = null;
   #waiters: Waiter[] = [];
   #head = 0;
 
@@ -2416,7 +2426,8 @@ export class ServiceRoute {
 
   /**
    * Picks an endpoint: the first preference group with a usable one; within it, power of two
-   * choices on cost (round-robin while nothing is known about the service's latency). Ejected
+   * choices on cost, costs within 30 % alternating (round-robin while nothing is known about
+   * the service's latency), so equal workers share even a sequential load. Ejected
    * endpoints are used only when nothing else is usable. O(1) unless most of a group is
    * unusable. Null when nothing is usable (see `blocked`).
    */
@@ -2432,7 +2443,10 @@ export class ServiceRoute {
           tried,
           strict,
         );
-        if (found) return found;
+        if (found) {
+          this.#last = found;
+          return found;
+        }
       }
     }
     return null;
@@ -2470,7 +2484,7 @@ export class ServiceRoute {
     const b = list[j] as Endpoint;
     const okA = this.#usable(a, now, tried, strict);
     const okB = this.#usable(b, now, tried, strict);
-    if (okA && okB) return this.cost(a, now) <= this.cost(b, now) ? a : b;
+    if (okA && okB) return this.#cheaper(a, b, now);
     if (okA) return a;
     if (okB) return b;
     // Both draws unusable: choose among the usable rest (a scan, only on this slow path).
@@ -2490,8 +2504,17 @@ export class ServiceRoute {
       if (seen === other) second = e;
       seen++;
     }
-    if (best && second) return this.cost(best, now) <= this.cost(second, now) ? best : second;
+    if (best && second) return this.#cheaper(best, second, now);
     return best;
+  }
+
+  /** The cheaper of two; when their costs are about equal, not the one picked last. */
+  #cheaper(a: Endpoint, b: Endpoint, now: number): Endpoint {
+    const ca = this.cost(a, now);
+    const cb = this.cost(b, now);
+    if (ca > cb * COST_TIE) return b;
+    if (cb > ca * COST_TIE) return a;
+    return a === this.#last ? b : a;
   }
 
   /** Why `pick` found nothing: "busy" (some provider is only at its limit), "open", or "none". */
@@ -3069,8 +3092,8 @@ const LiveViewSchema = z.object({
 /** A cluster's live view as fetched from its leader's agent. */
 interface LiveView {
   members: StoredMember[];
+  /** The leader the agent's mesh knows (informative: the reporting leader is asked). */
   leaderId: string | null;
-  leaderUrl: string | null;
   at: number;
   digest: string;
 }
@@ -3104,7 +3127,12 @@ class LiveViews {
   /** The live view of a cluster, when fresh enough to route on. */
   current(cluster: string, now: number): LiveView | null {
     const view = this.#state.get(cluster)?.view ?? null;
-    return view !== null && now - view.at <= 5 * this.settings.liveViewTtlMs ? view : null;
+    return view !== null && now <= this.expiresAt(view) ? view : null;
+  }
+
+  /** When a view becomes too old to route on. */
+  expiresAt(view: LiveView): number {
+    return view.at + 5 * this.settings.liveViewTtlMs;
   }
 
   /** Starts the refreshes that are due (never awaited by a request); drops views too old. */
@@ -3124,16 +3152,24 @@ class LiveViews {
         };
         this.#state.set(cluster.cluster, state);
       }
-      if (state.view !== null && now - state.view.at > 5 * this.settings.liveViewTtlMs) {
+      const url = cluster.leader_url;
+      if (state.url !== url) {
+        // Another leader reports now: what the old one's agent said no longer counts.
+        state.url = url;
+        state.nextAt = 0;
+        state.streak = 0;
+        if (state.view !== null) {
+          state.view = null;
+          this.components.onChange();
+        }
+      }
+      if (state.view !== null && now > this.expiresAt(state.view)) {
         state.view = null;
         this.components.onChange();
       }
-      if (state.refreshing || now < state.nextAt) continue;
-      const url = state.view?.leaderUrl ?? cluster.leader_url;
-      if (!url) continue;
+      if (!url || state.refreshing || now < state.nextAt) continue;
       state.refreshing = true;
       state.nextAt = now + Math.min(this.settings.liveViewTtlMs * 2 ** state.streak, MINUTE);
-      state.url = url;
       const done = this.#refresh(cluster.cluster, url, state).finally(() => {
         state.refreshing = false;
       });
@@ -3180,13 +3216,8 @@ class LiveViews {
       const members = data.members.map((m) => storedMember(m, leaderId ?? "live", now));
       const digest = `${routingDigest(members)}:${leaderId}`;
       const changed = state.view?.digest !== digest;
-      state.view = {
-        members,
-        leaderId,
-        leaderUrl: members.find((m) => m.worker_id === leaderId)?.url ?? url,
-        at: now,
-        digest,
-      };
+      if (state.url !== url) return; // the leader changed while this fetch ran
+      state.view = { members, leaderId, at: now, digest };
       state.error = null;
       state.streak = 0;
       if (changed) onChange();
@@ -4032,7 +4063,7 @@ export function createCoordinator(
     });
   });
   admin.get("/stats", async (c) => {
-    const table = await reg.table();
+    const { table } = await routing(c);
     const healthy = table.workers.filter((w) => w.healthy).length;
     const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
     for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
@@ -4055,7 +4086,7 @@ export function createCoordinator(
       clusters: table.clusters,
     });
   });
-  admin.get("/leader", async (c) => c.json({ clusters: (await reg.table()).clusters }));
+  admin.get("/leader", async (c) => c.json({ clusters: (await routing(c)).table.clusters }));
   admin.get("/budget", (c) => c.json(budget()));
   app.route("/api/admin", admin);
 
