@@ -1,0 +1,35 @@
+/**
+ * The write-budget goals, checked on the 24-hour simulation (virtual clock, real membership,
+ * election, aggregate, reporters and coordinator). scripts/simulate.ts prints the full table.
+ */
+import { describe, expect, it } from "vitest";
+import { simulateDirect, simulateMesh } from "../scripts/sim-cluster.ts";
+
+describe("a simulated day", () => {
+  it.each([3, 10])(
+    "mesh mode, N = %i: steady <= 30, churn <= one write per real change, flapping <= 60",
+    async (n) => {
+      const steady = await simulateMesh({ n, scenario: "steady" });
+      expect(steady.writes).toBeLessThanOrEqual(30);
+      expect(steady.writes).toBeGreaterThanOrEqual(28); // keepalives do happen: about every 48 min
+      expect(steady.leaders).toBe(1);
+      const churn = await simulateMesh({ n, scenario: "churn" });
+      expect(churn.realChanges).toBeGreaterThan(90);
+      expect(churn.writes - steady.writes).toBeLessThanOrEqual(churn.realChanges);
+      for (const scenario of ["flapping", "netflap"] as const) {
+        const flap = await simulateMesh({ n, scenario });
+        expect(flap.writes, scenario).toBeLessThanOrEqual(60);
+        expect(flap.leaders, scenario).toBe(1);
+      }
+    },
+    120_000,
+  );
+
+  it("direct mode writes about 288 a day per worker, and never passes the cap", async () => {
+    const three = await simulateDirect({ n: 3, writeCap: Number.MAX_SAFE_INTEGER });
+    expect(three.writes / 3).toBeGreaterThanOrEqual(280);
+    expect(three.writes / 3).toBeLessThanOrEqual(296);
+    const capped = await simulateDirect({ n: 10, writeCap: 1000 });
+    expect(capped.writes).toBe(1000);
+  }, 120_000);
+});
