@@ -27,6 +27,7 @@ const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
 });
 const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
+const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals without traffic
 const server = Bun.serve({
   port,
   hostname,
@@ -38,6 +39,7 @@ console.log(
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
     clearInterval(flush);
+    clearInterval(tick);
     server.stop(true);
     process.exit(0);
   });

@@ -31,6 +31,7 @@ const kvPath = values.kv ?? env.ROLLCALL_KV_PATH;
 const kv = await Deno.openKv(kvPath);
 const coordinator = createCoordinator(configFromEnv(env), { store: denoKvStore(kv) });
 const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
+const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals without traffic
 const server = Deno.serve(
   {
     port,
@@ -45,6 +46,7 @@ const server = Deno.serve(
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {
     clearInterval(flush);
+    clearInterval(tick);
     void server.shutdown().finally(() => Deno.exit(0));
   });
 }

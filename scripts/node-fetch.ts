@@ -1,0 +1,157 @@
+/**
+ * The Node starter's upstream client: a `fetch` on node:http(s) with keep-alive agents,
+ * because Node 20's built-in fetch (undici) is the proxy's bottleneck there. It does what the
+ * coordinator asks of fetch: method, headers, a streamed or whole request body, `signal`,
+ * redirects not followed, bodies decoded (gzip, deflate, br) as fetch decodes them. Answers
+ * with a Content-Length up to `bufferBytes` (64 KiB) are read whole and handed over as bytes,
+ * so @hono/node-server writes them out without Web streams; larger ones stream.
+ */
+import { once } from "node:events";
+import http from "node:http";
+import https from "node:https";
+import { Readable } from "node:stream";
+import zlib from "node:zlib";
+
+/** Settings of the Node upstream client. */
+export interface NodeFetchInit {
+  /** Connections per upstream host and port. Default 256. */
+  maxSockets?: number;
+  /** Answers with a Content-Length up to this are read whole. Default 64 KiB. */
+  bufferBytes?: number;
+}
+
+/** A fetch on node:http with keep-alive, and a way to close its idle connections. */
+export interface NodeFetch {
+  fetch: typeof fetch;
+  /** Closes every pooled connection. */
+  close(): void;
+}
+
+const NO_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+
+function decoder(encoding: string): NodeJS.ReadWriteStream | null {
+  const e = encoding.trim().toLowerCase();
+  if (e === "gzip" || e === "x-gzip") return zlib.createGunzip();
+  if (e === "deflate") return zlib.createInflate();
+  if (e === "br") return zlib.createBrotliDecompress();
+  return null;
+}
+
+function nodeHeaders(headers: HeadersInit | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!headers) return out;
+  if (headers instanceof Headers) {
+    headers.forEach((value, name) => {
+      out[name] = value;
+    });
+  } else if (Array.isArray(headers)) {
+    for (const [name, value] of headers) out[(name as string).toLowerCase()] = value as string;
+  } else {
+    for (const [name, value] of Object.entries(headers)) out[name.toLowerCase()] = value;
+  }
+  return out;
+}
+
+async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): Promise<void> {
+  const reader = body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (req.destroyed) return;
+      if (done) break;
+      if (!req.write(value)) await once(req, "drain");
+    }
+    req.end();
+  } catch (err) {
+    req.destroy(err as Error);
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** Creates the client. */
+export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
+  const sockets = init.maxSockets ?? 256;
+  const options = { keepAlive: true, maxSockets: sockets, maxFreeSockets: sockets };
+  const httpAgent = new http.Agent({ ...options, scheduling: "lifo" });
+  const httpsAgent = new https.Agent({ ...options, scheduling: "lifo" });
+  const bufferBytes = init.bufferBytes ?? 64 * 1024;
+
+  const nodeFetch = (input: string | URL | Request, reqInit: RequestInit = {}) => {
+    if (typeof input !== "string" && !(input instanceof URL)) return fetch(input, reqInit);
+    const url = typeof input === "string" ? input : input.href;
+    const method = (reqInit.method ?? "GET").toUpperCase();
+    const secure = url.startsWith("https:");
+    return new Promise<Response>((resolve, reject) => {
+      const signal = reqInit.signal ?? undefined;
+      if (signal?.aborted) {
+        reject(signal.reason ?? new DOMException("The operation was aborted", "AbortError"));
+        return;
+      }
+      const req = (secure ? https : http).request(url, {
+        method,
+        headers: nodeHeaders(reqInit.headers),
+        agent: secure ? httpsAgent : httpAgent,
+        signal,
+      });
+      req.on("error", reject);
+      req.on("response", (res) => {
+        const status = res.statusCode ?? 502;
+        const headers = new Headers();
+        const raw = res.rawHeaders;
+        // Hop-by-hop headers stay: the coordinator drops them and those `Connection` names.
+        for (let i = 0; i < raw.length; i += 2)
+          headers.append(raw[i] as string, raw[i + 1] as string);
+        const meta = { status, statusText: res.statusMessage ?? "", headers };
+        if (method === "HEAD" || NO_BODY_STATUS.has(status)) {
+          res.resume();
+          resolve(new Response(null, meta));
+          return;
+        }
+        const encoding = res.headers["content-encoding"];
+        const decode = encoding ? decoder(encoding) : null;
+        const length = Number(res.headers["content-length"] ?? Number.NaN);
+        if (decode === null && length <= bufferBytes) {
+          const chunks: Buffer[] = [];
+          res.on("data", (chunk: Buffer) => chunks.push(chunk));
+          res.on("error", reject);
+          res.on("end", () => {
+            const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+            resolve(new Response(body as Uint8Array<ArrayBuffer>, meta));
+          });
+          return;
+        }
+        let stream: Readable = res;
+        if (decode !== null) {
+          res.on("error", (err) => decode.emit("error", err));
+          stream = res.pipe(decode) as unknown as Readable;
+        }
+        resolve(new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, meta));
+      });
+      const body = reqInit.body;
+      if (body === null || body === undefined) req.end();
+      else if (typeof body === "string" || body instanceof Uint8Array) req.end(body);
+      else if (body instanceof ReadableStream) void pump(body, req);
+      else req.destroy(new TypeError("Unsupported request body for the Node upstream client"));
+    });
+  };
+
+  return {
+    fetch: nodeFetch as typeof fetch,
+    close: () => {
+      httpAgent.destroy();
+      httpsAgent.destroy();
+    },
+  };
+}
+
+/** The signal that aborts when a @hono/node-server client goes away before its answer ended. */
+export function nodeClientSignal(_request: Request, env: unknown): AbortSignal | undefined {
+  const outgoing = (env as { outgoing?: http.ServerResponse } | undefined)?.outgoing;
+  if (!outgoing) return undefined;
+  const controller = new AbortController();
+  outgoing.once("close", () => {
+    if (!outgoing.writableFinished) controller.abort();
+  });
+  return controller.signal;
+}
