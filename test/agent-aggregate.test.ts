@@ -1,0 +1,70 @@
+import { describe, expect, it } from "vitest";
+import { aggregate, listed } from "../agent/aggregate.ts";
+import type { MemberView } from "../mesh/index.ts";
+
+const member = (id: string, over: Partial<MemberView> = {}): MemberView => ({
+  id,
+  self: false,
+  state: "alive",
+  incarnation: 1,
+  flapping: false,
+  url: `http://10.0.0.${id.length}:8700`,
+  status: "online",
+  services: [{ name: "upload", status: "healthy", latency_ms: 3 }],
+  aliveSince: 0,
+  lastSeen: 1000,
+  ...over,
+});
+
+describe("aggregate", () => {
+  it("lists alive and suspect members, leaves dead and departed ones out", () => {
+    const view = {
+      members: [
+        member("a"),
+        member("bb", { state: "suspect" }),
+        member("ccc", { state: "dead" }),
+        member("dddd", { state: "left" }),
+      ],
+    };
+    expect(aggregate(view).members.map((m) => m.worker_id)).toEqual(["a", "bb"]);
+  });
+
+  it("reports a flapping member as degraded, even while it is down, so its flaps cost no writes", () => {
+    const up = aggregate({ members: [member("a", { flapping: true })] });
+    const down = aggregate({ members: [member("a", { flapping: true, state: "dead" })] });
+    expect(up.members[0]?.status).toBe("degraded");
+    expect(down.digest).toBe(up.digest);
+    expect(listed(member("a", { flapping: true, state: "left" }))).toBe(false);
+  });
+
+  it("keeps the digest when only volatile fields move, and changes it when routing would", () => {
+    const base = aggregate({ members: [member("a")] }).digest;
+    const volatile = aggregate({
+      members: [
+        member("a", {
+          lastSeen: 99_999,
+          services: [{ name: "upload", status: "healthy", latency_ms: 80 }],
+        }),
+      ],
+    });
+    expect(volatile.digest).toBe(base);
+    const sick = aggregate({
+      members: [member("a", { services: [{ name: "upload", status: "unhealthy" }] })],
+    });
+    expect(sick.digest).not.toBe(base);
+    const moved = aggregate({ members: [member("a", { url: "http://10.9.9.9:8700" })] });
+    expect(moved.digest).not.toBe(base);
+  });
+
+  it("drops a member the coordinator would refuse instead of failing the whole report", () => {
+    const view = {
+      members: [
+        member("a"),
+        member("bb", { url: "" }),
+        member("ccc", { url: "ftp://x" }),
+        member("dddd", { meta: { capabilities: { cpu_cores: -4 } } }),
+      ],
+    };
+    expect(aggregate(view).members.map((m) => m.worker_id)).toEqual(["a"]);
+  });
+});
