@@ -1,0 +1,100 @@
+/**
+ * `npm run dev` and `deno task dev` for real: the local cluster comes up, the user's
+ * end-to-end check passes against it, and Ctrl-C (SIGINT) leaves nothing running.
+ */
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, describe, expect, it } from "vitest";
+import { ROOT } from "./helpers/processes.ts";
+
+const run = promisify(execFile);
+const DENO = join(ROOT, "node_modules/deno/deno");
+const started: number[] = [];
+
+afterAll(() => {
+  for (const pid of started) {
+    try {
+      process.kill(-pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/** PIDs of a process's children (Linux /proc via ps). */
+async function childrenOf(pid: number): Promise<number[]> {
+  const { stdout } = await run("ps", ["-o", "pid=", "--ppid", String(pid)]).catch(() => ({
+    stdout: "",
+  }));
+  return stdout.split(/\s+/).filter(Boolean).map(Number);
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe.each([
+  ["npm run dev (Node)", [process.execPath, "--import", "tsx", "scripts/dev.ts"]],
+  ["deno task dev (Deno)", [DENO, "run", "-A", "--unstable-kv", "scripts/dev.ts"]],
+])("%s", (_name, command) => {
+  it("starts the whole cluster, passes the user's check, and stops everything on Ctrl-C", async () => {
+    const data = mkdtempSync(join(tmpdir(), "rollcall-dev-"));
+    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    const [bin, ...args] = command as [string, ...string[]];
+    const dev = spawn(
+      bin,
+      [...args, "--base-port", String(base), "--data", data, "--probe-interval", "1"],
+      {
+        cwd: ROOT,
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true,
+      },
+    );
+    started.push(dev.pid as number);
+    let out = "";
+    dev.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    dev.stderr.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    const exited = new Promise<number | null>((resolve) =>
+      dev.once("exit", (code) => resolve(code)),
+    );
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no banner within 90 s:\n${out}`)), 90_000);
+      const check = () => {
+        if (out.includes("cluster is up")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      dev.stdout.on("data", check);
+      dev.once("exit", () => reject(new Error(`dev exited early:\n${out}`)));
+    });
+    const url = `http://127.0.0.1:${base + 87}`;
+    expect(out).toContain(`curl -s ${url}/api/service/upload/hello`);
+    const check = await run(
+      process.execPath,
+      ["--import", "tsx", "scripts/test-service-discovery.ts", url],
+      {
+        cwd: ROOT,
+      },
+    ).catch((err: { stdout: string }) => ({ stdout: err.stdout }));
+    expect(check.stdout).toContain("5 passed, 0 failed");
+    const children = await childrenOf(dev.pid as number);
+    expect(children.length).toBeGreaterThanOrEqual(10); // coordinator, 3 agents, 6 services
+    dev.kill("SIGINT");
+    expect(await exited).toBe(0);
+    expect(out).toContain("Everything stopped.");
+    expect(children.filter(alive)).toEqual([]);
+  }, 150_000);
+});
