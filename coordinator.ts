@@ -2948,15 +2948,38 @@ interface AttemptFailure {
   timedOut: boolean;
 }
 
-function clientAddress(c: Context): string | undefined {
-  const header = c.req.header("cf-connecting-ip");
+/** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
+interface WaitUntil {
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+/** One request as the proxy sees it: the Web request, the runtime's env, Workers' context. */
+interface Incoming {
+  request: Request;
+  env: unknown;
+  exec: WaitUntil | null;
+}
+
+/** The incoming request of a hono context. */
+function incomingOf(c: Context): Incoming {
+  let exec: WaitUntil | null = null;
+  try {
+    exec = c.executionCtx;
+  } catch {
+    // No ExecutionContext (Node, Bun, Deno).
+  }
+  return { request: c.req.raw, env: c.env, exec };
+}
+
+function clientAddress(inc: Incoming): string | undefined {
+  const header = inc.request.headers.get("cf-connecting-ip");
   if (header) return header;
-  const env = c.env as Record<string, unknown> | undefined;
+  const env = inc.env as Record<string, unknown> | undefined;
   try {
     const incoming = (env?.incoming as { socket?: { remoteAddress?: string } } | undefined)?.socket;
     if (incoming?.remoteAddress) return incoming.remoteAddress; // @hono/node-server
     const requestIP = env?.requestIP as ((r: Request) => { address?: string } | null) | undefined;
-    if (typeof requestIP === "function") return requestIP.call(env, c.req.raw)?.address; // Bun
+    if (typeof requestIP === "function") return requestIP.call(env, inc.request)?.address; // Bun
     const remote = env?.remoteAddr as { hostname?: string } | undefined;
     if (remote?.hostname) return remote.hostname; // Deno.serve's info
   } catch {
@@ -2965,15 +2988,31 @@ function clientAddress(c: Context): string | undefined {
   return undefined;
 }
 
-function forwardHeaders(c: Context, url: string): Headers {
-  const host = c.req.header("host");
-  const headers = new Headers(c.req.raw.headers);
+/**
+ * The headers sent upstream: the client's, minus hop-by-hop ones, plus X-Forwarded-*. Where the
+ * runtime lets us (Node's and Bun's servers), the request's own headers are changed in place;
+ * Deno's are immutable, so they are copied.
+ */
+function forwardHeaders(ctx: ProxyContext, inc: Incoming, url: string): Headers {
+  let headers = inc.request.headers;
+  const host = headers.get("host");
+  const client = clientAddress(inc);
+  if (ctx.requestHeadersMutable !== false) {
+    try {
+      headers.delete("host");
+      ctx.requestHeadersMutable = true;
+    } catch {
+      ctx.requestHeadersMutable = false;
+    }
+  }
+  if (!ctx.requestHeadersMutable) {
+    headers = new Headers(headers);
+    headers.delete("host");
+  }
   const named = headers.get("connection");
   if (named) for (const name of named.split(",")) headers.delete(name.trim());
   for (const name of HOP_BY_HOP) headers.delete(name);
-  headers.delete("host");
   headers.delete("accept-encoding"); // let the runtime's fetch ask for what it can decode
-  const client = clientAddress(c);
   const prior = headers.get("x-forwarded-for");
   if (client) headers.set("x-forwarded-for", prior ? `${prior}, ${client}` : client);
   const https = url.startsWith("https:");
@@ -3028,14 +3067,9 @@ function json(body: unknown, status: number, extra: Record<string, string> = {})
 }
 
 /** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
-function defer(c: Context | null, promise: Promise<unknown>): void {
+function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
   const quiet = promise.catch(() => {});
-  if (c === null) return;
-  try {
-    c.executionCtx.waitUntil(quiet);
-  } catch {
-    // No ExecutionContext (Node, Bun, Deno): the promise runs on by itself.
-  }
+  exec?.waitUntil(quiet); // elsewhere the promise runs on by itself
 }
 
 // ============================================================================================
@@ -3136,7 +3170,7 @@ class LiveViews {
   }
 
   /** Starts the refreshes that are due (never awaited by a request); drops views too old. */
-  tick(table: RoutingTable, now: number, c: Context | null): void {
+  tick(table: RoutingTable, now: number, exec: WaitUntil | null): void {
     for (const cluster of table.clusters) {
       let state = this.#state.get(cluster.cluster);
       if (state === undefined) {
@@ -3173,7 +3207,7 @@ class LiveViews {
       const done = this.#refresh(cluster.cluster, url, state).finally(() => {
         state.refreshing = false;
       });
-      defer(c, done);
+      defer(exec, done);
     }
   }
 
@@ -3466,16 +3500,20 @@ interface ProxyContext {
   fetcher: typeof fetch;
   random: () => number;
   clientSignal: (request: Request, env: unknown) => AbortSignal | undefined;
-  /** Whether upstream responses have mutable headers (a custom fetch); null until known. */
+  /** Whether upstream responses have mutable headers (Bun, the Node client); null until known. */
   inPlace: boolean | null;
+  /** Whether incoming requests have mutable headers (Node, Bun; not Deno); null until known. */
+  requestHeadersMutable: boolean | null;
   webhook: { sent: number; failed: number; lastError: string | null };
 }
 
-function addCors(settings: Settings, c: Context, headers: Headers): void {
+function addCors(settings: Settings, request: Request, headers: Headers): void {
   const origin = settings.corsOrigin;
   if (origin === "*") headers.set("access-control-allow-origin", "*");
   else {
-    if (c.req.header("origin") === origin) headers.set("access-control-allow-origin", origin);
+    if (request.headers.get("origin") === origin) {
+      headers.set("access-control-allow-origin", origin);
+    }
     headers.append("vary", "Origin");
   }
   headers.set("access-control-expose-headers", "Retry-After,X-Rollcall-Worker");
@@ -3483,13 +3521,13 @@ function addCors(settings: Settings, c: Context, headers: Headers): void {
 
 function proxyJson(
   ctx: ProxyContext,
-  c: Context,
+  request: Request,
   body: unknown,
   status: number,
   extra: Record<string, string> = {},
 ): Response {
   const res = json(body, status, extra);
-  addCors(ctx.settings, c, res.headers);
+  addCors(ctx.settings, request, res.headers);
   return res;
 }
 
@@ -3501,7 +3539,12 @@ function availableServices(table: RoutingTable): string[] {
 }
 
 /** Evaluates a service's scaling signal; a change calls the webhook (never awaited). */
-function evaluateSignal(ctx: ProxyContext, route: ServiceRoute, now: number, c: Context | null) {
+function evaluateSignal(
+  ctx: ProxyContext,
+  route: ServiceRoute,
+  now: number,
+  exec: WaitUntil | null,
+): void {
   route.nextEvaluationAt = now + 1000;
   const next = scalingSignal({
     providers: route.providers,
@@ -3543,7 +3586,7 @@ function evaluateSignal(ctx: ProxyContext, route: ServiceRoute, now: number, c: 
       ctx.webhook.lastError = (err as Error).message || "The webhook call failed";
     }
   };
-  defer(c, post());
+  defer(exec, post());
 }
 
 /** An endpoint for a new request: picked at once, or after waiting in the bounded queue. */
@@ -3562,27 +3605,28 @@ async function admit(ctx: ProxyContext, route: ServiceRoute): Promise<Endpoint |
 
 function respond(
   ctx: ProxyContext,
-  c: Context,
+  request: Request,
   result: Response,
   ep: Endpoint,
   method: string,
 ): Response {
   if (ctx.inPlace !== false) {
-    // A custom fetch (the Node starter's) hands back mutable headers: answer with its response.
+    // Bun's fetch and the Node starter's client hand back mutable headers: answer with the
+    // upstream response itself, no copy.
     try {
       result.headers.set("x-rollcall-worker", ep.worker_id);
       ctx.inPlace = true;
       cleanResponseHeaders(result.headers);
-      addCors(ctx.settings, c, result.headers);
+      addCors(ctx.settings, request, result.headers);
       return result;
     } catch {
-      ctx.inPlace = false; // fetch's own responses have immutable headers
+      ctx.inPlace = false; // standard fetch responses have immutable headers
     }
   }
   const headers = new Headers(result.headers);
   cleanResponseHeaders(headers);
   headers.set("x-rollcall-worker", ep.worker_id);
-  addCors(ctx.settings, c, headers);
+  addCors(ctx.settings, request, headers);
   const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
   return new Response(nullBody ? null : result.body, {
     status: result.status,
@@ -3591,24 +3635,82 @@ function respond(
   });
 }
 
+/** Counts a finished request and, at most once a second, re-evaluates the scaling signal. */
+function finished(
+  ctx: ProxyContext,
+  route: ServiceRoute,
+  inc: Incoming,
+  res: Response,
+  started: number,
+): Response {
+  const now = ctx.clock.now();
+  route.finish(now, res.status, performance.now() - started);
+  if (now >= route.nextEvaluationAt) evaluateSignal(ctx, route, now, inc.exec);
+  return res;
+}
+
+function turnedAway(
+  ctx: ProxyContext,
+  inc: Incoming,
+  route: ServiceRoute,
+  table: RoutingTable,
+  why: Blocked,
+): Response {
+  const name = route.name;
+  const now = ctx.clock.now();
+  if (why !== "none") route.noteRejected(now);
+  if (why === "busy") {
+    return proxyJson(
+      ctx,
+      inc.request,
+      {
+        error: `All workers for '${name}' are busy`,
+        available_services: availableServices(table),
+        suggestion: `Every provider of '${name}' is at its limit of ${ctx.settings.maxConcurrent} requests and the queue is full or was too slow; retry later.`,
+      },
+      503,
+      { "retry-after": "1" },
+    );
+  }
+  const open = why === "open";
+  return proxyJson(
+    ctx,
+    inc.request,
+    {
+      error: `No healthy workers available for '${name}'`,
+      available_services: availableServices(table),
+      suggestion: open
+        ? `The circuit breakers of all ${route.endpoints.length} worker(s) providing '${name}' are open after repeated failures; retry later.`
+        : `All ${route.providers} worker(s) providing '${name}' are offline or unhealthy; retry later.`,
+    },
+    503,
+    {
+      "retry-after": String(
+        open ? Math.ceil(route.retryAfterMs(now) / 1000) : ctx.settings.heartbeatIntervalS,
+      ),
+    },
+  );
+}
+
 async function routeService(
-  c: Context,
+  inc: Incoming,
   ctx: ProxyContext,
   target: ServiceTarget,
 ): Promise<Response> {
   const { reg, router, settings } = ctx;
+  const request = inc.request;
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string);
   const table = await reg.table();
   let now = ctx.clock.now();
   router.sync(table, now);
-  if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, c);
+  if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
   const route = router.routes.get(target.service);
   if (route === undefined || route.providers === 0) {
     return proxyJson(
       ctx,
-      c,
+      request,
       {
         error: `Service '${target.service}' not available`,
         available_services: availableServices(table),
@@ -3619,53 +3721,19 @@ async function routeService(
   }
   const started = performance.now();
   route.begin(now);
-  const answer = (res: Response): Response => {
-    now = ctx.clock.now();
-    route.finish(now, res.status, performance.now() - started);
-    if (now >= route.nextEvaluationAt) evaluateSignal(ctx, route, now, c);
-    return res;
-  };
   const picked = route.endpoints.length > 0 ? await admit(ctx, route) : "none";
   if (typeof picked === "string") {
-    if (picked !== "none") route.noteRejected(ctx.clock.now());
-    const busy = picked === "busy";
-    const retryAfterS = busy
-      ? 1
-      : picked === "open"
-        ? Math.ceil(route.retryAfterMs(ctx.clock.now()) / 1000)
-        : settings.heartbeatIntervalS;
-    return answer(
-      proxyJson(
-        ctx,
-        c,
-        busy
-          ? {
-              error: `All workers for '${target.service}' are busy`,
-              available_services: availableServices(table),
-              suggestion: `Every provider of '${target.service}' is at its limit of ${settings.maxConcurrent} requests and the queue is full or was too slow; retry later.`,
-            }
-          : {
-              error: `No healthy workers available for '${target.service}'`,
-              available_services: availableServices(table),
-              suggestion:
-                picked === "open"
-                  ? `The circuit breakers of all ${route.endpoints.length} worker(s) providing '${target.service}' are open after repeated failures; retry later.`
-                  : `All ${route.providers} worker(s) providing '${target.service}' are offline or unhealthy; retry later.`,
-            },
-        503,
-        { "retry-after": String(retryAfterS) },
-      ),
-    );
+    return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, picked), started);
   }
   let ep = picked;
-  const url = c.req.url;
+  const url = request.url;
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);
-  const method = c.req.method.toUpperCase();
-  const headers = forwardHeaders(c, url);
-  const source = method === "GET" || method === "HEAD" ? null : c.req.raw.body;
+  const method = request.method.toUpperCase();
+  const headers = forwardHeaders(ctx, inc, url);
+  const source = method === "GET" || method === "HEAD" ? null : request.body;
   const body = source ? new ReplayableBody(source, settings.replayBufferBytes) : null;
-  const signal = ctx.clientSignal(c.req.raw, c.env);
+  const signal = ctx.clientSignal(request, inc.env);
   let tried: Endpoint[] | null = null;
   let held: Response | null = null; // the last upstream 5xx: the answer if nothing better comes
   let failure: AttemptFailure | null = null;
@@ -3695,7 +3763,7 @@ async function routeService(
         route.settle(ep, { now, latencyMs, failed, probe });
         if (!failed) {
           held?.body?.cancel().catch(() => {});
-          return answer(respond(ctx, c, result, ep, method));
+          return finished(ctx, route, inc, respond(ctx, request, result, ep, method), started);
         }
         held?.body?.cancel().catch(() => {});
         held = result;
@@ -3723,23 +3791,38 @@ async function routeService(
   } finally {
     body?.release();
   }
-  if (held !== null) return answer(respond(ctx, c, held, last, method));
+  if (held !== null) {
+    return finished(ctx, route, inc, respond(ctx, request, held, last, method), started);
+  }
   const timedOut = failure?.timedOut ?? false;
-  return answer(
-    proxyJson(
-      ctx,
-      c,
-      {
-        error: "Service proxy failed",
-        message: timedOut
-          ? `Worker did not answer within ${settings.proxyTimeoutMs} ms`
-          : `Worker could not be reached: ${(failure?.error as Error | undefined)?.message ?? "unknown error"}`,
-        service: target.service,
-        worker: last.worker_id,
-      },
-      signal?.aborted ? 499 : timedOut ? 504 : 502,
-    ),
-  );
+  const status = signal?.aborted ? 499 : timedOut ? 504 : 502;
+  const error = {
+    error: "Service proxy failed",
+    message: timedOut
+      ? `Worker did not answer within ${settings.proxyTimeoutMs} ms`
+      : `Worker could not be reached: ${(failure?.error as Error | undefined)?.message ?? "unknown error"}`,
+    service: target.service,
+    worker: last.worker_id,
+  };
+  return finished(ctx, route, inc, proxyJson(ctx, request, error, status), started);
+}
+
+/** The answer to an error thrown while routing (the app's onError, for the fast path too). */
+function errorAnswer(err: unknown): Response {
+  if (err instanceof UnsafePathError) {
+    return json({ error: "Invalid service path", message: err.message }, 400);
+  }
+  if (err instanceof StoreError) {
+    return json({ error: "Store unavailable", message: err.message }, 503);
+  }
+  return json({ error: "Internal error" }, 500);
+}
+
+/** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
+function serviceTargetOf(url: string): ServiceTarget | null {
+  const start = url.indexOf("/", url.indexOf("//") + 2);
+  const q = url.indexOf("?", start);
+  return parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
 }
 
 // ============================================================================================
@@ -3808,6 +3891,8 @@ export interface CoordinatorComponents {
 export interface Coordinator {
   /** The hono app: `app.fetch(request, env)` or `app.request(path, init)`. */
   app: Hono;
+  /** Serves a request: `/api/service/*` straight to the proxy, everything else through `app`. */
+  fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response>;
   /** The resolved settings. */
   settings: Settings;
   /** The store it writes. */
@@ -3877,15 +3962,17 @@ export function createCoordinator(
     random: components.random ?? Math.random,
     clientSignal: components.clientSignal ?? ((request) => request.signal),
     inPlace: null,
+    requestHeadersMutable: null,
     webhook: { sent: 0, failed: 0, lastError: null },
   };
   /** The routing table, synced into the router, live views refreshed when due. */
   const routing = async (c: Context | null) => {
     const table = await reg.table();
     const now = clock.now();
+    const exec = c ? incomingOf(c).exec : null;
     router.sync(table, now);
-    live?.tick(table, now, c);
-    for (const route of router.routes.values()) evaluateSignal(proxy, route, now, c);
+    live?.tick(table, now, exec);
+    for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
     return { table, now };
   };
   const app = new Hono();
@@ -3896,16 +3983,10 @@ export function createCoordinator(
   });
   const budget = () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount });
 
-  app.onError((err, c) => {
-    if (err instanceof UnsafePathError)
-      return c.json({ error: "Invalid service path", message: err.message }, 400);
-    if (err instanceof StoreError)
-      return c.json({ error: "Store unavailable", message: err.message }, 503);
-    return c.json({ error: "Internal error" }, 500);
-  });
+  app.onError((err) => errorAnswer(err));
   app.notFound((c) => {
     const alias = matchAlias(new URL(c.req.url).pathname, settings.aliases);
-    if (alias) return routeService(c, proxy, alias);
+    if (alias) return routeService(incomingOf(c), proxy, alias);
     return c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404);
   });
   const corsHeaders = cors({
@@ -3922,8 +4003,11 @@ export function createCoordinator(
       : corsHeaders(c, next),
   );
   // Opportunistic: what the cap deferred is written on the first request that may write it.
-  app.use("*", async (_c, next) => {
+  const flushPending = async () => {
     if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
+  };
+  app.use("*", async (_c, next) => {
+    await flushPending();
     await next();
   });
 
@@ -4102,16 +4186,36 @@ export function createCoordinator(
   });
 
   app.all("/api/service/*", async (c) => {
-    const url = c.req.url;
-    const start = url.indexOf("/", url.indexOf("//") + 2);
-    const q = url.indexOf("?", start);
-    const target = parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
+    const target = serviceTargetOf(c.req.url);
     if (!target) return c.json({ error: "Not found" }, 404);
-    return routeService(c, proxy, target);
+    return routeService(incomingOf(c), proxy, target);
   });
+
+  /** `/api/service/*` straight to the proxy (no hono routing or context); the rest to the app. */
+  const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
+    const url = request.url;
+    const at = url.indexOf("/", url.indexOf("//") + 2);
+    if (!url.startsWith("/api/service/", at) || request.method === "OPTIONS") {
+      return app.fetch(request, env, exec as never);
+    }
+    const inc: Incoming = { request, env, exec: (exec as WaitUntil | undefined) ?? null };
+    return (async () => {
+      try {
+        await flushPending();
+        const target = serviceTargetOf(url);
+        if (!target) return proxyJson(proxy, request, { error: "Not found" }, 404);
+        return await routeService(inc, proxy, target);
+      } catch (err) {
+        const res = errorAnswer(err);
+        addCors(settings, request, res.headers);
+        return res;
+      }
+    })();
+  };
 
   return {
     app,
+    fetch: serve,
     settings,
     store: components.store,
     flush: () => reg.flushPending(),
@@ -4159,6 +4263,6 @@ export default {
       const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
     }
-    return coordinator.app.fetch(request, env, ctx as never);
+    return coordinator.fetch(request, env, ctx);
   },
 };

@@ -31,7 +31,7 @@ const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals wit
 const server = Bun.serve({
   port,
   hostname,
-  fetch: (request, srv) => coordinator.app.fetch(request, srv),
+  fetch: (request, srv) => coordinator.fetch(request, srv),
 });
 console.log(
   `rollcall coordinator (bun) listening on http://${hostname}:${server.port} (file store ${path})`,

@@ -41,7 +41,7 @@ const server = Deno.serve(
         `rollcall coordinator (deno) listening on http://${hostname}:${bound} (Deno KV ${kvPath ?? "default"})`,
       ),
   },
-  (request, info) => coordinator.app.fetch(request, info),
+  (request, info) => coordinator.fetch(request, info),
 );
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {

@@ -25,7 +25,7 @@ const coordinator = createCoordinator(configFromEnv(process.env), {
 });
 const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
 const tick = setInterval(() => coordinator.tick(), 5000);
-const server = serve({ fetch: coordinator.app.fetch, port, hostname }, (info) => {
+const server = serve({ fetch: coordinator.fetch, port, hostname }, (info) => {
   console.log(
     `rollcall coordinator (node) listening on http://${hostname}:${info.port} (file store ${path})`,
   );

@@ -1,0 +1,403 @@
+/**
+ * Proxy benchmark: the same bounded wrk load (50 connections, loopback) against one upstream,
+ * directly, through an nginx reverse proxy (keepalive to the upstream), and through the
+ * coordinator on Node, Bun and Deno with all of its routing logic on. Prints requests/s,
+ * p50/p99 latency and each target's ratio to nginx, as a markdown table.
+ *
+ *   npm run bench:proxy -- [--rounds 3] [--duration 10] [--connections 50]
+ *                          [--targets direct,nginx,node,bun,deno,node-builtin] [--profile node,bun]
+ *
+ * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
+ * upstream costs every target the same. The nginx proxy also runs one worker process, as the
+ * coordinator runs one JavaScript thread. `--profile node,bun` runs those coordinators once more
+ * under `--cpu-prof` and prints where their CPU time goes. Needs `apt-get install nginx wrk`.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { loadavg, tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const BIN = (name: string) => path.join(ROOT, "node_modules/.bin", name);
+const CLUSTER = "bench-cluster-token";
+const ADMIN = "bench-admin-token";
+
+const { values } = parseArgs({
+  options: {
+    rounds: { type: "string", default: "3" },
+    duration: { type: "string", default: "10" },
+    connections: { type: "string", default: "50" },
+    threads: { type: "string", default: "1" },
+    targets: { type: "string", default: "direct,nginx,node,bun,deno" },
+    profile: { type: "string", default: "" },
+  },
+});
+const rounds = Number(values.rounds);
+const duration = Number(values.duration);
+const connections = Number(values.connections);
+const targets = (values.targets as string).split(",").map((t) => t.trim());
+const work = mkdtempSync(path.join(tmpdir(), "rollcall-bench-proxy-"));
+
+/** A free port on 127.0.0.1. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Waits until something accepts connections on the port (or fails after the deadline). */
+async function waitForPort(port: number, deadlineMs = 30_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (Date.now() < end) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`Nothing listened on port ${port} in time`);
+}
+
+const children = new Set<ChildProcess>();
+
+function start(command: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+  const child = spawn(command, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let err = "";
+  child.stderr?.on("data", (c: Buffer) => {
+    err = (err + c.toString()).slice(-2000);
+  });
+  child.once("exit", (code, signal) => {
+    children.delete(child);
+    if (code && code !== 0) console.error(`${command} exited with ${code ?? signal}: ${err}`);
+  });
+  children.add(child);
+  return child;
+}
+
+async function stop(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+function nginxConf(name: string, port: number, body: string): string {
+  const dir = path.join(work, name);
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, "nginx.conf");
+  writeFileSync(
+    file,
+    `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 10000000;
+  ${body.replaceAll("PORT", String(port))}
+}
+`,
+  );
+  return file;
+}
+
+/** Latency text from wrk ("812.00us", "1.20ms", "1.01s") in ms. */
+function ms(text: string): number {
+  const m = /^([\d.]+)(us|ms|s|m)$/.exec(text.trim());
+  if (!m) return Number.NaN;
+  const n = Number(m[1]);
+  return m[2] === "us" ? n / 1000 : m[2] === "ms" ? n : m[2] === "s" ? n * 1000 : n * 60_000;
+}
+
+interface Result {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+
+async function wrk(url: string, seconds: number): Promise<Result> {
+  const args = [`-t${values.threads}`, `-c${connections}`, `-d${seconds}s`, "--latency", url];
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile("wrk", args, { timeout: (seconds + 30) * 1000 }, (err, stdout) =>
+      err ? reject(err) : resolve(stdout),
+    );
+  });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? Number.NaN);
+  const p50 = ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "");
+  const p99 = ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "");
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] ?? 0);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const errors = non2xx + (sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0);
+  return { rps, p50, p99, errors };
+}
+
+async function post(url: string, body: unknown, token: string): Promise<void> {
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify(body),
+  });
+  if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
+}
+
+interface Coordinator {
+  child: ChildProcess;
+  base: string;
+}
+
+const COORDINATOR_ENV = {
+  ROLLCALL_CLUSTER_TOKEN: CLUSTER,
+  ROLLCALL_ADMIN_TOKEN: ADMIN,
+};
+
+async function startCoordinator(kind: string, runtimeArgs: string[] = []): Promise<Coordinator> {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(work, `${kind}-`));
+  const flags = ["--port", String(port)];
+  let child: ChildProcess;
+  if (kind === "node" || kind === "node-builtin") {
+    child = start(
+      process.execPath,
+      [
+        ...runtimeArgs,
+        "--import",
+        "tsx",
+        "scripts/start-node.ts",
+        ...flags,
+        "--data",
+        `${dir}/c.json`,
+      ],
+      {
+        ...COORDINATOR_ENV,
+        ...(kind === "node-builtin" ? { ROLLCALL_NODE_FETCH: "builtin" } : {}),
+      },
+    );
+  } else if (kind === "bun") {
+    child = start(
+      BIN("bun"),
+      [...runtimeArgs, "scripts/start-bun.ts", ...flags, "--data", `${dir}/c.json`],
+      COORDINATOR_ENV,
+    );
+  } else {
+    child = start(
+      BIN("deno"),
+      ["run", "-A", "--unstable-kv", "scripts/start-deno.ts", ...flags, "--kv", `${dir}/kv`],
+      COORDINATOR_ENV,
+    );
+  }
+  await waitForPort(port);
+  return { child, base: `http://127.0.0.1:${port}` };
+}
+
+async function register(base: string, upstream: string): Promise<void> {
+  await post(
+    `${base}/api/cluster/heartbeat`,
+    {
+      leader_id: "bench-worker",
+      term: 1,
+      sequence: 1,
+      members: [
+        {
+          worker_id: "bench-worker",
+          status: "online",
+          url: upstream,
+          services: [{ name: "echo", url: `${upstream}/service/echo` }],
+        },
+      ],
+    },
+    CLUSTER,
+  );
+}
+
+/** Sums a Node CPU profile's self time by function and by area. */
+function summarizeProfile(file: string): string {
+  const profile = JSON.parse(readFileSync(file, "utf8")) as {
+    nodes: {
+      id: number;
+      callFrame: { functionName: string; url: string; lineNumber: number };
+      hitCount?: number;
+    }[];
+    samples: number[];
+    timeDeltas: number[];
+  };
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map<number, number>();
+  profile.samples.forEach((id, i) => {
+    self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  const fns = new Map<string, number>();
+  const areas = new Map<string, number>();
+  const area = (url: string, name: string): string => {
+    if (name === "(idle)") return "idle";
+    if (name === "(garbage collector)") return "garbage collector";
+    if (name === "(program)") return "native (program)";
+    if (url.includes("/coordinator.ts")) return "coordinator.ts";
+    if (url.includes("node-fetch.ts")) return "scripts/node-fetch.ts (upstream client)";
+    if (url.includes("@hono/node-server")) return "@hono/node-server";
+    if (url.includes("/hono/")) return "hono";
+    if (url.includes("undici")) return "undici (web streams, Headers, fetch)";
+    if (url.startsWith("node:internal/webstreams")) return "node web streams";
+    if (url.startsWith("node:")) return "node internals (http, net, streams, timers)";
+    if (url === "") return "native / runtime";
+    return "other";
+  };
+  for (const [id, t] of self) {
+    const node = byId.get(id);
+    if (!node) continue;
+    const { functionName, url, lineNumber } = node.callFrame;
+    const key = `${functionName || "(anonymous)"} ${url.replace(/^.*\/(?=[^/]+\/[^/]+$)/, "")}:${lineNumber + 1}`;
+    fns.set(key, (fns.get(key) ?? 0) + t);
+    const a = area(url, functionName);
+    areas.set(a, (areas.get(a) ?? 0) + t);
+  }
+  const pct = (t: number) => `${((100 * t) / total).toFixed(1)} %`;
+  const busy = total - (areas.get("idle") ?? 0);
+  const lines = ["Self time by area (share of all samples; busy = not idle):", ""];
+  for (const [a, t] of [...areas].sort((x, y) => y[1] - x[1])) {
+    lines.push(`  ${pct(t).padStart(7)}  ${a}`);
+  }
+  lines.push("", `Busy: ${pct(busy)}. Top functions by self time:`, "");
+  for (const [f, t] of [...fns].sort((x, y) => y[1] - x[1]).slice(0, 25)) {
+    lines.push(`  ${pct(t).padStart(7)}  ${f}`);
+  }
+  return lines.join("\n");
+}
+
+async function main(): Promise<void> {
+  const upPort = await freePort();
+  const proxyPort = await freePort();
+  const upstream = `http://127.0.0.1:${upPort}`;
+  const upConf = nginxConf(
+    "upstream",
+    upPort,
+    `server {
+    listen 127.0.0.1:PORT;
+    location / { default_type application/json; return 200 '{"service":"echo","ok":true}'; }
+  }`,
+  );
+  const proxyConf = nginxConf(
+    "proxy",
+    proxyPort,
+    `upstream up { server 127.0.0.1:${upPort}; keepalive 64; }
+  server {
+    listen 127.0.0.1:PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }`,
+  );
+  const nginxUp = start("nginx", ["-c", upConf]);
+  const nginxProxy = start("nginx", ["-c", proxyConf]);
+  await Promise.all([waitForPort(upPort), waitForPort(proxyPort)]);
+  const path1 = "/service/echo/hello";
+  const results = new Map<string, Result[]>();
+  const loads: string[] = [];
+  console.log(
+    `wrk -t${values.threads} -c${connections} -d${duration}s, ${rounds} round(s); load before: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
+  for (let round = 1; round <= rounds; round++) {
+    loads.push(
+      loadavg()
+        .map((l) => l.toFixed(2))
+        .join(" "),
+    );
+    for (const target of targets) {
+      let url: string;
+      let coordinator: Coordinator | null = null;
+      if (target === "direct") url = `${upstream}${path1}`;
+      else if (target === "nginx") url = `http://127.0.0.1:${proxyPort}${path1}`;
+      else {
+        coordinator = await startCoordinator(target);
+        await register(coordinator.base, upstream);
+        url = `${coordinator.base}/api/service/echo/hello`;
+      }
+      await wrk(url, Math.min(3, duration)); // warm up: JIT, connection pools
+      const r = await wrk(url, duration);
+      if (coordinator) await stop(coordinator.child);
+      const list = results.get(target) ?? [];
+      list.push(r);
+      results.set(target, list);
+      console.log(
+        `round ${round} ${target.padEnd(12)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  errors ${r.errors}`,
+      );
+    }
+  }
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s[Math.floor((s.length - 1) / 2)] as number;
+  };
+  const nginxRps = median((results.get("nginx") ?? []).map((r) => r.rps));
+  console.log(
+    `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | x nginx | errors |`,
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const target of targets) {
+    const list = results.get(target) ?? [];
+    const rps = list.map((r) => r.rps);
+    const m = median(rps);
+    const spread = `${Math.min(...rps).toFixed(0)}-${Math.max(...rps).toFixed(0)}`;
+    console.log(
+      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${(m / nginxRps).toFixed(2)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
+    );
+  }
+  console.log(`\nLoad average (1, 5, 15 min) at the start of each round: ${loads.join("; ")}`);
+  for (const runtime of (values.profile as string).split(",").filter(Boolean)) {
+    const dir = path.join(work, `profile-${runtime}`);
+    mkdirSync(dir);
+    const coordinator = await startCoordinator(runtime, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
+    await register(coordinator.base, upstream);
+    await wrk(`${coordinator.base}/api/service/echo/hello`, Math.min(3, duration));
+    await wrk(`${coordinator.base}/api/service/echo/hello`, duration);
+    await stop(coordinator.child, "SIGINT");
+    await new Promise((r) => setTimeout(r, 500));
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+    console.log(
+      file
+        ? `\nCPU profile of the ${runtime} coordinator under the same load (${path.join(dir, file)}):\n\n${summarizeProfile(path.join(dir, file))}`
+        : `\nNo CPU profile was written for ${runtime}.`,
+    );
+  }
+  await Promise.all([stop(nginxUp, "SIGQUIT"), stop(nginxProxy, "SIGQUIT")]);
+}
+
+const cleanup = () => {
+  for (const child of children) child.kill("SIGKILL");
+};
+process.once("SIGINT", () => {
+  cleanup();
+  process.exit(130);
+});
+main().then(
+  () => cleanup(),
+  (err) => {
+    console.error(err);
+    cleanup();
+    process.exit(1);
+  },
+);
