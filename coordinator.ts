@@ -2946,6 +2946,8 @@ interface AttemptFailure {
   failed: true;
   error: unknown;
   timedOut: boolean;
+  /** The client went away, so the attempt was abandoned. */
+  clientGone: boolean;
 }
 
 /** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
@@ -3033,29 +3035,112 @@ function cleanResponseHeaders(headers: Headers): void {
   }
 }
 
+/** One attempt in flight: what aborts it, and when. */
+interface Pending {
+  controller: AbortController;
+  deadline: number;
+  started: number;
+  inc: Incoming;
+  timedOut: boolean;
+  clientGone: boolean;
+  index: number;
+}
+
+/**
+ * Deadlines of the attempts in flight, checked by one shared timer (every 100 ms, or a
+ * quarter of the timeout) instead of a timer and an abort listener per attempt. An attempt
+ * still running after one check is aborted when its client has gone away.
+ */
+class Deadlines {
+  readonly #items: Pending[] = [];
+  #timer: ReturnType<typeof setInterval> | null = null;
+
+  constructor(
+    readonly periodMs: number,
+    readonly clientGone: (request: Request, env: unknown) => boolean,
+  ) {}
+
+  add(p: Pending): void {
+    p.index = this.#items.length;
+    this.#items.push(p);
+    this.#timer ??= setInterval(() => this.#check(), this.periodMs);
+  }
+
+  remove(p: Pending): void {
+    const items = this.#items;
+    const last = items.pop() as Pending;
+    if (last !== p) {
+      items[p.index] = last;
+      last.index = p.index;
+    }
+    if (items.length === 0 && this.#timer !== null) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+  }
+
+  #check(): void {
+    const now = performance.now();
+    for (const p of [...this.#items]) {
+      if (now >= p.deadline) {
+        p.timedOut = true;
+        p.controller.abort();
+      } else if (now - p.started >= this.periodMs && this.clientGone(p.inc.request, p.inc.env)) {
+        p.clientGone = true;
+        p.controller.abort();
+      }
+    }
+  }
+}
+
 async function attempt(
-  fetcher: typeof fetch,
+  ctx: ProxyContext,
+  inc: Incoming,
   target: string,
   init: RequestInit,
-  timeoutMs: number,
-  clientSignal: AbortSignal | undefined,
 ): Promise<Response | AttemptFailure> {
   const controller = new AbortController();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    controller.abort();
-  }, timeoutMs);
-  const onClientAbort = () => controller.abort();
-  clientSignal?.addEventListener("abort", onClientAbort, { once: true });
   init.signal = controller.signal;
+  const timeoutMs = ctx.settings.proxyTimeoutMs;
+  if (inc.exec !== null) {
+    // On Workers every timer and listener belongs to its request: one of each per attempt.
+    const state = { timedOut: false, clientGone: false };
+    const timer = setTimeout(() => {
+      state.timedOut = true;
+      controller.abort();
+    }, timeoutMs);
+    const onClientAbort = () => {
+      state.clientGone = true;
+      controller.abort();
+    };
+    const signal = inc.request.signal;
+    signal.addEventListener("abort", onClientAbort, { once: true });
+    try {
+      return await ctx.fetcher(target, init);
+    } catch (error) {
+      return { failed: true, error, ...state };
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onClientAbort);
+    }
+  }
+  const started = performance.now();
+  const pending: Pending = {
+    controller,
+    deadline: started + timeoutMs,
+    started,
+    inc,
+    timedOut: false,
+    clientGone: false,
+    index: 0,
+  };
+  ctx.deadlines.add(pending);
   try {
-    return await fetcher(target, init);
+    return await ctx.fetcher(target, init);
   } catch (error) {
-    return { failed: true, error, timedOut };
+    return { failed: true, error, timedOut: pending.timedOut, clientGone: pending.clientGone };
   } finally {
-    clearTimeout(timer);
-    clientSignal?.removeEventListener("abort", onClientAbort);
+    ctx.deadlines.remove(pending);
   }
 }
 
@@ -3499,7 +3584,7 @@ interface ProxyContext {
   clock: ClockLike;
   fetcher: typeof fetch;
   random: () => number;
-  clientSignal: (request: Request, env: unknown) => AbortSignal | undefined;
+  deadlines: Deadlines;
   /** Whether upstream responses have mutable headers (Bun, the Node client); null until known. */
   inPlace: boolean | null;
   /** Whether incoming requests have mutable headers (Node, Bun; not Deno); null until known. */
@@ -3733,7 +3818,6 @@ async function routeService(
   const headers = forwardHeaders(ctx, inc, url);
   const source = method === "GET" || method === "HEAD" ? null : request.body;
   const body = source ? new ReplayableBody(source, settings.replayBufferBytes) : null;
-  const signal = ctx.clientSignal(request, inc.env);
   let tried: Endpoint[] | null = null;
   let held: Response | null = null; // the last upstream 5xx: the answer if nothing better comes
   let failure: AttemptFailure | null = null;
@@ -3753,10 +3837,10 @@ async function routeService(
       }
       const probe = route.dispatch(ep, now);
       const t0 = performance.now();
-      const result = await attempt(ctx.fetcher, to, init, settings.proxyTimeoutMs, signal);
+      const result = await attempt(ctx, inc, to, init);
       const latencyMs = performance.now() - t0;
       now = ctx.clock.now();
-      const aborted = signal?.aborted === true;
+      const aborted = "failed" in result && result.clientGone;
       // Not `instanceof Response`: @hono/node-server swaps the global Response class.
       if (!("failed" in result)) {
         const failed = FAILED_STATUS.has(result.status);
@@ -3795,7 +3879,7 @@ async function routeService(
     return finished(ctx, route, inc, respond(ctx, request, held, last, method), started);
   }
   const timedOut = failure?.timedOut ?? false;
-  const status = signal?.aborted ? 499 : timedOut ? 504 : 502;
+  const status = failure?.clientGone ? 499 : timedOut ? 504 : 502;
   const error = {
     error: "Service proxy failed",
     message: timedOut
@@ -3883,8 +3967,8 @@ export interface CoordinatorComponents {
   fetch?: typeof fetch;
   /** Randomness for the picker's two choices (tests pass a seeded one). Default Math.random. */
   random?: () => number;
-  /** The signal that aborts when the client goes away. Default: `request.signal`. */
-  clientSignal?: (request: Request, env: unknown) => AbortSignal | undefined;
+  /** Whether the client of a request went away. Default: `request.signal.aborted`. */
+  clientGone?: (request: Request, env: unknown) => boolean;
 }
 
 /** A coordinator: the hono app and its parts. */
@@ -3960,7 +4044,10 @@ export function createCoordinator(
     clock,
     fetcher,
     random: components.random ?? Math.random,
-    clientSignal: components.clientSignal ?? ((request) => request.signal),
+    deadlines: new Deadlines(
+      Math.max(10, Math.min(100, settings.proxyTimeoutMs / 4)),
+      components.clientGone ?? ((request) => request.signal.aborted),
+    ),
     inPlace: null,
     requestHeadersMutable: null,
     webhook: { sent: 0, failed: 0, lastError: null },

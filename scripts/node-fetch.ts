@@ -145,13 +145,10 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 }
 
-/** The signal that aborts when a @hono/node-server client goes away before its answer ended. */
-export function nodeClientSignal(_request: Request, env: unknown): AbortSignal | undefined {
+/** Whether a @hono/node-server client went away before its answer ended. */
+export function nodeClientGone(_request: Request, env: unknown): boolean {
   const outgoing = (env as { outgoing?: http.ServerResponse } | undefined)?.outgoing;
-  if (!outgoing) return undefined;
-  const controller = new AbortController();
-  outgoing.once("close", () => {
-    if (!outgoing.writableFinished) controller.abort();
-  });
-  return controller.signal;
+  return (
+    outgoing !== undefined && !outgoing.writableFinished && outgoing.socket?.destroyed !== false
+  );
 }

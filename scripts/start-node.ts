@@ -9,7 +9,7 @@ import fs from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
 import { configFromEnv, createCoordinator, fileStore } from "../coordinator.ts";
-import { createNodeFetch, nodeClientSignal } from "./node-fetch.ts";
+import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
 
 const { values } = parseArgs({
   options: { port: { type: "string" }, host: { type: "string" }, data: { type: "string" } },
@@ -21,7 +21,7 @@ const path = values.data ?? process.env.ROLLCALL_DATA ?? ".data/coordinator.json
 const upstream = process.env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
 const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
-  ...(upstream ? { fetch: upstream.fetch, clientSignal: nodeClientSignal } : {}),
+  ...(upstream ? { fetch: upstream.fetch, clientGone: nodeClientGone } : {}),
 });
 const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
 const tick = setInterval(() => coordinator.tick(), 5000);
