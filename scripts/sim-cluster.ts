@@ -44,7 +44,10 @@ const DAY_MS = 24 * 3600 * 1000;
 export const SIM_START = Date.UTC(2026, 0, 1);
 
 const pad = (i: number) => `m${String(i).padStart(5, "0")}`;
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** Lets in-flight requests finish (reading a Request body takes a few macrotask turns). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 4; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
 
 /** A deterministic PRNG (mulberry32), so every run of a scenario is the same day. */
 export function prng(seed: number): () => number {
