@@ -10,5 +10,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     // 2 cores in CI: two files at a time keeps timing-sensitive mesh tests honest.
     maxWorkers: 2,
+    // The default output, then one plain closing line: "N passed, N failed, N skipped".
+    reporters: ["default", "./test/helpers/summary-reporter.ts"],
   },
 });
