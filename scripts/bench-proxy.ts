@@ -5,15 +5,24 @@
  * p50/p99 latency and each target's ratio to nginx, as a markdown table.
  *
  *   npm run bench:proxy -- [--rounds 3] [--duration 10] [--connections 50]
- *                          [--targets direct,nginx,node,bun,deno,node-builtin] [--profile node,bun]
+ *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin] [--profile node,bun]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
- * upstream costs every target the same. The nginx proxy also runs one worker process, as the
- * coordinator runs one JavaScript thread. `--profile node,bun` runs those coordinators once more
+ * upstream costs every target the same. The "nginx" proxy runs one worker process, as the
+ * coordinator runs one JavaScript thread (the ratios are to it); "nginx-auto" runs one per core,
+ * as Debian's default configuration does. CPU µs per request is the proxy process's own CPU
+ * time (all its threads, workers for nginx) over the requests served: robust to a busy machine. `--profile node,bun` runs those coordinators once more
  * under `--cpu-prof` and prints where their CPU time goes. Needs `apt-get install nginx wrk`.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from "node:fs";
 import net from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
@@ -30,7 +39,7 @@ const { values } = parseArgs({
     duration: { type: "string", default: "10" },
     connections: { type: "string", default: "50" },
     threads: { type: "string", default: "1" },
-    targets: { type: "string", default: "direct,nginx,node,bun,deno" },
+    targets: { type: "string", default: "direct,nginx,nginx-auto,node,bun,deno" },
     profile: { type: "string", default: "" },
   },
 });
@@ -99,13 +108,13 @@ async function stop(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Pr
   clearTimeout(timer);
 }
 
-function nginxConf(name: string, port: number, body: string): string {
+function nginxConf(name: string, port: number, body: string, workers = "1"): string {
   const dir = path.join(work, name);
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, "nginx.conf");
   writeFileSync(
     file,
-    `worker_processes 1;
+    `worker_processes ${workers};
 daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
@@ -138,22 +147,48 @@ interface Result {
   p50: number;
   p99: number;
   errors: number;
+  requests: number;
+  cpuUsPerRequest: number;
 }
 
-async function wrk(url: string, seconds: number): Promise<Result> {
+const TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+
+/** CPU seconds (user + system, all threads) used by a process and its children so far. */
+function cpuSeconds(pid: number): number {
+  let total = 0;
+  const visit = (p: number) => {
+    const stat = `/proc/${p}/stat`;
+    if (!existsSync(stat)) return;
+    const fields = readFileSync(stat, "utf8").split(") ")[1]?.split(" ") ?? [];
+    total += (Number(fields[11]) + Number(fields[12])) / TICKS; // utime, stime
+    const children = `/proc/${p}/task/${p}/children`;
+    if (existsSync(children)) {
+      for (const c of readFileSync(children, "utf8").trim().split(/\s+/).filter(Boolean)) {
+        visit(Number(c));
+      }
+    }
+  };
+  visit(pid);
+  return total;
+}
+
+async function wrk(url: string, seconds: number, pid?: number): Promise<Result> {
   const args = [`-t${values.threads}`, `-c${connections}`, `-d${seconds}s`, "--latency", url];
+  const cpuBefore = pid ? cpuSeconds(pid) : 0;
   const out = await new Promise<string>((resolve, reject) => {
     execFile("wrk", args, { timeout: (seconds + 30) * 1000 }, (err, stdout) =>
       err ? reject(err) : resolve(stdout),
     );
   });
+  const cpu = pid ? cpuSeconds(pid) - cpuBefore : Number.NaN;
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? Number.NaN);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? Number.NaN);
   const p50 = ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "");
   const p99 = ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "");
   const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] ?? 0);
   const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
   const errors = non2xx + (sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0);
-  return { rps, p50, p99, errors };
+  return { rps, p50, p99, errors, requests, cpuUsPerRequest: (cpu * 1e6) / requests };
 }
 
 async function post(url: string, body: unknown, token: string): Promise<void> {
@@ -310,9 +345,21 @@ async function main(): Promise<void> {
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }`,
   );
+  const autoPort = await freePort();
+  const autoConf = nginxConf(
+    "proxy-auto",
+    autoPort,
+    `upstream up { server 127.0.0.1:${upPort}; keepalive 64; }
+  server {
+    listen 127.0.0.1:PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }`,
+    "auto",
+  );
   const nginxUp = start("nginx", ["-c", upConf]);
   const nginxProxy = start("nginx", ["-c", proxyConf]);
-  await Promise.all([waitForPort(upPort), waitForPort(proxyPort)]);
+  const nginxAuto = start("nginx", ["-c", autoConf]);
+  await Promise.all([waitForPort(upPort), waitForPort(proxyPort), waitForPort(autoPort)]);
   const path1 = "/service/echo/hello";
   const results = new Map<string, Result[]>();
   const loads: string[] = [];
@@ -329,22 +376,28 @@ async function main(): Promise<void> {
     );
     for (const target of targets) {
       let url: string;
+      let pid: number | undefined;
       let coordinator: Coordinator | null = null;
-      if (target === "direct") url = `${upstream}${path1}`;
-      else if (target === "nginx") url = `http://127.0.0.1:${proxyPort}${path1}`;
-      else {
+      if (target === "direct") {
+        url = `${upstream}${path1}`;
+        pid = nginxUp.pid;
+      } else if (target === "nginx" || target === "nginx-auto") {
+        url = `http://127.0.0.1:${target === "nginx" ? proxyPort : autoPort}${path1}`;
+        pid = (target === "nginx" ? nginxProxy : nginxAuto).pid;
+      } else {
         coordinator = await startCoordinator(target);
         await register(coordinator.base, upstream);
         url = `${coordinator.base}/api/service/echo/hello`;
+        pid = coordinator.child.pid;
       }
       await wrk(url, Math.min(3, duration)); // warm up: JIT, connection pools
-      const r = await wrk(url, duration);
+      const r = await wrk(url, duration, pid);
       if (coordinator) await stop(coordinator.child);
       const list = results.get(target) ?? [];
       list.push(r);
       results.set(target, list);
       console.log(
-        `round ${round} ${target.padEnd(12)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  errors ${r.errors}`,
+        `round ${round} ${target.padEnd(12)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  CPU ${r.cpuUsPerRequest.toFixed(1)} µs/req  errors ${r.errors}`,
       );
     }
   }
@@ -353,17 +406,18 @@ async function main(): Promise<void> {
     return s[Math.floor((s.length - 1) / 2)] as number;
   };
   const nginxRps = median((results.get("nginx") ?? []).map((r) => r.rps));
+  const autoRps = median((results.get("nginx-auto") ?? []).map((r) => r.rps));
   console.log(
-    `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | x nginx | errors |`,
+    `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | CPU µs/req | x nginx | x nginx-auto | errors |`,
   );
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const target of targets) {
     const list = results.get(target) ?? [];
     const rps = list.map((r) => r.rps);
     const m = median(rps);
     const spread = `${Math.min(...rps).toFixed(0)}-${Math.max(...rps).toFixed(0)}`;
     console.log(
-      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${(m / nginxRps).toFixed(2)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
+      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${median(list.map((r) => r.cpuUsPerRequest)).toFixed(1)} | ${(m / nginxRps).toFixed(2)} | ${(m / autoRps).toFixed(2)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
     );
   }
   console.log(`\nLoad average (1, 5, 15 min) at the start of each round: ${loads.join("; ")}`);
@@ -383,7 +437,11 @@ async function main(): Promise<void> {
         : `\nNo CPU profile was written for ${runtime}.`,
     );
   }
-  await Promise.all([stop(nginxUp, "SIGQUIT"), stop(nginxProxy, "SIGQUIT")]);
+  await Promise.all([
+    stop(nginxUp, "SIGQUIT"),
+    stop(nginxProxy, "SIGQUIT"),
+    stop(nginxAuto, "SIGQUIT"),
+  ]);
 }
 
 const cleanup = () => {

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { configFromEnv, createCoordinator, type DenoKvLike, denoKvStore } from "../coordinator.ts";
+import { createNodeFetch } from "./node-fetch.ts";
 
 declare const Deno: {
   args: string[];
@@ -29,7 +30,12 @@ const hostname = values.host ?? env.HOST ?? "127.0.0.1";
 const kvPath = values.kv ?? env.ROLLCALL_KV_PATH;
 
 const kv = await Deno.openKv(kvPath);
-const coordinator = createCoordinator(configFromEnv(env), { store: denoKvStore(kv) });
+// Deno's node:http client is faster than its fetch for many small upstream calls.
+const upstream = env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
+const coordinator = createCoordinator(configFromEnv(env), {
+  store: denoKvStore(kv),
+  ...(upstream ? { fetch: upstream.fetch } : {}),
+});
 const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
 const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals without traffic
 const server = Deno.serve(
@@ -47,6 +53,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {
     clearInterval(flush);
     clearInterval(tick);
+    upstream?.close();
     void server.shutdown().finally(() => Deno.exit(0));
   });
 }
