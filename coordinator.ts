@@ -3674,20 +3674,6 @@ function evaluateSignal(
   defer(exec, post());
 }
 
-/** An endpoint for a new request: picked at once, or after waiting in the bounded queue. */
-async function admit(ctx: ProxyContext, route: ServiceRoute): Promise<Endpoint | Blocked> {
-  const deadline = performance.now() + ctx.settings.queueTimeoutMs;
-  for (;;) {
-    const now = ctx.clock.now();
-    const ep = route.pick({ now, random: ctx.random });
-    if (ep !== null) return ep;
-    const why = route.blocked(now);
-    if (why !== "busy") return why;
-    const left = deadline - performance.now();
-    if (left <= 0 || !(await route.wait(left))) return "busy";
-  }
-}
-
 function respond(
   ctx: ProxyContext,
   request: Request,
@@ -3806,11 +3792,20 @@ async function routeService(
   }
   const started = performance.now();
   route.begin(now);
-  const picked = route.endpoints.length > 0 ? await admit(ctx, route) : "none";
-  if (typeof picked === "string") {
-    return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, picked), started);
+  // Pick, or wait in the bounded queue while every provider is at its limit. A pick and its
+  // dispatch (which takes the slot) happen with no await in between.
+  let ep = route.pick({ now, random: ctx.random });
+  let deadline = 0;
+  while (ep === null) {
+    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
+    deadline ||= started + settings.queueTimeoutMs;
+    const left = deadline - performance.now();
+    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
+      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
+    }
+    now = ctx.clock.now();
+    ep = route.pick({ now, random: ctx.random });
   }
-  let ep = picked;
   const url = request.url;
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);

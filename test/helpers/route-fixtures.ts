@@ -1,0 +1,101 @@
+/**
+ * An in-process coordinator for the routing tests: memory store, a manual clock, a seeded
+ * random source for the picker, and one leader-mode cluster whose members each provide the
+ * service "svc" at a real upstream.
+ */
+import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
+import { ManualClock } from "./coord-fixtures.ts";
+
+/** A small deterministic random source (mulberry32). */
+export function seeded(seed = 1): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** An answer, its body parsed when it is JSON. */
+export interface Answer {
+  status: number;
+  headers: Headers;
+  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
+  body: any;
+}
+
+async function read(res: Response): Promise<Answer> {
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, headers: res.headers, body };
+}
+
+/** A row of `GET /api/admin/breakers`. */
+export interface BreakerRow {
+  service: string;
+  worker_id: string;
+  state: string;
+  ejected: boolean;
+  ejected_until: string | null;
+  ejections: number;
+  trips: number;
+  consecutive_failures: number;
+}
+
+/** Members (ID and upstream URL) that each provide "svc", optionally with a tier. */
+export type Members = { id: string; url: string; tier?: 1 | 2 | 3 }[];
+
+/** A coordinator whose cluster has `members`; the live view is off unless `init` turns it on. */
+export async function routingCoordinator(
+  members: Members,
+  init: CoordinatorInit = {},
+  components: { fetch?: typeof fetch; random?: () => number } = {},
+) {
+  const clock = new ManualClock();
+  const coordinator = createCoordinator(
+    { liveView: false, ...init },
+    {
+      store: memoryStore({}, { clock }),
+      clock,
+      random: components.random ?? seeded(7),
+      ...(components.fetch ? { fetch: components.fetch } : {}),
+    },
+  );
+  const call = async (path: string, reqInit: RequestInit = {}) =>
+    read(await coordinator.fetch(new Request(`http://coordinator.test${path}`, reqInit)));
+  const admin = async (path: string) => {
+    const res = await call(path);
+    if (res.status !== 200) throw new Error(`${path} answered ${res.status}`);
+    return res.body;
+  };
+  const reported = await call("/api/cluster/heartbeat", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      leader_id: members[0]?.id ?? "none",
+      term: 1,
+      sequence: 1,
+      members: members.map((m) => ({
+        worker_id: m.id,
+        status: "online",
+        url: m.url,
+        tier: m.tier ?? 2,
+        services: [{ name: "svc", url: `${m.url}/svc` }],
+      })),
+    }),
+  });
+  if (reported.status !== 200) throw new Error(`The report answered ${reported.status}`);
+  /** The breaker row of a worker (`GET /api/admin/breakers`). */
+  const breaker = async (id: string): Promise<BreakerRow> => {
+    const rows = (await admin("/api/admin/breakers")).breakers as BreakerRow[];
+    return rows.find((b) => b.worker_id === id) as BreakerRow;
+  };
+  return { coordinator, clock, call, admin, breaker, get: (p = "/api/service/svc/x") => call(p) };
+}

@@ -1,0 +1,122 @@
+/**
+ * A real HTTP upstream on 127.0.0.1 that fails on command, for the routing tests: it answers,
+ * refuses connections (its listener closed), hangs, answers 500, answers slowly, or drops the
+ * connection after reading the request.
+ */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+
+/** How the upstream behaves. */
+export type FlakyMode = "ok" | "refuse" | "hang" | "error500" | "slow" | "reset";
+
+/** One request the upstream read. */
+export interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** A running upstream whose behaviour tests switch. */
+export interface Flaky {
+  name: string;
+  url: string;
+  port: number;
+  readonly mode: FlakyMode;
+  /** Delay of the "slow" mode, ms. */
+  slowMs: number;
+  /** Every request read (in any mode but "refuse", which reads none). */
+  seen: Seen[];
+  /** Requests held by "hang" right now. */
+  readonly hanging: number;
+  /** Switches the behaviour; "refuse" closes the listener, any other mode opens it again. */
+  setMode(mode: FlakyMode): Promise<void>;
+  /** Answers every held request with 200. */
+  release(): void;
+  close(): Promise<void>;
+}
+
+/** Starts an upstream in mode "ok" (it echoes who it is, the method, path and body). */
+export async function startFlaky(name: string): Promise<Flaky> {
+  let mode: FlakyMode = "ok";
+  const held: http.ServerResponse[] = [];
+  const seen: Seen[] = [];
+  const answer = (res: http.ServerResponse, status: number, got: Seen) => {
+    if (res.destroyed) return;
+    res.writeHead(status, { "content-type": "application/json", "x-upstream": name });
+    res.end(JSON.stringify({ upstream: name, status, ...got, headers: undefined }));
+  };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const got: Seen = {
+        method: req.method ?? "",
+        url: req.url ?? "",
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString("utf8"),
+      };
+      seen.push(got);
+      if (mode === "hang") held.push(res);
+      else if (mode === "reset") req.socket.destroy();
+      else if (mode === "error500") answer(res, 500, got);
+      else if (mode === "slow") setTimeout(() => answer(res, 200, got), flaky.slowMs);
+      else answer(res, 200, got);
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  const listen = (port: number) =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  const shut = () =>
+    new Promise<void>((resolve) => {
+      for (const res of held.splice(0)) res.destroy();
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  await listen(0);
+  const port = (server.address() as AddressInfo).port;
+  const flaky: Flaky = {
+    name,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    slowMs: 200,
+    seen,
+    get mode() {
+      return mode;
+    },
+    get hanging() {
+      return held.length;
+    },
+    async setMode(next) {
+      if (next === "refuse" && server.listening) await shut();
+      if (next !== "refuse" && !server.listening) await listen(port);
+      mode = next;
+    },
+    release() {
+      for (const res of held.splice(0)) {
+        answer(res, 200, { method: "", url: "", headers: {}, body: "released" });
+      }
+    },
+    close: () => (server.listening ? shut() : Promise.resolve()),
+  };
+  return flaky;
+}
+
+/** Waits until `check` holds, polling, or fails after the deadline with `what`. */
+export async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  deadlineMs = 20_000,
+): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
