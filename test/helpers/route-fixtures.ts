@@ -49,8 +49,8 @@ export interface BreakerRow {
   consecutive_failures: number;
 }
 
-/** Members (ID and upstream URL) that each provide "svc", optionally with a tier. */
-export type Members = { id: string; url: string; tier?: 1 | 2 | 3 }[];
+/** Members (ID and upstream URL) that provide "svc" (unless `services` says otherwise). */
+export type Members = { id: string; url: string; tier?: 1 | 2 | 3; services?: string[] }[];
 
 /** A coordinator whose cluster has `members`; the live view is off unless `init` turns it on. */
 export async function routingCoordinator(
@@ -70,14 +70,16 @@ export async function routingCoordinator(
   );
   const call = async (path: string, reqInit: RequestInit = {}) =>
     read(await coordinator.fetch(new Request(`http://coordinator.test${path}`, reqInit)));
+  const bearer = (token: string | null | undefined): Record<string, string> =>
+    token ? { authorization: `Bearer ${token}` } : {};
   const admin = async (path: string) => {
-    const res = await call(path);
+    const res = await call(path, { headers: bearer(init.adminToken) });
     if (res.status !== 200) throw new Error(`${path} answered ${res.status}`);
     return res.body;
   };
   const reported = await call("/api/cluster/heartbeat", {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...bearer(init.clusterToken) },
     body: JSON.stringify({
       leader_id: members[0]?.id ?? "none",
       term: 1,
@@ -87,7 +89,7 @@ export async function routingCoordinator(
         status: "online",
         url: m.url,
         tier: m.tier ?? 2,
-        services: [{ name: "svc", url: `${m.url}/svc` }],
+        services: (m.services ?? ["svc"]).map((name) => ({ name, url: `${m.url}/${name}` })),
       })),
     }),
   });
