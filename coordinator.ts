@@ -1945,6 +1945,7 @@ const WINDOW_SLICES = 6;
 const FIELDS = 5; // per slice: requests, errors, retries, rejected, peak in flight
 const FAILURE_PENALTY_MS = 1000; // latency a failed attempt counts as, at least
 const EWMA_SAMPLE_WEIGHT = 0.3;
+const FADE_PER_REQUEST = 0.1; // knowledge of an endpoint fades ~10 % per request served elsewhere
 const COST_TIE = 1.3; // costs within 30 % of each other count as equal: the two alternate
 
 /** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. */
@@ -2279,9 +2280,10 @@ export class Endpoint {
   tier: 1 | 2 | 3 = 2;
   health: Provider["health"] = "healthy";
   inFlight = 0;
-  /** Latency EWMA in ms (0: nothing known yet) and when it was last updated. */
+  /** Latency EWMA in ms (0: nothing known yet), when it was last updated, and the service's sample count then. */
   ewmaMs = 0;
   ewmaAt = 0;
+  ewmaSample = 0;
   consecutiveFailures = 0;
   ejectedUntil = 0;
   ejections = 0;
@@ -2351,6 +2353,8 @@ export class ServiceRoute {
   providers = 0;
   /** Service-wide latency EWMA of successful attempts (0: nothing known). */
   ewmaMs = 0;
+  /** Attempts settled so far (the clock of the per-request fading). */
+  samples = 0;
   inFlight = 0;
   requests = 0;
   errors = 0;
@@ -2402,11 +2406,18 @@ export class ServiceRoute {
     this.providers = providers;
   }
 
-  /** The latency estimate of an endpoint: its EWMA fading towards the service's mean. */
+  /**
+   * The latency estimate of an endpoint: its EWMA fading towards the service's mean with time
+   * (`latencyDecayMs`) and with the requests the service served elsewhere since (10 % each), so
+   * an endpoint that looked slow once is tried again soon, even at low load.
+   */
   latency(e: Endpoint, now: number): number {
     if (e.ewmaMs === 0) return this.ewmaMs;
     if (this.ewmaMs === 0) return e.ewmaMs;
-    const fade = Math.exp(-(now - e.ewmaAt) / this.settings.latencyDecayMs);
+    const fade = Math.exp(
+      -(now - e.ewmaAt) / this.settings.latencyDecayMs -
+        (this.samples - e.ewmaSample) * FADE_PER_REQUEST,
+    );
     return this.ewmaMs + (e.ewmaMs - this.ewmaMs) * fade;
   }
 
@@ -2554,9 +2565,9 @@ export class ServiceRoute {
   }
 
   /**
-   * Records an attempt's outcome and frees its slot: latency EWMA (peak-sensitive: a slower
-   * sample counts at once, a faster one by 30 %), consecutive failures and outlier ejection
-   * (never more than half the endpoints at once, each ejection longer), the breaker.
+   * Records an attempt's outcome and frees its slot: latency EWMA (each sample weighs 30 %; a
+   * failure counts as at least 1 s), consecutive failures and outlier ejection (never more than
+   * half the endpoints at once, each ejection longer), the breaker.
    */
   settle(
     e: Endpoint,
@@ -2580,8 +2591,9 @@ export class ServiceRoute {
     e.latencySumMs += latencyMs;
     const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
     const base = this.latency(e, now) || sample;
-    e.ewmaMs = sample > base ? sample : base + (sample - base) * EWMA_SAMPLE_WEIGHT;
+    e.ewmaMs = base + (sample - base) * EWMA_SAMPLE_WEIGHT;
     e.ewmaAt = now;
+    e.ewmaSample = ++this.samples;
     if (!failed) {
       this.ewmaMs = this.ewmaMs === 0 ? latencyMs : this.ewmaMs + (latencyMs - this.ewmaMs) * 0.1;
       e.consecutiveFailures = 0;
