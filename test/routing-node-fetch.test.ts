@@ -1,0 +1,111 @@
+/** The Node starter's upstream client (scripts/node-fetch.ts) against real HTTP servers. */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { gzipSync } from "node:zlib";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isConnectFailure } from "../coordinator.ts";
+import { createNodeFetch } from "../scripts/node-fetch.ts";
+import { routingCoordinator } from "./helpers/route-fixtures.ts";
+import { refusedPort } from "./helpers/coord-upstream.ts";
+
+const client = createNodeFetch({ bufferBytes: 1024 });
+let server: http.Server;
+let base = "";
+let hung = 0;
+
+beforeAll(async () => {
+  server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      if (req.url === "/big") {
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end("x".repeat(200_000));
+      } else if (req.url === "/gzip") {
+        res.writeHead(200, { "content-encoding": "gzip", "content-type": "text/plain" });
+        res.end(gzipSync("unzipped text"));
+      } else if (req.url === "/empty") {
+        res.writeHead(204);
+        res.end();
+      } else if (req.url === "/hang") {
+        hung++;
+      } else {
+        res.writeHead(201, {
+          "content-type": "application/json",
+          connection: "keep-alive, x-hop",
+          "x-hop": "hop",
+          "x-upstream": "node",
+        });
+        res.end(
+          JSON.stringify({ method: req.method, url: req.url, len: body.length, h: req.headers }),
+        );
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  client.close();
+  server.closeAllConnections();
+  await new Promise<void>((r) => server.close(() => r()));
+});
+
+describe("node:http upstream client", () => {
+  it("answers small bodies whole with mutable headers, streams large ones, decodes gzip", async () => {
+    const res = await client.fetch(`${base}/a?b=1`, { headers: new Headers({ "x-in": "1" }) });
+    expect(res.status).toBe(201);
+    res.headers.set("x-added", "yes"); // mutable, unlike fetch's own responses
+    expect(await res.json()).toMatchObject({ method: "GET", url: "/a?b=1", h: { "x-in": "1" } });
+    expect((await (await client.fetch(`${base}/big`)).text()).length).toBe(200_000);
+    const gz = await client.fetch(`${base}/gzip`);
+    expect(await gz.text()).toBe("unzipped text");
+    expect(gz.headers.get("content-encoding")).toBe("gzip"); // as fetch leaves it
+    const empty = await client.fetch(`${base}/empty`);
+    expect(empty.status).toBe(204);
+    expect(empty.body).toBeNull();
+    const head = await client.fetch(`${base}/a`, { method: "HEAD" });
+    expect(head.body).toBeNull();
+  });
+
+  it("sends a streamed request body whole", async () => {
+    const data = new Uint8Array(300_000).fill(65);
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let i = 0; i < data.length; i += 50_000) controller.enqueue(data.slice(i, i + 50_000));
+        controller.close();
+      },
+    });
+    const res = await client.fetch(`${base}/up`, {
+      method: "PUT",
+      body: stream,
+      duplex: "half",
+    } as RequestInit);
+    expect(await res.json()).toMatchObject({ method: "PUT", len: 300_000 });
+  });
+
+  it("fails like fetch: a refused connection is recognised, an abort rejects", async () => {
+    const refused = await client
+      .fetch(`http://127.0.0.1:${await refusedPort()}/`)
+      .catch((e: unknown) => e);
+    expect(isConnectFailure(refused)).toBe(true);
+    const controller = new AbortController();
+    const pending = client.fetch(`${base}/hang`, { signal: controller.signal });
+    const deadline = Date.now() + 10_000;
+    while (hung === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    controller.abort();
+    await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("serves the coordinator: its answer goes out as is, hop-by-hop headers stripped", async () => {
+    const t = await routingCoordinator([{ id: "n1", url: base }], {}, { fetch: client.fetch });
+    const res = await t.get("/api/service/svc/x");
+    expect(res.status).toBe(201);
+    expect(res.body).toMatchObject({ url: "/svc/x" });
+    expect(res.headers.get("x-rollcall-worker")).toBe("n1");
+    expect(res.headers.get("x-upstream")).toBe("node");
+    expect(res.headers.get("x-hop")).toBeNull();
+    expect(res.headers.get("access-control-allow-origin")).toBe("*");
+  });
+});
