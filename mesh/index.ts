@@ -17,8 +17,10 @@ export type { Identity } from "./identity.ts";
 export { IdentityError, keyPath, loadIdentity } from "./identity.ts";
 export type { HeartbeatOptions, MemberChange, MembershipInit } from "./membership.ts";
 export { MEMBERSHIP_DEFAULTS, Membership, checkLocal } from "./membership.ts";
-export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./mesh.ts";
-export { MeshStateError, createMesh } from "./mesh.ts";
+export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./api.ts";
+export { MeshStateError } from "./api.ts";
+export { createMesh } from "./mesh.ts";
+export { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
 export type { MeshLibp2p } from "./node.ts";
 export { GOSSIP_DEFAULTS, PskError, parsePsk } from "./node.ts";
 export type { Heartbeat, HeartbeatState } from "./protocol.ts";
@@ -27,8 +29,11 @@ export {
   HeartbeatError,
   LIMITS,
   MAX_HEARTBEAT_BYTES,
+  SIGNATURE_BYTES,
   decodeHeartbeat,
   encodeHeartbeat,
+  openHeartbeat,
+  sealHeartbeat,
 } from "./protocol.ts";
 export type {
   Leader,

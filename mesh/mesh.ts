@@ -1,124 +1,35 @@
 /**
- * The mesh runtime: one libp2p node gossiping heartbeats on a per-cluster topic, feeding the
- * pure membership state machine and election, and emitting "leader", "member-up",
+ * The mesh runtime: one libp2p node gossiping signed heartbeats on a per-cluster topic, feeding
+ * the pure membership state machine and election, and emitting "leader", "member-up",
  * "member-down" and "view" events. It owns every timer and clears them all in stop().
  */
 import "./shim.ts";
 import { type Message, TopicValidatorResult } from "@libp2p/gossipsub";
-import type { ConnectionGater, PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
+import {
+  type Mesh,
+  type MeshComponents,
+  type MeshEvents,
+  type MeshInit,
+  type MeshStats,
+  MeshStateError,
+} from "./api.ts";
 import { type Clock, systemClock } from "./clock.ts";
+import { Dialer } from "./dialer.ts";
 import { DEFAULT_SETTLE_MS, elect } from "./election.ts";
 import { type Identity, loadIdentity, saveIncarnation } from "./identity.ts";
 import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership.ts";
-import { type MeshLibp2p, type NodeInit, createNode } from "./node.ts";
-import { MAX_HEARTBEAT_BYTES, decodeHeartbeat, encodeHeartbeat } from "./protocol.ts";
-import type { Leader, LocalState, MemberView, ViewSnapshot } from "./types.ts";
-
-/** Settings of a mesh node; everything but dataDir and local has a default. */
-export interface MeshInit {
-  /** The key is persisted at <dataDir>/peer.key (0600), created on first start. */
-  dataDir: string;
-  /** Cluster name: topic rollcall/<cluster>/heartbeat/1, and the mDNS tag; default "default". */
-  cluster?: string;
-  /** Listen multiaddrs; default ["/ip4/127.0.0.1/tcp/0"]. */
-  listen?: string[];
-  /** Multiaddrs of peers to join through, with /p2p/<id>. */
-  bootstrap?: string[];
-  /** Discover peers on the LAN by mDNS; default false. */
-  mdns?: boolean;
-  /** pnet pre-shared key in the swarm.key text format: strangers without it cannot connect. */
-  psk?: string | Uint8Array;
-  local: LocalState;
-  /** Default 1000 ms. */
-  heartbeatIntervalMs?: number;
-  /** Silence before a member is suspected (and replaced if it leads); default 3000 ms. */
-  suspectAfterMs?: number;
-  /** Suspicion timeout before a member is dead; default 6000 ms. */
-  deadAfterMs?: number;
-  /** Tombstone period of dead/left members; default 600000 ms. */
-  forgetAfterMs?: number;
-  /** How long a member must be alive before it may lead; default 5000 ms. */
-  settleMs?: number;
-  /** Every how many heartbeats the full state (url, services, meta, addrs) rides along; default 10. */
-  fullStateEvery?: number;
-  /** Advanced: gossipsub overrides (see GOSSIP_DEFAULTS). */
-  gossip?: NodeInit["gossip"];
-}
-
-/** Collaborators of a mesh node. */
-export interface MeshComponents {
-  clock?: Clock;
-  logger?: (line: string) => void;
-  /** Decides which connections are allowed (tests use it to make partitions). */
-  connectionGater?: ConnectionGater;
-}
-
-/** Counters of what the node received and sent. */
-export interface MeshStats {
-  received: number;
-  accepted: number;
-  /** Duplicates or older than what we hold (replays, restarts' old incarnations). */
-  stale: number;
-  /** Failed to decode or validate, unsigned, or too large. */
-  invalid: number;
-  /** Claimed an id other than the signed sender's. */
-  spoofed: number;
-  sent: number;
-  sendFailed: number;
-  /** Times this process found itself frozen for longer than peers wait, and rejoined. */
-  rejoins: number;
-}
-
-/** Event name -> detail type. */
-export interface MeshEvents {
-  leader: Leader | null;
-  "member-up": MemberView;
-  "member-down": MemberView;
-  view: ViewSnapshot;
-}
-
-/** A running mesh node. Events: "leader", "member-up", "member-down", "view" (CustomEvent). */
-export interface Mesh extends EventTarget {
-  /** Our PeerId string; available once start() resolved. */
-  readonly id: string;
-  /** The libp2p node underneath (diagnostics and tests); undefined before start(). */
-  readonly libp2p: MeshLibp2p | undefined;
-  start(): Promise<void>;
-  /** Announces leaving, closes libp2p, clears every timer. */
-  stop(): Promise<void>;
-  /** Changes the local state; gossiped at once and on the next heartbeats. Bumps nothing. */
-  setLocalState(update: Partial<LocalState>): void;
-  view(): ViewSnapshot;
-  multiaddrs(): string[];
-  stats(): MeshStats;
-  addEventListener<K extends keyof MeshEvents>(
-    type: K,
-    listener: (event: CustomEvent<MeshEvents[K]>) => void,
-    options?: AddEventListenerOptions | boolean,
-  ): void;
-  addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: AddEventListenerOptions | boolean,
-  ): void;
-  removeEventListener<K extends keyof MeshEvents>(
-    type: K,
-    listener: (event: CustomEvent<MeshEvents[K]>) => void,
-    options?: EventListenerOptions | boolean,
-  ): void;
-  removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: EventListenerOptions | boolean,
-  ): void;
-}
-
-/** The mesh was used in a way its lifecycle does not allow. */
-export class MeshStateError extends Error {
-  override name = "MeshStateError";
-}
+import { type MeshLibp2p, createNode } from "./node.ts";
+import { PeerExchange } from "./pex.ts";
+import {
+  MAX_HEARTBEAT_BYTES,
+  decodeHeartbeat,
+  encodeHeartbeat,
+  openHeartbeat,
+} from "./protocol.ts";
+import { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
+import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
 /** Creates a mesh node (not started). */
 export function createMesh(init: MeshInit, components: MeshComponents = {}): Mesh {
@@ -128,23 +39,24 @@ export function createMesh(init: MeshInit, components: MeshComponents = {}): Mes
 
 class MeshNode extends EventTarget {
   #init: MeshInit;
+  #c: MeshComponents;
   #clock: Clock;
   #log: (line: string) => void;
-  #gater: ConnectionGater | undefined;
   #topic: string;
   #interval: number;
   #settleMs: number;
   #tickMs: number;
   #identity: Identity | undefined;
   #node: MeshLibp2p | undefined;
+  #dialer: Dialer | undefined;
+  #pex: PeerExchange | undefined;
   #m: Membership | undefined;
+  #verifier = new HeartbeatVerifier();
   #leader: Leader | null = null;
   #running = false;
   #timers = new Map<string, unknown>();
   #lastTick = 0;
   #fullStateBeats = 0;
-  #backoff = new Map<string, { at: number; delay: number }>();
-  #dialing = new Set<string>();
   #stats: MeshStats = {
     received: 0,
     accepted: 0,
@@ -159,13 +71,14 @@ class MeshNode extends EventTarget {
   constructor(init: MeshInit, components: MeshComponents) {
     super();
     this.#init = init;
+    this.#c = components;
     this.#clock = components.clock ?? systemClock;
     this.#log = components.logger ?? (() => {});
-    this.#gater = components.connectionGater;
     const cluster = init.cluster ?? "default";
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster))
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
       throw new MeshStateError("Cluster name must be 1-64 of A-Z a-z 0-9 . _ -");
-    this.#topic = `rollcall/${cluster}/heartbeat/1`;
+    }
+    this.#topic = `rollcall/${cluster}/hb/1`;
     this.#interval = init.heartbeatIntervalMs ?? 1000;
     this.#settleMs = init.settleMs ?? DEFAULT_SETTLE_MS;
     this.#tickMs = Math.max(20, Math.min(250, Math.floor(this.#interval / 4)));
@@ -183,48 +96,82 @@ class MeshNode extends EventTarget {
   async start(): Promise<void> {
     if (this.#running || this.#node) throw new MeshStateError("Mesh is already started");
     const init = this.#init;
-    this.#identity = await loadIdentity(init.dataDir, { logger: this.#log });
-    const self = this.#identity.peerId.toString();
-    this.#m = new Membership(
+    const identity = await loadIdentity(init.dataDir, { logger: this.#log });
+    this.#identity = identity;
+    const self = identity.peerId.toString();
+    const m = new Membership(
       self,
       {
         local: init.local,
-        incarnation: this.#identity.incarnation,
+        incarnation: identity.incarnation,
         suspectAfterMs: init.suspectAfterMs ?? MEMBERSHIP_DEFAULTS.suspectAfterMs,
         deadAfterMs: init.deadAfterMs ?? MEMBERSHIP_DEFAULTS.deadAfterMs,
         forgetAfterMs: init.forgetAfterMs ?? MEMBERSHIP_DEFAULTS.forgetAfterMs,
       },
       this.#clock,
     );
+    this.#m = m;
+    this.#leader = null;
+    const cluster = (init.cluster ?? "default").toLowerCase().replace(/[^a-z0-9-]/g, "-");
     const node = await createNode(
       {
-        privateKey: this.#identity.privateKey,
+        privateKey: identity.privateKey,
         listen: init.listen ?? ["/ip4/127.0.0.1/tcp/0"],
         mdns: init.mdns ?? false,
-        mdnsTag: `_rollcall-${(init.cluster ?? "default").toLowerCase().replace(/[^a-z0-9-]/g, "-")}._udp.local`,
+        mdnsTag: `_rollcall-${cluster}._udp.local`,
         psk: init.psk,
         maxMessageBytes: MAX_HEARTBEAT_BYTES * 2,
         gossip: init.gossip,
       },
-      { connectionGater: this.#gater },
+      { connectionGater: this.#c.connectionGater },
     );
     this.#node = node;
-    node.addEventListener("peer:disconnect", (e) => this.#onDisconnect(e.detail));
-    node.addEventListener("peer:discovery", (e) => this.#dial(e.detail.id));
+    const dialer = new Dialer(
+      {
+        bootstrap: init.bootstrap,
+        probeTimeoutMs: Math.min(1000, Math.floor(m.settings.suspectAfterMs / 2)),
+      },
+      {
+        node,
+        clock: this.#clock,
+        log: this.#log,
+        wanted: () =>
+          m
+            .view()
+            .members.filter((x) => !x.self && x.state !== "left")
+            .map((x) => x.id),
+        onUnreachable: (id) => this.#apply(m.suspect(id)),
+      },
+    );
+    this.#dialer = dialer;
+    // A closed connection to a live member is a hint worth a probe (see Dialer.probe).
+    node.addEventListener("peer:disconnect", (e) => {
+      if (m.member(e.detail.toString())?.state === "alive") dialer.probe(e.detail);
+    });
+    node.addEventListener("peer:discovery", (e) => dialer.dial(e.detail.id));
     await node.start();
+    const live = () =>
+      m.view().members.filter((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
+    this.#pex = new PeerExchange({
+      node,
+      known: () =>
+        new Set([...live().map((x) => x.id), ...node.getPeers().map((p) => p.toString())]),
+      onPeers: (peers) => {
+        for (const p of peers) dialer.dial(p.id);
+      },
+    });
+    await this.#pex.start();
     const pubsub = node.services.pubsub;
     pubsub.topicValidators.set(this.#topic, (_peer, msg) => this.#onMessage(msg));
     pubsub.addEventListener("subscription-change", () => this.#wantFullState(1));
     pubsub.subscribe(this.#topic);
     this.#running = true;
-    this.#log(
-      `mesh ${self} incarnation ${this.#identity.incarnation} on ${this.multiaddrs().join(" ")}`,
-    );
+    this.#log(`mesh ${self} incarnation ${identity.incarnation} on ${this.multiaddrs().join(" ")}`);
     this.#lastTick = this.#clock.now();
     this.#fullStateBeats = 1;
+    dialer.start();
     this.#beat();
     this.#tick();
-    this.#redial();
   }
 
   async stop(): Promise<void> {
@@ -234,10 +181,13 @@ class MeshNode extends EventTarget {
     this.#running = false;
     for (const handle of this.#timers.values()) this.#clock.clearTimeout(handle);
     this.#timers.clear();
-    if (wasRunning && this.#m) {
-      const hb = this.#m.heartbeat({ leaving: true });
+    this.#dialer?.stop();
+    await this.#pex?.stop();
+    if (wasRunning && this.#m && this.#identity) {
       try {
-        await withTimeout(node.services.pubsub.publish(this.#topic, encodeHeartbeat(hb)), 1000);
+        const body = encodeHeartbeat(this.#m.heartbeat({ leaving: true }));
+        const wire = await signHeartbeat(body, this.#identity.privateKey);
+        await withTimeout(node.services.pubsub.publish(this.#topic, wire), 1000);
         this.#stats.sent++;
       } catch {
         this.#stats.sendFailed++;
@@ -245,13 +195,14 @@ class MeshNode extends EventTarget {
     }
     await node.stop();
     this.#node = undefined;
+    this.#dialer = undefined;
+    this.#pex = undefined;
     this.#log(`mesh ${this.#identity?.peerId.toString()} stopped`);
   }
 
   setLocalState(update: Partial<LocalState>): void {
     if (!this.#m) {
-      const next = { ...this.#init.local, ...update };
-      this.#init = { ...this.#init, local: next };
+      this.#init = { ...this.#init, local: { ...this.#init.local, ...update } };
       return;
     }
     if (this.#m.setLocal(update)) {
@@ -273,19 +224,17 @@ class MeshNode extends EventTarget {
     return { ...this.#stats };
   }
 
-  // --- timers -------------------------------------------------------------------------------
+  // --- timers and sending -------------------------------------------------------------------
 
   #schedule(name: string, ms: number, fn: () => void): void {
     if (!this.#running) return;
     const old = this.#timers.get(name);
     if (old !== undefined) this.#clock.clearTimeout(old);
-    this.#timers.set(
-      name,
-      this.#clock.setTimeout(() => {
-        this.#timers.delete(name);
-        if (this.#running) fn();
-      }, ms),
-    );
+    const handle = this.#clock.setTimeout(() => {
+      this.#timers.delete(name);
+      if (this.#running) fn();
+    }, ms);
+    this.#timers.set(name, handle);
   }
 
   #beat(): void {
@@ -306,24 +255,25 @@ class MeshNode extends EventTarget {
   #send(): void {
     const m = this.#m;
     const node = this.#node;
-    if (!m || !node || !this.#running) return;
+    const key = this.#identity?.privateKey;
+    if (!m || !node || !key || !this.#running) return;
     const every = this.#init.fullStateEvery ?? 10;
     const withState = this.#fullStateBeats > 0 || Math.random() * every < 1;
     if (this.#fullStateBeats > 0) this.#fullStateBeats--;
-    const mine = this.#leader?.id === m.self ? this.#leader.term : undefined;
-    const addrs = withState ? this.#addrBytes(node) : undefined;
-    const bytes = encodeHeartbeat(m.heartbeat({ leaderTerm: mine, withState, addrs }));
-    node.services.pubsub.publish(this.#topic, bytes).then(
-      () => this.#stats.sent++,
-      () => this.#stats.sendFailed++,
-    );
-  }
-
-  #addrBytes(node: MeshLibp2p): Uint8Array[] {
-    return node
-      .getMultiaddrs()
-      .slice(0, 8)
-      .map((a) => a.decapsulateCode(421).bytes);
+    const leaderTerm = this.#leader?.id === m.self ? this.#leader.term : undefined;
+    const addrs = withState
+      ? node
+          .getMultiaddrs()
+          .slice(0, 8)
+          .map((a) => a.decapsulateCode(421).bytes)
+      : undefined;
+    const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs }));
+    signHeartbeat(body, key)
+      .then((wire) => node.services.pubsub.publish(this.#topic, wire))
+      .then(
+        () => this.#stats.sent++,
+        () => this.#stats.sendFailed++,
+      );
   }
 
   #tick(): void {
@@ -335,7 +285,7 @@ class MeshNode extends EventTarget {
     if (late > Math.max(1000, m.settings.suspectAfterMs / 3)) {
       // We were frozen: the silence we would now blame on peers was ours.
       m.grace(late);
-      if (late > m.settings.suspectAfterMs && this.#identity) {
+      if (late > m.settings.suspectAfterMs) {
         const inc = m.rejoin();
         saveIncarnation(this.#init.dataDir, inc);
         this.#stats.rejoins++;
@@ -349,20 +299,20 @@ class MeshNode extends EventTarget {
 
   // --- receiving ----------------------------------------------------------------------------
 
-  #onMessage(msg: Message): TopicValidatorResult {
+  /** Gossipsub topic validator: every received heartbeat goes through here before forwarding. */
+  async #onMessage(msg: Message): Promise<TopicValidatorResult> {
     const m = this.#m;
     this.#stats.received++;
     try {
-      if (!m || msg.type !== "signed" || msg.data.length > MAX_HEARTBEAT_BYTES) {
-        this.#stats.invalid++;
-        return TopicValidatorResult.Reject;
-      }
-      const hb = decodeHeartbeat(msg.data);
-      if (hb.id !== msg.from.toString()) {
+      if (!m || msg.data.length > MAX_HEARTBEAT_BYTES) throw new Error("unusable");
+      const { body, signature } = openHeartbeat(msg.data);
+      const hb = decodeHeartbeat(body);
+      if (!(await this.#verifier.verify(hb.id, body, signature))) {
         this.#stats.spoofed++;
-        this.#log(`dropped a heartbeat claiming ${hb.id} signed by ${msg.from.toString()}`);
+        this.#log(`dropped a heartbeat claiming ${hb.id} that its key did not sign`);
         return TopicValidatorResult.Reject;
       }
+      if (!this.#running) return TopicValidatorResult.Ignore;
       const staleBefore = m.stale;
       const changes = m.onHeartbeat(hb);
       if (m.stale > staleBefore) {
@@ -370,7 +320,7 @@ class MeshNode extends EventTarget {
         return TopicValidatorResult.Ignore;
       }
       this.#stats.accepted++;
-      if (hb.addrs && this.#node) this.#learnAddrs(msg.from, hb.addrs);
+      if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
       if (changes.some((c) => c.from === null)) this.#wantFullState(1);
       this.#apply(changes);
       return TopicValidatorResult.Accept;
@@ -380,28 +330,13 @@ class MeshNode extends EventTarget {
     }
   }
 
-  #learnAddrs(peer: PeerId, addrs: Uint8Array[]): void {
+  #learnAddrs(id: string, addrs: Uint8Array[]): void {
     try {
       const multiaddrs = addrs.map((b) => multiaddr(b));
-      this.#node?.peerStore.merge(peer, { multiaddrs }).catch(() => {});
+      this.#node?.peerStore.merge(peerIdFromString(id), { multiaddrs }).catch(() => {});
     } catch {
       // an address we cannot parse is only a lost hint
     }
-  }
-
-  #onDisconnect(peer: PeerId): void {
-    const id = peer.toString();
-    const node = this.#node;
-    if (!this.#running || !node || this.#m?.member(id)?.state !== "alive") return;
-    // A closed connection is a hint: probe at once; a refused or slow dial means suspect now
-    // (a crash is caught in milliseconds), while a live peer just gets its connection back.
-    const timeout = Math.min(1000, Math.floor((this.#m?.settings.suspectAfterMs ?? 3000) / 2));
-    node.dial(peer, { signal: AbortSignal.timeout(timeout) }).then(
-      () => {},
-      () => {
-        if (this.#running && this.#m) this.#apply(this.#m.suspect(id));
-      },
-    );
   }
 
   #apply(changes: MemberChange[]): void {
@@ -412,24 +347,21 @@ class MeshNode extends EventTarget {
       if (!member) continue;
       // member-up: became alive (new or back); member-down: each step away (suspect, dead, left).
       if (c.to === "alive" && c.from !== "alive") this.#emit("member-up", member);
-      else if (c.to !== null && c.to !== "alive" && c.from !== c.to)
+      else if (c.to !== null && c.to !== "alive" && c.from !== c.to) {
         this.#emit("member-down", member);
+      }
     }
     const v = m.view();
-    const next = elect(v, this.#leader, {
-      settleMs: this.#settleMs,
-      now: v.now,
-      maxTerm: v.maxTerm,
-    });
     const prev = this.#leader;
-    const leaderChanged = next?.id !== prev?.id || next?.term !== prev?.term;
-    if (leaderChanged) {
+    const next = elect(v, prev, { settleMs: this.#settleMs, now: v.now, maxTerm: v.maxTerm });
+    const changed = next?.id !== prev?.id || next?.term !== prev?.term;
+    if (changed) {
       this.#leader = next;
       if (next?.id === m.self || prev?.id === m.self) this.#beatSoon();
       this.#log(`leader ${next ? `${next.id} term ${next.term}` : "none"}`);
       this.#emit("leader", next);
     }
-    if (leaderChanged || changes.length > 0) this.#emitView();
+    if (changed || changes.length > 0) this.#emitView();
   }
 
   #emitView(): void {
@@ -442,64 +374,6 @@ class MeshNode extends EventTarget {
     } catch (err) {
       this.#log(`a ${type} listener threw: ${(err as Error).message}`);
     }
-  }
-
-  // --- dialing ------------------------------------------------------------------------------
-
-  #redial(): void {
-    const node = this.#node;
-    const m = this.#m;
-    if (node && m) {
-      const connected = new Set(node.getPeers().map((p) => p.toString()));
-      for (const addr of this.#init.bootstrap ?? []) {
-        const id = multiaddr(addr)
-          .getComponents()
-          .find((c) => c.name === "p2p")?.value;
-        if (id === m.self) continue;
-        if (id ? !connected.has(id) : connected.size === 0) this.#dial(addr);
-      }
-      for (const member of m.view().members) {
-        if (!member.self && member.state !== "left" && !connected.has(member.id))
-          this.#dial(member.id);
-      }
-    }
-    this.#schedule("redial", 2000, () => this.#redial());
-  }
-
-  /** Dials a peer (PeerId, its string, or a multiaddr string) with per-target backoff. */
-  #dial(target: PeerId | string): void {
-    const node = this.#node;
-    if (!node || !this.#running) return;
-    const key = target.toString();
-    const now = this.#clock.now();
-    const b = this.#backoff.get(key);
-    if (this.#dialing.has(key) || (b && now < b.at)) return;
-    this.#dialing.add(key);
-    let dest: PeerId | ReturnType<typeof multiaddr>;
-    try {
-      dest =
-        typeof target !== "string"
-          ? target
-          : key.startsWith("/")
-            ? multiaddr(key)
-            : peerIdFromString(key);
-    } catch {
-      this.#dialing.delete(key);
-      this.#log(`cannot dial ${key}: not a multiaddr or PeerId`);
-      this.#backoff.set(key, { at: now + 60_000, delay: 60_000 });
-      return;
-    }
-    node.dial(dest, { signal: AbortSignal.timeout(5000) }).then(
-      () => {
-        this.#dialing.delete(key);
-        this.#backoff.delete(key);
-      },
-      () => {
-        this.#dialing.delete(key);
-        const delay = Math.min(10_000, (b?.delay ?? 1000) * 2);
-        this.#backoff.set(key, { at: this.#clock.now() + delay, delay });
-      },
-    );
   }
 }
 

@@ -1,19 +1,25 @@
 /**
- * The libp2p node factory: TCP + Noise + Yamux + identify + gossipsub (StrictSign), mDNS when
+ * The libp2p node factory: TCP + Noise + Yamux + identify + gossipsub, mDNS when
  * asked, and an optional pnet pre-shared key so that strangers cannot even finish a handshake.
  * Kept thin: the mesh logic lives in membership/election; this file only assembles libp2p.
  */
 import "./shim.ts";
+import { createHash } from "node:crypto";
 import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
-import { type GossipSub, type GossipsubOpts, StrictSign, gossipsub } from "@libp2p/gossipsub";
+import {
+  type GossipSub,
+  type GossipsubOpts,
+  type Message,
+  StrictNoSign,
+  gossipsub,
+} from "@libp2p/gossipsub";
 import { identify } from "@libp2p/identify";
 import type { ConnectionGater, Libp2p, PrivateKey } from "@libp2p/interface";
 import { mdns } from "@libp2p/mdns";
 import { preSharedKey } from "@libp2p/pnet";
-import { tcp } from "@libp2p/tcp";
 import { type Libp2pOptions, createLibp2p } from "libp2p";
 import { fromString } from "uint8arrays";
+import { leanTcp, leanYamux } from "./lean.ts";
 
 /** The libp2p node the mesh runs on. */
 export type MeshLibp2p = Libp2p<{
@@ -27,26 +33,38 @@ export class PskError extends Error {
 }
 
 /**
- * Gossipsub tuning for small clusters where every node dials every other: the publisher floods
- * each heartbeat to all subscribed peers directly, and a thin mesh (D=2) relays it to anyone not
- * directly connected. Gossip (IHAVE) is off: it would cost more bytes than it saves here.
+ * Short message ids: 12 bytes of sha256 of the message (a signed heartbeat, unique per sender,
+ * incarnation and sequence) instead of 32, so every IHAVE (the repair gossip below) is smaller.
+ */
+export function shortMsgId(msg: Message): Uint8Array {
+  return createHash("sha256").update(msg.data).digest().subarray(0, 12);
+}
+
+/**
+ * Gossipsub tuning for small clusters where every node dials every other (see mesh.ts: the
+ * redial loop, addresses in heartbeats): the publisher floods each heartbeat straight to every
+ * subscribed peer, so each peer gets it exactly once. No eager mesh (D=0): relaying would only
+ * send duplicates. Repair and discovery ride on lazy gossip instead: each second every node
+ * sends one peer an IHAVE of the ids it saw, and a peer that missed one (no direct connection
+ * yet, or a link down) pulls it with IWANT. Measured in docs/BENCHMARKS.md.
  */
 export const GOSSIP_DEFAULTS: Partial<GossipsubOpts> = {
   floodPublish: true,
-  D: 2,
-  Dlo: 1,
-  Dhi: 3,
+  D: 0,
+  Dlo: 0,
+  Dhi: 0,
   Dout: 0,
-  Dscore: 1,
-  Dlazy: 0,
+  Dscore: 0,
+  Dlazy: 1,
   gossipFactor: 0,
   heartbeatInterval: 1000,
   mcacheLength: 3,
-  mcacheGossip: 1,
+  mcacheGossip: 2,
   seenTTL: 30_000,
   fallbackToFloodsub: false,
   allowPublishToZeroTopicPeers: true,
   ignoreDuplicatePublishError: true,
+  msgIdFn: shortMsgId,
 };
 
 /** Settings of the libp2p node. */
@@ -100,9 +118,9 @@ export async function createNode(
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
-    transports: [tcp()],
+    transports: [leanTcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [leanYamux()],
     peerDiscovery,
     // Heartbeats already prove liveness every second; libp2p's pings would only add bytes.
     connectionMonitor: { enabled: false },
@@ -112,7 +130,9 @@ export async function createNode(
       pubsub: gossipsub({
         ...GOSSIP_DEFAULTS,
         ...init.gossip,
-        globalSignaturePolicy: StrictSign,
+        // Heartbeats carry their own Ed25519 signature by the claimed id (mesh/signing.ts):
+        // gossipsub's envelope (author, seqno, signature, key: 154 bytes) would say it twice.
+        globalSignaturePolicy: StrictNoSign,
         maxInboundDataLength: init.maxMessageBytes ?? 16 * 1024,
       }),
     },

@@ -8,6 +8,10 @@
  *   | [flags.state] string url, varint n, n x (string name, u8 sflags, [varint latency]), bytes meta
  *   | [flags.addrs] varint n, n x bytes multiaddr
  * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error.
+ *
+ * On the wire the body is sealed: body || 64-byte Ed25519 signature by the claimed id's key
+ * (see seal/open here and mesh/signing.ts), so the claimed id is the signed sender by
+ * construction, for 66 bytes less than gossipsub's own signed envelope.
  */
 import { fromString, toString as bytesToString } from "uint8arrays";
 import type { MemberMeta, MemberStatus, ServiceSummary } from "./types.ts";
@@ -344,4 +348,30 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
   }
   if (!r.done) throw new HeartbeatError("Heartbeat has trailing bytes");
   return hb;
+}
+
+/** Length of the signature that seals a heartbeat body on the wire. */
+export const SIGNATURE_BYTES = 64;
+
+/** Appends the signature to a heartbeat body (the wire form). */
+export function sealHeartbeat(body: Uint8Array, signature: Uint8Array): Uint8Array {
+  if (signature.length !== SIGNATURE_BYTES)
+    throw new HeartbeatError("Heartbeat signature must be 64 bytes");
+  const out = new Uint8Array(body.length + SIGNATURE_BYTES);
+  out.set(body, 0);
+  out.set(signature, body.length);
+  if (out.length > MAX_HEARTBEAT_BYTES)
+    throw new HeartbeatError(`Heartbeat exceeds ${MAX_HEARTBEAT_BYTES} bytes`);
+  return out;
+}
+
+/** Splits a wire heartbeat into body and signature (neither decoded nor verified yet). */
+export function openHeartbeat(wire: Uint8Array): { body: Uint8Array; signature: Uint8Array } {
+  if (!(wire instanceof Uint8Array)) throw new HeartbeatError("Heartbeat is not bytes");
+  if (wire.length > MAX_HEARTBEAT_BYTES)
+    throw new HeartbeatError(`Heartbeat exceeds ${MAX_HEARTBEAT_BYTES} bytes`);
+  if (wire.length <= SIGNATURE_BYTES)
+    throw new HeartbeatError("Heartbeat is too short to be signed");
+  const cut = wire.length - SIGNATURE_BYTES;
+  return { body: wire.subarray(0, cut), signature: wire.subarray(cut) };
 }

@@ -5,7 +5,7 @@
  *   npx tsx scripts/mesh-node.ts --data-dir .data/n1 [--listen /ip4/127.0.0.1/tcp/0]
  *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
  *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
- *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0]
+ *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0] [--gossip '{"D":2}']
  *
  * Lines: {"t":<ms>,"node":<index>,"event":"started"|"leader"|"member-up"|"member-down"|"view"|
  * "stats"|"stopped"|"error", ...}. With --nodes N, node i uses <data-dir>/<i>.
@@ -32,6 +32,7 @@ const { values } = parseArgs({
     "settle-ms": { type: "string" },
     "stats-ms": { type: "string", default: "0" },
     "exit-after-ms": { type: "string", default: "0" },
+    gossip: { type: "string" },
   },
 });
 
@@ -71,6 +72,7 @@ for (let i = 0; i < count; i++) {
     suspectAfterMs: num("suspect-ms"),
     deadAfterMs: num("dead-ms"),
     settleMs: num("settle-ms"),
+    gossip: values.gossip ? JSON.parse(values.gossip) : undefined,
   };
   const mesh = createMesh(init, { logger: (line) => out({ node: i, event: "log", line }) });
   mesh.addEventListener("leader", (e) => out({ node: i, event: "leader", leader: e.detail }));

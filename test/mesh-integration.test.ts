@@ -88,10 +88,11 @@ describe("mesh of 5 real nodes on loopback", () => {
     expect(second.split("@")[0]).toBe(rest[0]?.id);
     const term2 = Number(second.split("@")[1]);
     expect(term2).toBeGreaterThan(term1);
-    // A closed connection is probed at once: far quicker than waiting for the suspicion timeout.
+    // Generous bound (a loaded machine); the benchmark measures the real figure.
     expect(failoverMs).toBeLessThan(TEST_TIMINGS.suspectAfterMs + 5000);
-    for (const m of meshes)
-      expect(m.view().members.find((x) => x.id === lowest.id)?.state).not.toBe("alive");
+    await waitFor("every survivor to see the killed leader down", () =>
+      meshes.every((m) => m.view().members.find((x) => x.id === lowest.id)?.state !== "alive"),
+    );
 
     // Restart with the same key: a higher incarnation, back in every view, leader only after settling.
     const beforeInc = meshes[0]?.view().members.find((x) => x.id === lowest.id)?.incarnation ?? 0;
@@ -124,7 +125,7 @@ describe("mesh of 5 real nodes on loopback", () => {
       const member = m.view().members.find((x) => x.id === lowest.id);
       const up = upAt.get(m) ?? Number.NaN;
       const led = ledAt.get(m) ?? Number.NaN;
-      expect(led - up).toBeGreaterThan(TEST_TIMINGS.settleMs / 2);
+      expect(led - up, `up ${up - Number(started.t)} led ${led - Number(started.t)} after the child started; aliveSince ${(member?.aliveSince ?? 0) - Number(started.t)}`).toBeGreaterThan(TEST_TIMINGS.settleMs / 2);
       expect(led - (member?.aliveSince ?? Number.NaN)).toBeGreaterThanOrEqual(
         TEST_TIMINGS.settleMs,
       );

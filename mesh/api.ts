@@ -1,0 +1,112 @@
+/**
+ * The mesh runtime's public contract: settings, collaborators, events, counters and the Mesh
+ * interface the agent builds on. Types only (plus one error class); mesh.ts implements them.
+ */
+import type { ConnectionGater } from "@libp2p/interface";
+import type { Clock } from "./clock.ts";
+import type { MeshLibp2p, NodeInit } from "./node.ts";
+import type { Leader, LocalState, MemberView, ViewSnapshot } from "./types.ts";
+
+/** Settings of a mesh node; everything but dataDir and local has a default. */
+export interface MeshInit {
+  /** The key is persisted at <dataDir>/peer.key (0600), created on first start. */
+  dataDir: string;
+  /** Cluster name: topic rollcall/<cluster>/hb/1, and the mDNS tag; default "default". */
+  cluster?: string;
+  /** Listen multiaddrs; default ["/ip4/127.0.0.1/tcp/0"]. */
+  listen?: string[];
+  /** Multiaddrs of peers to join through, with /p2p/<id>. */
+  bootstrap?: string[];
+  /** Discover peers on the LAN by mDNS; default false. */
+  mdns?: boolean;
+  /** pnet pre-shared key in the swarm.key text format: strangers without it cannot connect. */
+  psk?: string | Uint8Array;
+  local: LocalState;
+  /** Default 1000 ms. */
+  heartbeatIntervalMs?: number;
+  /** Silence before a member is suspected (and replaced if it leads); default 3000 ms. */
+  suspectAfterMs?: number;
+  /** Suspicion timeout before a member is dead; default 6000 ms. */
+  deadAfterMs?: number;
+  /** Tombstone period of dead/left members; default 600000 ms. */
+  forgetAfterMs?: number;
+  /** How long a member must be alive before it may lead; default 5000 ms. */
+  settleMs?: number;
+  /** Every how many heartbeats the full state (url, services, meta, addrs) rides along; default 10. */
+  fullStateEvery?: number;
+  /** Advanced: gossipsub overrides (see GOSSIP_DEFAULTS). */
+  gossip?: NodeInit["gossip"];
+}
+
+/** Collaborators of a mesh node. */
+export interface MeshComponents {
+  clock?: Clock;
+  logger?: (line: string) => void;
+  /** Decides which connections are allowed (tests use it to make partitions). */
+  connectionGater?: ConnectionGater;
+}
+
+/** Counters of what the node received and sent. */
+export interface MeshStats {
+  received: number;
+  accepted: number;
+  /** Duplicates or older than what we hold (replays, restarts' old incarnations). */
+  stale: number;
+  /** Failed to decode or validate, or too large. */
+  invalid: number;
+  /** Not signed by the key of the id it claims (the claimed id is not the signed sender). */
+  spoofed: number;
+  sent: number;
+  sendFailed: number;
+  /** Times this process found itself frozen for longer than peers wait, and rejoined. */
+  rejoins: number;
+}
+
+/** Event name -> detail type. */
+export interface MeshEvents {
+  leader: Leader | null;
+  "member-up": MemberView;
+  "member-down": MemberView;
+  view: ViewSnapshot;
+}
+
+/** A running mesh node. Events: "leader", "member-up", "member-down", "view" (CustomEvent). */
+export interface Mesh extends EventTarget {
+  /** Our PeerId string; available once start() resolved. */
+  readonly id: string;
+  /** The libp2p node underneath (diagnostics and tests); undefined before start(). */
+  readonly libp2p: MeshLibp2p | undefined;
+  start(): Promise<void>;
+  /** Announces leaving, closes libp2p, clears every timer. */
+  stop(): Promise<void>;
+  /** Changes the local state; gossiped at once and on the next heartbeats. Bumps nothing. */
+  setLocalState(update: Partial<LocalState>): void;
+  view(): ViewSnapshot;
+  multiaddrs(): string[];
+  stats(): MeshStats;
+  addEventListener<K extends keyof MeshEvents>(
+    type: K,
+    listener: (event: CustomEvent<MeshEvents[K]>) => void,
+    options?: AddEventListenerOptions | boolean,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: AddEventListenerOptions | boolean,
+  ): void;
+  removeEventListener<K extends keyof MeshEvents>(
+    type: K,
+    listener: (event: CustomEvent<MeshEvents[K]>) => void,
+    options?: EventListenerOptions | boolean,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: EventListenerOptions | boolean,
+  ): void;
+}
+
+/** The mesh was used in a way its lifecycle does not allow. */
+export class MeshStateError extends Error {
+  override name = "MeshStateError";
+}
