@@ -5,12 +5,15 @@
  * p50/p99 latency and each target's ratio to nginx, as a markdown table.
  *
  *   npm run bench:proxy -- [--rounds 3] [--duration 10] [--connections 50]
- *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin] [--profile node,bun]
+ *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin,hono-node,hono-bun,hono-deno]
+ *         [--profile node,bun]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
  * upstream costs every target the same. The "nginx" proxy runs one worker process, as the
  * coordinator runs one JavaScript thread (the ratios are to it); "nginx-auto" runs one per core,
- * as Debian's default configuration does. CPU µs per request is the proxy process's own CPU
+ * as Debian's default configuration does. "hono-<runtime>" is the reference point: a bare hono
+ * app that only fetches the upstream (scripts/bench-proxy-bare.ts), no routing logic.
+ * CPU µs per request is the proxy process's own CPU
  * time (all its threads, workers for nginx) over the requests served: robust to a busy machine. `--profile node,bun` runs those coordinators once more
  * under `--cpu-prof` and prints where their CPU time goes. Needs `apt-get install nginx wrk`.
  */
@@ -210,6 +213,21 @@ const COORDINATOR_ENV = {
   ROLLCALL_ADMIN_TOKEN: ADMIN,
 };
 
+/** The bare hono proxy (the reference point) on a runtime. */
+async function startBare(runtime: string, upstream: string): Promise<Coordinator> {
+  const port = await freePort();
+  const env = { UPSTREAM: upstream, PORT: String(port) };
+  const file = "scripts/bench-proxy-bare.ts";
+  const child =
+    runtime === "node"
+      ? start(process.execPath, ["--import", "tsx", file], env)
+      : runtime === "bun"
+        ? start(BIN("bun"), [file], env)
+        : start(BIN("deno"), ["run", "-A", file], env);
+  await waitForPort(port);
+  return { child, base: `http://127.0.0.1:${port}` };
+}
+
 async function startCoordinator(kind: string, runtimeArgs: string[] = []): Promise<Coordinator> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(work, `${kind}-`));
@@ -384,6 +402,10 @@ async function main(): Promise<void> {
       } else if (target === "nginx" || target === "nginx-auto") {
         url = `http://127.0.0.1:${target === "nginx" ? proxyPort : autoPort}${path1}`;
         pid = (target === "nginx" ? nginxProxy : nginxAuto).pid;
+      } else if (target.startsWith("hono-")) {
+        coordinator = await startBare(target.slice(5), upstream);
+        url = `${coordinator.base}/api/service/echo/hello`;
+        pid = coordinator.child.pid;
       } else {
         coordinator = await startCoordinator(target);
         await register(coordinator.base, upstream);

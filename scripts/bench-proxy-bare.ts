@@ -1,0 +1,36 @@
+/**
+ * The benchmark's reference point (scripts/bench-proxy.ts): a bare hono app that only
+ * `fetch`es the upstream, with no routing logic, on Node (@hono/node-server), Bun or Deno.
+ *
+ *   UPSTREAM=http://127.0.0.1:8080 PORT=8787 <node --import tsx | bun | deno run -A> scripts/bench-proxy-bare.ts
+ */
+import { Hono } from "hono";
+
+const env: Record<string, string | undefined> =
+  (globalThis as { Deno?: { env: { toObject(): Record<string, string> } } }).Deno?.env.toObject() ??
+  process.env;
+const upstream = env.UPSTREAM ?? "http://127.0.0.1:8080";
+const port = Number(env.PORT ?? 8787);
+const prefix = "/api/service/echo";
+
+const app = new Hono();
+app.all(`${prefix}/*`, (c) =>
+  fetch(`${upstream}/service/echo${c.req.path.slice(prefix.length)}`, {
+    method: c.req.method,
+    headers: c.req.raw.headers,
+  }),
+);
+
+const G = globalThis as {
+  Bun?: { serve(o: { port: number; hostname: string; fetch: typeof app.fetch }): unknown };
+  Deno?: {
+    serve(o: { port: number; hostname: string; onListen(): void }, h: typeof app.fetch): unknown;
+  };
+};
+if (G.Bun) G.Bun.serve({ port, hostname: "127.0.0.1", fetch: app.fetch });
+else if (G.Deno) G.Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, app.fetch);
+else {
+  const { serve } = await import("@hono/node-server");
+  serve({ fetch: app.fetch, port, hostname: "127.0.0.1" });
+}
+console.log(`bare hono proxy listening on http://127.0.0.1:${port}`);
