@@ -69,6 +69,8 @@ export interface HeartbeatOptions {
   /** Announce a graceful leave. */
   leaving?: boolean;
   addrs?: Uint8Array[];
+  /** How many peers we are directly connected to. */
+  peers?: number;
 }
 
 /** The membership state machine of one node. */
@@ -177,6 +179,7 @@ export class Membership {
       if (this.#me.meta) hb.state.meta = this.#me.meta;
     }
     if (opts.addrs && opts.addrs.length > 0) hb.addrs = opts.addrs;
+    if (opts.peers !== undefined) hb.peers = opts.peers;
     return hb;
   }
 

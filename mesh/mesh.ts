@@ -267,7 +267,8 @@ class MeshNode extends EventTarget {
           .slice(0, 8)
           .map((a) => a.decapsulateCode(421).bytes)
       : undefined;
-    const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs }));
+    const peers = node.services.pubsub.getSubscribers(this.#topic).length;
+    const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs, peers }));
     signHeartbeat(body, key)
       .then((wire) => node.services.pubsub.publish(this.#topic, wire))
       .then(
@@ -323,11 +324,23 @@ class MeshNode extends EventTarget {
       if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
       if (changes.some((c) => c.from === null)) this.#wantFullState(1);
       this.#apply(changes);
-      return TopicValidatorResult.Accept;
+      return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;
     } catch {
       this.#stats.invalid++;
       return TopicValidatorResult.Reject;
     }
+  }
+
+  /**
+   * Whether to forward a heartbeat to our gossipsub mesh. Its author flooded it to every peer it
+   * is connected to; only if that is fewer than the live members (a joiner, a node behind NAT,
+   * a broken link) do the others need a relay. Otherwise relaying would only send duplicates.
+   */
+  #relay(authorPeers: number | undefined): boolean {
+    if (authorPeers === undefined) return true;
+    let alive = 0;
+    for (const x of this.#m?.view().members ?? []) if (x.state === "alive") alive++;
+    return authorPeers + 1 < alive;
   }
 
   #learnAddrs(id: string, addrs: Uint8Array[]): void {

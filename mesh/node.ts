@@ -34,32 +34,32 @@ export class PskError extends Error {
 
 /**
  * Short message ids: 12 bytes of sha256 of the message (a signed heartbeat, unique per sender,
- * incarnation and sequence) instead of 32, so every IHAVE (the repair gossip below) is smaller.
+ * incarnation and sequence) instead of 32: smaller seen-caches and control messages.
  */
 export function shortMsgId(msg: Message): Uint8Array {
   return createHash("sha256").update(msg.data).digest().subarray(0, 12);
 }
 
 /**
- * Gossipsub tuning for small clusters where every node dials every other (see mesh.ts: the
- * redial loop, addresses in heartbeats): the publisher floods each heartbeat straight to every
- * subscribed peer, so each peer gets it exactly once. No eager mesh (D=0): relaying would only
- * send duplicates. Repair and discovery ride on lazy gossip instead: each second every node
- * sends one peer an IHAVE of the ids it saw, and a peer that missed one (no direct connection
- * yet, or a link down) pulls it with IWANT. Measured in docs/BENCHMARKS.md.
+ * Gossipsub tuning for small clusters where every node dials every other (the dialer and peer
+ * exchange see to it): the publisher floods each heartbeat straight to every subscribed peer,
+ * so each peer gets it exactly once. A thin eager mesh (D=2) exists for relaying, but the topic
+ * validator (mesh.ts) lets a heartbeat through to it only when its author reports fewer direct
+ * peers than there are live members; otherwise relays would only send duplicates. No lazy
+ * gossip (IHAVE): on a fully connected mesh it is pure overhead. Measured in docs/BENCHMARKS.md.
  */
 export const GOSSIP_DEFAULTS: Partial<GossipsubOpts> = {
   floodPublish: true,
-  D: 0,
-  Dlo: 0,
-  Dhi: 0,
+  D: 2,
+  Dlo: 1,
+  Dhi: 3,
   Dout: 0,
-  Dscore: 0,
-  Dlazy: 1,
+  Dscore: 1,
+  Dlazy: 0,
   gossipFactor: 0,
   heartbeatInterval: 1000,
   mcacheLength: 3,
-  mcacheGossip: 2,
+  mcacheGossip: 1,
   seenTTL: 30_000,
   fallbackToFloodsub: false,
   allowPublishToZeroTopicPeers: true,

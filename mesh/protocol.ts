@@ -4,7 +4,7 @@
  *
  * Layout (version 1), varints are unsigned LEB128:
  *   u8 version | u8 flags | bytes id | varint incarnation | varint seq | varint term
- *   | varint uptimeMs | varint stateVersion
+ *   | varint uptimeMs | varint stateVersion | [flags.peers] varint peers
  *   | [flags.state] string url, varint n, n x (string name, u8 sflags, [varint latency]), bytes meta
  *   | [flags.addrs] varint n, n x bytes multiaddr
  * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error.
@@ -36,7 +36,8 @@ const F_LEAVING = 2;
 const F_DEGRADED = 4;
 const F_STATE = 8;
 const F_ADDRS = 16;
-const F_KNOWN = 31;
+const F_PEERS = 32;
+const F_KNOWN = 63;
 const S_UNHEALTHY = 1;
 const S_LATENCY = 2;
 const MAX_VARINT = 2 ** 49;
@@ -70,6 +71,8 @@ export interface Heartbeat {
   state?: HeartbeatState;
   /** Listen multiaddrs in binary form, so peers can dial each other directly. */
   addrs?: Uint8Array[];
+  /** How many peers the sender is directly connected to (relays help when it is too few). */
+  peers?: number;
 }
 
 /** A heartbeat failed to decode or validate; the message says what failed. */
@@ -249,6 +252,7 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
     [hb.term, "term"],
     [hb.uptimeMs, "uptime"],
     [hb.stateVersion, "state version"],
+    [hb.peers ?? 0, "peer count"],
   ] as const) {
     checkCounter(n, what);
   }
@@ -258,6 +262,7 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
   if (hb.status === "degraded") flags |= F_DEGRADED;
   if (hb.state) flags |= F_STATE;
   if (hb.addrs && hb.addrs.length > 0) flags |= F_ADDRS;
+  if (hb.peers !== undefined) flags |= F_PEERS;
   w.u8(HEARTBEAT_VERSION);
   w.u8(flags);
   w.bytes(id);
@@ -266,6 +271,7 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
   w.varint(hb.term);
   w.varint(hb.uptimeMs);
   w.varint(hb.stateVersion);
+  if (hb.peers !== undefined) w.varint(hb.peers);
   if (hb.state) {
     validateUrl(hb.state.url);
     validateServices(hb.state.services);
@@ -319,6 +325,7 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
     uptimeMs: r.varint("uptime"),
     stateVersion: r.varint("state version"),
   };
+  if (flags & F_PEERS) hb.peers = r.varint("peer count");
   if (flags & F_STATE) {
     const url = r.string("url", LIMITS.url);
     validateUrl(url);

@@ -125,7 +125,10 @@ describe("mesh of 5 real nodes on loopback", () => {
       const member = m.view().members.find((x) => x.id === lowest.id);
       const up = upAt.get(m) ?? Number.NaN;
       const led = ledAt.get(m) ?? Number.NaN;
-      expect(led - up, `up ${up - Number(started.t)} led ${led - Number(started.t)} after the child started; aliveSince ${(member?.aliveSince ?? 0) - Number(started.t)}`).toBeGreaterThan(TEST_TIMINGS.settleMs / 2);
+      expect(
+        led - up,
+        `up ${up - Number(started.t)} led ${led - Number(started.t)} after the child started; aliveSince ${(member?.aliveSince ?? 0) - Number(started.t)}`,
+      ).toBeGreaterThan(TEST_TIMINGS.settleMs / 2);
       expect(led - (member?.aliveSince ?? Number.NaN)).toBeGreaterThanOrEqual(
         TEST_TIMINGS.settleMs,
       );
