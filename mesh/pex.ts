@@ -35,10 +35,16 @@ export function parsePex(bytes: Uint8Array): PexPeer[] {
     try {
       const { id, addrs } = p as { id: unknown; addrs: unknown };
       if (typeof id !== "string" || !Array.isArray(addrs)) continue;
-      const list = addrs
-        .filter((a): a is string => typeof a === "string" && a.length < 256)
-        .slice(0, 8);
-      out.push({ id: peerIdFromString(id), addrs: list.map((a) => multiaddr(a)) });
+      const parsed: Multiaddr[] = [];
+      for (const a of addrs.slice(0, 8)) {
+        if (typeof a !== "string" || a.length > 255) continue;
+        try {
+          parsed.push(multiaddr(a));
+        } catch {
+          // skip an address we cannot parse, keep the others
+        }
+      }
+      out.push({ id: peerIdFromString(id), addrs: parsed });
     } catch {
       // one bad entry does not spoil the others
     }
