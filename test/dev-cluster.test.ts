@@ -47,39 +47,50 @@ describe.each([
 ])("%s", (_name, command) => {
   it("starts the whole cluster, passes the user's check, and stops everything on Ctrl-C", async () => {
     const data = mkdtempSync(join(tmpdir(), "rollcall-dev-"));
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
     const [bin, ...args] = command as [string, ...string[]];
-    const dev = spawn(
-      bin,
-      [...args, "--base-port", String(base), "--data", data, "--probe-interval", "1"],
-      {
-        cwd: ROOT,
-        stdio: ["ignore", "pipe", "pipe"],
-        detached: true,
-      },
-    );
-    started.push(dev.pid as number);
     let out = "";
-    dev.stdout.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    dev.stderr.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    const exited = new Promise<number | null>((resolve) =>
-      dev.once("exit", (code) => resolve(code)),
-    );
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no banner within 90 s:\n${out}`)), 90_000);
-      const check = () => {
-        if (out.includes("cluster is up")) {
+    let base = 0;
+    let dev: ReturnType<typeof spawn> | undefined;
+    let exited: Promise<number | null> = Promise.resolve(null);
+    // Ports below Linux's ephemeral range (32768+); another base if some are taken.
+    for (let attempt = 0; attempt < 5 && !out.includes("cluster is up"); attempt++) {
+      base = 10_000 + Math.floor(Math.random() * 20_000);
+      out = "";
+      const proc = spawn(
+        bin,
+        [...args, "--base-port", String(base), "--data", data, "--probe-interval", "1"],
+        {
+          cwd: ROOT,
+          stdio: ["ignore", "pipe", "pipe"],
+          detached: true,
+        },
+      );
+      dev = proc;
+      started.push(proc.pid as number);
+      proc.stdout.on("data", (c: Buffer) => {
+        out += c.toString();
+      });
+      proc.stderr.on("data", (c: Buffer) => {
+        out += c.toString();
+      });
+      exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
+      const outcome = await new Promise<"up" | "busy">((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no banner within 90 s:\n${out}`)), 90_000);
+        proc.stdout.on("data", () => {
+          if (out.includes("cluster is up")) {
+            clearTimeout(timer);
+            resolve("up");
+          }
+        });
+        proc.once("exit", () => {
           clearTimeout(timer);
-          resolve();
-        }
-      };
-      dev.stdout.on("data", check);
-      dev.once("exit", () => reject(new Error(`dev exited early:\n${out}`)));
-    });
+          if (out.includes("Ports already in use")) resolve("busy");
+          else reject(new Error(`dev exited early:\n${out}`));
+        });
+      });
+      if (outcome === "up") break;
+    }
+    if (!dev) throw new Error("dev never started");
     const url = `http://127.0.0.1:${base + 87}`;
     expect(out).toContain(`curl -s ${url}/api/service/upload/hello`);
     const check = await run(
