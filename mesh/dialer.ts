@@ -14,7 +14,7 @@ import type { MeshLibp2p } from "./node.ts";
 export interface DialerInit {
   /** Multiaddrs to join through (with /p2p/<id>, or without: then dialed while we have no peer). */
   bootstrap?: string[];
-  /** How often to look for missing connections; default 2000 ms. */
+  /** How often to look for missing connections; default 1000 ms. */
   redialMs?: number;
   /** Longest wait between two dials of one target; default 10000 ms. */
   maxBackoffMs?: number;
@@ -45,7 +45,7 @@ export class Dialer {
   constructor(init: DialerInit, components: DialerComponents) {
     this.#init = {
       bootstrap: init.bootstrap ?? [],
-      redialMs: init.redialMs ?? 2000,
+      redialMs: init.redialMs ?? 1000,
       maxBackoffMs: init.maxBackoffMs ?? 10_000,
       probeTimeoutMs: init.probeTimeoutMs ?? 1000,
     };
@@ -113,7 +113,8 @@ export class Dialer {
       },
       () => {
         this.#dialing.delete(key);
-        const delay = Math.min(this.#init.maxBackoffMs, (b?.delay ?? 1000) * 2);
+        // 1 s, 2 s, 4 s... up to maxBackoffMs: quick while a cluster is starting, cheap after.
+        const delay = Math.min(this.#init.maxBackoffMs, (b?.delay ?? 500) * 2);
         this.#backoff.set(key, { at: this.#c.clock.now() + delay, delay });
       },
     );

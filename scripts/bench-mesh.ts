@@ -5,11 +5,12 @@
  * mark a killed member failed, and per-agent RSS, idle CPU and bytes/s (tcpdump on lo, filtered
  * to the agents' ports). Bounded: every phase has a deadline; every process is killed at the end.
  *
- *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf] [--json out.json]
+ *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
+ *     [--runtime tsx|node|bun|deno] [--node-flags "--max-semi-space-size=1"] [--json out.json]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir, totalmem } from "node:os";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
@@ -22,6 +23,8 @@ const { values } = parseArgs({
     "idle-s": { type: "string", default: "60" },
     only: { type: "string" },
     gossip: { type: "string" },
+    runtime: { type: "string", default: "tsx" },
+    "node-flags": { type: "string", default: "" },
     json: { type: "string" },
   },
 });
@@ -130,6 +133,52 @@ function parsePcap(buf: Buffer): { frames: number; payload: number; packets: num
   return { frames, payload, packets };
 }
 
+/** Per-agent RSS, CPU and loopback bytes over an idle window of IDLE_S seconds. */
+async function measureIdle(pids: number[], filter: string, n: number) {
+  const cap = capture(filter);
+  const cpu0 = pids.map(cpuSeconds);
+  await sleep(IDLE_S * 1000);
+  const cpu = pids.map((p, k) => ((cpuSeconds(p) - (cpu0[k] as number)) / IDLE_S) * 100);
+  const bytes = await cap.stop();
+  const rss = pids.map(rssMb);
+  return {
+    idleS: IDLE_S,
+    rssMbMedian: round(median(rss), 1),
+    rssMbMax: round(Math.max(...rss), 1),
+    cpuPctMedian: round(median(cpu)),
+    cpuPctMax: round(Math.max(...cpu)),
+    bytesPerSecPerAgent: Math.round(bytes.frames / IDLE_S / n),
+    payloadBytesPerSecPerAgent: Math.round(bytes.payload / IDLE_S / n),
+    packetsPerSecPerAgent: round(bytes.packets / IDLE_S / n, 1),
+  };
+}
+
+/**
+ * How each mesh agent runs: "tsx" (as npm run dev runs agents), "node" (our TypeScript compiled
+ * to one JS file by esbuild, libraries as installed), "bun" or "deno" (both run the TS as is).
+ */
+async function agentCommand(runtime: string, nodeFlags: string[]): Promise<string[]> {
+  if (runtime === "tsx")
+    return [process.execPath, ...nodeFlags, "--import", "tsx", "scripts/mesh-node.ts"];
+  if (runtime === "bun") return ["node_modules/.bin/bun", "scripts/mesh-node.ts"];
+  if (runtime === "deno") return ["node_modules/.bin/deno", "run", "-A", "scripts/mesh-node.ts"];
+  if (runtime !== "node")
+    throw new Error(`Unknown --runtime ${runtime}: use tsx, node, bun or deno`);
+  const out = ".data/bench/mesh-node.mjs";
+  const esbuild = (await import("esbuild")) as typeof import("esbuild");
+  await esbuild.build({
+    entryPoints: ["scripts/mesh-node.ts"],
+    bundle: true,
+    packages: "external",
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    outfile: out,
+    logLevel: "warning",
+  });
+  return [process.execPath, ...nodeFlags, out];
+}
+
 // --- the rollcall mesh ---------------------------------------------------------------------
 
 interface Agent {
@@ -146,9 +195,7 @@ interface Agent {
 function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
   a.alive = new Set();
   const args = [
-    "--import",
-    "tsx",
-    "scripts/mesh-node.ts",
+    ...AGENT_COMMAND.slice(1),
     "--data-dir",
     a.dir,
     "--listen",
@@ -156,7 +203,9 @@ function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
   ];
   for (const b of bootstrap) args.push("--bootstrap", b);
   if (values.gossip) args.push("--gossip", values.gossip);
-  const proc = track(spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] }));
+  const proc = track(
+    spawn(AGENT_COMMAND[0] as string, args, { stdio: ["ignore", "pipe", "inherit"] }),
+  );
   a.proc = proc;
   return new Promise((resolve, reject) => {
     proc.once("exit", () => reject(new Error(`agent ${a.i} exited`)));
@@ -237,23 +286,9 @@ async function benchMesh(n: number) {
   // Idle window: bytes, CPU, RSS, false suspicions.
   await sleep(5000);
   const downsBefore = agents.reduce((s, a) => s + a.downs.length, 0);
-  const cap = capture(`tcp portrange ${MESH_PORT}-${MESH_PORT + n - 1}`);
-  const cpu0 = agents.map((a) => cpuSeconds(a.proc?.pid as number));
-  await sleep(IDLE_S * 1000);
-  const cpu1 = agents.map((a) => cpuSeconds(a.proc?.pid as number));
-  const bytes = await cap.stop();
-  const rss = agents.map((a) => rssMb(a.proc?.pid as number));
-  Object.assign(res, {
-    idleS: IDLE_S,
-    rssMbMedian: round(median(rss), 1),
-    rssMbMax: round(Math.max(...rss), 1),
-    cpuPctMedian: round(median(cpu1.map((c, k) => ((c - (cpu0[k] as number)) / IDLE_S) * 100))),
-    cpuPctMax: round(Math.max(...cpu1.map((c, k) => ((c - (cpu0[k] as number)) / IDLE_S) * 100))),
-    bytesPerSecPerAgent: Math.round(bytes.frames / IDLE_S / n),
-    payloadBytesPerSecPerAgent: Math.round(bytes.payload / IDLE_S / n),
-    packetsPerSecPerAgent: round(bytes.packets / IDLE_S / n, 1),
-    falseSuspicionsIdle: agents.reduce((s, a) => s + a.downs.length, 0) - downsBefore,
-  });
+  const pids = agents.map((a) => a.proc?.pid as number);
+  Object.assign(res, await measureIdle(pids, `tcp portrange ${MESH_PORT}-${MESH_PORT + n - 1}`, n));
+  res.falseSuspicionsIdle = agents.reduce((s, a) => s + a.downs.length, 0) - downsBefore;
   log(`mesh n=${n}: idle ${JSON.stringify(res)}`);
 
   // Failover trials: kill -9 the leader, then SIGSTOP it; restart it with its key each time.
@@ -303,17 +338,12 @@ async function benchMesh(n: number) {
 // --- HashiCorp Serf ------------------------------------------------------------------------
 
 async function benchSerf(n: number) {
-  const dir = mkdtempSync(join(ROOT, `serf${n}-`));
-  const failedLog = join(dir, "failed.log");
-  const handler = join(dir, "failed.sh");
-  writeFileSync(
-    handler,
-    `#!/bin/sh\nwhile read name rest; do echo "$(date +%s%3N) $SERF_SELF_NAME $name" >> ${failedLog}; done\n`,
-  );
-  chmodSync(handler, 0o755);
   const procs: ChildProcess[] = [];
+  // Each agent logs "serf: EventMemberFailed: <name>" the moment its serf layer declares the
+  // member failed (event handlers would add the agent's event coalescing on top).
+  const failedAt = new Map<string, Map<number, number>>();
   const start = (i: number, join: number) => {
-    procs[i] = track(
+    const p = track(
       spawn(
         "serf",
         [
@@ -323,12 +353,19 @@ async function benchSerf(n: number) {
           `-rpc-addr=127.0.0.1:${SERF_RPC + i}`,
           `-retry-join=127.0.0.1:${SERF_PORT + join}`,
           "-retry-interval=1s",
-          `-event-handler=member-failed=${handler}`,
-          "-log-level=err",
+          "-log-level=info",
         ],
-        { stdio: "ignore" },
+        { stdio: ["ignore", "pipe", "ignore"] },
       ),
     );
+    procs[i] = p;
+    createInterface({ input: p.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      const m = /EventMemberFailed: (\S+)/.exec(line);
+      if (!m?.[1]) return;
+      const seen = failedAt.get(m[1]) ?? new Map<number, number>();
+      if (!seen.has(i)) seen.set(i, Date.now());
+      failedAt.set(m[1], seen);
+    });
   };
   const aliveCount = (i: number) => {
     try {
@@ -350,40 +387,26 @@ async function benchSerf(n: number) {
   });
   const res: Record<string, unknown> = { n, membersConvergedS: round((Date.now() - t0) / 1000) };
   await sleep(5000);
-  const cap = capture(`portrange ${SERF_PORT}-${SERF_PORT + n - 1}`);
-  const cpu0 = procs.map((p) => cpuSeconds(p.pid as number));
-  await sleep(IDLE_S * 1000);
-  const cpu1 = procs.map((p) => cpuSeconds(p.pid as number));
-  const bytes = await cap.stop();
-  const rss = procs.map((p) => rssMb(p.pid as number));
-  Object.assign(res, {
-    idleS: IDLE_S,
-    rssMbMedian: round(median(rss), 1),
-    cpuPctMedian: round(median(cpu1.map((c, k) => ((c - (cpu0[k] as number)) / IDLE_S) * 100))),
-    bytesPerSecPerAgent: Math.round(bytes.frames / IDLE_S / n),
-    payloadBytesPerSecPerAgent: Math.round(bytes.payload / IDLE_S / n),
-  });
+  const idle = await measureIdle(
+    procs.map((p) => p.pid as number),
+    `portrange ${SERF_PORT}-${SERF_PORT + n - 1}`,
+    n,
+  );
+  Object.assign(res, idle);
   log(`serf n=${n}: idle ${JSON.stringify(res)}`);
   const times: number[] = [];
   for (let k = 0; k < TRIALS; k++) {
     const victim = 1 + (k % (n - 1));
     const name = `s${victim}`;
-    const seen = () =>
-      existsSync(failedLog)
-        ? readFileSync(failedLog, "utf8")
-            .split("\n")
-            .map((l) => l.split(" "))
-            .filter((f) => f[2] === name && Number(f[0]) > killedAt)
-        : [];
+    failedAt.delete(name);
     const killedAt = Date.now();
     procs[victim]?.kill("SIGKILL");
-    const lines = await until(
-      `serf agents to mark ${name} failed`,
-      60_000,
-      () => seen().length >= n - 1 && seen(),
-    ).catch(() => null);
-    const t = lines ? Math.max(...lines.map((f) => Number(f[0]))) - killedAt : Number.NaN;
-    if (lines) times.push(t);
+    const all = await until(`serf agents to mark ${name} failed`, 60_000, () => {
+      const seen = failedAt.get(name);
+      return seen !== undefined && seen.size >= n - 1 && seen;
+    }).catch(() => null);
+    const t = all ? Math.max(...all.values()) - killedAt : Number.NaN;
+    if (all) times.push(t);
     log(`serf n=${n} kill #${k + 1}: all marked failed after ${t} ms`);
     start(victim, 0);
     await until(
@@ -404,13 +427,20 @@ async function benchSerf(n: number) {
 
 // --- main ------------------------------------------------------------------------------------
 
+const AGENT_COMMAND = await agentCommand(
+  values.runtime,
+  values["node-flags"].split(" ").filter(Boolean),
+);
 const machine = `${cpus().length} x ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GB, Node ${process.version}, ${execFileSync("serf", ["version"], { encoding: "utf8" }).split("\n")[0]}`;
 log(`machine: ${machine}; sizes ${SIZES.join(",")}; ${TRIALS} trials; idle ${IDLE_S}s`);
-const results: { date: string; machine: string; mesh: unknown[]; serf: unknown[] } = {
+log(`mesh agents run as: ${AGENT_COMMAND.join(" ")}`);
+const results = {
   date: new Date().toISOString(),
   machine,
-  mesh: [],
-  serf: [],
+  loadavgAtStart: loadavg().map((x) => round(x)),
+  agentCommand: AGENT_COMMAND.join(" "),
+  mesh: [] as unknown[],
+  serf: [] as unknown[],
 };
 try {
   for (const n of SIZES) {
@@ -420,7 +450,7 @@ try {
 } finally {
   killAll();
 }
-const out = JSON.stringify(results, null, 2);
+const out = JSON.stringify({ ...results, loadavgAtEnd: loadavg().map((x) => round(x)) }, null, 2);
 if (values.json) writeFileSync(values.json, out);
 process.stdout.write(`${out}\n`);
 process.exit(0);
