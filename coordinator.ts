@@ -4,11 +4,15 @@
  * A hono app on Web-standard Request/Response. It keeps the registry of workers (direct mode:
  * one record per worker; leader mode: one document per cluster), spends store writes within a
  * daily hard cap, answers the admin API and routes `/api/service/<name>/<rest>` to a healthy
- * worker with failover. It imports only `hono` and `zod`; runtime handles (a KV binding, a
- * Deno.Kv, a file system) are handed in by the starters in `scripts/`.
+ * worker: power of two choices on in-flight x latency, outlier ejection, circuit breakers,
+ * retries within a budget, a bounded queue, the leader agent's live view, metrics and scaling
+ * signals. It imports only `hono` and `zod`; runtime handles (a KV binding, a Deno.Kv, a file
+ * system, a faster upstream client) are handed in by the starters in `scripts/`.
  *
  * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
- * write budget, registry (per-isolate state), routing and proxy, security, app, default export.
+ * write budget, registry (per-isolate state), registry operations, routing health (pure),
+ * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
+ * proxy, security, app, default export.
  */
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -1581,16 +1585,17 @@ class Registry {
     this.invalidate();
   }
 
+  /** The cached routing table while it is still good (no await on the proxy's hot path). */
+  cachedTable(now: number): RoutingTable | null {
+    const t = this.#table;
+    return t && now - t.builtAt < this.settings.tableTtlMs && now <= this.#liveUntil ? t : null;
+  }
+
   /** The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse. */
   async table(): Promise<RoutingTable> {
     const now = this.clock.now();
-    if (
-      this.#table &&
-      now - this.#table.builtAt < this.settings.tableTtlMs &&
-      now <= this.#liveUntil
-    ) {
-      return this.#table;
-    }
+    const cached = this.cachedTable(now);
+    if (cached) return cached;
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
       let keys: string[];
       try {
@@ -3785,8 +3790,8 @@ async function routeService(
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string);
-  const table = await reg.table();
   let now = ctx.clock.now();
+  const table = reg.cachedTable(now) ?? (await reg.table());
   router.sync(table, now);
   if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
   const route = router.routes.get(target.service);
@@ -4295,7 +4300,7 @@ export function createCoordinator(
     const inc: Incoming = { request, env, exec: (exec as WaitUntil | undefined) ?? null };
     return (async () => {
       try {
-        await flushPending();
+        if (reg.pendingCount > 0) await flushPending();
         const target = serviceTargetOf(url);
         if (!target) return proxyJson(proxy, request, { error: "Not found" }, 404);
         return await routeService(inc, proxy, target);

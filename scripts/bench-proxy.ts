@@ -9,7 +9,7 @@
  *         [--profile node,bun]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
- * upstream costs every target the same. The "nginx" proxy runs one worker process, as the
+ * upstream costs every target the same. Ratios are per round (median and range over rounds). The "nginx" proxy runs one worker process, as the
  * coordinator runs one JavaScript thread (the ratios are to it); "nginx-auto" runs one per core,
  * as Debian's default configuration does. "hono-<runtime>" is the reference point: a bare hono
  * app that only fetches the upstream (scripts/bench-proxy-bare.ts), no routing logic.
@@ -354,26 +354,14 @@ async function main(): Promise<void> {
     location / { default_type application/json; return 200 '{"service":"echo","ok":true}'; }
   }`,
   );
-  const proxyConf = nginxConf(
-    "proxy",
-    proxyPort,
-    `upstream up { server 127.0.0.1:${upPort}; keepalive 64; }
+  const proxy = `upstream up { server 127.0.0.1:${upPort}; keepalive 64; }
   server {
     listen 127.0.0.1:PORT;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }`,
-  );
+  }`;
+  const proxyConf = nginxConf("proxy", proxyPort, proxy);
   const autoPort = await freePort();
-  const autoConf = nginxConf(
-    "proxy-auto",
-    autoPort,
-    `upstream up { server 127.0.0.1:${upPort}; keepalive 64; }
-  server {
-    listen 127.0.0.1:PORT;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }`,
-    "auto",
-  );
+  const autoConf = nginxConf("proxy-auto", autoPort, proxy, "auto");
   const nginxUp = start("nginx", ["-c", upConf]);
   const nginxProxy = start("nginx", ["-c", proxyConf]);
   const nginxAuto = start("nginx", ["-c", autoConf]);
@@ -427,8 +415,13 @@ async function main(): Promise<void> {
     const s = [...xs].sort((a, b) => a - b);
     return s[Math.floor((s.length - 1) / 2)] as number;
   };
-  const nginxRps = median((results.get("nginx") ?? []).map((r) => r.rps));
-  const autoRps = median((results.get("nginx-auto") ?? []).map((r) => r.rps));
+  // Ratios are taken round by round (against nginx measured minutes apart, not across a run
+  // whose machine load changes), then their median and range are shown.
+  const ratios = (basis: string, list: Result[]) => {
+    const base = results.get(basis) ?? [];
+    const r = list.map((x, i) => x.rps / (base[i]?.rps ?? Number.NaN));
+    return `${median(r).toFixed(2)} (${Math.min(...r).toFixed(2)}-${Math.max(...r).toFixed(2)})`;
+  };
   console.log(
     `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | CPU µs/req | x nginx | x nginx-auto | errors |`,
   );
@@ -439,7 +432,7 @@ async function main(): Promise<void> {
     const m = median(rps);
     const spread = `${Math.min(...rps).toFixed(0)}-${Math.max(...rps).toFixed(0)}`;
     console.log(
-      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${median(list.map((r) => r.cpuUsPerRequest)).toFixed(1)} | ${(m / nginxRps).toFixed(2)} | ${(m / autoRps).toFixed(2)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
+      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${median(list.map((r) => r.cpuUsPerRequest)).toFixed(1)} | ${ratios("nginx", list)} | ${ratios("nginx-auto", list)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
     );
   }
   console.log(`\nLoad average (1, 5, 15 min) at the start of each round: ${loads.join("; ")}`);
