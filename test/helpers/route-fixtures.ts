@@ -6,15 +6,12 @@
 import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
 import { ManualClock } from "./coord-fixtures.ts";
 
-/** A small deterministic random source (mulberry32). */
+/** A small deterministic random source (a linear congruential generator), for the picker. */
 export function seeded(seed = 1): () => number {
-  let a = seed >>> 0;
+  let x = (seed >>> 0) % 233_280;
   return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    x = (x * 9301 + 49_297) % 233_280;
+    return x / 233_280;
   };
 }
 
