@@ -106,6 +106,10 @@ describe.each([
     dev.kill("SIGINT");
     expect(await exited).toBe(0);
     expect(out).toContain("Everything stopped.");
+    // Every child is gone: dev waits for their exits, but give the OS a moment to reap them.
+    const deadline = Date.now() + 5000;
+    while (children.some(alive) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
     expect(children.filter(alive)).toEqual([]);
   }, 150_000);
 });
