@@ -4,6 +4,7 @@
  */
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -24,12 +25,21 @@ afterAll(() => {
   }
 });
 
-/** PIDs of a process's children (Linux /proc via ps). */
+/** PIDs of a process's children, from /proc (Linux; no ps needed). */
 async function childrenOf(pid: number): Promise<number[]> {
-  const { stdout } = await run("ps", ["-o", "pid=", "--ppid", String(pid)]).catch(() => ({
-    stdout: "",
-  }));
-  return stdout.split(/\s+/).filter(Boolean).map(Number);
+  const kids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
+      // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) kids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return kids;
 }
 
 const alive = (pid: number) => {
