@@ -55,6 +55,7 @@ export class Agent {
   #direct: DirectReporter | undefined;
   #id = "";
   #reportedOnce = false;
+  #answered = false;
   #gatewayPort = 0;
 
   constructor(
@@ -251,6 +252,16 @@ export class Agent {
               }),
             ),
           log: (line) => this.#log(line),
+          onAnswer: (a, r) => {
+            const first = !this.#answered;
+            this.#answered = true;
+            if (first || a.reason === "deferred" || a.written) {
+              this.#log(
+                `Reported ${r.members.length} member(s) as leader (term ${r.term}): ${a.reason}` +
+                  `, ${a.writes_today}/${a.write_budget} writes today, next keepalive in ${a.next_keepalive_in_s} s`,
+              );
+            }
+          },
         },
       );
     }

@@ -49,6 +49,8 @@ export interface ReporterComponents<M> {
   clock?: Clock;
   random?: () => number;
   log?: (line: string) => void;
+  /** Called with every answer of the coordinator (for logs and the live view). */
+  onAnswer?: (answer: ReportAnswer, report: OutgoingReport<M>) => void;
 }
 
 /** Counters for tests, benchmarks and the agent's live view. */
@@ -65,7 +67,8 @@ export class LeaderReporter<M = unknown> {
   readonly #debounceMs: number;
   readonly #minBackoffMs: number;
   readonly #maxBackoffMs: number;
-  readonly #c: Required<Omit<ReporterComponents<M>, "log">> & Pick<ReporterComponents<M>, "log">;
+  readonly #c: Required<Omit<ReporterComponents<M>, "log" | "onAnswer">> &
+    Pick<ReporterComponents<M>, "log" | "onAnswer">;
   #leader = false;
   #term = 0;
   #sequence = 0;
@@ -93,6 +96,7 @@ export class LeaderReporter<M = unknown> {
       clock: components.clock ?? systemClock,
       random: components.random ?? Math.random,
       log: components.log,
+      onAnswer: components.onAnswer,
     };
   }
 
@@ -169,6 +173,7 @@ export class LeaderReporter<M = unknown> {
     if (result.ok) {
       this.#failures = 0;
       this.stats.lastAnswer = result.answer;
+      this.#c.onAnswer?.(result.answer, report);
       this.stats.lastError = undefined;
       if (result.answer.written) this.stats.written += 1;
       const keepaliveMs = Math.max(1_000, result.answer.next_keepalive_in_s * 1000);
