@@ -791,6 +791,9 @@ export const HeartbeatBodySchema = z.object({
 /** `POST /api/worker/heartbeat`. */
 export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
 
+/** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
+const MAX_DATE_MS = 8.64e15;
+
 /** Status of a member in a cluster report. */
 export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
 
@@ -810,7 +813,7 @@ export const ClusterMemberSchema = z.object({
   url: HttpUrlSchema,
   tier: z.union([z.literal(1), z.literal(2), z.literal(3)]).nullish(),
   capabilities: CapabilitiesSchema.nullish(),
-  last_seen: z.number().int().nonnegative().nullish(),
+  last_seen: z.number().int().nonnegative().max(MAX_DATE_MS).nullish(),
   services: z
     .array(MemberServiceSchema)
     .max(64)
@@ -1670,7 +1673,8 @@ class Registry {
           tier: m.tier,
           status,
           healthy: isRoutableStatus(status),
-          last_heartbeat: new Date(m.last_seen).toISOString(),
+          // A document stored before last_seen was bounded may hold one no Date can show.
+          last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
           capabilities: m.capabilities,
           services: m.services.map((s) => s.name),
           service_urls: Object.fromEntries(m.services.map((s) => [s.name, s.url])),

@@ -561,6 +561,34 @@ describe("bad input: clear 4xx, never 500, nothing written", () => {
     expect(store.writes).toBe(0);
   });
 
+  it("refuses a last_seen no date can show, and still answers with one already stored", async () => {
+    // Regression: such a report was stored, then every admin read and every routed request
+    // answered 500 (Invalid Date), and it stayed the freshest entry for good.
+    const { call, store, clock } = testCoordinator();
+    const far = 8_700_000_000_000_000; // a safe integer, but past the last Date (8.64e15)
+    const bad = await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ members: [member("A", { last_seen: far })] }),
+    );
+    expect(bad.status).toBe(400);
+    expect(bad.body.details[0].path).toBe("members.0.last_seen");
+    expect(store.writes).toBe(0);
+    await call("POST", "/api/cluster/heartbeat", report());
+    const doc = JSON.parse((await store.get("reg/cluster/default")) as string);
+    doc.members.A.last_seen = far;
+    await store.set("reg/cluster/default", JSON.stringify(doc));
+    const { app } = createCoordinator({ liveView: false }, { store, clock });
+    const workers = await app.request("/api/admin/workers");
+    expect(workers.status).toBe(200);
+    const a = ((await workers.json()) as { worker_id: string; last_heartbeat: unknown }[]).find(
+      (w) => w.worker_id === "A",
+    );
+    expect(a?.last_heartbeat).toBeNull();
+    expect((await app.request("/api/admin/stats")).status).toBe(200);
+    expect((await app.request("/api/service/nope/x")).status).toBe(503);
+  });
+
   it("answers 413 for an oversized body", async () => {
     const { call, store } = testCoordinator({ maxBodyBytes: 1024 });
     const res = await call("POST", "/api/cluster/heartbeat", { pad: "x".repeat(5000) });
