@@ -1423,6 +1423,8 @@ class Registry {
   #live = new Map<string, LiveWorker>();
   #clusters = new Map<string, LiveCluster>();
   #table: RoutingTable | null = null;
+  /** Counts invalidations: a table whose build saw one is used once, never cached. */
+  #generation = 0;
   /** The table is rebuilt after this: the oldest live view it used expires then. */
   #liveUntil = Number.POSITIVE_INFINITY;
   /** Live views of the clusters (set by the app when enabled). */
@@ -1442,16 +1444,20 @@ class Registry {
 
   invalidate(): void {
     this.#table = null;
+    this.#generation++;
   }
 
-  /** Reads a document (from the per-isolate cache when fresh enough, or `fresh` to bypass it). */
-  async read(key: string, fresh = false): Promise<Doc | null> {
+  /**
+   * Reads a document (from the per-isolate cache when fresh enough, or `fresh` to bypass it).
+   * `quiet`: the caller builds the table from what it reads, so the read does not invalidate it.
+   */
+  async read(key: string, fresh = false, quiet = false): Promise<Doc | null> {
     if (this.#pending.has(key)) return this.#pending.get(key) ?? null;
     const now = this.clock.now();
     const cached = this.#docs.get(key);
     if (!fresh && cached && now - cached.at < this.settings.tableTtlMs) return cached.doc;
     const doc = await this.#get(key);
-    this.#remember(key, doc, now);
+    this.#remember(key, doc, now, quiet);
     return doc;
   }
 
@@ -1469,7 +1475,7 @@ class Registry {
     return doc;
   }
 
-  #remember(key: string, doc: Doc | null, at: number): void {
+  #remember(key: string, doc: Doc | null, at: number, quiet = false): void {
     const cached = this.#docs.get(key)?.doc;
     // Workers KV may serve an older value for up to 60 s after our own write: keep the newer.
     if (cached && doc && doc.written_at < cached.written_at) return;
@@ -1478,7 +1484,7 @@ class Registry {
       if (doc) this.#keys.keys.add(key);
       else this.#keys.keys.delete(key);
     }
-    this.invalidate();
+    if (!quiet) this.invalidate();
   }
 
   /** Whether a write to `key` may happen now: within the budget (and 1 write/s per key on Workers KV). */
@@ -1599,6 +1605,9 @@ class Registry {
     const now = this.clock.now();
     const cached = this.cachedTable(now);
     if (cached) return cached;
+    // A write, heartbeat or live view that lands while this build awaits the store is not in
+    // it: such a table answers this call but is not cached (else it hid the change for a TTL).
+    const generation = this.#generation;
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
       let keys: string[];
       try {
@@ -1613,12 +1622,13 @@ class Registry {
       this.#keys = { keys: set, at: now };
     }
     const keys = new Set([...this.#keys.keys, ...this.#pending.keys()]);
-    const docs = await Promise.all([...keys].map((key) => this.read(key)));
-    this.#table = this.#build(
+    const docs = await Promise.all([...keys].map((key) => this.read(key, false, true)));
+    const table = this.#build(
       docs.filter((d): d is Doc => d !== null),
       now,
     );
-    return this.#table;
+    if (generation === this.#generation) this.#table = table;
+    return table;
   }
 
   #build(docs: Doc[], now: number): RoutingTable {

@@ -160,6 +160,39 @@ describe("direct mode: heartbeat and staleness", () => {
     expect(store.writes).toBeLessThanOrEqual(14);
   });
 
+  it("shows a heartbeat's status change at once, even when it lands while the table is being read", async () => {
+    // Regression: a table built from reads that began before the write was cached for a whole
+    // table TTL (60 s), hiding the change (and routing to a draining worker) meanwhile.
+    const clock = new ManualClock();
+    const inner = memoryStore({}, { clock });
+    let delayMs = 0;
+    const slow: Store = {
+      ...inner,
+      get: async (key) => {
+        const value = await inner.get(key);
+        await new Promise((r) => setTimeout(r, delayMs));
+        return value;
+      },
+    };
+    const { app } = createCoordinator({ liveView: false }, { store: slow, clock });
+    const post = (path: string, body: unknown) =>
+      app.request(path, { method: "POST", body: JSON.stringify(body) });
+    const statuses = async () =>
+      ((await (await app.request("/api/admin/workers")).json()) as { status: string }[]).map(
+        (w) => w.status,
+      );
+    await post("/api/worker/register", registration("w"));
+    clock.advance(MIN + 1000); // the cached record is due for a re-read
+    delayMs = 30;
+    const reading = app.request("/api/admin/workers"); // reads the record before the heartbeat
+    await new Promise((r) => setTimeout(r, 5));
+    delayMs = 0;
+    const hb = await post("/api/worker/heartbeat", { worker_id: "w", status: "draining" });
+    expect(await hb.json()).toEqual({ status: "ok", written: true });
+    await reading;
+    expect(await statuses()).toEqual(["draining"]);
+  });
+
   it("shows a silent worker offline once its record is older than the write interval plus grace", async () => {
     const { call, clock } = testCoordinator();
     await call("POST", "/api/worker/register", registration("w"));
