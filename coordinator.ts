@@ -1777,7 +1777,17 @@ function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
   return strip(a) === strip(b);
 }
 
+/** Lock key of the heartbeat-leadership decision (no store key looks like it). */
+const LEADERSHIP_LOCK = "leadership";
+
 async function register(reg: Registry, body: RegisterBody) {
+  // One leadership decision at a time: workers that register at once must not all take it.
+  return body.wants_heartbeat_leadership
+    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body))
+    : registerWorker(reg, body);
+}
+
+async function registerWorker(reg: Registry, body: RegisterBody) {
   const id = body.worker_id ?? `worker-${crypto.randomUUID().slice(0, 13).replace("-", "")}`;
   const key = WORKER_PREFIX + id;
   const now = reg.clock.now();

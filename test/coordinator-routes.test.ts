@@ -90,6 +90,27 @@ describe("direct mode: register", () => {
     expect([a.body.is_heartbeat_leader, b.body.is_heartbeat_leader]).toEqual([true, false]);
   });
 
+  it("gives heartbeat leadership to one worker even when several register at once", async () => {
+    // Regression: each registration judged "is a leader taken" before the others had written,
+    // so workers registering together all became heartbeat leaders.
+    const { call } = testCoordinator();
+    const answers = await Promise.all(
+      ["a", "b", "c", "d"].map((id) =>
+        call(
+          "POST",
+          "/api/worker/register",
+          registration(id, { wants_heartbeat_leadership: true }),
+        ),
+      ),
+    );
+    const leaders = answers.filter((r) => r.body.is_heartbeat_leader);
+    expect(leaders).toHaveLength(1);
+    const workers = (await call("GET", "/api/admin/workers")).body;
+    expect(workers.filter((w: { is_heartbeat_leader: boolean }) => w.is_heartbeat_leader)).toEqual([
+      expect.objectContaining({ worker_id: leaders[0]?.body.worker_id }),
+    ]);
+  });
+
   it("does not write again for an identical registration within the write interval", async () => {
     const { call, store, clock } = testCoordinator();
     await call("POST", "/api/worker/register", registration("w"));
