@@ -1049,9 +1049,10 @@ export function compareFreshness(
  * report). Members the leader stops listing are removed only by that leader's own newer report,
  * and only if the entry is still its own. Another leader's view is dropped when this report has
  * a higher term and lists that leader as a plain member, or when that view is older than
- * `leaseMs`; its members pass to this leader (its next report removes those it does not list).
- * A report from a leader that a higher-term view lists as a plain member (a deposed leader)
- * still contributes fresher members but gets no view of its own.
+ * `leaseMs`; its members pass to this leader (its next report removes those it does not list),
+ * as do entries of any leader left without a view. A report from a leader that a higher-term
+ * view lists as a plain member (a deposed leader) still contributes fresher members but gets no
+ * view of its own.
  */
 export function mergeClusterReport(
   doc: ClusterDoc | null,
@@ -1084,9 +1085,11 @@ export function mergeClusterReport(
   if (deposed) {
     return { ...base, members, leaders };
   }
-  if (newer && prev) {
-    for (const id of prev.members) {
-      if (!listed.has(id) && members[id]?.reported_by === L) delete members[id];
+  if (newer) {
+    // Every entry still this leader's, not only those its last view listed: a late report of
+    // its own, or one sent while deposed, may have taken entries its view never listed.
+    for (const [id, entry] of Object.entries(members)) {
+      if (!listed.has(id) && entry.reported_by === L) delete members[id];
     }
   }
   const view: LeaderView = newer
@@ -1105,11 +1108,13 @@ export function mergeClusterReport(
     const lapsed = now - other.reported_at > leaseMs;
     if (!supersededBy && !lapsed) continue;
     delete leaders[other.leader_id];
-    for (const [id, member] of Object.entries(members)) {
-      if (member.reported_by === other.leader_id) {
-        members[id] = { ...member, reported_by: L };
-        viewMembers.add(id);
-      }
+  }
+  // Entries of a leader without a view (dropped now or before; a deposed leader's late report)
+  // pass to this leader: else nobody could ever remove them.
+  for (const [id, member] of Object.entries(members)) {
+    if (member.reported_by !== L && leaders[member.reported_by] === undefined) {
+      members[id] = { ...member, reported_by: L };
+      viewMembers.add(id);
     }
   }
   leaders[L] = { ...view, members: [...viewMembers] };

@@ -180,6 +180,48 @@ describe("mergeClusterReport", () => {
     expect(ids(doc)).toEqual(["A", "B"]);
   });
 
+  it("lets nobody's entries linger: a deposed leader's late report and a late report of one's own", () => {
+    // Regression: entries taken by a report that has no view (deposed) or by a leader's late
+    // report were in no leader's view, so no report could ever remove them: a member that left
+    // stayed "online" for good.
+    let doc = merge(null, {
+      leader_id: "A",
+      term: 1,
+      sequence: 1,
+      members: [member("A"), member("B"), member("X")],
+    });
+    const at = (t: number) => [member("A", { last_seen: t }), member("B", { last_seen: t })];
+    doc = merge(doc, {
+      leader_id: "B",
+      term: 2,
+      sequence: 1,
+      members: [...at(2000), member("X", { last_seen: 2000 })],
+    });
+    // A, deposed, reports late with fresher entries (X among them), then X leaves.
+    doc = merge(doc, {
+      leader_id: "A",
+      term: 1,
+      sequence: 2,
+      members: [...at(2500), member("X", { last_seen: 2500 })],
+    });
+    expect(doc.members.X?.reported_by).toBe("A");
+    doc = merge(doc, { leader_id: "B", term: 2, sequence: 2, members: at(3000) });
+    expect(doc.members.X?.reported_by).toBe("B"); // passed to the leader that reports
+    doc = merge(doc, { leader_id: "B", term: 2, sequence: 3, members: at(4000) });
+    expect(ids(doc)).toEqual(["A", "B"]);
+
+    // One leader: an older report delivered late adds Y; the next newer report omits it.
+    let own = merge(null, { leader_id: "A", term: 1, sequence: 5, members: [member("A")] });
+    own = merge(own, {
+      leader_id: "A",
+      term: 1,
+      sequence: 4,
+      members: [member("A"), member("Y")],
+    });
+    own = merge(own, { leader_id: "A", term: 1, sequence: 6, members: [member("A")] });
+    expect(ids(own)).toEqual(["A"]);
+  });
+
   it("drops a view that lapsed past the lease when another leader reports", () => {
     let doc = merge(null, { leader_id: "A", term: 1, sequence: 1, members: [member("A")] }, 0);
     doc = merge(
