@@ -4119,7 +4119,8 @@ export function createCoordinator(
   });
   const corsHeaders = cors({
     origin: settings.corsOrigin,
-    allowHeaders: ["Authorization", "Content-Type"],
+    // No fixed list: a preflight gets the headers it asks for (hono echoes them). Services take
+    // any header (X-Requested-With, X-File-Name, Range, ...), and so did the old coordinator.
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
   });

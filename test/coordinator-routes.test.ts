@@ -663,6 +663,30 @@ describe("bad input: clear 4xx, never 500, nothing written", () => {
     expect(pre.status).toBe(204);
     expect(pre.headers.get("access-control-allow-origin")).toBe("*");
   });
+
+  it("lets a preflight for a service ask for any request header", async () => {
+    // Regression: only Authorization and Content-Type were allowed, so a browser calling a
+    // service with any other header (X-Requested-With, X-File-Name, ...) was refused by CORS.
+    const { coordinator } = testCoordinator({ corsOrigin: "https://app.example" });
+    for (const path of ["/api/service/upload/files", "/api/admin/workers"]) {
+      const pre = await coordinator.fetch(
+        new Request(`http://coordinator${path}`, {
+          method: "OPTIONS",
+          headers: {
+            origin: "https://app.example",
+            "access-control-request-method": "PUT",
+            "access-control-request-headers": "X-File-Name, content-type, authorization",
+          },
+        }),
+      );
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get("access-control-allow-origin")).toBe("https://app.example");
+      expect(pre.headers.get("access-control-allow-headers")?.toLowerCase()).toBe(
+        "x-file-name,content-type,authorization",
+      );
+      expect(pre.headers.get("access-control-allow-methods")).toContain("PUT");
+    }
+  });
 });
 
 describe("routing errors (no upstream needed)", () => {
