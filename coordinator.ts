@@ -723,6 +723,11 @@ export const HttpUrlSchema = z
   .max(2048)
   .refine(isHttpUrl, "must be an http(s) URL without credentials, query or fragment");
 
+/** An optional field that workers of the old coordinator may send as "" for "none": read as absent. */
+function blankIsAbsent<T extends z.ZodType>(schema: T) {
+  return z.preprocess((v) => (v === "" ? null : v), schema.nullish());
+}
+
 const Scalar = z.union([z.string().max(256), z.number(), z.boolean(), z.null()]);
 const Amount = z.union([z.number().nonnegative(), z.string().max(64)]);
 
@@ -748,8 +753,8 @@ export type Capabilities = z.infer<typeof CapabilitiesSchema>;
 /** A container / service entry of a direct-mode registration. */
 export const ContainerSchema = z.object({
   name: ServiceNameSchema,
-  service_url: HttpUrlSchema.nullish(),
-  url: HttpUrlSchema.nullish(),
+  service_url: blankIsAbsent(HttpUrlSchema),
+  url: blankIsAbsent(HttpUrlSchema),
   port: z.number().int().min(1).max(65535).nullish(),
   health_endpoint: z.string().max(256).nullish(),
   version: z.string().max(64).nullish(),
@@ -761,10 +766,10 @@ export type Container = z.infer<typeof ContainerSchema>;
 
 /** `POST /api/worker/register`. */
 export const RegisterBodySchema = z.object({
-  worker_id: WorkerIdSchema.nullish(),
+  worker_id: blankIsAbsent(WorkerIdSchema),
   capabilities: CapabilitiesSchema.nullish(),
   ip_address: z.string().max(255).nullish(),
-  tunnel_url: HttpUrlSchema.nullish(),
+  tunnel_url: blankIsAbsent(HttpUrlSchema),
   services: z
     .array(z.union([ServiceNameSchema, ContainerSchema]))
     .max(64)

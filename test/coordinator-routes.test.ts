@@ -75,6 +75,25 @@ describe("direct mode: register", () => {
     expect(tiers).toEqual([1, 3, 3, 2, 2]);
   });
 
+  it('reads "" as "none" for an optional worker ID or URL, as old workers send it', async () => {
+    // Regression: a worker without a tunnel sending `"tunnel_url": ""` (or no ID yet as "")
+    // was refused with 400 and could not register at all.
+    const { call } = testCoordinator();
+    const res = await call("POST", "/api/worker/register", {
+      worker_id: "",
+      tunnel_url: "",
+      ip_address: "127.0.0.1",
+      containers: [{ name: "ocr", port: 7002, service_url: "", url: "" }],
+    });
+    expect(res.status).toBe(200);
+    expect(res.body.worker_id).toMatch(/^worker-[0-9a-f]{12}$/);
+    expect(res.body.services_registered).toEqual(["ocr"]);
+    const [w] = (await call("GET", "/api/admin/workers")).body;
+    expect(w).toMatchObject({ tunnel_url: null, service_urls: { ocr: "http://127.0.0.1:7002" } });
+    // A URL that is there must still be a real one.
+    expect((await call("POST", "/api/worker/register", { tunnel_url: " " })).status).toBe(400);
+  });
+
   it("gives heartbeat leadership to one worker at a time", async () => {
     const { call } = testCoordinator();
     const a = await call(
