@@ -1054,8 +1054,9 @@ export function compareFreshness(
  * report). Members the leader stops listing are removed only by that leader's own newer report,
  * and only if the entry is still its own. Another leader's view is dropped when this report has
  * a higher term and lists that leader as a plain member, or when that view is older than
- * `leaseMs`; its members pass to this leader (its next report removes those it does not list),
- * as do entries of any leader left without a view. A report from a leader that a higher-term
+ * `leaseMs`; its members pass to this leader (its next report removes those it does not list).
+ * Entries of a leader with no view at all (taken by a deposed leader's late report) are this
+ * leader's at once, so this report removes those it does not list. A report from a leader that a higher-term
  * view lists as a plain member (a deposed leader) still contributes fresher members but gets no
  * view of its own.
  */
@@ -1090,9 +1091,18 @@ export function mergeClusterReport(
   if (deposed) {
     return { ...base, members, leaders };
   }
+  // Entries of a leader that has no view (a deposed leader's late report took them) are this
+  // leader's now, else no report could ever remove them. A newer report removes every entry of
+  // its own that it does not list, not only those its last view listed (a late report of its
+  // own may have taken others).
+  const adopted: string[] = [];
+  for (const [id, entry] of Object.entries(members)) {
+    if (entry.reported_by !== L && leaders[entry.reported_by] === undefined) {
+      members[id] = { ...entry, reported_by: L };
+      adopted.push(id);
+    }
+  }
   if (newer) {
-    // Every entry still this leader's, not only those its last view listed: a late report of
-    // its own, or one sent while deposed, may have taken entries its view never listed.
     for (const [id, entry] of Object.entries(members)) {
       if (!listed.has(id) && entry.reported_by === L) delete members[id];
     }
@@ -1107,19 +1117,18 @@ export function mergeClusterReport(
       }
     : (prev as LeaderView);
   const viewMembers = new Set(view.members);
+  for (const id of adopted) if (members[id]) viewMembers.add(id);
   for (const other of Object.values(leaders)) {
     if (other.leader_id === L) continue;
     const supersededBy = listed.has(other.leader_id) && report.term > other.term && newer;
     const lapsed = now - other.reported_at > leaseMs;
     if (!supersededBy && !lapsed) continue;
     delete leaders[other.leader_id];
-  }
-  // Entries of a leader without a view (dropped now or before; a deposed leader's late report)
-  // pass to this leader: else nobody could ever remove them.
-  for (const [id, member] of Object.entries(members)) {
-    if (member.reported_by !== L && leaders[member.reported_by] === undefined) {
-      members[id] = { ...member, reported_by: L };
-      viewMembers.add(id);
+    for (const [id, member] of Object.entries(members)) {
+      if (member.reported_by === other.leader_id) {
+        members[id] = { ...member, reported_by: L };
+        viewMembers.add(id);
+      }
     }
   }
   leaders[L] = { ...view, members: [...viewMembers] };
