@@ -4077,6 +4077,14 @@ async function readJson<T>(
   return { data: result.data };
 }
 
+/**
+ * Whether a request is a CORS preflight (answered here); any other OPTIONS to a service is
+ * proxied like every method.
+ */
+function isPreflight(request: Request): boolean {
+  return request.method === "OPTIONS" && request.headers.has("access-control-request-method");
+}
+
 /** Builds a coordinator from settings and collaborators. */
 export function createCoordinator(
   init: CoordinatorInit,
@@ -4133,18 +4141,23 @@ export function createCoordinator(
   });
   const corsHeaders = cors({
     origin: settings.corsOrigin,
-    // No fixed list: a preflight gets the headers it asks for (hono echoes them). Services take
-    // any header (X-Requested-With, X-File-Name, Range, ...), and so did the old coordinator.
+    // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
+    // take any header (X-Requested-With, X-File-Name, Range, ...).
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
   });
   // The proxy sets the same CORS headers on its answers itself: hono's middleware would wrap
-  // every proxied response in a new one (it touches `c.res` before the handler runs).
-  app.use("*", (c, next) =>
-    c.req.method !== "OPTIONS" && c.req.path.startsWith("/api/service/")
-      ? next()
-      : corsHeaders(c, next),
-  );
+  // every proxied response in a new one (it touches `c.res` before the handler runs). It also
+  // answers every OPTIONS itself, so an OPTIONS that is no preflight passes it on the way to a
+  // service (or an alias of one): the proxy forwards every method.
+  app.use("*", (c, next) => {
+    if (isPreflight(c.req.raw)) return corsHeaders(c, next);
+    if (c.req.path.startsWith("/api/service/")) return next();
+    if (c.req.method === "OPTIONS" && matchAlias(new URL(c.req.url).pathname, settings.aliases)) {
+      return next();
+    }
+    return corsHeaders(c, next);
+  });
   // Opportunistic: what the cap deferred is written on the first request that may write it.
   const flushPending = async () => {
     if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
@@ -4338,7 +4351,7 @@ export function createCoordinator(
   const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
     const url = request.url;
     const at = url.indexOf("/", url.indexOf("//") + 2);
-    if (!url.startsWith("/api/service/", at) || request.method === "OPTIONS") {
+    if (!url.startsWith("/api/service/", at) || isPreflight(request)) {
       return app.fetch(request, env, exec as never);
     }
     const inc: Incoming = { request, env, exec: (exec as WaitUntil | undefined) ?? null };

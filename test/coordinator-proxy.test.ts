@@ -117,6 +117,34 @@ describe("forwarding", () => {
     expect((await send(t, "/clientsX")).status).toBe(404);
   });
 
+  it("forwards an OPTIONS that is no CORS preflight, and answers a preflight itself", async () => {
+    // Regression: every OPTIONS got the CORS middleware's 204, so a service never saw one.
+    const t = await withMembers([member("A", { url: a.url })], {
+      aliases: { "/clients": "upload" },
+    });
+    const options = () => a.received.filter((r) => r.method === "OPTIONS").length;
+    const before = options();
+    for (const [path, url] of [
+      ["/api/service/upload/dav/x", "/service/upload/dav/x"],
+      ["/clients/7", "/service/upload/clients/7"],
+    ] as const) {
+      const plain = await t.coordinator.fetch(
+        new Request(`http://coordinator${path}`, { method: "OPTIONS" }),
+      );
+      expect(plain.status).toBe(200);
+      expect(await plain.json()).toMatchObject({ upstream: "a", method: "OPTIONS", url });
+      const pre = await t.coordinator.fetch(
+        new Request(`http://coordinator${path}`, {
+          method: "OPTIONS",
+          headers: { origin: "https://app.example", "access-control-request-method": "PUT" },
+        }),
+      );
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get("access-control-allow-methods")).toContain("PUT");
+    }
+    expect(options() - before).toBe(2); // the preflights never reached it
+  });
+
   it("prefers the lower tier, then balances within it", async () => {
     const t = await withMembers([
       member("G", { url: a.url, tier: 1 }),
