@@ -1,9 +1,17 @@
 /**
  * Keeps the mesh fully connected: dials the bootstrap peers and every known member we have no
- * connection to (addresses come from heartbeats and identify), with per-target backoff, so a
- * healed partition or a restarted peer is reconnected within seconds. Also turns a closed
- * connection into a quick probe: a peer that cannot be re-dialed at once is reported.
+ * connection to (addresses come from heartbeats, identify and peer exchange), with per-target
+ * backoff, so a healed partition or a restarted peer is reconnected within seconds. Also:
+ *
+ * - one dial per pair: the lower ID dials, the higher waits (10 s) for it. Simultaneous dials
+ *   leave duplicate connections, and gossipsub loses its streams on them;
+ * - repair: a member that stays connected but is no gossipsub subscriber (its identify or stream
+ *   setup failed, e.g. under load), or connected but silent, is hung up on (at most every 10 s),
+ *   so that a fresh connection sets up;
+ * - probe: when a connection closes we try a bare TCP connect to the peer at once (no libp2p
+ *   connection, so no duplicate): refused or timed out means it is gone, in milliseconds.
  */
+import { connect } from "node:net";
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { type Multiaddr, multiaddr } from "@multiformats/multiaddr";
@@ -20,6 +28,8 @@ export interface DialerInit {
   maxBackoffMs?: number;
   /** How long the probe after a closed connection may take; default 1000 ms. */
   probeTimeoutMs?: number;
+  /** How long a connected member may go without a gossipsub stream before a reset; default 5000 ms. */
+  repairAfterMs?: number;
 }
 
 /** Collaborators of the dialer. */
@@ -29,6 +39,10 @@ export interface DialerComponents {
   log: (line: string) => void;
   /** Ids of the members worth a connection (known and not gone for good). */
   wanted: () => Iterable<string>;
+  /** Ids of the peers that have a working gossipsub stream with us (subscribers of our topic). */
+  subscribers: () => Iterable<string>;
+  /** Ids of the members we stopped hearing (suspect), to reset if still connected. */
+  silent: () => Iterable<string>;
   /** Called when a peer whose connection closed could not be reached again. */
   onUnreachable: (id: string) => void;
 }
@@ -41,6 +55,14 @@ export class Dialer {
   #running = false;
   #backoff = new Map<string, { at: number; delay: number }>();
   #dialing = new Set<string>();
+  /** When a wanted member was first seen unconnected (higher IDs wait before dialing). */
+  #missing = new Map<string, number>();
+  /** When a connected member was first seen without a gossipsub stream. */
+  #mute = new Map<string, number>();
+  /** When each peer's connection was last reset by the repair. */
+  #resetAt = new Map<string, number>();
+  /** How many connections were reset by the repair. */
+  repairs = 0;
 
   constructor(init: DialerInit, components: DialerComponents) {
     this.#init = {
@@ -48,6 +70,7 @@ export class Dialer {
       redialMs: init.redialMs ?? 1000,
       maxBackoffMs: init.maxBackoffMs ?? 10_000,
       probeTimeoutMs: init.probeTimeoutMs ?? 1000,
+      repairAfterMs: init.repairAfterMs ?? 5000,
     };
     this.#c = components;
   }
@@ -63,10 +86,24 @@ export class Dialer {
     this.#timer = undefined;
   }
 
-  /** One pass: dial whatever we should be connected to and are not. */
+  /** Whether we should dial `id` now rather than wait for it to dial us. */
+  #ours(id: string, now: number): boolean {
+    if (this.#c.node.peerId.toString() < id) return true;
+    const since = this.#missing.get(id) ?? now;
+    this.#missing.set(id, since);
+    return now - since >= 10_000;
+  }
+
+  /** A member learned of elsewhere (peer exchange): dial it if the pair's dial is ours. */
+  introduce(id: string): void {
+    if (this.#running && this.#ours(id, this.#c.clock.now())) this.dial(id);
+  }
+
+  /** One pass: dial whatever we should be connected to and are not; repair mute peers. */
   #round(): void {
     if (!this.#running) return;
     const node = this.#c.node;
+    const now = this.#c.clock.now();
     const connected = new Set(node.getPeers().map((p) => p.toString()));
     const self = node.peerId.toString();
     for (const addr of this.#init.bootstrap) {
@@ -81,8 +118,37 @@ export class Dialer {
       }
       if (id !== self && (id ? !connected.has(id) : connected.size === 0)) this.dial(addr);
     }
-    for (const id of this.#c.wanted()) if (id !== self && !connected.has(id)) this.dial(id);
+    const subscribers = new Set(this.#c.subscribers());
+    const wanted = new Set(this.#c.wanted());
+    for (const id of this.#c.silent()) if (connected.has(id)) this.#reset(id, now, "silent");
+    for (const id of wanted) {
+      if (id === self) continue;
+      if (!connected.has(id)) {
+        if (this.#ours(id, now)) this.dial(id);
+        continue;
+      }
+      this.#missing.delete(id);
+      if (subscribers.has(id)) {
+        this.#mute.delete(id);
+        continue;
+      }
+      const since = this.#mute.get(id) ?? now;
+      this.#mute.set(id, since);
+      if (now - since >= this.#init.repairAfterMs) this.#reset(id, now, "without a gossip stream");
+    }
+    for (const id of this.#missing.keys()) if (!wanted.has(id)) this.#missing.delete(id);
+    for (const id of this.#mute.keys()) if (!wanted.has(id)) this.#mute.delete(id);
+    for (const [id, at] of this.#resetAt) if (now - at > 60_000) this.#resetAt.delete(id);
     this.#timer = this.#c.clock.setTimeout(() => this.#round(), this.#init.redialMs);
+  }
+
+  #reset(id: string, now: number, why: string): void {
+    if (now - (this.#resetAt.get(id) ?? Number.NEGATIVE_INFINITY) < 10_000) return;
+    this.#resetAt.set(id, now);
+    this.#mute.delete(id);
+    this.repairs++;
+    this.#c.log(`connected to ${id} but ${why}: reconnecting`);
+    this.#c.node.hangUp(peerIdFromString(id)).catch(() => {});
   }
 
   /** Dials a PeerId, its string, or a multiaddr string, unless it is backing off. */
@@ -121,17 +187,44 @@ export class Dialer {
   }
 
   /**
-   * A connection to `peer` closed: dial it back at once. A crashed peer refuses (or the dial
-   * times out) and is reported in milliseconds; a live one just gets a new connection.
+   * A connection to `peer` closed: check at once whether its port still accepts TCP. A crashed
+   * peer refuses (or the connect times out) and is reported in milliseconds; a live one is
+   * left to the normal (lower-ID) redial.
    */
   probe(peer: PeerId): void {
     if (!this.#running) return;
     const id = peer.toString();
-    this.#c.node.dial(peer, { signal: AbortSignal.timeout(this.#init.probeTimeoutMs) }).then(
-      () => {},
-      () => {
+    const timeout = this.#init.probeTimeoutMs;
+    this.#c.node.peerStore
+      .get(peer)
+      .then((p) => p.addresses.map((a) => tcpTarget(a.multiaddr)).filter((t) => t !== undefined))
+      .catch(() => [] as Array<{ host: string; port: number }>)
+      .then(async (targets) => {
+        for (const t of targets.slice(0, 4)) if (await tcpAccepts(t, timeout)) return;
         if (this.#running) this.#c.onUnreachable(id);
-      },
-    );
+      });
   }
+}
+
+/** Host and port of a /ip4|ip6/.../tcp/... multiaddr, else undefined. */
+function tcpTarget(ma: Multiaddr): { host: string; port: number } | undefined {
+  const parts = ma.getComponents();
+  const host = parts.find((c) => c.name === "ip4" || c.name === "ip6")?.value;
+  const port = Number(parts.find((c) => c.name === "tcp")?.value);
+  return host && port > 0 ? { host, port } : undefined;
+}
+
+/** Whether a bare TCP connect to `t` succeeds within `ms` (the socket is closed at once). */
+function tcpAccepts(t: { host: string; port: number }, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: t.host, port: t.port });
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), ms);
+    socket.once("connect", () => done(true));
+    socket.once("error", () => done(false));
+  });
 }

@@ -4,7 +4,6 @@
  * "member-down" and "view" events. It owns every timer and clears them all in stop().
  */
 import "./shim.ts";
-import { type Message, TopicValidatorResult } from "@libp2p/gossipsub";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import {
@@ -22,13 +21,9 @@ import { type Identity, loadIdentity, saveIncarnation } from "./identity.ts";
 import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership.ts";
 import { type MeshLibp2p, createNode } from "./node.ts";
 import { PeerExchange } from "./pex.ts";
-import {
-  MAX_HEARTBEAT_BYTES,
-  decodeHeartbeat,
-  encodeHeartbeat,
-  openHeartbeat,
-} from "./protocol.ts";
-import { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
+import { HeartbeatInbox } from "./inbox.ts";
+import { MAX_HEARTBEAT_BYTES, encodeHeartbeat } from "./protocol.ts";
+import { signHeartbeat } from "./signing.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
 /** Creates a mesh node (not started). */
@@ -51,7 +46,6 @@ class MeshNode extends EventTarget {
   #dialer: Dialer | undefined;
   #pex: PeerExchange | undefined;
   #m: Membership | undefined;
-  #verifier = new HeartbeatVerifier();
   #leader: Leader | null = null;
   #running = false;
   #timers = new Map<string, unknown>();
@@ -140,6 +134,12 @@ class MeshNode extends EventTarget {
             .view()
             .members.filter((x) => !x.self && x.state !== "left")
             .map((x) => x.id),
+        subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
+        silent: () =>
+          m
+            .view()
+            .members.filter((x) => x.state === "suspect")
+            .map((x) => x.id),
         onUnreachable: (id) => this.#apply(m.suspect(id)),
       },
     );
@@ -148,7 +148,8 @@ class MeshNode extends EventTarget {
     node.addEventListener("peer:disconnect", (e) => {
       if (m.member(e.detail.toString())?.state === "alive") dialer.probe(e.detail);
     });
-    node.addEventListener("peer:discovery", (e) => dialer.dial(e.detail.id));
+    // mDNS finds, and new entries in the peer store (heartbeat or pex addresses), land here.
+    node.addEventListener("peer:discovery", (e) => dialer.introduce(e.detail.id.toString()));
     await node.start();
     const live = () =>
       m.view().members.filter((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
@@ -157,12 +158,23 @@ class MeshNode extends EventTarget {
       known: () =>
         new Set([...live().map((x) => x.id), ...node.getPeers().map((p) => p.toString())]),
       onPeers: (peers) => {
-        for (const p of peers) dialer.dial(p.id);
+        for (const p of peers) dialer.introduce(p.id.toString());
       },
     });
     await this.#pex.start();
     const pubsub = node.services.pubsub;
-    pubsub.topicValidators.set(this.#topic, (_peer, msg) => this.#onMessage(msg));
+    const inbox = new HeartbeatInbox({
+      membership: m,
+      stats: this.#stats,
+      log: this.#log,
+      running: () => this.#running,
+      onAccepted: (hb, changes) => {
+        if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
+        if (changes.some((c) => c.from === null)) this.#wantFullState(1);
+        this.#apply(changes);
+      },
+    });
+    pubsub.topicValidators.set(this.#topic, (_peer, msg) => inbox.receive(msg.data));
     pubsub.addEventListener("subscription-change", () => this.#wantFullState(1));
     pubsub.subscribe(this.#topic);
     this.#running = true;
@@ -299,49 +311,6 @@ class MeshNode extends EventTarget {
   }
 
   // --- receiving ----------------------------------------------------------------------------
-
-  /** Gossipsub topic validator: every received heartbeat goes through here before forwarding. */
-  async #onMessage(msg: Message): Promise<TopicValidatorResult> {
-    const m = this.#m;
-    this.#stats.received++;
-    try {
-      if (!m || msg.data.length > MAX_HEARTBEAT_BYTES) throw new Error("unusable");
-      const { body, signature } = openHeartbeat(msg.data);
-      const hb = decodeHeartbeat(body);
-      if (!(await this.#verifier.verify(hb.id, body, signature))) {
-        this.#stats.spoofed++;
-        this.#log(`dropped a heartbeat claiming ${hb.id} that its key did not sign`);
-        return TopicValidatorResult.Reject;
-      }
-      if (!this.#running) return TopicValidatorResult.Ignore;
-      const staleBefore = m.stale;
-      const changes = m.onHeartbeat(hb);
-      if (m.stale > staleBefore) {
-        this.#stats.stale++;
-        return TopicValidatorResult.Ignore;
-      }
-      this.#stats.accepted++;
-      if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
-      if (changes.some((c) => c.from === null)) this.#wantFullState(1);
-      this.#apply(changes);
-      return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;
-    } catch {
-      this.#stats.invalid++;
-      return TopicValidatorResult.Reject;
-    }
-  }
-
-  /**
-   * Whether to forward a heartbeat to our gossipsub mesh. Its author flooded it to every peer it
-   * is connected to; only if that is fewer than the live members (a joiner, a node behind NAT,
-   * a broken link) do the others need a relay. Otherwise relaying would only send duplicates.
-   */
-  #relay(authorPeers: number | undefined): boolean {
-    if (authorPeers === undefined) return true;
-    let alive = 0;
-    for (const x of this.#m?.view().members ?? []) if (x.state === "alive") alive++;
-    return authorPeers + 1 < alive;
-  }
 
   #learnAddrs(id: string, addrs: Uint8Array[]): void {
     try {

@@ -52,7 +52,8 @@ export const GOSSIP_DEFAULTS: Partial<GossipsubOpts> = {
   floodPublish: true,
   D: 2,
   Dlo: 1,
-  Dhi: 3,
+  // Accept grafts generously: a node that reaches a single peer must not be pruned from it.
+  Dhi: 8,
   Dout: 0,
   Dscore: 1,
   Dlazy: 0,
@@ -65,6 +66,10 @@ export const GOSSIP_DEFAULTS: Partial<GossipsubOpts> = {
   allowPublishToZeroTopicPeers: true,
   ignoreDuplicatePublishError: true,
   msgIdFn: shortMsgId,
+  // Peer scoring's IP-colocation penalty graylists everyone once more than 10 peers share an
+  // IP: all of a dev cluster, or workers behind one NAT. Members are admitted by the PSK and
+  // every heartbeat is signed, so it only does harm here.
+  scoreParams: { IPColocationFactorWeight: 0 },
 };
 
 /** Settings of the libp2p node. */
@@ -124,7 +129,14 @@ export async function createNode(
     peerDiscovery,
     // Heartbeats already prove liveness every second; libp2p's pings would only add bytes.
     connectionMonitor: { enabled: false },
-    connectionManager: { dialTimeout: 5000 },
+    connectionManager: {
+      dialTimeout: 5000,
+      // Every member dials every other, and on one machine (a dev cluster, the tests) they all
+      // come from one IP: libp2p's defaults (5 inbound per second per host, 10 pending) would
+      // refuse most of a 20-member cluster starting at once.
+      inboundConnectionThreshold: 100,
+      maxIncomingPendingConnections: 100,
+    },
     services: {
       identify: identify(),
       pubsub: gossipsub({

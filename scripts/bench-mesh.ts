@@ -270,7 +270,10 @@ async function benchMesh(n: number) {
   const started = Date.now();
   await until("every agent to see all members", 60_000, () =>
     agents.every((a) => a.alive.size === n - 1),
-  );
+  ).catch((err) => {
+    log(`members seen per agent: ${agents.map((a) => a.alive.size).join(" ")}`);
+    throw err;
+  });
   const membersAt = Date.now();
   const first = await agreed(agents, null, 60_000);
   const res: Record<string, unknown> = {

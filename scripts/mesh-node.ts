@@ -118,7 +118,12 @@ const statsMs = num("stats-ms") ?? 0;
 if (statsMs > 0) {
   setInterval(() => {
     for (const [i, m] of meshes.entries()) {
-      out({ node: i, event: "stats", stats: m.stats(), members: m.view().members.length });
+      const peers = m.libp2p?.getPeers().length ?? 0;
+      const topic = `rollcall/${values.cluster ?? "default"}/hb/1`;
+      const subscribers = m.libp2p?.services.pubsub.getSubscribers(topic).length ?? 0;
+      const members = m.view().members.length;
+      const connections = m.libp2p?.getConnections().length ?? 0;
+      out({ node: i, event: "stats", stats: m.stats(), members, peers, subscribers, connections });
     }
   }, statsMs).unref();
 }

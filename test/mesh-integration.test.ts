@@ -213,4 +213,32 @@ describe("mesh of 5 real nodes on loopback", () => {
     await new Promise((r) => setTimeout(r, 2 * TEST_TIMINGS.heartbeatIntervalMs));
     expect(leaders(meshes)).toEqual([final]);
   });
+
+  it("a member that can reach only one peer is relayed: everyone hears it and it hears everyone", async () => {
+    const tmp = tempDir("rollcall-relay-");
+    cleanups.push(tmp.cleanup);
+    const ids = await makeIdentities(tmp.path, 5);
+    const all = ids.map((n) => n.id);
+    const partition = new Partition();
+    // The last node may talk to the first one only (as if behind NAT, with one reachable peer).
+    const lonely = all[4] as string;
+    partition.only(lonely, [all[0] as string]);
+    const meshes: Mesh[] = [];
+    cleanups.push(async () => {
+      await Promise.all(meshes.map((m) => m.stop()));
+    });
+    for (const [i, n] of ids.entries()) {
+      const bootstrap = i === 0 ? [] : meshes[0]?.multiaddrs();
+      meshes.push(await startMesh({ dataDir: n.dir, bootstrap }, partition));
+    }
+    await waitFor("every view to list the 5 members alive", () => allSeeAlive(meshes, all));
+    const lonelyMesh = meshes[4] as Mesh;
+    expect(lonelyMesh.libp2p?.getPeers().map(String)).toEqual([all[0]]);
+    // And it stays so: the relayed heartbeats keep arriving, nobody suspects anybody.
+    let downs = 0;
+    for (const m of meshes) m.addEventListener("member-down", () => downs++);
+    await new Promise((r) => setTimeout(r, 3 * TEST_TIMINGS.suspectAfterMs));
+    expect(downs).toBe(0);
+    expect(allSeeAlive(meshes, all)).toBe(true);
+  });
 });

@@ -70,10 +70,17 @@ export class Partition {
       for (const id of g) this.#side.set(id, i);
     });
   }
+  #only = new Map<string, Set<string>>();
+  /** Lets `id` connect to `peers` only (a node behind NAT that reaches one relay, say). */
+  only(id: string, peers: string[]): void {
+    this.#only.set(id, new Set(peers));
+  }
   heal(): void {
     this.#side.clear();
+    this.#only.clear();
   }
   blocked(a: string, b: string): boolean {
+    if (this.#only.get(a)?.has(b) === false || this.#only.get(b)?.has(a) === false) return true;
     const sa = this.#side.get(a);
     const sb = this.#side.get(b);
     return sa !== undefined && sb !== undefined && sa !== sb;

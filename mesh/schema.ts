@@ -1,0 +1,119 @@
+/**
+ * The heartbeat schema: field limits and the checks shared by the codec (mesh/protocol.ts)
+ * and the local state (mesh/membership.ts). Pure; every failure is a HeartbeatError.
+ */
+import { fromString, toString as bytesToString } from "uint8arrays";
+import type { MemberMeta, ServiceSummary } from "./types.ts";
+
+/** Per-field limits of the heartbeat schema. */
+export const LIMITS = {
+  idBytes: 128,
+  url: 512,
+  services: 64,
+  serviceName: 64,
+  metaBytes: 1024,
+  addrs: 8,
+  addrBytes: 128,
+} as const;
+
+/** Largest counter a heartbeat carries (fits a 7-byte varint and a double exactly). */
+export const MAX_VARINT = 2 ** 49;
+const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** A heartbeat failed to decode or validate; the message says what failed. */
+export class HeartbeatError extends Error {
+  override name = "HeartbeatError";
+}
+
+/** Checks a URL field: empty, or an absolute http(s) URL within the size limit. */
+export function validateUrl(url: string): void {
+  if (url === "") return;
+  if (url.length > LIMITS.url) throw new HeartbeatError(`URL exceeds ${LIMITS.url} characters`);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new HeartbeatError(`URL is not valid: ${JSON.stringify(url.slice(0, 80))}`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new HeartbeatError("URL must use http or https");
+  }
+}
+
+/** Checks a service list against the heartbeat schema. */
+export function validateServices(services: readonly ServiceSummary[]): void {
+  if (services.length > LIMITS.services) {
+    throw new HeartbeatError(`Too many services (at most ${LIMITS.services})`);
+  }
+  const seen = new Set<string>();
+  for (const s of services) {
+    if (
+      typeof s.name !== "string" ||
+      s.name.length > LIMITS.serviceName ||
+      !SERVICE_NAME.test(s.name)
+    ) {
+      throw new HeartbeatError(
+        `Service name is not valid: ${JSON.stringify(String(s.name).slice(0, 80))}`,
+      );
+    }
+    if (seen.has(s.name)) throw new HeartbeatError(`Service ${s.name} is listed twice`);
+    seen.add(s.name);
+    if (s.status !== "healthy" && s.status !== "unhealthy") {
+      throw new HeartbeatError(`Service ${s.name} has an unknown status`);
+    }
+    const l = s.latency_ms;
+    if (l !== undefined && !(Number.isInteger(l) && l >= 0 && l <= MAX_VARINT)) {
+      throw new HeartbeatError(`Service ${s.name} latency must be a non-negative integer`);
+    }
+  }
+}
+
+/** Encodes metadata as bounded JSON (empty when absent), checking its shape. */
+export function encodeMeta(meta: MemberMeta | undefined): Uint8Array {
+  if (meta === undefined) return new Uint8Array(0);
+  const bytes = fromString(JSON.stringify(meta), "utf8");
+  if (bytes.length > LIMITS.metaBytes)
+    throw new HeartbeatError(`Meta exceeds ${LIMITS.metaBytes} bytes`);
+  checkMeta(meta);
+  return bytes;
+}
+
+function checkMeta(meta: unknown): asserts meta is MemberMeta {
+  if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    throw new HeartbeatError("Meta must be an object");
+  }
+  const { tier, capabilities } = meta as Record<string, unknown>;
+  if (
+    tier !== undefined &&
+    !(Number.isInteger(tier) && (tier as number) >= 0 && (tier as number) <= 255)
+  ) {
+    throw new HeartbeatError("Meta tier must be an integer from 0 to 255");
+  }
+  if (
+    capabilities !== undefined &&
+    (typeof capabilities !== "object" || capabilities === null || Array.isArray(capabilities))
+  ) {
+    throw new HeartbeatError("Meta capabilities must be an object");
+  }
+}
+
+export function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
+  if (bytes.length === 0) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(bytesToString(bytes, "utf8"));
+  } catch {
+    throw new HeartbeatError("Heartbeat meta is not valid JSON");
+  }
+  checkMeta(parsed);
+  const out: MemberMeta = {};
+  if (parsed.tier !== undefined) out.tier = parsed.tier;
+  if (parsed.capabilities !== undefined) out.capabilities = parsed.capabilities;
+  return out;
+}
+
+export function checkCounter(n: number, what: string): void {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_VARINT) {
+    throw new HeartbeatError(`Heartbeat ${what} must be a non-negative integer`);
+  }
+}
