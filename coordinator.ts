@@ -4342,9 +4342,16 @@ export function createCoordinator(
   });
 
   app.all("/api/service/*", async (c) => {
-    const target = serviceTargetOf(c.req.url);
-    if (!target) return c.json({ error: "Not found" }, 404);
-    return routeService(incomingOf(c), proxy, target);
+    try {
+      const target = serviceTargetOf(c.req.url);
+      if (!target) return proxyJson(proxy, c.req.raw, { error: "Not found" }, 404);
+      return await routeService(incomingOf(c), proxy, target);
+    } catch (err) {
+      // The CORS middleware skips these paths: a browser must be able to read the error too.
+      const res = errorAnswer(err);
+      addCors(settings, c.req.raw, res.headers);
+      return res;
+    }
   });
 
   /** `/api/service/*` straight to the proxy (no hono routing or context); the rest to the app. */

@@ -758,6 +758,8 @@ describe("routing errors (no upstream needed)", () => {
       const res = await call("GET", path);
       expect(res.status, path).toBe(400);
       expect(res.body.error).toBe("Invalid service path");
+      // Regression: through the hono app (not the starters' fetch) this 400 had no CORS header.
+      expect(res.headers.get("access-control-allow-origin"), path).toBe("*");
     }
     // The URL parser resolves a dot segment before routing: this is /api/x, an unknown path.
     expect((await call("GET", "/api/service/%2e%2e/x")).status).toBe(404);
