@@ -1056,9 +1056,9 @@ export function compareFreshness(
  * a higher term and lists that leader as a plain member, or when that view is older than
  * `leaseMs`; its members pass to this leader (its next report removes those it does not list).
  * Entries of a leader with no view at all (taken by a deposed leader's late report) are this
- * leader's at once, so this report removes those it does not list. A report from a leader that a higher-term
- * view lists as a plain member (a deposed leader) still contributes fresher members but gets no
- * view of its own.
+ * leader's at once, so this report removes those it does not list. A report from a leader that
+ * a higher-term view lists as a plain member (a deposed leader) still contributes fresher
+ * members but gets no view of its own.
  */
 export function mergeClusterReport(
   doc: ClusterDoc | null,
