@@ -13,7 +13,13 @@ import { aggregate, reportBody } from "../agent/aggregate.ts";
 import { CoordinatorClient } from "../agent/client.ts";
 import { DirectReporter } from "../agent/direct.ts";
 import { LeaderReporter } from "../agent/reporter.ts";
-import { type Coordinator, createCoordinator, memoryStore, type Store } from "../coordinator.ts";
+import {
+  type ClusterMemberReport,
+  type Coordinator,
+  createCoordinator,
+  memoryStore,
+  type Store,
+} from "../coordinator.ts";
 import {
   elect,
   FakeClock,
@@ -104,7 +110,7 @@ function coordinatorOn(clock: FakeClock, writeCap: number) {
 interface Agent {
   id: string;
   membership: Membership;
-  reporter: LeaderReporter;
+  reporter: LeaderReporter<ClusterMemberReport>;
   leader: Leader | null;
   incarnation: number;
   /** Virtual second of its last view change: elections run while a settle period may end. */
@@ -142,7 +148,7 @@ export async function simulateMesh(init: {
   const newAgent = (i: number, incarnation: number): Agent => {
     const id = pad(i);
     const membership = new Membership(id, { local: local(i), incarnation }, clock);
-    const reporter = new LeaderReporter<ReturnType<typeof aggregate>["members"][number]>(
+    const reporter = new LeaderReporter<ClusterMemberReport>(
       {},
       {
         clock,
