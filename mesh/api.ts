@@ -60,6 +60,8 @@ export interface MeshStats {
   sendFailed: number;
   /** Times this process found itself frozen for longer than peers wait, and rejoined. */
   rejoins: number;
+  /** Connections reset because a connected member had no gossip stream or fell silent. */
+  repairs: number;
 }
 
 /** Event name -> detail type. */

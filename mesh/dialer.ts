@@ -189,20 +189,31 @@ export class Dialer {
   /**
    * A connection to `peer` closed: check at once whether its port still accepts TCP. A crashed
    * peer refuses (or the connect times out) and is reported in milliseconds; a live one is
-   * left to the normal (lower-ID) redial.
+   * left to the normal (lower-ID) redial. A dying process closes its sockets one by one, so an
+   * accepting port is checked twice more (after 300 ms and 1 s) before we believe it.
    */
   probe(peer: PeerId): void {
     if (!this.#running) return;
     const id = peer.toString();
     const timeout = this.#init.probeTimeoutMs;
-    this.#c.node.peerStore
-      .get(peer)
-      .then((p) => p.addresses.map((a) => tcpTarget(a.multiaddr)).filter((t) => t !== undefined))
-      .catch(() => [] as Array<{ host: string; port: number }>)
-      .then(async (targets) => {
-        for (const t of targets.slice(0, 4)) if (await tcpAccepts(t, timeout)) return;
-        if (this.#running) this.#c.onUnreachable(id);
-      });
+    const check = async (): Promise<boolean> => {
+      const targets = await this.#c.node.peerStore
+        .get(peer)
+        .then((p) => p.addresses.map((a) => tcpTarget(a.multiaddr)).filter((t) => t !== undefined))
+        .catch(() => [] as Array<{ host: string; port: number }>);
+      for (const t of targets.slice(0, 4)) if (await tcpAccepts(t, timeout)) return true;
+      return false;
+    };
+    void (async () => {
+      for (const wait of [0, 300, 700]) {
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (!this.#running) return;
+        if (!(await check())) {
+          this.#c.onUnreachable(id);
+          return;
+        }
+      }
+    })();
   }
 }
 

@@ -60,6 +60,7 @@ class MeshNode extends EventTarget {
     sent: 0,
     sendFailed: 0,
     rejoins: 0,
+    repairs: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -207,6 +208,7 @@ class MeshNode extends EventTarget {
     }
     await node.stop();
     this.#node = undefined;
+    this.#stats.repairs = this.#dialer?.repairs ?? this.#stats.repairs;
     this.#dialer = undefined;
     this.#pex = undefined;
     this.#log(`mesh ${this.#identity?.peerId.toString()} stopped`);
@@ -233,7 +235,7 @@ class MeshNode extends EventTarget {
   }
 
   stats(): MeshStats {
-    return { ...this.#stats };
+    return { ...this.#stats, repairs: this.#dialer?.repairs ?? this.#stats.repairs };
   }
 
   // --- timers and sending -------------------------------------------------------------------
