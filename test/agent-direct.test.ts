@@ -5,21 +5,31 @@ import { DirectReporter, type Registration } from "../agent/direct.ts";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
 import { FakeClock } from "../mesh/clock.ts";
 
-/** Lets in-flight requests finish: reading a Request body takes a few macrotask turns. */
-async function flush() {
-  for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
-}
-
 function setup() {
   const clock = new FakeClock(Date.UTC(2026, 0, 1));
   const store = memoryStore({}, { clock });
   const coordinator = createCoordinator({ clusterToken: "t" }, { store, clock });
   const calls: string[] = [];
+  let inflight = 0;
   const fetcher = (async (input: RequestInfo | URL, init?: RequestInit) => {
     const req = new Request(input, { ...init, signal: null });
     calls.push(`${req.method} ${new URL(req.url).pathname}`);
-    return coordinator.app.request(req);
+    inflight++;
+    try {
+      return await coordinator.app.request(req);
+    } finally {
+      inflight--;
+    }
   }) as typeof fetch;
+  /** Waits (real time, bounded) until no request is in flight and the reporter had turns to react. */
+  const flush = async () => {
+    const deadline = Date.now() + 5000;
+    let quiet = 0;
+    while (quiet < 5 && Date.now() < deadline) {
+      await new Promise((r) => setImmediate(r));
+      quiet = inflight === 0 ? quiet + 1 : 0;
+    }
+  };
   const client = new CoordinatorClient({ baseUrl: "http://c", token: "t" }, { fetch: fetcher });
   const registration: Registration = {
     worker_id: "w1",
