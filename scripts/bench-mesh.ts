@@ -6,7 +6,7 @@
  * to the agents' ports). Bounded: every phase has a deadline; every process is killed at the end.
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
- *     [--runtime tsx|node|bun|deno] [--node-flags "--max-semi-space-size=1"] [--json out.json]
+ *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
