@@ -90,8 +90,8 @@ describe("mesh security", () => {
   it("a stranger without the pre-shared key cannot join; the right key can", async () => {
     const tmp = tempDir("rollcall-psk-");
     cleanups.push(tmp.cleanup);
-    const psk = "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab".repeat(32) + "\n";
-    const other = "/key/swarm/psk/1.0.0/\n/base16/\n" + "cd".repeat(32) + "\n";
+    const psk = `/key/swarm/psk/1.0.0/\n/base16/\n${"ab".repeat(32)}\n`;
+    const other = `/key/swarm/psk/1.0.0/\n/base16/\n${"cd".repeat(32)}\n`;
     const [a, b] = (await pair(`${tmp.path}/ok`, psk)) as [Mesh, Mesh];
 
     const [wrong, none] = await makeIdentities(`${tmp.path}/strangers`, 2);
