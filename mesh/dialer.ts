@@ -206,7 +206,7 @@ export class Dialer {
     };
     void (async () => {
       for (const wait of [0, 300, 700]) {
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (wait > 0) await new Promise((r) => unref(setTimeout(r, wait)));
         if (!this.#running) return;
         if (!(await check())) {
           this.#c.onUnreachable(id);
@@ -234,8 +234,14 @@ function tcpAccepts(t: { host: string; port: number }, ms: number): Promise<bool
       socket.destroy();
       resolve(ok);
     };
-    const timer = setTimeout(() => done(false), ms);
+    const timer = unref(setTimeout(() => done(false), ms));
     socket.once("connect", () => done(true));
     socket.once("error", () => done(false));
   });
+}
+
+/** Lets a short-lived probe timer not hold the process open (Node, Bun; a no-op on Deno). */
+function unref<T>(timer: T): T {
+  (timer as { unref?: () => void }).unref?.();
+  return timer;
 }
