@@ -2807,7 +2807,8 @@ export function scalingSignal(input: ScalingInput): ScalingSignal {
 // Paths and forwarding: path safety, aliases, replayable bodies, one attempt
 // ============================================================================================
 
-const HOP_BY_HOP = [
+/** Headers that describe one hop, never forwarded (RFC 9110 7.6.1); the agent's gateway uses them too. */
+export const HOP_BY_HOP: readonly string[] = [
   "connection",
   "keep-alive",
   "proxy-authenticate",

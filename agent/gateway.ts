@@ -6,20 +6,10 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { HOP_BY_HOP as HOP_BY_HOP_LIST } from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
 
-/** Headers that describe one hop, never forwarded (RFC 9110 7.6.1). */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
 /** Copies headers without hop-by-hop ones (and those the Connection header names). */
 export function stripHopByHop(headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {

@@ -418,7 +418,8 @@ async function main(): Promise<void> {
   // Ratios are taken round by round (against nginx measured minutes apart, not across a run
   // whose machine load changes), then their median and range are shown.
   const ratios = (basis: string, list: Result[]) => {
-    const base = results.get(basis) ?? [];
+    const base = results.get(basis);
+    if (!base) return "-"; // that basis was not among the targets
     const r = list.map((x, i) => x.rps / (base[i]?.rps ?? Number.NaN));
     return `${median(r).toFixed(2)} (${Math.min(...r).toFixed(2)}-${Math.max(...r).toFixed(2)})`;
   };
