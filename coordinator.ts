@@ -1135,6 +1135,52 @@ export function mergeClusterReport(
   return { ...base, members, leaders };
 }
 
+/**
+ * Merges a document that had to wait (over budget) into what the store holds when it may finally
+ * be written: another isolate may have written since (pure; returns a new document). Members go
+ * by freshness (ties to the stored entry), each leader's view by (term, sequence), and a view
+ * whose leader a higher-term view lists as a plain member is dropped, its members passing to
+ * that view's leader, as in `mergeClusterReport`. A member only one side removed stays: its
+ * leader's next report removes it (nothing is lost; a stale entry lasts one report).
+ */
+export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): ClusterDoc {
+  const members: Record<string, StoredMember> = { ...stored.members };
+  for (const [id, entry] of Object.entries(waiting.members)) {
+    const current = members[id];
+    if (!current || compareFreshness(entry, current) > 0) members[id] = entry;
+  }
+  const leaders: Record<string, LeaderView> = { ...stored.leaders };
+  for (const [id, view] of Object.entries(waiting.leaders)) {
+    const current = leaders[id];
+    const newer =
+      !current ||
+      view.term > current.term ||
+      (view.term === current.term && view.sequence > current.sequence);
+    if (newer) leaders[id] = view;
+  }
+  for (const view of Object.values(leaders)) {
+    const by = Object.values(leaders).find(
+      (other) => other.term > view.term && other.members.includes(view.leader_id),
+    );
+    if (!by) continue;
+    delete leaders[view.leader_id];
+    const taken = new Set(by.members);
+    for (const [id, member] of Object.entries(members)) {
+      if (member.reported_by !== view.leader_id) continue;
+      members[id] = { ...member, reported_by: by.leader_id };
+      taken.add(id);
+    }
+    leaders[by.leader_id] = { ...by, members: [...taken] };
+  }
+  return {
+    ...waiting,
+    rev: Math.max(stored.rev, waiting.rev),
+    digest: routingDigest(Object.values(members)),
+    leaders,
+    members,
+  };
+}
+
 /** A key of the leader views (ID and term): a change of leadership is a change worth a write. */
 export function leadersKey(doc: ClusterDoc | null): string {
   if (!doc) return "";
@@ -1583,11 +1629,47 @@ class Registry {
       await this.lock.run(key, async () => {
         if (!this.#pending.has(key) || this.#pending.get(key) !== doc) return;
         this.#pending.delete(key);
-        const ok = doc === null ? await this.remove(key) : await this.write(key, doc);
+        const ok = doc === null ? await this.remove(key) : await this.#flushDoc(key, doc);
         if (ok === true) flushed++;
       });
     }
     return flushed;
+  }
+
+  /**
+   * Writes a document that had to wait. A cluster document is merged into what the store holds
+   * now (another isolate may have written meanwhile) and written with compare-and-set where the
+   * store has it; after repeated conflicts it waits for the next flush.
+   */
+  async #flushDoc(key: string, doc: Doc): Promise<boolean | "conflict"> {
+    if (doc.kind !== "cluster") return this.write(key, doc);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let raw: string | null;
+      try {
+        raw = await this.store.get(key);
+      } catch (err) {
+        this.#pending.set(key, doc);
+        throw err instanceof StoreError
+          ? err
+          : new StoreError(`Store get failed: ${(err as Error).message}`);
+      }
+      const stored = parseDoc(raw);
+      this.budget.observe(stored?.budget);
+      // A waiting document carries the revision it was built on: a higher one stored means
+      // another isolate wrote since, so merge; otherwise it already holds everything stored.
+      const merged =
+        stored?.kind === "cluster" && stored.rev > doc.rev ? mergeClusterDocs(stored, doc) : doc;
+      const result = await this.write(key, merged, raw);
+      if (result !== "conflict") return result;
+    }
+    this.defer(key, doc);
+    return "conflict";
+  }
+
+  /** Keeps a document to be written by a later flush (merged then with what is stored). */
+  defer(key: string, doc: Doc): void {
+    this.#pending.set(key, doc);
+    this.invalidate();
   }
 
   /** The newest version of a document this isolate wrote or read (no store access). */
@@ -1951,10 +2033,10 @@ async function clusterHeartbeat(
       let written = false;
       let reason = decision.reason;
       if (decision.write) {
-        let result = await reg.write(key, merged, stored === read ? raw : undefined);
+        const result = await reg.write(key, merged, stored === read ? raw : undefined);
         if (result === "conflict") {
           if (attempt < 4) continue; // another writer won: merge again on what it wrote
-          result = await reg.write(key, merged);
+          reg.defer(key, merged); // still contended: the next flush merges it with the store's
         }
         written = result === true;
         if (!written) reason = "deferred";

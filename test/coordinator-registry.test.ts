@@ -7,6 +7,7 @@ import {
   decideClusterWrite,
   directHeartbeatDue,
   directStaleAfterMs,
+  mergeClusterDocs,
   mergeClusterReport,
   resolveSettings,
   routingDigest,
@@ -244,6 +245,53 @@ describe("mergeClusterReport", () => {
     const copy = structuredClone(doc);
     merge(doc, { leader_id: "A", term: 1, sequence: 2, members: [] });
     expect(doc).toEqual(copy);
+  });
+});
+
+describe("mergeClusterDocs (a deferred write meets what another isolate wrote)", () => {
+  it("keeps members from both sides, each by freshness", () => {
+    const base = merge(null, { leader_id: "A", term: 1, sequence: 1, members: [member("A")] });
+    const stored = merge(base, {
+      leader_id: "A",
+      term: 1,
+      sequence: 2,
+      members: [member("A"), member("B", { incarnation: 2, status: "degraded" })],
+    });
+    const waiting = merge(base, {
+      leader_id: "A",
+      term: 1,
+      sequence: 3,
+      members: [member("A", { last_seen: 5_000 }), member("B"), member("C")],
+    });
+    const doc = mergeClusterDocs(stored, waiting);
+    expect(ids(doc)).toEqual(["A", "B", "C"]);
+    expect(doc.members.A?.last_seen).toBe(5_000); // fresher in the waiting document
+    expect(doc.members.B?.status).toBe("degraded"); // higher incarnation in the stored one
+    expect(doc.leaders.A?.sequence).toBe(3);
+    expect(doc.digest).toBe(routingDigest(Object.values(doc.members)));
+  });
+
+  it("drops a view that a higher-term view lists as a member, handing its members over", () => {
+    const base = merge(null, { leader_id: "A", term: 1, sequence: 1, members: [member("A")] });
+    // This isolate's deferred state: B took over with term 2 and lists A as a plain member.
+    const waiting = merge(base, {
+      leader_id: "B",
+      term: 2,
+      sequence: 1,
+      members: [member("A"), member("B"), member("C")],
+    });
+    // Meanwhile another isolate stored a late report of the deposed A with a member E.
+    const stored = merge(base, {
+      leader_id: "A",
+      term: 1,
+      sequence: 2,
+      members: [member("A"), member("E")],
+    });
+    const doc = mergeClusterDocs(stored, waiting);
+    expect(ids(doc)).toEqual(["A", "B", "C", "E"]);
+    expect(Object.keys(doc.leaders)).toEqual(["B"]);
+    expect(doc.members.E?.reported_by).toBe("B");
+    expect(doc.leaders.B?.members).toContain("E");
   });
 });
 

@@ -485,6 +485,36 @@ describe("write budget: the hard cap is never passed", () => {
     const stored = JSON.parse((await store.get("reg/cluster/default")) as string);
     expect(Object.keys(stored.members)).toEqual(["A"]);
   });
+  it("merges a deferred cluster write with what another isolate wrote meanwhile", async () => {
+    const clock = new ManualClock();
+    const store = countingStore(memoryStore({}, { clock }));
+    const isolate = () => createCoordinator({ writeCap: 2, liveView: false }, { store, clock });
+    const a = isolate();
+    const b = isolate();
+    const send = async (c: ReturnType<typeof isolate>, body: unknown) => {
+      const res = await c.app.request("/api/cluster/heartbeat", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      return ((await res.json()) as { reason: string }).reason;
+    };
+    const abc = [member("A"), member("B"), member("C")];
+    clock.advance(11.5 * 60 * MIN); // 23:30 UTC
+    expect(await send(a, report())).toBe("changed");
+    expect(await send(a, report({ sequence: 2, members: abc }))).toBe("changed");
+    expect(await send(a, report({ sequence: 3, members: [...abc, member("D")] }))).toBe("deferred");
+    clock.advance(31 * MIN); // past midnight UTC: a new budget day, A's view still leased
+    // Another isolate hears the other side of a partition first and writes it.
+    const other = { leader_id: "X", term: 2, sequence: 1, members: [member("X"), member("Y")] };
+    expect(await send(b, other)).toBe("changed");
+    await a.app.request("/health"); // any request flushes what waited
+    const stored = JSON.parse((await store.get("reg/cluster/default")) as string);
+    expect(Object.keys(stored.members).sort()).toEqual(["A", "B", "C", "D", "X", "Y"]);
+    expect(Object.keys(stored.leaders).sort()).toEqual(["A", "X"]);
+    expect(stored.budget.used).toBe(2); // the flush saw the other isolate's write
+    expect(store.writes).toBe(4);
+  });
 });
 
 describe("security", () => {

@@ -35,12 +35,17 @@ export function countingStore(inner: Store): Store & { writes: number; deletes: 
       counted.deletes++;
       await inner.delete(key);
     },
-    async compareAndSet(key: string, expected: string | null, value: string) {
-      const ok = (await inner.compareAndSet?.(key, expected, value)) ?? false;
+    compareAndSet: undefined as Store["compareAndSet"],
+  };
+  const cas = inner.compareAndSet?.bind(inner);
+  // Only a store that has compare-and-set gets one (Workers KV has none).
+  if (cas) {
+    counted.compareAndSet = async (key, expected, value, options) => {
+      const ok = await cas(key, expected, value, options);
       if (ok) counted.writes++;
       return ok;
-    },
-  };
+    };
+  }
   return counted;
 }
 
