@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError } from "../agent/config.ts";
 import { parseManifest, ServiceDetector } from "../agent/detect.ts";
+import { freePort } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const open: Upstream[] = [];
@@ -8,17 +9,10 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((u) => u.close()));
 });
 
-async function upstream(name: string, port = 0) {
-  const u = await startUpstream(name, port);
+async function upstream(name: string) {
+  const u = await startUpstream(name);
   open.push(u);
   return u;
-}
-
-/** A port that nothing listens on: bind one, then close it. */
-async function freePort(): Promise<number> {
-  const u = await startUpstream("tmp");
-  await u.close();
-  return u.port;
 }
 
 describe("parseManifest", () => {
@@ -92,13 +86,12 @@ describe("ServiceDetector with real HTTP services", () => {
     let changes = 0;
     d.addEventListener("change", () => changes++);
     expect(await d.probeOnce()).toBe(true);
-    await a.close();
-    open.splice(open.indexOf(a), 1);
+    await a.setMode("refuse");
     expect(await d.probeOnce()).toBe(false); // one blip is damped
     expect(d.get("notes")).toBeDefined();
     expect(await d.probeOnce()).toBe(true);
     expect(d.get("notes")).toBeUndefined();
-    await upstream("notes", a.port);
+    await a.setMode("ok");
     expect(await d.probeOnce()).toBe(true);
     expect(d.get("notes")?.status).toBe("healthy");
     expect(changes).toBe(3);
@@ -106,17 +99,17 @@ describe("ServiceDetector with real HTTP services", () => {
 
   it("marks a service that answers 5xx or hangs as unhealthy, not gone", async () => {
     const a = await upstream("ocr");
-    a.mode = "error500";
+    await a.setMode("error500");
     const d = new ServiceDetector({
       candidates: [{ name: "ocr", url: a.url, health: "/health" }],
       timeoutMs: 300,
     });
     await d.probeOnce();
     expect(d.get("ocr")?.status).toBe("unhealthy");
-    a.mode = "ok";
+    await a.setMode("ok");
     await d.probeOnce();
     expect(d.get("ocr")?.status).toBe("healthy");
-    a.mode = "hang";
+    await a.setMode("hang");
     await d.probeOnce();
     await d.probeOnce();
     expect(d.get("ocr")?.status).toBe("unhealthy");

@@ -2,6 +2,7 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DetectedService } from "../agent/detect.ts";
 import { Gateway, parseServicePath } from "../agent/gateway.ts";
+import { freePort } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 let up: Upstream;
@@ -133,15 +134,14 @@ describe("Gateway", () => {
   });
 
   it("answers 502 when the upstream is gone", async () => {
-    const other = await startUpstream("tmp");
-    await other.close();
+    const gone = await freePort();
     const g = new Gateway(
       { host: "127.0.0.1", port: 0 },
       {
         service: () => ({
           name: "x",
-          url: other.url,
-          port: other.port,
+          url: `http://127.0.0.1:${gone}`,
+          port: gone,
           status: "healthy",
           latency_ms: 0,
         }),

@@ -3,15 +3,16 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { member, report, testCoordinator } from "./helpers/coord-fixtures.ts";
-import { type EchoUpstream, refusedPort, startEcho } from "./helpers/coord-upstream.ts";
+import { freePort } from "./helpers/processes.ts";
+import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
-let a: EchoUpstream;
-let b: EchoUpstream;
+let a: Upstream;
+let b: Upstream;
 let dead: string;
 
 beforeAll(async () => {
-  [a, b] = await Promise.all([startEcho("a"), startEcho("b")]);
-  dead = `http://127.0.0.1:${await refusedPort()}`;
+  [a, b] = await Promise.all([startUpstream("a"), startUpstream("b")]);
+  dead = `http://127.0.0.1:${await freePort()}`;
 });
 afterAll(async () => {
   await Promise.all([a.close(), b.close()]);
@@ -214,8 +215,8 @@ describe("failover", () => {
   });
 
   it("fails over an idempotent request on timeout, but never resends a POST that reached a worker", async () => {
-    const hang = await startEcho("hang");
-    hang.mode = "hang";
+    const hang = await startUpstream("hang");
+    await hang.setMode("hang");
     try {
       // Fresh coordinators know nothing about latency yet, so they take turns: of two requests
       // sent together, one goes first to the hanging worker. (Later ones would avoid it.)

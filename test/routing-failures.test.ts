@@ -5,23 +5,23 @@
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
-import { type Flaky, startFlaky, until } from "./helpers/route-upstream.ts";
+import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
-const started: Flaky[] = [];
-async function upstreams(...names: string[]): Promise<Flaky[]> {
-  const list = await Promise.all(names.map((n) => startFlaky(n)));
+const started: Upstream[] = [];
+async function upstreams(...names: string[]): Promise<Upstream[]> {
+  const list = await Promise.all(names.map((n) => startUpstream(n)));
   started.push(...list);
   return list;
 }
 afterEach(async () => {
   await Promise.all(started.splice(0).map((u) => u.close()));
 });
-const members = (...list: Flaky[]) => list.map((u) => ({ id: u.name, url: u.url }));
-const posts = (u: Flaky) => u.seen.filter((s) => s.method === "POST").length;
+const members = (...list: Upstream[]) => list.map((u) => ({ id: u.name, url: u.url }));
+const posts = (u: Upstream) => u.received.filter((s) => s.method === "POST").length;
 
 describe("outlier ejection", () => {
   it("ejects a failing worker for a growing time while every GET still succeeds", async () => {
-    const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+    const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const t = await routingCoordinator(members(a, b), {
       ejectAfterFailures: 3,
       ejectBaseMs: 10_000,
@@ -36,15 +36,15 @@ describe("outlier ejection", () => {
       expect(res.body.upstream).toBe("B");
     };
     for (let i = 0; i < 3; i++) await step();
-    expect(a.seen).toHaveLength(3);
+    expect(a.received).toHaveLength(3);
     const first = await t.breaker("A");
     expect(first).toMatchObject({ ejected: true, ejections: 1 });
     expect(Date.parse(first.ejected_until as string) - t.clock.now()).toBe(10_000);
     for (let i = 0; i < 10; i++) await step();
-    expect(a.seen).toHaveLength(3); // no traffic while ejected
+    expect(a.received).toHaveLength(3); // no traffic while ejected
     t.clock.advance(10_000);
     for (let i = 0; i < 3; i++) await step();
-    expect(a.seen).toHaveLength(6);
+    expect(a.received).toHaveLength(6);
     const second = await t.breaker("A");
     expect(second).toMatchObject({ ejected: true, ejections: 2 });
     expect(Date.parse(second.ejected_until as string) - t.clock.now()).toBe(20_000);
@@ -75,7 +75,7 @@ describe("outlier ejection", () => {
 
 describe("circuit breaker", () => {
   it("opens on failures, fails fast, lets one probe through half-open, and closes on its success", async () => {
-    const [a] = (await upstreams("A")) as [Flaky];
+    const [a] = (await upstreams("A")) as [Upstream];
     const t = await routingCoordinator(members(a), {
       breakerMinRequests: 4,
       breakerFailureRatio: 0.5,
@@ -94,7 +94,7 @@ describe("circuit breaker", () => {
     expect(fast.headers.get("retry-after")).toBe("5");
     expect(fast.body.error).toBe("No healthy workers available for 'svc'");
     expect(fast.body.suggestion).toMatch(/circuit breakers/);
-    expect(a.seen).toHaveLength(4);
+    expect(a.received).toHaveLength(4);
 
     t.clock.advance(5000);
     expect((await t.breaker("A")).state).toBe("half_open");
@@ -103,7 +103,7 @@ describe("circuit breaker", () => {
     await until("the probe to reach A", () => a.hanging === 1);
     const during = await t.get();
     expect(during.status).toBe(503); // one probe at a time
-    expect(a.seen).toHaveLength(5);
+    expect(a.received).toHaveLength(5);
     a.release();
     expect((await probe).status).toBe(200);
     expect((await t.breaker("A")).state).toBe("closed");
@@ -124,7 +124,7 @@ describe("circuit breaker", () => {
 
 describe("retries", () => {
   it("never exceed the budget (20 % of requests plus the floor) and never go to the same worker twice", async () => {
-    const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+    const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const t = await routingCoordinator(members(a, b), {
       retryRatio: 0.2,
       retryMin: 3,
@@ -139,12 +139,12 @@ describe("retries", () => {
       expect(res.status).toBe(500);
     }
     const retries = (await t.admin("/api/admin/metrics")).services.svc.retries_total as number;
-    expect(a.seen.length + b.seen.length).toBe(n + retries);
+    expect(a.received.length + b.received.length).toBe(n + retries);
     expect(retries).toBeLessThanOrEqual(3 + 0.2 * n);
     expect(retries).toBeGreaterThanOrEqual(0.2 * n); // the budget was used, not left idle
     for (let i = 0; i < n; i++) {
       for (const u of [a, b]) {
-        expect(u.seen.filter((s) => s.headers["x-req"] === String(i)).length).toBeLessThan(2);
+        expect(u.received.filter((s) => s.headers["x-req"] === String(i)).length).toBeLessThan(2);
       }
     }
   });
@@ -157,7 +157,7 @@ describe("retries", () => {
       { mode: "refuse", status: 200 },
     ] as const;
     for (const { mode, status } of cases) {
-      const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+      const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
       // Nothing is known yet, so the first request goes to the first worker by ID: A.
       const t = await routingCoordinator(members(a, b), { proxyTimeoutMs: 300 });
       await a.setMode(mode);
@@ -175,7 +175,7 @@ describe("retries", () => {
 
 describe("queue", () => {
   it("holds at most queueSize requests when every provider is at its limit, then 503 with Retry-After", async () => {
-    const [a] = (await upstreams("A")) as [Flaky];
+    const [a] = (await upstreams("A")) as [Upstream];
     const t = await routingCoordinator(members(a), {
       maxConcurrent: 2,
       queueSize: 2,
@@ -203,13 +203,13 @@ describe("queue", () => {
     a.release();
     const all = await Promise.all(calls);
     expect(all.map((r) => r.status).sort()).toEqual([200, 200, 503, 503, 503, 503]);
-    expect(a.seen).toHaveLength(2);
+    expect(a.received).toHaveLength(2);
     const svc = (await t.admin("/api/admin/metrics")).services.svc;
     expect(svc).toMatchObject({ rejected_total: 4, queue_length: 0, in_flight: 0 });
   });
 
   it("lets a queued request go as soon as a slot frees", async () => {
-    const [a] = (await upstreams("A")) as [Flaky];
+    const [a] = (await upstreams("A")) as [Upstream];
     const t = await routingCoordinator(members(a), { maxConcurrent: 1, queueTimeoutMs: 20_000 });
     await a.setMode("hang");
     const first = t.get();

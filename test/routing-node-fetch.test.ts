@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectFailure } from "../coordinator.ts";
 import { createNodeFetch } from "../scripts/node-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
-import { refusedPort } from "./helpers/coord-upstream.ts";
+import { freePort } from "./helpers/processes.ts";
 
 const client = createNodeFetch({ bufferBytes: 1024 });
 let server: http.Server;
@@ -87,7 +87,7 @@ describe("node:http upstream client", () => {
 
   it("fails like fetch: a refused connection is recognised, an abort rejects", async () => {
     const refused = await client
-      .fetch(`http://127.0.0.1:${await refusedPort()}/`)
+      .fetch(`http://127.0.0.1:${await freePort()}/`)
       .catch((e: unknown) => e);
     expect(isConnectFailure(refused)).toBe(true);
     const controller = new AbortController();

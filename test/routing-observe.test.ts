@@ -8,18 +8,18 @@ import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { Gateway } from "../agent/gateway.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
-import { type Flaky, startFlaky, until } from "./helpers/route-upstream.ts";
+import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
   await Promise.all(cleanups.splice(0).map((f) => f()));
 });
-async function upstreams(...names: string[]): Promise<Flaky[]> {
-  const list = await Promise.all(names.map((n) => startFlaky(n)));
+async function upstreams(...names: string[]): Promise<Upstream[]> {
+  const list = await Promise.all(names.map((n) => startUpstream(n)));
   for (const u of list) cleanups.push(() => u.close());
   return list;
 }
-const members = (...list: Flaky[]) => list.map((u) => ({ id: u.name, url: u.url }));
+const members = (...list: Upstream[]) => list.map((u) => ({ id: u.name, url: u.url }));
 
 /** A real HTTP server that records POSTed JSON (the scaling webhook's receiver). */
 async function receiver() {
@@ -39,7 +39,7 @@ async function receiver() {
 
 describe("metrics", () => {
   it("counts requests, errors, latency percentiles and throughput per service and worker, as JSON and Prometheus text", async () => {
-    const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+    const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const t = await routingCoordinator(members(a, b), { adminToken: "adm" });
     const auth = { headers: { authorization: "Bearer adm" } };
     for (let i = 0; i < 10; i++) expect((await t.get()).status).toBe(200);
@@ -86,7 +86,7 @@ describe("metrics", () => {
 
 describe("scaling signals", () => {
   it("asks to scale up while requests queue, and calls the webhook on each change", async () => {
-    const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+    const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const hook = await receiver();
     const t = await routingCoordinator(members(a, b), {
       maxConcurrent: 1,
@@ -139,7 +139,7 @@ describe("scaling signals", () => {
   });
 
   it("asks to scale up on p95 latency over the threshold; a dead webhook never fails a request", async () => {
-    const [a] = (await upstreams("A")) as [Flaky];
+    const [a] = (await upstreams("A")) as [Upstream];
     await a.setMode("slow");
     a.slowMs = 150;
     const t = await routingCoordinator(members(a), {
@@ -195,7 +195,7 @@ describe("live view", () => {
   });
 
   it("routes on the leader agent's live view while it answers, on the stored table when it does not", async () => {
-    const [a, b] = (await upstreams("A", "B")) as [Flaky, Flaky];
+    const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const view = { members: [] as unknown[] };
     const leader = await agent("cluster-secret", view);
     view.members = [
@@ -220,9 +220,9 @@ describe("live view", () => {
     expect(services.services.svc.workers.map((w: { worker_id: string }) => w.worker_id)).toEqual([
       "A",
     ]);
-    const before = b.seen.length;
+    const before = b.received.length;
     for (let i = 0; i < 6; i++) expect((await t.get()).body.upstream).toBe("A");
-    expect(b.seen.length).toBe(before);
+    expect(b.received.length).toBe(before);
 
     await leader.stop();
     t.clock.advance(2000); // the next request starts a refresh, which fails
@@ -231,10 +231,10 @@ describe("live view", () => {
       "the stored table again",
       async () => (await t.admin("/api/admin/services")).source === "stored",
     );
-    const back = b.seen.length;
+    const back = b.received.length;
     await until(
       "B to get traffic again",
-      async () => (await t.get()).body.upstream === "B" || b.seen.length > back,
+      async () => (await t.get()).body.upstream === "B" || b.received.length > back,
     );
     const live = (await t.admin("/api/admin/metrics")).live_views.default;
     expect(live).toMatchObject({ source: "stored", last_error: expect.any(String) });
@@ -242,7 +242,7 @@ describe("live view", () => {
   });
 
   it("needs the agent token, and never makes a request wait for a slow agent", async () => {
-    const [a] = (await upstreams("A")) as [Flaky];
+    const [a] = (await upstreams("A")) as [Upstream];
     const leader = await agent("the-agent-token", { members: [liveMember("A", a.url)] });
     const wrong = await routingCoordinator(
       [{ id: "L", url: leader.url, services: [] }, ...members(a)],

@@ -8,7 +8,8 @@ import http from "node:http";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type EchoUpstream, refusedPort, startEcho } from "./helpers/coord-upstream.ts";
+import { freePort } from "./helpers/processes.ts";
+import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import {
   BIN,
   ROOT,
@@ -100,15 +101,19 @@ const runtimes: { name: string; store: string; start(): Promise<Running> }[] = [
   },
 ];
 
-let up: EchoUpstream;
-let up2: EchoUpstream;
-let hang: EchoUpstream;
+let up: Upstream;
+let up2: Upstream;
+let hang: Upstream;
 let dead: string;
 
 beforeAll(async () => {
-  [up, up2, hang] = await Promise.all([startEcho("up"), startEcho("up2"), startEcho("hang")]);
-  hang.mode = "hang";
-  dead = `http://127.0.0.1:${await refusedPort()}`;
+  [up, up2, hang] = await Promise.all([
+    startUpstream("up"),
+    startUpstream("up2"),
+    startUpstream("hang"),
+  ]);
+  await hang.setMode("hang");
+  dead = `http://127.0.0.1:${await freePort()}`;
 });
 afterAll(async () => {
   await Promise.all([up.close(), up2.close(), hang.close()]);
@@ -437,7 +442,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
 
 describe("bun coordinator.ts (the default export, no starter)", () => {
   it("serves with the in-memory store and says it is not persistent", async () => {
-    const port = await refusedPort(); // a free port
+    const port = await freePort();
     const p = await spawnUntil(BIN("bun"), ["coordinator.ts"], {
       ready: /Started .*server: (http:\/\/\S+)/,
       env: { PORT: String(port) },
