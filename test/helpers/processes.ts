@@ -1,4 +1,4 @@
-/** Real child processes for end-to-end tests: started with Node + tsx, output kept, always killed. */
+/** Real child processes for end-to-end tests: started with Node (+ tsx), output kept, always killed. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import path from "node:path";
@@ -26,7 +26,12 @@ export function startTs(
   args: string[],
   env: Record<string, string> = {},
 ): Proc {
-  const proc = spawn(process.execPath, ["--import", "tsx", file, ...args], {
+  return startNode(name, ["--import", "tsx", file, ...args], env);
+}
+
+/** Starts `node ...argv` (this test's Node) in the project root. */
+export function startNode(name: string, argv: string[], env: Record<string, string> = {}): Proc {
+  const proc = spawn(process.execPath, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
