@@ -29,24 +29,30 @@ export function stripHopByHop(headers: http.IncomingHttpHeaders): http.OutgoingH
 
 const SERVICE_PATH = /^\/service\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 
-/** Splits /service/<name>/<rest>?q; null when the path tries to escape (.., encoded slashes). */
+/** A request path that must not reach a service, and why. */
+export interface BadServicePath {
+  error: string;
+}
+
+/** Splits /service/<name>/<rest>?q, or says why the path is refused (escapes, bad names). */
 export function parseServicePath(
   url: string,
-): { name: string; rest: string; query: string } | null {
+): { name: string; rest: string; query: string } | BadServicePath {
   const m = SERVICE_PATH.exec(url);
-  if (!m) return null;
+  if (!m) return { error: "Use /service/<name>/<path>" };
   const [, name = "", rest = "/", query = ""] = m;
-  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) return null;
-  const segments = rest.split("/");
-  for (const seg of segments) {
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
+    return { error: "Service names are 1-63 characters: a-z, 0-9, - and _, not first - or _" };
+  }
+  for (const seg of rest.split("/")) {
     let decoded: string;
     try {
       decoded = decodeURIComponent(seg);
     } catch {
-      return null;
+      return { error: "Path has a malformed percent-encoding" };
     }
     if (decoded === ".." || decoded === "." || decoded.includes("/") || decoded.includes("\\")) {
-      return null;
+      return { error: "Path segments may not be ., .. or encoded slashes" };
     }
   }
   return { name, rest, query };
@@ -146,14 +152,8 @@ export class Gateway {
       return { status: 404, body: { error: "Not found", message: "Use /service/<name>/<path>" } };
     }
     const parsed = parseServicePath(url);
-    if (!parsed) {
-      return {
-        status: 400,
-        body: {
-          error: "Bad service path",
-          message: "Path segments may not be ., .. or encoded slashes",
-        },
-      };
+    if ("error" in parsed) {
+      return { status: 400, body: { error: "Bad service path", message: parsed.error } };
     }
     const service = this.#c.service(parsed.name);
     if (!service) {

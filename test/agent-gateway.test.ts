@@ -66,11 +66,14 @@ describe("parseServicePath", () => {
   it.each([
     ["/service/upload/a/b?x=1", { name: "upload", rest: "/a/b", query: "?x=1" }],
     ["/service/upload", { name: "upload", rest: "/", query: "" }],
-    ["/service/upload/../rag/x", null],
-    ["/service/upload/%2e%2e/x", null],
-    ["/service/upload/a%2Fb", null],
-    ["/service/..%2frag/x", null],
-    ["/service/UP load/x", null],
+    ["/service/upload/../rag/x", { error: "Path segments may not be ., .. or encoded slashes" }],
+    ["/service/upload/%2e%2e/x", { error: "Path segments may not be ., .. or encoded slashes" }],
+    ["/service/upload/a%2Fb", { error: "Path segments may not be ., .. or encoded slashes" }],
+    ["/service/upload/a%5Cb", { error: "Path segments may not be ., .. or encoded slashes" }],
+    ["/service/upload/%zz", { error: "Path has a malformed percent-encoding" }],
+    ["/service/..%2frag/x", { error: expect.stringMatching(/^Service names are/) }],
+    ["/service/UP load/x", { error: expect.stringMatching(/^Service names are/) }],
+    ["/service//x", { error: expect.stringMatching(/^Service names are/) }],
   ])("%s", (path, expected) => {
     expect(parseServicePath(path)).toEqual(expected);
   });
