@@ -36,6 +36,8 @@ export interface MeshInit {
   fullStateEvery?: number;
   /** Advanced: gossipsub overrides (see GOSSIP_DEFAULTS). */
   gossip?: NodeInit["gossip"];
+  /** Advanced: false runs the stock TCP/yamux stack instead of mesh/lean.ts; default true. */
+  lean?: boolean;
 }
 
 /** Collaborators of a mesh node. */

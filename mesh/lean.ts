@@ -11,10 +11,12 @@
  *   (another frame, another ACK). We send it only once half the receive window is used, as
  *   go-yamux does; frames that carry flags (SYN/ACK) still go out at once.
  *
- * Both wrap instances (never prototypes), and fall back to the stock behaviour if the
- * internals they rely on are missing.
+ * Both wrap instances (never prototypes). If the internals they rely on are missing (an update
+ * of @libp2p/tcp or yamux), they fall back to the stock behaviour and say so once per node
+ * through `log`: the traffic goal depends on them. test/mesh-lean.test.ts counts the writes.
  */
 import { yamux } from "@chainsafe/libp2p-yamux";
+import { StreamState } from "@chainsafe/libp2p-yamux/stream";
 import type { Stream, StreamMuxerFactory, Transport, Upgrader } from "@libp2p/interface";
 import { tcp } from "@libp2p/tcp";
 import type { Libp2pOptions } from "libp2p";
@@ -22,40 +24,76 @@ import type { Libp2pOptions } from "libp2p";
 type TransportFactory = NonNullable<Libp2pOptions["transports"]>[number];
 type MuxerFactory = NonNullable<Libp2pOptions["streamMuxers"]>[number];
 
+/** Collaborators of the lean wrappers. */
+export interface LeanComponents {
+  /** Where a fallback to the stock behaviour is reported (once per wrapper); default console.warn. */
+  log?: (line: string) => void;
+}
+
+/** A reporter that passes on its first line only. */
+function once(log: (line: string) => void): (line: string) => void {
+  let said = false;
+  return (line) => {
+    if (said) return;
+    said = true;
+    log(line);
+  };
+}
+
 interface SendsData {
   sendData?: (
     data: Iterable<Uint8Array> & { byteLength: number; subarray?: () => Uint8Array },
   ) => unknown;
 }
 
-/** Makes a TCP connection write each send as one buffer. */
-function coalesce<T>(maConn: T): T {
+/** The sentence logged when the TCP wrapper cannot work: what is missing, what it costs. */
+const tcpFallback = (missing: string) =>
+  `mesh/lean.ts: @libp2p/tcp changed (${missing}): lean TCP writes are off, each Noise frame now costs two TCP segments`;
+
+/**
+ * Makes a TCP connection write each send as one buffer. `fallback` is called if the connection
+ * lacks the internals this relies on (it is then left as it is).
+ */
+export function coalesceWrites<T>(maConn: T, fallback: (line: string) => void): T {
   const conn = maConn as unknown as SendsData;
   const original = conn.sendData;
-  if (typeof original !== "function") return maConn;
+  if (typeof original !== "function") {
+    fallback(tcpFallback("its connection has no sendData()"));
+    return maConn;
+  }
   conn.sendData = function (this: unknown, data) {
-    const joined = typeof data.subarray === "function" ? [data.subarray()] : data;
-    return original.call(this, Object.assign(joined, { byteLength: data.byteLength }));
+    if (typeof data.subarray !== "function") {
+      fallback(tcpFallback("sendData() is not given a Uint8ArrayList"));
+      return original.call(this, data);
+    }
+    return original.call(this, Object.assign([data.subarray()], { byteLength: data.byteLength }));
   };
   return maConn;
 }
 
-function leanUpgrader(upgrader: Upgrader): Upgrader {
+function leanUpgrader(upgrader: Upgrader, fallback: (line: string) => void): Upgrader {
   const lean = Object.create(upgrader) as Upgrader;
-  lean.upgradeInbound = (maConn, opts) => upgrader.upgradeInbound(coalesce(maConn), opts);
-  lean.upgradeOutbound = (maConn, opts) => upgrader.upgradeOutbound(coalesce(maConn), opts);
+  lean.upgradeInbound = (maConn, opts) =>
+    upgrader.upgradeInbound(coalesceWrites(maConn, fallback), opts);
+  lean.upgradeOutbound = (maConn, opts) =>
+    upgrader.upgradeOutbound(coalesceWrites(maConn, fallback), opts);
   return lean;
 }
 
 /** @libp2p/tcp with one socket write per send. */
-export function leanTcp(init: Parameters<typeof tcp>[0] = {}): TransportFactory {
+export function leanTcp(
+  init: Parameters<typeof tcp>[0] = {},
+  components: LeanComponents = {},
+): TransportFactory {
   const stock = tcp(init);
-  return (components) => {
-    const inner = stock(components) as Transport;
+  const fallback = once(components.log ?? console.warn);
+  return (libp2pComponents) => {
+    const inner = stock(libp2pComponents) as Transport;
     const t = Object.create(inner) as Transport;
-    t.dial = (ma, opts) => inner.dial(ma, { ...opts, upgrader: leanUpgrader(opts.upgrader) });
+    t.dial = (ma, opts) =>
+      inner.dial(ma, { ...opts, upgrader: leanUpgrader(opts.upgrader, fallback) });
     t.createListener = (opts) =>
-      inner.createListener({ ...opts, upgrader: leanUpgrader(opts.upgrader) });
+      inner.createListener({ ...opts, upgrader: leanUpgrader(opts.upgrader, fallback) });
     return t;
   };
 }
@@ -67,25 +105,41 @@ interface YamuxInternals {
   sendWindowUpdate?: () => void;
 }
 
-const ESTABLISHED = 3; // StreamState.Established in @chainsafe/libp2p-yamux 8
+/** The sentence logged when the yamux wrapper cannot work: what is missing, what it costs. */
+const yamuxFallback = (missing: string) =>
+  `mesh/lean.ts: @chainsafe/libp2p-yamux changed (${missing}): lazy window updates are off, every data frame is now answered by a window update`;
 
-/** Makes a yamux stream send window updates only once half its receive window is used. */
-function lazyWindow(stream: Stream): Stream {
+/**
+ * Makes a yamux stream send window updates only once half its receive window is used.
+ * `fallback` is called if the stream lacks the internals this relies on.
+ */
+export function lazyWindowUpdates(stream: Stream, fallback: (line: string) => void): Stream {
   const s = stream as unknown as YamuxInternals;
   const original = s.sendWindowUpdate;
-  if (typeof original !== "function" || typeof s.recvWindow !== "number") return stream;
+  if (
+    typeof original !== "function" ||
+    typeof s.recvWindow !== "number" ||
+    typeof s.recvWindowCapacity !== "number"
+  ) {
+    fallback(yamuxFallback("a stream has no sendWindowUpdate() or receive window"));
+    return stream;
+  }
   s.sendWindowUpdate = function (this: YamuxInternals) {
     const cap = this.recvWindowCapacity ?? 0;
     const win = this.recvWindow ?? 0;
-    if (this.state === ESTABLISHED && cap * 2 > win) return;
+    if (this.state === StreamState.Established && cap * 2 > win) return;
     original.call(this);
   };
   return stream;
 }
 
 /** @chainsafe/libp2p-yamux with go-yamux-like (lazy) window updates. */
-export function leanYamux(init: Parameters<typeof yamux>[0] = {}): MuxerFactory {
+export function leanYamux(
+  init: Parameters<typeof yamux>[0] = {},
+  components: LeanComponents = {},
+): MuxerFactory {
   const stock = yamux(init);
+  const fallback = once(components.log ?? console.warn);
   return () => {
     const inner = stock() as StreamMuxerFactory;
     const f = Object.create(inner) as StreamMuxerFactory;
@@ -97,8 +151,10 @@ export function leanYamux(init: Parameters<typeof yamux>[0] = {}): MuxerFactory 
       // Every stream, inbound or outbound, is born in _newStream (yamux 8).
       if (typeof create === "function") {
         muxer._newStream = function (this: unknown, ...args: unknown[]) {
-          return lazyWindow(create.apply(this, args));
+          return lazyWindowUpdates(create.apply(this, args), fallback);
         };
+      } else {
+        fallback(yamuxFallback("the muxer has no _newStream()"));
       }
       return muxer as unknown as ReturnType<StreamMuxerFactory["createStreamMuxer"]>;
     };

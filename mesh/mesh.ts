@@ -117,8 +117,10 @@ class MeshNode extends EventTarget {
         psk: init.psk,
         maxMessageBytes: MAX_HEARTBEAT_BYTES * 2,
         gossip: init.gossip,
+        lean: init.lean,
       },
-      { connectionGater: this.#c.connectionGater },
+      // Without a logger of ours, the node's own warnings still reach the console.
+      { connectionGater: this.#c.connectionGater, log: this.#c.logger },
     );
     this.#node = node;
     const dialer = new Dialer(

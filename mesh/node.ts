@@ -6,6 +6,7 @@
 import "./shim.ts";
 import { createHash } from "node:crypto";
 import { noise } from "@chainsafe/libp2p-noise";
+import { yamux } from "@chainsafe/libp2p-yamux";
 import {
   type GossipSub,
   type GossipsubOpts,
@@ -17,6 +18,7 @@ import { identify } from "@libp2p/identify";
 import type { ConnectionGater, Libp2p, PrivateKey } from "@libp2p/interface";
 import { mdns } from "@libp2p/mdns";
 import { preSharedKey } from "@libp2p/pnet";
+import { tcp } from "@libp2p/tcp";
 import { type Libp2pOptions, createLibp2p } from "libp2p";
 import { fromString } from "uint8arrays";
 import { leanTcp, leanYamux } from "./lean.ts";
@@ -83,11 +85,18 @@ export interface NodeInit {
   /** Largest pubsub message accepted at the gossipsub layer. */
   maxMessageBytes?: number;
   gossip?: Partial<GossipsubOpts>;
+  /**
+   * The wire economies of mesh/lean.ts (one TCP write per Noise frame, lazy yamux window
+   * updates); default true. false runs the stock stack, to measure what they save.
+   */
+  lean?: boolean;
 }
 
 /** Collaborators of the libp2p node. */
 export interface NodeComponents {
   connectionGater?: ConnectionGater;
+  /** Where the node reports a problem of its own (a lean wrapper fell back); default console.warn. */
+  log?: (line: string) => void;
 }
 
 /** Parses a pre-shared key in the libp2p swarm.key text format into the bytes pnet expects. */
@@ -115,6 +124,7 @@ export async function createNode(
   components: NodeComponents = {},
 ): Promise<MeshLibp2p> {
   const peerDiscovery: NonNullable<Libp2pOptions["peerDiscovery"]> = [];
+  const lean = init.lean ?? true;
   if (init.mdns) peerDiscovery.push(mdns({ interval: 2000, serviceTag: init.mdnsTag }));
   const options: Libp2pOptions<{
     identify: ReturnType<ReturnType<typeof identify>>;
@@ -123,9 +133,9 @@ export async function createNode(
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
-    transports: [leanTcp()],
+    transports: [lean ? leanTcp({}, { log: components.log }) : tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [leanYamux()],
+    streamMuxers: [lean ? leanYamux({}, { log: components.log }) : yamux()],
     peerDiscovery,
     // Heartbeats already prove liveness every second; libp2p's pings would only add bytes.
     connectionMonitor: { enabled: false },

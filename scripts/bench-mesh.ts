@@ -7,6 +7,10 @@
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
  *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
+ *     [--stock]
+ *
+ * --stock runs the mesh agents on the stock TCP/yamux stack (no mesh/lean.ts): with and without
+ * it, the bytes and packets per agent show what lean saves.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -26,6 +30,7 @@ const { values } = parseArgs({
     runtime: { type: "string", default: "tsx" },
     "node-flags": { type: "string", default: "" },
     json: { type: "string" },
+    stock: { type: "boolean", default: false },
   },
 });
 const SIZES = values.n.split(",").map(Number);
@@ -203,6 +208,7 @@ function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
   ];
   for (const b of bootstrap) args.push("--bootstrap", b);
   if (values.gossip) args.push("--gossip", values.gossip);
+  if (values.stock) args.push("--stock");
   const proc = track(
     spawn(AGENT_COMMAND[0] as string, args, { stdio: ["ignore", "pipe", "inherit"] }),
   );
@@ -436,12 +442,13 @@ const AGENT_COMMAND = await agentCommand(
 );
 const machine = `${cpus().length} x ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GB, Node ${process.version}, ${execFileSync("serf", ["version"], { encoding: "utf8" }).split("\n")[0]}`;
 log(`machine: ${machine}; sizes ${SIZES.join(",")}; ${TRIALS} trials; idle ${IDLE_S}s`);
-log(`mesh agents run as: ${AGENT_COMMAND.join(" ")}`);
+log(`mesh agents run as: ${AGENT_COMMAND.join(" ")}${values.stock ? " --stock" : ""}`);
 const results = {
   date: new Date().toISOString(),
   machine,
   loadavgAtStart: loadavg().map((x) => round(x)),
   agentCommand: AGENT_COMMAND.join(" "),
+  lean: !values.stock,
   mesh: [] as unknown[],
   serf: [] as unknown[],
 };

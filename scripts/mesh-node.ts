@@ -6,6 +6,9 @@
  *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
  *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
  *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0] [--gossip '{"D":2}']
+ *     [--stock]
+ *
+ * --stock runs the stock TCP/yamux stack instead of mesh/lean.ts (to measure what lean saves).
  *
  * Lines: {"t":<ms>,"node":<index>,"event":"started"|"leader"|"member-up"|"member-down"|"view"|
  * "stats"|"stopped"|"error", ...}. With --nodes N, node i uses <data-dir>/<i>.
@@ -33,6 +36,7 @@ const { values } = parseArgs({
     "stats-ms": { type: "string", default: "0" },
     "exit-after-ms": { type: "string", default: "0" },
     gossip: { type: "string" },
+    stock: { type: "boolean", default: false },
   },
 });
 
@@ -73,6 +77,7 @@ for (let i = 0; i < count; i++) {
     deadAfterMs: num("dead-ms"),
     settleMs: num("settle-ms"),
     gossip: values.gossip ? JSON.parse(values.gossip) : undefined,
+    lean: !values.stock,
   };
   const mesh = createMesh(init, { logger: (line) => out({ node: i, event: "log", line }) });
   mesh.addEventListener("leader", (e) => out({ node: i, event: "leader", leader: e.detail }));
