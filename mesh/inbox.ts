@@ -65,8 +65,6 @@ export class HeartbeatInbox {
    */
   #relay(authorPeers: number | undefined): boolean {
     if (authorPeers === undefined) return true;
-    let alive = 0;
-    for (const x of this.#c.membership.view().members) if (x.state === "alive") alive++;
-    return authorPeers + 1 < alive;
+    return authorPeers + 1 < this.#c.membership.count((x) => x.state === "alive");
   }
 }

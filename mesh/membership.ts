@@ -202,7 +202,10 @@ export class Membership {
     // A new status or state (url, services, meta) is news for the view, even without a transition.
     let news = v.status !== hb.status;
     v.status = hb.status;
-    v.leaderTerm = hb.leader ? hb.term : undefined;
+    // So is a leadership claim that starts, ends or changes its term: the election follows claims.
+    const claim = hb.leader ? hb.term : undefined;
+    if (v.leaderTerm !== claim) news = true;
+    v.leaderTerm = claim;
     if (hb.state) {
       news ||= hb.stateVersion !== e.stateVersion || newer;
       Object.assign(v, copyLocal({ ...hb.state, status: hb.status }));
@@ -270,6 +273,20 @@ export class Membership {
     if (id === this.self) return this.#selfView();
     const e = this.#entries.get(id);
     return e ? copyView(e.view) : undefined;
+  }
+
+  /** How many members (self included) satisfy `pred`, without copying any. */
+  count(pred: (m: Readonly<MemberView>) => boolean): number {
+    let n = pred(this.#me) ? 1 : 0;
+    for (const e of this.#entries.values()) if (pred(e.view)) n++;
+    return n;
+  }
+
+  /** The ids of the members (self included) that satisfy `pred`, in no particular order. */
+  ids(pred: (m: Readonly<MemberView>) => boolean): string[] {
+    const out = pred(this.#me) ? [this.self] : [];
+    for (const e of this.#entries.values()) if (pred(e.view)) out.push(e.view.id);
+    return out;
   }
 
   /** Number of members known, self included. */

@@ -132,17 +132,9 @@ class MeshNode extends EventTarget {
         node,
         clock: this.#clock,
         log: this.#log,
-        wanted: () =>
-          m
-            .view()
-            .members.filter((x) => !x.self && x.state !== "left")
-            .map((x) => x.id),
+        wanted: () => m.ids((x) => !x.self && x.state !== "left"),
         subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
-        silent: () =>
-          m
-            .view()
-            .members.filter((x) => x.state === "suspect")
-            .map((x) => x.id),
+        silent: () => m.ids((x) => x.state === "suspect"),
         onUnreachable: (id) => this.#apply(m.suspect(id)),
       },
     );
@@ -154,12 +146,10 @@ class MeshNode extends EventTarget {
     // mDNS finds, and new entries in the peer store (heartbeat or pex addresses), land here.
     node.addEventListener("peer:discovery", (e) => dialer.introduce(e.detail.id.toString()));
     await node.start();
-    const live = () =>
-      m.view().members.filter((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
+    const live = () => m.ids((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
     this.#pex = new PeerExchange({
       node,
-      known: () =>
-        new Set([...live().map((x) => x.id), ...node.getPeers().map((p) => p.toString())]),
+      known: () => new Set([...live(), ...node.getPeers().map((p) => p.toString())]),
       onPeers: (peers) => {
         for (const p of peers) dialer.introduce(p.id.toString());
       },
@@ -174,7 +164,8 @@ class MeshNode extends EventTarget {
       onAccepted: (hb, changes) => {
         if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
         if (changes.some((c) => c.from === null)) this.#wantFullState(1);
-        this.#apply(changes);
+        // No change, no new election: what else moves it (time, for settling) the tick covers.
+        if (changes.length > 0) this.#apply(changes);
       },
     });
     pubsub.topicValidators.set(this.#topic, (_peer, msg) => inbox.receive(msg.data));
