@@ -62,6 +62,7 @@ describe("parseManifest", () => {
 describe("ServiceDetector with real HTTP services", () => {
   it("finds running services, ignores absent ones, and reports latency", async () => {
     const a = await upstream("upload");
+    await a.setMode("slow"); // answers each probe after a.slowMs
     const gone = await freePort();
     const d = new ServiceDetector({
       candidates: [
@@ -74,7 +75,9 @@ describe("ServiceDetector with real HTTP services", () => {
     expect(d.services().map((s) => [s.name, s.status, s.port])).toEqual([
       ["upload", "healthy", a.port],
     ]);
-    expect(d.services()[0]?.latency_ms).toBeGreaterThanOrEqual(0);
+    // At least the upstream's delay: 1 ms less at most, as a Node timer starts on the loop's
+    // clock, which is whole milliseconds and taken before the request arrived.
+    expect(d.services()[0]?.latency_ms).toBeGreaterThanOrEqual(a.slowMs - 1);
     d.stop();
   });
 

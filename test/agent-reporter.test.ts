@@ -87,19 +87,17 @@ describe("LeaderReporter", () => {
     await step(0);
     expect(sent).toHaveLength(1);
     reporter.update({ members: [], digest: "d2" }); // supersedes d1 while failing
-    const gaps: number[] = [];
-    let last = 0;
-    for (let t = 0; t < 30_000 && sent.length < 4; t += 100) {
-      await step(100);
-      if (sent.length > gaps.length + 1) {
-        gaps.push(t - last);
-        last = t;
-      }
+    // Jitter fixed at 0.5: each wait is half the minimum plus half of the rest up to a ceiling
+    // that doubles (1 s, 2 s, 4 s): 750, 1250, then 2250 ms, each to the millisecond.
+    for (const gap of [750, 1250, 2250]) {
+      const before = sent.length;
+      await step(gap - 1);
+      expect(sent, `${gap - 1} ms into a ${gap} ms backoff`).toHaveLength(before);
+      await step(1);
+      expect(sent, `${gap} ms into a ${gap} ms backoff`).toHaveLength(before + 1);
     }
     expect(sent.map((r) => r.digest)).toEqual(["d1", "d2", "d2", "d2"]);
     expect(reporter.stats.failed).toBe(3);
-    // Each retry waits at least as long as the one before (jitter fixed at 0.5).
-    expect(gaps[1]).toBeGreaterThanOrEqual(gaps[0] ?? 0);
     await step(60_000);
     expect(sent).toHaveLength(4); // acknowledged: quiet until the keepalive
   });

@@ -162,6 +162,7 @@ describe("chaos: a provider killed with SIGKILL under load", () => {
       state: string;
     }[];
     const p1 = rows.find((r) => r.worker_id === "p1");
+    expect(p1).toBeDefined();
     expect(p1?.ejected || p1?.state !== "closed").toBe(true);
     const metrics = await (
       await fetch(`${base}/api/admin/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } })

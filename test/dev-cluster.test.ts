@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
-import { ROOT } from "./helpers/processes.ts";
+import { pollUntil, ROOT } from "./helpers/processes.ts";
 
 const run = promisify(execFile);
 const DENO = join(ROOT, "node_modules/deno/deno");
@@ -117,9 +117,15 @@ describe.each([
     expect(await exited).toBe(0);
     expect(out).toContain("Everything stopped.");
     // Every child is gone: dev waits for their exits, but give the OS a moment to reap them.
-    const deadline = Date.now() + 5000;
-    while (children.some(alive) && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 100));
-    expect(children.filter(alive)).toEqual([]);
+    await pollUntil(
+      "every child of dev to be gone",
+      async () => {
+        const left = children.filter(alive);
+        if (left.length > 0) throw new Error(`still alive: ${left.join(", ")}`);
+        return true;
+      },
+      5000,
+      100,
+    );
   }, 150_000);
 });

@@ -133,13 +133,11 @@ describe("membership and election on a fake clock", () => {
     sim.run(8000);
     expect(sim.leaders()).toEqual(["A@1"]);
     sim.node("A").up = false;
-    const t0 = sim.clock.now();
     sim.run(2000);
     expect(sim.stateOf("B", "A")).toBe("alive");
     sim.run(2000);
     expect(sim.stateOf("B", "A")).toBe("suspect");
     expect(sim.leaders()).toEqual(["B@2"]);
-    expect(sim.clock.now() - t0).toBeLessThanOrEqual(4000);
     sim.run(6000);
     expect(sim.stateOf("C", "A")).toBe("dead");
     sim.run(600_000);

@@ -7,6 +7,7 @@ import { isConnectFailure } from "../coordinator.ts";
 import { createNodeFetch } from "../scripts/node-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { freePort } from "./helpers/processes.ts";
+import { until } from "./helpers/upstream.ts";
 
 const client = createNodeFetch({ bufferBytes: 1024 });
 let server: http.Server;
@@ -92,8 +93,7 @@ describe("node:http upstream client", () => {
     expect(isConnectFailure(refused)).toBe(true);
     const controller = new AbortController();
     const pending = client.fetch(`${base}/hang`, { signal: controller.signal });
-    const deadline = Date.now() + 10_000;
-    while (hung === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await until("the request to reach /hang", () => hung > 0, 10_000);
     controller.abort();
     await expect(pending).rejects.toMatchObject({ name: "AbortError" });
   });

@@ -96,7 +96,12 @@ describe("scaling signals", () => {
     });
     await a.setMode("hang");
     await b.setMode("hang");
-    const calls = [t.get(), t.get(), t.get()];
+    let answered = 0;
+    const calls = [t.get(), t.get(), t.get()].map((call) =>
+      call.finally(() => {
+        answered++;
+      }),
+    );
     await until("two in flight and one queued", () => a.hanging + b.hanging === 2);
     await until("the queued one", async () => {
       const s = (await t.admin("/api/admin/services")).services.svc;
@@ -115,11 +120,12 @@ describe("scaling signals", () => {
       previous: "steady",
       reason: expect.stringMatching(/queueing/),
     });
-    for (let i = 0; i < 3; i++) {
+    // Each release answers what is held now; the queued one is held only after the first go.
+    await until("all three answered", () => {
       a.release();
       b.release();
-      await new Promise((r) => setTimeout(r, 20));
-    }
+      return answered === 3;
+    });
     expect((await Promise.all(calls)).map((r) => r.status)).toEqual([200, 200, 200]);
 
     // A whole window later with no traffic: one provider fewer would do.

@@ -8,7 +8,7 @@ import http from "node:http";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort } from "./helpers/processes.ts";
+import { freePort, pollUntil } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import {
   BIN,
@@ -415,13 +415,17 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
   it("asks the leader's agent for its live view with the token, routes on the stored table when that fails, and shows metrics", async () => {
     // Every proxied request may start a background refresh; the leader m-up is an echo server,
     // not an agent, so its answer is no live view and the stored table stays the source.
-    const deadline = Date.now() + 20_000;
-    while (!up.received.some((r) => r.url === "/_agent/cluster") && Date.now() < deadline) {
-      await raw(base, "GET", "/api/service/upload/poke");
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const asked = up.received.find((r) => r.url === "/_agent/cluster");
-    expect(asked?.headers.authorization).toBe(`Bearer ${CLUSTER}`);
+    const asked = await pollUntil(
+      "the coordinator to ask m-up for its live view",
+      async () => {
+        const got = up.received.find((r) => r.url === "/_agent/cluster");
+        if (!got) await raw(base, "GET", "/api/service/upload/poke");
+        return got;
+      },
+      20_000,
+      100,
+    );
+    expect(asked.headers.authorization).toBe(`Bearer ${CLUSTER}`);
     expect((await admin("/api/admin/services")).source).toBe("stored");
     const metrics = await admin("/api/admin/metrics");
     expect(metrics.services.flaky.workers["m-dead"].errors_total).toBeGreaterThan(0);

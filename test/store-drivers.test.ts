@@ -5,7 +5,7 @@
 import fs from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fileStore, memoryStore, StoreError } from "../coordinator.ts";
+import { type FileSystemLike, fileStore, memoryStore, StoreError } from "../coordinator.ts";
 import { ManualClock } from "./helpers/coord-fixtures.ts";
 import {
   BIN,
@@ -53,12 +53,51 @@ describe("file store (on disk)", () => {
     },
   );
 
+  /** node:fs/promises, with `rename` replaced when given, noting each write and rename. */
+  const recordingFs = (calls: string[], rename = fs.rename): FileSystemLike => ({
+    readFile: (p, encoding) => fs.readFile(p, encoding),
+    mkdir: (p, options) => fs.mkdir(p, options),
+    writeFile: async (p, data, encoding) => {
+      calls.push(`write ${p}`);
+      await fs.writeFile(p, data, encoding);
+    },
+    rename: async (from, to) => {
+      calls.push(`rename ${from} -> ${to}`);
+      await rename(from, to);
+    },
+  });
+
   it("writes through a temporary file and leaves only the store file", async () => {
-    const store = fileStore({ path: file }, { fs });
+    const calls: string[] = [];
+    const store = fileStore({ path: file }, { fs: recordingFs(calls) });
     await Promise.all(Array.from({ length: 20 }, (_, i) => store.set(`k${i}`, String(i))));
+    // Each change: the whole file written beside the store file, then renamed over it.
+    expect(calls).toHaveLength(40);
+    for (let i = 0; i < calls.length; i += 2) {
+      const tmp = calls[i]?.replace(/^write /, "") ?? "";
+      expect(calls[i]).toMatch(/^write /);
+      expect(tmp).not.toBe(file);
+      expect(path.dirname(tmp)).toBe(path.dirname(file));
+      expect(calls[i + 1]).toBe(`rename ${tmp} -> ${file}`);
+    }
     expect(await fs.readdir(path.dirname(file))).toEqual(["registry.json"]);
     const reopened = fileStore({ path: file }, { fs });
     expect(await reopened.list("k")).toHaveLength(20);
+  });
+
+  it("leaves the old file whole when the rename over it fails", async () => {
+    const target = path.join(dir, "crash.json");
+    await fileStore({ path: target }, { fs }).set("k", "old");
+    const before = await fs.readFile(target, "utf8");
+    const calls: string[] = [];
+    const crashing = recordingFs(calls, async () => {
+      throw new Error("crashed before the rename");
+    });
+    const store = fileStore({ path: target }, { fs: crashing });
+    await expect(store.set("k", "new")).rejects.toBeInstanceOf(StoreError);
+    expect(calls).toHaveLength(2);
+    expect(await fs.readFile(target, "utf8")).toBe(before);
+    expect(await fileStore({ path: target }, { fs }).get("k")).toBe("old");
   });
 
   it("expires keys after their TTL and refuses a corrupt file instead of overwriting it", async () => {
