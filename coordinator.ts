@@ -339,6 +339,8 @@ export interface Store {
   readonly kind: string;
   /** Whether the data survives a restart of the process. */
   readonly persistent: boolean;
+  /** The backend allows one write per key per this many ms (Workers KV: 1000); none if absent. */
+  readonly minWriteIntervalMs?: number;
   /** The value of `key`, or null when absent or expired. */
   get(key: string): Promise<string | null>;
   /** Writes `value` at `key`. */
@@ -359,6 +361,34 @@ export interface Store {
 /** Thrown when the store backend fails. */
 export class StoreError extends Error {
   override name = "StoreError";
+}
+
+/** The same store, with every failure turned into a StoreError naming the backend and operation. */
+function guardedStore(store: Store): Store {
+  const guard = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    try {
+      return await run();
+    } catch (err) {
+      if (err instanceof StoreError) throw err;
+      throw new StoreError(`Store ${what} failed (${store.kind}): ${(err as Error).message}`);
+    }
+  };
+  const cas = store.compareAndSet?.bind(store);
+  return {
+    kind: store.kind,
+    persistent: store.persistent,
+    ...(store.minWriteIntervalMs ? { minWriteIntervalMs: store.minWriteIntervalMs } : {}),
+    get: (key) => guard("get", () => store.get(key)),
+    set: (key, value, options) => guard("write", () => store.set(key, value, options)),
+    delete: (key) => guard("delete", () => store.delete(key)),
+    list: (prefix) => guard("list", () => store.list(prefix)),
+    ...(cas
+      ? {
+          compareAndSet: (key, expected, value, options) =>
+            guard("compare-and-set", () => cas(key, expected, value, options)),
+        }
+      : {}),
+  };
 }
 
 /** A source of time (ms since the epoch). */
@@ -517,38 +547,29 @@ export interface KvNamespaceLike {
 
 /** Cloudflare Workers KV through its binding. No compare-and-set: KV has none. */
 export function cloudflareKvStore(kv: KvNamespaceLike): Store {
-  const wrap = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    try {
-      return await fn();
-    } catch (err) {
-      throw new StoreError(`Workers KV ${what} failed: ${(err as Error).message}`);
-    }
-  };
   return {
     kind: "cloudflare-kv",
     persistent: true,
-    get: (key) => wrap("get", () => kv.get(key)),
+    minWriteIntervalMs: 1000, // KV allows one write per key per second
+    get: (key) => kv.get(key),
     set: (key, value, options) =>
-      wrap("put", () =>
-        kv.put(
-          key,
-          value,
-          options?.ttlSeconds ? { expirationTtl: Math.max(60, Math.ceil(options.ttlSeconds)) } : {},
-        ),
+      kv.put(
+        key,
+        value,
+        options?.ttlSeconds ? { expirationTtl: Math.max(60, Math.ceil(options.ttlSeconds)) } : {},
       ),
-    delete: (key) => wrap("delete", () => kv.delete(key)),
-    list: (prefix) =>
-      wrap("list", async () => {
-        const keys: string[] = [];
-        let cursor: string | undefined;
-        for (;;) {
-          const page = await kv.list(cursor ? { prefix, cursor } : { prefix });
-          keys.push(...page.keys.map((k) => k.name));
-          if (page.list_complete || !page.cursor) break;
-          cursor = page.cursor;
-        }
-        return keys.sort();
-      }),
+    delete: (key) => kv.delete(key),
+    async list(prefix) {
+      const keys: string[] = [];
+      let cursor: string | undefined;
+      for (;;) {
+        const page = await kv.list(cursor ? { prefix, cursor } : { prefix });
+        keys.push(...page.keys.map((k) => k.name));
+        if (page.list_complete || !page.cursor) break;
+        cursor = page.cursor;
+      }
+      return keys.sort();
+    },
   };
 }
 
@@ -584,14 +605,6 @@ export function denoKvStore(kv: DenoKvLike, components: { clock?: ClockLike } = 
   const clock = components.clock ?? systemNow;
   const metaKey = (key: string) => ["rollcall", "v", key];
   const chunkKey = (key: string, g: string, i: number) => ["rollcall", "c", key, g, i];
-  const wrap = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof StoreError) throw err;
-      throw new StoreError(`Deno KV ${what} failed: ${(err as Error).message}`);
-    }
-  };
   const read = async (
     key: string,
   ): Promise<{ value: string | null; stamp: string | null; meta: DenoMeta | null }> => {
@@ -652,29 +665,26 @@ export function denoKvStore(kv: DenoKvLike, components: { clock?: ClockLike } = 
   return {
     kind: "deno-kv",
     persistent: true,
-    get: (key) => wrap("get", async () => (await read(key)).value),
-    set: (key, value, options) =>
-      wrap("set", async () => void (await write(key, value, options, null))),
-    delete: (key) => wrap("delete", async () => void (await write(key, null, undefined, null))),
-    list: (prefix) =>
-      wrap("list", async () => {
-        const keys: string[] = [];
-        const now = clock.now();
-        for await (const entry of kv.list({ prefix: ["rollcall", "v"] })) {
-          const name = entry.key[2];
-          const meta = entry.value as DenoMeta | null;
-          if (typeof name !== "string" || !name.startsWith(prefix)) continue;
-          if (meta?.e !== undefined && meta.e <= now) continue;
-          keys.push(name);
-        }
-        return keys.sort();
-      }),
-    compareAndSet: (key, expected, value, options) =>
-      wrap("compare-and-set", async () => {
-        const current = await read(key);
-        if (current.value !== expected) return false;
-        return write(key, value, options, current);
-      }),
+    get: async (key) => (await read(key)).value,
+    set: async (key, value, options) => void (await write(key, value, options, null)),
+    delete: async (key) => void (await write(key, null, undefined, null)),
+    async list(prefix) {
+      const keys: string[] = [];
+      const now = clock.now();
+      for await (const entry of kv.list({ prefix: ["rollcall", "v"] })) {
+        const name = entry.key[2];
+        const meta = entry.value as DenoMeta | null;
+        if (typeof name !== "string" || !name.startsWith(prefix)) continue;
+        if (meta?.e !== undefined && meta.e <= now) continue;
+        keys.push(name);
+      }
+      return keys.sort();
+    },
+    async compareAndSet(key, expected, value, options) {
+      const current = await read(key);
+      if (current.value !== expected) return false;
+      return write(key, value, options, current);
+    },
   };
 }
 
@@ -1089,7 +1099,7 @@ export function mergeClusterReport(
     }
   }
   if (deposed) {
-    return { ...base, members, leaders };
+    return { ...base, members, leaders, digest: routingDigest(Object.values(members)) };
   }
   // Entries of a leader that has no view (a deposed leader's late report took them) are this
   // leader's now, else no report could ever remove them. A newer report removes every entry of
@@ -1132,7 +1142,7 @@ export function mergeClusterReport(
     }
   }
   leaders[L] = { ...view, members: [...viewMembers] };
-  return { ...base, members, leaders };
+  return { ...base, members, leaders, digest: routingDigest(Object.values(members)) };
 }
 
 /**
@@ -1495,11 +1505,15 @@ class Registry {
   /** Live views of the clusters (set by the app when enabled). */
   live: LiveViews | null = null;
 
+  /** The store, every failure a StoreError (answered 503). */
+  readonly store: Store;
+
   constructor(
     readonly settings: Settings,
-    readonly store: Store,
+    store: Store,
     readonly clock: ClockLike,
   ) {
+    this.store = guardedStore(store);
     this.budget = new WriteBudget(settings.writeCap, clock);
   }
 
@@ -1521,23 +1535,17 @@ class Registry {
     const now = this.clock.now();
     const cached = this.#docs.get(key);
     if (!fresh && cached && now - cached.at < this.settings.tableTtlMs) return cached.doc;
-    const doc = await this.#get(key);
+    const { doc } = await this.fetch(key);
     this.#remember(key, doc, now, quiet);
     return doc;
   }
 
-  async #get(key: string): Promise<Doc | null> {
-    let raw: string | null;
-    try {
-      raw = await this.store.get(key);
-    } catch (err) {
-      throw err instanceof StoreError
-        ? err
-        : new StoreError(`Store get failed: ${(err as Error).message}`);
-    }
+  /** Reads a key from the store itself (no cache, no pending): its text and document. */
+  async fetch(key: string): Promise<{ raw: string | null; doc: Doc | null }> {
+    const raw = await this.store.get(key);
     const doc = parseDoc(raw);
     this.budget.observe(doc?.budget);
-    return doc;
+    return { raw, doc };
   }
 
   #remember(key: string, doc: Doc | null, at: number, quiet = false): void {
@@ -1552,24 +1560,24 @@ class Registry {
     if (!quiet) this.invalidate();
   }
 
-  /** Whether a write to `key` may happen now: within the budget (and 1 write/s per key on Workers KV). */
+  /** Whether a write to `key` may happen now: within the budget and the store's per-key rate. */
   #mayWrite(key: string): boolean {
     if (!this.budget.available) return false;
-    if (this.store.kind !== "cloudflare-kv") return true;
+    const interval = this.store.minWriteIntervalMs;
+    if (!interval) return true;
     const last = this.#lastWriteAt.get(key);
-    return last === undefined || this.clock.now() - last >= 1000;
+    return last === undefined || this.clock.now() - last >= interval;
   }
 
   /** Writes a document, or keeps it pending when the budget says no. Returns whether it wrote. */
   async write(key: string, doc: Doc, expectedRaw?: string | null): Promise<boolean | "conflict"> {
     if (!this.#mayWrite(key)) {
-      this.#pending.set(key, doc);
-      this.invalidate();
+      this.defer(key, doc);
       return false;
     }
     const now = this.clock.now();
     const stamped = { ...doc, written_at: now, budget: this.budget.spend() } as Doc;
-    if (stamped.kind === "cluster") stamped.rev = doc.kind === "cluster" ? doc.rev + 1 : 1;
+    if (stamped.kind === "cluster") stamped.rev += 1;
     const ttl = stamped.kind === "worker" ? { ttlSeconds: this.settings.recordTtlS } : undefined;
     const text = JSON.stringify(stamped);
     try {
@@ -1582,11 +1590,8 @@ class Registry {
         await this.store.set(key, text, ttl);
       }
     } catch (err) {
-      this.#pending.set(key, doc);
-      this.invalidate();
-      throw err instanceof StoreError
-        ? err
-        : new StoreError(`Store write failed: ${(err as Error).message}`);
+      this.defer(key, doc);
+      throw err;
     }
     this.#lastWriteAt.set(key, now);
     this.#pending.delete(key);
@@ -1602,18 +1607,15 @@ class Registry {
   async remove(key: string): Promise<boolean> {
     this.#live.delete(key.slice(WORKER_PREFIX.length));
     if (!this.#mayWrite(key)) {
-      this.#pending.set(key, null);
-      this.invalidate();
+      this.defer(key, null);
       return false;
     }
     this.budget.spend();
     try {
       await this.store.delete(key);
     } catch (err) {
-      this.#pending.set(key, null);
-      throw err instanceof StoreError
-        ? err
-        : new StoreError(`Store delete failed: ${(err as Error).message}`);
+      this.defer(key, null);
+      throw err;
     }
     this.#lastWriteAt.set(key, this.clock.now());
     this.#pending.delete(key);
@@ -1644,17 +1646,14 @@ class Registry {
   async #flushDoc(key: string, doc: Doc): Promise<boolean | "conflict"> {
     if (doc.kind !== "cluster") return this.write(key, doc);
     for (let attempt = 0; attempt < 5; attempt++) {
-      let raw: string | null;
+      let read: { raw: string | null; doc: Doc | null };
       try {
-        raw = await this.store.get(key);
+        read = await this.fetch(key);
       } catch (err) {
-        this.#pending.set(key, doc);
-        throw err instanceof StoreError
-          ? err
-          : new StoreError(`Store get failed: ${(err as Error).message}`);
+        this.defer(key, doc);
+        throw err;
       }
-      const stored = parseDoc(raw);
-      this.budget.observe(stored?.budget);
+      const { raw, doc: stored } = read;
       // A waiting document carries the revision it was built on: a higher one stored means
       // another isolate wrote since, so merge; otherwise it already holds everything stored.
       const merged =
@@ -1666,10 +1665,15 @@ class Registry {
     return "conflict";
   }
 
-  /** Keeps a document to be written by a later flush (merged then with what is stored). */
-  defer(key: string, doc: Doc): void {
+  /** Keeps a document (null: a delete) to be written by a later flush. */
+  defer(key: string, doc: Doc | null): void {
     this.#pending.set(key, doc);
     this.invalidate();
+  }
+
+  /** Forgets a waiting document that a newer report showed to be unneeded. */
+  dropPending(key: string): void {
+    if (this.#pending.delete(key)) this.invalidate();
   }
 
   /** The newest version of a document this isolate wrote or read (no store access). */
@@ -1710,15 +1714,7 @@ class Registry {
     // it: such a table answers this call but is not cached (else it hid the change for a TTL).
     const generation = this.#generation;
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
-      let keys: string[];
-      try {
-        keys = await this.store.list(REGISTRY_PREFIX);
-      } catch (err) {
-        throw err instanceof StoreError
-          ? err
-          : new StoreError(`Store list failed: ${(err as Error).message}`);
-      }
-      const set = new Set(keys);
+      const set = new Set(await this.store.list(REGISTRY_PREFIX));
       for (const [key, entry] of this.#docs) if (entry.doc) set.add(key);
       this.#keys = { keys: set, at: now };
     }
@@ -1993,32 +1989,19 @@ async function clusterHeartbeat(
   return reg.lock.run(key, async () => {
     for (let attempt = 0; ; attempt++) {
       const now = clock.now();
-      let raw: string | null;
-      try {
-        raw = await reg.store.get(key);
-      } catch (err) {
-        throw err instanceof StoreError
-          ? err
-          : new StoreError(`Store get failed: ${(err as Error).message}`);
-      }
-      const parsed = parseDoc(raw);
+      const { raw, doc: parsed } = await reg.fetch(key);
       const read = parsed?.kind === "cluster" ? parsed : null;
-      reg.budget.observe(read?.budget);
       // Workers KV may serve an older value for up to 60 s after this isolate's own write:
       // judge "changed" and "keepalive due" against the newest version known.
       const known = reg.lastKnown(key);
       const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
+      // The last report this isolate merged is as new as anything it keeps waiting.
       const live = reg.liveCluster(report.cluster);
-      const pending = reg.hasPending(key) ? ((await reg.read(key)) as ClusterDoc | null) : null;
-      let base = stored;
-      if (live && (!stored || live.doc.rev >= stored.rev)) base = live.doc;
-      if (pending && (!base || pending.rev >= base.rev)) base = pending;
+      const base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
       const merged = mergeClusterReport(base, report, {
         now,
         leaseMs: settings.keepaliveMs + settings.leaseGraceMs,
       });
-      merged.digest = routingDigest(Object.values(merged.members));
-      if (stored) merged.rev = Math.max(merged.rev, stored.rev);
       const changed =
         !stored || merged.digest !== stored.digest || leadersKey(merged) !== leadersKey(stored);
       const decision = decideClusterWrite({
@@ -2041,7 +2024,9 @@ async function clusterHeartbeat(
         written = result === true;
         if (!written) reason = "deferred";
       } else if (decision.reason === "deferred") {
-        await reg.write(key, merged); // over budget: kept pending, written when allowed
+        reg.defer(key, merged); // over budget: written when allowed
+      } else {
+        reg.dropPending(key); // the stored document already says what this report says
       }
       const lastWrite = written ? now : (stored?.written_at ?? now);
       const nextAt =

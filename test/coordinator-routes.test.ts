@@ -528,6 +528,87 @@ describe("write budget: the hard cap is never passed", () => {
   });
 });
 
+describe("write budget: what waits is never written over newer state", () => {
+  it("drops a deferred document once a later report matches what is stored", async () => {
+    const { call, store, clock, coordinator } = testCoordinator({ writeCap: 1 });
+    clock.advance(11.5 * 60 * MIN); // 23:30 UTC
+    expect((await call("POST", "/api/cluster/heartbeat", report())).body.reason).toBe("changed");
+    const down = report({
+      sequence: 2,
+      members: [member("A"), member("B", { status: "offline" })],
+    });
+    expect((await call("POST", "/api/cluster/heartbeat", down)).body.reason).toBe("deferred");
+    const back = await call("POST", "/api/cluster/heartbeat", report({ sequence: 3 }));
+    expect(back.body.reason).toBe("unchanged");
+    clock.advance(31 * MIN); // past midnight UTC: budget again
+    await coordinator.flush();
+    const stored = JSON.parse((await store.get("reg/cluster/default")) as string);
+    expect(stored.digest).toBe(back.body.digest);
+    expect(stored.members.B.status).toBe("online");
+    const workers = (await call("GET", "/api/admin/workers")).body as {
+      worker_id: string;
+      status: string;
+    }[];
+    expect(workers.find((w) => w.worker_id === "B")?.status).toBe("online");
+  });
+
+  it("defers a second write to a key within the store's minimum interval, then writes it", async () => {
+    const clock = new ManualClock();
+    const inner = memoryStore({}, { clock });
+    let writes = 0;
+    // Like Workers KV: one write per key per second, no compare-and-set.
+    const store: Store = {
+      ...inner,
+      minWriteIntervalMs: 1000,
+      compareAndSet: undefined,
+      async set(key, value, options) {
+        writes++;
+        await inner.set(key, value, options);
+      },
+    };
+    const { app } = createCoordinator({ liveView: false }, { store, clock });
+    const send = async (body: unknown) =>
+      (await (
+        await app.request("/api/cluster/heartbeat", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        })
+      ).json()) as { reason: string; next_keepalive_in_s: number };
+    expect((await send(report())).reason).toBe("changed");
+    clock.advance(500);
+    const second = await send(report({ sequence: 2, members: [member("A")] }));
+    expect(second).toMatchObject({ reason: "deferred", next_keepalive_in_s: 1 });
+    expect(writes).toBe(1);
+    clock.advance(600);
+    await app.request("/health"); // any request flushes what waited
+    expect(writes).toBe(2);
+  });
+});
+
+describe("store failures", () => {
+  it("answers 503 with the store named when the backend throws a plain error", async () => {
+    const clock = new ManualClock();
+    const broken: Store = {
+      ...memoryStore({}, { clock }),
+      get: async () => {
+        throw new Error("disk on fire");
+      },
+    };
+    const { app } = createCoordinator({ liveView: false }, { store: broken, clock });
+    const res = await app.request("/api/cluster/heartbeat", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(report()),
+    });
+    expect(res.status).toBe(503);
+    expect(await res.json()).toMatchObject({
+      error: "Store unavailable",
+      message: "Store get failed (memory): disk on fire",
+    });
+  });
+});
+
 describe("security", () => {
   const secured = () =>
     testCoordinator({ clusterToken: "cluster-secret", adminToken: "admin-secret" });
