@@ -67,7 +67,9 @@ describe("mesh security", () => {
         clearTimeout: () => {},
       },
     );
-    const body = encodeHeartbeat({ ...forged.heartbeat({ leaving: true }), seq: 1e9 });
+    // A higher incarnation than b's own: taken, it would outrank every real heartbeat of b.
+    const incarnation = (b.view().members.find((m) => m.self)?.incarnation ?? 0) + 1;
+    const body = encodeHeartbeat({ ...forged.heartbeat({ leaving: true }), incarnation });
     const spoofed = await signHeartbeat(body, rogueKey);
     const zeroed = new Uint8Array(spoofed.length);
     zeroed.set(body);
@@ -79,12 +81,11 @@ describe("mesh security", () => {
       const s = a.stats();
       return s.invalid - before.invalid >= 2 && s.spoofed - before.spoofed >= 2 && s;
     });
-    // Nothing changed: b is still alive everywhere, the rogue is no member, heartbeats still flow.
+    // Nothing changed: had the forged goodbye been taken, b would be "left" and its real
+    // heartbeats, of a lower incarnation, stale. Instead a still accepts them.
     const seen = a.stats().accepted;
     await waitFor("a to accept b's next heartbeats", () => a.stats().accepted > seen + 1);
     expect(a.view().members.find((m) => m.id === b.id)?.state).toBe("alive");
-    expect(a.view().members.map((m) => m.id)).not.toContain(rogue.peerId.toString());
-    expect(a.stats().accepted).toBeGreaterThan(before.accepted);
   });
 
   it("a stranger without the pre-shared key cannot join; the right key can", async () => {
