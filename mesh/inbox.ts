@@ -43,12 +43,11 @@ export class HeartbeatInbox {
         return TopicValidatorResult.Reject;
       }
       if (!this.#c.running()) return TopicValidatorResult.Ignore;
-      const staleBefore = m.stale;
-      const changes = m.onHeartbeat(hb);
-      if (m.stale > staleBefore) {
+      if (m.isStale(hb)) {
         stats.stale++;
         return TopicValidatorResult.Ignore;
       }
+      const changes = m.onHeartbeat(hb);
       stats.accepted++;
       this.#c.onAccepted(hb, changes);
       return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;

@@ -83,9 +83,7 @@ export class Membership {
   #me: MemberView;
   #seq = 0;
   #stateVersion = 1;
-  #startedAt: number;
   #maxTerm = 0;
-  #stale = 0;
 
   constructor(selfId: string, init: MembershipInit, clock: Clock) {
     this.self = selfId;
@@ -98,7 +96,7 @@ export class Membership {
       flapThreshold: init.flapThreshold ?? MEMBERSHIP_DEFAULTS.flapThreshold,
     };
     checkLocal(init.local);
-    this.#startedAt = clock.now();
+    const now = clock.now();
     this.#me = {
       id: selfId,
       self: true,
@@ -106,24 +104,9 @@ export class Membership {
       incarnation: init.incarnation ?? 1,
       flapping: false,
       ...copyLocal(init.local),
-      aliveSince: this.#startedAt,
-      lastSeen: this.#startedAt,
+      aliveSince: now,
+      lastSeen: now,
     };
-  }
-
-  /** Highest term seen in any heartbeat, our own claims included. */
-  get maxTerm(): number {
-    return this.#maxTerm;
-  }
-
-  /** How many received heartbeats were stale (duplicates, old incarnations, after a leave). */
-  get stale(): number {
-    return this.#stale;
-  }
-
-  /** Our own incarnation. */
-  get incarnation(): number {
-    return this.#me.incarnation;
   }
 
   /** Replaces parts of the local state; throws HeartbeatError if it breaks the schema. */
@@ -151,7 +134,6 @@ export class Membership {
     const now = this.#clock.now();
     this.#me.incarnation++;
     this.#seq = 0;
-    this.#startedAt = now;
     this.#me.aliveSince = now;
     return this.#me.incarnation;
   }
@@ -171,7 +153,7 @@ export class Membership {
       leader: opts.leaderTerm !== undefined,
       leaving: opts.leaving ?? false,
       status: this.#me.status,
-      uptimeMs: Math.max(0, now - this.#startedAt),
+      uptimeMs: Math.max(0, now - this.#me.aliveSince),
       stateVersion: this.#stateVersion,
     };
     if (opts.withState) {
@@ -183,18 +165,24 @@ export class Membership {
     return hb;
   }
 
+  /**
+   * Whether a received heartbeat is stale: a duplicate, older than what we hold (sequence,
+   * incarnation), or after a goodbye of the same incarnation. onHeartbeat ignores those.
+   */
+  isStale(hb: Heartbeat): boolean {
+    const e = this.#entries.get(hb.id);
+    return e !== undefined && stale(e, hb);
+  }
+
   /** Applies a received heartbeat; returns the resulting changes (none if stale). */
   onHeartbeat(hb: Heartbeat): MemberChange[] {
     if (hb.id === this.self) return [];
     const now = this.#clock.now();
     const e = this.#entries.get(hb.id);
     if (!e) return this.#add(hb, now);
+    if (stale(e, hb)) return [];
     const v = e.view;
     const newer = hb.incarnation > v.incarnation;
-    if (hb.incarnation < v.incarnation || (!newer && (hb.seq <= e.seq || v.state === "left"))) {
-      this.#stale++;
-      return [];
-    }
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
     v.incarnation = hb.incarnation;
     e.seq = hb.seq;
@@ -223,13 +211,6 @@ export class Membership {
     const e = this.#entries.get(id);
     if (e?.view.state !== "alive") return [];
     return this.#transition(e, "suspect", this.#clock.now());
-  }
-
-  /** Marks a member as having left gracefully. */
-  leave(id: string): MemberChange[] {
-    const e = this.#entries.get(id);
-    if (!e || e.view.state === "left") return [];
-    return this.#transition(e, "left", this.#clock.now());
   }
 
   /**
@@ -348,6 +329,12 @@ export class Membership {
     for (const t of e.downs) if (now - t < this.settings.flapWindowMs) n++;
     return n;
   }
+}
+
+function stale(e: Entry, hb: Heartbeat): boolean {
+  const inc = e.view.incarnation;
+  if (hb.incarnation !== inc) return hb.incarnation < inc;
+  return hb.seq <= e.seq || e.view.state === "left";
 }
 
 function copyLocal(s: LocalState): LocalState {

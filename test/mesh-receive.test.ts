@@ -1,8 +1,9 @@
 /**
  * What the heartbeat receive path relies on, on a fake clock: the mesh re-runs the election on a
  * received heartbeat only when Membership reports a change, so a leadership claim that starts,
- * ends or changes its term must be reported as one; and the non-copying queries (count, ids)
- * must agree with the full view() they replace.
+ * ends or changes its term must be reported as one; a stale heartbeat is told apart before it
+ * is applied (isStale); and the non-copying queries (count, ids) must agree with the full view()
+ * they replace.
  */
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../mesh/clock.ts";
@@ -39,6 +40,26 @@ describe("membership as the receive path sees it", () => {
     expect(m.onHeartbeat(a(4))).toEqual(same); // a new term
     expect(m.onHeartbeat(a())).toEqual(same); // steps down
     expect(m.member("A")?.leaderTerm).toBeUndefined();
+  });
+
+  it("isStale() names exactly the heartbeats onHeartbeat() ignores", () => {
+    const m = new Membership("B", { local }, new FakeClock(0));
+    const hb = (incarnation: number, seq: number, leaving = false): Heartbeat => ({
+      ...beats("A")(),
+      incarnation,
+      seq,
+      leaving,
+    });
+    expect(m.isStale(hb(1, 5))).toBe(false); // unknown member
+    m.onHeartbeat(hb(1, 5));
+    expect(m.isStale(hb(1, 5))).toBe(true); // duplicate
+    expect(m.isStale(hb(1, 4))).toBe(true); // older sequence
+    expect(m.isStale(hb(0, 99))).toBe(true); // older incarnation
+    expect(m.isStale(hb(1, 6))).toBe(false);
+    m.onHeartbeat(hb(1, 6, true)); // goodbye
+    expect(m.isStale(hb(1, 7))).toBe(true); // after the goodbye, same incarnation
+    expect(m.isStale(hb(2, 1))).toBe(false); // a restart
+    expect(m.isStale({ ...hb(1, 1), id: "B" })).toBe(false); // our own: not stale, just ignored
   });
 
   it("count() and ids() agree with view(), self included", () => {
