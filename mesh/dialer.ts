@@ -15,6 +15,7 @@ import { connect } from "node:net";
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { type Multiaddr, multiaddr } from "@multiformats/multiaddr";
+import type { MeshStats } from "./api.ts";
 import type { Clock } from "./clock.ts";
 import type { MeshLibp2p } from "./node.ts";
 
@@ -37,6 +38,8 @@ export interface DialerComponents {
   node: MeshLibp2p;
   clock: Clock;
   log: (line: string) => void;
+  /** The mesh's counters: each connection reset by the repair counts in `repairs`. */
+  stats: MeshStats;
   /** Ids of the members worth a connection (known and not gone for good). */
   wanted: () => Iterable<string>;
   /** Ids of the peers that have a working gossipsub stream with us (subscribers of our topic). */
@@ -61,8 +64,6 @@ export class Dialer {
   #mute = new Map<string, number>();
   /** When each peer's connection was last reset by the repair. */
   #resetAt = new Map<string, number>();
-  /** How many connections were reset by the repair. */
-  repairs = 0;
 
   constructor(init: DialerInit, components: DialerComponents) {
     this.#init = {
@@ -146,7 +147,7 @@ export class Dialer {
     if (now - (this.#resetAt.get(id) ?? Number.NEGATIVE_INFINITY) < 10_000) return;
     this.#resetAt.set(id, now);
     this.#mute.delete(id);
-    this.repairs++;
+    this.#c.stats.repairs++;
     this.#c.log(`connected to ${id} but ${why}: reconnecting`);
     this.#c.node.hangUp(peerIdFromString(id)).catch(() => {});
   }

@@ -132,6 +132,7 @@ class MeshNode extends EventTarget {
         node,
         clock: this.#clock,
         log: this.#log,
+        stats: this.#stats,
         wanted: () => m.ids((x) => !x.self && x.state !== "left"),
         subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
         silent: () => m.ids((x) => x.state === "suspect"),
@@ -201,7 +202,6 @@ class MeshNode extends EventTarget {
     }
     await node.stop();
     this.#node = undefined;
-    this.#stats.repairs = this.#dialer?.repairs ?? this.#stats.repairs;
     this.#dialer = undefined;
     this.#pex = undefined;
     this.#log(`mesh ${this.#identity?.peerId.toString()} stopped`);
@@ -228,7 +228,7 @@ class MeshNode extends EventTarget {
   }
 
   stats(): MeshStats {
-    return { ...this.#stats, repairs: this.#dialer?.repairs ?? this.#stats.repairs };
+    return { ...this.#stats };
   }
 
   // --- timers and sending -------------------------------------------------------------------

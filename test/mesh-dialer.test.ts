@@ -1,0 +1,81 @@
+/**
+ * The dialer on a fake clock with a stand-in for the libp2p node (only what the dialer calls:
+ * peerId, getPeers, dial, hangUp). No sockets.
+ */
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import type { PeerId } from "@libp2p/interface";
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { describe, expect, it } from "vitest";
+import type { MeshStats } from "../mesh/api.ts";
+import { FakeClock } from "../mesh/clock.ts";
+import { Dialer, type DialerComponents, type DialerInit } from "../mesh/dialer.ts";
+import { createMesh } from "../mesh/mesh.ts";
+import type { MeshLibp2p } from "../mesh/node.ts";
+
+async function peer(): Promise<PeerId> {
+  return peerIdFromPrivateKey(await generateKeyPair("Ed25519"));
+}
+
+/** A fresh mesh's counters (all zero), as the mesh hands them to its dialer. */
+function zeroStats(): MeshStats {
+  return createMesh({
+    dataDir: "unused",
+    local: { url: "", status: "online", services: [] },
+  }).stats();
+}
+
+/** A node connected to `connected`, whose dials never finish and whose hang-ups are recorded. */
+function fakeNode(self: PeerId, connected: PeerId[]) {
+  const dials: string[] = [];
+  const hangUps: string[] = [];
+  const node = {
+    peerId: self,
+    getPeers: () => connected,
+    dial: (target: unknown) => {
+      dials.push(String(target));
+      return new Promise(() => {});
+    },
+    hangUp: (id: PeerId) => {
+      hangUps.push(id.toString());
+      return Promise.resolve();
+    },
+  } as unknown as MeshLibp2p;
+  return { node, dials, hangUps };
+}
+
+function dialer(
+  init: DialerInit,
+  c: Pick<DialerComponents, "node" | "clock" | "stats"> & Partial<DialerComponents>,
+): Dialer {
+  return new Dialer(init, {
+    log: () => {},
+    wanted: () => [],
+    subscribers: () => [],
+    silent: () => [],
+    onUnreachable: () => {},
+    ...c,
+  });
+}
+
+describe("Dialer", () => {
+  it("counts repairs in the mesh's stats, where they add up across restarts", async () => {
+    const [self, mute] = [await peer(), await peer()];
+    const clock = new FakeClock(0);
+    const stats = zeroStats();
+    const { node, hangUps } = fakeNode(self, [mute]);
+    // Connected to a wanted member that never became a gossipsub subscriber: reset it.
+    const wanted = () => [mute.toString()];
+    const first = dialer({ repairAfterMs: 5000 }, { node, clock, stats, wanted });
+    first.start();
+    clock.advance(6000);
+    expect(hangUps).toEqual([mute.toString()]);
+    expect(stats.repairs).toBe(1);
+    first.stop();
+    // A restarted mesh makes a new Dialer with the same stats.
+    const second = dialer({ repairAfterMs: 5000 }, { node, clock, stats, wanted });
+    second.start();
+    clock.advance(6000);
+    expect(stats.repairs).toBe(2);
+    second.stop();
+  });
+});
