@@ -32,6 +32,7 @@ export {
   SIGNATURE_BYTES,
   decodeHeartbeat,
   encodeHeartbeat,
+  heartbeatTopic,
   openHeartbeat,
   sealHeartbeat,
 } from "./protocol.ts";

@@ -22,7 +22,7 @@ import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership
 import { type MeshLibp2p, createNode } from "./node.ts";
 import { PeerExchange } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
-import { MAX_HEARTBEAT_BYTES, encodeHeartbeat } from "./protocol.ts";
+import { MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
@@ -38,6 +38,7 @@ class MeshNode extends EventTarget {
   #clock: Clock;
   #log: (line: string) => void;
   #topic: string;
+  #mdnsTag: string;
   #interval: number;
   #settleMs: number;
   #tickMs: number;
@@ -73,7 +74,8 @@ class MeshNode extends EventTarget {
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
       throw new MeshStateError("Cluster name must be 1-64 of A-Z a-z 0-9 . _ -");
     }
-    this.#topic = `rollcall/${cluster}/hb/1`;
+    this.#topic = heartbeatTopic(cluster);
+    this.#mdnsTag = `_rollcall-${cluster.toLowerCase().replace(/[^a-z0-9-]/g, "-")}._udp.local`;
     this.#interval = init.heartbeatIntervalMs ?? 1000;
     this.#settleMs = init.settleMs ?? DEFAULT_SETTLE_MS;
     this.#tickMs = Math.max(20, Math.min(250, Math.floor(this.#interval / 4)));
@@ -107,13 +109,12 @@ class MeshNode extends EventTarget {
     );
     this.#m = m;
     this.#leader = null;
-    const cluster = (init.cluster ?? "default").toLowerCase().replace(/[^a-z0-9-]/g, "-");
     const node = await createNode(
       {
         privateKey: identity.privateKey,
         listen: init.listen ?? ["/ip4/127.0.0.1/tcp/0"],
         mdns: init.mdns ?? false,
-        mdnsTag: `_rollcall-${cluster}._udp.local`,
+        mdnsTag: this.#mdnsTag,
         psk: init.psk,
         maxMessageBytes: MAX_HEARTBEAT_BYTES * 2,
         gossip: init.gossip,

@@ -33,6 +33,11 @@ export const HEARTBEAT_VERSION = 1;
 /** Largest heartbeat accepted or produced, in bytes. */
 export const MAX_HEARTBEAT_BYTES = 4096;
 
+/** The gossipsub topic a cluster's heartbeats travel on. */
+export function heartbeatTopic(cluster = "default"): string {
+  return `rollcall/${cluster}/hb/1`;
+}
+
 const F_LEADER = 1;
 const F_LEAVING = 2;
 const F_DEGRADED = 4;

@@ -16,7 +16,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { type Mesh, type MeshInit, createMesh } from "../mesh/index.ts";
+import { type Mesh, type MeshInit, createMesh, heartbeatTopic } from "../mesh/index.ts";
 
 const { values } = parseArgs({
   options: {
@@ -121,10 +121,10 @@ try {
 
 const statsMs = num("stats-ms") ?? 0;
 if (statsMs > 0) {
+  const topic = heartbeatTopic(values.cluster);
   setInterval(() => {
     for (const [i, m] of meshes.entries()) {
       const peers = m.libp2p?.getPeers().length ?? 0;
-      const topic = `rollcall/${values.cluster ?? "default"}/hb/1`;
       const subscribers = m.libp2p?.services.pubsub.getSubscribers(topic).length ?? 0;
       const members = m.view().members.length;
       const connections = m.libp2p?.getConnections().length ?? 0;

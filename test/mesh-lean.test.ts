@@ -11,9 +11,10 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import { afterAll, describe, expect, it } from "vitest";
 import { coalesceWrites, lazyWindowUpdates } from "../mesh/lean.ts";
 import { type MeshLibp2p, createNode } from "../mesh/node.ts";
+import { heartbeatTopic } from "../mesh/protocol.ts";
 import { waitFor } from "./helpers/mesh-cluster.ts";
 
-const TOPIC = "rollcall/lean-test/hb/1";
+const TOPIC = heartbeatTopic("lean-test");
 const K = 40;
 /** Writes outside the messages that may fall in the window (a gossipsub heartbeat's GRAFT). */
 const SLACK = 3;

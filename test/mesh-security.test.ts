@@ -10,6 +10,7 @@ import {
   MAX_HEARTBEAT_BYTES,
   Membership,
   encodeHeartbeat,
+  heartbeatTopic,
   signHeartbeat,
 } from "../mesh/index.ts";
 import { createNode } from "../mesh/node.ts";
@@ -21,7 +22,7 @@ import {
   waitFor,
 } from "./helpers/mesh-cluster.ts";
 
-const TOPIC = "rollcall/default/hb/1";
+const TOPIC = heartbeatTopic("default");
 const cleanups: Array<() => Promise<void> | void> = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
