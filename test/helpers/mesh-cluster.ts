@@ -140,7 +140,8 @@ export class NodeProcess {
       }
     });
     this.child.stderr?.on("data", (d) => this.lines.push({ event: "stderr", line: String(d) }));
-    this.exited = new Promise((resolve) => this.child.on("exit", (code) => resolve(code)));
+    // "close", not "exit": only then are stdout and stderr drained, so `lines` is complete.
+    this.exited = new Promise((resolve) => this.child.on("close", (code) => resolve(code)));
   }
 
   /** The first line matching `pred`, once it arrived. */
