@@ -168,7 +168,12 @@ const MINUTE = 60_000;
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const aliases = init.aliases ?? {};
   for (const [prefix, service] of Object.entries(aliases)) {
-    if (!prefix.startsWith("/") || prefix.startsWith("/api/") || prefix === "/health") {
+    if (
+      !prefix.startsWith("/") ||
+      prefix.startsWith("/api/") ||
+      prefix === "/health" ||
+      prefix === "/metrics"
+    ) {
       throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
     }
     if (!SERVICE_NAME_PATTERN.test(service)) {
@@ -2977,19 +2982,26 @@ export function parseServicePath(pathname: string): ServiceTarget | null {
   return { service: name, rest: slash === -1 ? null : tail.slice(slash + 1) };
 }
 
-/** Matches a path against the configured aliases: the service, and the whole path forwarded. */
-export function matchAlias(
-  pathname: string,
-  aliases: Record<string, string>,
-): ServiceTarget | null {
-  let best: [string, string] | null = null;
-  for (const [prefix, service] of Object.entries(aliases)) {
+/** Configured aliases as `[prefix, service]` pairs, longest prefix first (see `aliasList`). */
+export type AliasList = readonly (readonly [prefix: string, service: string])[];
+
+/** The configured aliases, longest prefix first: sorted once, when a coordinator is built. */
+export function aliasList(aliases: Record<string, string>): AliasList {
+  return Object.entries(aliases).sort((a, b) => b[0].length - a[0].length);
+}
+
+/**
+ * Matches a path against the aliases (the longest matching prefix wins): the service, and the
+ * whole path forwarded. A prefix ending in `/` also matches the path without it.
+ */
+export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget | null {
+  for (const [prefix, service] of aliases) {
     const hit = prefix.endsWith("/")
       ? pathname.startsWith(prefix) || pathname === prefix.slice(0, -1)
       : pathname === prefix || pathname.startsWith(`${prefix}/`);
-    if (hit && (!best || prefix.length > best[0].length)) best = [prefix, service];
+    if (hit) return { service, rest: pathname.slice(1) };
   }
-  return best ? { service: best[1], rest: pathname.slice(1) } : null;
+  return null;
 }
 
 /** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
@@ -4124,7 +4136,7 @@ export interface CoordinatorComponents {
 export interface Coordinator {
   /** The hono app: `app.fetch(request, env)` or `app.request(path, init)`. */
   app: Hono;
-  /** Serves a request: `/api/service/*` straight to the proxy, everything else through `app`. */
+  /** Serves a request: `/api/service/*` and alias paths straight to the proxy, everything else through `app`. */
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response>;
   /** The resolved settings. */
   settings: Settings;
@@ -4226,12 +4238,47 @@ export function createCoordinator(
   });
   const budget = () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount });
 
+  // Opportunistic: what the cap deferred is written on the first request that may write it.
+  const flushPending = async () => {
+    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
+  };
+  const aliases = aliasList(settings.aliases);
+  /**
+   * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
+   * when it is routed), an alias's target for an aliased path outside the API's own paths
+   * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
+   */
+  const proxied = (request: Request): ServiceTarget | "service" | null => {
+    if (isPreflight(request)) return null;
+    const url = request.url;
+    const at = url.indexOf("/", url.indexOf("//") + 2);
+    if (url.startsWith("/api/service/", at)) return "service";
+    if (aliases.length === 0) return null;
+    const q = url.indexOf("?", at);
+    const path = q === -1 ? url.slice(at) : url.slice(at, q);
+    if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
+    return matchAlias(path, aliases);
+  };
+  /**
+   * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
+   * every error itself with the CORS headers a browser needs to read it.
+   */
+  const proxyEntry = async (inc: Incoming, target: ServiceTarget | "service") => {
+    try {
+      if (reg.pendingCount > 0) await flushPending();
+      // A path under /api/service/ always has a target (or throws on a bad name).
+      const to =
+        target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
+      return await routeService(inc, proxy, to);
+    } catch (err) {
+      const res = errorAnswer(err);
+      addCors(settings, inc.request, res.headers);
+      return res;
+    }
+  };
+
   app.onError((err) => errorAnswer(err));
-  app.notFound((c) => {
-    const alias = matchAlias(new URL(c.req.url).pathname, settings.aliases);
-    if (alias) return routeService(incomingOf(c), proxy, alias);
-    return c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404);
-  });
+  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   const corsHeaders = cors({
     origin: settings.corsOrigin,
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
@@ -4239,22 +4286,14 @@ export function createCoordinator(
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
   });
-  // The proxy sets the same CORS headers on its answers itself: hono's middleware would wrap
-  // every proxied response in a new one (it touches `c.res` before the handler runs). It also
-  // answers every OPTIONS itself, so an OPTIONS that is no preflight passes it on the way to a
-  // service (or an alias of one): the proxy forwards every method.
+  // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
+  // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
+  // would wrap every proxied response in a new one (it touches `c.res` before the handler
+  // runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes to the service.
   app.use("*", (c, next) => {
-    if (isPreflight(c.req.raw)) return corsHeaders(c, next);
-    if (c.req.path.startsWith("/api/service/")) return next();
-    if (c.req.method === "OPTIONS" && matchAlias(new URL(c.req.url).pathname, settings.aliases)) {
-      return next();
-    }
-    return corsHeaders(c, next);
+    const target = proxied(c.req.raw);
+    return target === null ? corsHeaders(c, next) : proxyEntry(incomingOf(c), target);
   });
-  // Opportunistic: what the cap deferred is written on the first request that may write it.
-  const flushPending = async () => {
-    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
-  };
   app.use("*", async (_c, next) => {
     await flushPending();
     await next();
@@ -4434,39 +4473,11 @@ export function createCoordinator(
     });
   });
 
-  app.all("/api/service/*", async (c) => {
-    try {
-      const target = serviceTargetOf(c.req.url);
-      if (!target) return proxyJson(proxy, c.req.raw, { error: "Not found" }, 404);
-      return await routeService(incomingOf(c), proxy, target);
-    } catch (err) {
-      // The CORS middleware skips these paths: a browser must be able to read the error too.
-      const res = errorAnswer(err);
-      addCors(settings, c.req.raw, res.headers);
-      return res;
-    }
-  });
-
-  /** `/api/service/*` straight to the proxy (no hono routing or context); the rest to the app. */
+  /** Service paths and aliases straight to the proxy (no hono routing or context); the rest to the app. */
   const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
-    const url = request.url;
-    const at = url.indexOf("/", url.indexOf("//") + 2);
-    if (!url.startsWith("/api/service/", at) || isPreflight(request)) {
-      return app.fetch(request, env, exec as never);
-    }
-    const inc: Incoming = { request, env, exec: (exec as WaitUntil | undefined) ?? null };
-    return (async () => {
-      try {
-        if (reg.pendingCount > 0) await flushPending();
-        const target = serviceTargetOf(url);
-        if (!target) return proxyJson(proxy, request, { error: "Not found" }, 404);
-        return await routeService(inc, proxy, target);
-      } catch (err) {
-        const res = errorAnswer(err);
-        addCors(settings, request, res.headers);
-        return res;
-      }
-    })();
+    const target = proxied(request);
+    if (target === null) return app.fetch(request, env, exec as never);
+    return proxyEntry({ request, env, exec: (exec as WaitUntil | undefined) ?? null }, target);
   };
 
   return {
