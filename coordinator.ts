@@ -2213,6 +2213,47 @@ function percentile(histogram: Float64Array, total: number, q: number): number |
   return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
 }
 
+/**
+ * A count over a sliding window of `windowMs`, kept in two halves: the current window and the
+ * previous one, which counts with the share of it that still overlaps the last `windowMs`
+ * (the previous window is forgotten once a whole window passed without a roll).
+ */
+export class SlidingCount {
+  #start = 0;
+  #current = 0;
+  #previous = 0;
+
+  constructor(readonly windowMs: number) {}
+
+  /** Counts `n` (default 1) at `now`. */
+  add(now: number, n = 1): void {
+    this.#roll(now);
+    this.#current += n;
+  }
+
+  /** The count of the last `windowMs` as of `now`. */
+  estimate(now: number): number {
+    this.#roll(now);
+    return this.#current + this.#previous * (1 - (now - this.#start) / this.windowMs);
+  }
+
+  /** Forgets everything; a new window starts at `now`. */
+  reset(now: number): void {
+    this.#start = now;
+    this.#current = 0;
+    this.#previous = 0;
+  }
+
+  #roll(now: number): void {
+    const w = this.windowMs;
+    const elapsed = now - this.#start;
+    if (elapsed < w) return;
+    this.#previous = elapsed < 2 * w ? this.#current : 0;
+    this.#current = 0;
+    this.#start = now - (elapsed % w);
+  }
+}
+
 /** A circuit breaker's state. */
 export type BreakerState = "closed" | "open" | "half_open";
 
@@ -2226,7 +2267,7 @@ export interface BreakerInit {
 
 /**
  * A circuit breaker for one worker and service. Closed, it counts outcomes over a sliding
- * window (two halves, weighted) and opens when at least `failureRatio` of at least
+ * window (`SlidingCount`) and opens when at least `failureRatio` of at least
  * `minRequests` requests failed. Open, it refuses requests for `openMs`; then, half-open, it
  * lets exactly one probe through: the probe's success closes it, its failure opens it again.
  * Outcomes of requests sent before it opened are ignored.
@@ -2238,13 +2279,13 @@ export class CircuitBreaker {
   /** Times it opened. */
   trips = 0;
   #probing = false;
-  #start = 0;
-  #n = 0;
-  #f = 0;
-  #prevN = 0;
-  #prevF = 0;
+  readonly #requests: SlidingCount;
+  readonly #failures: SlidingCount;
 
-  constructor(readonly init: BreakerInit) {}
+  constructor(readonly init: BreakerInit) {
+    this.#requests = new SlidingCount(init.windowMs);
+    this.#failures = new SlidingCount(init.windowMs);
+  }
 
   /** Whether a request may go now (an open breaker turns half-open once its time is up). */
   allows(now: number): boolean {
@@ -2278,7 +2319,8 @@ export class CircuitBreaker {
     }
     if (this.state === "open") return;
     this.#count(now, true);
-    const { n, f } = this.#estimate(now);
+    const n = this.#requests.estimate(now);
+    const f = this.#failures.estimate(now);
     if (n >= this.init.minRequests && f >= this.init.failureRatio * n) this.#open(now);
   }
 
@@ -2289,36 +2331,15 @@ export class CircuitBreaker {
 
   /** Requests and failures the window counts now. */
   counts(now: number): { requests: number; failures: number } {
-    const { n, f } = this.#estimate(now);
-    return { requests: Math.round(n * 10) / 10, failures: Math.round(f * 10) / 10 };
-  }
-
-  #roll(now: number): void {
-    const w = this.init.windowMs;
-    const elapsed = now - this.#start;
-    if (elapsed < w) return;
-    if (elapsed < 2 * w) {
-      this.#prevN = this.#n;
-      this.#prevF = this.#f;
-    } else {
-      this.#prevN = 0;
-      this.#prevF = 0;
-    }
-    this.#n = 0;
-    this.#f = 0;
-    this.#start = now - (elapsed % w);
-  }
-
-  #estimate(now: number): { n: number; f: number } {
-    this.#roll(now);
-    const weight = 1 - (now - this.#start) / this.init.windowMs;
-    return { n: this.#n + this.#prevN * weight, f: this.#f + this.#prevF * weight };
+    return {
+      requests: Math.round(this.#requests.estimate(now) * 10) / 10,
+      failures: Math.round(this.#failures.estimate(now) * 10) / 10,
+    };
   }
 
   #count(now: number, failed: boolean): void {
-    this.#roll(now);
-    this.#n++;
-    if (failed) this.#f++;
+    this.#requests.add(now);
+    if (failed) this.#failures.add(now);
   }
 
   #open(now: number): void {
@@ -2331,11 +2352,8 @@ export class CircuitBreaker {
   #close(now: number): void {
     this.state = "closed";
     this.#probing = false;
-    this.#start = now;
-    this.#n = 0;
-    this.#f = 0;
-    this.#prevN = 0;
-    this.#prevF = 0;
+    this.#requests.reset(now);
+    this.#failures.reset(now);
   }
 }
 
@@ -2345,45 +2363,30 @@ export class CircuitBreaker {
  * the load on a failing service.
  */
 export class RetryBudget {
-  #start = 0;
-  #requests = 0;
-  #retries = 0;
-  #prevRequests = 0;
-  #prevRetries = 0;
+  readonly #requests: SlidingCount;
+  readonly #retries: SlidingCount;
 
-  constructor(readonly init: { ratio: number; min: number; windowMs: number }) {}
+  constructor(readonly init: { ratio: number; min: number; windowMs: number }) {
+    this.#requests = new SlidingCount(init.windowMs);
+    this.#retries = new SlidingCount(init.windowMs);
+  }
 
   /** Counts one original request (it earns `ratio` of a retry). */
   request(now: number): void {
-    this.#roll(now);
-    this.#requests++;
+    this.#requests.add(now);
   }
 
   /** Takes one retry from the budget; false when it is spent. */
   tryRetry(now: number): boolean {
     if (this.available(now) < 1) return false;
-    this.#retries++;
+    this.#retries.add(now);
     return true;
   }
 
   /** Retries the budget still allows now. */
   available(now: number): number {
-    this.#roll(now);
-    const weight = 1 - (now - this.#start) / this.init.windowMs;
-    const requests = this.#requests + this.#prevRequests * weight;
-    const retries = this.#retries + this.#prevRetries * weight;
-    return Math.max(0, this.init.min + this.init.ratio * requests - retries);
-  }
-
-  #roll(now: number): void {
-    const w = this.init.windowMs;
-    const elapsed = now - this.#start;
-    if (elapsed < w) return;
-    this.#prevRequests = elapsed < 2 * w ? this.#requests : 0;
-    this.#prevRetries = elapsed < 2 * w ? this.#retries : 0;
-    this.#requests = 0;
-    this.#retries = 0;
-    this.#start = now - (elapsed % w);
+    const earned = this.init.ratio * this.#requests.estimate(now);
+    return Math.max(0, this.init.min + earned - this.#retries.estimate(now));
   }
 }
 

@@ -10,6 +10,7 @@ import {
   resolveSettings,
   ServiceRoute,
   type ServiceMetrics,
+  SlidingCount,
   scalingSignal,
   TrafficWindow,
   type WindowSnapshot,
@@ -44,6 +45,32 @@ describe("TrafficWindow", () => {
       last = b;
     }
     expect(latencyBucket(1e9)).toBe(83);
+  });
+});
+
+describe("SlidingCount", () => {
+  it("weighs the previous window by its overlap and forgets it after two windows", () => {
+    const c = new SlidingCount(1000);
+    c.add(T0, 10); // T0 is a multiple of the window: a window starts there
+    expect(c.estimate(T0 + 999)).toBe(10);
+    expect(c.estimate(T0 + 1000)).toBe(10); // rolled: all of the previous window overlaps
+    c.add(T0 + 1000, 2);
+    expect(c.estimate(T0 + 1250)).toBe(2 + 10 * 0.75);
+    expect(c.estimate(T0 + 1999)).toBeCloseTo(2 + 10 * 0.001);
+    expect(c.estimate(T0 + 2000)).toBe(2); // the window of 10 is gone, the 2 now previous
+    expect(c.estimate(T0 + 2500)).toBe(1);
+    c.add(T0 + 2500);
+    expect(c.estimate(T0 + 4600)).toBe(0); // two windows without a roll: nothing is kept
+  });
+
+  it("starts a new window where it is reset", () => {
+    const c = new SlidingCount(1000);
+    c.add(T0, 5);
+    c.reset(T0 + 300);
+    expect(c.estimate(T0 + 300)).toBe(0);
+    c.add(T0 + 300, 4);
+    expect(c.estimate(T0 + 1299)).toBe(4);
+    expect(c.estimate(T0 + 1800)).toBe(2); // rolled at T0 + 1300, half of it overlaps
   });
 });
 
