@@ -4151,8 +4151,17 @@ export interface Coordinator {
   table(): Promise<RoutingTable>;
   /** Today's write budget figures. */
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
-  /** Re-evaluates every service's scaling signal (a change calls the webhook); starters call it every few seconds. */
+  /** Re-evaluates every service's scaling signal (a change calls the webhook); `start()` calls it every 5 s. */
   tick(): void;
+  /**
+   * Starts the timers of a long-running server: `flush` every minute, `tick` every 5 s. The
+   * Node, Bun and Deno starters call it. Workers never does (an isolate runs no timers between
+   * requests): there the first request that may write flushes, and traffic and admin reads
+   * re-evaluate the signals.
+   */
+  start(): void;
+  /** Clears the timers `start()` set. */
+  stop(): void;
 }
 
 function issues(err: z.ZodError): { path: string; message: string }[] {
@@ -4193,6 +4202,11 @@ async function readJson<T>(
 function isPreflight(request: Request): boolean {
   return request.method === "OPTIONS" && request.headers.has("access-control-request-method");
 }
+
+/** How often a started coordinator writes what the cap deferred. */
+const FLUSH_EVERY_MS = MINUTE;
+/** How often a started coordinator re-evaluates the scaling signals (without traffic too). */
+const TICK_EVERY_MS = 5000;
 
 /** Builds a coordinator from settings and collaborators. */
 export function createCoordinator(
@@ -4483,7 +4497,8 @@ export function createCoordinator(
     return proxyEntry({ request, env, exec: (exec as WaitUntil | undefined) ?? null }, target);
   };
 
-  return {
+  let timers: ReturnType<typeof setInterval>[] = [];
+  const coordinator: Coordinator = {
     app,
     fetch: serve,
     settings,
@@ -4492,7 +4507,19 @@ export function createCoordinator(
     table: () => reg.table(),
     budget,
     tick: () => void routing(null).catch(() => {}),
+    start() {
+      if (timers.length > 0) return;
+      timers = [
+        setInterval(() => void coordinator.flush().catch(() => 0), FLUSH_EVERY_MS),
+        setInterval(() => coordinator.tick(), TICK_EVERY_MS),
+      ];
+    },
+    stop() {
+      for (const timer of timers) clearInterval(timer);
+      timers = [];
+    },
   };
+  return coordinator;
 }
 
 // ============================================================================================
