@@ -2428,13 +2428,14 @@ export class Endpoint {
   lastEjectedAt = 0;
   attempts = 0;
   failures = 0;
+  /** Latency summed over the attempts that ended with an outcome, and how many they are. */
   latencySumMs = 0;
+  latencyCount = 0;
   readonly breaker: CircuitBreaker;
   readonly window: TrafficWindow;
 
   constructor(
     readonly worker_id: string,
-    readonly service: string,
     settings: RoutingSettings,
     now: number,
   ) {
@@ -2727,6 +2728,7 @@ export class ServiceRoute {
     }
     e.window.record(now, latencyMs, failed);
     e.latencySumMs += latencyMs;
+    e.latencyCount++;
     const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
     const base = this.latency(e, now) || sample;
     e.ewmaMs = base + (sample - base) * EWMA_SAMPLE_WEIGHT;
@@ -3358,7 +3360,7 @@ class Router {
         seen.add(key);
         let ep = this.#endpoints.get(key);
         if (!ep) {
-          ep = new Endpoint(p.worker_id, name, this.settings, now);
+          ep = new Endpoint(p.worker_id, this.settings, now);
           this.#endpoints.set(key, ep);
         }
         ep.update(p);
@@ -3541,6 +3543,9 @@ function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
     health: e.health,
     requests_total: e.attempts,
     errors_total: e.failures,
+    latency_sum_ms: Math.round(e.latencySumMs * 100) / 100,
+    /** Attempts with an outcome: the count of latency_sum_ms (requests_total also has those in flight or abandoned). */
+    latency_count: e.latencyCount,
     in_flight: e.inFlight,
     latency_ewma_ms: Math.round(route.latency(e, now) * 100) / 100,
     consecutive_failures: e.consecutiveFailures,
@@ -3631,7 +3636,7 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
       string,
       string,
       (x: T) => WindowSnapshot,
-      ((x: T) => [number, number]) | null,
+      (x: T) => [sumMs: number, count: number],
     ],
   ) => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} summary`);
@@ -3644,10 +3649,8 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
       ] as const) {
         out.push(`${name}{${label},quantile="${q}"} ${v === null ? "NaN" : v / 1000}`);
       }
-      if (totals) {
-        const [sumMs, count] = totals(x);
-        out.push(`${name}_sum{${label}} ${sumMs / 1000}`, `${name}_count{${label}} ${count}`);
-      }
+      const [sumMs, count] = totals(x);
+      out.push(`${name}_sum{${label}} ${sumMs / 1000}`, `${name}_count{${label}} ${count}`);
     }
   };
   const perService: [string, string, string, (s: ServiceMetrics) => number][] = [
@@ -3733,7 +3736,7 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
     "rollcall_worker_request_duration_seconds",
     "Time to headers per attempt.",
     (w) => w.window,
-    null,
+    (w) => [w.latency_sum_ms, w.latency_count],
   ]);
   return `${out.join("\n")}\n`;
 }

@@ -142,7 +142,7 @@ function route(list: Partial<Provider>[]): ServiceRoute {
   const r = new ServiceRoute("svc", settings, T0);
   r.setEndpoints(
     list.map((p, i) => {
-      const e = new Endpoint(p.worker_id ?? `w${i}`, "svc", settings, T0);
+      const e = new Endpoint(p.worker_id ?? `w${i}`, settings, T0);
       e.update({
         worker_id: e.worker_id,
         service: "svc",
@@ -335,6 +335,8 @@ describe("prometheusText", () => {
             health: "healthy",
             requests_total: 1,
             errors_total: 0,
+            latency_sum_ms: 3,
+            latency_count: 1,
             in_flight: 0,
             latency_ewma_ms: 3,
             consecutive_failures: 0,
