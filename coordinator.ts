@@ -2273,6 +2273,7 @@ export interface BreakerInit {
  * Outcomes of requests sent before it opened are ignored.
  */
 export class CircuitBreaker {
+  /** The state as of the last call (an open breaker turns half-open in `allows`); `stateAt` tells it for any time. */
   state: BreakerState = "closed";
   /** When an open breaker lets a probe through. */
   openUntil = 0;
@@ -2287,11 +2288,17 @@ export class CircuitBreaker {
     this.#failures = new SlidingCount(init.windowMs);
   }
 
+  /** The state at `now`, changing nothing: an open breaker whose time is up is half-open. */
+  stateAt(now: number): BreakerState {
+    return this.state === "open" && now >= this.openUntil ? "half_open" : this.state;
+  }
+
   /** Whether a request may go now (an open breaker turns half-open once its time is up). */
   allows(now: number): boolean {
-    if (this.state === "closed") return true;
+    const state = this.stateAt(now);
+    if (state === "closed") return true;
+    if (state === "open") return false;
     if (this.state === "open") {
-      if (now < this.openUntil) return false;
       this.state = "half_open";
       this.#probing = false;
     }
@@ -2682,7 +2689,9 @@ export class ServiceRoute {
   retryAfterMs(now: number): number {
     let soonest = Number.POSITIVE_INFINITY;
     for (const e of this.endpoints) {
-      if (e.breaker.state === "open") soonest = Math.min(soonest, e.breaker.openUntil - now);
+      if (e.breaker.stateAt(now) === "open") {
+        soonest = Math.min(soonest, e.breaker.openUntil - now);
+      }
     }
     return Number.isFinite(soonest) ? Math.max(1000, soonest) : 1000;
   }
@@ -3525,18 +3534,12 @@ class LiveViews {
   }
 }
 
-/** A breaker's state as of `now` (an open breaker whose time is up shows half-open). */
-function breakerState(e: Endpoint, now: number): BreakerState {
-  const b = e.breaker;
-  return b.state === "open" && now >= b.openUntil ? "half_open" : b.state;
-}
-
 function iso(ms: number): string | null {
   return ms > 0 ? new Date(ms).toISOString() : null;
 }
 
 function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
-  const state = breakerState(e, now);
+  const state = e.breaker.stateAt(now);
   return {
     url: e.base,
     tier: e.tier,
@@ -3565,7 +3568,7 @@ function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
 /** Serving providers: routable, not ejected, breaker not open. */
 function servingCount(route: ServiceRoute, now: number): number {
   let n = 0;
-  for (const e of route.endpoints) if (!e.ejected(now) && breakerState(e, now) !== "open") n++;
+  for (const e of route.endpoints) if (!e.ejected(now) && e.breaker.stateAt(now) !== "open") n++;
   return n;
 }
 
@@ -4404,7 +4407,7 @@ export function createCoordinator(
             url: p.url,
             tier: p.tier,
             health: p.health,
-            breaker: e ? breakerState(e, now) : null,
+            breaker: e ? e.breaker.stateAt(now) : null,
             ejected: e ? e.ejected(now) : false,
             in_flight: e?.inFlight ?? 0,
           };

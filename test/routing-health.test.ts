@@ -111,6 +111,17 @@ describe("CircuitBreaker", () => {
     expect(b.counts(T0 + 10_003)).toEqual({ requests: 0, failures: 0 });
   });
 
+  it("tells its state at any time without changing it: half-open once the open time is up", () => {
+    const b = new CircuitBreaker(init);
+    for (let i = 0; i < 4; i++) b.failure(T0, false);
+    expect(b.stateAt(T0 + 4999)).toBe("open");
+    expect(b.stateAt(T0 + 5000)).toBe("half_open"); // allows() was never called
+    expect(b.stateAt(T0 + 4999)).toBe("open"); // asking changed nothing
+    expect(b.state).toBe("open");
+    expect(b.allows(T0 + 5000)).toBe(true);
+    expect(b.stateAt(T0 + 5000)).toBe("half_open");
+  });
+
   it("forgets failures older than its window", () => {
     const b = new CircuitBreaker(init);
     for (let i = 0; i < 3; i++) b.failure(T0, false);
