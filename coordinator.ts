@@ -2958,9 +2958,12 @@ export function assertSafeRest(rest: string): void {
   }
 }
 
-/** The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would leave it. */
+/**
+ * The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would
+ * leave it. `rest` must have passed `assertSafeRest` (checked once per request, not per attempt):
+ * only what the URL parser resolves (dot segments) is caught here, not an encoded slash.
+ */
 export function upstreamUrl(base: string, rest: string | null, search: string): string {
-  if (rest !== null) assertSafeRest(rest);
   const root = trimSlash(base);
   const target = `${root}${rest === null ? "" : `/${rest}`}${search}`;
   const rootPath = trimSlash(new URL(root).pathname);
@@ -3947,7 +3950,7 @@ async function routeService(
   const request = inc.request;
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
-  if (careful) assertSafeRest(rest as string);
+  if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
   let now = ctx.clock.now();
   const table = reg.cachedTable(now) ?? (await reg.table());
   router.sync(table, now);

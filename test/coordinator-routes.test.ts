@@ -1,6 +1,13 @@
 /** In-process route tests of the coordinator: every endpoint, every error path, contract shapes. */
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { createCoordinator, memoryStore, type Store, tokensEqual } from "../coordinator.ts";
+import {
+  createCoordinator,
+  memoryStore,
+  type Store,
+  tokensEqual,
+  UnsafePathError,
+  upstreamUrl,
+} from "../coordinator.ts";
 import {
   countingStore,
   ManualClock,
@@ -793,6 +800,16 @@ describe("routing errors (no upstream needed)", () => {
     }
     // The URL parser resolves a dot segment before routing: this is /api/x, an unknown path.
     expect((await call("GET", "/api/service/%2e%2e/x")).status).toBe(404);
+  });
+
+  it("builds upstream URLs that stay under the service URL (the path was checked before)", () => {
+    expect(upstreamUrl("http://w:1/service/up/", "a/b%20c", "?q=1")).toBe(
+      "http://w:1/service/up/a/b%20c?q=1",
+    );
+    expect(upstreamUrl("http://w:1/service/up", null, "")).toBe("http://w:1/service/up");
+    for (const rest of ["../admin", "%2e%2e/admin", "a/../../admin"]) {
+      expect(() => upstreamUrl("http://w:1/service/up", rest, ""), rest).toThrow(UnsafePathError);
+    }
   });
 });
 
