@@ -2110,8 +2110,8 @@ export interface WindowSnapshot {
 
 /**
  * The last `windowMs` of traffic in six slices: counts (requests, errors, retries, rejected),
- * the peak in flight, and a log-bucketed latency histogram whose percentiles are within about
- * 10 %. Recording is O(1) and allocates nothing.
+ * the peak in flight, and a log-bucketed latency histogram whose percentiles are within one
+ * bucket (about 20 %). Recording is O(1) and allocates nothing.
  */
 export class TrafficWindow {
   readonly #sliceMs: number;
