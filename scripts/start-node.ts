@@ -21,7 +21,10 @@ const path = values.data ?? process.env.ROLLCALL_DATA ?? ".data/coordinator.json
 const upstream = process.env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
 const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
-  ...(upstream ? { fetch: upstream.fetch, clientGone: nodeClientGone } : {}),
+  ...(upstream ? { fetch: upstream.fetch } : {}),
+  // Whichever upstream client: it asks the server's response, where the default reads
+  // request.signal, which makes @hono/node-server build a real Request.
+  clientGone: nodeClientGone,
 });
 coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const server = serve({ fetch: coordinator.fetch, port, hostname }, (info) => {
