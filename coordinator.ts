@@ -168,7 +168,12 @@ const MINUTE = 60_000;
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const aliases = init.aliases ?? {};
   for (const [prefix, service] of Object.entries(aliases)) {
-    if (!prefix.startsWith("/") || prefix.startsWith("/api/") || prefix === "/health") {
+    if (
+      !prefix.startsWith("/") ||
+      prefix.startsWith("/api/") ||
+      prefix === "/health" ||
+      prefix === "/metrics"
+    ) {
       throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
     }
     if (!SERVICE_NAME_PATTERN.test(service)) {
@@ -2090,8 +2095,8 @@ export interface WindowSnapshot {
 
 /**
  * The last `windowMs` of traffic in six slices: counts (requests, errors, retries, rejected),
- * the peak in flight, and a log-bucketed latency histogram whose percentiles are within about
- * 10 %. Recording is O(1) and allocates nothing.
+ * the peak in flight, and a log-bucketed latency histogram whose percentiles are within one
+ * bucket (about 20 %). Recording is O(1) and allocates nothing.
  */
 export class TrafficWindow {
   readonly #sliceMs: number;
@@ -2193,6 +2198,47 @@ function percentile(histogram: Float64Array, total: number, q: number): number |
   return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
 }
 
+/**
+ * A count over a sliding window of `windowMs`, kept in two halves: the current window and the
+ * previous one, which counts with the share of it that still overlaps the last `windowMs`
+ * (the previous window is forgotten once a whole window passed without a roll).
+ */
+export class SlidingCount {
+  #start = 0;
+  #current = 0;
+  #previous = 0;
+
+  constructor(readonly windowMs: number) {}
+
+  /** Counts `n` (default 1) at `now`. */
+  add(now: number, n = 1): void {
+    this.#roll(now);
+    this.#current += n;
+  }
+
+  /** The count of the last `windowMs` as of `now`. */
+  estimate(now: number): number {
+    this.#roll(now);
+    return this.#current + this.#previous * (1 - (now - this.#start) / this.windowMs);
+  }
+
+  /** Forgets everything; a new window starts at `now`. */
+  reset(now: number): void {
+    this.#start = now;
+    this.#current = 0;
+    this.#previous = 0;
+  }
+
+  #roll(now: number): void {
+    const w = this.windowMs;
+    const elapsed = now - this.#start;
+    if (elapsed < w) return;
+    this.#previous = elapsed < 2 * w ? this.#current : 0;
+    this.#current = 0;
+    this.#start = now - (elapsed % w);
+  }
+}
+
 /** A circuit breaker's state. */
 export type BreakerState = "closed" | "open" | "half_open";
 
@@ -2206,31 +2252,38 @@ export interface BreakerInit {
 
 /**
  * A circuit breaker for one worker and service. Closed, it counts outcomes over a sliding
- * window (two halves, weighted) and opens when at least `failureRatio` of at least
+ * window (`SlidingCount`) and opens when at least `failureRatio` of at least
  * `minRequests` requests failed. Open, it refuses requests for `openMs`; then, half-open, it
  * lets exactly one probe through: the probe's success closes it, its failure opens it again.
  * Outcomes of requests sent before it opened are ignored.
  */
 export class CircuitBreaker {
+  /** The state as of the last call (an open breaker turns half-open in `allows`); `stateAt` tells it for any time. */
   state: BreakerState = "closed";
   /** When an open breaker lets a probe through. */
   openUntil = 0;
   /** Times it opened. */
   trips = 0;
   #probing = false;
-  #start = 0;
-  #n = 0;
-  #f = 0;
-  #prevN = 0;
-  #prevF = 0;
+  readonly #requests: SlidingCount;
+  readonly #failures: SlidingCount;
 
-  constructor(readonly init: BreakerInit) {}
+  constructor(readonly init: BreakerInit) {
+    this.#requests = new SlidingCount(init.windowMs);
+    this.#failures = new SlidingCount(init.windowMs);
+  }
+
+  /** The state at `now`, changing nothing: an open breaker whose time is up is half-open. */
+  stateAt(now: number): BreakerState {
+    return this.state === "open" && now >= this.openUntil ? "half_open" : this.state;
+  }
 
   /** Whether a request may go now (an open breaker turns half-open once its time is up). */
   allows(now: number): boolean {
-    if (this.state === "closed") return true;
+    const state = this.stateAt(now);
+    if (state === "closed") return true;
+    if (state === "open") return false;
     if (this.state === "open") {
-      if (now < this.openUntil) return false;
       this.state = "half_open";
       this.#probing = false;
     }
@@ -2258,7 +2311,8 @@ export class CircuitBreaker {
     }
     if (this.state === "open") return;
     this.#count(now, true);
-    const { n, f } = this.#estimate(now);
+    const n = this.#requests.estimate(now);
+    const f = this.#failures.estimate(now);
     if (n >= this.init.minRequests && f >= this.init.failureRatio * n) this.#open(now);
   }
 
@@ -2269,36 +2323,15 @@ export class CircuitBreaker {
 
   /** Requests and failures the window counts now. */
   counts(now: number): { requests: number; failures: number } {
-    const { n, f } = this.#estimate(now);
-    return { requests: Math.round(n * 10) / 10, failures: Math.round(f * 10) / 10 };
-  }
-
-  #roll(now: number): void {
-    const w = this.init.windowMs;
-    const elapsed = now - this.#start;
-    if (elapsed < w) return;
-    if (elapsed < 2 * w) {
-      this.#prevN = this.#n;
-      this.#prevF = this.#f;
-    } else {
-      this.#prevN = 0;
-      this.#prevF = 0;
-    }
-    this.#n = 0;
-    this.#f = 0;
-    this.#start = now - (elapsed % w);
-  }
-
-  #estimate(now: number): { n: number; f: number } {
-    this.#roll(now);
-    const weight = 1 - (now - this.#start) / this.init.windowMs;
-    return { n: this.#n + this.#prevN * weight, f: this.#f + this.#prevF * weight };
+    return {
+      requests: Math.round(this.#requests.estimate(now) * 10) / 10,
+      failures: Math.round(this.#failures.estimate(now) * 10) / 10,
+    };
   }
 
   #count(now: number, failed: boolean): void {
-    this.#roll(now);
-    this.#n++;
-    if (failed) this.#f++;
+    this.#requests.add(now);
+    if (failed) this.#failures.add(now);
   }
 
   #open(now: number): void {
@@ -2311,11 +2344,8 @@ export class CircuitBreaker {
   #close(now: number): void {
     this.state = "closed";
     this.#probing = false;
-    this.#start = now;
-    this.#n = 0;
-    this.#f = 0;
-    this.#prevN = 0;
-    this.#prevF = 0;
+    this.#requests.reset(now);
+    this.#failures.reset(now);
   }
 }
 
@@ -2325,45 +2355,30 @@ export class CircuitBreaker {
  * the load on a failing service.
  */
 export class RetryBudget {
-  #start = 0;
-  #requests = 0;
-  #retries = 0;
-  #prevRequests = 0;
-  #prevRetries = 0;
+  readonly #requests: SlidingCount;
+  readonly #retries: SlidingCount;
 
-  constructor(readonly init: { ratio: number; min: number; windowMs: number }) {}
+  constructor(readonly init: { ratio: number; min: number; windowMs: number }) {
+    this.#requests = new SlidingCount(init.windowMs);
+    this.#retries = new SlidingCount(init.windowMs);
+  }
 
   /** Counts one original request (it earns `ratio` of a retry). */
   request(now: number): void {
-    this.#roll(now);
-    this.#requests++;
+    this.#requests.add(now);
   }
 
   /** Takes one retry from the budget; false when it is spent. */
   tryRetry(now: number): boolean {
     if (this.available(now) < 1) return false;
-    this.#retries++;
+    this.#retries.add(now);
     return true;
   }
 
   /** Retries the budget still allows now. */
   available(now: number): number {
-    this.#roll(now);
-    const weight = 1 - (now - this.#start) / this.init.windowMs;
-    const requests = this.#requests + this.#prevRequests * weight;
-    const retries = this.#retries + this.#prevRetries * weight;
-    return Math.max(0, this.init.min + this.init.ratio * requests - retries);
-  }
-
-  #roll(now: number): void {
-    const w = this.init.windowMs;
-    const elapsed = now - this.#start;
-    if (elapsed < w) return;
-    this.#prevRequests = elapsed < 2 * w ? this.#requests : 0;
-    this.#prevRetries = elapsed < 2 * w ? this.#retries : 0;
-    this.#requests = 0;
-    this.#retries = 0;
-    this.#start = now - (elapsed % w);
+    const earned = this.init.ratio * this.#requests.estimate(now);
+    return Math.max(0, this.init.min + earned - this.#retries.estimate(now));
   }
 }
 
@@ -2405,13 +2420,14 @@ export class Endpoint {
   lastEjectedAt = 0;
   attempts = 0;
   failures = 0;
+  /** Latency summed over the attempts that ended with an outcome, and how many they are. */
   latencySumMs = 0;
+  latencyCount = 0;
   readonly breaker: CircuitBreaker;
   readonly window: TrafficWindow;
 
   constructor(
     readonly worker_id: string,
-    readonly service: string,
     settings: RoutingSettings,
     now: number,
   ) {
@@ -2658,7 +2674,9 @@ export class ServiceRoute {
   retryAfterMs(now: number): number {
     let soonest = Number.POSITIVE_INFINITY;
     for (const e of this.endpoints) {
-      if (e.breaker.state === "open") soonest = Math.min(soonest, e.breaker.openUntil - now);
+      if (e.breaker.stateAt(now) === "open") {
+        soonest = Math.min(soonest, e.breaker.openUntil - now);
+      }
     }
     return Number.isFinite(soonest) ? Math.max(1000, soonest) : 1000;
   }
@@ -2704,6 +2722,7 @@ export class ServiceRoute {
     }
     e.window.record(now, latencyMs, failed);
     e.latencySumMs += latencyMs;
+    e.latencyCount++;
     const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
     const base = this.latency(e, now) || sample;
     e.ewmaMs = base + (sample - base) * EWMA_SAMPLE_WEIGHT;
@@ -2924,9 +2943,12 @@ export function assertSafeRest(rest: string): void {
   }
 }
 
-/** The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would leave it. */
+/**
+ * The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would
+ * leave it. `rest` must have passed `assertSafeRest` (checked once per request, not per attempt):
+ * only what the URL parser resolves (dot segments) is caught here, not an encoded slash.
+ */
 export function upstreamUrl(base: string, rest: string | null, search: string): string {
-  if (rest !== null) assertSafeRest(rest);
   const root = trimSlash(base);
   const target = `${root}${rest === null ? "" : `/${rest}`}${search}`;
   const rootPath = trimSlash(new URL(root).pathname);
@@ -2962,19 +2984,26 @@ export function parseServicePath(pathname: string): ServiceTarget | null {
   return { service: name, rest: slash === -1 ? null : tail.slice(slash + 1) };
 }
 
-/** Matches a path against the configured aliases: the service, and the whole path forwarded. */
-export function matchAlias(
-  pathname: string,
-  aliases: Record<string, string>,
-): ServiceTarget | null {
-  let best: [string, string] | null = null;
-  for (const [prefix, service] of Object.entries(aliases)) {
+/** Configured aliases as `[prefix, service]` pairs, longest prefix first (see `aliasList`). */
+export type AliasList = readonly (readonly [prefix: string, service: string])[];
+
+/** The configured aliases, longest prefix first: sorted once, when a coordinator is built. */
+export function aliasList(aliases: Record<string, string>): AliasList {
+  return Object.entries(aliases).sort((a, b) => b[0].length - a[0].length);
+}
+
+/**
+ * Matches a path against the aliases (the longest matching prefix wins): the service, and the
+ * whole path forwarded. A prefix ending in `/` also matches the path without it.
+ */
+export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget | null {
+  for (const [prefix, service] of aliases) {
     const hit = prefix.endsWith("/")
       ? pathname.startsWith(prefix) || pathname === prefix.slice(0, -1)
       : pathname === prefix || pathname.startsWith(`${prefix}/`);
-    if (hit && (!best || prefix.length > best[0].length)) best = [prefix, service];
+    if (hit) return { service, rest: pathname.slice(1) };
   }
-  return best ? { service: best[1], rest: pathname.slice(1) } : null;
+  return null;
 }
 
 /** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
@@ -3328,7 +3357,7 @@ class Router {
         seen.add(key);
         let ep = this.#endpoints.get(key);
         if (!ep) {
-          ep = new Endpoint(p.worker_id, name, this.settings, now);
+          ep = new Endpoint(p.worker_id, this.settings, now);
           this.#endpoints.set(key, ep);
         }
         ep.update(p);
@@ -3493,24 +3522,21 @@ class LiveViews {
   }
 }
 
-/** A breaker's state as of `now` (an open breaker whose time is up shows half-open). */
-function breakerState(e: Endpoint, now: number): BreakerState {
-  const b = e.breaker;
-  return b.state === "open" && now >= b.openUntil ? "half_open" : b.state;
-}
-
 function iso(ms: number): string | null {
   return ms > 0 ? new Date(ms).toISOString() : null;
 }
 
 function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
-  const state = breakerState(e, now);
+  const state = e.breaker.stateAt(now);
   return {
     url: e.base,
     tier: e.tier,
     health: e.health,
     requests_total: e.attempts,
     errors_total: e.failures,
+    latency_sum_ms: Math.round(e.latencySumMs * 100) / 100,
+    /** Attempts with an outcome: the count of latency_sum_ms (requests_total also has those in flight or abandoned). */
+    latency_count: e.latencyCount,
     in_flight: e.inFlight,
     latency_ewma_ms: Math.round(route.latency(e, now) * 100) / 100,
     consecutive_failures: e.consecutiveFailures,
@@ -3530,7 +3556,7 @@ function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
 /** Serving providers: routable, not ejected, breaker not open. */
 function servingCount(route: ServiceRoute, now: number): number {
   let n = 0;
-  for (const e of route.endpoints) if (!e.ejected(now) && breakerState(e, now) !== "open") n++;
+  for (const e of route.endpoints) if (!e.ejected(now) && e.breaker.stateAt(now) !== "open") n++;
   return n;
 }
 
@@ -3601,7 +3627,7 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
       string,
       string,
       (x: T) => WindowSnapshot,
-      ((x: T) => [number, number]) | null,
+      (x: T) => [sumMs: number, count: number],
     ],
   ) => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} summary`);
@@ -3614,10 +3640,8 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
       ] as const) {
         out.push(`${name}{${label},quantile="${q}"} ${v === null ? "NaN" : v / 1000}`);
       }
-      if (totals) {
-        const [sumMs, count] = totals(x);
-        out.push(`${name}_sum{${label}} ${sumMs / 1000}`, `${name}_count{${label}} ${count}`);
-      }
+      const [sumMs, count] = totals(x);
+      out.push(`${name}_sum{${label}} ${sumMs / 1000}`, `${name}_count{${label}} ${count}`);
     }
   };
   const perService: [string, string, string, (s: ServiceMetrics) => number][] = [
@@ -3703,7 +3727,7 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
     "rollcall_worker_request_duration_seconds",
     "Time to headers per attempt.",
     (w) => w.window,
-    null,
+    (w) => [w.latency_sum_ms, w.latency_count],
   ]);
   return `${out.join("\n")}\n`;
 }
@@ -3911,7 +3935,7 @@ async function routeService(
   const request = inc.request;
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
-  if (careful) assertSafeRest(rest as string);
+  if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
   let now = ctx.clock.now();
   const table = reg.cachedTable(now) ?? (await reg.table());
   router.sync(table, now);
@@ -4109,7 +4133,7 @@ export interface CoordinatorComponents {
 export interface Coordinator {
   /** The hono app: `app.fetch(request, env)` or `app.request(path, init)`. */
   app: Hono;
-  /** Serves a request: `/api/service/*` straight to the proxy, everything else through `app`. */
+  /** Serves a request: `/api/service/*` and alias paths straight to the proxy, everything else through `app`. */
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response>;
   /** The resolved settings. */
   settings: Settings;
@@ -4121,8 +4145,17 @@ export interface Coordinator {
   table(): Promise<RoutingTable>;
   /** Today's write budget figures. */
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
-  /** Re-evaluates every service's scaling signal (a change calls the webhook); starters call it every few seconds. */
+  /** Re-evaluates every service's scaling signal (a change calls the webhook); `start()` calls it every 5 s. */
   tick(): void;
+  /**
+   * Starts the timers of a long-running server: `flush` every minute, `tick` every 5 s. The
+   * Node, Bun and Deno starters call it. Workers never does (an isolate runs no timers between
+   * requests): there the first request that may write flushes, and traffic and admin reads
+   * re-evaluate the signals.
+   */
+  start(): void;
+  /** Clears the timers `start()` set. */
+  stop(): void;
 }
 
 function issues(err: z.ZodError): { path: string; message: string }[] {
@@ -4163,6 +4196,11 @@ async function readJson<T>(
 function isPreflight(request: Request): boolean {
   return request.method === "OPTIONS" && request.headers.has("access-control-request-method");
 }
+
+/** How often a started coordinator writes what the cap deferred. */
+const FLUSH_EVERY_MS = MINUTE;
+/** How often a started coordinator re-evaluates the scaling signals (without traffic too). */
+const TICK_EVERY_MS = 5000;
 
 /** Builds a coordinator from settings and collaborators. */
 export function createCoordinator(
@@ -4211,12 +4249,47 @@ export function createCoordinator(
   });
   const budget = () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount });
 
+  // Opportunistic: what the cap deferred is written on the first request that may write it.
+  const flushPending = async () => {
+    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
+  };
+  const aliases = aliasList(settings.aliases);
+  /**
+   * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
+   * when it is routed), an alias's target for an aliased path outside the API's own paths
+   * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
+   */
+  const proxied = (request: Request): ServiceTarget | "service" | null => {
+    if (isPreflight(request)) return null;
+    const url = request.url;
+    const at = url.indexOf("/", url.indexOf("//") + 2);
+    if (url.startsWith("/api/service/", at)) return "service";
+    if (aliases.length === 0) return null;
+    const q = url.indexOf("?", at);
+    const path = q === -1 ? url.slice(at) : url.slice(at, q);
+    if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
+    return matchAlias(path, aliases);
+  };
+  /**
+   * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
+   * every error itself with the CORS headers a browser needs to read it.
+   */
+  const proxyEntry = async (inc: Incoming, target: ServiceTarget | "service") => {
+    try {
+      if (reg.pendingCount > 0) await flushPending();
+      // A path under /api/service/ always has a target (or throws on a bad name).
+      const to =
+        target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
+      return await routeService(inc, proxy, to);
+    } catch (err) {
+      const res = errorAnswer(err);
+      addCors(settings, inc.request, res.headers);
+      return res;
+    }
+  };
+
   app.onError((err) => errorAnswer(err));
-  app.notFound((c) => {
-    const alias = matchAlias(new URL(c.req.url).pathname, settings.aliases);
-    if (alias) return routeService(incomingOf(c), proxy, alias);
-    return c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404);
-  });
+  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   const corsHeaders = cors({
     origin: settings.corsOrigin,
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
@@ -4224,22 +4297,14 @@ export function createCoordinator(
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
   });
-  // The proxy sets the same CORS headers on its answers itself: hono's middleware would wrap
-  // every proxied response in a new one (it touches `c.res` before the handler runs). It also
-  // answers every OPTIONS itself, so an OPTIONS that is no preflight passes it on the way to a
-  // service (or an alias of one): the proxy forwards every method.
+  // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
+  // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
+  // would wrap every proxied response in a new one (it touches `c.res` before the handler
+  // runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes to the service.
   app.use("*", (c, next) => {
-    if (isPreflight(c.req.raw)) return corsHeaders(c, next);
-    if (c.req.path.startsWith("/api/service/")) return next();
-    if (c.req.method === "OPTIONS" && matchAlias(new URL(c.req.url).pathname, settings.aliases)) {
-      return next();
-    }
-    return corsHeaders(c, next);
+    const target = proxied(c.req.raw);
+    return target === null ? corsHeaders(c, next) : proxyEntry(incomingOf(c), target);
   });
-  // Opportunistic: what the cap deferred is written on the first request that may write it.
-  const flushPending = async () => {
-    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
-  };
   app.use("*", async (_c, next) => {
     await flushPending();
     await next();
@@ -4330,7 +4395,7 @@ export function createCoordinator(
             url: p.url,
             tier: p.tier,
             health: p.health,
-            breaker: e ? breakerState(e, now) : null,
+            breaker: e ? e.breaker.stateAt(now) : null,
             ejected: e ? e.ejected(now) : false,
             in_flight: e?.inFlight ?? 0,
           };
@@ -4419,42 +4484,15 @@ export function createCoordinator(
     });
   });
 
-  app.all("/api/service/*", async (c) => {
-    try {
-      const target = serviceTargetOf(c.req.url);
-      if (!target) return proxyJson(proxy, c.req.raw, { error: "Not found" }, 404);
-      return await routeService(incomingOf(c), proxy, target);
-    } catch (err) {
-      // The CORS middleware skips these paths: a browser must be able to read the error too.
-      const res = errorAnswer(err);
-      addCors(settings, c.req.raw, res.headers);
-      return res;
-    }
-  });
-
-  /** `/api/service/*` straight to the proxy (no hono routing or context); the rest to the app. */
+  /** Service paths and aliases straight to the proxy (no hono routing or context); the rest to the app. */
   const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
-    const url = request.url;
-    const at = url.indexOf("/", url.indexOf("//") + 2);
-    if (!url.startsWith("/api/service/", at) || isPreflight(request)) {
-      return app.fetch(request, env, exec as never);
-    }
-    const inc: Incoming = { request, env, exec: (exec as WaitUntil | undefined) ?? null };
-    return (async () => {
-      try {
-        if (reg.pendingCount > 0) await flushPending();
-        const target = serviceTargetOf(url);
-        if (!target) return proxyJson(proxy, request, { error: "Not found" }, 404);
-        return await routeService(inc, proxy, target);
-      } catch (err) {
-        const res = errorAnswer(err);
-        addCors(settings, request, res.headers);
-        return res;
-      }
-    })();
+    const target = proxied(request);
+    if (target === null) return app.fetch(request, env, exec as never);
+    return proxyEntry({ request, env, exec: (exec as WaitUntil | undefined) ?? null }, target);
   };
 
-  return {
+  let timers: ReturnType<typeof setInterval>[] = [];
+  const coordinator: Coordinator = {
     app,
     fetch: serve,
     settings,
@@ -4463,7 +4501,19 @@ export function createCoordinator(
     table: () => reg.table(),
     budget,
     tick: () => void routing(null).catch(() => {}),
+    start() {
+      if (timers.length > 0) return;
+      timers = [
+        setInterval(() => void coordinator.flush().catch(() => 0), FLUSH_EVERY_MS),
+        setInterval(() => coordinator.tick(), TICK_EVERY_MS),
+      ];
+    },
+    stop() {
+      for (const timer of timers) clearInterval(timer);
+      timers = [];
+    },
   };
+  return coordinator;
 }
 
 // ============================================================================================

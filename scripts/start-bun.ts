@@ -26,8 +26,7 @@ const path = values.data ?? process.env.ROLLCALL_DATA ?? ".data/coordinator.json
 const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
 });
-const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
-const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals without traffic
+coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const server = Bun.serve({
   port,
   hostname,
@@ -38,8 +37,7 @@ console.log(
 );
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
-    clearInterval(flush);
-    clearInterval(tick);
+    coordinator.stop();
     server.stop(true);
     process.exit(0);
   });

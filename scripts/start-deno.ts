@@ -36,8 +36,7 @@ const coordinator = createCoordinator(configFromEnv(env), {
   store: denoKvStore(kv),
   ...(upstream ? { fetch: upstream.fetch } : {}),
 });
-const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
-const tick = setInterval(() => coordinator.tick(), 5000); // scaling signals without traffic
+coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const server = Deno.serve(
   {
     port,
@@ -51,8 +50,7 @@ const server = Deno.serve(
 );
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {
-    clearInterval(flush);
-    clearInterval(tick);
+    coordinator.stop();
     upstream?.close();
     void server.shutdown().finally(() => Deno.exit(0));
   });

@@ -21,10 +21,12 @@ const path = values.data ?? process.env.ROLLCALL_DATA ?? ".data/coordinator.json
 const upstream = process.env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
 const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
-  ...(upstream ? { fetch: upstream.fetch, clientGone: nodeClientGone } : {}),
+  ...(upstream ? { fetch: upstream.fetch } : {}),
+  // Whichever upstream client: it asks the server's response, where the default reads
+  // request.signal, which makes @hono/node-server build a real Request.
+  clientGone: nodeClientGone,
 });
-const flush = setInterval(() => void coordinator.flush().catch(() => 0), 60_000);
-const tick = setInterval(() => coordinator.tick(), 5000);
+coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const server = serve({ fetch: coordinator.fetch, port, hostname }, (info) => {
   console.log(
     `rollcall coordinator (node) listening on http://${hostname}:${info.port} (file store ${path})`,
@@ -32,8 +34,7 @@ const server = serve({ fetch: coordinator.fetch, port, hostname }, (info) => {
 });
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
-    clearInterval(flush);
-    clearInterval(tick);
+    coordinator.stop();
     upstream?.close();
     server.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();

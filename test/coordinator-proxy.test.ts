@@ -2,6 +2,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError, resolveSettings } from "../coordinator.ts";
 import { member, report, testCoordinator } from "./helpers/coord-fixtures.ts";
 import { freePort } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
@@ -116,6 +117,55 @@ describe("forwarding", () => {
       url: "/service/upload/uploads/f.png",
     });
     expect((await send(t, "/clientsX")).status).toBe(404);
+  });
+
+  it("never lets an alias take the coordinator's own paths", async () => {
+    for (const prefix of ["/health", "/metrics", "/api/x", "relative"]) {
+      expect(() => resolveSettings({ aliases: { [prefix]: "upload" } })).toThrow(ConfigError);
+    }
+    const t = await withMembers([member("A", { url: a.url })], { aliases: { "/": "upload" } });
+    expect((await t.coordinator.fetch(new Request("http://c/elsewhere"))).status).toBe(200);
+    expect(await (await t.coordinator.fetch(new Request("http://c/health"))).json()).toMatchObject({
+      status: "healthy",
+    });
+    expect((await t.coordinator.fetch(new Request("http://c/api/admin/budget"))).status).toBe(200);
+    expect((await t.coordinator.fetch(new Request("http://c/api/nothing"))).status).toBe(404);
+  });
+
+  it("answers an alias exactly as its service path: the upstream response itself, CORS set once", async () => {
+    // Regression: alias traffic went through hono's cors(), which copied the answer and added
+    // a second `Vary: Origin`; a refused path on an alias had no CORS headers at all.
+    const origin = "https://app.example";
+    let last: Response | null = null;
+    const fetcher = (async () => {
+      last = new Response('{"ok":true}', {
+        headers: { "content-type": "application/json", vary: "Accept" },
+      });
+      return last; // a Response built here has mutable headers, like Bun's and the Node client's
+    }) as typeof fetch;
+    const t = testCoordinator({ corsOrigin: origin, aliases: { "/clients": "upload" } }, fetcher);
+    await t.call("POST", "/api/cluster/heartbeat", report({ members: [member("A")] }));
+    for (const serve of [
+      (r: Request) => t.coordinator.fetch(r),
+      (r: Request) => t.coordinator.app.fetch(r),
+    ]) {
+      for (const path of ["/api/service/upload/x", "/clients/x"]) {
+        const res = await serve(new Request(`http://coordinator${path}`, { headers: { origin } }));
+        expect(res).toBe(last);
+        expect(res.headers.get("vary")).toBe("Accept, Origin");
+        expect(res.headers.get("access-control-allow-origin")).toBe(origin);
+        expect(res.headers.get("x-rollcall-worker")).toBe("A");
+      }
+      const refused = await serve(
+        new Request("http://coordinator/clients/a%2fb", {
+          method: "OPTIONS",
+          headers: { origin },
+        }),
+      );
+      expect(refused.status).toBe(400);
+      expect(refused.headers.get("access-control-allow-origin")).toBe(origin);
+      expect(refused.headers.get("vary")).toBe("Origin");
+    }
   });
 
   it("forwards an OPTIONS that is no CORS preflight, and answers a preflight itself", async () => {

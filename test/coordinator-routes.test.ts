@@ -1,6 +1,13 @@
 /** In-process route tests of the coordinator: every endpoint, every error path, contract shapes. */
-import { describe, expect, it } from "vitest";
-import { createCoordinator, memoryStore, type Store, tokensEqual } from "../coordinator.ts";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import {
+  createCoordinator,
+  memoryStore,
+  type Store,
+  tokensEqual,
+  UnsafePathError,
+  upstreamUrl,
+} from "../coordinator.ts";
 import {
   countingStore,
   ManualClock,
@@ -896,5 +903,58 @@ describe("routing errors (no upstream needed)", () => {
     }
     // The URL parser resolves a dot segment before routing: this is /api/x, an unknown path.
     expect((await call("GET", "/api/service/%2e%2e/x")).status).toBe(404);
+  });
+
+  it("builds upstream URLs that stay under the service URL (the path was checked before)", () => {
+    expect(upstreamUrl("http://w:1/service/up/", "a/b%20c", "?q=1")).toBe(
+      "http://w:1/service/up/a/b%20c?q=1",
+    );
+    expect(upstreamUrl("http://w:1/service/up", null, "")).toBe("http://w:1/service/up");
+    for (const rest of ["../admin", "%2e%2e/admin", "a/../../admin"]) {
+      expect(() => upstreamUrl("http://w:1/service/up", rest, ""), rest).toThrow(UnsafePathError);
+    }
+  });
+});
+
+describe("timers", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("start() flushes deferred writes every minute and ticks every 5 s; stop() clears both", async () => {
+    vi.useFakeTimers();
+    const hooks: unknown[] = [];
+    const fetcher = (async (_url: RequestInfo | URL, init?: RequestInit) => {
+      hooks.push(JSON.parse(String(init?.body)));
+      return new Response(null, { status: 204 });
+    }) as typeof fetch;
+    const { coordinator, call, store, clock } = testCoordinator(
+      { writeCap: 1, scalingWebhook: "http://hook.test/scale" },
+      fetcher,
+    );
+    const sick = (id: string) =>
+      member(id, { services: [{ name: "upload", status: "unhealthy" }] });
+    await call("POST", "/api/cluster/heartbeat", report({ members: [sick("A")] }));
+    const over = await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ sequence: 2, members: [sick("A"), sick("B")] }),
+    );
+    expect(over.body.reason).toBe("deferred");
+    expect(store.writes).toBe(1);
+    expect(vi.getTimerCount()).toBe(0);
+
+    coordinator.start();
+    coordinator.start(); // a second start() sets no more timers
+    expect(vi.getTimerCount()).toBe(2);
+    await vi.advanceTimersByTimeAsync(5000);
+    // The tick saw a service whose providers are all unhealthy, with no request made.
+    expect(hooks).toMatchObject([{ service: "upload", signal: "scale_up", previous: "steady" }]);
+    clock.advance(24 * 60 * MIN); // the next day's budget
+    await vi.advanceTimersByTimeAsync(55_000);
+    expect(store.writes).toBe(2); // the flush wrote what waited, with no request made
+
+    coordinator.stop();
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

@@ -10,6 +10,7 @@ import {
   resolveSettings,
   ServiceRoute,
   type ServiceMetrics,
+  SlidingCount,
   scalingSignal,
   TrafficWindow,
   type WindowSnapshot,
@@ -44,6 +45,32 @@ describe("TrafficWindow", () => {
       last = b;
     }
     expect(latencyBucket(1e9)).toBe(83);
+  });
+});
+
+describe("SlidingCount", () => {
+  it("weighs the previous window by its overlap and forgets it after two windows", () => {
+    const c = new SlidingCount(1000);
+    c.add(T0, 10); // T0 is a multiple of the window: a window starts there
+    expect(c.estimate(T0 + 999)).toBe(10);
+    expect(c.estimate(T0 + 1000)).toBe(10); // rolled: all of the previous window overlaps
+    c.add(T0 + 1000, 2);
+    expect(c.estimate(T0 + 1250)).toBe(2 + 10 * 0.75);
+    expect(c.estimate(T0 + 1999)).toBeCloseTo(2 + 10 * 0.001);
+    expect(c.estimate(T0 + 2000)).toBe(2); // the window of 10 is gone, the 2 now previous
+    expect(c.estimate(T0 + 2500)).toBe(1);
+    c.add(T0 + 2500);
+    expect(c.estimate(T0 + 4600)).toBe(0); // two windows without a roll: nothing is kept
+  });
+
+  it("starts a new window where it is reset", () => {
+    const c = new SlidingCount(1000);
+    c.add(T0, 5);
+    c.reset(T0 + 300);
+    expect(c.estimate(T0 + 300)).toBe(0);
+    c.add(T0 + 300, 4);
+    expect(c.estimate(T0 + 1299)).toBe(4);
+    expect(c.estimate(T0 + 1800)).toBe(2); // rolled at T0 + 1300, half of it overlaps
   });
 });
 
@@ -84,6 +111,17 @@ describe("CircuitBreaker", () => {
     expect(b.counts(T0 + 10_003)).toEqual({ requests: 0, failures: 0 });
   });
 
+  it("tells its state at any time without changing it: half-open once the open time is up", () => {
+    const b = new CircuitBreaker(init);
+    for (let i = 0; i < 4; i++) b.failure(T0, false);
+    expect(b.stateAt(T0 + 4999)).toBe("open");
+    expect(b.stateAt(T0 + 5000)).toBe("half_open"); // allows() was never called
+    expect(b.stateAt(T0 + 4999)).toBe("open"); // asking changed nothing
+    expect(b.state).toBe("open");
+    expect(b.allows(T0 + 5000)).toBe(true);
+    expect(b.stateAt(T0 + 5000)).toBe("half_open");
+  });
+
   it("forgets failures older than its window", () => {
     const b = new CircuitBreaker(init);
     for (let i = 0; i < 3; i++) b.failure(T0, false);
@@ -115,7 +153,7 @@ function route(list: Partial<Provider>[]): ServiceRoute {
   const r = new ServiceRoute("svc", settings, T0);
   r.setEndpoints(
     list.map((p, i) => {
-      const e = new Endpoint(p.worker_id ?? `w${i}`, "svc", settings, T0);
+      const e = new Endpoint(p.worker_id ?? `w${i}`, settings, T0);
       e.update({
         worker_id: e.worker_id,
         service: "svc",
@@ -308,6 +346,8 @@ describe("prometheusText", () => {
             health: "healthy",
             requests_total: 1,
             errors_total: 0,
+            latency_sum_ms: 3,
+            latency_count: 1,
             in_flight: 0,
             latency_ewma_ms: 3,
             consecutive_failures: 0,

@@ -79,6 +79,21 @@ describe("metrics", () => {
       'rollcall_worker_breaker_state{service="svc",worker="A",state="closed"} 1\n',
     );
     expect(text).toContain('rollcall_request_duration_seconds_count{service="svc"} 10\n');
+    /** The value of one sample line of the text. */
+    const sample = (row: string): number => {
+      const line = text.split("\n").find((l) => l.startsWith(`${row} `));
+      expect(line, row).toBeDefined();
+      return Number(line?.slice(row.length + 1));
+    };
+    const duration = "rollcall_worker_request_duration_seconds";
+    const counts = ["A", "B"].map((id) =>
+      sample(`${duration}_count{service="svc",worker="${id}"}`),
+    );
+    expect(counts).toEqual([svc.workers.A.latency_count, svc.workers.B.latency_count]);
+    expect(counts.reduce((x, y) => x + y)).toBe(10);
+    expect(sample(`${duration}_sum{service="svc",worker="A"}`)).toBeCloseTo(
+      svc.workers.A.latency_sum_ms / 1000,
+    );
     const types = text.split("\n").filter((l) => l.startsWith("# TYPE"));
     expect(new Set(types).size).toBe(types.length);
   });
