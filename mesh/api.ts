@@ -15,7 +15,7 @@ export interface MeshInit {
   cluster?: string;
   /** Listen multiaddrs; default ["/ip4/127.0.0.1/tcp/0"]. */
   listen?: string[];
-  /** Multiaddrs of peers to join through, with /p2p/<id>. */
+  /** Multiaddrs of peers to join through, with /p2p/<id>; a bad one fails start() (BootstrapError). */
   bootstrap?: string[];
   /** Discover peers on the LAN by mDNS; default false. */
   mdns?: boolean;

@@ -19,10 +19,37 @@ import type { MeshStats } from "./api.ts";
 import type { Clock } from "./clock.ts";
 import type { MeshLibp2p } from "./node.ts";
 
+/** A bootstrap address is not a multiaddr, or names no valid peer id (a settings error). */
+export class BootstrapError extends Error {
+  override name = "BootstrapError";
+}
+
+/** One bootstrap address, parsed once: the multiaddr and the peer id it names, if any. */
+export interface BootstrapPeer {
+  addr: Multiaddr;
+  id: string | undefined;
+}
+
+/** Parses bootstrap multiaddrs; throws BootstrapError naming the first bad one. */
+export function parseBootstrap(addrs: readonly string[]): BootstrapPeer[] {
+  return addrs.map((text) => {
+    try {
+      const addr = multiaddr(text);
+      const id = addr.getComponents().find((c) => c.name === "p2p")?.value;
+      if (id !== undefined) peerIdFromString(id);
+      return { addr, id };
+    } catch {
+      throw new BootstrapError(
+        `Bootstrap address is not a multiaddr with a valid /p2p id: ${text}`,
+      );
+    }
+  });
+}
+
 /** Settings of the dialer. */
 export interface DialerInit {
-  /** Multiaddrs to join through (with /p2p/<id>, or without: then dialed while we have no peer). */
-  bootstrap?: string[];
+  /** Peers to join through (with /p2p/<id>, or without: then dialed while we have no peer). */
+  bootstrap?: BootstrapPeer[];
   /** How often to look for missing connections; default 1000 ms. */
   redialMs?: number;
   /** Longest wait between two dials of one target; default 10000 ms. */
@@ -107,16 +134,7 @@ export class Dialer {
     const now = this.#c.clock.now();
     const connected = new Set(node.getPeers().map((p) => p.toString()));
     const self = node.peerId.toString();
-    for (const addr of this.#init.bootstrap) {
-      let id: string | undefined;
-      try {
-        id = multiaddr(addr)
-          .getComponents()
-          .find((c) => c.name === "p2p")?.value;
-      } catch {
-        this.#c.log(`bootstrap address is not a multiaddr: ${addr}`);
-        continue;
-      }
+    for (const { addr, id } of this.#init.bootstrap) {
       if (id !== self && (id ? !connected.has(id) : connected.size === 0)) this.dial(addr);
     }
     const subscribers = new Set(this.#c.subscribers());
@@ -152,8 +170,8 @@ export class Dialer {
     this.#c.node.hangUp(peerIdFromString(id)).catch(() => {});
   }
 
-  /** Dials a PeerId, its string, or a multiaddr string, unless it is backing off. */
-  dial(target: PeerId | string): void {
+  /** Dials a PeerId (or its string) or a multiaddr, unless it is backing off. */
+  dial(target: PeerId | Multiaddr | string): void {
     if (!this.#running) return;
     const key = target.toString();
     const now = this.#c.clock.now();
@@ -161,15 +179,10 @@ export class Dialer {
     if (this.#dialing.has(key) || (b && now < b.at)) return;
     let dest: PeerId | Multiaddr;
     try {
-      dest =
-        typeof target !== "string"
-          ? target
-          : key.startsWith("/")
-            ? multiaddr(key)
-            : peerIdFromString(key);
+      dest = typeof target !== "string" ? target : peerIdFromString(key);
     } catch {
       this.#backoff.set(key, { at: now + 60_000, delay: 60_000 });
-      this.#c.log(`cannot dial ${key}: not a multiaddr or PeerId`);
+      this.#c.log(`cannot dial ${key}: not a PeerId`);
       return;
     }
     this.#dialing.add(key);

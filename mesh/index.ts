@@ -20,6 +20,7 @@ export { MEMBERSHIP_DEFAULTS, Membership, checkLocal } from "./membership.ts";
 export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./api.ts";
 export { MeshStateError } from "./api.ts";
 export { createMesh } from "./mesh.ts";
+export { BootstrapError } from "./dialer.ts";
 export { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
 export type { MeshLibp2p } from "./node.ts";
 export { GOSSIP_DEFAULTS, PskError, parsePsk } from "./node.ts";

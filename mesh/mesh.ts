@@ -15,7 +15,7 @@ import {
   MeshStateError,
 } from "./api.ts";
 import { type Clock, systemClock } from "./clock.ts";
-import { Dialer } from "./dialer.ts";
+import { Dialer, parseBootstrap } from "./dialer.ts";
 import { DEFAULT_SETTLE_MS, elect } from "./election.ts";
 import { type Identity, loadIdentity, saveIncarnation } from "./identity.ts";
 import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership.ts";
@@ -93,6 +93,8 @@ class MeshNode extends EventTarget {
   async start(): Promise<void> {
     if (this.#running || this.#node) throw new MeshStateError("Mesh is already started");
     const init = this.#init;
+    // A bad address is a settings error: refuse to start rather than log it every second.
+    const bootstrap = parseBootstrap(init.bootstrap ?? []);
     const identity = await loadIdentity(init.dataDir, { logger: this.#log });
     this.#identity = identity;
     const self = identity.peerId.toString();
@@ -126,7 +128,7 @@ class MeshNode extends EventTarget {
     this.#node = node;
     const dialer = new Dialer(
       {
-        bootstrap: init.bootstrap,
+        bootstrap,
         probeTimeoutMs: Math.min(1000, Math.floor(m.settings.suspectAfterMs / 2)),
       },
       {

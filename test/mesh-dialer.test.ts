@@ -6,9 +6,16 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { describe, expect, it } from "vitest";
+import { tempDir } from "./helpers/mesh-cluster.ts";
 import type { MeshStats } from "../mesh/api.ts";
 import { FakeClock } from "../mesh/clock.ts";
-import { Dialer, type DialerComponents, type DialerInit } from "../mesh/dialer.ts";
+import {
+  BootstrapError,
+  Dialer,
+  type DialerComponents,
+  type DialerInit,
+  parseBootstrap,
+} from "../mesh/dialer.ts";
 import { createMesh } from "../mesh/mesh.ts";
 import type { MeshLibp2p } from "../mesh/node.ts";
 
@@ -77,5 +84,34 @@ describe("Dialer", () => {
     clock.advance(6000);
     expect(stats.repairs).toBe(2);
     second.stop();
+  });
+
+  it("parses the bootstrap list once: a bad address fails start(), a good one is dialed as parsed", async () => {
+    const [self, boot] = [await peer(), await peer()];
+    const good = `/ip4/127.0.0.1/tcp/9/p2p/${boot}`;
+    for (const bad of ["not-a-multiaddr", "/ip4/127.0.0.1/tcp/9/p2p/not-a-peer-id"]) {
+      expect(() => parseBootstrap([good, bad])).toThrow(BootstrapError);
+      const tmp = tempDir("rollcall-dialer-");
+      const mesh = createMesh({
+        dataDir: tmp.path,
+        bootstrap: [bad],
+        local: { url: "", status: "online", services: [] },
+      });
+      await expect(mesh.start()).rejects.toThrow(BootstrapError);
+      tmp.cleanup();
+    }
+
+    const clock = new FakeClock(0);
+    const lines: string[] = [];
+    const { node, dials } = fakeNode(self, []);
+    const d = dialer(
+      { bootstrap: parseBootstrap([good]) },
+      { node, clock, stats: zeroStats(), log: (l) => lines.push(l) },
+    );
+    d.start();
+    clock.advance(30_000);
+    d.stop();
+    expect(dials[0]).toBe(good);
+    expect(lines).toEqual([]);
   });
 });
