@@ -4276,7 +4276,8 @@ export function createCoordinator(
    */
   const proxyEntry = async (inc: Incoming, target: ServiceTarget | "service") => {
     try {
-      if (reg.pendingCount > 0) await flushPending();
+      // Writes that waited go out beside the request, never in front of it.
+      if (reg.pendingCount > 0) defer(inc.exec, flushPending());
       // A path under /api/service/ always has a target (or throws on a bad name).
       const to =
         target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;

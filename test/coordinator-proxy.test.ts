@@ -2,10 +2,22 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConfigError, resolveSettings } from "../coordinator.ts";
-import { member, report, testCoordinator } from "./helpers/coord-fixtures.ts";
+import {
+  ConfigError,
+  createCoordinator,
+  memoryStore,
+  resolveSettings,
+  type Store,
+} from "../coordinator.ts";
+import {
+  ManualClock,
+  member,
+  registration,
+  report,
+  testCoordinator,
+} from "./helpers/coord-fixtures.ts";
 import { freePort } from "./helpers/processes.ts";
-import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
 let a: Upstream;
 let b: Upstream;
@@ -344,5 +356,56 @@ describe("failover", () => {
     }
     for (const got of a.received.slice(before))
       expect(got.url.startsWith("/service/upload/")).toBe(true);
+  });
+});
+
+describe("writes that waited", () => {
+  it("go out beside a proxied request, never in front of it", async () => {
+    const clock = new ManualClock();
+    const inner = memoryStore({}, { clock });
+    let hold: Promise<void> | null = null;
+    let release = () => {};
+    let writes = 0;
+    // One write per key per second (as Workers KV), and a write that can be held.
+    const store: Store = {
+      ...inner,
+      minWriteIntervalMs: 1000,
+      compareAndSet: undefined,
+      async set(key, value, options) {
+        if (hold) await hold;
+        await inner.set(key, value, options);
+        writes++;
+      },
+    };
+    const upstream = async () => new Response("ok");
+    const { app } = createCoordinator(
+      { liveView: false },
+      { store, clock, fetch: upstream as typeof fetch },
+    );
+    const post = (path: string, body: unknown) =>
+      app.request(path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    await post("/api/worker/register", registration("w"));
+    const hb = await post("/api/worker/heartbeat", { worker_id: "w", status: "busy" });
+    expect(((await hb.json()) as { written: boolean }).written).toBe(false); // within 1 s: waits
+    clock.advance(1500);
+    hold = new Promise((resolve) => {
+      release = resolve;
+    });
+    let answered = false;
+    const call = Promise.resolve(app.request("/api/service/upload/x")).then((r) => {
+      answered = true; // the flush it starts is held
+      return r;
+    });
+    await until("the proxied answer while the write is held", () => answered, 5000);
+    const res = await call;
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe("ok");
+    expect(writes).toBe(1);
+    release();
+    await until("the waiting write", () => writes === 2);
   });
 });
