@@ -6,6 +6,7 @@
  * the HTTP call is the injected `send`.
  */
 import { type Clock, systemClock } from "../mesh/clock.ts";
+import { backoffMs } from "./backoff.ts";
 
 /** What the reporter sends: the aggregate plus who sends it. */
 export interface ReportState<M = unknown> {
@@ -198,11 +199,14 @@ export class LeaderReporter<M = unknown> {
     this.#arm(pending ? now + this.#debounceMs : (this.#keepaliveAt ?? now + this.#maxBackoffMs));
   }
 
-  /** Exponential backoff with full jitter; honours Retry-After; slow for non-retryable errors. */
+  /** Exponential backoff with jitter (backoffMs); honours Retry-After; slow for non-retryable errors. */
   #backoff(result: Extract<SendResult, { ok: false }>): number {
     if (!result.retryable) return this.#maxBackoffMs;
-    const ceiling = Math.min(this.#maxBackoffMs, this.#minBackoffMs * 2 ** (this.#failures - 1));
-    const jittered = this.#minBackoffMs / 2 + this.#c.random() * (ceiling - this.#minBackoffMs / 2);
-    return Math.min(this.#maxBackoffMs, Math.max(jittered, result.retryAfterMs ?? 0));
+    return backoffMs(this.#failures, {
+      minMs: this.#minBackoffMs,
+      maxMs: this.#maxBackoffMs,
+      random: this.#c.random,
+      retryAfterMs: result.retryAfterMs,
+    });
   }
 }
