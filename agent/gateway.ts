@@ -198,7 +198,7 @@ export class Gateway {
     });
     upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
     upstream.on("error", (err) => {
-      if (res.headersSent) return void res.destroy(err);
+      if (res.headersSent || res.destroyed) return void res.destroy(err);
       const timedOut = err.message === "upstream timeout";
       json(res, timedOut ? 504 : 502, {
         error: timedOut ? "Upstream timeout" : "Upstream failed",
@@ -206,7 +206,10 @@ export class Gateway {
         service: svc.name,
       });
     });
-    req.on("aborted", () => upstream.destroy());
+    // The client left (mid-request or mid-response): cancel the upstream call too.
+    res.on("close", () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
     req.pipe(upstream);
   }
 }

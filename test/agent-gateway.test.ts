@@ -2,7 +2,8 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DetectedService } from "../agent/detect.ts";
 import { Gateway, parseServicePath } from "../agent/gateway.ts";
-import { freePort } from "./helpers/processes.ts";
+import type { AddressInfo } from "node:net";
+import { freePort, pollUntil } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 let up: Upstream;
@@ -158,5 +159,59 @@ describe("Gateway", () => {
     expect(res.status).toBe(502);
     expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
     await g.stop();
+  });
+
+  it.each([
+    ["mid-response", "/stream"],
+    ["before the response", "/hang"],
+  ])("cancels the upstream call when the client leaves %s", async (_when, path) => {
+    // An upstream that streams forever on /stream and never answers /hang.
+    const arrived: string[] = [];
+    const closed: string[] = [];
+    const server = http.createServer((req, res) => {
+      arrived.push(req.url ?? "");
+      res.on("close", () => closed.push(req.url ?? ""));
+      if (req.url !== "/stream") return;
+      res.writeHead(200, { "content-type": "text/plain" });
+      const tick = setInterval(() => res.write("tick\n"), 10);
+      res.on("close", () => clearInterval(tick));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as AddressInfo).port;
+    const svc: DetectedService = {
+      name: "s",
+      url: `http://127.0.0.1:${port}`,
+      port,
+      status: "healthy",
+      latency_ms: 0,
+    };
+    const g = new Gateway(
+      { host: "127.0.0.1", port: 0 },
+      { service: () => svc, services: () => [svc], health: () => ({}), clusterView: () => ({}) },
+    );
+    const gwPort = await g.start();
+    try {
+      const client = http.get({ host: "127.0.0.1", port: gwPort, path: `/service/s${path}` }, (r) =>
+        r.once("data", () => client.destroy()),
+      );
+      client.on("error", () => {}); // we hang up ourselves
+      if (path === "/hang") {
+        await pollUntil("the upstream to hold the request", async () =>
+          arrived.length > 0 ? true : undefined,
+        );
+        client.destroy();
+      }
+      await pollUntil(
+        "the upstream response to close",
+        async () => (closed.length > 0 ? true : undefined),
+        10_000,
+        20,
+      );
+      expect(closed).toEqual([path]);
+    } finally {
+      await g.stop();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 });
