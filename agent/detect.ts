@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { z } from "zod";
+import { ServiceNameSchema } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { ConfigError } from "./config.ts";
 
@@ -25,14 +26,12 @@ export interface DetectedService {
   latency_ms: number;
 }
 
-const NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
 const manifestSchema = z.object({
   services: z
     .array(
       z
         .object({
-          name: z.string().regex(NAME, "service names use a-z, 0-9, _ and - (max 63)"),
+          name: ServiceNameSchema, // the coordinator's rule, so it never refuses a name
           port: z.number().int().min(1).max(65535).optional(),
           url: z.url({ protocol: /^https?$/ }).optional(),
           health: z.string().startsWith("/").default("/health"),

@@ -6,7 +6,12 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { HOP_BY_HOP as HOP_BY_HOP_LIST } from "../coordinator.ts";
+import {
+  assertSafeRest,
+  HOP_BY_HOP as HOP_BY_HOP_LIST,
+  ServiceNameSchema,
+  UnsafePathError,
+} from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
@@ -34,26 +39,24 @@ export interface BadServicePath {
   error: string;
 }
 
-/** Splits /service/<name>/<rest>?q, or says why the path is refused (escapes, bad names). */
+/**
+ * Splits /service/<name>/<rest>?q, or says why the path is refused: a name the coordinator
+ * would refuse (ServiceNameSchema), or a rest its `assertSafeRest` refuses (dot segments,
+ * encoded slashes, backslashes or NUL in any decoding, malformed encodings).
+ */
 export function parseServicePath(
   url: string,
 ): { name: string; rest: string; query: string } | BadServicePath {
   const m = SERVICE_PATH.exec(url);
   if (!m) return { error: "Use /service/<name>/<path>" };
   const [, name = "", rest = "/", query = ""] = m;
-  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
-    return { error: "Service names are 1-63 characters: a-z, 0-9, - and _, not first - or _" };
-  }
-  for (const seg of rest.split("/")) {
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(seg);
-    } catch {
-      return { error: "Path has a malformed percent-encoding" };
-    }
-    if (decoded === ".." || decoded === "." || decoded.includes("/") || decoded.includes("\\")) {
-      return { error: "Path segments may not be ., .. or encoded slashes" };
-    }
+  const valid = ServiceNameSchema.safeParse(name);
+  if (!valid.success) return { error: `Service name ${valid.error.issues[0]?.message}` };
+  try {
+    assertSafeRest(rest);
+  } catch (err) {
+    if (err instanceof UnsafePathError) return { error: err.message };
+    throw err;
   }
   return { name, rest, query };
 }

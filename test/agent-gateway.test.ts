@@ -67,14 +67,18 @@ describe("parseServicePath", () => {
   it.each([
     ["/service/upload/a/b?x=1", { name: "upload", rest: "/a/b", query: "?x=1" }],
     ["/service/upload", { name: "upload", rest: "/", query: "" }],
-    ["/service/upload/../rag/x", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/%2e%2e/x", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/a%2Fb", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/a%5Cb", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/%zz", { error: "Path has a malformed percent-encoding" }],
-    ["/service/..%2frag/x", { error: expect.stringMatching(/^Service names are/) }],
-    ["/service/UP load/x", { error: expect.stringMatching(/^Service names are/) }],
-    ["/service//x", { error: expect.stringMatching(/^Service names are/) }],
+    ["/service/Up.load_2/x", { name: "Up.load_2", rest: "/x", query: "" }],
+    ["/service/upload/../rag/x", { error: "Path contains a dot segment" }],
+    ["/service/upload/%2e%2e/x", { error: "Path contains a dot segment" }],
+    ["/service/upload/%252e%252e/admin", { error: "Path contains a dot segment" }],
+    ["/service/upload/a%2Fb", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%5Cb", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%00b", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%2500b", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/%zz", { error: "Path contains an invalid percent-encoding" }],
+    ["/service/..%2frag/x", { error: expect.stringMatching(/^Service name must be/) }],
+    ["/service/UP load/x", { error: expect.stringMatching(/^Service name must be/) }],
+    ["/service//x", { error: expect.stringMatching(/^Service name must be/) }],
   ])("%s", (path, expected) => {
     expect(parseServicePath(path)).toEqual(expected);
   });
@@ -122,6 +126,12 @@ describe("Gateway", () => {
     expect(await res.json()).toMatchObject({ available_services: ["upload"] });
     // fetch normalises "..", so send the raw path with node:http.
     expect((await raw("/service/upload/%2e%2e/admin")).status).toBe(400);
+    const doubly = await raw("/service/upload/%252e%252e/admin");
+    expect(doubly.status).toBe(400);
+    expect(JSON.parse(doubly.text)).toEqual({
+      error: "Bad service path",
+      message: "Path contains a dot segment",
+    });
   });
 
   it("protects /_agent/cluster with the agent token", async () => {
