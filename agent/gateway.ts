@@ -177,20 +177,19 @@ export class Gateway {
     svc: DetectedService,
     path: string,
   ): void {
-    const target = new URL(svc.url);
     const headers = stripHopByHop(req.headers);
     const client = req.socket.remoteAddress ?? "";
     const prior = req.headers["x-forwarded-for"];
     headers["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
     headers["x-forwarded-host"] ??= req.headers.host ?? "";
     headers["x-forwarded-proto"] ??= "http";
-    headers.host = target.host;
-    const basePath = target.pathname.replace(/\/+$/, "");
+    const host = svc.host.includes(":") ? `[${svc.host}]` : svc.host;
+    headers.host = svc.port === 80 ? host : `${host}:${svc.port}`;
     const upstream = http.request({
-      host: target.hostname,
-      port: target.port || 80,
+      host: svc.host,
+      port: svc.port,
       method: req.method,
-      path: basePath + path,
+      path: svc.basePath + path,
       headers,
       agent: this.#agent,
       timeout: this.#init.upstreamTimeoutMs ?? 30_000,

@@ -10,15 +10,39 @@ let up: Upstream;
 let gw: Gateway;
 let base: string;
 
+/** A healthy service on 127.0.0.1, as the detector reports it. */
+const local = (name: string, port: number, basePath = ""): DetectedService => ({
+  name,
+  url: `http://127.0.0.1:${port}${basePath}`,
+  host: "127.0.0.1",
+  port,
+  basePath,
+  status: "healthy",
+  latency_ms: 1,
+});
+
+/** Runs `fn` against a gateway (no token) in front of `svc` alone, then stops it. */
+async function withGateway(svc: DetectedService, fn: (base: string) => Promise<void>) {
+  const g = new Gateway(
+    { host: "127.0.0.1", port: 0 },
+    {
+      service: (n) => (n === svc.name ? svc : undefined),
+      services: () => [svc],
+      health: () => ({}),
+      clusterView: () => ({}),
+    },
+  );
+  const port = await g.start();
+  try {
+    await fn(`http://127.0.0.1:${port}`);
+  } finally {
+    await g.stop();
+  }
+}
+
 beforeAll(async () => {
   up = await startUpstream("upload");
-  const svc: DetectedService = {
-    name: "upload",
-    url: up.url,
-    port: up.port,
-    status: "healthy",
-    latency_ms: 1,
-  };
+  const svc = local("upload", up.port);
   gw = new Gateway(
     { host: "127.0.0.1", port: 0, agentToken: "s3cret" },
     {
@@ -113,6 +137,15 @@ describe("Gateway", () => {
     expect(echo.headers["x-forwarded-for"]).toContain("127.0.0.1");
   });
 
+  it("proxies below a service's base path, with the Host the service expects", async () => {
+    await withGateway(local("upload", up.port, "/api/v2"), async (gateway) => {
+      const res = await fetch(`${gateway}/service/upload/files?x=1`);
+      const echo = (await res.json()) as { url: string; headers: Record<string, string> };
+      expect(echo.url).toBe("/api/v2/files?x=1");
+      expect(echo.headers.host).toBe(`127.0.0.1:${up.port}`);
+    });
+  });
+
   it("streams a large body through without loss", async () => {
     const big = "x".repeat(5 * 1024 * 1024);
     const res = await fetch(`${base}/service/upload/big`, { method: "PUT", body: big });
@@ -148,27 +181,11 @@ describe("Gateway", () => {
   });
 
   it("answers 502 when the upstream is gone", async () => {
-    const gone = await freePort();
-    const g = new Gateway(
-      { host: "127.0.0.1", port: 0 },
-      {
-        service: () => ({
-          name: "x",
-          url: `http://127.0.0.1:${gone}`,
-          port: gone,
-          status: "healthy",
-          latency_ms: 0,
-        }),
-        services: () => [],
-        health: () => ({}),
-        clusterView: () => ({}),
-      },
-    );
-    const port = await g.start();
-    const res = await fetch(`http://127.0.0.1:${port}/service/x/y`);
-    expect(res.status).toBe(502);
-    expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
-    await g.stop();
+    await withGateway(local("x", await freePort()), async (gateway) => {
+      const res = await fetch(`${gateway}/service/x/y`);
+      expect(res.status).toBe(502);
+      expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
+    });
   });
 
   it.each([
@@ -188,38 +205,27 @@ describe("Gateway", () => {
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const port = (server.address() as AddressInfo).port;
-    const svc: DetectedService = {
-      name: "s",
-      url: `http://127.0.0.1:${port}`,
-      port,
-      status: "healthy",
-      latency_ms: 0,
-    };
-    const g = new Gateway(
-      { host: "127.0.0.1", port: 0 },
-      { service: () => svc, services: () => [svc], health: () => ({}), clusterView: () => ({}) },
-    );
-    const gwPort = await g.start();
     try {
-      const client = http.get({ host: "127.0.0.1", port: gwPort, path: `/service/s${path}` }, (r) =>
-        r.once("data", () => client.destroy()),
-      );
-      client.on("error", () => {}); // we hang up ourselves
-      if (path === "/hang") {
-        await pollUntil("the upstream to hold the request", async () =>
-          arrived.length > 0 ? true : undefined,
+      await withGateway(local("s", port), async (gateway) => {
+        const client = http.get(`${gateway}/service/s${path}`, (r) =>
+          r.once("data", () => client.destroy()),
         );
-        client.destroy();
-      }
-      await pollUntil(
-        "the upstream response to close",
-        async () => (closed.length > 0 ? true : undefined),
-        10_000,
-        20,
-      );
-      expect(closed).toEqual([path]);
+        client.on("error", () => {}); // we hang up ourselves
+        if (path === "/hang") {
+          await pollUntil("the upstream to hold the request", async () =>
+            arrived.length > 0 ? true : undefined,
+          );
+          client.destroy();
+        }
+        await pollUntil(
+          "the upstream response to close",
+          async () => (closed.length > 0 ? true : undefined),
+          10_000,
+          20,
+        );
+        expect(closed).toEqual([path]);
+      });
     } finally {
-      await g.stop();
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
     }
