@@ -3,7 +3,7 @@
  * In mesh mode every agent gossips; only the elected leader reports the aggregate.
  */
 import { freemem, loadavg } from "node:os";
-import type { ClusterMemberReport } from "../coordinator.ts";
+import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
 import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
 import { aggregate, reportBody } from "./aggregate.ts";
 import { CoordinatorClient } from "./client.ts";
@@ -156,7 +156,8 @@ export class Agent {
       capabilities: c.capabilities,
       containers: this.#detector.services().map((s) => ({
         name: s.name,
-        service_url: `${c.publicUrl}/service/${s.name}`,
+        // The gateway's URL for it (the name only: s.url is the local address behind the gateway).
+        service_url: serviceUrl(c.publicUrl, { name: s.name }),
         port: s.port,
         health_endpoint: "/health",
       })),

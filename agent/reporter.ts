@@ -5,6 +5,7 @@
  * the latest state is never lost, only superseded. Pure logic on an injected clock:
  * the HTTP call is the injected `send`.
  */
+import type { ClusterHeartbeatAnswer } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
 
@@ -14,14 +15,11 @@ export interface ReportState<M = unknown> {
   digest: string;
 }
 
-/** The coordinator's answer to a report (docs/PROTOCOL.md). */
-export interface ReportAnswer {
-  written: boolean;
-  reason: string;
-  writes_today: number;
-  write_budget: number;
-  next_keepalive_in_s: number;
-}
+/** What the reporter reads of the coordinator's answer to a report (docs/PROTOCOL.md). */
+export type ReportAnswer = Pick<
+  ClusterHeartbeatAnswer,
+  "written" | "reason" | "writes_today" | "write_budget" | "next_keepalive_in_s"
+>;
 
 /** The outcome of one send. */
 export type SendResult =
