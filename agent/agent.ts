@@ -3,16 +3,11 @@
  * In mesh mode every agent gossips; only the elected leader reports the aggregate.
  */
 import { freemem, loadavg } from "node:os";
-import {
-  CapabilitiesSchema,
-  type ClusterMemberReport,
-  HttpUrlSchema,
-  tierOf,
-} from "../coordinator.ts";
+import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
 import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
 import { aggregate, reportBody } from "./aggregate.ts";
 import { CoordinatorClient } from "./client.ts";
-import { ConfigError, type AgentConfig } from "./config.ts";
+import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
 import { Gateway } from "./gateway.ts";
@@ -24,24 +19,6 @@ export interface AgentComponents {
   fetch?: typeof fetch;
 }
 
-/** Checks the settings the coordinator will also check, so a mistake stops the agent at start. */
-export function checkAgainstContract(config: AgentConfig): void {
-  if (!HttpUrlSchema.safeParse(config.publicUrl).success) {
-    throw new ConfigError(
-      "--public-url",
-      "must be an http(s) URL without credentials, query or fragment",
-    );
-  }
-  const caps = CapabilitiesSchema.safeParse(config.capabilities);
-  if (!caps.success) {
-    const issue = caps.error.issues[0];
-    throw new ConfigError(
-      "--capabilities",
-      `${issue?.path.join(".") || "value"}: ${issue?.message}`,
-    );
-  }
-}
-
 /** A running worker agent. */
 export class Agent {
   readonly #config: AgentConfig;
@@ -49,7 +26,6 @@ export class Agent {
   readonly #detector: ServiceDetector;
   readonly #gateway: Gateway;
   readonly #client: CoordinatorClient | undefined;
-  readonly #tier: 1 | 2 | 3;
   #mesh: Mesh | undefined;
   #reporter: LeaderReporter<ClusterMemberReport> | undefined;
   #direct: DirectReporter | undefined;
@@ -63,12 +39,8 @@ export class Agent {
     candidates: ServiceCandidate[],
     components: AgentComponents = {},
   ) {
-    checkAgainstContract(config);
     this.#config = config;
     this.#log = components.log ?? ((line) => console.log(line));
-    this.#tier =
-      (config.tier as 1 | 2 | 3 | undefined) ??
-      tierOf(CapabilitiesSchema.parse(config.capabilities));
     this.#detector = new ServiceDetector(
       { candidates, intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs },
       { fetch: components.fetch },
@@ -184,7 +156,8 @@ export class Agent {
       capabilities: c.capabilities,
       containers: this.#detector.services().map((s) => ({
         name: s.name,
-        service_url: `${c.publicUrl}/service/${s.name}`,
+        // The gateway's URL for it (the name only: s.url is the local address behind the gateway).
+        service_url: serviceUrl(c.publicUrl, { name: s.name }),
         port: s.port,
         health_endpoint: "/health",
       })),
@@ -230,7 +203,7 @@ export class Agent {
           url: c.publicUrl,
           status: "online",
           services: this.#summaries(),
-          meta: { tier: this.#tier, capabilities: c.capabilities },
+          meta: { tier: c.tier, capabilities: c.capabilities },
         },
       },
       { logger: (line) => this.#log(`mesh: ${line}`) },
@@ -275,7 +248,7 @@ export class Agent {
     );
     await mesh.start();
     this.#id = mesh.id;
-    this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${this.#tier}, mesh mode)`);
+    this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${c.tier}, mesh mode)`);
     this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
     if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");
   }

@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { type Capabilities, CapabilitiesSchema, HttpUrlSchema, tierOf } from "../coordinator.ts";
 
 /** A setting that could not be used; `setting` names it as the user wrote it. */
 export class ConfigError extends Error {
@@ -35,8 +36,10 @@ export interface AgentConfig {
   probeIntervalMs: number;
   probeTimeoutMs: number;
   debounceMs: number;
-  tier: number | undefined;
-  capabilities: Record<string, unknown>;
+  /** --tier, or the coordinator's tierOf(capabilities). */
+  tier: 1 | 2 | 3;
+  /** As the coordinator's CapabilitiesSchema parsed them. */
+  capabilities: Capabilities;
 }
 
 /** One row per setting: flag name, env variable, config-file key, help text. */
@@ -146,7 +149,11 @@ const list = (s: string | undefined) =>
     .map((x) => x.trim())
     .filter(Boolean);
 
-/** Parses argv and env into settings; throws ConfigError naming the bad setting. */
+/**
+ * Parses argv and env into settings; throws ConfigError naming the bad setting as the user
+ * wrote it. What the coordinator will check again (the public URL, capabilities) is checked
+ * with its own schemas, so a mistake stops the agent at start instead of every report.
+ */
 export function loadConfig(
   argv: string[],
   env: Record<string, string | undefined> = process.env,
@@ -158,16 +165,16 @@ export function loadConfig(
     if (!entry) return fallback;
     const r = schema.safeParse(entry.value);
     if (!r.success) {
+      const issue = r.error.issues[0];
+      const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
       throw new ConfigError(
         entry.from,
-        `${JSON.stringify(entry.value)}: ${r.error.issues[0]?.message}`,
+        `${JSON.stringify(entry.value)}: ${where}${issue?.message}`,
       );
     }
     return r.data;
   };
-  const url = z.string().refine((s) => /^https?:\/\/[^/]+/.test(s) && URL.canParse(s), {
-    message: "must be an http:// or https:// URL",
-  });
+  const url = z.string().pipe(HttpUrlSchema);
   const seconds = (min: number, max: number) =>
     z.coerce.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`);
   const bool = z
@@ -206,7 +213,8 @@ export function loadConfig(
           return z.NEVER;
         }
       })
-      .pipe(z.record(z.string(), z.unknown(), { message: "must be a JSON object" })),
+      .pipe(z.record(z.string(), z.unknown(), { message: "must be a JSON object" }))
+      .pipe(CapabilitiesSchema),
     {},
   );
   const multiaddr = z
@@ -270,7 +278,16 @@ export function loadConfig(
     probeIntervalMs: check("probe-interval", seconds(0.1, 3600), 10) * 1000,
     probeTimeoutMs: check("probe-timeout", seconds(0.05, 60), 2) * 1000,
     debounceMs: check("debounce", seconds(0, 600), 2) * 1000,
-    tier: raw.has("tier") ? check("tier", z.coerce.number().int().min(1).max(3), 2) : undefined,
+    tier: check(
+      "tier",
+      z.coerce
+        .number()
+        .int()
+        .min(1, "must be 1, 2 or 3")
+        .max(3, "must be 1, 2 or 3")
+        .transform((n) => n as 1 | 2 | 3),
+      tierOf(capabilities),
+    ),
     capabilities,
   };
   if (config.mode === "direct" && !config.coordinator) {

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { z } from "zod";
+import { ServiceNameSchema } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { ConfigError } from "./config.ts";
 
@@ -20,19 +21,35 @@ export interface ServiceCandidate {
 export interface DetectedService {
   name: string;
   url: string;
+  /** Where the gateway connects, parsed from `url` once: host (IPv6 without brackets), port, base path. */
+  host: string;
   port: number;
+  /** "" or the URL's path without a trailing slash, e.g. "/api". */
+  basePath: string;
   status: "healthy" | "unhealthy";
   latency_ms: number;
 }
 
-const NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const HTTP_ONLY =
+  "must be an http:// URL: the gateway speaks plain HTTP to local services (put TLS in front of the gateway instead)";
+
+/** The connection target of a candidate's URL, parsed once; throws naming the service unless it is http. */
+function targetOf(c: ServiceCandidate): Pick<DetectedService, "host" | "port" | "basePath"> {
+  const u = new URL(c.url);
+  if (u.protocol !== "http:") throw new Error(`Service ${c.name}: url ${HTTP_ONLY}`);
+  return {
+    host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+    port: Number(u.port || 80),
+    basePath: u.pathname.replace(/\/+$/, ""),
+  };
+}
 
 const manifestSchema = z.object({
   services: z
     .array(
       z
         .object({
-          name: z.string().regex(NAME, "service names use a-z, 0-9, _ and - (max 63)"),
+          name: ServiceNameSchema, // the coordinator's rule, so it never refuses a name
           port: z.number().int().min(1).max(65535).optional(),
           url: z.url({ protocol: /^https?$/ }).optional(),
           health: z.string().startsWith("/").default("/health"),
@@ -59,6 +76,9 @@ export function parseManifest(doc: unknown, source: string): ServiceCandidate[] 
   return r.data.services.map((s) => {
     if (seen.has(s.name)) throw new ConfigError(`${source}: ${s.name}`, "service listed twice");
     seen.add(s.name);
+    if (s.url !== undefined && !s.url.startsWith("http:")) {
+      throw new ConfigError(`${source}: ${s.name}`, `url ${JSON.stringify(s.url)} ${HTTP_ONLY}`);
+    }
     const url = (s.url ?? `http://127.0.0.1:${s.port}`).replace(/\/+$/, "");
     return { name: s.name, url, health: s.health };
   });
@@ -85,6 +105,7 @@ export interface DetectorInit {
 }
 
 interface Track {
+  target: Pick<DetectedService, "host" | "port" | "basePath">;
   present: DetectedService | undefined;
   failures: number;
 }
@@ -115,7 +136,9 @@ export class ServiceDetector extends EventTarget {
     this.#fallAfter = init.fallAfter ?? 2;
     this.#clock = components.clock ?? systemClock;
     this.#fetch = components.fetch ?? fetch;
-    for (const c of this.#candidates) this.#tracks.set(c.name, { present: undefined, failures: 0 });
+    for (const c of this.#candidates) {
+      this.#tracks.set(c.name, { target: targetOf(c), present: undefined, failures: 0 });
+    }
   }
 
   /** Probes once, then keeps probing every interval until stop(). */
@@ -188,16 +211,16 @@ export class ServiceDetector extends EventTarget {
   #apply(c: ServiceCandidate, o: Outcome): boolean {
     const t = this.#tracks.get(c.name) as Track;
     const before = t.present;
-    const port = Number(new URL(c.url).port || (c.url.startsWith("https") ? 443 : 80));
+    const found = { name: c.name, url: c.url, ...t.target };
     if (o.kind === "up") {
       t.failures = 0;
-      t.present = { name: c.name, url: c.url, port, status: "healthy", latency_ms: o.latency };
+      t.present = { ...found, status: "healthy", latency_ms: o.latency };
       return before?.status !== "healthy";
     }
     if (!before) {
       // A service that answers 5xx from the start runs, but unhealthy.
       if (o.kind !== "sick" || !o.answered) return false;
-      t.present = { name: c.name, url: c.url, port, status: "unhealthy", latency_ms: o.latency };
+      t.present = { ...found, status: "unhealthy", latency_ms: o.latency };
       return true;
     }
     t.failures += 1;

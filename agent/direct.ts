@@ -2,10 +2,16 @@
  * Direct mode: no mesh. The agent registers itself, then heartbeats at the
  * interval the coordinator asks for; the coordinator writes only on a status
  * change or when the stored record is older than its write interval.
- * A change of services re-registers; a 404 (the coordinator forgot us) too.
+ * A change of services re-registers; a heartbeat answered 404 (the coordinator forgot us)
+ * re-registers at once. Every failed register waits out the backoff.
  */
 import { type Clock, systemClock } from "../mesh/clock.ts";
+import { backoffMs } from "./backoff.ts";
 import type { CallResult, CoordinatorClient, RegisterAnswer } from "./client.ts";
+
+/** First retry delay after a failed call; doubles per failure up to MAX_BACKOFF_MS. */
+const MIN_BACKOFF_MS = 1_000;
+const MAX_BACKOFF_MS = 60_000;
 
 /** What the agent registers: the contract's register body. */
 export interface Registration {
@@ -33,12 +39,14 @@ export interface DirectComponents {
   client: Pick<CoordinatorClient, "register" | "heartbeat" | "unregister">;
   load: () => LoadSample;
   clock?: Clock;
+  /** Jitter source of the retry backoff (default Math.random). */
+  random?: () => number;
   log?: (line: string) => void;
 }
 
 /** Registers and heartbeats on its own; for single workers and setups without a mesh. */
 export class DirectReporter {
-  readonly #c: DirectComponents & { clock: Clock };
+  readonly #c: DirectComponents & { clock: Clock; random: () => number };
   #registration: Registration;
   #registered: RegisterAnswer | undefined;
   #intervalMs = 30_000;
@@ -57,7 +65,11 @@ export class DirectReporter {
 
   constructor(registration: Registration, components: DirectComponents) {
     this.#registration = registration;
-    this.#c = { ...components, clock: components.clock ?? systemClock };
+    this.#c = {
+      ...components,
+      clock: components.clock ?? systemClock,
+      random: components.random ?? Math.random,
+    };
   }
 
   /** The answer of the last successful register, if any. */
@@ -71,11 +83,11 @@ export class DirectReporter {
     return this.#tick();
   }
 
-  /** New services or URL: registers again on the next tick (at once). */
+  /** New services or URL: registers again at once, or after the backoff while calls fail. */
   update(registration: Registration): void {
     this.#registration = registration;
     this.#dirty = true;
-    if (this.#running && !this.#busy) this.#schedule(0);
+    if (this.#running && !this.#busy && this.#failures === 0) this.#schedule(0);
   }
 
   /** Stops heartbeating, clears the timer and unregisters (best effort). */
@@ -99,12 +111,14 @@ export class DirectReporter {
     if (!this.#running || this.#busy) return;
     this.#busy = true;
     let result: CallResult<unknown>;
+    let forgotten = false;
     try {
       if (this.#dirty || !this.#registered) {
-        const r = await this.#c.client.register(this.#registration);
+        const sent = this.#registration;
+        const r = await this.#c.client.register(sent);
         if (r.ok) {
           this.#registered = r.data;
-          this.#dirty = false;
+          this.#dirty = this.#registration !== sent; // an update() meanwhile goes out next
           this.#intervalMs = Math.max(1, r.data.heartbeat_interval) * 1000;
           this.stats.registers += 1;
           this.#c.log?.(
@@ -118,7 +132,11 @@ export class DirectReporter {
           ...this.#c.load(),
         });
         if (r.ok) this.stats.heartbeats += 1;
-        else if (r.status === 404) this.#dirty = true; // forgotten: register again at once
+        else if (r.status === 404) {
+          // The coordinator forgot us (a restart, an unregister): register again at once.
+          this.#dirty = true;
+          forgotten = true;
+        }
         result = r;
       }
     } finally {
@@ -131,13 +149,18 @@ export class DirectReporter {
     }
     this.stats.failures += 1;
     this.stats.lastError = result.error;
-    if (result.status === 404 && this.#dirty) {
+    if (forgotten) {
+      this.#c.log?.(`${result.error}; registering again`);
       this.#schedule(0);
       return;
     }
     this.#failures += 1;
-    const backoff = Math.min(60_000, 1000 * 2 ** Math.min(6, this.#failures - 1));
-    const delay = Math.max(backoff * (0.5 + Math.random() / 2), result.retryAfterMs ?? 0);
+    const delay = backoffMs(this.#failures, {
+      minMs: MIN_BACKOFF_MS,
+      maxMs: MAX_BACKOFF_MS,
+      random: this.#c.random,
+      retryAfterMs: result.retryAfterMs,
+    });
     this.#c.log?.(`${result.error}; retrying in ${(delay / 1000).toFixed(1)} s`);
     this.#schedule(delay);
   }

@@ -6,7 +6,12 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { HOP_BY_HOP as HOP_BY_HOP_LIST } from "../coordinator.ts";
+import {
+  assertSafeRest,
+  HOP_BY_HOP as HOP_BY_HOP_LIST,
+  ServiceNameSchema,
+  UnsafePathError,
+} from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
@@ -34,26 +39,24 @@ export interface BadServicePath {
   error: string;
 }
 
-/** Splits /service/<name>/<rest>?q, or says why the path is refused (escapes, bad names). */
+/**
+ * Splits /service/<name>/<rest>?q, or says why the path is refused: a name the coordinator
+ * would refuse (ServiceNameSchema), or a rest its `assertSafeRest` refuses (dot segments,
+ * encoded slashes, backslashes or NUL in any decoding, malformed encodings).
+ */
 export function parseServicePath(
   url: string,
 ): { name: string; rest: string; query: string } | BadServicePath {
   const m = SERVICE_PATH.exec(url);
   if (!m) return { error: "Use /service/<name>/<path>" };
   const [, name = "", rest = "/", query = ""] = m;
-  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
-    return { error: "Service names are 1-63 characters: a-z, 0-9, - and _, not first - or _" };
-  }
-  for (const seg of rest.split("/")) {
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(seg);
-    } catch {
-      return { error: "Path has a malformed percent-encoding" };
-    }
-    if (decoded === ".." || decoded === "." || decoded.includes("/") || decoded.includes("\\")) {
-      return { error: "Path segments may not be ., .. or encoded slashes" };
-    }
+  const valid = ServiceNameSchema.safeParse(name);
+  if (!valid.success) return { error: `Service name ${valid.error.issues[0]?.message}` };
+  try {
+    assertSafeRest(rest);
+  } catch (err) {
+    if (err instanceof UnsafePathError) return { error: err.message };
+    throw err;
   }
   return { name, rest, query };
 }
@@ -174,20 +177,19 @@ export class Gateway {
     svc: DetectedService,
     path: string,
   ): void {
-    const target = new URL(svc.url);
     const headers = stripHopByHop(req.headers);
     const client = req.socket.remoteAddress ?? "";
     const prior = req.headers["x-forwarded-for"];
     headers["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
     headers["x-forwarded-host"] ??= req.headers.host ?? "";
     headers["x-forwarded-proto"] ??= "http";
-    headers.host = target.host;
-    const basePath = target.pathname.replace(/\/+$/, "");
+    const host = svc.host.includes(":") ? `[${svc.host}]` : svc.host;
+    headers.host = svc.port === 80 ? host : `${host}:${svc.port}`;
     const upstream = http.request({
-      host: target.hostname,
-      port: target.port || 80,
+      host: svc.host,
+      port: svc.port,
       method: req.method,
-      path: basePath + path,
+      path: svc.basePath + path,
       headers,
       agent: this.#agent,
       timeout: this.#init.upstreamTimeoutMs ?? 30_000,
@@ -198,7 +200,7 @@ export class Gateway {
     });
     upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
     upstream.on("error", (err) => {
-      if (res.headersSent) return void res.destroy(err);
+      if (res.headersSent || res.destroyed) return void res.destroy(err);
       const timedOut = err.message === "upstream timeout";
       json(res, timedOut ? 504 : 502, {
         error: timedOut ? "Upstream timeout" : "Upstream failed",
@@ -206,7 +208,10 @@ export class Gateway {
         service: svc.name,
       });
     });
-    req.on("aborted", () => upstream.destroy());
+    // The client left (mid-request or mid-response): cancel the upstream call too.
+    res.on("close", () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
     req.pipe(upstream);
   }
 }

@@ -5,7 +5,9 @@
  * the latest state is never lost, only superseded. Pure logic on an injected clock:
  * the HTTP call is the injected `send`.
  */
+import type { ClusterHeartbeatAnswer } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
+import { backoffMs } from "./backoff.ts";
 
 /** What the reporter sends: the aggregate plus who sends it. */
 export interface ReportState<M = unknown> {
@@ -13,14 +15,11 @@ export interface ReportState<M = unknown> {
   digest: string;
 }
 
-/** The coordinator's answer to a report (docs/PROTOCOL.md). */
-export interface ReportAnswer {
-  written: boolean;
-  reason: string;
-  writes_today: number;
-  write_budget: number;
-  next_keepalive_in_s: number;
-}
+/** What the reporter reads of the coordinator's answer to a report (docs/PROTOCOL.md). */
+export type ReportAnswer = Pick<
+  ClusterHeartbeatAnswer,
+  "written" | "reason" | "writes_today" | "write_budget" | "next_keepalive_in_s"
+>;
 
 /** The outcome of one send. */
 export type SendResult =
@@ -198,11 +197,14 @@ export class LeaderReporter<M = unknown> {
     this.#arm(pending ? now + this.#debounceMs : (this.#keepaliveAt ?? now + this.#maxBackoffMs));
   }
 
-  /** Exponential backoff with full jitter; honours Retry-After; slow for non-retryable errors. */
+  /** Exponential backoff with jitter (backoffMs); honours Retry-After; slow for non-retryable errors. */
   #backoff(result: Extract<SendResult, { ok: false }>): number {
     if (!result.retryable) return this.#maxBackoffMs;
-    const ceiling = Math.min(this.#maxBackoffMs, this.#minBackoffMs * 2 ** (this.#failures - 1));
-    const jittered = this.#minBackoffMs / 2 + this.#c.random() * (ceiling - this.#minBackoffMs / 2);
-    return Math.min(this.#maxBackoffMs, Math.max(jittered, result.retryAfterMs ?? 0));
+    return backoffMs(this.#failures, {
+      minMs: this.#minBackoffMs,
+      maxMs: this.#maxBackoffMs,
+      random: this.#c.random,
+      retryAfterMs: result.retryAfterMs,
+    });
   }
 }

@@ -5,25 +5,38 @@
  * `node --import tsx agent/cli.ts` (as `npm run dev` runs agents). Bounded: one idle window per
  * way, every process stopped at the end.
  *
+ * `--imports` measures instead what single imports cost: RSS of a fresh Node process after
+ * `import()` of zod, hono, libp2p, the coordinator and the mesh (each bundled as the built
+ * agent bundles them), minus before; a few seconds.
+ *
  *   npm run bench:agent -- [--n 10] [--idle-s 60]
+ *   npm run bench:agent -- --imports [--runs 5]
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
+import { build } from "esbuild";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
+import { freePort, type Proc, pollUntil, ROOT, startNode } from "../test/helpers/processes.ts";
 
 const { values } = parseArgs({
-  options: { n: { type: "string", default: "10" }, "idle-s": { type: "string", default: "60" } },
+  options: {
+    n: { type: "string", default: "10" },
+    "idle-s": { type: "string", default: "60" },
+    imports: { type: "boolean", default: false },
+    runs: { type: "string", default: "5" },
+  },
 });
 const N = Number(values.n);
 const IDLE_S = Number(values["idle-s"]);
-const ROOT = path.resolve(import.meta.dirname, "..");
-const TICKS = 100; // clock ticks per second in /proc/<pid>/stat (USER_HZ)
+/** Clock ticks per second in /proc/<pid>/stat (USER_HZ). */
+const TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -38,50 +51,10 @@ const cpuTicks = (pid: number) => {
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function listen(server: http.Server): Promise<number> {
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return (server.address() as AddressInfo).port;
-}
-
-async function freePort(): Promise<number> {
-  const probe = http.createServer();
-  const port = await listen(probe);
-  await new Promise<void>((r) => probe.close(() => r()));
-  return port;
-}
-
-/** One agent process and what it printed. */
-interface Running {
-  proc: ChildProcess;
-  out: string;
-}
-
-function startAgent(command: string[], args: string[]): Running {
-  const proc = spawn(command[0] as string, [...command.slice(1), ...args], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const r: Running = { proc, out: "" };
-  proc.stdout?.on("data", (c: Buffer) => {
-    r.out += c.toString("utf8");
-  });
-  proc.stderr?.on("data", (c: Buffer) => {
-    r.out += c.toString("utf8");
-  });
-  return r;
-}
-
-async function until(what: string, check: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-async function run(name: string, command: string[], coordinator: string, manifest: string) {
+/** Runs N agents with `node <argv>` (plus their flags), measures them, stops them. */
+async function run(name: string, argv: string[], coordinator: string, manifest: string) {
   const dir = mkdtempSync(path.join(tmpdir(), `rollcall-bench-agent-${name}-`));
-  const agents: Running[] = [];
+  const agents: Proc[] = [];
   try {
     const t0 = Date.now();
     let bootstrap = "";
@@ -93,22 +66,19 @@ async function run(name: string, command: string[], coordinator: string, manifes
         ...["--services", manifest, "--public-url", `http://127.0.0.1:${gateway}`],
       ];
       if (bootstrap) args.push("--bootstrap", bootstrap);
-      const a = startAgent(command, args);
+      const a = startNode(`${name}-${i}`, [...argv, ...args]);
       agents.push(a);
       if (i === 0) {
-        await until(
-          "the first agent's mesh address",
-          () => /Mesh listening on/.test(a.out),
-          30_000,
-        );
-        bootstrap = /Mesh listening on (\S+)/.exec(a.out)?.[1] ?? "";
+        const line = await a.waitForLine(/Mesh listening on/, 30_000);
+        bootstrap = /Mesh listening on (\S+)/.exec(line)?.[1] ?? "";
       }
     }
-    const ups = (a: Running) => (a.out.match(/Member up: /g) ?? []).length;
-    await until(
+    const ups = (a: Proc) => (a.output().match(/Member up: /g) ?? []).length;
+    await pollUntil(
       "every agent to see every other",
-      () => agents.every((a) => ups(a) >= N - 1),
+      async () => (agents.every((a) => ups(a) >= N - 1) ? true : undefined),
       60_000,
+      100,
     );
     const convergeS = (Date.now() - t0) / 1000;
     await sleep(5000); // let the start settle
@@ -129,26 +99,99 @@ async function run(name: string, command: string[], coordinator: string, manifes
       cpuMedian: median(cpu),
     };
   } finally {
-    await Promise.all(
-      agents.map(
-        (a) =>
-          new Promise<void>((resolve) => {
-            if (a.proc.exitCode !== null) return resolve();
-            a.proc.once("exit", () => resolve());
-            a.proc.kill("SIGTERM");
-            setTimeout(() => a.proc.kill("SIGKILL"), 5000).unref();
-          }),
-      ),
-    );
+    await Promise.all(agents.map((a) => a.kill()));
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+/** One row of --imports: what is imported first (not counted), then what is measured. */
+interface ImportCase {
+  label: string;
+  preload: string[];
+  spec: string;
+}
+
+/** RSS (MB) of a fresh Node process before and after importing `c.spec`, once its preloads are in. */
+function measureImport(c: ImportCase): { before: number; after: number } {
+  const script = [
+    ...c.preload.map((p) => `await import(${JSON.stringify(p)});`),
+    "const before = process.memoryUsage().rss;",
+    `await import(${JSON.stringify(c.spec)});`,
+    "const after = process.memoryUsage().rss;",
+    "console.log(JSON.stringify({ before: before / 1048576, after: after / 1048576 }));",
+  ].join("\n");
+  const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { cwd: ROOT });
+  return JSON.parse(out.toString());
+}
+
+/** --imports: the RSS each import adds to a fresh Node process, median of `runs` processes. */
+async function imports(runs: number): Promise<void> {
+  // Bundled like `npm run build:agent`: the project's code inside, packages from node_modules
+  // (so the bundles must sit inside the project for those imports to resolve).
+  const out = path.join(ROOT, "dist/bench-imports");
+  mkdirSync(out, { recursive: true });
+  const empty = path.join(out, "empty.mjs");
+  writeFileSync(empty, "export {};\n");
+  const bundle = async (entry: string, file: string) => {
+    const outfile = path.join(out, file);
+    await build({
+      entryPoints: [path.join(ROOT, entry)],
+      bundle: true,
+      packages: "external",
+      platform: "node",
+      format: "esm",
+      target: "node20",
+      logLevel: "warning",
+      outfile,
+    });
+    return pathToFileURL(outfile).href;
+  };
+  const coordinator = await bundle("coordinator.ts", "coordinator.mjs");
+  const mesh = await bundle("mesh/index.ts", "mesh.mjs");
+  const cases: ImportCase[] = [
+    {
+      label: "an empty module (the loader's own cost)",
+      preload: [],
+      spec: pathToFileURL(empty).href,
+    },
+    { label: "zod", preload: [], spec: "zod" },
+    { label: "hono", preload: [], spec: "hono" },
+    { label: "libp2p", preload: [], spec: "libp2p" },
+    { label: "coordinator.ts bundle (with hono, zod)", preload: [], spec: coordinator },
+    { label: "mesh/ bundle (the whole libp2p stack)", preload: [], spec: mesh },
+    { label: "zod, mesh already loaded", preload: [mesh], spec: "zod" },
+    { label: "coordinator.ts bundle, zod already loaded", preload: ["zod"], spec: coordinator },
+    {
+      label: "coordinator.ts bundle, mesh and zod already loaded",
+      preload: [mesh, "zod"],
+      spec: coordinator,
+    },
+  ];
+  console.log(`Node ${process.version}; median of ${runs} fresh processes per row\n`);
+  console.log("| import | RSS before MB | after MB | added MB |");
+  console.log("| --- | ---: | ---: | ---: |");
+  for (const c of cases) {
+    const samples = Array.from({ length: runs }, () => measureImport(c));
+    const before = median(samples.map((x) => x.before));
+    const after = median(samples.map((x) => x.after));
+    const added = median(samples.map((x) => x.after - x.before));
+    console.log(
+      `| ${c.label} | ${before.toFixed(1)} | ${after.toFixed(1)} | ${added.toFixed(1)} |`,
+    );
+  }
+  rmSync(out, { recursive: true, force: true });
+}
+
 async function main(): Promise<void> {
+  if (values.imports) {
+    await imports(Number(values.runs));
+    process.exit(0);
+  }
   execFileSync("npm", ["run", "--silent", "build:agent"], { cwd: ROOT, stdio: "inherit" });
   // One sample service every agent detects, and a coordinator the leader reports to.
   const service = http.createServer((_req, res) => res.end("ok"));
-  const servicePort = await listen(service);
+  await new Promise<void>((r) => service.listen(0, "127.0.0.1", r));
+  const servicePort = (service.address() as AddressInfo).port;
   const dir = mkdtempSync(path.join(tmpdir(), "rollcall-bench-agent-"));
   const manifest = path.join(dir, "services.json");
   writeFileSync(
@@ -164,12 +207,8 @@ async function main(): Promise<void> {
   );
   const results = [];
   try {
-    results.push(
-      await run("built", [process.execPath, "dist/agent/rollcall-agent.mjs"], url, manifest),
-    );
-    results.push(
-      await run("tsx", [process.execPath, "--import", "tsx", "agent/cli.ts"], url, manifest),
-    );
+    results.push(await run("built", ["dist/agent/rollcall-agent.mjs"], url, manifest));
+    results.push(await run("tsx", ["--import", "tsx", "agent/cli.ts"], url, manifest));
   } finally {
     server.close();
     service.close();

@@ -4,6 +4,9 @@
  * Starts the coordinator with its embedded persistent store (a file under Node, Deno KV
  * under Deno), three agents in mesh mode on loopback, and small sample services behind
  * them; prints the coordinator URL and commands to try. Ctrl-C stops everything.
+ * Once the cluster is up, an agent or a sample service that dies (try `kill -9`) is only
+ * logged: the rest keeps running, so failover can be watched. The coordinator's exit, or
+ * any exit before the cluster is up, stops everything.
  *
  * Flags: --base-port N (default 8700: coordinator N+87, gateways N+1..3, mesh N+11..13,
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
@@ -47,13 +50,15 @@ const servicePort = (worker: number, k: number) => base + 100 + 10 * (worker + 1
 
 const children: { name: string; proc: ChildProcess }[] = [];
 let stopping = false;
+/** Set once the banner is out: from then on only the coordinator's exit stops the cluster. */
+let up = false;
 
 /** Runs a TypeScript file with the same runtime as this script. */
 function run(
   name: string,
   file: string,
   args: string[],
-  opts: { quiet?: boolean; env?: Record<string, string> } = {},
+  opts: { quiet?: boolean; env?: Record<string, string>; essential?: boolean } = {},
 ) {
   const runtimeArgs = isDeno
     ? ["run", "-A", "--unstable-kv", file, ...args]
@@ -73,9 +78,12 @@ function run(
   proc.stdout?.on("data", (c: Buffer) => print(c, false));
   proc.stderr?.on("data", (c: Buffer) => print(c, true));
   proc.on("exit", (code, signal) => {
-    if (!stopping) {
+    if (stopping) return;
+    if (opts.essential || !up) {
       console.error(`${prefix} exited (${signal ?? code}); stopping the cluster`);
       void shutdown(1);
+    } else {
+      console.error(`${prefix} exited (${signal ?? code}); the rest of the cluster keeps running`);
     }
   });
   children.push({ name, proc });
@@ -163,19 +171,19 @@ async function main(): Promise<void> {
   );
 
   if (isDeno) {
-    run("coord", "scripts/start-deno.ts", [
-      "--port",
-      String(coordinatorPort),
-      "--kv",
-      join(dataDir, "coordinator.kv"),
-    ]);
+    run(
+      "coord",
+      "scripts/start-deno.ts",
+      ["--port", String(coordinatorPort), "--kv", join(dataDir, "coordinator.kv")],
+      { essential: true },
+    );
   } else {
-    run("coord", "scripts/start-node.ts", [
-      "--port",
-      String(coordinatorPort),
-      "--data",
-      join(dataDir, "coordinator.json"),
-    ]);
+    run(
+      "coord",
+      "scripts/start-node.ts",
+      ["--port", String(coordinatorPort), "--data", join(dataDir, "coordinator.json")],
+      { essential: true },
+    );
   }
   for (const a of agents) {
     for (const s of a.services) {
@@ -192,9 +200,9 @@ async function main(): Promise<void> {
     async () => (await fetch(`${coordinatorUrl}/health`)).ok,
     60_000,
   );
-  for (const a of agents) {
+  const agentProcs = agents.map((a) => {
     const others = agents.filter((o) => o !== a).map((o) => o.meshAddr);
-    run(`agent${a.i + 1}`, "agent/cli.ts", [
+    return run(`agent${a.i + 1}`, "agent/cli.ts", [
       "--coordinator",
       coordinatorUrl,
       "--data-dir",
@@ -210,7 +218,7 @@ async function main(): Promise<void> {
       "--probe-interval",
       String(values["probe-interval"]),
     ]);
-  }
+  });
   const expected = new Set(WORKERS.flatMap((w) => w.services));
   await waitFor(
     "the agents to report every service",
@@ -222,12 +230,14 @@ async function main(): Promise<void> {
     90_000,
   );
   if (stopping) return;
+  up = true;
   const c = coordinatorUrl;
   console.log(`
 rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
 
   Coordinator  ${c}
   Workers      ${agents.map((a) => a.gateway).join("  ")}
+  Agent pids   ${agentProcs.map((p) => p.pid).join("  ")}
   Services     ${[...expected].sort().join(", ")}
 
 Try:
@@ -237,7 +247,7 @@ Try:
   curl -s ${c}/api/admin/workers           # list workers, their leader and services
   npx tsx scripts/test-service-discovery.ts ${c}
 
-Ctrl-C stops everything.
+kill -9 a worker's pid to watch the others elect a new leader; Ctrl-C stops everything.
 `);
 }
 

@@ -85,6 +85,31 @@ describe("loadConfig", () => {
     expect(settingOf(() => load(argv, env))).toBe(setting);
   });
 
+  it("checks the public URL and capabilities with the coordinator's schemas, naming the env variable", () => {
+    const message = (env: Record<string, string>) => {
+      try {
+        load([], env);
+      } catch (err) {
+        if (err instanceof ConfigError) return err.message;
+        throw err;
+      }
+      throw new Error("expected a ConfigError");
+    };
+    expect(message({ ROLLCALL_PUBLIC_URL: "http://u:p@host" })).toBe(
+      'Invalid ROLLCALL_PUBLIC_URL: "http://u:p@host": must be an http(s) URL without credentials, query or fragment',
+    );
+    expect(message({ ROLLCALL_CAPABILITIES: '{"cpu_cores":-1}' })).toMatch(
+      /^Invalid ROLLCALL_CAPABILITIES: "\{\\"cpu_cores\\":-1\}": cpu_cores: /,
+    );
+    expect(settingOf(() => load(["--capabilities", '{"cpu_cores":-1}']))).toBe("--capabilities");
+  });
+
+  it("derives the tier from the capabilities unless --tier says otherwise", () => {
+    expect(load([]).tier).toBe(2);
+    expect(load([], { ROLLCALL_CAPABILITIES: '{"worker_type":"gpu"}' }).tier).toBe(1);
+    expect(load(["--tier", "3"], { ROLLCALL_CAPABILITIES: '{"has_gpu":true}' }).tier).toBe(3);
+  });
+
   it("names an unknown key in the config file", () => {
     const dir = mkdtempSync(join(tmpdir(), "rollcall-cfg-"));
     const file = join(dir, "agent.json");

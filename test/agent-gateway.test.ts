@@ -2,22 +2,47 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DetectedService } from "../agent/detect.ts";
 import { Gateway, parseServicePath } from "../agent/gateway.ts";
-import { freePort } from "./helpers/processes.ts";
+import type { AddressInfo } from "node:net";
+import { freePort, pollUntil } from "./helpers/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 let up: Upstream;
 let gw: Gateway;
 let base: string;
 
+/** A healthy service on 127.0.0.1, as the detector reports it. */
+const local = (name: string, port: number, basePath = ""): DetectedService => ({
+  name,
+  url: `http://127.0.0.1:${port}${basePath}`,
+  host: "127.0.0.1",
+  port,
+  basePath,
+  status: "healthy",
+  latency_ms: 1,
+});
+
+/** Runs `fn` against a gateway (no token) in front of `svc` alone, then stops it. */
+async function withGateway(svc: DetectedService, fn: (base: string) => Promise<void>) {
+  const g = new Gateway(
+    { host: "127.0.0.1", port: 0 },
+    {
+      service: (n) => (n === svc.name ? svc : undefined),
+      services: () => [svc],
+      health: () => ({}),
+      clusterView: () => ({}),
+    },
+  );
+  const port = await g.start();
+  try {
+    await fn(`http://127.0.0.1:${port}`);
+  } finally {
+    await g.stop();
+  }
+}
+
 beforeAll(async () => {
   up = await startUpstream("upload");
-  const svc: DetectedService = {
-    name: "upload",
-    url: up.url,
-    port: up.port,
-    status: "healthy",
-    latency_ms: 1,
-  };
+  const svc = local("upload", up.port);
   gw = new Gateway(
     { host: "127.0.0.1", port: 0, agentToken: "s3cret" },
     {
@@ -66,14 +91,18 @@ describe("parseServicePath", () => {
   it.each([
     ["/service/upload/a/b?x=1", { name: "upload", rest: "/a/b", query: "?x=1" }],
     ["/service/upload", { name: "upload", rest: "/", query: "" }],
-    ["/service/upload/../rag/x", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/%2e%2e/x", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/a%2Fb", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/a%5Cb", { error: "Path segments may not be ., .. or encoded slashes" }],
-    ["/service/upload/%zz", { error: "Path has a malformed percent-encoding" }],
-    ["/service/..%2frag/x", { error: expect.stringMatching(/^Service names are/) }],
-    ["/service/UP load/x", { error: expect.stringMatching(/^Service names are/) }],
-    ["/service//x", { error: expect.stringMatching(/^Service names are/) }],
+    ["/service/Up.load_2/x", { name: "Up.load_2", rest: "/x", query: "" }],
+    ["/service/upload/../rag/x", { error: "Path contains a dot segment" }],
+    ["/service/upload/%2e%2e/x", { error: "Path contains a dot segment" }],
+    ["/service/upload/%252e%252e/admin", { error: "Path contains a dot segment" }],
+    ["/service/upload/a%2Fb", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%5Cb", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%00b", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/a%2500b", { error: "Path contains an encoded slash, backslash or NUL" }],
+    ["/service/upload/%zz", { error: "Path contains an invalid percent-encoding" }],
+    ["/service/..%2frag/x", { error: expect.stringMatching(/^Service name must be/) }],
+    ["/service/UP load/x", { error: expect.stringMatching(/^Service name must be/) }],
+    ["/service//x", { error: expect.stringMatching(/^Service name must be/) }],
   ])("%s", (path, expected) => {
     expect(parseServicePath(path)).toEqual(expected);
   });
@@ -108,6 +137,15 @@ describe("Gateway", () => {
     expect(echo.headers["x-forwarded-for"]).toContain("127.0.0.1");
   });
 
+  it("proxies below a service's base path, with the Host the service expects", async () => {
+    await withGateway(local("upload", up.port, "/api/v2"), async (gateway) => {
+      const res = await fetch(`${gateway}/service/upload/files?x=1`);
+      const echo = (await res.json()) as { url: string; headers: Record<string, string> };
+      expect(echo.url).toBe("/api/v2/files?x=1");
+      expect(echo.headers.host).toBe(`127.0.0.1:${up.port}`);
+    });
+  });
+
   it("streams a large body through without loss", async () => {
     const big = "x".repeat(5 * 1024 * 1024);
     const res = await fetch(`${base}/service/upload/big`, { method: "PUT", body: big });
@@ -121,6 +159,12 @@ describe("Gateway", () => {
     expect(await res.json()).toMatchObject({ available_services: ["upload"] });
     // fetch normalises "..", so send the raw path with node:http.
     expect((await raw("/service/upload/%2e%2e/admin")).status).toBe(400);
+    const doubly = await raw("/service/upload/%252e%252e/admin");
+    expect(doubly.status).toBe(400);
+    expect(JSON.parse(doubly.text)).toEqual({
+      error: "Bad service path",
+      message: "Path contains a dot segment",
+    });
   });
 
   it("protects /_agent/cluster with the agent token", async () => {
@@ -137,26 +181,53 @@ describe("Gateway", () => {
   });
 
   it("answers 502 when the upstream is gone", async () => {
-    const gone = await freePort();
-    const g = new Gateway(
-      { host: "127.0.0.1", port: 0 },
-      {
-        service: () => ({
-          name: "x",
-          url: `http://127.0.0.1:${gone}`,
-          port: gone,
-          status: "healthy",
-          latency_ms: 0,
-        }),
-        services: () => [],
-        health: () => ({}),
-        clusterView: () => ({}),
-      },
-    );
-    const port = await g.start();
-    const res = await fetch(`http://127.0.0.1:${port}/service/x/y`);
-    expect(res.status).toBe(502);
-    expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
-    await g.stop();
+    await withGateway(local("x", await freePort()), async (gateway) => {
+      const res = await fetch(`${gateway}/service/x/y`);
+      expect(res.status).toBe(502);
+      expect(await res.json()).toMatchObject({ error: "Upstream failed", service: "x" });
+    });
+  });
+
+  it.each([
+    ["mid-response", "/stream"],
+    ["before the response", "/hang"],
+  ])("cancels the upstream call when the client leaves %s", async (_when, path) => {
+    // An upstream that streams forever on /stream and never answers /hang.
+    const arrived: string[] = [];
+    const closed: string[] = [];
+    const server = http.createServer((req, res) => {
+      arrived.push(req.url ?? "");
+      res.on("close", () => closed.push(req.url ?? ""));
+      if (req.url !== "/stream") return;
+      res.writeHead(200, { "content-type": "text/plain" });
+      const tick = setInterval(() => res.write("tick\n"), 10);
+      res.on("close", () => clearInterval(tick));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      await withGateway(local("s", port), async (gateway) => {
+        const client = http.get(`${gateway}/service/s${path}`, (r) =>
+          r.once("data", () => client.destroy()),
+        );
+        client.on("error", () => {}); // we hang up ourselves
+        if (path === "/hang") {
+          await pollUntil("the upstream to hold the request", async () =>
+            arrived.length > 0 ? true : undefined,
+          );
+          client.destroy();
+        }
+        await pollUntil(
+          "the upstream response to close",
+          async () => (closed.length > 0 ? true : undefined),
+          10_000,
+          20,
+        );
+        expect(closed).toEqual([path]);
+      });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 });

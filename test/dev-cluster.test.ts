@@ -1,6 +1,8 @@
 /**
  * `npm run dev` and `deno task dev` for real: the local cluster comes up, the user's
- * end-to-end check passes against it, and Ctrl-C (SIGINT) leaves nothing running.
+ * end-to-end check passes against it, killing the leader's agent (`kill -9`, as the README
+ * suggests) leaves the rest running and a new leader shows, and Ctrl-C (SIGINT) leaves
+ * nothing running.
  */
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -42,6 +44,19 @@ async function childrenOf(pid: number): Promise<number[]> {
   return kids;
 }
 
+/** The worker the coordinator shows as leader, if any. */
+async function leaderOf(
+  url: string,
+): Promise<{ worker_id: string; tunnel_url: string } | undefined> {
+  const res = await fetch(`${url}/api/admin/workers`);
+  const workers = (await res.json()) as {
+    worker_id: string;
+    tunnel_url: string;
+    is_heartbeat_leader: boolean;
+  }[];
+  return workers.find((w) => w.is_heartbeat_leader);
+}
+
 const alive = (pid: number) => {
   try {
     process.kill(pid, 0);
@@ -55,7 +70,7 @@ describe.each([
   ["npm run dev (Node)", [process.execPath, "--import", "tsx", "scripts/dev.ts"]],
   ["deno task dev (Deno)", [DENO, "run", "-A", "--unstable-kv", "scripts/dev.ts"]],
 ])("%s", (_name, command) => {
-  it("starts the whole cluster, passes the user's check, and stops everything on Ctrl-C", async () => {
+  it("starts the whole cluster, passes the user's check, survives losing its leader, and stops everything on Ctrl-C", async () => {
     const data = mkdtempSync(join(tmpdir(), "rollcall-dev-"));
     const [bin, ...args] = command as [string, ...string[]];
     let out = "";
@@ -113,6 +128,23 @@ describe.each([
     expect(check.stdout).toContain("5 passed, 0 failed");
     const children = await childrenOf(dev.pid as number);
     expect(children.length).toBeGreaterThanOrEqual(10); // coordinator, 3 agents, 6 services
+    // kill -9 the leader's agent (its gateway port gives its place in the banner's pid list).
+    const leader = await pollUntil("a leader", () => leaderOf(url));
+    const pids = (/Agent pids\s+([\d ]+)/.exec(out)?.[1] ?? "").trim().split(/\s+/).map(Number);
+    const victim = pids[Number(new URL(leader.tunnel_url).port) - base - 1] as number;
+    expect(children).toContain(victim);
+    process.kill(victim, "SIGKILL");
+    const next = await pollUntil(
+      "a new leader",
+      async () => {
+        const l = await leaderOf(url);
+        return l && l.worker_id !== leader.worker_id ? l : undefined;
+      },
+      30_000,
+    );
+    expect(next.tunnel_url).not.toBe(leader.tunnel_url);
+    expect(out).toMatch(/\[agent\d\] +exited \(SIGKILL\); the rest of the cluster keeps running/);
+    expect(dev.exitCode).toBeNull();
     dev.kill("SIGINT");
     expect(await exited).toBe(0);
     expect(out).toContain("Everything stopped.");
