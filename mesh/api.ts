@@ -83,7 +83,10 @@ export interface Mesh extends EventTarget {
   start(): Promise<void>;
   /** Announces leaving, closes libp2p, clears every timer. */
   stop(): Promise<void>;
-  /** Changes the local state; gossiped at once and on the next heartbeats. Bumps nothing. */
+  /**
+   * Changes the local state; a real change bumps the state version and is gossiped at once and
+   * on the next heartbeats. The incarnation stays as it is.
+   */
   setLocalState(update: Partial<LocalState>): void;
   view(): ViewSnapshot;
   multiaddrs(): string[];

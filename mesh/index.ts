@@ -4,8 +4,10 @@
  *
  * Runtime: `createMesh(init, components)` -> `Mesh` (start/stop, setLocalState, view,
  * multiaddrs, stats; events "leader", "member-up", "member-down", "view").
- * Pure pieces, usable without libp2p on a FakeClock (the simulation drives these):
- * `Membership`, `elect`, the heartbeat codec, `FakeClock`.
+ * Pure pieces, which run on a FakeClock without a network: `Membership`, `elect`, the
+ * heartbeat codec, `FakeClock`. Importing this module loads libp2p all the same; code that
+ * wants only those imports their own modules (clock.ts, membership.ts, election.ts,
+ * protocol.ts, types.ts), which load no libp2p.
  */
 import "./shim.ts";
 

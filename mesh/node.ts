@@ -46,7 +46,7 @@ export function shortMsgId(msg: Message): Uint8Array {
  * Gossipsub tuning for small clusters where every node dials every other (the dialer and peer
  * exchange see to it): the publisher floods each heartbeat straight to every subscribed peer,
  * so each peer gets it exactly once. A thin eager mesh (D=2) exists for relaying, but the topic
- * validator (mesh.ts) lets a heartbeat through to it only when its author reports fewer direct
+ * validator (mesh/inbox.ts) lets a heartbeat through to it only when its author reports fewer direct
  * peers than there are live members; otherwise relays would only send duplicates. No lazy
  * gossip (IHAVE): on a fully connected mesh it is pure overhead. Measured in docs/BENCHMARKS.md.
  */
