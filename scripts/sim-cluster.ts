@@ -18,16 +18,14 @@ import {
   type Coordinator,
   createCoordinator,
   memoryStore,
-  type Store,
 } from "../coordinator.ts";
-import {
-  elect,
-  FakeClock,
-  type Heartbeat,
-  type Leader,
-  Membership,
-  DEFAULT_SETTLE_MS,
-} from "../mesh/index.ts";
+// The pure mesh modules only: mesh/index.ts would load libp2p, which the simulation never uses.
+import { FakeClock } from "../mesh/clock.ts";
+import { DEFAULT_SETTLE_MS, elect } from "../mesh/election.ts";
+import { Membership } from "../mesh/membership.ts";
+import type { Heartbeat } from "../mesh/protocol.ts";
+import type { Leader } from "../mesh/types.ts";
+import { countingStore } from "../test/helpers/coord-fixtures.ts";
 
 /** What happens to the cluster during the day. */
 export type Scenario = "steady" | "churn" | "flapping" | "netflap";
@@ -65,26 +63,6 @@ export function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-/** A memory store that counts writes and deletes (both spend the budget). */
-function countingStore(inner: Store): Store & { writes: number } {
-  const s = {
-    kind: inner.kind,
-    persistent: inner.persistent,
-    writes: 0,
-    get: (k: string) => inner.get(k),
-    list: (p: string) => inner.list(p),
-    async set(k: string, v: string, o?: { ttlSeconds?: number }) {
-      s.writes++;
-      await inner.set(k, v, o);
-    },
-    async delete(k: string) {
-      s.writes++;
-      await inner.delete(k);
-    },
-  };
-  return s;
 }
 
 /** A coordinator in-process, and a fetch that reaches it without a network. */

@@ -18,13 +18,15 @@ export class ManualClock {
   }
 }
 
-/** A memory store that counts the writes and deletes that reach it. */
-export function countingStore(inner: Store): Store & { writes: number; deletes: number } {
+/**
+ * A store that counts what spends the write budget: writes, successful compare-and-sets and
+ * deletes. Free of vitest, so the simulation (scripts/sim-cluster.ts) counts with it too.
+ */
+export function countingStore(inner: Store): Store & { writes: number } {
   const counted = {
     kind: inner.kind,
     persistent: inner.persistent,
     writes: 0,
-    deletes: 0,
     get: (key: string) => inner.get(key),
     list: (prefix: string) => inner.list(prefix),
     async set(key: string, value: string, options?: { ttlSeconds?: number }) {
@@ -32,7 +34,7 @@ export function countingStore(inner: Store): Store & { writes: number; deletes: 
       await inner.set(key, value, options);
     },
     async delete(key: string) {
-      counted.deletes++;
+      counted.writes++;
       await inner.delete(key);
     },
     compareAndSet: undefined as Store["compareAndSet"],
