@@ -2,14 +2,9 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError, createCoordinator, resolveSettings } from "../coordinator.ts";
 import {
-  ConfigError,
-  createCoordinator,
-  memoryStore,
-  resolveSettings,
-  type Store,
-} from "../coordinator.ts";
-import {
+  kvLikeStore,
   ManualClock,
   member,
   registration,
@@ -362,21 +357,7 @@ describe("failover", () => {
 describe("writes that waited", () => {
   it("go out beside a proxied request, never in front of it", async () => {
     const clock = new ManualClock();
-    const inner = memoryStore({}, { clock });
-    let hold: Promise<void> | null = null;
-    let release = () => {};
-    let writes = 0;
-    // One write per key per second (as Workers KV), and a write that can be held.
-    const store: Store = {
-      ...inner,
-      minWriteIntervalMs: 1000,
-      compareAndSet: undefined,
-      async set(key, value, options) {
-        if (hold) await hold;
-        await inner.set(key, value, options);
-        writes++;
-      },
-    };
+    const { store, hold } = kvLikeStore(clock);
     const upstream = async () => new Response("ok");
     const { app } = createCoordinator(
       { liveView: false },
@@ -392,9 +373,7 @@ describe("writes that waited", () => {
     const hb = await post("/api/worker/heartbeat", { worker_id: "w", status: "busy" });
     expect(((await hb.json()) as { written: boolean }).written).toBe(false); // within 1 s: waits
     clock.advance(1500);
-    hold = new Promise((resolve) => {
-      release = resolve;
-    });
+    const release = hold();
     let answered = false;
     const call = Promise.resolve(app.request("/api/service/upload/x")).then((r) => {
       answered = true; // the flush it starts is held
@@ -404,8 +383,8 @@ describe("writes that waited", () => {
     const res = await call;
     expect(res.status).toBe(200);
     expect(await res.text()).toBe("ok");
-    expect(writes).toBe(1);
+    expect(store.writes).toBe(1);
     release();
-    await until("the waiting write", () => writes === 2);
+    await until("the waiting write", () => store.writes === 2);
   });
 });

@@ -10,6 +10,7 @@ import {
 } from "../coordinator.ts";
 import {
   countingStore,
+  kvLikeStore,
   ManualClock,
   member,
   registration,
@@ -561,18 +562,7 @@ describe("write budget: what waits is never written over newer state", () => {
 
   it("defers a second write to a key within the store's minimum interval, then writes it", async () => {
     const clock = new ManualClock();
-    const inner = memoryStore({}, { clock });
-    let writes = 0;
-    // Like Workers KV: one write per key per second, no compare-and-set.
-    const store: Store = {
-      ...inner,
-      minWriteIntervalMs: 1000,
-      compareAndSet: undefined,
-      async set(key, value, options) {
-        writes++;
-        await inner.set(key, value, options);
-      },
-    };
+    const { store } = kvLikeStore(clock);
     const { app } = createCoordinator({ liveView: false }, { store, clock });
     const send = async (body: unknown) =>
       (await (
@@ -586,10 +576,10 @@ describe("write budget: what waits is never written over newer state", () => {
     clock.advance(500);
     const second = await send(report({ sequence: 2, members: [member("A")] }));
     expect(second).toMatchObject({ reason: "deferred", next_keepalive_in_s: 1 });
-    expect(writes).toBe(1);
+    expect(store.writes).toBe(1);
     clock.advance(600);
     await app.request("/health"); // any request flushes what waited
-    expect(writes).toBe(2);
+    expect(store.writes).toBe(2);
   });
 });
 

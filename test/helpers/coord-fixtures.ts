@@ -26,16 +26,17 @@ export function countingStore(inner: Store): Store & { writes: number } {
   const counted = {
     kind: inner.kind,
     persistent: inner.persistent,
+    ...(inner.minWriteIntervalMs ? { minWriteIntervalMs: inner.minWriteIntervalMs } : {}),
     writes: 0,
     get: (key: string) => inner.get(key),
     list: (prefix: string) => inner.list(prefix),
     async set(key: string, value: string, options?: { ttlSeconds?: number }) {
-      counted.writes++;
       await inner.set(key, value, options);
+      counted.writes++;
     },
     async delete(key: string) {
-      counted.writes++;
       await inner.delete(key);
+      counted.writes++;
     },
     compareAndSet: undefined as Store["compareAndSet"],
   };
@@ -49,6 +50,35 @@ export function countingStore(inner: Store): Store & { writes: number } {
     };
   }
   return counted;
+}
+
+/**
+ * A counting memory store that behaves like Workers KV (one write per key per second, no
+ * compare-and-set), with `hold()` to keep its writes waiting until the returned release runs.
+ */
+export function kvLikeStore(clock: ManualClock) {
+  const inner = memoryStore({}, { clock });
+  let gate: Promise<void> | null = null;
+  const store = countingStore({
+    ...inner,
+    minWriteIntervalMs: 1000,
+    compareAndSet: undefined,
+    async set(key, value, options) {
+      if (gate) await gate;
+      await inner.set(key, value, options);
+    },
+  });
+  const hold = () => {
+    let release = () => {};
+    gate = new Promise((resolve) => {
+      release = resolve;
+    });
+    return () => {
+      gate = null;
+      release();
+    };
+  };
+  return { store, hold };
 }
 
 /** An in-process coordinator on a counting memory store and a manual clock (live view off by default). */
