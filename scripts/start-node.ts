@@ -9,6 +9,7 @@ import fs from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
 import { configFromEnv, createCoordinator, fileStore } from "../coordinator.ts";
+import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
 
 const { values } = parseArgs({
@@ -27,7 +28,8 @@ const coordinator = createCoordinator(configFromEnv(process.env), {
   clientGone: nodeClientGone,
 });
 coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
-const server = serve({ fetch: coordinator.fetch, port, hostname }, (info) => {
+// An early answer (413, 401, 503) drains what is left of the body: the connection stays usable.
+const server = serve({ fetch: drainEarlyAnswers(coordinator.fetch), port, hostname }, (info) => {
   console.log(
     `rollcall coordinator (node) listening on http://${hostname}:${info.port} (file store ${path})`,
   );
