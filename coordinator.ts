@@ -716,6 +716,12 @@ export const ServiceNameSchema = z
     "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
   );
 
+/**
+ * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
+ * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
+ */
+export const ClusterNameSchema = ServiceNameSchema;
+
 function isHttpUrl(s: string): boolean {
   try {
     const u = new URL(s);
@@ -849,7 +855,7 @@ export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
 
 /** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
 export const ClusterReportSchema = z.object({
-  cluster: ServiceNameSchema.default("default"),
+  cluster: ClusterNameSchema.default("default"),
   leader_id: WorkerIdSchema,
   term: z.number().int().nonnegative(),
   sequence: z.number().int().nonnegative(),

@@ -5,7 +5,13 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { type Capabilities, CapabilitiesSchema, HttpUrlSchema, tierOf } from "../coordinator.ts";
+import {
+  type Capabilities,
+  CapabilitiesSchema,
+  ClusterNameSchema,
+  HttpUrlSchema,
+  tierOf,
+} from "../coordinator.ts";
 
 /** A setting that could not be used; `setting` names it as the user wrote it. */
 export class ConfigError extends Error {
@@ -261,11 +267,7 @@ export function loadConfig(
       : undefined,
     token: get("token"),
     agentToken: get("agent-token") ?? get("token"),
-    cluster: check(
-      "cluster",
-      z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "use 1-64 letters, digits, . _ -"),
-      "default",
-    ),
+    cluster: check("cluster", ClusterNameSchema, "default"),
     dataDir: get("data-dir") ?? ".data/agent",
     listen: { host, port },
     publicUrl,
