@@ -11,6 +11,8 @@
  * Flags: --base-port N (default 8700: coordinator N+87, gateways N+1..3, mesh N+11..13,
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
  * --probe-interval S (agents' probe interval, default 10).
+ * Environment: ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (both, or neither) run the
+ * cluster secured, as in production; neither runs it open. The banner says which mode.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
@@ -35,6 +37,27 @@ if (!Number.isInteger(base) || base < 1024 || base > 65000) {
   process.exit(2);
 }
 const dataDir = resolve(values.data);
+// Secured mode: the coordinator and the agents read these from the environment they inherit;
+// this script sends the admin token on its own readiness checks. Never printed.
+const clusterToken = process.env.ROLLCALL_CLUSTER_TOKEN;
+const adminToken = process.env.ROLLCALL_ADMIN_TOKEN;
+if (
+  (clusterToken === undefined) !== (adminToken === undefined) ||
+  clusterToken === "" ||
+  adminToken === ""
+) {
+  console.error(
+    "Set both ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (non-empty) for a secured cluster, or neither for open local dev",
+  );
+  process.exit(2);
+}
+const secured = adminToken !== undefined;
+const adminHeaders: Record<string, string> = secured
+  ? { authorization: `Bearer ${adminToken}` }
+  : {};
+const mode = secured
+  ? "secured: cluster and admin tokens from ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN"
+  : "open local dev: no tokens, anyone on this machine may register and administer";
 const host = "127.0.0.1";
 const coordinatorPort = base + 87;
 const coordinatorUrl = `http://${host}:${coordinatorPort}`;
@@ -223,7 +246,8 @@ async function main(): Promise<void> {
   await waitFor(
     "the agents to report every service",
     async () => {
-      const res = await fetch(`${coordinatorUrl}/api/admin/services`);
+      const res = await fetch(`${coordinatorUrl}/api/admin/services`, { headers: adminHeaders });
+      if (res.status === 401) throw new Error("the coordinator refused the admin token");
       const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
       return [...expected].every((n) => (body.services[n]?.healthy_workers ?? 0) > 0);
     },
@@ -232,19 +256,21 @@ async function main(): Promise<void> {
   if (stopping) return;
   up = true;
   const c = coordinatorUrl;
+  const auth = secured ? ' -H "Authorization: Bearer $ROLLCALL_ADMIN_TOKEN"' : "";
   console.log(`
 rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
 
+  Mode         ${mode}
   Coordinator  ${c}
   Workers      ${agents.map((a) => a.gateway).join("  ")}
   Agent pids   ${agentProcs.map((p) => p.pid).join("  ")}
   Services     ${[...expected].sort().join(", ")}
 
 Try:
-  curl -s ${c}/api/admin/services          # list services and their healthy workers
+  curl -s${auth} ${c}/api/admin/services          # list services and their healthy workers
   curl -s ${c}/api/service/nope/hello      # a service that does not exist: 503 with the list
   curl -s ${c}/api/service/upload/hello    # a routed call: the answer names the worker
-  curl -s ${c}/api/admin/workers           # list workers, their leader and services
+  curl -s${auth} ${c}/api/admin/workers           # list workers, their leader and services
   npx tsx scripts/test-service-discovery.ts ${c}
 
 kill -9 a worker's pid to watch the others elect a new leader; Ctrl-C stops everything.
