@@ -31,7 +31,17 @@ export function startTs(
 
 /** Starts `node ...argv` (this test's Node) in the project root. */
 export function startNode(name: string, argv: string[], env: Record<string, string> = {}): Proc {
-  const proc = spawn(process.execPath, argv, {
+  return startProcess(name, process.execPath, argv, env);
+}
+
+/** Starts any command in the project root (e.g. `ip netns exec <ns> node ...`). */
+export function startProcess(
+  name: string,
+  command: string,
+  argv: string[],
+  env: Record<string, string> = {},
+): Proc {
+  const proc = spawn(command, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
