@@ -60,8 +60,7 @@ async function coordinatorWhole(): Promise<true | undefined> {
   const byId = new Map(workers.map((w) => [w.worker_id, w]));
   for (let h = 0; h < N; h++) {
     const w = byId.get(ids[h] as string);
-    if (!w?.services.includes("common") || !w.services.includes(`only${h + 1}`))
-      return undefined;
+    if (!w?.services.includes("common") || !w.services.includes(`only${h + 1}`)) return undefined;
   }
   return true;
 }
