@@ -101,8 +101,9 @@ export function mutationOf(base: unknown): fc.Arbitrary<string> {
   const paths: (string | number)[][] = [];
   const walk = (v: unknown, at: (string | number)[]) => {
     paths.push(at);
-    if (Array.isArray(v)) v.forEach((x, i) => walk(x, [...at, i]));
-    else if (v && typeof v === "object")
+    if (Array.isArray(v)) {
+      for (const [i, x] of v.entries()) walk(x, [...at, i]);
+    } else if (v && typeof v === "object")
       for (const [k, x] of Object.entries(v)) walk(x, [...at, k]);
   };
   walk(base, []);
