@@ -52,6 +52,8 @@ export interface CoordinatorInit {
   tableTtlMs?: number;
   /** The list of registry keys cached per isolate is re-listed after this. Default 5 min. */
   listTtlMs?: number;
+  /** A store call that takes longer fails (a hanging store must not hold requests). Default 5 s. */
+  storeTimeoutMs?: number;
   /** Old paths routed to a service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`. */
   aliases?: Record<string, string>;
   /** Time an upstream has to answer with headers before failover. Default 30 s. */
@@ -126,6 +128,7 @@ export interface Settings {
   recordTtlS: number;
   tableTtlMs: number;
   listTtlMs: number;
+  storeTimeoutMs: number;
   aliases: Record<string, string>;
   proxyTimeoutMs: number;
   maxAttempts: number;
@@ -201,6 +204,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
     recordTtlS: init.recordTtlS ?? 7 * 24 * 3600,
     tableTtlMs: init.tableTtlMs ?? MINUTE,
     listTtlMs: init.listTtlMs ?? 5 * MINUTE,
+    storeTimeoutMs: init.storeTimeoutMs ?? 5000,
     aliases,
     proxyTimeoutMs: init.proxyTimeoutMs ?? 30_000,
     maxAttempts: init.maxAttempts ?? 10,
@@ -294,6 +298,7 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
     tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
     listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
+    storeTimeoutMs: num("ROLLCALL_STORE_TIMEOUT_MS"),
     recordTtlS: num("ROLLCALL_RECORD_TTL_S"),
     proxyTimeoutMs: num("ROLLCALL_PROXY_TIMEOUT_MS"),
     maxAttempts: num("ROLLCALL_MAX_ATTEMPTS"),
@@ -368,14 +373,28 @@ export class StoreError extends Error {
   override name = "StoreError";
 }
 
-/** The same store, with every failure turned into a StoreError naming the backend and operation. */
-function guardedStore(store: Store): Store {
+/**
+ * The same store, with every failure turned into a StoreError naming the backend and operation,
+ * and a call that takes longer than `timeoutMs` failed the same way (what it does meanwhile is
+ * unknown: a write that timed out is kept pending and written again).
+ */
+function guardedStore(store: Store, timeoutMs: number): Store {
   const guard = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new StoreError(`Store ${what} timed out after ${timeoutMs} ms (${store.kind})`)),
+        timeoutMs,
+      );
+    });
     try {
-      return await run();
+      return await Promise.race([run(), timeout]);
     } catch (err) {
       if (err instanceof StoreError) throw err;
       throw new StoreError(`Store ${what} failed (${store.kind}): ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
     }
   };
   const cas = store.compareAndSet?.bind(store);
@@ -1498,6 +1517,9 @@ function leaderOf(doc: ClusterDoc): LeaderView | null {
   return best;
 }
 
+/** How long an isolate goes on from what it knows, without asking the store, after a failure. */
+const STORE_RETRY_MS = 5000;
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -1509,6 +1531,8 @@ class Registry {
   #live = new Map<string, LiveWorker>();
   #clusters = new Map<string, LiveCluster>();
   #table: RoutingTable | null = null;
+  /** After a store failure, what this isolate knows is used until then without asking again. */
+  #storeDownUntil = 0;
   /** Counts invalidations: a table whose build saw one is used once, never cached. */
   #generation = 0;
   /** The table is rebuilt after this: the oldest live view it used expires then. */
@@ -1524,7 +1548,7 @@ class Registry {
     store: Store,
     readonly clock: ClockLike,
   ) {
-    this.store = guardedStore(store);
+    this.store = guardedStore(store, settings.storeTimeoutMs);
     this.budget = new WriteBudget(settings.writeCap, clock);
   }
 
@@ -1545,10 +1569,28 @@ class Registry {
     if (this.#pending.has(key)) return this.#pending.get(key) ?? null;
     const now = this.clock.now();
     const cached = this.#docs.get(key);
-    if (!fresh && cached && now - cached.at < this.settings.tableTtlMs) return cached.doc;
-    const { doc } = await this.fetch(key);
-    this.#remember(key, doc, now, quiet);
-    return doc;
+    const usable = !fresh && cached !== undefined;
+    if (usable && (now - cached.at < this.settings.tableTtlMs || now < this.#storeDownUntil)) {
+      return cached.doc;
+    }
+    const read = await this.#orKnown(() => this.fetch(key), usable);
+    if (!read) return cached?.doc ?? null;
+    this.#remember(key, read.doc, now, quiet);
+    return read.doc;
+  }
+
+  /**
+   * Runs a store read; when it fails and `fallback` says this isolate knows enough to go on,
+   * notes the store as down for STORE_RETRY_MS and resolves null instead of throwing.
+   */
+  async #orKnown<T>(run: () => Promise<T>, fallback: boolean): Promise<T | null> {
+    try {
+      return await run();
+    } catch (err) {
+      if (!(err instanceof StoreError) || !fallback) throw err;
+      this.#storeDownUntil = this.clock.now() + STORE_RETRY_MS;
+      return null;
+    }
   }
 
   /** Reads a key from the store itself (no cache, no pending): its text and document. */
@@ -1716,7 +1758,11 @@ class Registry {
     return t && now - t.builtAt < this.settings.tableTtlMs && now <= this.#liveUntil ? t : null;
   }
 
-  /** The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse. */
+  /**
+   * The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse.
+   * While the store fails (errors, time-outs), it is built from the keys and documents this
+   * isolate already knows: routing goes on from what it has.
+   */
   async table(): Promise<RoutingTable> {
     const now = this.clock.now();
     const cached = this.cachedTable(now);
@@ -1725,9 +1771,18 @@ class Registry {
     // it: such a table answers this call but is not cached (else it hid the change for a TTL).
     const generation = this.#generation;
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
-      const set = new Set(await this.store.list(REGISTRY_PREFIX));
+      const known = this.#keys?.keys ?? new Set<string>();
+      let listed: string[] | null = null;
+      if (now >= this.#storeDownUntil || known.size + this.#docs.size === 0) {
+        listed = await this.#orKnown(
+          () => this.store.list(REGISTRY_PREFIX),
+          known.size + this.#docs.size > 0,
+        );
+      }
+      const set = new Set(listed ?? known);
       for (const [key, entry] of this.#docs) if (entry.doc) set.add(key);
-      this.#keys = { keys: set, at: now };
+      // Keys known without a listing are listed again once the store answers.
+      this.#keys = { keys: set, at: listed ? now : (this.#keys?.at ?? 0) };
     }
     const keys = new Set([...this.#keys.keys, ...this.#pending.keys()]);
     const docs = await Promise.all([...keys].map((key) => this.read(key, false, true)));
