@@ -250,22 +250,11 @@ describe.skipIf(unavailable !== null)(
       if (!(await netemAvailable(lab)))
         ctx.skip("this kernel has no netem qdisc (tc qdisc ... netem)");
       const marks = agents.map((p) => p.output().length);
-      for (const host of lab.hosts)
-        await lab.exec(host, "tc", [
-          "qdisc",
-          "add",
-          "dev",
-          "eth0",
-          "root",
-          "netem",
-          "delay",
-          "200ms",
-        ]);
+      await lab.netem(["delay", "200ms"]);
       try {
         await new Promise((r) => setTimeout(r, 15_000));
       } finally {
-        for (const host of lab.hosts)
-          await lab.exec(host, "tc", ["qdisc", "del", "dev", "eth0", "root"]).catch(() => "");
+        await lab.netem(null).catch(() => {});
       }
       const downs = agents.flatMap(
         (p, i) => since(p, marks[i] as number).match(/Member down: .*/g) ?? [],

@@ -41,17 +41,8 @@ export function labUnavailable(): string | null {
 /** Whether `tc qdisc ... netem` (delay, loss) exists in this kernel. */
 export async function netemAvailable(lab: Lab): Promise<boolean> {
   try {
-    await lab.exec(lab.hosts[0] as string, "tc", [
-      "qdisc",
-      "add",
-      "dev",
-      "eth0",
-      "root",
-      "netem",
-      "delay",
-      "1ms",
-    ]);
-    await lab.exec(lab.hosts[0] as string, "tc", ["qdisc", "del", "dev", "eth0", "root"]);
+    await lab.netem(["delay", "1ms"]);
+    await lab.netem(null);
     return true;
   } catch {
     return false;
@@ -78,6 +69,8 @@ export interface Lab {
   cutOneWay(from: number, to: number): Promise<void>;
   /** Every host drops `percent` % of the packets it receives (from hosts and coordinator). */
   loss(percent: number): Promise<void>;
+  /** Puts `tc netem <args>` on every host's link (null: takes it off). */
+  netem(args: string[] | null): Promise<void>;
   /** Removes every fault rule. */
   heal(): Promise<void>;
   /** Removes every namespace and link of the lab. */
@@ -142,6 +135,19 @@ export async function createLab(n: number): Promise<Lab> {
     async loss(percent) {
       for (let h = 0; h < n; h++) {
         await nft(h, `add rule inet rcfault input numgen random mod 100 < ${percent} drop`);
+      }
+    },
+    async netem(args) {
+      for (const host of hosts) {
+        const qdisc = ["qdisc", args ? "add" : "del", "dev", "eth0", "root"];
+        await run("ip", [
+          "netns",
+          "exec",
+          host,
+          "tc",
+          ...qdisc,
+          ...(args ? ["netem", ...args] : []),
+        ]);
       }
     },
     async heal() {
