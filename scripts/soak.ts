@@ -46,21 +46,14 @@ const AGENTS = [
 const servicePort = (i: number, name: string) => base + 30 + 2 * i + (name === "alpha" ? 0 : 1);
 
 const children = new Set<ChildProcess>();
-function start(name: string, args: string[], runtimeArgs = ["--import", "tsx"]): ChildProcess {
+/** Starts `node <runtimeArgs> <args>`; its output is dropped (the figures say what matters). */
+function start(args: string[], runtimeArgs = ["--import", "tsx"]): ChildProcess {
   const child = spawn(process.execPath, [...runtimeArgs, ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: "ignore",
     env: { ...process.env, ROLLCALL_CLUSTER_TOKEN: "", ROLLCALL_ADMIN_TOKEN: "" },
   });
-  let tail = "";
-  const keep = (c: Buffer) => {
-    tail = (tail + c.toString()).slice(-4000);
-  };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
   child.once("exit", () => children.delete(child));
-  Object.defineProperty(child, "tail", { get: () => tail });
   children.add(child);
-  void name;
   return child;
 }
 
@@ -83,14 +76,13 @@ async function main(): Promise<number> {
   // One plain Node process serves every sample service port (cheap, never churned).
   const ports = AGENTS.flatMap((a, i) => a.services.map((s) => servicePort(i, s)));
   start(
-    "services",
     [
       "-e",
       `const http=require("node:http");for(const p of ${JSON.stringify(ports)})http.createServer((q,s)=>{s.setHeader("content-type","application/json");s.end(JSON.stringify({port:p,path:q.url}))}).listen(p,"${host}")`,
     ],
     [],
   );
-  const coord = start("coordinator", [
+  const coord = start([
     "scripts/start-node.ts",
     "--port",
     String(coordPort),
@@ -112,7 +104,7 @@ async function main(): Promise<number> {
   const procs: (ChildProcess | null)[] = agents.map(() => null);
   const startAgent = (i: number) => {
     const a = agents[i] as (typeof agents)[number];
-    procs[i] = start(`agent${i + 1}`, [
+    procs[i] = start([
       "agent/cli.ts",
       `--coordinator=${coordUrl}`,
       `--data-dir=${a.data}`,
@@ -126,7 +118,7 @@ async function main(): Promise<number> {
       "--probe-interval=1",
     ]);
   };
-  agents.forEach((_, i) => startAgent(i));
+  for (const a of agents) startAgent(a.i);
   const healthy = async (name: string) => {
     const res = await fetch(`${coordUrl}/api/admin/services`);
     const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
