@@ -2604,6 +2604,7 @@ export class ServiceRoute {
     const { now, random } = options;
     const list = this.endpoints;
     const m = end - start;
+    if (m === 0) return null; // every provider unhealthy: the group list is [0, 0]
     if (m === 1) {
       const only = list[start] as Endpoint;
       return this.#usable(only, now, tried, strict) ? only : null;
