@@ -292,6 +292,7 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
     directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
     heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
+    consistencyGraceMs: num("ROLLCALL_CONSISTENCY_GRACE_S", 1000),
     tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
     listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
     recordTtlS: num("ROLLCALL_RECORD_TTL_S"),
@@ -800,12 +801,26 @@ const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
 
-/** `POST /api/worker/heartbeat`. */
+/**
+ * An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or
+ * null. It is shown, never routed on, so a value of another shape is dropped, not refused.
+ */
+const Info = z
+  .union([z.number(), z.string().max(64), z.null()])
+  .optional()
+  .catch(() => null);
+
+/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
 export const HeartbeatBodySchema = z.object({
   worker_id: WorkerIdSchema,
   status: StatusWord.default("online"),
-  current_load: z.number().nonnegative().nullish(),
-  available_memory: z.number().nonnegative().nullish(),
+  current_load: Info,
+  available_memory: Info,
+  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
+  services_status: z
+    .record(z.string(), z.unknown())
+    .nullish()
+    .catch(() => null),
 });
 
 /** `POST /api/worker/heartbeat`. */
@@ -1012,8 +1027,8 @@ export interface WorkerRecord {
   services: StoredService[];
   wants_heartbeat_leadership: boolean;
   is_heartbeat_leader: boolean;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: number;
   written_at: number;
   budget: BudgetStamp;
@@ -1409,8 +1424,8 @@ export interface WorkerView {
   is_heartbeat_leader: boolean;
   mode: "direct" | "cluster";
   cluster: string | null;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: string | null;
 }
 
@@ -1474,8 +1489,8 @@ class KeyedMutex {
 
 interface LiveWorker {
   at: number;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
 }
 
 interface LiveCluster {
@@ -1737,8 +1752,11 @@ class Registry {
     const views = new Map<string, WorkerView>();
     const clusters: ClusterSummary[] = [];
     const staleAfter = directStaleAfterMs(this.settings);
+    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     for (const doc of docs) {
       if (doc.kind !== "worker") continue;
+      // A service its worker reports stopped (`services_status`) gets no traffic.
+      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
       const live = this.#live.get(doc.worker_id);
       const seen = Math.max(doc.written_at, live?.at ?? 0);
       const stale = now - seen > staleAfter;
@@ -1762,7 +1780,6 @@ class Registry {
         registered_at: new Date(doc.registered_at).toISOString(),
       });
     }
-    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
     for (const stored of docs) {
@@ -1940,9 +1957,37 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
       heartbeat_interval: reg.settings.heartbeatIntervalS,
       is_heartbeat_leader: record.is_heartbeat_leader,
       services_registered: record.services.map((s) => s.name),
+      // The universal agent of the old system reads the services it may run from here.
+      assigned_services: record.services.map((s) => s.name),
       written: written === true,
     };
   });
+}
+
+/** Service states the universal agent reports (`services_status`) that admit traffic. */
+const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "online", "ready"]);
+
+/**
+ * A worker's services after a heartbeat's `services_status`: a named service takes the state
+ * it reports ("running" and the like are healthy, "stopped" and anything else unhealthy, so it
+ * gets no traffic), a service not registered yet is added at the worker's tunnel URL. Entries
+ * with an invalid name or a non-string state are ignored; at most 64 services are kept.
+ */
+export function applyServicesStatus(
+  services: readonly StoredService[],
+  statuses: Record<string, unknown> | null | undefined,
+  tunnelUrl: string | null,
+): StoredService[] {
+  if (!statuses) return [...services];
+  const next = new Map(services.map((s) => [s.name, s]));
+  for (const [name, state] of Object.entries(statuses)) {
+    if (typeof state !== "string" || !SERVICE_NAME_PATTERN.test(name)) continue;
+    const status = RUNNING_SERVICE_STATES.has(state.toLowerCase()) ? "healthy" : "unhealthy";
+    const known = next.get(name);
+    if (known) next.set(name, { ...known, status });
+    else if (next.size < 64) next.set(name, { name, url: tunnelUrl, status });
+  }
+  return [...next.values()];
 }
 
 async function heartbeat(reg: Registry, body: HeartbeatBody) {
@@ -1957,8 +2002,12 @@ async function heartbeat(reg: Registry, body: HeartbeatBody) {
       available_memory: body.available_memory ?? null,
     };
     reg.touchWorker(body.worker_id, live);
+    const services = applyServicesStatus(record.services, body.services_status, record.tunnel_url);
     const due = directHeartbeatDue({
-      statusChanged: record.status !== body.status,
+      // A service that stopped (or came back) is a routing change: written at once.
+      statusChanged:
+        record.status !== body.status ||
+        JSON.stringify(services) !== JSON.stringify(record.services),
       writtenAt: record.written_at,
       now,
       writeIntervalMs: reg.settings.directWriteIntervalMs,
@@ -1967,6 +2016,7 @@ async function heartbeat(reg: Registry, body: HeartbeatBody) {
     const next: WorkerRecord = {
       ...record,
       status: body.status,
+      services,
       current_load: live.current_load,
       available_memory: live.available_memory,
     };
@@ -4353,6 +4403,37 @@ export function createCoordinator(
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
     const answer = await unregister(reg, id.data);
     return answer ? c.json(answer) : c.json({ error: "Worker not found" }, 404);
+  });
+
+  // The old agents' lookup: a healthy provider of a service, as `{"worker_url": ...}`.
+  app.get("/api/worker/find/:service", async (c) => {
+    const denied = await authorize(c, settings, "worker");
+    if (denied) return denied;
+    const name = ServiceNameSchema.safeParse(c.req.param("service"));
+    if (!name.success) {
+      return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
+    }
+    const table = await reg.table();
+    const usable = (table.providers.get(name.data) ?? []).filter((p) => p.health !== "unhealthy");
+    const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
+    const best = Math.min(...usable.map(rank));
+    const top = usable.filter((p) => rank(p) === best);
+    const pick = top[Math.floor(proxy.random() * top.length)];
+    if (!pick) {
+      return c.json(
+        {
+          error: `No healthy worker provides '${name.data}'`,
+          available_services: availableServices(table),
+        },
+        404,
+      );
+    }
+    return c.json({
+      worker_url: pick.url,
+      worker_id: pick.worker_id,
+      service: name.data,
+      tier: pick.tier,
+    });
   });
 
   app.post("/api/cluster/heartbeat", limit, async (c) => {
