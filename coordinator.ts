@@ -717,6 +717,27 @@ export const ServiceNameSchema = z
     "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
   );
 
+/**
+ * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
+ * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
+ */
+export const WorkerNameSchema = z
+  .string()
+  .regex(
+    SERVICE_NAME_PATTERN,
+    "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
+  );
+
+/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
+function workerName(
+  name: string | null | undefined,
+  capabilities: Capabilities | null | undefined,
+) {
+  if (name) return name;
+  const host = capabilities?.hostname;
+  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
+}
+
 function isHttpUrl(s: string): boolean {
   try {
     const u = new URL(s);
@@ -783,6 +804,7 @@ export type Container = z.infer<typeof ContainerSchema>;
 /** `POST /api/worker/register`. */
 export const RegisterBodySchema = z.object({
   worker_id: blankIsAbsent(WorkerIdSchema),
+  name: blankIsAbsent(WorkerNameSchema),
   capabilities: CapabilitiesSchema.nullish(),
   ip_address: z.string().max(255).nullish(),
   tunnel_url: blankIsAbsent(HttpUrlSchema),
@@ -801,14 +823,8 @@ const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
 
-/**
- * An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or
- * null. It is shown, never routed on, so a value of another shape is dropped, not refused.
- */
-const Info = z
-  .union([z.number(), z.string().max(64), z.null()])
-  .optional()
-  .catch(() => null);
+/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
+const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
 
 /** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
 export const HeartbeatBodySchema = z.object({
@@ -817,10 +833,7 @@ export const HeartbeatBodySchema = z.object({
   current_load: Info,
   available_memory: Info,
   /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
-  services_status: z
-    .record(z.string(), z.unknown())
-    .nullish()
-    .catch(() => null),
+  services_status: z.record(z.string(), z.unknown()).nullish(),
 });
 
 /** `POST /api/worker/heartbeat`. */
@@ -843,6 +856,7 @@ export const MemberServiceSchema = z.object({
 /** A member of a cluster report. */
 export const ClusterMemberSchema = z.object({
   worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullish(),
   incarnation: z.number().int().nonnegative().default(0),
   status: MemberStatusSchema,
   url: HttpUrlSchema,
@@ -975,6 +989,8 @@ export interface StoredService {
 /** A cluster member as stored in the cluster document. */
 export interface StoredMember {
   worker_id: string;
+  /** Its agent's `--name` (display only; documents written before names have none). */
+  name?: string | null;
   incarnation: number;
   status: z.infer<typeof MemberStatusSchema>;
   url: string;
@@ -1019,6 +1035,7 @@ export interface WorkerRecord {
   kind: "worker";
   v: 1;
   worker_id: string;
+  name?: string | null;
   tier: 1 | 2 | 3;
   status: string;
   capabilities: Capabilities;
@@ -1052,6 +1069,7 @@ export function emptyClusterDoc(cluster: string): ClusterDoc {
 function storedMember(m: ClusterMemberReport, leader: string, now: number): StoredMember {
   return {
     worker_id: m.worker_id,
+    name: m.name ?? null,
     incarnation: m.incarnation,
     status: m.status,
     url: trimSlash(m.url),
@@ -1412,6 +1430,8 @@ function parseDoc(raw: string | null): Doc | null {
 /** Effective status and routing of one worker, as the admin API shows it. */
 export interface WorkerView {
   worker_id: string;
+  /** The worker's human name (its agent's `--name`), or null when it sent none. */
+  name: string | null;
   tier: 1 | 2 | 3;
   status: string;
   healthy: boolean;
@@ -1432,6 +1452,7 @@ export interface WorkerView {
 /** A worker that can serve one service. */
 export interface Provider {
   worker_id: string;
+  name?: string | null;
   service: string;
   url: string;
   tier: 1 | 2 | 3;
@@ -1763,6 +1784,7 @@ class Registry {
       const status = stale ? "offline" : doc.status;
       views.set(doc.worker_id, {
         worker_id: doc.worker_id,
+        name: doc.name ?? null,
         tier: doc.tier,
         status,
         healthy: isRoutableStatus(status),
@@ -1799,6 +1821,7 @@ class Registry {
         const status = stale ? "unknown" : m.status;
         views.set(m.worker_id, {
           worker_id: m.worker_id,
+          name: m.name ?? null,
           tier: m.tier,
           status,
           healthy: isRoutableStatus(status),
@@ -1848,6 +1871,7 @@ class Registry {
         const list = providers.get(name) ?? [];
         list.push({
           worker_id: view.worker_id,
+          name: view.name,
           service: name,
           url: url ?? "",
           tier: view.tier,
@@ -1884,6 +1908,7 @@ function servicesFromRegistration(body: RegisterBody): StoredService[] {
 function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
   const strip = (r: WorkerRecord) =>
     JSON.stringify([
+      r.name,
       r.tier,
       r.status,
       r.capabilities,
@@ -1925,6 +1950,7 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
       kind: "worker",
       v: 1,
       worker_id: id,
+      name: workerName(body.name, capabilities),
       tier: tierOf(capabilities),
       status: "online",
       capabilities,
@@ -2457,6 +2483,8 @@ const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
 export class Endpoint {
   /** The service URL without a trailing slash. */
   base = "";
+  /** The worker's human name, sent as `X-Rollcall-Worker-Name` with its answers. */
+  name: string | null = null;
   tier: 1 | 2 | 3 = 2;
   health: Provider["health"] = "healthy";
   inFlight = 0;
@@ -2493,6 +2521,7 @@ export class Endpoint {
   /** Takes the provider's current URL, tier and health from the routing table. */
   update(provider: Provider): void {
     this.base = trimSlash(provider.url);
+    this.name = provider.name ?? null;
     this.tier = provider.tier;
     this.health = provider.health;
   }
@@ -3815,7 +3844,10 @@ function addCors(settings: Settings, request: Request, headers: Headers): void {
     }
     headers.append("vary", "Origin");
   }
-  headers.set("access-control-expose-headers", "Retry-After,X-Rollcall-Worker");
+  headers.set(
+    "access-control-expose-headers",
+    "Retry-After,X-Rollcall-Worker,X-Rollcall-Worker-Name",
+  );
 }
 
 function proxyJson(
@@ -3900,6 +3932,7 @@ function respond(
     // upstream response itself, no copy.
     try {
       result.headers.set("x-rollcall-worker", ep.worker_id);
+      if (ep.name !== null) result.headers.set("x-rollcall-worker-name", ep.name);
       ctx.inPlace = true;
       cleanResponseHeaders(result.headers);
       addCors(ctx.settings, request, result.headers);
@@ -3911,6 +3944,7 @@ function respond(
   const headers = new Headers(result.headers);
   cleanResponseHeaders(headers);
   headers.set("x-rollcall-worker", ep.worker_id);
+  if (ep.name !== null) headers.set("x-rollcall-worker-name", ep.name);
   addCors(ctx.settings, request, headers);
   const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
   return new Response(nullBody ? null : result.body, {
@@ -4347,7 +4381,7 @@ export function createCoordinator(
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
     // take any header (X-Requested-With, X-File-Name, Range, ...).
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
-    exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
+    exposeHeaders: ["Retry-After", "X-Rollcall-Worker", "X-Rollcall-Worker-Name"],
   });
   // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
   // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
@@ -4361,6 +4395,31 @@ export function createCoordinator(
     await flushPending();
     await next();
   });
+
+  // A small index of the API, for a person who opens the coordinator's URL.
+  app.get("/", (c) =>
+    c.json({
+      service: "rollcall-coordinator",
+      version: COORDINATOR_VERSION,
+      endpoints: {
+        "GET /health": "status, store, and what is open",
+        "ANY /api/service/<name>/<path>": "a call routed to a healthy worker providing <name>",
+        "GET /api/admin/workers": "workers, their status, name and services (admin token)",
+        "GET /api/admin/services": "services and their healthy workers (admin token)",
+        "GET /api/admin/stats": "counts by status and tier, write budget, leader (admin token)",
+        "GET /api/admin/leader": "each cluster's leader and lease (admin token)",
+        "GET /api/admin/budget": "store writes used today (admin token)",
+        "GET /api/admin/breakers": "circuit breakers per worker and service (admin token)",
+        "GET /api/admin/metrics": "traffic, latency percentiles, scaling signals (admin token)",
+        "GET /metrics": "the same in Prometheus text format (admin token)",
+        "POST /api/cluster/heartbeat": "a leader agent's report (cluster token)",
+        "POST /api/worker/register, /api/worker/heartbeat": "direct mode (cluster token)",
+        "DELETE /api/worker/unregister/<id>": "direct mode (cluster token)",
+        "GET /api/worker/find/<name>": "a healthy provider's URL (cluster token)",
+      },
+      docs: "docs/DEPLOY.md and docs/AGENTS.md in the rollcall repository",
+    }),
+  );
 
   app.get("/health", (c) => {
     const open = !settings.clusterToken && !settings.adminToken;
@@ -4431,6 +4490,7 @@ export function createCoordinator(
     return c.json({
       worker_url: pick.url,
       worker_id: pick.worker_id,
+      name: pick.name ?? null,
       service: name.data,
       tier: pick.tier,
     });
