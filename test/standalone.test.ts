@@ -191,7 +191,8 @@ describe("the npm package", () => {
     writeFileSync(path.join(app, "package.json"), '{"name": "app", "private": true}\n');
     // --offline: nothing may come from a registry (the package needs nothing: all is bundled).
     await run("npm", ["install", "--offline", "--no-audit", "--no-fund", tarball], { cwd: app });
-    const npx = (...args: string[]) => run("npx", ["--no", "--", "rollcall", ...args], { cwd: app });
+    const npx = (...args: string[]) =>
+      run("npx", ["--no", "--", "rollcall", ...args], { cwd: app });
     expect((await npx("--version")).stdout.trim()).toBe(`rollcall ${COORDINATOR_VERSION}`);
     await npx("keygen", "swarm.key");
     const key = path.join(app, "swarm.key");
