@@ -98,8 +98,9 @@ function run(
   args: string[],
   opts: { quiet?: boolean; env?: Record<string, string>; essential?: boolean } = {},
 ) {
+  // Under Deno, packages come from Deno's own cache (deno.json `imports`), as `deno task dev`.
   const runtimeArgs = isDeno
-    ? ["run", "-A", "--unstable-kv", file, ...args]
+    ? ["run", "--node-modules-dir=none", "-A", "--unstable-kv", file, ...args]
     : ["--import", "tsx", file, ...args];
   const proc = spawn(process.execPath, runtimeArgs, {
     stdio: ["ignore", "pipe", "pipe"],

@@ -5,7 +5,7 @@
  * nothing running.
  */
 import { execFile, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,9 @@ import { pollUntil, ROOT } from "./helpers/processes.ts";
 
 const run = promisify(execFile);
 const DENO = join(ROOT, "node_modules/deno/deno");
+const DENO_DEV_TASK = (
+  JSON.parse(readFileSync(join(ROOT, "deno.json"), "utf8")) as { tasks: { dev: string } }
+).tasks.dev;
 const started: number[] = [];
 
 afterAll(() => {
@@ -68,7 +71,9 @@ const alive = (pid: number) => {
 
 describe.each([
   ["npm run dev (Node)", [process.execPath, "--import", "tsx", "scripts/dev.ts"]],
-  ["deno task dev (Deno)", [DENO, "run", "-A", "--unstable-kv", "scripts/dev.ts"]],
+  // The command of deno.json's `dev` task, as `deno task dev` runs it (packages from Deno's
+  // own cache, not node_modules).
+  ["deno task dev (Deno)", [DENO, ...DENO_DEV_TASK.split(" ").slice(2)]],
 ])("%s", (_name, command) => {
   it("starts the whole cluster, passes the user's check, survives losing its leader, and stops everything on Ctrl-C", async () => {
     const data = mkdtempSync(join(tmpdir(), "rollcall-dev-"));
@@ -118,6 +123,10 @@ describe.each([
     if (!dev) throw new Error("dev never started");
     const url = `http://127.0.0.1:${base + 87}`;
     expect(out).toContain(`curl -s ${url}/api/service/upload/hello`);
+    // The banner maps each agent's pid to its name and id.
+    for (const n of [1, 2, 3]) {
+      expect(out).toMatch(new RegExp(`agent${n} {2}pid \\d+ {2}worker${n} {2}12D3Koo\\w+ {2}http://`));
+    }
     const check = await run(
       process.execPath,
       ["--import", "tsx", "scripts/test-service-discovery.ts", url],
