@@ -125,7 +125,9 @@ describe.each([
     expect(out).toContain(`curl -s ${url}/api/service/upload/hello`);
     // The banner maps each agent's pid to its name and id.
     for (const n of [1, 2, 3]) {
-      expect(out).toMatch(new RegExp(`agent${n} {2}pid \\d+ {2}worker${n} {2}12D3Koo\\w+ {2}http://`));
+      expect(out).toMatch(
+        new RegExp(`agent${n} {2}pid \\d+ {2}worker${n} {2}12D3Koo\\w+ {2}http://`),
+      );
     }
     const check = await run(
       process.execPath,
