@@ -342,6 +342,50 @@ describe("the agent against a coordinator that refuses its token", () => {
     ).toBeGreaterThanOrEqual(2);
   });
 
+  it("in mesh mode too: the leader's refused reports say it once, then retry with backoff", async () => {
+    const c = createCoordinator({ clusterToken: "right" }, { store: memoryStore() });
+    const server = serve({ fetch: c.fetch, port: 0, hostname: "127.0.0.1" });
+    await new Promise((r) => server.once("listening", r));
+    closers.push(() => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as { port: number }).port;
+    const dir = tmp();
+    const { config } = loadConfig(
+      [
+        "--coordinator",
+        `http://127.0.0.1:${port}`,
+        "--token",
+        "wrong",
+        "--data-dir",
+        dir,
+        "--listen",
+        `127.0.0.1:${await freePort()}`,
+        "--mesh-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--debounce",
+        "0",
+      ],
+      {},
+    );
+    const lines: string[] = [];
+    const agent = new Agent(config, [], { log: (l) => lines.push(l) });
+    closers.push(() => agent.stop());
+    await agent.start();
+    const failed = () =>
+      lines.filter((l) => /^report failed \(.*answered 401.*\); retrying in \d+\.\d s$/.test(l));
+    await pollUntil(
+      "two refused reports",
+      async () => (failed().length >= 2 ? true : undefined),
+      30_000,
+      50,
+    );
+    expect(lines.filter((l) => l.includes("check --token / ROLLCALL_CLUSTER_TOKEN"))).toHaveLength(
+      1,
+    );
+    // Retryable: the second delay is the exponential backoff's, not the 60 s cap at once.
+    const delays = failed().map((l) => Number(/retrying in (\d+\.\d) s/.exec(l)?.[1]));
+    expect(delays[0]).toBeLessThan(60);
+  }, 45_000);
+
   it("with no manifest, says so and how to write one", async () => {
     const dir = tmp();
     const { config } = loadConfig(
