@@ -5,13 +5,15 @@
  * packages from the npm registry into a fresh DENO_DIR: `deno task coordinator` and the command
  * docs/DEPLOY.md gives for Deno Deploy and self-hosting.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { BIN, ROOT, tempDir } from "./helpers/coord-runtimes.ts";
 import { startUpstream } from "./helpers/upstream.ts";
 
+const run = promisify(execFile);
 const deno = JSON.parse(readFileSync(path.join(ROOT, "deno.json"), "utf8")) as {
   nodeModulesDir: string;
   imports: Record<string, string>;
@@ -70,10 +72,17 @@ describe("deno.json", () => {
   it("has tasks that call deno itself, resolving packages without node_modules", () => {
     expect(deno.nodeModulesDir).toBe("manual"); // npm users' node_modules stay npm's
     for (const [name, task] of Object.entries(deno.tasks)) {
-      expect(task, name).toMatch(/^DENO_NO_PACKAGE_JSON=1 deno run --node-modules-dir=none /);
+      // `env` finds deno on the PATH: a bare `deno` would make deno task run npm's
+      // node_modules/.bin/deno (the native binary) as a JavaScript file.
+      expect(task, name).toMatch(/^env DENO_NO_PACKAGE_JSON=1 deno run --node-modules-dir=none /);
       expect(task, name).not.toContain("node_modules/");
     }
   });
+
+  it("works for an npm user too: `npx deno task` beside npm's node_modules", async () => {
+    const { stdout } = await run("npx", ["deno", "task", "agent", "--version"], { cwd: ROOT });
+    expect(stdout.trim()).toMatch(/^rollcall-agent \d+\.\d+\.\d+$/);
+  }, 60_000);
 });
 
 const started: number[] = [];
@@ -134,7 +143,7 @@ describe("a clean copy of the repository, no node_modules, only Deno", () => {
       .filter((f) => f && existsSync(path.join(ROOT, f)));
     for (const f of files) cpSync(path.join(ROOT, f), path.join(copy, f), { recursive: true });
     expect(existsSync(path.join(copy, "node_modules"))).toBe(false);
-    // Only Deno on the PATH, a fresh package cache, and not this test run's
+    // Deno on the PATH (no npm project around), a fresh package cache, and not this test run's
     // DENO_NO_PACKAGE_JSON (the task sets it itself; DEPLOY.md's command does without).
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(process.env)) {
@@ -142,7 +151,8 @@ describe("a clean copy of the repository, no node_modules, only Deno", () => {
     }
     Object.assign(env, {
       DENO_DIR: tempDir("deno-dir"),
-      PATH: path.dirname(BIN("deno")),
+      // Deno and the system's own tools (the tasks start with /usr/bin/env).
+      PATH: `${path.dirname(BIN("deno"))}:/usr/bin:/bin`,
       NO_COLOR: "1",
     });
     const upstream = await startUpstream("from-deno");

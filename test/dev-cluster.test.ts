@@ -73,7 +73,10 @@ describe.each([
   ["npm run dev (Node)", [process.execPath, "--import", "tsx", "scripts/dev.ts"]],
   // The command of deno.json's `dev` task, as `deno task dev` runs it (packages from Deno's
   // own cache, not node_modules).
-  ["deno task dev (Deno)", [DENO, ...DENO_DEV_TASK.split(" ").slice(2)]],
+  [
+    "deno task dev (Deno)",
+    [DENO, ...DENO_DEV_TASK.split(" ").slice(DENO_DEV_TASK.split(" ").indexOf("deno") + 1)],
+  ],
 ])("%s", (_name, command) => {
   it("starts the whole cluster, passes the user's check, survives losing its leader, and stops everything on Ctrl-C", async () => {
     const data = mkdtempSync(join(tmpdir(), "rollcall-dev-"));
