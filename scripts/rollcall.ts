@@ -5,10 +5,10 @@
  */
 import { chmodSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { agentMain } from "../agent/main.ts";
 import { writeSwarmKey } from "../agent/keygen.ts";
-import { COORDINATOR_VERSION } from "../coordinator.ts";
-import { runNodeCoordinator } from "./serve-node.ts";
+
+/** The version, as coordinator.ts says it (a test keeps them equal); the CLI loads that lazily. */
+const VERSION = "0.1.0";
 
 const HELP = `Usage: rollcall <command> [options]
 
@@ -60,17 +60,18 @@ function keygen(argv: string[]): number {
 async function main(argv: string[]): Promise<number | undefined> {
   const [command, ...rest] = argv;
   switch (command) {
+    // Loaded on demand: --version, --help and keygen need neither libp2p nor the coordinator.
     case "agent":
-      return agentMain(rest);
+      return (await import("../agent/main.ts")).agentMain(rest);
     case "coordinator":
-      await runNodeCoordinator(rest);
+      await (await import("./serve-node.ts")).runNodeCoordinator(rest);
       return undefined;
     case "keygen":
       return keygen(rest);
     case "--version":
     case "-v":
     case "version":
-      console.log(`rollcall ${COORDINATOR_VERSION}`);
+      console.log(`rollcall ${VERSION}`);
       return 0;
     case undefined:
     case "--help":

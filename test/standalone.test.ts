@@ -8,7 +8,14 @@
  * reaches the service. Then `npm pack` + an offline install into a temp dir: `npx rollcall` works.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -180,6 +187,10 @@ describe("dist/agent/rollcall-agent.mjs, the agent alone", () => {
 
 describe("the npm package", () => {
   it("installs from its tarball with no registry, and `npx rollcall` runs: version, keygen (0600)", async () => {
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as {
+      version: string;
+    };
+    expect(pkg.version).toBe(COORDINATOR_VERSION);
     const dir = tempDir("pack");
     const { stdout } = await run("npm", ["pack", "--silent", "--pack-destination", dir], {
       cwd: ROOT,
