@@ -296,6 +296,7 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
     directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
     heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
+    consistencyGraceMs: num("ROLLCALL_CONSISTENCY_GRACE_S", 1000),
     tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
     listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
     storeTimeoutMs: num("ROLLCALL_STORE_TIMEOUT_MS"),
@@ -741,6 +742,22 @@ export const ServiceNameSchema = z
  */
 export const ClusterNameSchema = ServiceNameSchema;
 
+/**
+ * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
+ * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
+ */
+export const WorkerNameSchema = ServiceNameSchema;
+
+/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
+function workerName(
+  name: string | null | undefined,
+  capabilities: Capabilities | null | undefined,
+) {
+  if (name) return name;
+  const host = capabilities?.hostname;
+  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
+}
+
 function isHttpUrl(s: string): boolean {
   try {
     const u = new URL(s);
@@ -807,6 +824,7 @@ export type Container = z.infer<typeof ContainerSchema>;
 /** `POST /api/worker/register`. */
 export const RegisterBodySchema = z.object({
   worker_id: blankIsAbsent(WorkerIdSchema),
+  name: blankIsAbsent(WorkerNameSchema),
   capabilities: CapabilitiesSchema.nullish(),
   ip_address: z.string().max(255).nullish(),
   tunnel_url: blankIsAbsent(HttpUrlSchema),
@@ -825,12 +843,17 @@ const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
 
-/** `POST /api/worker/heartbeat`. */
+/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
+const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
+
+/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
 export const HeartbeatBodySchema = z.object({
   worker_id: WorkerIdSchema,
   status: StatusWord.default("online"),
-  current_load: z.number().nonnegative().nullish(),
-  available_memory: z.number().nonnegative().nullish(),
+  current_load: Info,
+  available_memory: Info,
+  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
+  services_status: z.record(z.string(), z.unknown()).nullish(),
 });
 
 /** `POST /api/worker/heartbeat`. */
@@ -853,6 +876,7 @@ export const MemberServiceSchema = z.object({
 /** A member of a cluster report. */
 export const ClusterMemberSchema = z.object({
   worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullish(),
   incarnation: z.number().int().nonnegative().default(0),
   status: MemberStatusSchema,
   url: HttpUrlSchema,
@@ -985,6 +1009,8 @@ export interface StoredService {
 /** A cluster member as stored in the cluster document. */
 export interface StoredMember {
   worker_id: string;
+  /** Its agent's `--name` (display only; documents written before names have none). */
+  name?: string | null;
   incarnation: number;
   status: z.infer<typeof MemberStatusSchema>;
   url: string;
@@ -1029,6 +1055,7 @@ export interface WorkerRecord {
   kind: "worker";
   v: 1;
   worker_id: string;
+  name?: string | null;
   tier: 1 | 2 | 3;
   status: string;
   capabilities: Capabilities;
@@ -1037,8 +1064,8 @@ export interface WorkerRecord {
   services: StoredService[];
   wants_heartbeat_leadership: boolean;
   is_heartbeat_leader: boolean;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: number;
   written_at: number;
   budget: BudgetStamp;
@@ -1062,6 +1089,7 @@ export function emptyClusterDoc(cluster: string): ClusterDoc {
 function storedMember(m: ClusterMemberReport, leader: string, now: number): StoredMember {
   return {
     worker_id: m.worker_id,
+    name: m.name ?? null,
     incarnation: m.incarnation,
     status: m.status,
     url: trimSlash(m.url),
@@ -1422,6 +1450,8 @@ function parseDoc(raw: string | null): Doc | null {
 /** Effective status and routing of one worker, as the admin API shows it. */
 export interface WorkerView {
   worker_id: string;
+  /** The worker's human name (its agent's `--name`), or null when it sent none. */
+  name: string | null;
   tier: 1 | 2 | 3;
   status: string;
   healthy: boolean;
@@ -1434,14 +1464,15 @@ export interface WorkerView {
   is_heartbeat_leader: boolean;
   mode: "direct" | "cluster";
   cluster: string | null;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: string | null;
 }
 
 /** A worker that can serve one service. */
 export interface Provider {
   worker_id: string;
+  name?: string | null;
   service: string;
   url: string;
   tier: 1 | 2 | 3;
@@ -1499,8 +1530,8 @@ class KeyedMutex {
 
 interface LiveWorker {
   at: number;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
 }
 
 interface LiveCluster {
@@ -1798,14 +1829,18 @@ class Registry {
     const views = new Map<string, WorkerView>();
     const clusters: ClusterSummary[] = [];
     const staleAfter = directStaleAfterMs(this.settings);
+    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     for (const doc of docs) {
       if (doc.kind !== "worker") continue;
+      // A service its worker reports stopped (`services_status`) gets no traffic.
+      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
       const live = this.#live.get(doc.worker_id);
       const seen = Math.max(doc.written_at, live?.at ?? 0);
       const stale = now - seen > staleAfter;
       const status = stale ? "offline" : doc.status;
       views.set(doc.worker_id, {
         worker_id: doc.worker_id,
+        name: doc.name ?? null,
         tier: doc.tier,
         status,
         healthy: isRoutableStatus(status),
@@ -1823,7 +1858,6 @@ class Registry {
         registered_at: new Date(doc.registered_at).toISOString(),
       });
     }
-    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
     for (const stored of docs) {
@@ -1843,6 +1877,7 @@ class Registry {
         const status = stale ? "unknown" : m.status;
         views.set(m.worker_id, {
           worker_id: m.worker_id,
+          name: m.name ?? null,
           tier: m.tier,
           status,
           healthy: isRoutableStatus(status),
@@ -1892,6 +1927,7 @@ class Registry {
         const list = providers.get(name) ?? [];
         list.push({
           worker_id: view.worker_id,
+          name: view.name,
           service: name,
           url: url ?? "",
           tier: view.tier,
@@ -1928,6 +1964,7 @@ function servicesFromRegistration(body: RegisterBody): StoredService[] {
 function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
   const strip = (r: WorkerRecord) =>
     JSON.stringify([
+      r.name,
       r.tier,
       r.status,
       r.capabilities,
@@ -1969,6 +2006,7 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
       kind: "worker",
       v: 1,
       worker_id: id,
+      name: workerName(body.name, capabilities),
       tier: tierOf(capabilities),
       status: "online",
       capabilities,
@@ -2001,9 +2039,37 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
       heartbeat_interval: reg.settings.heartbeatIntervalS,
       is_heartbeat_leader: record.is_heartbeat_leader,
       services_registered: record.services.map((s) => s.name),
+      // The universal agent of the old system reads the services it may run from here.
+      assigned_services: record.services.map((s) => s.name),
       written: written === true,
     };
   });
+}
+
+/** Service states the universal agent reports (`services_status`) that admit traffic. */
+const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "online", "ready"]);
+
+/**
+ * A worker's services after a heartbeat's `services_status`: a named service takes the state
+ * it reports ("running" and the like are healthy, "stopped" and anything else unhealthy, so it
+ * gets no traffic), a service not registered yet is added at the worker's tunnel URL. Entries
+ * with an invalid name or a non-string state are ignored; at most 64 services are kept.
+ */
+export function applyServicesStatus(
+  services: readonly StoredService[],
+  statuses: Record<string, unknown> | null | undefined,
+  tunnelUrl: string | null,
+): StoredService[] {
+  if (!statuses) return [...services];
+  const next = new Map(services.map((s) => [s.name, s]));
+  for (const [name, state] of Object.entries(statuses)) {
+    if (typeof state !== "string" || !SERVICE_NAME_PATTERN.test(name)) continue;
+    const status = RUNNING_SERVICE_STATES.has(state.toLowerCase()) ? "healthy" : "unhealthy";
+    const known = next.get(name);
+    if (known) next.set(name, { ...known, status });
+    else if (next.size < 64) next.set(name, { name, url: tunnelUrl, status });
+  }
+  return [...next.values()];
 }
 
 async function heartbeat(reg: Registry, body: HeartbeatBody) {
@@ -2018,8 +2084,12 @@ async function heartbeat(reg: Registry, body: HeartbeatBody) {
       available_memory: body.available_memory ?? null,
     };
     reg.touchWorker(body.worker_id, live);
+    const services = applyServicesStatus(record.services, body.services_status, record.tunnel_url);
     const due = directHeartbeatDue({
-      statusChanged: record.status !== body.status,
+      // A service that stopped (or came back) is a routing change: written at once.
+      statusChanged:
+        record.status !== body.status ||
+        JSON.stringify(services) !== JSON.stringify(record.services),
       writtenAt: record.written_at,
       now,
       writeIntervalMs: reg.settings.directWriteIntervalMs,
@@ -2028,6 +2098,7 @@ async function heartbeat(reg: Registry, body: HeartbeatBody) {
     const next: WorkerRecord = {
       ...record,
       status: body.status,
+      services,
       current_load: live.current_load,
       available_memory: live.available_memory,
     };
@@ -2468,6 +2539,8 @@ const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
 export class Endpoint {
   /** The service URL without a trailing slash. */
   base = "";
+  /** The worker's human name, sent as `X-Rollcall-Worker-Name` with its answers. */
+  name: string | null = null;
   tier: 1 | 2 | 3 = 2;
   health: Provider["health"] = "healthy";
   inFlight = 0;
@@ -2504,6 +2577,7 @@ export class Endpoint {
   /** Takes the provider's current URL, tier and health from the routing table. */
   update(provider: Provider): void {
     this.base = trimSlash(provider.url);
+    this.name = provider.name ?? null;
     this.tier = provider.tier;
     this.health = provider.health;
   }
@@ -2665,6 +2739,7 @@ export class ServiceRoute {
     const { now, random } = options;
     const list = this.endpoints;
     const m = end - start;
+    if (m === 0) return null; // every provider unhealthy: the group list is [0, 0]
     if (m === 1) {
       const only = list[start] as Endpoint;
       return this.#usable(only, now, tried, strict) ? only : null;
@@ -3825,7 +3900,10 @@ function addCors(settings: Settings, request: Request, headers: Headers): void {
     }
     headers.append("vary", "Origin");
   }
-  headers.set("access-control-expose-headers", "Retry-After,X-Rollcall-Worker");
+  headers.set(
+    "access-control-expose-headers",
+    "Retry-After,X-Rollcall-Worker,X-Rollcall-Worker-Name",
+  );
 }
 
 function proxyJson(
@@ -3910,6 +3988,7 @@ function respond(
     // upstream response itself, no copy.
     try {
       result.headers.set("x-rollcall-worker", ep.worker_id);
+      if (ep.name !== null) result.headers.set("x-rollcall-worker-name", ep.name);
       ctx.inPlace = true;
       cleanResponseHeaders(result.headers);
       addCors(ctx.settings, request, result.headers);
@@ -3921,6 +4000,7 @@ function respond(
   const headers = new Headers(result.headers);
   cleanResponseHeaders(headers);
   headers.set("x-rollcall-worker", ep.worker_id);
+  if (ep.name !== null) headers.set("x-rollcall-worker-name", ep.name);
   addCors(ctx.settings, request, headers);
   const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
   return new Response(nullBody ? null : result.body, {
@@ -4357,7 +4437,7 @@ export function createCoordinator(
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
     // take any header (X-Requested-With, X-File-Name, Range, ...).
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
-    exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
+    exposeHeaders: ["Retry-After", "X-Rollcall-Worker", "X-Rollcall-Worker-Name"],
   });
   // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
   // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
@@ -4371,6 +4451,31 @@ export function createCoordinator(
     await flushPending();
     await next();
   });
+
+  // A small index of the API, for a person who opens the coordinator's URL.
+  app.get("/", (c) =>
+    c.json({
+      service: "rollcall-coordinator",
+      version: COORDINATOR_VERSION,
+      endpoints: {
+        "GET /health": "status, store, and what is open",
+        "ANY /api/service/<name>/<path>": "a call routed to a healthy worker providing <name>",
+        "GET /api/admin/workers": "workers, their status, name and services (admin token)",
+        "GET /api/admin/services": "services and their healthy workers (admin token)",
+        "GET /api/admin/stats": "counts by status and tier, write budget, leader (admin token)",
+        "GET /api/admin/leader": "each cluster's leader and lease (admin token)",
+        "GET /api/admin/budget": "store writes used today (admin token)",
+        "GET /api/admin/breakers": "circuit breakers per worker and service (admin token)",
+        "GET /api/admin/metrics": "traffic, latency percentiles, scaling signals (admin token)",
+        "GET /metrics": "the same in Prometheus text format (admin token)",
+        "POST /api/cluster/heartbeat": "a leader agent's report (cluster token)",
+        "POST /api/worker/register, /api/worker/heartbeat": "direct mode (cluster token)",
+        "DELETE /api/worker/unregister/<id>": "direct mode (cluster token)",
+        "GET /api/worker/find/<name>": "a healthy provider's URL (cluster token)",
+      },
+      docs: "docs/DEPLOY.md and docs/AGENTS.md in the rollcall repository",
+    }),
+  );
 
   app.get("/health", (c) => {
     const open = !settings.clusterToken && !settings.adminToken;
@@ -4413,6 +4518,38 @@ export function createCoordinator(
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
     const answer = await unregister(reg, id.data);
     return answer ? c.json(answer) : c.json({ error: "Worker not found" }, 404);
+  });
+
+  // The old agents' lookup: a healthy provider of a service, as `{"worker_url": ...}`.
+  app.get("/api/worker/find/:service", async (c) => {
+    const denied = await authorize(c, settings, "worker");
+    if (denied) return denied;
+    const name = ServiceNameSchema.safeParse(c.req.param("service"));
+    if (!name.success) {
+      return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
+    }
+    const table = await reg.table();
+    const usable = (table.providers.get(name.data) ?? []).filter((p) => p.health !== "unhealthy");
+    const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
+    const best = Math.min(...usable.map(rank));
+    const top = usable.filter((p) => rank(p) === best);
+    const pick = top[Math.floor(proxy.random() * top.length)];
+    if (!pick) {
+      return c.json(
+        {
+          error: `No healthy worker provides '${name.data}'`,
+          available_services: availableServices(table),
+        },
+        404,
+      );
+    }
+    return c.json({
+      worker_url: pick.url,
+      worker_id: pick.worker_id,
+      name: pick.name ?? null,
+      service: name.data,
+      tier: pick.tier,
+    });
   });
 
   app.post("/api/cluster/heartbeat", limit, async (c) => {

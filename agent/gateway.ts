@@ -8,6 +8,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import {
   assertSafeRest,
+  COORDINATOR_VERSION,
   HOP_BY_HOP as HOP_BY_HOP_LIST,
   ServiceNameSchema,
   UnsafePathError,
@@ -170,6 +171,7 @@ export class Gateway {
   ): { status: number; body: unknown } | { service: DetectedService; path: string } {
     const url = req.url ?? "/";
     const path = url.split("?")[0];
+    if (path === "/") return { status: 200, body: this.#index() };
     if (path === "/_agent/health") return { status: 200, body: this.#c.health() };
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
@@ -182,7 +184,14 @@ export class Gateway {
       return { status: 200, body: this.#c.clusterView() };
     }
     if (!url.startsWith("/service/")) {
-      return { status: 404, body: { error: "Not found", message: "Use /service/<name>/<path>" } };
+      return {
+        status: 404,
+        body: {
+          error: "Not found",
+          message:
+            "Use /service/<name>/<path>, /_agent/health or /_agent/cluster (GET / lists them)",
+        },
+      };
     }
     const parsed = parseServicePath(url);
     if ("error" in parsed) {
@@ -199,6 +208,20 @@ export class Gateway {
       };
     }
     return { service, path: parsed.rest + parsed.query };
+  }
+
+  /** `GET /`: what this gateway serves. */
+  #index(): Record<string, unknown> {
+    return {
+      service: "rollcall-agent",
+      version: COORDINATOR_VERSION,
+      endpoints: {
+        "GET /_agent/health": "this agent: id, name, mode, leader, its services",
+        "GET /_agent/cluster": "the live view of the cluster (Bearer agent token when one is set)",
+        "ANY /service/<name>/<path>": "a local service, proxied",
+      },
+      services: this.#c.services().map((s) => s.name),
+    };
   }
 
   #proxy(

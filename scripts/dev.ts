@@ -10,7 +10,7 @@
  *
  * Flags: --base-port N (default 8700: coordinator N+87, gateways N+1..3, mesh N+11..13,
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
- * --probe-interval S (agents' probe interval, default 10).
+ * --probe-interval S (agents' probe interval, default 10), --help, --version.
  * Environment: ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (both, or neither) run the
  * cluster secured, as in production; neither runs it open. The banner says which mode.
  */
@@ -19,16 +19,54 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { COORDINATOR_VERSION } from "../coordinator.ts";
 import { loadIdentity } from "../mesh/index.ts";
 
-const { values } = parseArgs({
-  options: {
-    "base-port": { type: "string", default: "8700" },
-    data: { type: "string", default: ".data/dev" },
-    fresh: { type: "boolean", default: false },
-    "probe-interval": { type: "string", default: "10" },
-  },
-});
+const HELP = `Usage: npm run dev -- [options]   (or: deno task dev [options])
+
+Starts a whole rollcall cluster on loopback: the coordinator, three agents in mesh mode and
+sample services behind them. Ctrl-C stops everything.
+
+Options:
+  --base-port N       coordinator on N+87, gateways N+1..3, mesh N+11..13 (default 8700)
+  --data DIR          where the cluster keeps its state (default .data/dev)
+  --fresh             wipe DIR first
+  --probe-interval S  the agents' service probe interval in seconds (default 10)
+  --help              this text
+  --version           print the version and exit
+`;
+
+let values: {
+  "base-port": string;
+  data: string;
+  fresh: boolean;
+  "probe-interval": string;
+  help?: boolean;
+  version?: boolean;
+};
+try {
+  ({ values } = parseArgs({
+    options: {
+      "base-port": { type: "string", default: "8700" },
+      data: { type: "string", default: ".data/dev" },
+      fresh: { type: "boolean", default: false },
+      "probe-interval": { type: "string", default: "10" },
+      help: { type: "boolean" },
+      version: { type: "boolean" },
+    },
+  }));
+} catch (err) {
+  console.error(`rollcall dev: ${(err as Error).message}\nRun with --help for the options.`);
+  process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+if (values.version) {
+  console.log(`rollcall ${COORDINATOR_VERSION}`);
+  process.exit(0);
+}
 
 const isDeno = "Deno" in globalThis;
 const base = Number(values["base-port"]);
@@ -83,8 +121,9 @@ function run(
   args: string[],
   opts: { quiet?: boolean; env?: Record<string, string>; essential?: boolean } = {},
 ) {
+  // Under Deno, packages come from Deno's own cache (deno.json `imports`), as `deno task dev`.
   const runtimeArgs = isDeno
-    ? ["run", "-A", "--unstable-kv", file, ...args]
+    ? ["run", "--node-modules-dir=none", "-A", "--unstable-kv", file, ...args]
     : ["--import", "tsx", file, ...args];
   const proc = spawn(process.execPath, runtimeArgs, {
     stdio: ["ignore", "pipe", "pipe"],
@@ -189,7 +228,16 @@ async function main(): Promise<void> {
       const manifest = join(dir, "services.json");
       const services = w.services.map((name, k) => ({ name, port: servicePort(i, k) }));
       writeFileSync(manifest, `${JSON.stringify({ services }, null, 2)}\n`);
-      return { i, dir, meshAddr, manifest, services, gateway: `http://${host}:${base + 1 + i}` };
+      return {
+        i,
+        dir,
+        meshAddr,
+        manifest,
+        services,
+        id: identity.peerId.toString(),
+        name: `worker${i + 1}`,
+        gateway: `http://${host}:${base + 1 + i}`,
+      };
     }),
   );
 
@@ -230,6 +278,8 @@ async function main(): Promise<void> {
       coordinatorUrl,
       "--data-dir",
       a.dir,
+      "--name",
+      a.name,
       "--listen",
       `${host}:${base + 1 + a.i}`,
       "--mesh-listen",
@@ -265,6 +315,9 @@ rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
   Workers      ${agents.map((a) => a.gateway).join("  ")}
   Agent pids   ${agentProcs.map((p) => p.pid).join("  ")}
   Services     ${[...expected].sort().join(", ")}
+
+  Agents (pid, name, id, gateway):
+${agents.map((a, k) => `    agent${a.i + 1}  pid ${agentProcs[k]?.pid}  ${a.name}  ${a.id}  ${a.gateway}`).join("\n")}
 
 Try:
   curl -s${auth} ${c}/api/admin/services          # list services and their healthy workers
