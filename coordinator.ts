@@ -1771,6 +1771,7 @@ class Registry {
       const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
       const view = this.live?.current(stored.cluster, now) ?? null;
+      const unheard = view?.unheard ?? this.live?.unheard(stored.cluster) ?? null;
       const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
       const leader = leaderOf(doc);
       const members = view?.members ?? Object.values(doc.members);
@@ -1779,7 +1780,7 @@ class Registry {
         this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
       }
       for (const m of members) {
-        const status = stale ? "unknown" : m.status;
+        const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
         views.set(m.worker_id, {
           worker_id: m.worker_id,
           tier: m.tier,
@@ -1826,7 +1827,8 @@ class Registry {
         const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
         let health: Provider["health"] = "unhealthy";
         if (url && view.healthy && serviceStatus === "healthy") {
-          health = view.status === "degraded" ? "degraded" : "healthy";
+          // A suspect (unheard) member stays routable as a last resort, like a degraded one.
+          health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
         }
         const list = providers.get(name) ?? [];
         list.push({
@@ -3375,12 +3377,21 @@ class Router {
 const LiveViewSchema = z.object({
   cluster: z.string().nullish(),
   leader: z.object({ id: z.string(), term: z.number() }).nullish(),
-  members: z.array(ClusterMemberSchema).max(1000),
+  // `state`: the member's liveness in the leader's mesh (a report leaves it out to save writes).
+  members: z.array(ClusterMemberSchema.extend({ state: z.string().max(16).nullish() })).max(1000),
 });
+
+/** An admin read refreshes the live view when it is older than this (routing: `liveViewTtlMs`). */
+const ADMIN_LIVE_MAX_AGE_MS = 250;
+
+/** The status the admin views show for a member the leader's mesh does not hear (by its liveness). */
+const LIVENESS_STATUS: Record<string, string> = { suspect: "suspect", dead: "down" };
 
 /** A cluster's live view as fetched from its leader's agent. */
 interface LiveView {
   members: StoredMember[];
+  /** Members the mesh does not hear now, and the status they show ("suspect", "down"). */
+  unheard: Map<string, string>;
   /** The leader the agent's mesh knows (informative: the reporting leader is asked). */
   leaderId: string | null;
   at: number;
@@ -3390,20 +3401,26 @@ interface LiveView {
 interface LiveState {
   view: LiveView | null;
   nextAt: number;
-  refreshing: boolean;
+  /** The fetch in flight, if any, and when the last one started. */
+  refreshing: Promise<void> | null;
+  startedAt: number;
   fetches: number;
   failures: number;
   /** Failed fetches since the last good one: each doubles the wait (up to a minute). */
   streak: number;
+  /** The reporting leader, and whether its agent could not be reached at all (refused, timed out). */
+  leaderId: string | null;
+  unreachable: boolean;
   error: string | null;
   url: string | null;
 }
 
 /**
  * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`
- * with the agent token) in the background, never while a request waits: refreshed after
- * `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so routing falls
- * back to the stored table; failed fetches back off (doubling, up to a minute). Per isolate.
+ * with the agent token), never while a routed request waits (admin reads do wait, see `tick`):
+ * refreshed after `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so
+ * routing falls back to the stored table; failed fetches back off (doubling, up to a minute).
+ * Members the leader's mesh does not hear show as "suspect" at once. Per isolate.
  */
 class LiveViews {
   readonly #state = new Map<string, LiveState>();
@@ -3424,18 +3441,32 @@ class LiveViews {
     return view.at + 5 * this.settings.liveViewTtlMs;
   }
 
-  /** Starts the refreshes that are due (never awaited by a request); drops views too old. */
-  tick(table: RoutingTable, now: number, exec: WaitUntil | null): void {
+  /**
+   * Starts the refreshes that are due and drops views too old. Returns the fetches in flight:
+   * the proxy never waits for them. An admin read passes `maxAgeMs` (ADMIN_LIVE_MAX_AGE_MS) and
+   * waits for them (each is bounded by the agent timeout), so it shows what the leader's mesh
+   * knew at most that long ago, unless the agent is failing (then its back-off holds).
+   */
+  tick(
+    table: RoutingTable,
+    now: number,
+    exec: WaitUntil | null,
+    maxAgeMs = Number.POSITIVE_INFINITY,
+  ): Promise<void>[] {
+    const inFlight: Promise<void>[] = [];
     for (const cluster of table.clusters) {
       let state = this.#state.get(cluster.cluster);
       if (state === undefined) {
         state = {
           view: null,
           nextAt: 0,
-          refreshing: false,
+          refreshing: null,
+          startedAt: 0,
           fetches: 0,
           failures: 0,
           streak: 0,
+          leaderId: null,
+          unreachable: false,
           error: null,
           url: null,
         };
@@ -3447,6 +3478,7 @@ class LiveViews {
         state.url = url;
         state.nextAt = 0;
         state.streak = 0;
+        state.unreachable = false;
         if (state.view !== null) {
           state.view = null;
           this.components.onChange();
@@ -3456,14 +3488,32 @@ class LiveViews {
         state.view = null;
         this.components.onChange();
       }
-      if (!url || state.refreshing || now < state.nextAt) continue;
-      state.refreshing = true;
+      if (state.refreshing) inFlight.push(state.refreshing);
+      state.leaderId = cluster.leader_id;
+      const due = now >= state.nextAt || (state.streak === 0 && now - state.startedAt > maxAgeMs);
+      if (!url || state.refreshing || !due) continue;
+      state.startedAt = now;
       state.nextAt = now + Math.min(this.settings.liveViewTtlMs * 2 ** state.streak, MINUTE);
-      const done = this.#refresh(cluster.cluster, url, state).finally(() => {
-        state.refreshing = false;
+      const mine = state;
+      const done = this.#refresh(cluster.cluster, url, mine).finally(() => {
+        mine.refreshing = null;
       });
+      state.refreshing = done;
+      inFlight.push(done);
       defer(exec, done);
     }
+    return inFlight;
+  }
+
+  /**
+   * Members to show as not heard while no live view is fresh: the reporting leader, as
+   * "suspect", when its agent could not be reached at all (a crashed leader's report stays
+   * stored until the next leader reports, 6 s later in a cluster of two).
+   */
+  unheard(cluster: string): Map<string, string> | null {
+    const state = this.#state.get(cluster);
+    if (!state?.unreachable || state.leaderId === null) return null;
+    return new Map([[state.leaderId, "suspect"]]);
   }
 
   /** What the admin API shows about a cluster's live view. */
@@ -3503,10 +3553,16 @@ class LiveViews {
       const now = clock.now();
       const leaderId = data.leader?.id ?? null;
       const members = data.members.map((m) => storedMember(m, leaderId ?? "live", now));
-      const digest = `${routingDigest(members)}:${leaderId}`;
+      const unheard = new Map<string, string>();
+      for (const m of data.members) {
+        const status = m.state ? LIVENESS_STATUS[m.state] : undefined;
+        if (status) unheard.set(m.worker_id, status);
+      }
+      const digest = `${routingDigest(members)}:${leaderId}:${[...unheard].join()}`;
       const changed = state.view?.digest !== digest;
       if (state.url !== url) return; // the leader changed while this fetch ran
-      state.view = { members, leaderId, at: now, digest };
+      state.view = { members, unheard, leaderId, at: now, digest };
+      state.unreachable = false;
       state.error = null;
       state.streak = 0;
       if (changed) onChange();
@@ -3514,8 +3570,11 @@ class LiveViews {
       state.failures++;
       state.streak = Math.min(state.streak + 1, 10);
       state.error = (err as Error).message || "The live view could not be fetched";
-      if (state.view !== null) {
+      const name = (err as Error).name;
+      const unreachable = isConnectFailure(err) || name === "TimeoutError" || name === "AbortError";
+      if (state.view !== null || unreachable !== state.unreachable) {
         state.view = null;
+        state.unreachable = unreachable;
         onChange();
       }
     }
@@ -4233,11 +4292,18 @@ export function createCoordinator(
   };
   /** The routing table, synced into the router, live views refreshed when due. */
   const routing = async (c: Context | null) => {
-    const table = await reg.table();
-    const now = clock.now();
+    let table = await reg.table();
     const exec = c ? incomingOf(c).exec : null;
+    // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
+    // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
+    const refreshes =
+      live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
+    if (c !== null && refreshes.length > 0) {
+      await Promise.all(refreshes);
+      table = await reg.table();
+    }
+    const now = clock.now();
     router.sync(table, now);
-    live?.tick(table, now, exec);
     for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
     return { table, now };
   };
@@ -4376,6 +4442,7 @@ export function createCoordinator(
   admin.get("/services", async (c) => {
     const { table, now } = await routing(c);
     const services: Record<string, unknown> = {};
+    const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
     for (const name of [...table.providers.keys()].sort()) {
       const list = table.providers.get(name) ?? [];
       const route = router.routes.get(name);
@@ -4395,6 +4462,7 @@ export function createCoordinator(
             worker_id: p.worker_id,
             url: p.url,
             tier: p.tier,
+            status: statusOf.get(p.worker_id) ?? "unknown",
             health: p.health,
             breaker: e ? e.breaker.stateAt(now) : null,
             ejected: e ? e.ejected(now) : false,
