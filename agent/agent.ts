@@ -120,6 +120,7 @@ export class Agent {
       self: this.#id,
       cluster: this.#config.cluster,
       mode: this.#config.mode,
+      coordinator: this.#config.coordinator ?? null,
       leader: view?.leader ?? null,
       members: liveMembers(view ?? { members: [] }),
       all_members: (view?.members ?? []).map((m) => ({

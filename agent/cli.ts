@@ -1,22 +1,32 @@
 /**
- * The agent's command line: `npx tsx agent/cli.ts --help` (Node) or `deno task agent`.
+ * The agent's command line: `npx tsx agent/cli.ts --help` (Node) or `deno task agent`; the
+ * read-only commands `members`, `services` and `status` are in commands.ts.
  * Bad configuration stops it at once (exit 2) with a message naming the setting.
  */
 import { fileURLToPath } from "node:url";
-import { Agent } from "./agent.ts";
+import type { Agent } from "./agent.ts";
+import { commandsHelp, isCommand, runCommand } from "./commands.ts";
 import { ConfigError, helpText, loadConfig } from "./config.ts";
 import { loadManifest } from "./detect.ts";
 
 const DEFAULT_MANIFEST = fileURLToPath(new URL("./services.example.json", import.meta.url));
 
 async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  if (isCommand(command)) {
+    const out = (text: string) => process.stdout.write(text);
+    const err = (text: string) => process.stderr.write(text);
+    process.exit(await runCommand(command, rest, { env: process.env, out, err }));
+  }
   let agent: Agent;
   try {
     const { config, help } = loadConfig(process.argv.slice(2));
     if (help) {
-      process.stdout.write(helpText());
+      process.stdout.write(`${helpText()}\n${commandsHelp()}`);
       return;
     }
+    // Loaded only to run the agent (libp2p and all): the commands above start fast.
+    const { Agent } = await import("./agent.ts");
     agent = new Agent(config, loadManifest(config.services ?? DEFAULT_MANIFEST));
   } catch (err) {
     if (err instanceof ConfigError) {
