@@ -6,13 +6,15 @@
  * daily hard cap, answers the admin API and routes `/api/service/<name>/<rest>` to a healthy
  * worker: power of two choices on in-flight x latency, outlier ejection, circuit breakers,
  * retries within a budget, a bounded queue, the leader agent's live view, metrics and scaling
- * signals. It imports only `hono` and `zod`; runtime handles (a KV binding, a Deno.Kv, a file
- * system, a faster upstream client) are handed in by the starters in `scripts/`.
+ * signals, and the dashboard at /admin. It imports only `hono` and `zod`; runtime handles (a
+ * KV binding, a Deno.Kv, a file system, a faster upstream client) are handed in by the
+ * starters in `scripts/`.
  *
  * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
  * write budget, registry (per-isolate state), registry operations, routing health (pure),
  * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
- * proxy, security, app, default export.
+ * proxy, security, dashboard (the /admin page, its snapshot, events, actions), app, default
+ * export.
  */
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
