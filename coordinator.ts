@@ -4694,7 +4694,7 @@ const DASHBOARD_JS = `"use strict";
   const TONE = {
     online: "ok", healthy: "ok", closed: "ok", available: "ok", steady: "ok", live: "ok",
     degraded: "warn", suspect: "warn", half_open: "warn", scale_up: "warn", scale_down: "warn",
-    stored: "warn", leader: "ok",
+    stored: "warn", leader: "ok", draining: "warn", maintenance: "warn",
   };
   const MARK = { ok: "✓", warn: "!", bad: "✕" };
   const badge = (word, tone) => {
@@ -5107,6 +5107,7 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
   const file = (body: string, type: string) => () =>
     new Response(body, { headers: { ...DASHBOARD_HEADERS, "content-type": type } });
   app.get("/admin", file(DASHBOARD_HTML, "text/html; charset=utf-8"));
+  app.get("/admin/", (c) => c.redirect("/admin", 301));
   app.get("/admin/dashboard.js", file(DASHBOARD_JS, "text/javascript; charset=utf-8"));
   app.get("/admin/dashboard.css", file(DASHBOARD_CSS, "text/css; charset=utf-8"));
   admin.get("/dashboard", async (c) => {
@@ -5115,9 +5116,7 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
   });
   const act = (action: "breaker_reset" | "ejection_end") => async (c: Context) => {
     const text = await c.req.text().catch(() => null);
-    if (text === null || text.length > 4096) {
-      return c.json({ error: "Request body is missing or larger than 4096 bytes" }, 400);
-    }
+    if (text === null) return c.json({ error: "Request body could not be read" }, 400);
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -5172,8 +5171,12 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
       ejected: e.ejected(now),
     });
   };
-  admin.post("/breakers/reset", act("breaker_reset"));
-  admin.post("/ejections/end", act("ejection_end"));
+  const small = bodyLimit({
+    maxSize: 4096,
+    onError: (c) => c.json({ error: "Request body is larger than 4096 bytes" }, 413),
+  });
+  admin.post("/breakers/reset", small, act("breaker_reset"));
+  admin.post("/ejections/end", small, act("ejection_end"));
   return watch;
 }
 

@@ -246,7 +246,7 @@ describe("an operator's actions", () => {
     expect(
       (await post("/api/admin/breakers/reset", { service: "../x", worker_id: "A" })).status,
     ).toBe(400);
-    expect((await post("/api/admin/breakers/reset", "x".repeat(5000))).status).toBe(400);
+    expect((await post("/api/admin/breakers/reset", "x".repeat(5000))).status).toBe(413);
     const none = await post("/api/admin/ejections/end", { service: "svc", worker_id: "Z" });
     expect(none.status).toBe(404);
     expect(await t.breaker("A")).toMatchObject({ state: "open", ejected: true });
