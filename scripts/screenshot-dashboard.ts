@@ -35,7 +35,8 @@ try {
   await page.locator("#app:not([hidden]), #signin:not([hidden])").first().waitFor();
   if (await page.locator("#signin").isVisible()) {
     const token = process.env.ROLLCALL_ADMIN_TOKEN;
-    if (!token) throw new Error("The coordinator asks for the admin token: set ROLLCALL_ADMIN_TOKEN");
+    if (!token)
+      throw new Error("The coordinator asks for the admin token: set ROLLCALL_ADMIN_TOKEN");
     await page.fill("#token", token);
     await page.click("#signin button[type=submit]");
   }
