@@ -4669,6 +4669,7 @@ const DASHBOARD_JS = `"use strict";
   let polling = false;
   let lastOk = 0;
   let serverNow = Date.now();
+  let held = null;
   const shown = {};
 
   // Every value from the coordinator is shown as text (textContent), never parsed as HTML.
@@ -4858,7 +4859,7 @@ const DASHBOARD_JS = `"use strict";
         add(li, idSpan(p.worker_id), badge(p.gone_at ? "gone" : p.health));
         if (p.status !== "online") add(li, el("span", null, "worker " + p.status));
         if (p.breaker) add(li, el("span", null, "breaker "), badge(p.breaker));
-        if (p.ejected) add(li, el("span", "bad", "ejected until " + ago(p.ejected_until).replace(/^in /, "") + " from now"));
+        if (p.ejected) add(li, el("span", "bad", "ejected, back " + ago(p.ejected_until)));
         if (p.trips) add(li, el("span", "muted", p.trips + " trip(s)"));
         if (p.ejections) add(li, el("span", "muted", p.ejections + " ejection(s)"));
         add(li, el("span", "muted", p.in_flight + " in flight"));
@@ -4899,12 +4900,14 @@ const DASHBOARD_JS = `"use strict";
       ["services", snap.services, renderServices],
       ["events", snap.events, renderEvents],
     ];
-    // A part is rebuilt only when its data changed (a button keeps working between polls);
-    // relative times are refreshed every 30 s at least.
+    // A part is rebuilt only when its data changed, and not while a button in it is pressed
+    // or focused (the click or the keyboard focus would be lost); relative times are
+    // refreshed every 30 s at least.
     const epoch = Math.floor(serverNow / 30000);
     for (const [name, data, fn] of parts) {
       const key = epoch + JSON.stringify(data);
       if (shown[name] === key) continue;
+      if (name === held || $(name).contains(document.activeElement)) continue;
       shown[name] = key;
       fn(snap);
     }
@@ -4920,7 +4923,8 @@ const DASHBOARD_JS = `"use strict";
     const headers = new Headers((init && init.headers) || {});
     headers.set("accept", "application/json");
     if (token) headers.set("authorization", "Bearer " + token);
-    return fetch(path, Object.assign({}, init, { headers, cache: "no-store", credentials: "omit" }));
+    const signal = AbortSignal.timeout(10000);
+    return fetch(path, Object.assign({ signal }, init, { headers, cache: "no-store", credentials: "omit" }));
   };
 
   const showApp = () => {
@@ -5064,8 +5068,15 @@ const DASHBOARD_JS = `"use strict";
       note.textContent = "Failed: the coordinator could not be reached.";
     }
     note.hidden = false;
+    b.blur(); // lets the next poll rebuild the list (see render)
     schedule(0);
   });
+
+  $("services").addEventListener("pointerdown", () => {
+    held = "services";
+  });
+  document.addEventListener("pointerup", () => setTimeout(() => (held = null), 0));
+  document.addEventListener("pointercancel", () => (held = null));
 
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && polling) schedule(0);

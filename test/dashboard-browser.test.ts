@@ -10,10 +10,11 @@ import type { AddressInfo } from "node:net";
 import { serve } from "@hono/node-server";
 import type { Browser, ConsoleMessage, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createCoordinator, memoryStore } from "../coordinator.ts";
 import { launchChromium } from "./helpers/browser.ts";
 import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
 import { killAll, pollUntil } from "./helpers/processes.ts";
+import { routingCoordinator } from "./helpers/route-fixtures.ts";
+import { startUpstream } from "./helpers/upstream.ts";
 
 const launched = await launchChromium();
 const skipped = typeof launched === "string" ? launched : null;
@@ -184,24 +185,49 @@ suite(`the dashboard in Chromium${skipped ? ` (skipped: ${skipped})` : ""}`, () 
 });
 
 suite("the dashboard in open local dev mode", () => {
-  it("opens without a token and says so in a banner", async () => {
-    const coordinator = createCoordinator({}, { store: memoryStore() });
-    const server = serve({ fetch: coordinator.fetch, port: 0, hostname: "127.0.0.1" });
+  it("opens without a token, says so in a banner, and its buttons reset a breaker and end an ejection", async () => {
+    const [a, b] = await Promise.all([startUpstream("A"), startUpstream("B")]);
+    await a.setMode("error500");
+    const t = await routingCoordinator(
+      [
+        { id: "A", url: a.url },
+        { id: "B", url: b.url },
+      ],
+      { breakerMinRequests: 2, ejectAfterFailures: 2, latencyDecayMs: 1 },
+    );
+    for (let i = 0; i < 20 && !(await t.breaker("A")).ejected; i++) {
+      t.clock.advance(10); // A's failures fade from the picker's memory: it is tried again
+      await t.get();
+    }
+    expect(await t.breaker("A")).toMatchObject({ state: "open", ejected: true });
+    const server = serve({ fetch: t.coordinator.fetch, port: 0, hostname: "127.0.0.1" });
     await new Promise<void>((r) => server.once("listening", () => r()));
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
     try {
       const port = (server.address() as AddressInfo).port;
-      const context = await browser.newContext();
       const open = await context.newPage();
       const errors: string[] = [];
       open.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+      open.on("pageerror", (e) => errors.push(e.message));
       await open.goto(`http://127.0.0.1:${port}/admin`);
       await open.locator("#banner", { hasText: "Open local dev mode" }).waitFor();
       expect(await open.locator("#signin").isHidden()).toBe(true);
-      expect(await open.locator("#clusters").textContent()).toContain("No worker has registered");
+      for (const label of ["Reset breaker", "End ejection"]) {
+        await open.getByRole("button", { name: label }).click();
+        await open
+          .locator("#note", { hasText: `Done: ${label.toLowerCase()} for svc on A.` })
+          .waitFor();
+        await open.getByRole("button", { name: label }).waitFor({ state: "detached" });
+      }
+      expect(await t.breaker("A")).toMatchObject({ state: "closed", ejected: false });
+      const events = await open.locator("#events").textContent();
+      expect(events).toContain("Operator reset the breaker of svc on A");
+      expect(events).toContain("Operator ended the ejection of svc on A");
       expect(errors).toEqual([]);
-      await context.close();
     } finally {
+      await context.close();
       await new Promise((r) => server.close(r));
+      await Promise.all([a.close(), b.close()]);
     }
   });
 });
