@@ -3466,8 +3466,12 @@ interface LiveState {
   failures: number;
   /** Failed fetches since the last good one: each doubles the wait (up to a minute). */
   streak: number;
-  /** The reporting leader, and whether its agent could not be reached at all (refused, timed out). */
+  /**
+   * The reporting leader; whether its agent answered since it leads; whether it then gave no
+   * answer at all (refused, reset, timed out): a sign it is down.
+   */
   leaderId: string | null;
+  reached: boolean;
   unreachable: boolean;
   error: string | null;
   url: string | null;
@@ -3524,6 +3528,7 @@ class LiveViews {
           failures: 0,
           streak: 0,
           leaderId: null,
+          reached: false,
           unreachable: false,
           error: null,
           url: null,
@@ -3536,6 +3541,7 @@ class LiveViews {
         state.url = url;
         state.nextAt = 0;
         state.streak = 0;
+        state.reached = false;
         state.unreachable = false;
         if (state.view !== null) {
           state.view = null;
@@ -3565,8 +3571,9 @@ class LiveViews {
 
   /**
    * Members to show as not heard while no live view is fresh: the reporting leader, as
-   * "suspect", when its agent could not be reached at all (a crashed leader's report stays
-   * stored until the next leader reports, 6 s later in a cluster of two).
+   * "suspect", when its agent answered before and now cannot be reached at all (a crashed
+   * leader's report stays stored until the next leader reports, 6 s later in a cluster of
+   * two). An agent that never answered may just be out of the coordinator's reach.
    */
   unheard(cluster: string): Map<string, string> | null {
     const state = this.#state.get(cluster);
@@ -3590,6 +3597,7 @@ class LiveViews {
   async #refresh(cluster: string, url: string, state: LiveState): Promise<void> {
     const { fetcher, clock, onChange } = this.components;
     state.fetches++;
+    let answered = false;
     try {
       const headers: Record<string, string> = { accept: "application/json" };
       if (this.settings.agentToken) headers.authorization = `Bearer ${this.settings.agentToken}`;
@@ -3597,6 +3605,7 @@ class LiveViews {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
       });
+      answered = true;
       if (res.status !== 200) {
         await res.body?.cancel().catch(() => {});
         throw new Error(`The agent answered ${res.status}`);
@@ -3620,6 +3629,7 @@ class LiveViews {
       const changed = state.view?.digest !== digest;
       if (state.url !== url) return; // the leader changed while this fetch ran
       state.view = { members, unheard, leaderId, at: now, digest };
+      state.reached = true;
       state.unreachable = false;
       state.error = null;
       state.streak = 0;
@@ -3628,8 +3638,9 @@ class LiveViews {
       state.failures++;
       state.streak = Math.min(state.streak + 1, 10);
       state.error = (err as Error).message || "The live view could not be fetched";
-      const name = (err as Error).name;
-      const unreachable = isConnectFailure(err) || name === "TimeoutError" || name === "AbortError";
+      if (state.url !== url) return; // the leader changed while this fetch ran
+      // No answer at all (refused, reset, timed out) from an agent that answered before.
+      const unreachable = state.reached && !answered;
       if (state.view !== null || unreachable !== state.unreachable) {
         state.view = null;
         state.unreachable = unreachable;

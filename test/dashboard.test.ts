@@ -13,7 +13,9 @@ import {
   type Store,
   TrafficWindow,
 } from "../coordinator.ts";
+import { Gateway } from "../agent/gateway.ts";
 import { ManualClock, report, member as reportMember } from "./helpers/coord-fixtures.ts";
+import { freePort } from "./helpers/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
@@ -277,5 +279,75 @@ describe("an operator's actions", () => {
     expect(texts).toContain("Breaker opened: svc on A");
     expect(texts.some((x: string) => /^Ejected for \d+ s: svc on A$/.test(x))).toBe(true);
     expect(b.received.length).toBeGreaterThan(0);
+  });
+});
+
+describe("what the admin views say of members the leader's mesh does not hear", () => {
+  /** A real agent gateway serving a live view of leader L and `members`. */
+  async function leaderAgent(members: unknown[]) {
+    const gateway = new Gateway(
+      { host: "127.0.0.1", port: 0 },
+      {
+        service: () => undefined,
+        services: () => [],
+        health: () => ({ status: "healthy" }),
+        clusterView: () => ({
+          self: "L",
+          cluster: "default",
+          leader: { id: "L", term: 1 },
+          members,
+        }),
+      },
+    );
+    const url = `http://127.0.0.1:${await gateway.start()}`;
+    return { url, gateway };
+  }
+
+  it("shows a suspect member as suspect (routed only as a last resort), then an unreachable leader as suspect", async () => {
+    const [a] = (await upstreams("A")) as [Upstream];
+    const view: unknown[] = [];
+    const leader = await leaderAgent(view);
+    view.push(
+      { worker_id: "L", status: "online", url: leader.url, services: [], state: "alive" },
+      {
+        worker_id: "A",
+        status: "online",
+        url: a.url,
+        services: [{ name: "svc", url: `${a.url}/svc` }],
+        state: "suspect",
+      },
+    );
+    const t = await routingCoordinator(
+      [{ id: "L", url: leader.url, services: [] }, ...members(a)],
+      {
+        liveView: true,
+      },
+    );
+    const status = async (id: string) =>
+      ((await t.admin("/api/admin/workers")) as { worker_id: string; status: string }[]).find(
+        (w) => w.worker_id === id,
+      )?.status;
+    expect(await status("A")).toBe("suspect");
+    const provider = (await t.admin("/api/admin/services")).services.svc.workers[0];
+    expect(provider).toMatchObject({ worker_id: "A", status: "suspect", health: "degraded" });
+    expect((await t.get()).status).toBe(200); // the only provider: still tried
+    expect(await status("L")).toBe("online");
+    await leader.gateway.stop();
+    t.clock.advance(300); // the next admin read refreshes the view, and the fetch is refused
+    expect(await status("L")).toBe("suspect");
+  });
+
+  it("does not suspect a leader whose agent never answered (it may be out of reach)", async () => {
+    const nowhere = `http://127.0.0.1:${await freePort()}`;
+    const [a] = (await upstreams("A")) as [Upstream];
+    const t = await routingCoordinator([{ id: "L", url: nowhere, services: [] }, ...members(a)], {
+      liveView: true,
+    });
+    const workers = (await t.admin("/api/admin/workers")) as {
+      worker_id: string;
+      status: string;
+    }[];
+    expect(workers.find((w) => w.worker_id === "L")?.status).toBe("online");
+    expect((await t.admin("/api/admin/metrics")).live_views.default.failures).toBe(1);
   });
 });
