@@ -153,6 +153,11 @@ describe("scaling signals", () => {
       signal: "scale_down",
       reason: expect.stringMatching(/^idle providers/),
     });
+    // The receiver has the call before the coordinator has its answer (and counts it sent).
+    await until(
+      "the second webhook call to be counted",
+      async () => (await t.admin("/api/admin/metrics")).scaling_webhook.sent === 2,
+    );
     expect((await t.admin("/api/admin/metrics")).scaling_webhook).toMatchObject({
       sent: 2,
       failed: 0,
