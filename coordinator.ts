@@ -6,13 +6,15 @@
  * daily hard cap, answers the admin API and routes `/api/service/<name>/<rest>` to a healthy
  * worker: power of two choices on in-flight x latency, outlier ejection, circuit breakers,
  * retries within a budget, a bounded queue, the leader agent's live view, metrics and scaling
- * signals. It imports only `hono` and `zod`; runtime handles (a KV binding, a Deno.Kv, a file
- * system, a faster upstream client) are handed in by the starters in `scripts/`.
+ * signals, and the dashboard at /admin. It imports only `hono` and `zod`; runtime handles (a
+ * KV binding, a Deno.Kv, a file system, a faster upstream client) are handed in by the
+ * starters in `scripts/`.
  *
  * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
  * write budget, registry (per-isolate state), registry operations, routing health (pure),
  * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
- * proxy, security, app, default export.
+ * proxy, security, dashboard (the /admin page, its snapshot, events, actions), app, default
+ * export.
  */
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -175,7 +177,9 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
       !prefix.startsWith("/") ||
       prefix.startsWith("/api/") ||
       prefix === "/health" ||
-      prefix === "/metrics"
+      prefix === "/metrics" ||
+      prefix === "/admin" ||
+      prefix.startsWith("/admin/")
     ) {
       throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
     }
@@ -1866,6 +1870,7 @@ class Registry {
       const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
       const view = this.live?.current(stored.cluster, now) ?? null;
+      const unheard = view?.unheard ?? this.live?.unheard(stored.cluster) ?? null;
       const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
       const leader = leaderOf(doc);
       const members = view?.members ?? Object.values(doc.members);
@@ -1874,7 +1879,7 @@ class Registry {
         this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
       }
       for (const m of members) {
-        const status = stale ? "unknown" : m.status;
+        const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
         views.set(m.worker_id, {
           worker_id: m.worker_id,
           name: m.name ?? null,
@@ -1922,7 +1927,8 @@ class Registry {
         const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
         let health: Provider["health"] = "unhealthy";
         if (url && view.healthy && serviceStatus === "healthy") {
-          health = view.status === "degraded" ? "degraded" : "healthy";
+          // A suspect (unheard) member stays routable as a last resort, like a degraded one.
+          health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
         }
         const list = providers.get(name) ?? [];
         list.push({
@@ -2278,6 +2284,34 @@ export class TrafficWindow {
     if (n > (this.#counts[at] as number)) this.#counts[at] = n;
   }
 
+  /** The window ending at `now` slice by slice, oldest first (the dashboard's sparklines). */
+  series(now: number): WindowSlice[] {
+    const current = Math.floor(now / this.#sliceMs);
+    const out: WindowSlice[] = [];
+    for (let epoch = current - WINDOW_SLICES + 1; epoch <= current; epoch++) {
+      const i = ((epoch % WINDOW_SLICES) + WINDOW_SLICES) % WINDOW_SLICES;
+      const at = epoch * this.#sliceMs;
+      const kept = this.#epochs[i] === epoch;
+      const requests = kept ? (this.#counts[i * FIELDS] as number) : 0;
+      const histogram = new Float64Array(HISTOGRAM_BUCKETS);
+      if (kept) {
+        for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
+          histogram[b] = this.#histogram[i * HISTOGRAM_BUCKETS + b] as number;
+        }
+      }
+      const span = Math.min(now, at + this.#sliceMs) - Math.max(at, this.startedAt);
+      out.push({
+        at,
+        requests,
+        errors: kept ? (this.#counts[i * FIELDS + 1] as number) : 0,
+        throughput_rps: span > 0 ? Math.round((requests * 10_000) / span) / 10 : 0,
+        p50_ms: percentile(histogram, requests, 0.5),
+        p95_ms: percentile(histogram, requests, 0.95),
+      });
+    }
+    return out;
+  }
+
   /** The figures of the window ending at `now`. */
   snapshot(now: number): WindowSnapshot {
     const current = Math.floor(now / this.#sliceMs);
@@ -2312,6 +2346,17 @@ export class TrafficWindow {
       p99_ms: percentile(merged, requests, 0.99),
     };
   }
+}
+
+/** One slice of a traffic window (see `TrafficWindow.series`). */
+export interface WindowSlice {
+  /** When the slice started (ms). */
+  at: number;
+  requests: number;
+  errors: number;
+  throughput_rps: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
 }
 
 function percentile(histogram: Float64Array, total: number, q: number): number | null {
@@ -2446,6 +2491,13 @@ export class CircuitBreaker {
     const n = this.#requests.estimate(now);
     const f = this.#failures.estimate(now);
     if (n >= this.init.minRequests && f >= this.init.failureRatio * n) this.#open(now);
+  }
+
+  /** Closes the breaker at once (an operator's reset); returns whether it was not closed. */
+  reset(now: number): boolean {
+    const was = this.stateAt(now);
+    this.#close(now);
+    return was !== "closed";
   }
 
   /** A request ended without an outcome (the client went away): frees the probe slot. */
@@ -2585,6 +2637,14 @@ export class Endpoint {
   /** Whether it is ejected at `now`. */
   ejected(now: number): boolean {
     return now < this.ejectedUntil;
+  }
+
+  /** Ends an ejection at once (an operator's action); returns whether it was ejected. */
+  endEjection(now: number): boolean {
+    const was = this.ejected(now);
+    this.ejectedUntil = 0;
+    this.consecutiveFailures = 0;
+    return was;
   }
 }
 
@@ -3511,12 +3571,21 @@ class Router {
 const LiveViewSchema = z.object({
   cluster: z.string().nullish(),
   leader: z.object({ id: z.string(), term: z.number() }).nullish(),
-  members: z.array(ClusterMemberSchema).max(1000),
+  // `state`: the member's liveness in the leader's mesh (a report leaves it out to save writes).
+  members: z.array(ClusterMemberSchema.extend({ state: z.string().max(16).nullish() })).max(1000),
 });
+
+/** An admin read refreshes the live view when it is older than this (routing: `liveViewTtlMs`). */
+const ADMIN_LIVE_MAX_AGE_MS = 250;
+
+/** The status the admin views show for a member the leader's mesh does not hear (by its liveness). */
+const LIVENESS_STATUS: Record<string, string> = { suspect: "suspect", dead: "down" };
 
 /** A cluster's live view as fetched from its leader's agent. */
 interface LiveView {
   members: StoredMember[];
+  /** Members the mesh does not hear now, and the status they show ("suspect", "down"). */
+  unheard: Map<string, string>;
   /** The leader the agent's mesh knows (informative: the reporting leader is asked). */
   leaderId: string | null;
   at: number;
@@ -3526,20 +3595,30 @@ interface LiveView {
 interface LiveState {
   view: LiveView | null;
   nextAt: number;
-  refreshing: boolean;
+  /** The fetch in flight, if any, and when the last one started. */
+  refreshing: Promise<void> | null;
+  startedAt: number;
   fetches: number;
   failures: number;
   /** Failed fetches since the last good one: each doubles the wait (up to a minute). */
   streak: number;
+  /**
+   * The reporting leader; whether its agent answered since it leads; whether it then gave no
+   * answer at all (refused, reset, timed out): a sign it is down.
+   */
+  leaderId: string | null;
+  reached: boolean;
+  unreachable: boolean;
   error: string | null;
   url: string | null;
 }
 
 /**
  * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`
- * with the agent token) in the background, never while a request waits: refreshed after
- * `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so routing falls
- * back to the stored table; failed fetches back off (doubling, up to a minute). Per isolate.
+ * with the agent token), never while a routed request waits (admin reads do wait, see `tick`):
+ * refreshed after `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so
+ * routing falls back to the stored table; failed fetches back off (doubling, up to a minute).
+ * Members the leader's mesh does not hear show as "suspect" at once. Per isolate.
  */
 class LiveViews {
   readonly #state = new Map<string, LiveState>();
@@ -3560,18 +3639,33 @@ class LiveViews {
     return view.at + 5 * this.settings.liveViewTtlMs;
   }
 
-  /** Starts the refreshes that are due (never awaited by a request); drops views too old. */
-  tick(table: RoutingTable, now: number, exec: WaitUntil | null): void {
+  /**
+   * Starts the refreshes that are due and drops views too old. Returns the fetches in flight:
+   * the proxy never waits for them. An admin read passes `maxAgeMs` (ADMIN_LIVE_MAX_AGE_MS) and
+   * waits for them (each is bounded by the agent timeout), so it shows what the leader's mesh
+   * knew at most that long ago, unless the agent is failing (then its back-off holds).
+   */
+  tick(
+    table: RoutingTable,
+    now: number,
+    exec: WaitUntil | null,
+    maxAgeMs = Number.POSITIVE_INFINITY,
+  ): Promise<void>[] {
+    const inFlight: Promise<void>[] = [];
     for (const cluster of table.clusters) {
       let state = this.#state.get(cluster.cluster);
       if (state === undefined) {
         state = {
           view: null,
           nextAt: 0,
-          refreshing: false,
+          refreshing: null,
+          startedAt: 0,
           fetches: 0,
           failures: 0,
           streak: 0,
+          leaderId: null,
+          reached: false,
+          unreachable: false,
           error: null,
           url: null,
         };
@@ -3583,6 +3677,8 @@ class LiveViews {
         state.url = url;
         state.nextAt = 0;
         state.streak = 0;
+        state.reached = false;
+        state.unreachable = false;
         if (state.view !== null) {
           state.view = null;
           this.components.onChange();
@@ -3592,14 +3688,33 @@ class LiveViews {
         state.view = null;
         this.components.onChange();
       }
-      if (!url || state.refreshing || now < state.nextAt) continue;
-      state.refreshing = true;
+      if (state.refreshing) inFlight.push(state.refreshing);
+      state.leaderId = cluster.leader_id;
+      const due = now >= state.nextAt || (state.streak === 0 && now - state.startedAt > maxAgeMs);
+      if (!url || state.refreshing || !due) continue;
+      state.startedAt = now;
       state.nextAt = now + Math.min(this.settings.liveViewTtlMs * 2 ** state.streak, MINUTE);
-      const done = this.#refresh(cluster.cluster, url, state).finally(() => {
-        state.refreshing = false;
+      const mine = state;
+      const done = this.#refresh(cluster.cluster, url, mine).finally(() => {
+        mine.refreshing = null;
       });
+      state.refreshing = done;
+      inFlight.push(done);
       defer(exec, done);
     }
+    return inFlight;
+  }
+
+  /**
+   * Members to show as not heard while no live view is fresh: the reporting leader, as
+   * "suspect", when its agent answered before and now cannot be reached at all (a crashed
+   * leader's report stays stored until the next leader reports, 6 s later in a cluster of
+   * two). An agent that never answered may just be out of the coordinator's reach.
+   */
+  unheard(cluster: string): Map<string, string> | null {
+    const state = this.#state.get(cluster);
+    if (!state?.unreachable || state.leaderId === null) return null;
+    return new Map([[state.leaderId, "suspect"]]);
   }
 
   /** What the admin API shows about a cluster's live view. */
@@ -3618,6 +3733,7 @@ class LiveViews {
   async #refresh(cluster: string, url: string, state: LiveState): Promise<void> {
     const { fetcher, clock, onChange } = this.components;
     state.fetches++;
+    let answered = false;
     try {
       const headers: Record<string, string> = { accept: "application/json" };
       if (this.settings.agentToken) headers.authorization = `Bearer ${this.settings.agentToken}`;
@@ -3625,6 +3741,7 @@ class LiveViews {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
       });
+      answered = true;
       if (res.status !== 200) {
         await res.body?.cancel().catch(() => {});
         throw new Error(`The agent answered ${res.status}`);
@@ -3639,10 +3756,17 @@ class LiveViews {
       const now = clock.now();
       const leaderId = data.leader?.id ?? null;
       const members = data.members.map((m) => storedMember(m, leaderId ?? "live", now));
-      const digest = `${routingDigest(members)}:${leaderId}`;
+      const unheard = new Map<string, string>();
+      for (const m of data.members) {
+        const status = m.state ? LIVENESS_STATUS[m.state] : undefined;
+        if (status) unheard.set(m.worker_id, status);
+      }
+      const digest = `${routingDigest(members)}:${leaderId}:${[...unheard].join()}`;
       const changed = state.view?.digest !== digest;
       if (state.url !== url) return; // the leader changed while this fetch ran
-      state.view = { members, leaderId, at: now, digest };
+      state.view = { members, unheard, leaderId, at: now, digest };
+      state.reached = true;
+      state.unreachable = false;
       state.error = null;
       state.streak = 0;
       if (changed) onChange();
@@ -3650,8 +3774,12 @@ class LiveViews {
       state.failures++;
       state.streak = Math.min(state.streak + 1, 10);
       state.error = (err as Error).message || "The live view could not be fetched";
-      if (state.view !== null) {
+      if (state.url !== url) return; // the leader changed while this fetch ran
+      // No answer at all (refused, reset, timed out) from an agent that answered before.
+      const unreachable = state.reached && !answered;
+      if (state.view !== null || unreachable !== state.unreachable) {
         state.view = null;
+        state.unreachable = unreachable;
         onChange();
       }
     }
@@ -4253,6 +4381,969 @@ async function authorize(c: Context, settings: Settings, guard: Guard): Promise<
 }
 
 // ============================================================================================
+// Dashboard: the admin page at /admin, its snapshot, recent events, an operator's actions.
+// It reads the per-isolate routing state directly and costs no store access of its own, so it
+// lives in this file (see docs/ARCHITECTURE.md). The page is static text (no build step, no
+// framework) under a strict CSP; its script renders every value with textContent.
+// ============================================================================================
+
+/** How often the page asks for a snapshot while it is visible. */
+const DASHBOARD_REFRESH_MS = 1000;
+/** Recent events kept per isolate. */
+const EVENTS_KEPT = 100;
+/** How long a worker or provider that left the view is still shown (as down or gone), and how many. */
+const GONE_KEPT_MS = 10 * MINUTE;
+const GONE_KEPT = 100;
+
+/** One of the dashboard's recent events. */
+export interface ClusterEvent {
+  at: number;
+  kind: "cluster" | "leader" | "member" | "service" | "breaker" | "ejection" | "action";
+  text: string;
+}
+
+interface EndpointSeen {
+  state: BreakerState;
+  trips: number;
+  ejections: number;
+  ejected: boolean;
+}
+
+/** The last 8 characters of a long ID (PeerIds share their first ones), as the page shows it. */
+export function shortId(id: string): string {
+  return id.length > 16 ? `…${id.slice(-8)}` : id;
+}
+
+/**
+ * What this isolate saw of the cluster over time, for the dashboard: leader changes, members up
+ * and down, providers' health, breakers opening and closing, ejections. Pure (time passed in;
+ * nothing read or written): `observe` diffs each routing table and the router's endpoints
+ * against the last ones seen. Bounded: a ring of events; workers and providers that left the
+ * view are kept a while (GONE_KEPT_MS, at most GONE_KEPT) so the page can show them as down.
+ */
+export class ClusterWatch {
+  readonly #events: ClusterEvent[] = [];
+  readonly #leaders = new Map<string, { id: string | null; term: number | null; since: number }>();
+  #workers: Map<string, WorkerView> | null = null;
+  #providers = new Map<string, Provider>();
+  readonly #goneWorkers = new Map<string, { view: WorkerView; at: number }>();
+  readonly #goneProviders = new Map<string, { provider: Provider; at: number }>();
+  #endpoints = new Map<string, EndpointSeen>();
+  #table: RoutingTable | null = null;
+
+  /** Adds an event (the oldest goes beyond EVENTS_KEPT). */
+  record(at: number, kind: ClusterEvent["kind"], text: string): void {
+    this.#events.push({ at, kind, text });
+    if (this.#events.length > EVENTS_KEPT) this.#events.shift();
+  }
+
+  /** Recent events, newest first. */
+  events(): ClusterEvent[] {
+    return [...this.#events].reverse();
+  }
+
+  /** Since when this isolate has seen a cluster's current leader (null: not seen yet). */
+  leaderSince(cluster: string): number | null {
+    return this.#leaders.get(cluster)?.since ?? null;
+  }
+
+  /** Workers that left the view recently, newest first. */
+  goneWorkers(): { view: WorkerView; at: number }[] {
+    return [...this.#goneWorkers.values()].reverse();
+  }
+
+  /** Providers that left the view recently (their own, or with their worker). */
+  goneProviders(): { provider: Provider; at: number }[] {
+    return [...this.#goneProviders.values()].reverse();
+  }
+
+  /** Diffs a routing table and the router's endpoints against what was seen last. */
+  observe(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number): void {
+    if (table !== this.#table) {
+      this.#table = table;
+      this.#diffTable(table, now);
+    }
+    this.#diffEndpoints(routes, now);
+    for (const gone of [this.#goneWorkers, this.#goneProviders]) {
+      for (const [key, entry] of gone) {
+        if (now - entry.at > GONE_KEPT_MS || gone.size > GONE_KEPT) gone.delete(key);
+      }
+    }
+  }
+
+  #diffTable(table: RoutingTable, now: number): void {
+    const first = this.#workers === null;
+    for (const cl of table.clusters) {
+      const was = this.#leaders.get(cl.cluster);
+      if (was && was.id === cl.leader_id && was.term === cl.term) continue;
+      this.#leaders.set(cl.cluster, { id: cl.leader_id, term: cl.term, since: now });
+      const who = cl.leader_id ? `${shortId(cl.leader_id)} (term ${cl.term})` : "none";
+      if (!was) {
+        this.record(now, "cluster", `Watching cluster ${cl.cluster}: leader ${who}`);
+      } else if (cl.leader_id !== null && cl.leader_id === was.id) {
+        this.record(now, "leader", `Leader of ${cl.cluster}: ${who}, the same again`);
+      } else if (cl.leader_id) {
+        const before = was.id ? `, was ${shortId(was.id)}` : "";
+        this.record(now, "leader", `New leader of ${cl.cluster}: ${who}${before}`);
+      } else {
+        this.record(now, "leader", `No leader is reporting for ${cl.cluster}`);
+      }
+    }
+    const workers = new Map(table.workers.map((w) => [w.worker_id, w]));
+    const providers = new Map<string, Provider>();
+    for (const list of table.providers.values()) {
+      for (const p of list) providers.set(`${p.service}\u0000${p.worker_id}`, p);
+    }
+    const before = this.#workers ?? new Map<string, WorkerView>();
+    if (!first) {
+      for (const [id, w] of workers) {
+        const was = before.get(id);
+        if (!was) {
+          this.#goneWorkers.delete(id);
+          this.record(now, "member", `Member up: ${shortId(id)} (${w.status})`);
+        } else if (was.status !== w.status) {
+          this.record(now, "member", `Member ${shortId(id)}: ${was.status} → ${w.status}`);
+        }
+      }
+      for (const [id, was] of before) {
+        if (workers.has(id)) continue;
+        this.#goneWorkers.set(id, { view: was, at: now });
+        this.record(now, "member", `Member down: ${shortId(id)} left the view (was ${was.status})`);
+      }
+      for (const [key, p] of providers) {
+        const was = this.#providers.get(key);
+        this.#goneProviders.delete(key);
+        if (was && was.health !== p.health) {
+          const text = `${p.service} on ${shortId(p.worker_id)}: ${was.health} → ${p.health}`;
+          this.record(now, "service", text);
+        } else if (!was && before.has(p.worker_id)) {
+          this.record(now, "service", `${p.service} appeared on ${shortId(p.worker_id)}`);
+        }
+      }
+      for (const [key, was] of this.#providers) {
+        if (providers.has(key)) continue;
+        this.#goneProviders.set(key, { provider: was, at: now });
+        if (workers.has(was.worker_id)) {
+          this.record(now, "service", `${was.service} left ${shortId(was.worker_id)}`);
+        }
+      }
+    }
+    this.#workers = workers;
+    this.#providers = providers;
+  }
+
+  #diffEndpoints(routes: ReadonlyMap<string, ServiceRoute>, now: number): void {
+    const seen = new Map<string, EndpointSeen>();
+    for (const [name, route] of routes) {
+      for (const e of route.endpoints) {
+        const key = `${name}\u0000${e.worker_id}`;
+        const state = e.breaker.stateAt(now);
+        const mine = {
+          state,
+          trips: e.breaker.trips,
+          ejections: e.ejections,
+          ejected: e.ejected(now),
+        };
+        seen.set(key, mine);
+        const was = this.#endpoints.get(key);
+        if (!was) continue;
+        const where = `${name} on ${shortId(e.worker_id)}`;
+        if (mine.trips > was.trips) this.record(now, "breaker", `Breaker opened: ${where}`);
+        else if (was.state !== "closed" && state === "closed") {
+          this.record(now, "breaker", `Breaker closed: ${where}`);
+        }
+        if (mine.ejections > was.ejections) {
+          const until = Math.max(0, Math.round((e.ejectedUntil - now) / 1000));
+          this.record(now, "ejection", `Ejected for ${until} s: ${where}`);
+        } else if (was.ejected && !mine.ejected) {
+          this.record(now, "ejection", `Ejection ended: ${where}`);
+        }
+      }
+    }
+    this.#endpoints = seen;
+  }
+}
+
+/** What the dashboard reads: the app's per-isolate state (it reads the store no more than the admin API). */
+interface DashboardDeps {
+  settings: Settings;
+  router: Router;
+  live: LiveViews | null;
+  store: Pick<Store, "kind" | "persistent">;
+  clock: ClockLike;
+  /** The routing table as the admin API reads it (synced into the router, live view fresh). */
+  routing(c: Context): Promise<{ table: RoutingTable; now: number }>;
+  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+}
+
+function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: Settings): string[] {
+  const out: string[] = [];
+  if (cl.stale) {
+    const min = Math.round((settings.keepaliveMs + settings.leaseGraceMs) / MINUTE);
+    out.push(
+      `Stale: no report or keepalive for over ${min} min, so members show as unknown and are not routed to.`,
+    );
+  }
+  if (!cl.leader_id) out.push("No leader is reporting for this cluster.");
+  const status = live?.status(cl.cluster);
+  if (live && cl.source === "stored" && status?.last_error) {
+    out.push(
+      `The leader's live view is unavailable (${status.last_error}): showing the stored table, which changes only when a leader reports.`,
+    );
+  }
+  return out;
+}
+
+function workerRow(w: WorkerView, goneAt: number | null) {
+  return {
+    worker_id: w.worker_id,
+    url: w.tunnel_url,
+    tier: w.tier,
+    status: goneAt === null ? w.status : "down",
+    last_heartbeat: w.last_heartbeat,
+    services: w.services,
+    leader: goneAt === null && w.is_heartbeat_leader,
+    mode: w.mode,
+    cluster: w.cluster,
+    gone_at: goneAt === null ? null : iso(goneAt),
+  };
+}
+
+function providerRow(p: Provider, route: ServiceRoute | undefined, status: string, now: number) {
+  const e = route?.endpoints.find((x) => x.worker_id === p.worker_id);
+  const breaker = e ? e.breaker.stateAt(now) : null;
+  return {
+    worker_id: p.worker_id,
+    url: p.url,
+    tier: p.tier,
+    status,
+    health: p.health,
+    breaker,
+    breaker_open_until: breaker === "open" ? iso(e?.breaker.openUntil ?? 0) : null,
+    trips: e?.breaker.trips ?? 0,
+    ejected: e ? e.ejected(now) : false,
+    ejected_until: e?.ejected(now) ? iso(e.ejectedUntil) : null,
+    ejections: e?.ejections ?? 0,
+    in_flight: e?.inFlight ?? 0,
+    gone_at: null as string | null,
+  };
+}
+
+/** The snapshot the page shows (`GET /api/admin/dashboard`). */
+function dashboardSnapshot(
+  deps: DashboardDeps,
+  watch: ClusterWatch,
+  table: RoutingTable,
+  now: number,
+) {
+  const { settings, router, live } = deps;
+  const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
+  const gone = watch.goneWorkers().filter((g) => !statusOf.has(g.view.worker_id));
+  const byId = (a: WorkerView, b: WorkerView) => (a.worker_id < b.worker_id ? -1 : 1);
+  const workers = [
+    ...[...table.workers].sort(byId).map((w) => workerRow(w, null)),
+    ...gone.map((g) => workerRow(g.view, g.at)),
+  ];
+  const goneProviders = watch.goneProviders();
+  const names = new Set([
+    ...table.providers.keys(),
+    ...goneProviders.map((g) => g.provider.service),
+  ]);
+  const services = [...names].sort().map((name) => {
+    const list = table.providers.get(name) ?? [];
+    const route = router.routes.get(name);
+    const healthy = list.filter((p) => p.health !== "unhealthy").length;
+    const rows = list.map((p) =>
+      providerRow(p, route, statusOf.get(p.worker_id) ?? "unknown", now),
+    );
+    for (const g of goneProviders) {
+      if (g.provider.service !== name || list.some((p) => p.worker_id === g.provider.worker_id))
+        continue;
+      const row = providerRow(
+        g.provider,
+        undefined,
+        statusOf.has(g.provider.worker_id) ? "online" : "down",
+        now,
+      );
+      rows.push({ ...row, health: "unhealthy", gone_at: iso(g.at) });
+    }
+    return {
+      name,
+      status: healthy > 0 ? "available" : "unavailable",
+      total_workers: list.length,
+      healthy_workers: healthy,
+      serving_workers: route ? servingCount(route, now) : 0,
+      in_flight: route?.inFlight ?? 0,
+      queue_length: route?.queued ?? 0,
+      scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+      window: route ? route.window.snapshot(now) : null,
+      series: route ? route.window.series(now) : [],
+      workers: rows,
+    };
+  });
+  const budget = deps.budget();
+  const keepalives = table.clusters.flatMap((cl) =>
+    cl.next_keepalive_at ? [cl.next_keepalive_at] : [],
+  );
+  return {
+    generated_at: new Date(now).toISOString(),
+    version: COORDINATOR_VERSION,
+    mode: !settings.clusterToken && !settings.adminToken ? "open-local-dev" : "secured",
+    refresh_ms: DASHBOARD_REFRESH_MS,
+    window_s: settings.metricsWindowMs / 1000,
+    source: table.source,
+    clusters: table.clusters.map((cl) => ({
+      cluster: cl.cluster,
+      leader_id: cl.leader_id,
+      term: cl.term,
+      leader_since: iso(watch.leaderSince(cl.cluster) ?? 0),
+      source: cl.source,
+      members: cl.members,
+      last_report_at: cl.last_report_at,
+      last_write_at: cl.last_write_at,
+      next_keepalive_at: cl.next_keepalive_at,
+      pending_write: cl.pending_write,
+      stale: cl.stale,
+      live_view: live?.status(cl.cluster) ?? null,
+      warnings: clusterWarnings(cl, live, settings),
+    })),
+    workers,
+    services,
+    store: {
+      kind: deps.store.kind,
+      persistent: deps.store.persistent,
+      ...budget,
+      next_keepalive_at: keepalives.sort()[0] ?? null,
+    },
+    events: watch.events().map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
+  };
+}
+
+/** The body of an operator's action on one provider. */
+const ProviderActionSchema = z.object({ service: ServiceNameSchema, worker_id: WorkerIdSchema });
+
+/** The dashboard page: a shell the script fills in (no data in it, so it is served openly). */
+const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<meta name="referrer" content="no-referrer">
+<title>rollcall dashboard</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/admin/dashboard.css">
+<script src="/admin/dashboard.js" defer></script>
+</head>
+<body>
+<header>
+<h1>rollcall</h1>
+<span id="conn" role="status" class="muted">Loading…</span>
+<button id="signout" type="button" hidden>Sign out</button>
+</header>
+<p id="banner" class="banner" role="note" hidden></p>
+<form id="signin" hidden>
+<h2>Sign in</h2>
+<p>The coordinator's admin token (<code>ROLLCALL_ADMIN_TOKEN</code>). It stays in this tab (session storage) and goes only in the Authorization header of this page's requests.</p>
+<label for="token">Admin token</label>
+<input id="token" type="password" autocomplete="current-password" spellcheck="false" required>
+<button type="submit">Sign in</button>
+<p id="signin-error" class="error" role="alert"></p>
+</form>
+<main id="app" hidden>
+<p id="note" class="note" role="status" hidden></p>
+<section><h2>Cluster</h2><div id="clusters" class="grid"></div></section>
+<section><h2>Store</h2><div id="store" class="grid"></div></section>
+<section><h2>Workers</h2><div id="workers" class="grid"></div></section>
+<section><h2>Services</h2><div id="services" class="grid"></div></section>
+<section><h2>Recent events</h2><ol id="events" class="events"></ol></section>
+</main>
+</body>
+</html>
+`;
+
+/** The page's style: light and dark (prefers-color-scheme), one column on a phone. */
+const DASHBOARD_CSS = `:root{color-scheme:light dark;--bg:#f6f7f9;--fg:#1b1f24;--muted:#57606a;--card:#fff;--line:#d0d7de;--ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--accent:#0969da}
+@media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#9198a1;--card:#161b22;--line:#30363d;--ok:#3fb950;--warn:#d29922;--bad:#f85149;--accent:#4493f8}}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:var(--bg);color:var(--fg);overflow-wrap:anywhere}
+header{display:flex;flex-wrap:wrap;gap:.4rem 1rem;align-items:center;padding:.6rem 1rem;border-bottom:1px solid var(--line);background:var(--card)}
+h1{font-size:1.15rem;margin:0}
+h2{font-size:.85rem;margin:0 0 .5rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
+h3{margin:0 0 .4rem;font-size:1rem;display:flex;flex-wrap:wrap;gap:.35rem;align-items:center}
+main,form,.banner{max-width:1280px;margin:0 auto;padding:0 1rem}
+section{margin:1.1rem 0}
+.grid{display:grid;gap:.75rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,21rem),1fr))}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:.7rem .8rem;min-width:0}
+.wide{grid-column:1/-1}
+dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.1rem .75rem;margin:0}
+dt{color:var(--muted)}
+dd{margin:0;min-width:0}
+.badge{display:inline-block;padding:0 .45rem;border-radius:999px;border:1px solid currentColor;font-size:.78rem;font-weight:600;white-space:nowrap}
+.ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}.muted{color:var(--muted)}
+.id{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
+.warning,.banner,.note{border-left:4px solid var(--warn);padding:.45rem .7rem;margin:.5rem 0 0;background:var(--card)}
+.banner{margin:.75rem auto}
+.note{border-left-color:var(--accent)}
+.error{color:var(--bad);min-height:1.4em}
+meter{width:100%;height:1rem}
+.sparks{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:.6rem;margin:.5rem 0}
+.spark{min-width:0}
+.spark svg{display:block;width:100%;height:28px;border-bottom:1px solid var(--line)}
+.spark polyline{fill:none;stroke:var(--accent);stroke-width:1.5}
+.spark small{display:block;color:var(--muted)}
+ul.providers{list-style:none;padding:0;margin:.5rem 0 0}
+ul.providers li{border-top:1px solid var(--line);padding:.4rem 0;display:flex;flex-wrap:wrap;gap:.25rem .6rem;align-items:center}
+ol.events{list-style:none;padding:0;margin:0;background:var(--card);border:1px solid var(--line);border-radius:8px}
+ol.events li{padding:.3rem .8rem;border-top:1px solid var(--line)}
+ol.events li:first-child{border-top:0}
+time{color:var(--muted);font-variant-numeric:tabular-nums;margin-right:.5rem}
+button{font:inherit;padding:.25rem .7rem;border-radius:6px;border:1px solid var(--line);background:var(--bg);color:var(--fg);cursor:pointer}
+button:disabled{opacity:.6;cursor:default}
+input{display:block;font:inherit;padding:.45rem;margin:.25rem 0 .6rem;width:100%;max-width:26rem;border:1px solid var(--line);border-radius:6px;background:var(--card);color:var(--fg)}
+[hidden]{display:none!important}
+`;
+
+/** The page's script: signs in, polls the snapshot while visible, renders it as text, acts. */
+const DASHBOARD_JS = `"use strict";
+(() => {
+  const KEY = "rollcall.admin-token";
+  const $ = (id) => document.getElementById(id);
+  let token = null;
+  try {
+    token = sessionStorage.getItem(KEY);
+  } catch (_) {
+    token = null;
+  }
+  let timer = null;
+  let failures = 0;
+  let refreshMs = 1000;
+  let polling = false;
+  let lastOk = 0;
+  let serverNow = Date.now();
+  let held = null;
+  const shown = {};
+
+  // Every value from the coordinator is shown as text (textContent), never parsed as HTML.
+  const el = (tag, cls, text) => {
+    const n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined && text !== null) n.textContent = String(text);
+    return n;
+  };
+  const add = (parent, ...kids) => {
+    for (const k of kids) {
+      if (k === null || k === undefined || k === false) continue;
+      parent.append(typeof k === "object" ? k : String(k));
+    }
+    return parent;
+  };
+  const short = (id) => (id && id.length > 16 ? "…" + id.slice(-8) : id || "-");
+  const idSpan = (id) => {
+    const s = el("span", "id", short(id));
+    s.title = id || "";
+    return s;
+  };
+  const TONE = {
+    online: "ok", healthy: "ok", closed: "ok", available: "ok", steady: "ok", live: "ok",
+    degraded: "warn", suspect: "warn", half_open: "warn", scale_up: "warn", scale_down: "warn",
+    stored: "warn", leader: "ok", draining: "warn", maintenance: "warn",
+  };
+  const MARK = { ok: "✓", warn: "!", bad: "✕" };
+  const badge = (word, tone) => {
+    const t = tone || TONE[word] || "bad";
+    return el("span", "badge " + t, MARK[t] + " " + String(word).replace("_", " "));
+  };
+  const ago = (iso) => {
+    if (!iso) return "never";
+    const ms = serverNow - Date.parse(iso);
+    const abs = Math.abs(ms);
+    const text =
+      abs < 1500 ? "now" :
+      abs < 90e3 ? Math.round(abs / 1000) + " s" :
+      abs < 90 * 60e3 ? Math.round(abs / 60e3) + " min" :
+      abs < 48 * 3600e3 ? Math.round(abs / 3600e3) + " h" : Math.round(abs / 86400e3) + " d";
+    return text === "now" ? "now" : ms >= 0 ? text + " ago" : "in " + text;
+  };
+  const when = (iso) => {
+    const t = el("time", null, ago(iso));
+    if (iso) {
+      t.dateTime = iso;
+      t.title = iso;
+    }
+    return t;
+  };
+  const row = (dl, term, ...value) => {
+    add(dl, el("dt", null, term));
+    add(dl, add(el("dd"), ...value));
+  };
+  const TIERS = { 1: "1 (GPU)", 2: "2 (CPU)", 3: "3 (storage)" };
+
+  const spark = (label, values, unit, now) => {
+    const box = el("div", "spark");
+    const svgNs = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(svgNs, "svg");
+    svg.setAttribute("viewBox", "0 0 100 30");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("role", "img");
+    const text = values.map((v) => (v === null ? "-" : v)).join(", ");
+    svg.setAttribute("aria-label", label + " per slice, oldest first: " + text + " " + unit);
+    const title = document.createElementNS(svgNs, "title");
+    title.textContent = label + ": " + text + " " + unit;
+    svg.append(title);
+    const max = Math.max(1e-9, ...values.filter((v) => v !== null));
+    let run = [];
+    const flush = () => {
+      // A lone point (its neighbours have no data) is drawn as a short dash.
+      if (run.length === 1) run = [[run[0][0] - 2, run[0][1]], [run[0][0] + 2, run[0][1]]];
+      if (run.length > 1) {
+        const line = document.createElementNS(svgNs, "polyline");
+        line.setAttribute("points", run.map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1)).join(" "));
+        line.setAttribute("vector-effect", "non-scaling-stroke");
+        svg.append(line);
+      }
+      run = [];
+    };
+    values.forEach((v, i) => {
+      if (v === null) return flush();
+      run.push([values.length > 1 ? (i / (values.length - 1)) * 100 : 50, 28 - (v / max) * 26]);
+    });
+    flush();
+    add(box, svg, el("small", null, label + ": " + (now === null ? "-" : now + " " + unit)));
+    return box;
+  };
+
+  const renderClusters = (snap) => {
+    const box = $("clusters");
+    const cards = snap.clusters.map((cl) => {
+      const card = el("div", "card");
+      add(card, add(el("h3"), "Cluster " + cl.cluster, badge(cl.source)));
+      const dl = el("dl");
+      row(dl, "Leader", cl.leader_id ? idSpan(cl.leader_id) : "none", cl.term === null ? "" : " (term " + cl.term + ")");
+      row(dl, "Leader seen since", when(cl.leader_since));
+      row(dl, "View", cl.source === "live"
+        ? "live, from the leader's agent" + (cl.live_view && cl.live_view.fetched_at ? " (fetched " + ago(cl.live_view.fetched_at) + ")" : "")
+        : "stored table (last written " + ago(cl.last_write_at) + ")");
+      row(dl, "Last report", cl.last_report_at ? when(cl.last_report_at) : "none to this instance yet");
+      row(dl, "Members", String(cl.members));
+      add(card, dl);
+      for (const w of cl.warnings) add(card, el("p", "warning", "⚠ " + w));
+      return card;
+    });
+    if (cards.length === 0) {
+      const none = snap.workers.length === 0
+        ? "⚠ No worker has registered and no leader has reported yet."
+        : "No mesh cluster reports here: every worker is in direct mode.";
+      cards.push(el("p", "card warning", none));
+    }
+    box.replaceChildren(...cards);
+  };
+
+  const renderStore = (snap) => {
+    const s = snap.store;
+    const card = el("div", "card wide");
+    const meter = el("meter");
+    meter.min = 0;
+    meter.max = s.cap;
+    meter.value = s.used_today;
+    meter.low = s.cap * 0.5;
+    meter.high = s.cap * 0.8;
+    meter.optimum = 0;
+    meter.title = s.used_today + " of " + s.cap;
+    const share = s.cap > 0 ? (s.used_today / s.cap) * 100 : 0;
+    const pct = share < 10 ? Math.round(share * 10) / 10 : Math.round(share);
+    const tone = pct >= 80 ? "bad" : pct >= 50 ? "warn" : "ok";
+    add(card, add(el("h3"), "Writes today", badge(pct + " % of the cap", tone)));
+    add(card, meter);
+    const dl = el("dl");
+    row(dl, "Used", s.used_today + " of " + s.cap + " (" + s.remaining + " left, the day ends " + ago(s.resets_at) + ")");
+    row(dl, "Next keepalive", s.next_keepalive_at ? when(s.next_keepalive_at) : "none due");
+    row(dl, "Deferred writes", s.pending_writes === 0 ? "none" : s.pending_writes + " waiting for the budget");
+    row(dl, "Store", s.kind + (s.persistent ? " (persistent)" : " (memory: lost on restart)"));
+    add(card, dl);
+    $("store").replaceChildren(card);
+  };
+
+  const renderWorkers = (snap) => {
+    const cards = snap.workers.map((w) => {
+      const card = el("div", "card");
+      add(card, add(el("h3"), idSpan(w.worker_id), badge(w.status), w.leader ? badge("leader", "ok") : null));
+      const dl = el("dl");
+      row(dl, "URL", w.url ? el("span", "id", w.url) : "none");
+      row(dl, "Tier", TIERS[w.tier] || String(w.tier));
+      if (w.gone_at) row(dl, "Left the view", when(w.gone_at));
+      else row(dl, "Last heartbeat", when(w.last_heartbeat));
+      row(dl, "Services", w.services.length ? w.services.join(", ") : "none");
+      row(dl, "Mode", w.mode + (w.cluster ? " (" + w.cluster + ")" : ""));
+      add(card, dl);
+      return card;
+    });
+    if (cards.length === 0) cards.push(el("p", "card muted", "No workers."));
+    $("workers").replaceChildren(...cards);
+  };
+
+  const action = (label, path, service, worker) => {
+    const b = el("button", null, label);
+    b.type = "button";
+    b.dataset.path = path;
+    b.dataset.service = service;
+    b.dataset.worker = worker;
+    return b;
+  };
+
+  const renderServices = (snap) => {
+    const cards = snap.services.map((s) => {
+      const card = el("div", "card");
+      add(card, add(el("h3"), s.name, badge(s.status), el("span", "muted", s.healthy_workers + "/" + s.total_workers + " healthy")));
+      const dl = el("dl");
+      row(dl, "Scaling", badge(s.scaling.signal), " " + s.scaling.reason);
+      row(dl, "In flight", s.in_flight + ", queue " + s.queue_length + ", serving " + s.serving_workers);
+      add(card, dl);
+      const series = s.series || [];
+      const w = s.window;
+      add(card, add(el("div", "sparks"),
+        spark("req/s", series.map((x) => x.throughput_rps), "req/s", w ? w.throughput_rps : null),
+        spark("p50", series.map((x) => x.p50_ms), "ms", w ? w.p50_ms : null),
+        spark("p95", series.map((x) => x.p95_ms), "ms", w ? w.p95_ms : null)));
+      const ul = el("ul", "providers");
+      for (const p of s.workers) {
+        const li = el("li");
+        add(li, idSpan(p.worker_id), badge(p.gone_at ? "gone" : p.health));
+        if (p.status !== "online") add(li, el("span", null, "worker " + p.status));
+        if (p.breaker) add(li, el("span", null, "breaker "), badge(p.breaker));
+        if (p.ejected) add(li, el("span", "bad", "ejected, back " + ago(p.ejected_until)));
+        if (p.trips) add(li, el("span", "muted", p.trips + " trip(s)"));
+        if (p.ejections) add(li, el("span", "muted", p.ejections + " ejection(s)"));
+        add(li, el("span", "muted", p.in_flight + " in flight"));
+        if (p.gone_at) add(li, el("span", "muted", "left " + ago(p.gone_at)));
+        if (p.breaker && p.breaker !== "closed") add(li, action("Reset breaker", "/api/admin/breakers/reset", s.name, p.worker_id));
+        if (p.ejected) add(li, action("End ejection", "/api/admin/ejections/end", s.name, p.worker_id));
+        ul.append(li);
+      }
+      add(card, ul);
+      return card;
+    });
+    if (cards.length === 0) cards.push(el("p", "card muted", "No services."));
+    $("services").replaceChildren(...cards);
+  };
+
+  const renderEvents = (snap) => {
+    const items = snap.events.map((e) => {
+      const li = el("li");
+      const t = el("time", null, new Date(e.at).toLocaleTimeString());
+      t.dateTime = e.at;
+      t.title = e.at;
+      return add(li, t, e.text);
+    });
+    if (items.length === 0) items.push(el("li", "muted", "Nothing yet."));
+    $("events").replaceChildren(...items);
+  };
+
+  const render = (snap) => {
+    serverNow = Date.parse(snap.generated_at) || Date.now();
+    refreshMs = Math.max(500, snap.refresh_ms || 1000);
+    const banner = $("banner");
+    banner.hidden = snap.mode !== "open-local-dev";
+    banner.textContent = "Open local dev mode: no tokens are set, so anyone who reaches this coordinator can read and change it. Set ROLLCALL_ADMIN_TOKEN and ROLLCALL_CLUSTER_TOKEN before you expose it.";
+    const parts = [
+      ["clusters", [snap.clusters, snap.workers.length], renderClusters],
+      ["store", snap.store, renderStore],
+      ["workers", snap.workers, renderWorkers],
+      ["services", snap.services, renderServices],
+      ["events", snap.events, renderEvents],
+    ];
+    // A part is rebuilt only when its data changed, and not while a button in it is pressed
+    // or focused (the click or the keyboard focus would be lost); relative times are
+    // refreshed every 30 s at least.
+    const epoch = Math.floor(serverNow / 30000);
+    for (const [name, data, fn] of parts) {
+      const key = epoch + JSON.stringify(data);
+      if (shown[name] === key) continue;
+      if (name === held || $(name).contains(document.activeElement)) continue;
+      shown[name] = key;
+      fn(snap);
+    }
+  };
+
+  const setConn = (text, tone) => {
+    const c = $("conn");
+    c.textContent = text;
+    c.className = tone || "muted";
+  };
+
+  const api = (path, init) => {
+    const headers = new Headers((init && init.headers) || {});
+    headers.set("accept", "application/json");
+    if (token) headers.set("authorization", "Bearer " + token);
+    const signal = AbortSignal.timeout(10000);
+    return fetch(path, Object.assign({ signal }, init, { headers, cache: "no-store", credentials: "omit" }));
+  };
+
+  const showApp = () => {
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    $("signout").hidden = !token;
+  };
+
+  const showSignin = (message) => {
+    stop();
+    $("app").hidden = true;
+    $("signout").hidden = true;
+    $("signin").hidden = false;
+    $("signin-error").textContent = message || "";
+    setConn("Signed out", "muted");
+    $("token").focus();
+  };
+
+  const forget = () => {
+    token = null;
+    try {
+      sessionStorage.removeItem(KEY);
+    } catch (_) {
+      // storage unavailable: the token lived in memory only
+    }
+  };
+
+  const stop = () => {
+    polling = false;
+    clearTimeout(timer);
+  };
+
+  const schedule = (ms) => {
+    clearTimeout(timer);
+    if (polling) timer = setTimeout(tick, ms);
+  };
+
+  const refused = async (res) => {
+    const body = await res.json().catch(() => ({}));
+    const had = token !== null;
+    forget();
+    showSignin(had ? "The stored admin token was refused (HTTP " + res.status + "). Sign in again." : body.message || "");
+  };
+
+  async function tick() {
+    if (!polling) return;
+    if (document.hidden) return; // visibilitychange resumes
+    try {
+      const res = await api("/api/admin/dashboard");
+      if (res.status === 401 || res.status === 403) return refused(res);
+      if (!res.ok) throw new Error("HTTP " + res.status);
+      const snap = await res.json();
+      failures = 0;
+      lastOk = Date.now();
+      showApp();
+      render(snap);
+      setConn("Live: updated " + new Date(lastOk).toLocaleTimeString(), "ok");
+    } catch (err) {
+      failures++;
+      const age = lastOk ? ", last update " + Math.round((Date.now() - lastOk) / 1000) + " s ago" : "";
+      setConn("✕ Coordinator unreachable (" + (err && err.message ? err.message : "error") + ")" + age + "; retrying", "bad");
+    }
+    schedule(failures ? Math.min(15000, refreshMs * 2 ** failures) : refreshMs);
+  }
+
+  const start = () => {
+    polling = true;
+    schedule(0);
+  };
+
+  $("signin").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const input = $("token");
+    const value = input.value.trim();
+    const error = $("signin-error");
+    if (!value) {
+      error.textContent = "Enter the admin token.";
+      return;
+    }
+    const button = ev.target.querySelector("button");
+    button.disabled = true;
+    error.textContent = "Checking…";
+    try {
+      const res = await fetch("/api/admin/dashboard", {
+        headers: { accept: "application/json", authorization: "Bearer " + value },
+        cache: "no-store",
+        credentials: "omit",
+      });
+      if (res.status === 401 || res.status === 403) {
+        error.textContent = "That token was refused (HTTP " + res.status + ").";
+        input.select();
+        return;
+      }
+      if (!res.ok) {
+        error.textContent = "The coordinator answered HTTP " + res.status + ".";
+        return;
+      }
+      token = value;
+      try {
+        sessionStorage.setItem(KEY, value);
+      } catch (_) {
+        // storage unavailable: keep the token in memory for this page only
+      }
+      input.value = "";
+      error.textContent = "";
+      const snap = await res.json();
+      showApp();
+      render(snap);
+      start();
+    } catch (err) {
+      error.textContent = err instanceof TypeError && /header/i.test(err.message)
+        ? "That token has characters a header cannot carry."
+        : "The coordinator could not be reached.";
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $("signout").addEventListener("click", () => {
+    forget();
+    showSignin("Signed out.");
+  });
+
+  $("services").addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-path]");
+    if (!b) return;
+    b.disabled = true;
+    const note = $("note");
+    try {
+      const res = await api(b.dataset.path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ service: b.dataset.service, worker_id: b.dataset.worker }),
+      });
+      if (res.status === 401 || res.status === 403) return refused(res);
+      const body = await res.json().catch(() => ({}));
+      note.textContent = res.ok
+        ? "Done: " + b.textContent.toLowerCase() + " for " + b.dataset.service + " on " + short(b.dataset.worker) + (body.changed ? "." : " (it had already changed).")
+        : "Failed: " + (body.message || body.error || "HTTP " + res.status);
+    } catch (_) {
+      note.textContent = "Failed: the coordinator could not be reached.";
+    }
+    note.hidden = false;
+    b.blur(); // lets the next poll rebuild the list (see render)
+    schedule(0);
+  });
+
+  $("services").addEventListener("pointerdown", () => {
+    held = "services";
+  });
+  document.addEventListener("pointerup", () => setTimeout(() => (held = null), 0));
+  document.addEventListener("pointercancel", () => (held = null));
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && polling) schedule(0);
+  });
+
+  // Open local dev mode needs no token; otherwise sign in first (the stored token is tried).
+  (async () => {
+    let health = null;
+    try {
+      health = await (await fetch("/health", { cache: "no-store", credentials: "omit" })).json();
+    } catch (_) {
+      health = null;
+    }
+    const needsToken = !health || !health.auth || health.auth.admin_token !== false;
+    if (needsToken && !token) return showSignin();
+    start();
+  })();
+})();
+`;
+
+/** Headers of the page and its files: nothing but this origin's own files, never in a frame. */
+const DASHBOARD_HEADERS: Record<string, string> = {
+  "content-security-policy":
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+  "x-frame-options": "DENY",
+  "cross-origin-opener-policy": "same-origin",
+  "cache-control": "no-store",
+};
+
+/**
+ * Registers the dashboard: the page and its two files on `app` (open: they hold no data), the
+ * snapshot and the two actions on `admin`, behind whatever guard the admin API has. Returns the
+ * watcher the admin reads and ticks feed.
+ */
+function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWatch {
+  const watch = new ClusterWatch();
+  const file = (body: string, type: string) => () =>
+    new Response(body, { headers: { ...DASHBOARD_HEADERS, "content-type": type } });
+  app.get("/admin", file(DASHBOARD_HTML, "text/html; charset=utf-8"));
+  app.get("/admin/", (c) => c.redirect("/admin", 301));
+  app.get("/admin/dashboard.js", file(DASHBOARD_JS, "text/javascript; charset=utf-8"));
+  app.get("/admin/dashboard.css", file(DASHBOARD_CSS, "text/css; charset=utf-8"));
+  admin.get("/dashboard", async (c) => {
+    const { table, now } = await deps.routing(c);
+    return c.json(dashboardSnapshot(deps, watch, table, now));
+  });
+  const act = (action: "breaker_reset" | "ejection_end") => async (c: Context) => {
+    const text = await c.req.text().catch(() => null);
+    if (text === null) return c.json({ error: "Request body could not be read" }, 400);
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      return c.json({ error: "Request body is not valid JSON" }, 400);
+    }
+    const body = ProviderActionSchema.safeParse(value);
+    if (!body.success) {
+      const details = body.error.issues.map((i) => ({
+        path: i.path.join("."),
+        message: i.message,
+      }));
+      return c.json({ error: "Invalid request body", details }, 400);
+    }
+    const { service, worker_id } = body.data;
+    const { now } = await deps.routing(c);
+    const e = deps.router.routes.get(service)?.endpoints.find((x) => x.worker_id === worker_id);
+    if (!e) {
+      return c.json(
+        {
+          error: "No such provider",
+          message: `${service} has no routable provider ${worker_id} here`,
+        },
+        404,
+      );
+    }
+    const changed = action === "breaker_reset" ? e.breaker.reset(now) : e.endEjection(now);
+    const what = action === "breaker_reset" ? "reset the breaker of" : "ended the ejection of";
+    watch.record(
+      now,
+      "action",
+      `Operator ${what} ${service} on ${shortId(worker_id)}${changed ? "" : " (no change)"}`,
+    );
+    // The audit line: what was done, to what, from where (never a token).
+    console.log(
+      JSON.stringify({
+        audit: action,
+        service,
+        worker_id,
+        changed,
+        client: peerAddress(incomingOf(c)) ?? null,
+        at: new Date(now).toISOString(),
+      }),
+    );
+    return c.json({
+      status: "ok",
+      action,
+      service,
+      worker_id,
+      changed,
+      breaker: e.breaker.stateAt(now),
+      ejected: e.ejected(now),
+    });
+  };
+  const small = bodyLimit({
+    maxSize: 4096,
+    onError: (c) => c.json({ error: "Request body is larger than 4096 bytes" }, 413),
+  });
+  admin.post("/breakers/reset", small, act("breaker_reset"));
+  admin.post("/ejections/end", small, act("ejection_end"));
+  return watch;
+}
+
+// ============================================================================================
 // The app
 // ============================================================================================
 
@@ -4374,12 +5465,20 @@ export function createCoordinator(
   };
   /** The routing table, synced into the router, live views refreshed when due. */
   const routing = async (c: Context | null) => {
-    const table = await reg.table();
-    const now = clock.now();
+    let table = await reg.table();
     const exec = c ? incomingOf(c).exec : null;
+    // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
+    // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
+    const refreshes =
+      live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
+    if (c !== null && refreshes.length > 0) {
+      await Promise.all(refreshes);
+      table = await reg.table();
+    }
+    const now = clock.now();
     router.sync(table, now);
-    live?.tick(table, now, exec);
     for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
+    dashboard.observe(table, router.routes, now);
     return { table, now };
   };
   const app = new Hono();
@@ -4409,6 +5508,7 @@ export function createCoordinator(
     const q = url.indexOf("?", at);
     const path = q === -1 ? url.slice(at) : url.slice(at, q);
     if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
+    if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
     return matchAlias(path, aliases);
   };
   /**
@@ -4574,6 +5674,7 @@ export function createCoordinator(
   admin.get("/services", async (c) => {
     const { table, now } = await routing(c);
     const services: Record<string, unknown> = {};
+    const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
     for (const name of [...table.providers.keys()].sort()) {
       const list = table.providers.get(name) ?? [];
       const route = router.routes.get(name);
@@ -4593,6 +5694,7 @@ export function createCoordinator(
             worker_id: p.worker_id,
             url: p.url,
             tier: p.tier,
+            status: statusOf.get(p.worker_id) ?? "unknown",
             health: p.health,
             breaker: e ? e.breaker.stateAt(now) : null,
             ejected: e ? e.ejected(now) : false,
@@ -4670,6 +5772,15 @@ export function createCoordinator(
   });
   admin.get("/leader", async (c) => c.json({ clusters: (await routing(c)).table.clusters }));
   admin.get("/budget", (c) => c.json(budget()));
+  const dashboard = mountDashboard(app, admin, {
+    settings,
+    router,
+    live,
+    store: reg.store,
+    clock,
+    routing,
+    budget,
+  });
   app.route("/api/admin", admin);
 
   app.get("/metrics", async (c) => {

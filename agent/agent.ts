@@ -5,7 +5,7 @@
 import { freemem, loadavg } from "node:os";
 import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
 import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
-import { aggregate, reportBody } from "./aggregate.ts";
+import { aggregate, liveMembers, reportBody } from "./aggregate.ts";
 import { authFailureHint, CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
@@ -147,8 +147,9 @@ export class Agent {
       name: this.#config.name,
       cluster: this.#config.cluster,
       mode: this.#config.mode,
+      coordinator: this.#config.coordinator ?? null,
       leader: view?.leader ?? null,
-      members: aggregate(view ?? { members: [] }).members,
+      members: liveMembers(view ?? { members: [] }),
       all_members: (view?.members ?? []).map((m) => ({
         worker_id: m.id,
         state: m.state,

@@ -60,6 +60,18 @@ export function aggregate(view: Pick<ViewSnapshot, "members">): Aggregate {
   return { members, digest: routingDigest(members) };
 }
 
+/**
+ * The members of the live view (`/_agent/cluster`): the aggregate's, each with its liveness
+ * (`state`: alive, suspect, or dead for a flapping member), which a report leaves out because
+ * a suspicion is not worth a write, while the coordinator's admin views should show it at once.
+ */
+export function liveMembers(
+  view: Pick<ViewSnapshot, "members">,
+): (ClusterMemberReport & { state: MemberView["state"] })[] {
+  const states = new Map(view.members.map((m) => [m.id, m.state]));
+  return aggregate(view).members.map((m) => ({ ...m, state: states.get(m.worker_id) ?? "alive" }));
+}
+
 /** The body of POST /api/cluster/heartbeat. */
 export function reportBody(input: {
   cluster: string;

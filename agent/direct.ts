@@ -69,6 +69,8 @@ export class DirectReporter {
     heartbeats: 0,
     failures: 0,
     lastError: undefined as string | undefined,
+    /** Clock ms when the last call ended (answered or failed). */
+    lastAt: undefined as number | undefined,
   };
 
   constructor(registration: Registration, components: DirectComponents) {
@@ -150,6 +152,7 @@ export class DirectReporter {
     } finally {
       this.#busy = false;
     }
+    this.stats.lastAt = this.#c.clock.now();
     if (result.ok) {
       this.#failures = 0;
       this.#authRefused = false;

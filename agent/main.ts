@@ -4,6 +4,7 @@
  */
 import { COORDINATOR_VERSION } from "../coordinator.ts";
 import { Agent } from "./agent.ts";
+import { commandsHelp } from "./commands.ts";
 import { ConfigError, helpText, loadConfig } from "./config.ts";
 import { loadManifest } from "./detect.ts";
 import { createLogger, type Logger } from "./log.ts";
@@ -18,7 +19,7 @@ export async function agentMain(argv: string[]): Promise<number | undefined> {
   try {
     const { config, help, version } = loadConfig(argv);
     if (help) {
-      process.stdout.write(helpText());
+      process.stdout.write(`${helpText()}\n${commandsHelp()}`);
       return 0;
     }
     if (version) {

@@ -59,6 +59,8 @@ export interface ReporterStats {
   written: number;
   lastAnswer: ReportAnswer | undefined;
   lastError: string | undefined;
+  /** Clock ms when the last send ended (answered or failed). */
+  lastAt: number | undefined;
 }
 
 /** Debounced, retrying reporter used while this agent is the leader. */
@@ -84,6 +86,7 @@ export class LeaderReporter<M = unknown> {
     written: 0,
     lastAnswer: undefined,
     lastError: undefined,
+    lastAt: undefined,
   };
 
   constructor(init: ReporterInit, components: ReporterComponents<M>) {
@@ -169,6 +172,7 @@ export class LeaderReporter<M = unknown> {
     if (!this.#leader || term !== this.#term) return;
     this.stats.sent += 1;
     const now = this.#c.clock.now();
+    this.stats.lastAt = now;
     if (result.ok) {
       this.#failures = 0;
       this.stats.lastAnswer = result.answer;

@@ -312,6 +312,7 @@ rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
 
   Mode         ${mode}
   Coordinator  ${c}
+  Dashboard    ${c}/admin
   Workers      ${agents.map((a) => a.gateway).join("  ")}
   Agent pids   ${agentProcs.map((p) => p.pid).join("  ")}
   Services     ${[...expected].sort().join(", ")}
@@ -325,6 +326,9 @@ Try:
   curl -s ${c}/api/service/upload/hello    # a routed call: the answer names the worker
   curl -s${auth} ${c}/api/admin/workers           # list workers, their leader and services
   npx tsx scripts/test-service-discovery.ts ${c}
+  npx tsx agent/cli.ts members --agent ${agents[0]?.gateway}    # the members agent 1 sees
+  npx tsx agent/cli.ts services --agent ${agents[0]?.gateway}   # services, healthy/total
+  npx tsx agent/cli.ts status --agent ${agents[0]?.gateway}     # agent 1: leader, last report
 
 kill -9 a worker's pid to watch the others elect a new leader; Ctrl-C stops everything.
 `);

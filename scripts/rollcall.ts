@@ -18,6 +18,9 @@ Commands:
                          (rollcall coordinator --help)
   keygen [FILE]          write a new swarm key for --psk to FILE (default swarm.key),
                          mode 0600; --force replaces an existing file
+  members                every member the local agent sees (options: rollcall agent --help)
+  services               the coordinator's services with healthy/total providers
+  status                 this agent: ID, cluster, leader, coordinator, last report
 
   --version              print the version
   --help                 this text
@@ -68,6 +71,17 @@ async function main(argv: string[]): Promise<number | undefined> {
       return undefined;
     case "keygen":
       return keygen(rest);
+    case "members":
+    case "services":
+    case "status": {
+      const { runCommand } = await import("../agent/commands.ts");
+      const io = {
+        env: process.env,
+        out: (text: string) => process.stdout.write(text),
+        err: (text: string) => process.stderr.write(text),
+      };
+      return runCommand(command, rest, io);
+    }
     case "--version":
     case "-v":
     case "version":

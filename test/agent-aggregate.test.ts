@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { aggregate, listed } from "../agent/aggregate.ts";
+import { aggregate, listed, liveMembers } from "../agent/aggregate.ts";
 import type { MemberView } from "../mesh/index.ts";
 
 const member = (id: string, over: Partial<MemberView> = {}): MemberView => ({
@@ -27,6 +27,29 @@ describe("aggregate", () => {
       ],
     };
     expect(aggregate(view).members.map((m) => m.worker_id)).toEqual(["a", "bb"]);
+  });
+
+  it("gives the live view each member's liveness, which the report leaves out", () => {
+    const view = {
+      members: [
+        member("a"),
+        member("bb", { state: "suspect" }),
+        member("ccc", { state: "dead", flapping: true }),
+        member("dddd", { state: "dead" }),
+      ],
+    };
+    const live = liveMembers(view);
+    expect(live.map((m) => [m.worker_id, m.status, m.state])).toEqual([
+      ["a", "online", "alive"],
+      ["bb", "online", "suspect"],
+      ["ccc", "degraded", "dead"],
+    ]);
+    // The report's members and digest do not change with a suspicion: no write for it.
+    expect(aggregate(view).digest).toBe(
+      aggregate({
+        members: view.members.slice(0, 3).map((m) => ({ ...m, state: "alive" as const })),
+      }).digest,
+    );
   });
 
   it("reports a flapping member as degraded, even while it is down, so its flaps cost no writes", () => {

@@ -360,6 +360,18 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     expect((await raw(base, "GET", "/metrics")).status).toBe(401);
   });
 
+  it("serves the dashboard page under its CSP, and its snapshot only with the admin token", async () => {
+    const page = await raw(base, "GET", "/admin");
+    expect(page.status).toBe(200);
+    expect(page.headers["content-security-policy"]).toContain("frame-ancestors 'none'");
+    expect(page.text).toContain('<script src="/admin/dashboard.js" defer></script>');
+    expect((await raw(base, "GET", "/admin/dashboard.js")).text).toContain("textContent");
+    expect((await raw(base, "GET", "/api/admin/dashboard")).status).toBe(401);
+    const snap = await admin("/api/admin/dashboard");
+    expect(snap).toMatchObject({ mode: "secured", store: { kind: runtime.store } });
+    expect(snap.services.map((s: { name: string }) => s.name)).toContain("upload");
+  });
+
   it("answers the contract's 503 bodies", async () => {
     const none = await raw(base, "GET", "/api/service/nosuch/x");
     expect(none.status).toBe(503);
