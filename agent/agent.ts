@@ -1,15 +1,25 @@
 /**
  * The worker agent: wires detection -> gateway -> mesh (or direct mode) -> reporter.
- * In mesh mode every agent gossips; only the elected leader reports the aggregate.
+ * In mesh mode every agent gossips; only the elected leader reports the aggregate, and only an
+ * agent whose token the coordinator took offers to lead (agent/eligibility.ts). Every event
+ * handler here is guarded: a throw is logged, never fatal to the agent.
  */
 import { freemem, loadavg } from "node:os";
 import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
-import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
+import {
+  createMesh,
+  loadIdentity,
+  type MemberView,
+  type Mesh,
+  type ServiceSummary,
+  type ViewSnapshot,
+} from "../mesh/index.ts";
 import { aggregate, reportBody } from "./aggregate.ts";
 import { CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
+import { LeadEligibility } from "./eligibility.ts";
 import { Gateway } from "./gateway.ts";
 import { LeaderReporter } from "./reporter.ts";
 
@@ -28,6 +38,7 @@ export class Agent {
   readonly #client: CoordinatorClient | undefined;
   #mesh: Mesh | undefined;
   #reporter: LeaderReporter<ClusterMemberReport> | undefined;
+  #eligibility: LeadEligibility | undefined;
   #direct: DirectReporter | undefined;
   #id = "";
   #reportedOnce = false;
@@ -46,7 +57,12 @@ export class Agent {
       { fetch: components.fetch },
     );
     this.#gateway = new Gateway(
-      { host: config.listen.host, port: config.listen.port, agentToken: config.agentToken },
+      {
+        host: config.listen.host,
+        port: config.listen.port,
+        agentToken: config.agentToken,
+        maxConnectionsPerClient: config.gatewayPerClient,
+      },
       {
         service: (name) => this.#detector.get(name),
         services: () => this.#detector.services(),
@@ -82,7 +98,10 @@ export class Agent {
       this.#log(`  ✓ ${s.name} on port ${s.port} (${s.status}, ${s.latency_ms} ms)`);
     }
     this.#log(`Found ${found.length} active service(s)`);
-    this.#detector.addEventListener("change", () => this.#onServicesChanged());
+    this.#detector.addEventListener(
+      "change",
+      this.#guard("services changed", () => this.#onServicesChanged()),
+    );
     this.#gatewayPort = await this.#gateway.start();
     this.#log(
       `Gateway on http://${c.listen.host}:${this.#gatewayPort}, reachable at ${c.publicUrl}`,
@@ -94,6 +113,7 @@ export class Agent {
   /** Leaves the mesh (or unregisters), closes the gateway, stops probing. */
   async stop(): Promise<void> {
     this.#detector.stop();
+    this.#eligibility?.stop();
     this.#reporter?.stop();
     await this.#direct?.stop().catch(() => {});
     await this.#mesh?.stop();
@@ -109,6 +129,7 @@ export class Agent {
       mode: this.#config.mode,
       leader: leader?.id ?? null,
       is_leader: leader?.id === this.#id && this.#id !== "",
+      can_lead: this.#eligibility?.canLead ?? false,
       services: this.#detector.services().map((s) => ({ name: s.name, status: s.status })),
     };
   }
@@ -127,11 +148,23 @@ export class Agent {
         state: m.state,
         flapping: m.flapping,
         incarnation: m.incarnation,
+        can_lead: m.canLead,
         url: m.url,
         last_seen: m.lastSeen,
       })),
       services: this.#detector.services(),
       reporter: this.#reporter?.stats ?? this.#direct?.stats ?? null,
+    };
+  }
+
+  /** Wraps an event handler: a throw in it is logged, never fatal (it would crash the process). */
+  #guard<A extends unknown[]>(what: string, fn: (...args: A) => void): (...args: A) => void {
+    return (...args) => {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.#log(`Fault in ${what}: ${err instanceof Error ? err.message : String(err)}`);
+      }
     };
   }
 
@@ -199,11 +232,15 @@ export class Agent {
         bootstrap: c.bootstrap,
         mdns: c.mdns,
         psk: c.psk,
+        insecureOpenMesh: c.insecureOpenMesh,
+        allowPeers: c.allowPeers,
         local: {
           url: c.publicUrl,
           status: "online",
           services: this.#summaries(),
           meta: { tier: c.tier, capabilities: c.capabilities },
+          // Offered once the coordinator took our token (see #startEligibility).
+          canLead: false,
         },
       },
       { logger: (line) => this.#log(`mesh: ${line}`) },
@@ -211,11 +248,25 @@ export class Agent {
     this.#mesh = mesh;
     if (this.#client) {
       const client = this.#client;
+      const eligibility = new LeadEligibility(
+        {},
+        {
+          check: async () => {
+            const r = await client.checkToken();
+            return r.ok
+              ? { ok: true, status: r.status }
+              : { ok: false, status: r.status, error: r.error };
+          },
+          onChange: (canLead) => mesh.setLocalState({ canLead }),
+          log: (line) => this.#log(line),
+        },
+      );
+      this.#eligibility = eligibility;
       this.#reporter = new LeaderReporter<ClusterMemberReport>(
         { debounceMs: c.debounceMs },
         {
-          send: (r) =>
-            client.report(
+          send: async (r) => {
+            const result = await client.report(
               reportBody({
                 cluster: c.cluster,
                 leaderId: this.#id,
@@ -223,7 +274,13 @@ export class Agent {
                 sequence: r.sequence,
                 aggregate: r,
               }),
-            ),
+            );
+            // A report is an authenticated call too: a refused token withdraws the offer.
+            eligibility.observe(
+              result.ok ? { ok: true, status: 200 } : { ok: false, status: result.status ?? 0 },
+            );
+            return result;
+          },
           log: (line) => this.#log(line),
           onAnswer: (a, r) => {
             const first = !this.#answered;
@@ -238,19 +295,43 @@ export class Agent {
         },
       );
     }
-    mesh.addEventListener("leader", (e) => this.#onLeader(e.detail));
-    mesh.addEventListener("view", (e) => this.#reporter?.update(aggregate(e.detail)));
-    mesh.addEventListener("member-up", (e) =>
-      this.#log(`Member up: ${e.detail.id} at ${e.detail.url}`),
+    mesh.addEventListener(
+      "leader",
+      this.#guard("the leader handler", (e: CustomEvent<{ id: string; term: number } | null>) =>
+        this.#onLeader(e.detail),
+      ),
     );
-    mesh.addEventListener("member-down", (e) =>
-      this.#log(`Member down: ${e.detail.id} (${e.detail.state})`),
+    mesh.addEventListener(
+      "view",
+      this.#guard("the view handler", (e: CustomEvent<ViewSnapshot>) =>
+        this.#reporter?.update(aggregate(e.detail)),
+      ),
+    );
+    mesh.addEventListener(
+      "member-up",
+      this.#guard("the member-up handler", (e: CustomEvent<MemberView>) =>
+        this.#log(`Member up: ${e.detail.id} at ${e.detail.url}`),
+      ),
+    );
+    mesh.addEventListener(
+      "member-down",
+      this.#guard("the member-down handler", (e: CustomEvent<MemberView>) =>
+        this.#log(`Member down: ${e.detail.id} (${e.detail.state})`),
+      ),
     );
     await mesh.start();
     this.#id = mesh.id;
     this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${c.tier}, mesh mode)`);
     this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
-    if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");
+    if (!c.psk) {
+      this.#log(
+        c.insecureOpenMesh
+          ? "WARNING: open mesh (--insecure-open-mesh): anyone who reaches its port may join"
+          : "Mesh without a pre-shared key: loopback only (set --psk to let other machines join)",
+      );
+    }
+    if (this.#eligibility) this.#eligibility.start();
+    else this.#log("No coordinator configured: this agent gossips but never reports or leads");
   }
 
   #onLeader(leader: { id: string; term: number } | null): void {

@@ -53,7 +53,18 @@ export class CoordinatorClient {
     const r = await this.call<ReportAnswer>("POST", "/api/cluster/heartbeat", body);
     return r.ok
       ? { ok: true, answer: r.data }
-      : { ok: false, retryable: r.retryable, retryAfterMs: r.retryAfterMs, error: r.error };
+      : {
+          ok: false,
+          retryable: r.retryable,
+          retryAfterMs: r.retryAfterMs,
+          error: r.error,
+          status: r.status,
+        };
+  }
+
+  /** GET /api/cluster/auth: whether the coordinator takes our token (no write). */
+  checkToken(): Promise<CallResult<{ status: string }>> {
+    return this.call("GET", "/api/cluster/auth");
   }
 
   /** POST /api/worker/register (direct mode). */

@@ -24,7 +24,7 @@ export type ReportAnswer = Pick<
 /** The outcome of one send. */
 export type SendResult =
   | { ok: true; answer: ReportAnswer }
-  | { ok: false; retryable: boolean; retryAfterMs?: number; error: string };
+  | { ok: false; retryable: boolean; retryAfterMs?: number; error: string; status?: number };
 
 /** A report as sent: the state plus the leader's term and sequence. */
 export interface OutgoingReport<M = unknown> extends ReportState<M> {
@@ -146,7 +146,12 @@ export class LeaderReporter<M = unknown> {
       () => {
         this.#timer = undefined;
         this.#timerAt = Number.POSITIVE_INFINITY;
-        void this.#fire();
+        // A throw of ours (a callback) must not escape the timer: log it, retry later.
+        this.#fire().catch((err) => {
+          this.#inflight = false;
+          this.#c.log?.(`report fault: ${(err as Error).message}`);
+          this.#arm(this.#c.clock.now() + this.#maxBackoffMs);
+        });
       },
       Math.max(0, at - this.#c.clock.now()),
     );
