@@ -84,6 +84,8 @@ export interface MeshStats {
   introductionsDialed: number;
   /** Introduced peers dropped because the dialer's queue was full. */
   introductionsDropped: number;
+  /** Dials that failed (each is retried with backoff if the peer is a member). */
+  dialFailures: number;
 }
 
 /** Event name -> detail type. */

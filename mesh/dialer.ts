@@ -152,6 +152,9 @@ export class Dialer {
   introduce(id: string, addrs?: Multiaddr[]): void {
     if (!this.#running || id === this.#c.node.peerId.toString()) return;
     if (this.#c.allowed && !this.#c.allowed(id)) return;
+    // Being dialed, or backing off (libp2p announces a peer it dials as discovered).
+    const b = this.#backoff.get(id);
+    if (this.#dialing.has(id) || (b && this.#c.clock.now() < b.at)) return;
     if (!this.#introduced.has(id)) {
       if (this.#introduced.size >= this.#init.maxIntroductions) {
         this.#c.stats.introductionsDropped++;
@@ -261,6 +264,7 @@ export class Dialer {
       },
       () => {
         this.#dialing.delete(key);
+        this.#c.stats.dialFailures++;
         // 1 s, 2 s, 4 s... up to maxBackoffMs: quick while a cluster is starting, cheap after.
         const delay = Math.min(this.#init.maxBackoffMs, (b?.delay ?? 500) * 2);
         this.#backoff.set(key, { at: this.#c.clock.now() + delay, delay });

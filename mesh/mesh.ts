@@ -72,6 +72,7 @@ class MeshNode extends EventTarget {
     pexDropped: 0,
     introductionsDialed: 0,
     introductionsDropped: 0,
+    dialFailures: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {

@@ -8,8 +8,8 @@
  * {"peers":[{"id","addrs":[multiaddr strings]}]}) and closes. An answer is bounded (PEX_LIMITS:
  * bytes, peers, addresses per peer) and only plain TCP addresses are taken; the rest is dropped
  * and counted. What it names is only a hint: the dialer queues it and dials a bounded number
- * per round (mesh/dialer.ts), and nothing enters the peer store before a dial succeeds. The
- * known peers are the live members plus the connected peers.
+ * per round (mesh/dialer.ts); the answer itself puts nothing in the peer store. The known
+ * peers are the live members plus the connected peers.
  */
 import type { Connection, PeerId, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";

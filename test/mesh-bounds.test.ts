@@ -85,6 +85,7 @@ function stats(): MeshStats {
     pexDropped: 0,
     introductionsDialed: 0,
     introductionsDropped: 0,
+    dialFailures: 0,
   };
 }
 
