@@ -46,6 +46,8 @@ export class LeadEligibility {
   readonly #minMs: number;
   readonly #maxMs: number;
   #canLead = false;
+  /** What the coordinator last said of the token: unknown until it answered. */
+  #said: "unknown" | "took" | "refused" = "unknown";
   #failures = 0;
   #timer: unknown;
   #running = false;
@@ -79,23 +81,26 @@ export class LeadEligibility {
     if (outcome.ok) {
       this.#failures = 0;
       this.#cancel();
-      this.#set(true, "the coordinator took the cluster token");
+      this.#set("took", "the coordinator took the cluster token");
       return;
     }
     if (outcome.status === 401 || outcome.status === 403) {
-      this.#set(false, `the coordinator refused the cluster token (${outcome.status})`);
+      this.#set("refused", `the coordinator refused the cluster token (${outcome.status})`);
     }
     if (!this.#canLead && this.#timer === undefined) this.#retry();
   }
 
-  #set(canLead: boolean, why: string): void {
-    if (canLead === this.#canLead) return;
-    this.#canLead = canLead;
+  #set(said: "took" | "refused", why: string): void {
+    if (said === this.#said) return;
+    this.#said = said;
     this.#c.log?.(
-      canLead
+      said === "took"
         ? `Offering to lead the mesh: ${why}`
         : `Not offering to lead the mesh: ${why}; check --token (ROLLCALL_CLUSTER_TOKEN)`,
     );
+    const canLead = said === "took";
+    if (canLead === this.#canLead) return;
+    this.#canLead = canLead;
     this.#c.onChange(canLead);
   }
 

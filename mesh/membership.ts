@@ -6,9 +6,9 @@
  * same incarnation with a higher sequence) brings a suspect or dead member back; a left member
  * comes back only with a higher incarnation (a restart). A forgotten member leaves a tombstone
  * (its last incarnation and sequence, a bounded number of them), so a recorded stream of its
- * heartbeats cannot bring it back later. Settling is timed from when WE saw a member become
- * alive (its own word about its uptime is believed for at most uptimeCreditMs). Per heartbeat
- * O(1), per tick O(N).
+ * heartbeats cannot bring it back later. Settling is timed by our clock: a member's own word
+ * about its uptime is believed only as far back as we have known of it (`heardOf`), and for
+ * uptimeCreditMs at least. Per heartbeat O(1), per tick O(N).
  */
 import type { Clock } from "./clock.ts";
 import {
@@ -43,10 +43,11 @@ export interface MembershipInit {
   /** Most forgotten members whose last incarnation and sequence are remembered; default 4096. */
   maxTombstones?: number;
   /**
-   * How much of a member's self-reported uptime we believe when we first see it alive; default
-   * 1000 ms. Settling is timed from when WE saw it; the credit only covers the delay before its
-   * first heartbeats reached us, so that all nodes agree on when a member that started with
-   * them has settled. A member that lies skips at most this much of the settle period.
+   * How much of a member's self-reported uptime we believe when we see it come up, at least;
+   * default 1000 ms. Beyond that we believe it only as far back as we have known of the member
+   * (`heardOf`: our bootstrap list, peer exchange, a discovery, a connection), so that nodes
+   * that started together agree on when each has settled, while a stranger that claims a long
+   * uptime still waits out the settle period as WE measure it.
    */
   uptimeCreditMs?: number;
 }
@@ -109,6 +110,8 @@ export class Membership {
   #entries = new Map<string, Entry>();
   /** Forgotten members, oldest first (a Map keeps insertion order), at most maxTombstones. */
   #tombstones = new Map<string, Tombstone>();
+  /** When we first heard of each id (before or without seeing it), oldest first, bounded. */
+  #heard = new Map<string, number>();
   #sorted: string[] | null = null;
   #me: MemberView;
   #seq = 0;
@@ -250,7 +253,7 @@ export class Membership {
     if (hb.leaving) return this.#transition(e, "left", now);
     if (v.state === "alive") return news ? [{ id: v.id, from: "alive", to: "alive" }] : [];
     // Back: its settle period starts now, as we see it (a restart: less its credited uptime).
-    v.aliveSince = newer ? now - this.#credit(hb) : now;
+    v.aliveSince = newer ? now - this.#credit(hb, now) : now;
     return this.#transition(e, "alive", now);
   }
 
@@ -337,9 +340,23 @@ export class Membership {
     return copyView(this.#me);
   }
 
+  /**
+   * Notes that we know of `id` now (it is in our bootstrap list, a neighbour named it, it was
+   * discovered or connected): its uptime is believed as far back as this (see uptimeCreditMs).
+   * The first time counts; at most maxTombstones ids are remembered.
+   */
+  heardOf(id: string): void {
+    if (id === this.self || this.#heard.has(id)) return;
+    this.#heard.set(id, this.#clock.now());
+    if (this.#heard.size > this.settings.maxTombstones) {
+      this.#heard.delete(this.#heard.keys().next().value as string);
+    }
+  }
+
   /** How much of its uptime a member is believed when we see it come up (see uptimeCreditMs). */
-  #credit(hb: Heartbeat): number {
-    return Math.min(hb.uptimeMs, this.settings.uptimeCreditMs);
+  #credit(hb: Heartbeat, now: number): number {
+    const known = now - (this.#heard.get(hb.id) ?? now);
+    return Math.min(hb.uptimeMs, Math.max(this.settings.uptimeCreditMs, known));
   }
 
   /** Remembers a forgotten member's last heartbeat; the oldest tombstone goes when full. */
@@ -355,6 +372,7 @@ export class Membership {
   #add(hb: Heartbeat, now: number): MemberChange[] {
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
     this.#tombstones.delete(hb.id);
+    this.heardOf(hb.id);
     const view: MemberView = {
       id: hb.id,
       self: false,
@@ -365,7 +383,7 @@ export class Membership {
       status: hb.status,
       services: hb.state?.services ?? [],
       canLead: hb.canLead,
-      aliveSince: now - this.#credit(hb),
+      aliveSince: now - this.#credit(hb, now),
       lastSeen: now,
       leaderTerm: hb.leader ? hb.term : undefined,
     };

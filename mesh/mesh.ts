@@ -126,6 +126,8 @@ class MeshNode extends EventTarget {
     );
     this.#m = m;
     this.#leader = null;
+    // We know of our bootstrap peers from now: their uptime counts as far back as this.
+    for (const b of bootstrap) if (b.id !== undefined) m.heardOf(b.id);
     allowed?.add(self);
     const gater = allowed
       ? allowListGater(allowed, this.#c.connectionGater)
@@ -175,9 +177,14 @@ class MeshNode extends EventTarget {
     // mDNS finds, and new entries in the peer store (heartbeat addresses), land here.
     node.addEventListener(
       "peer:discovery",
-      this.#guard("peer:discovery", (e: CustomEvent<PeerInfo>) =>
-        dialer.introduce(e.detail.id.toString()),
-      ),
+      this.#guard("peer:discovery", (e: CustomEvent<PeerInfo>) => {
+        m.heardOf(e.detail.id.toString());
+        dialer.introduce(e.detail.id.toString());
+      }),
+    );
+    node.addEventListener(
+      "peer:connect",
+      this.#guard("peer:connect", (e: CustomEvent<PeerId>) => m.heardOf(e.detail.toString())),
     );
     await node.start();
     const live = () => m.ids((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
@@ -185,7 +192,10 @@ class MeshNode extends EventTarget {
       node,
       known: () => new Set([...live(), ...node.getPeers().map((p) => p.toString())]),
       onPeers: this.#guard("peer exchange", (peers: PexPeer[]) => {
-        for (const p of peers) dialer.introduce(p.id.toString(), p.addrs);
+        for (const p of peers) {
+          m.heardOf(p.id.toString());
+          dialer.introduce(p.id.toString(), p.addrs);
+        }
       }),
       onDropped: (n) => {
         this.#stats.pexDropped += n;

@@ -51,7 +51,7 @@ export interface MemberView {
   meta?: MemberMeta;
   /** It offers to lead (its latest heartbeat said so); the election passes over it otherwise. */
   canLead: boolean;
-  /** Clock ms when WE last saw it become alive (less a bounded credit of its uptime): for settling. */
+  /** Clock ms when it last became alive, as far back as we knew of it (membership.ts): for settling. */
   aliveSince: number;
   /** Clock ms of its last accepted heartbeat (self: the last one sent). */
   lastSeen: number;

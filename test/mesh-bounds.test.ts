@@ -198,6 +198,17 @@ describe("replayed heartbeats", () => {
     expect(elect({ self: "B", members }, null, settings)).toBeNull();
   });
 
+  it("believes the uptime of a member we knew of (a bootstrap peer) as far back as we knew of it", () => {
+    const clock = new FakeClock(100_000);
+    const m = new Membership("B", { local }, clock);
+    m.heardOf("A"); // in our bootstrap list: we have been waiting for it since now
+    clock.advance(4000); // its first heartbeat reaches us late (it booted, we redialed)
+    m.onHeartbeat(beat({ id: "A", uptimeMs: 86_400_000 }));
+    expect(m.member("A")?.aliveSince).toBe(100_000);
+    m.onHeartbeat(beat({ id: "C", uptimeMs: 3000 })); // a stranger: 1 s of its 3 s
+    expect(m.member("C")?.aliveSince).toBe(104_000 - 1000);
+  });
+
   it("takes no new member past maxMembers", () => {
     const m = new Membership("B", { local, maxMembers: 2 }, new FakeClock(0));
     m.onHeartbeat(beat({ id: "A" }));
