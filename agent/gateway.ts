@@ -217,7 +217,9 @@ export class Gateway {
     // A throw here would escape into Node's HTTP parser and end the process: answer 500.
     try {
       const route = this.#route(req);
-      if ("service" in route) void this.#admitted(req, res, route.service, route.path);
+      if ("service" in route) {
+        this.#admitted(req, res, route.service, route.path).catch(() => res.destroy());
+      }
       else json(res, route.status, route.body);
     } catch {
       if (!res.headersSent) json(res, 500, { error: "Internal error" });
@@ -372,7 +374,13 @@ export class Gateway {
       timeout: this.#init.upstreamTimeoutMs ?? 30_000,
     });
     upstream.on("response", (up) => {
-      res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
+      try {
+        res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
+      } catch {
+        // a header Node will not send on: drop the call rather than the process
+        up.destroy();
+        return void res.destroy();
+      }
       up.pipe(res);
     });
     upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
