@@ -14,6 +14,7 @@ import { FakeClock } from "../mesh/clock.ts";
 import { elect, type ElectionMember } from "../mesh/election.ts";
 import { OpenMeshError, checkExposure, loopbackOnly } from "../mesh/exposure.ts";
 import { HeartbeatInbox } from "../mesh/inbox.ts";
+import { createMesh } from "../mesh/mesh.ts";
 import { Membership } from "../mesh/membership.ts";
 import { PEX_LIMITS, parsePex } from "../mesh/pex.ts";
 import {
@@ -69,24 +70,9 @@ function patch(bytes: Uint8Array, from: number[], to: number[]): Uint8Array {
   throw new Error("pattern not found");
 }
 
+/** A fresh mesh's counters (all zero), as the mesh hands them to its inbox. */
 function stats(): MeshStats {
-  return {
-    received: 0,
-    accepted: 0,
-    stale: 0,
-    invalid: 0,
-    spoofed: 0,
-    sent: 0,
-    sendFailed: 0,
-    rejoins: 0,
-    repairs: 0,
-    refused: 0,
-    faults: 0,
-    pexDropped: 0,
-    introductionsDialed: 0,
-    introductionsDropped: 0,
-    dialFailures: 0,
-  };
+  return createMesh({ dataDir: "unused", local }).stats();
 }
 
 describe("numbers a peer sends", () => {
