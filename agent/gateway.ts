@@ -19,7 +19,13 @@ import {
   UnsafePathError,
 } from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
-import { ClientCaps, ServiceGate } from "./limits.ts";
+import {
+  type BodyHead,
+  ClientCaps,
+  ServiceGate,
+  readBodyHead,
+  refuseConnection,
+} from "./limits.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -183,13 +189,7 @@ export class Gateway {
   #admit(socket: Socket): void {
     const address = socket.remoteAddress ?? "";
     if (!this.#clients.admit(address)) {
-      const body = JSON.stringify({
-        error: "Too many connections",
-        message: "This client holds too many connections to the gateway; close some and retry",
-      });
-      socket.end(
-        `HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
+      refuseConnection(socket);
       return;
     }
     socket.once("close", () => this.#clients.release(address));
@@ -219,8 +219,7 @@ export class Gateway {
       const route = this.#route(req);
       if ("service" in route) {
         this.#admitted(req, res, route.service, route.path).catch(() => res.destroy());
-      }
-      else json(res, route.status, route.body);
+      } else json(res, route.status, route.body);
     } catch {
       if (!res.headersSent) json(res, 500, { error: "Internal error" });
       else res.destroy();
@@ -240,7 +239,10 @@ export class Gateway {
   ): Promise<void> {
     const gone = new AbortController();
     res.once("close", () => gone.abort());
-    const head = await this.#readHead(req);
+    const head = await readBodyHead(req, {
+      maxBytes: this.#limits.bufferBodyBytes,
+      idleMs: this.#limits.bodyIdleTimeoutMs,
+    });
     if (gone.signal.aborted) return void res.destroy();
     if (head === "idle") {
       res.setHeader("connection", "close");
@@ -270,46 +272,6 @@ export class Gateway {
       if (!res.headersSent) json(res, 500, { error: "Internal error" });
       else res.destroy();
     }
-  }
-
-  /**
-   * Reads the start of a request body: all of it when it fits bufferBodyBytes (`ended`), else
-   * the first chunks, leaving the rest paused in `req`. "idle" when the body paused too long.
-   */
-  #readHead(req: http.IncomingMessage): Promise<{ chunks: Buffer[]; ended: boolean } | "idle"> {
-    const max = this.#limits.bufferBodyBytes;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    return new Promise((resolve) => {
-      if (req.readableEnded) return resolve({ chunks, ended: true });
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const arm = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => finish("idle"), this.#limits.bodyIdleTimeoutMs);
-      };
-      const finish = (out: { chunks: Buffer[]; ended: boolean } | "idle") => {
-        clearTimeout(timer);
-        req.off("data", onData);
-        req.off("end", onEnd);
-        req.off("error", onError);
-        req.off("close", onError);
-        if (out !== "idle" && !out.ended) req.pause();
-        resolve(out);
-      };
-      const onData = (c: Buffer) => {
-        chunks.push(c);
-        size += c.length;
-        if (size > max) finish({ chunks, ended: false });
-        else arm();
-      };
-      const onEnd = () => finish({ chunks, ended: true });
-      const onError = () => finish("idle");
-      req.on("data", onData);
-      req.once("end", onEnd);
-      req.once("error", onError);
-      req.once("close", onError);
-      arm();
-    });
   }
 
   /** Decides what a request gets: a JSON answer, or the local service to proxy to. */
@@ -354,7 +316,7 @@ export class Gateway {
     res: http.ServerResponse,
     svc: DetectedService,
     path: string,
-    head: { chunks: Buffer[]; ended: boolean },
+    head: BodyHead,
   ): void {
     const headers = stripHopByHop(req.headers);
     const client = req.socket.remoteAddress ?? "";

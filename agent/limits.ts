@@ -1,8 +1,11 @@
 /**
- * The gateway's limits, apart from HTTP: how many requests one service may have in flight
- * (the rest wait in a bounded queue, each for a bounded time), and how many connections one
- * client address may hold. Timers come from an injected clock.
+ * The gateway's limits: how many requests one service may have in flight (the rest wait in a
+ * bounded queue, each for a bounded time), how many connections one client address may hold
+ * (the rest get a 429), and the bounded read of a request body's start. ServiceGate takes its
+ * timers from an injected clock.
  */
+import type { IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 
 /** Gives a slot back; calling it again does nothing. */
@@ -133,4 +136,65 @@ export class ClientCaps {
     if (n <= 0) this.#open.delete(address);
     else this.#open.set(address, n);
   }
+}
+
+/** Answers a connection over its client's cap with a 429 and closes it (before any parsing). */
+export function refuseConnection(socket: Socket): void {
+  const body = JSON.stringify({
+    error: "Too many connections",
+    message: "This client holds too many connections to the gateway; close some and retry",
+  });
+  socket.end(
+    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n" +
+      `connection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+/** The start of a request body: all of it (`ended`), or the first chunks with the rest paused. */
+export interface BodyHead {
+  chunks: Buffer[];
+  ended: boolean;
+}
+
+/**
+ * Reads a request body up to `maxBytes`: all of it when it fits, else the first chunks,
+ * leaving the rest paused in `req`. "idle" when the body paused for more than `idleMs` (or
+ * the client went away).
+ */
+export function readBodyHead(
+  req: IncomingMessage,
+  limits: { maxBytes: number; idleMs: number },
+): Promise<BodyHead | "idle"> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  return new Promise((resolve) => {
+    if (req.readableEnded) return resolve({ chunks, ended: true });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => finish("idle"), limits.idleMs);
+    };
+    const finish = (out: BodyHead | "idle") => {
+      clearTimeout(timer);
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onGone);
+      req.off("close", onGone);
+      if (out !== "idle" && !out.ended) req.pause();
+      resolve(out);
+    };
+    const onData = (c: Buffer) => {
+      chunks.push(c);
+      size += c.length;
+      if (size > limits.maxBytes) finish({ chunks, ended: false });
+      else arm();
+    };
+    const onEnd = () => finish({ chunks, ended: true });
+    const onGone = () => finish("idle");
+    req.on("data", onData);
+    req.once("end", onEnd);
+    req.once("error", onGone);
+    req.once("close", onGone);
+    arm();
+  });
 }
