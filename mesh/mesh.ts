@@ -26,7 +26,7 @@ import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership
 import { type MeshLibp2p, createNode } from "./node.ts";
 import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
-import { MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
+import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
@@ -345,8 +345,9 @@ class MeshNode extends EventTarget {
     const addrs = withState
       ? node
           .getMultiaddrs()
-          .slice(0, 8)
           .map((a) => a.decapsulateCode(421).bytes)
+          .filter((b) => b.length <= LIMITS.addrBytes)
+          .slice(0, LIMITS.addrs)
       : undefined;
     const peers = node.services.pubsub.getSubscribers(this.#topic).length;
     const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs, peers }));
