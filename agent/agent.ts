@@ -42,6 +42,8 @@ export class Agent {
   #direct: DirectReporter | undefined;
   #id = "";
   #reportedOnce = false;
+  /** Throws caught in the agent's own event handlers (the mesh counts its own). */
+  #faults = 0;
   #answered = false;
   #gatewayPort = 0;
 
@@ -130,6 +132,7 @@ export class Agent {
       leader: leader?.id ?? null,
       is_leader: leader?.id === this.#id && this.#id !== "",
       can_lead: this.#eligibility?.canLead ?? false,
+      faults: this.#faults + (this.#mesh?.stats().faults ?? 0),
       services: this.#detector.services().map((s) => ({ name: s.name, status: s.status })),
     };
   }
@@ -163,6 +166,7 @@ export class Agent {
       try {
         fn(...args);
       } catch (err) {
+        this.#faults++;
         this.#log(`Fault in ${what}: ${err instanceof Error ? err.message : String(err)}`);
       }
     };

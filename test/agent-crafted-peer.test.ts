@@ -183,7 +183,10 @@ describe("real agents against a misconfigured member and a crafted peer", () => 
     // the refused member stays fresh), which it could not with a term above the limit.
     for (const a of [refused, next]) {
       expect(alive(a)).toBe(true);
-      expect(await getJson(`${a.gateway}/_agent/health`)).toMatchObject({ status: "healthy" });
+      expect(await getJson(`${a.gateway}/_agent/health`)).toMatchObject({
+        status: "healthy",
+        faults: 0,
+      });
     }
     const seen = async () =>
       (await view(refused))?.all_members.find((x) => x.worker_id === next.id)?.state;
