@@ -5660,6 +5660,13 @@ export function createCoordinator(
     return c.json(await clusterHeartbeat(reg, body.data));
   });
 
+  // An agent checks its cluster token here before it offers to lead its mesh (no write).
+  app.get("/api/cluster/auth", async (c) => {
+    const denied = await authorize(c, settings, "cluster");
+    if (denied) return denied;
+    return c.json({ status: "ok" });
+  });
+
   const admin = new Hono();
   admin.use("*", async (c, next) => {
     const denied = await authorize(c, settings, "admin");

@@ -1,15 +1,25 @@
 /**
  * The worker agent: wires detection -> gateway -> mesh (or direct mode) -> reporter.
- * In mesh mode every agent gossips; only the elected leader reports the aggregate.
+ * In mesh mode every agent gossips; only the elected leader reports the aggregate, and only an
+ * agent whose token the coordinator took offers to lead (agent/eligibility.ts). Every event
+ * handler here is guarded: a throw is logged, never fatal to the agent.
  */
 import { freemem, loadavg } from "node:os";
 import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
-import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
+import {
+  createMesh,
+  loadIdentity,
+  type MemberView,
+  type Mesh,
+  type ServiceSummary,
+  type ViewSnapshot,
+} from "../mesh/index.ts";
 import { aggregate, liveMembers, reportBody } from "./aggregate.ts";
 import { authFailureHint, CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
+import { LeadEligibility } from "./eligibility.ts";
 import { Gateway } from "./gateway.ts";
 import { createLogger, type Logger, lineLogger } from "./log.ts";
 import { LeaderReporter } from "./reporter.ts";
@@ -39,9 +49,12 @@ export class Agent {
   readonly #client: CoordinatorClient | undefined;
   #mesh: Mesh | undefined;
   #reporter: LeaderReporter<ClusterMemberReport> | undefined;
+  #eligibility: LeadEligibility | undefined;
   #direct: DirectReporter | undefined;
   #id = "";
   #reportedOnce = false;
+  /** Throws caught in the agent's own event handlers (the mesh counts its own). */
+  #faults = 0;
   #answered = false;
   #gatewayPort = 0;
 
@@ -65,7 +78,12 @@ export class Agent {
       { fetch: components.fetch },
     );
     this.#gateway = new Gateway(
-      { host: config.listen.host, port: config.listen.port, agentToken: config.agentToken },
+      {
+        host: config.listen.host,
+        port: config.listen.port,
+        agentToken: config.agentToken,
+        maxConnectionsPerClient: config.gatewayPerClient,
+      },
       {
         service: (name) => this.#detector.get(name),
         services: () => this.#detector.services(),
@@ -107,7 +125,10 @@ export class Agent {
     }
     const found = this.#detector.services();
     this.#log(`Found ${found.length} active service(s)`);
-    this.#detector.addEventListener("change", () => this.#onServicesChanged());
+    this.#detector.addEventListener(
+      "change",
+      this.#guard("services changed", () => this.#onServicesChanged()),
+    );
     this.#gatewayPort = await this.#gateway.start();
     this.#log(
       `Gateway on http://${c.listen.host}:${this.#gatewayPort}, reachable at ${c.publicUrl}`,
@@ -119,6 +140,7 @@ export class Agent {
   /** Leaves the mesh (or unregisters), closes the gateway, stops probing. */
   async stop(): Promise<void> {
     this.#detector.stop();
+    this.#eligibility?.stop();
     this.#reporter?.stop();
     await this.#direct?.stop().catch(() => {});
     await this.#mesh?.stop();
@@ -135,6 +157,8 @@ export class Agent {
       mode: this.#config.mode,
       leader: leader?.id ?? null,
       is_leader: leader?.id === this.#id && this.#id !== "",
+      can_lead: this.#eligibility?.canLead ?? false,
+      faults: this.#faults + (this.#mesh?.stats().faults ?? 0),
       services: this.#detector.services().map((s) => ({ name: s.name, status: s.status })),
     };
   }
@@ -155,11 +179,24 @@ export class Agent {
         state: m.state,
         flapping: m.flapping,
         incarnation: m.incarnation,
+        can_lead: m.canLead,
         url: m.url,
         last_seen: m.lastSeen,
       })),
       services: this.#detector.services(),
       reporter: this.#reporter?.stats ?? this.#direct?.stats ?? null,
+    };
+  }
+
+  /** Wraps an event handler: a throw in it is logged, never fatal (it would crash the process). */
+  #guard<A extends unknown[]>(what: string, fn: (...args: A) => void): (...args: A) => void {
+    return (...args) => {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.#faults++;
+        this.#log(`Fault in ${what}: ${err instanceof Error ? err.message : String(err)}`);
+      }
     };
   }
 
@@ -229,11 +266,15 @@ export class Agent {
         bootstrap: c.bootstrap,
         mdns: c.mdns,
         psk: c.psk,
+        insecureOpenMesh: c.insecureOpenMesh,
+        allowPeers: c.allowPeers,
         local: {
           url: c.publicUrl,
           status: "online",
           services: this.#summaries(),
           meta: { tier: c.tier, capabilities: c.capabilities, name: c.name },
+          // Offered once the coordinator took our token (see #startEligibility).
+          canLead: false,
         },
       },
       { logger: (line) => this.#logger.info(`mesh: ${line}`) },
@@ -242,6 +283,20 @@ export class Agent {
     if (this.#client) {
       const client = this.#client;
       let refused = false;
+      const eligibility = new LeadEligibility(
+        {},
+        {
+          check: async () => {
+            const r = await client.checkToken();
+            return r.ok
+              ? { ok: true, status: r.status }
+              : { ok: false, status: r.status, error: r.error };
+          },
+          onChange: (canLead) => mesh.setLocalState({ canLead }),
+          log: (line) => this.#log(line),
+        },
+      );
+      this.#eligibility = eligibility;
       this.#reporter = new LeaderReporter<ClusterMemberReport>(
         { debounceMs: c.debounceMs },
         {
@@ -254,6 +309,10 @@ export class Agent {
                 sequence: r.sequence,
                 aggregate: r,
               }),
+            );
+            // A report is an authenticated call too: a refused token withdraws the offer.
+            eligibility.observe(
+              result.ok ? { ok: true, status: 200 } : { ok: false, status: result.status ?? 0 },
             );
             if (result.ok) {
               refused = false;
@@ -280,15 +339,31 @@ export class Agent {
         },
       );
     }
-    mesh.addEventListener("leader", (e) => this.#onLeader(e.detail));
-    mesh.addEventListener("view", (e) => this.#reporter?.update(aggregate(e.detail)));
+    mesh.addEventListener(
+      "leader",
+      this.#guard("the leader handler", (e: CustomEvent<{ id: string; term: number } | null>) =>
+        this.#onLeader(e.detail),
+      ),
+    );
+    mesh.addEventListener(
+      "view",
+      this.#guard("the view handler", (e: CustomEvent<ViewSnapshot>) =>
+        this.#reporter?.update(aggregate(e.detail)),
+      ),
+    );
     const named = (m: { id: string; meta?: { name?: string } }) =>
       m.meta?.name ? `${m.id} (${m.meta.name})` : m.id;
-    mesh.addEventListener("member-up", (e) =>
-      this.#log(`Member up: ${named(e.detail)} at ${e.detail.url}`),
+    mesh.addEventListener(
+      "member-up",
+      this.#guard("the member-up handler", (e: CustomEvent<MemberView>) =>
+        this.#log(`Member up: ${named(e.detail)} at ${e.detail.url}`),
+      ),
     );
-    mesh.addEventListener("member-down", (e) =>
-      this.#logger.warn(`Member down: ${named(e.detail)} (${e.detail.state})`),
+    mesh.addEventListener(
+      "member-down",
+      this.#guard("the member-down handler", (e: CustomEvent<MemberView>) =>
+        this.#logger.warn(`Member down: ${named(e.detail)} (${e.detail.state})`),
+      ),
     );
     await mesh.start();
     this.#id = mesh.id;
@@ -296,7 +371,15 @@ export class Agent {
       `Joined cluster "${c.cluster}" as ${this.#id} (name ${c.name}, tier ${c.tier}, mesh mode)`,
     );
     this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
-    if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");
+    if (!c.psk) {
+      this.#log(
+        c.insecureOpenMesh
+          ? "WARNING: open mesh (--insecure-open-mesh): anyone who reaches its port may join"
+          : "Mesh without a pre-shared key: loopback only (set --psk to let other machines join)",
+      );
+    }
+    if (this.#eligibility) this.#eligibility.start();
+    else this.#log("No coordinator configured: this agent gossips but never reports or leads");
   }
 
   #onLeader(leader: { id: string; term: number } | null): void {

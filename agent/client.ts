@@ -55,11 +55,16 @@ export class CoordinatorClient {
       ? { ok: true, answer: r.data }
       : {
           ok: false,
-          status: r.status,
           retryable: r.retryable,
           retryAfterMs: r.retryAfterMs,
           error: r.error,
+          status: r.status,
         };
+  }
+
+  /** GET /api/cluster/auth: whether the coordinator takes our token (no write). */
+  checkToken(): Promise<CallResult<{ status: string }>> {
+    return this.call("GET", "/api/cluster/auth");
   }
 
   /** POST /api/worker/register (direct mode). */

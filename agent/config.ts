@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
+import { peerIdFromString } from "@libp2p/peer-id";
 import { z } from "zod";
 import {
   type Capabilities,
@@ -14,6 +15,7 @@ import {
   tierOf,
   WorkerNameSchema,
 } from "../coordinator.ts";
+import { checkExposure, loopbackOnly, OpenMeshError } from "../mesh/exposure.ts";
 import { LOG_FORMATS, type LogFormat } from "./log.ts";
 
 /** A setting that could not be used; `setting` names it as the user wrote it. */
@@ -43,6 +45,12 @@ export interface AgentConfig {
   bootstrap: string[];
   mdns: boolean;
   psk: string | undefined;
+  /** Let the mesh listen beyond loopback without a PSK (--insecure-open-mesh). */
+  insecureOpenMesh: boolean;
+  /** Only these PeerIds may join the mesh (--allow-peers); undefined: whoever has the PSK. */
+  allowPeers: string[] | undefined;
+  /** Connections one client address may hold open on the gateway (0: no cap). */
+  gatewayPerClient: number;
   services: string | undefined;
   mode: "mesh" | "direct";
   probeIntervalMs: number;
@@ -67,7 +75,7 @@ const SETTINGS = [
   [
     "mesh-listen",
     "ROLLCALL_MESH_LISTEN",
-    "mesh multiaddrs, comma-separated (default /ip4/0.0.0.0/tcp/7400)",
+    "mesh multiaddrs, comma-separated (default /ip4/0.0.0.0/tcp/7400 with --psk, else 127.0.0.1)",
   ],
   ["bootstrap", "ROLLCALL_BOOTSTRAP", "bootstrap peer multiaddrs with /p2p/<id>, comma-separated"],
   ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false)"],
@@ -80,7 +88,22 @@ const SETTINGS = [
   ["tier", "ROLLCALL_TIER", "1 GPU, 2 CPU, 3 storage (default: from capabilities)"],
   ["capabilities", "ROLLCALL_CAPABILITIES", "JSON object, as in direct-mode register"],
   ["log-format", "ROLLCALL_LOG_FORMAT", "text (default) or json: one JSON object per line"],
+  // Who may reach this agent (docs/SECURITY.md).
+  [
+    "insecure-open-mesh",
+    "ROLLCALL_INSECURE_OPEN_MESH",
+    "let the mesh listen beyond loopback without --psk: anyone who reaches it may join",
+  ],
+  ["allow-peers", "ROLLCALL_ALLOW_PEERS", "only these PeerIds may join the mesh, comma-separated"],
+  [
+    "gateway-per-client",
+    "ROLLCALL_GATEWAY_PER_CLIENT",
+    "connections one client address may hold on the gateway (default 256, 0: no cap)",
+  ],
 ] as const;
+
+/** The settings that are flags without a value. */
+const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["mdns", "insecure-open-mesh"]);
 
 type Key = (typeof SETTINGS)[number][0];
 
@@ -144,7 +167,9 @@ export function nearestSetting(key: string): string | undefined {
 /** Raw strings per setting, merged from the three sources, with where each came from. */
 function collect(argv: string[], env: Record<string, string | undefined>) {
   const options = Object.fromEntries([
-    ...SETTINGS.map(([flag]) => [flag, { type: flag === "mdns" ? "boolean" : "string" }] as const),
+    ...SETTINGS.map(
+      ([flag]) => [flag, { type: BOOLEAN_FLAGS.has(flag) ? "boolean" : "string" }] as const,
+    ),
     ["config", { type: "string" }],
     ["help", { type: "boolean" }],
     ["version", { type: "boolean" }],
@@ -320,6 +345,43 @@ export function loadConfig(
         "file is not in the swarm.key format (/key/swarm/psk/1.0.0/)",
       );
   }
+  const insecureOpenMesh = check("insecure-open-mesh", bool, false);
+  // Without a pre-shared key the mesh stays on loopback unless told otherwise: anyone who
+  // reaches its port could join, advertise services and claim leadership.
+  const meshListen = multiaddrs(
+    "mesh-listen",
+    psk !== undefined || insecureOpenMesh ? ["/ip4/0.0.0.0/tcp/7400"] : ["/ip4/127.0.0.1/tcp/7400"],
+  );
+  const mode = check(
+    "mode",
+    z.enum(["mesh", "direct"], { message: "must be mesh or direct" }),
+    "mesh",
+  );
+  if (mode === "mesh") {
+    try {
+      checkExposure({ listen: meshListen, psk, insecureOpenMesh });
+    } catch (err) {
+      if (!(err instanceof OpenMeshError)) throw err;
+      const open = meshListen.find((a) => !loopbackOnly(a));
+      throw new ConfigError(
+        raw.get("mesh-listen")?.from ?? "--mesh-listen",
+        `${JSON.stringify(open)} listens beyond loopback without a pre-shared key: set --psk ` +
+          "(ROLLCALL_PSK), listen on 127.0.0.1 only, or pass --insecure-open-mesh " +
+          "(ROLLCALL_INSECURE_OPEN_MESH=true) to let anyone who reaches it join",
+      );
+    }
+  }
+  const allowPeers = raw.has("allow-peers") ? list(get("allow-peers")) : undefined;
+  for (const id of allowPeers ?? []) {
+    try {
+      peerIdFromString(id);
+    } catch {
+      throw new ConfigError(
+        raw.get("allow-peers")?.from ?? "--allow-peers",
+        `${JSON.stringify(id)} is not a PeerId (the agent prints its own at start: "Joined cluster ... as 12D3KooW...")`,
+      );
+    }
+  }
   const config: AgentConfig = {
     name: check("name", WorkerNameSchema, defaultName()),
     logFormat: check(
@@ -336,12 +398,19 @@ export function loadConfig(
     dataDir: get("data-dir") ?? ".data/agent",
     listen: { host, port },
     publicUrl,
-    meshListen: multiaddrs("mesh-listen", ["/ip4/0.0.0.0/tcp/7400"]),
+    meshListen,
     bootstrap,
     mdns: check("mdns", bool, false),
     psk,
+    insecureOpenMesh,
+    allowPeers,
+    gatewayPerClient: check(
+      "gateway-per-client",
+      z.coerce.number().int().min(0).max(1_000_000),
+      256,
+    ),
     services: get("services"),
-    mode: check("mode", z.enum(["mesh", "direct"], { message: "must be mesh or direct" }), "mesh"),
+    mode,
     probeIntervalMs: check("probe-interval", seconds(0.1, 3600), 10) * 1000,
     probeTimeoutMs: check("probe-timeout", seconds(0.05, 60), 2) * 1000,
     debounceMs: check("debounce", seconds(0, 600), 2) * 1000,

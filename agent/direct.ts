@@ -113,7 +113,11 @@ export class DirectReporter {
     if (this.#timer !== undefined) this.#c.clock.clearTimeout(this.#timer);
     this.#timer = this.#c.clock.setTimeout(() => {
       this.#timer = undefined;
-      void this.#tick();
+      // A throw of ours must not escape the timer: log it and try again later.
+      this.#tick().catch((err) => {
+        this.#c.log?.(`direct reporting fault: ${(err as Error).message}`);
+        this.#schedule(MAX_BACKOFF_MS);
+      });
     }, ms);
   }
 

@@ -2,10 +2,16 @@
  * The gateway: one HTTP port that fronts the local services at /service/<name>/...
  * (bodies streamed both ways, hop-by-hop headers stripped), plus /_agent/health
  * and the token-protected live view at /_agent/cluster.
+ *
+ * Limits (GatewayInit, defaults in GATEWAY_LIMITS), so that slow or greedy clients cannot
+ * make a service unusable for others: connections in all and per client address, time to
+ * send the headers and the whole request, a small body read in full before the request
+ * takes one of its service's slots (a slow body holds a connection, not a service), and per
+ * service a cap on requests in flight with a bounded queue whose wait ends in a 503.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import {
   assertSafeRest,
   COORDINATOR_VERSION,
@@ -14,6 +20,13 @@ import {
   UnsafePathError,
 } from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
+import {
+  type BodyHead,
+  ClientCaps,
+  ServiceGate,
+  readBodyHead,
+  refuseConnection,
+} from "./limits.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -70,6 +83,19 @@ export function bearerMatches(header: string | undefined, expected: string): boo
   return timingSafeEqual(a, b);
 }
 
+/** Default limits of a gateway (see GatewayInit). */
+export const GATEWAY_LIMITS = {
+  maxConnections: 1024,
+  maxConnectionsPerClient: 256,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 120_000,
+  bodyIdleTimeoutMs: 30_000,
+  bufferBodyBytes: 64 * 1024,
+  maxInflightPerService: 256,
+  maxQueuePerService: 256,
+  queueTimeoutMs: 10_000,
+} as const;
+
 /** Settings of a gateway. */
 export interface GatewayInit {
   host: string;
@@ -78,6 +104,27 @@ export interface GatewayInit {
   agentToken?: string | undefined;
   /** Milliseconds an upstream may take to answer (default 30 s). */
   upstreamTimeoutMs?: number;
+  /** Connections open at once at most; more are dropped (default 1024). */
+  maxConnections?: number;
+  /**
+   * Connections one client address may hold (default 256; 0: no cap). Behind a tunnel or the
+   * coordinator every request comes from one address: the cap must fit that traffic.
+   */
+  maxConnectionsPerClient?: number;
+  /** Time a client has to send its request headers (default 10 s; then 408). */
+  headersTimeoutMs?: number;
+  /** Time a client has to send its whole request, body included (default 120 s; then 408). */
+  requestTimeoutMs?: number;
+  /** Longest pause within a request body (default 30 s; then the request is dropped). */
+  bodyIdleTimeoutMs?: number;
+  /** Bodies up to this size are read in full before the request takes a service slot (64 KiB). */
+  bufferBodyBytes?: number;
+  /** Requests in flight per service at most (default 256); more wait in its queue. */
+  maxInflightPerService?: number;
+  /** Requests waiting per service at most (default 256); more get 503 at once. */
+  maxQueuePerService?: number;
+  /** Longest wait in a service's queue (default 10 s; then 503 with Retry-After). */
+  queueTimeoutMs?: number;
 }
 
 /** What the gateway asks the rest of the agent. */
@@ -130,15 +177,53 @@ const json = (res: http.ServerResponse, status: number, body: unknown) => {
 /** The agent's HTTP gateway. */
 export class Gateway {
   readonly #init: GatewayInit;
+  readonly #limits: Required<
+    Omit<GatewayInit, "host" | "port" | "agentToken" | "upstreamTimeoutMs">
+  >;
   readonly #c: GatewayComponents;
   readonly #server: http.Server;
-  readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  readonly #agent: http.Agent;
+  readonly #gate: ServiceGate;
+  readonly #clients: ClientCaps;
 
   constructor(init: GatewayInit, components: GatewayComponents) {
     this.#init = init;
     this.#c = components;
-    this.#server = http.createServer((req, res) => this.#handle(req, res));
+    const l = { ...GATEWAY_LIMITS };
+    for (const k of Object.keys(l) as Array<keyof typeof l>) {
+      const v = init[k];
+      if (v !== undefined) (l as Record<string, number>)[k] = v;
+    }
+    this.#limits = l;
+    this.#agent = new http.Agent({ keepAlive: true, maxSockets: l.maxInflightPerService });
+    this.#gate = new ServiceGate({
+      maxInflight: l.maxInflightPerService,
+      maxQueue: l.maxQueuePerService,
+      queueTimeoutMs: l.queueTimeoutMs,
+    });
+    this.#clients = new ClientCaps(l.maxConnectionsPerClient);
+    this.#server = http.createServer(
+      {
+        headersTimeout: l.headersTimeoutMs,
+        requestTimeout: Math.max(l.requestTimeoutMs, l.headersTimeoutMs),
+        // How often Node checks those two timeouts (its default, 30 s, would let them slip).
+        connectionsCheckingInterval: Math.max(50, Math.min(1000, l.headersTimeoutMs / 2)),
+      },
+      (req, res) => this.#handle(req, res),
+    );
     this.#server.keepAliveTimeout = 65_000;
+    this.#server.maxConnections = l.maxConnections;
+    this.#server.on("connection", (socket) => this.#admit(socket));
+  }
+
+  /** Counts a new connection against its client's cap; over the cap it gets a 429 and is closed. */
+  #admit(socket: Socket): void {
+    const address = socket.remoteAddress ?? "";
+    if (!this.#clients.admit(address)) {
+      refuseConnection(socket);
+      return;
+    }
+    socket.once("close", () => this.#clients.release(address));
   }
 
   /** Listens; resolves with the bound port. */
@@ -160,9 +245,64 @@ export class Gateway {
   }
 
   #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const route = this.#route(req);
-    if ("service" in route) this.#proxy(req, res, route.service, route.path);
-    else json(res, route.status, route.body);
+    // A throw here would escape into Node's HTTP parser and end the process: answer 500.
+    try {
+      const route = this.#route(req);
+      if ("service" in route) {
+        this.#admitted(req, res, route.service, route.path).catch(() => res.destroy());
+      } else json(res, route.status, route.body);
+    } catch {
+      if (!res.headersSent) json(res, 500, { error: "Internal error" });
+      else res.destroy();
+    }
+  }
+
+  /**
+   * Reads a small body in full (a slow client then holds its connection, not a service slot),
+   * waits for a slot of the service (503 when its queue is full or the wait times out), then
+   * proxies with whatever was read put back in front of the rest of the body.
+   */
+  async #admitted(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    svc: DetectedService,
+    path: string,
+  ): Promise<void> {
+    const gone = new AbortController();
+    res.once("close", () => gone.abort());
+    const head = await readBodyHead(req, {
+      maxBytes: this.#limits.bufferBodyBytes,
+      idleMs: this.#limits.bodyIdleTimeoutMs,
+    });
+    if (gone.signal.aborted) return void res.destroy();
+    if (head === "idle") {
+      res.setHeader("connection", "close");
+      return json(res, 408, {
+        error: "Request timeout",
+        message: `The request body paused for more than ${this.#limits.bodyIdleTimeoutMs} ms`,
+      });
+    }
+    const slot = await this.#gate.acquire(svc.name, gone.signal);
+    if (typeof slot === "string") {
+      if (slot === "gone") return void res.destroy();
+      res.setHeader("retry-after", "1");
+      return json(res, 503, {
+        error: "Service busy",
+        message:
+          slot === "full"
+            ? `Too many requests are waiting for '${svc.name}' on this worker`
+            : `No slot for '${svc.name}' on this worker within ${this.#limits.queueTimeoutMs} ms`,
+        service: svc.name,
+      });
+    }
+    res.once("close", slot);
+    try {
+      this.#proxy(req, res, svc, path, head);
+    } catch {
+      slot();
+      if (!res.headersSent) json(res, 500, { error: "Internal error" });
+      else res.destroy();
+    }
   }
 
   /** Decides what a request gets: a JSON answer, or the local service to proxy to. */
@@ -229,6 +369,7 @@ export class Gateway {
     res: http.ServerResponse,
     svc: DetectedService,
     path: string,
+    head: BodyHead,
   ): void {
     const headers = stripHopByHop(req.headers);
     const client = req.socket.remoteAddress ?? "";
@@ -249,7 +390,13 @@ export class Gateway {
     });
     let answered = false;
     upstream.on("response", (up) => {
-      res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
+      try {
+        res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
+      } catch {
+        // a header Node will not send on: drop the call rather than the process
+        up.destroy();
+        return void res.destroy();
+      }
       up.pipe(res);
       // The service answered before it read the whole body: the rest is no longer its, but the
       // client's connection needs it read, or its next request there fails.
@@ -281,6 +428,19 @@ export class Gateway {
     res.on("close", () => {
       if (!res.writableFinished) upstream.destroy();
     });
+    for (const c of head.chunks) upstream.write(c);
+    if (head.ended) {
+      upstream.end();
+      return;
+    }
+    // The rest of a large body streams through; a long pause in it drops the request.
+    const idle = () => req.destroy(new Error("request body paused too long"));
+    let timer = setTimeout(idle, this.#limits.bodyIdleTimeoutMs);
+    req.on("data", () => {
+      clearTimeout(timer);
+      timer = setTimeout(idle, this.#limits.bodyIdleTimeoutMs);
+    });
+    req.once("close", () => clearTimeout(timer));
     req.pipe(upstream);
   }
 }

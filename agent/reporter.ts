@@ -149,7 +149,12 @@ export class LeaderReporter<M = unknown> {
       () => {
         this.#timer = undefined;
         this.#timerAt = Number.POSITIVE_INFINITY;
-        void this.#fire();
+        // A throw of ours (a callback) must not escape the timer: log it, retry later.
+        this.#fire().catch((err) => {
+          this.#inflight = false;
+          this.#c.log?.(`report fault: ${(err as Error).message}`);
+          this.#arm(this.#c.clock.now() + this.#maxBackoffMs);
+        });
       },
       Math.max(0, at - this.#c.clock.now()),
     );

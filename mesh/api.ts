@@ -21,6 +21,16 @@ export interface MeshInit {
   mdns?: boolean;
   /** pnet pre-shared key in the swarm.key text format: strangers without it cannot connect. */
   psk?: string | Uint8Array;
+  /**
+   * Listen beyond loopback without a pre-shared key anyway (anyone who reaches the port can
+   * join); without it start() refuses such a listen address with OpenMeshError. Default false.
+   */
+  insecureOpenMesh?: boolean;
+  /**
+   * Only these PeerIds may connect, be dialed or have their heartbeats taken (our own is always
+   * allowed); default everyone who has the pre-shared key.
+   */
+  allowPeers?: string[];
   local: LocalState;
   /** Default 1000 ms. */
   heartbeatIntervalMs?: number;
@@ -64,6 +74,18 @@ export interface MeshStats {
   rejoins: number;
   /** Connections reset because a connected member had no gossip stream or fell silent. */
   repairs: number;
+  /** Heartbeats of peers not on the allow-list, or of new members past `maxMembers`. */
+  refused: number;
+  /** Errors of our own (a timer, an event handler, the receive path) logged instead of thrown. */
+  faults: number;
+  /** Peers and addresses of peer-exchange answers dropped (over the limits, or not plain TCP). */
+  pexDropped: number;
+  /** Introduced peers (peer exchange, mDNS) dialed; at most a bounded number per round. */
+  introductionsDialed: number;
+  /** Introduced peers dropped because the dialer's queue was full. */
+  introductionsDropped: number;
+  /** Dials that failed (each is retried with backoff if the peer is a member). */
+  dialFailures: number;
 }
 
 /** Event name -> detail type. */

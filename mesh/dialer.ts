@@ -9,7 +9,10 @@
  *   setup failed, e.g. under load), or connected but silent, is hung up on (at most every 10 s),
  *   so that a fresh connection sets up;
  * - probe: when a connection closes we try a bare TCP connect to the peer at once (no libp2p
- *   connection, so no duplicate): refused or timed out means it is gone, in milliseconds.
+ *   connection, so no duplicate): refused or timed out means it is gone, in milliseconds;
+ * - introductions (peer exchange, mDNS) of peers that are not members yet wait in a bounded
+ *   queue and are dialed at most `introductionsPerRound` per round, so a neighbour's flood of
+ *   made-up peers cannot make us dial more than that.
  */
 import { connect } from "node:net";
 import type { PeerId } from "@libp2p/interface";
@@ -58,6 +61,10 @@ export interface DialerInit {
   probeTimeoutMs?: number;
   /** How long a connected member may go without a gossipsub stream before a reset; default 5000 ms. */
   repairAfterMs?: number;
+  /** Introduced peers dialed per round at most; default 16. */
+  introductionsPerRound?: number;
+  /** Introduced peers waiting for a dial at most (more are dropped and counted); default 64. */
+  maxIntroductions?: number;
 }
 
 /** Collaborators of the dialer. */
@@ -75,6 +82,10 @@ export interface DialerComponents {
   silent: () => Iterable<string>;
   /** Called when a peer whose connection closed could not be reached again. */
   onUnreachable: (id: string) => void;
+  /** Whether `id` may be dialed at all (the allow-list); default every peer. */
+  allowed?: (id: string) => boolean;
+  /** Where a fault of our own (a throw in a timer) is reported instead of thrown. */
+  fault?: (what: string, err: unknown) => void;
 }
 
 /** Dials and re-dials the peers the mesh should be connected to. */
@@ -91,6 +102,10 @@ export class Dialer {
   #mute = new Map<string, number>();
   /** When each peer's connection was last reset by the repair. */
   #resetAt = new Map<string, number>();
+  /** Introduced peers waiting for a dial (with the addresses we were told), oldest first. */
+  #introduced = new Map<string, Multiaddr[] | undefined>();
+  /** Introductions we may still dial this round. */
+  #budget = 0;
 
   constructor(init: DialerInit, components: DialerComponents) {
     this.#init = {
@@ -99,8 +114,15 @@ export class Dialer {
       maxBackoffMs: init.maxBackoffMs ?? 10_000,
       probeTimeoutMs: init.probeTimeoutMs ?? 1000,
       repairAfterMs: init.repairAfterMs ?? 5000,
+      introductionsPerRound: init.introductionsPerRound ?? 16,
+      maxIntroductions: init.maxIntroductions ?? 64,
     };
     this.#c = components;
+  }
+
+  /** Introduced peers waiting for their dial. */
+  get pendingIntroductions(): number {
+    return this.#introduced.size;
   }
 
   start(): void {
@@ -122,14 +144,59 @@ export class Dialer {
     return now - since >= 10_000;
   }
 
-  /** A member learned of elsewhere (peer exchange): dial it if the pair's dial is ours. */
-  introduce(id: string): void {
-    if (this.#running && this.#ours(id, this.#c.clock.now())) this.dial(id);
+  /**
+   * A peer learned of elsewhere (peer exchange, mDNS), with the addresses we were told if they
+   * are not in the peer store: queued, and dialed within this round's budget if the pair's dial
+   * is ours. A full queue drops it (counted in `stats.introductionsDropped`).
+   */
+  introduce(id: string, addrs?: Multiaddr[]): void {
+    if (!this.#running || id === this.#c.node.peerId.toString()) return;
+    if (this.#c.allowed && !this.#c.allowed(id)) return;
+    // Being dialed, or backing off (libp2p announces a peer it dials as discovered).
+    const b = this.#backoff.get(id);
+    if (this.#dialing.has(id) || (b && this.#c.clock.now() < b.at)) return;
+    if (!this.#introduced.has(id)) {
+      if (this.#introduced.size >= this.#init.maxIntroductions) {
+        this.#c.stats.introductionsDropped++;
+        return;
+      }
+      this.#introduced.set(id, addrs);
+    }
+    this.#drain(this.#c.clock.now());
+  }
+
+  /** Dials queued introductions while this round's budget lasts. */
+  #drain(now: number): void {
+    for (const [id, addrs] of this.#introduced) {
+      if (this.#budget <= 0) return;
+      this.#introduced.delete(id);
+      if (!this.#ours(id, now)) continue;
+      this.#budget--;
+      this.#c.stats.introductionsDialed++;
+      let target: PeerId | Multiaddr[] | string = id;
+      if (addrs && addrs.length > 0) {
+        try {
+          target = addrs.map((a) => a.encapsulate(`/p2p/${id}`));
+        } catch {
+          continue;
+        }
+      }
+      this.dial(target, id);
+    }
   }
 
   /** One pass: dial whatever we should be connected to and are not; repair mute peers. */
   #round(): void {
     if (!this.#running) return;
+    try {
+      this.#pass();
+    } catch (err) {
+      this.#c.fault?.("the dialer's round", err);
+    }
+    this.#timer = this.#c.clock.setTimeout(() => this.#round(), this.#init.redialMs);
+  }
+
+  #pass(): void {
     const node = this.#c.node;
     const now = this.#c.clock.now();
     const connected = new Set(node.getPeers().map((p) => p.toString()));
@@ -158,7 +225,9 @@ export class Dialer {
     for (const id of this.#missing.keys()) if (!wanted.has(id)) this.#missing.delete(id);
     for (const id of this.#mute.keys()) if (!wanted.has(id)) this.#mute.delete(id);
     for (const [id, at] of this.#resetAt) if (now - at > 60_000) this.#resetAt.delete(id);
-    this.#timer = this.#c.clock.setTimeout(() => this.#round(), this.#init.redialMs);
+    for (const [key, b] of this.#backoff) if (now - b.at > 60_000) this.#backoff.delete(key);
+    this.#budget = this.#init.introductionsPerRound;
+    this.#drain(now);
   }
 
   #reset(id: string, now: number, why: string): void {
@@ -170,14 +239,16 @@ export class Dialer {
     this.#c.node.hangUp(peerIdFromString(id)).catch(() => {});
   }
 
-  /** Dials a PeerId (or its string) or a multiaddr, unless it is backing off. */
-  dial(target: PeerId | Multiaddr | string): void {
+  /**
+   * Dials a PeerId (or its string), a multiaddr, or the addresses of one peer (then `key`, its
+   * id, names the target for the backoff), unless it is backing off or not allowed.
+   */
+  dial(target: PeerId | Multiaddr | Multiaddr[] | string, key = target.toString()): void {
     if (!this.#running) return;
-    const key = target.toString();
     const now = this.#c.clock.now();
     const b = this.#backoff.get(key);
     if (this.#dialing.has(key) || (b && now < b.at)) return;
-    let dest: PeerId | Multiaddr;
+    let dest: PeerId | Multiaddr | Multiaddr[];
     try {
       dest = typeof target !== "string" ? target : peerIdFromString(key);
     } catch {
@@ -193,6 +264,7 @@ export class Dialer {
       },
       () => {
         this.#dialing.delete(key);
+        this.#c.stats.dialFailures++;
         // 1 s, 2 s, 4 s... up to maxBackoffMs: quick while a cluster is starting, cheap after.
         const delay = Math.min(this.#init.maxBackoffMs, (b?.delay ?? 500) * 2);
         this.#backoff.set(key, { at: this.#c.clock.now() + delay, delay });
@@ -227,7 +299,7 @@ export class Dialer {
           return;
         }
       }
-    })();
+    })().catch((err) => this.#c.fault?.("the probe after a closed connection", err));
   }
 }
 

@@ -1,15 +1,19 @@
 /**
  * Leader election as a pure function of a membership view.
  *
- * Leader = the lowest ID among alive, non-flapping members that have been alive for the settle
+ * Leader = the lowest ID among alive, non-flapping members that offer to lead (`canLead`: an
+ * agent that reached the coordinator with a valid token) and have been alive for the settle
  * period. A sitting leader keeps the role until it is no longer alive (suspect, dead, left) or a
  * lower settled ID is present; a node that hears none of its peers waits until the leader is
  * dead, not just suspect (it is more likely the one cut off). A node that would pick itself but hears a higher-ID alive member
  * claim leadership follows that claimant instead (see below), so claims converge to one.
  * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
  * takes max(term seen, previous term) + 1, so nodes that saw the same history pick the same term before the
- * new leader has even spoken.
+ * new leader has even spoken. Terms saturate at LIMITS.term (mesh/schema.ts), the most a
+ * heartbeat can carry: a peer that gossips the largest term cannot make a new leader's
+ * heartbeat unencodable; leaders then share that term, and the IDs still order them.
  */
+import { LIMITS } from "./schema.ts";
 import type { Leader, MemberState } from "./types.ts";
 
 /** What the election needs to know about one member. */
@@ -20,6 +24,8 @@ export interface ElectionMember {
   flapping: boolean;
   aliveSince: number;
   leaderTerm?: number;
+  /** false: it does not offer to lead (passed over; its claims are not followed). Default true. */
+  canLead?: boolean;
 }
 
 /** What the election needs to know about the view. */
@@ -40,7 +46,12 @@ export const DEFAULT_SETTLE_MS = 5000;
 
 /** Whether a member may take leadership now. */
 export function eligible(m: ElectionMember, settings: ElectionSettings): boolean {
-  return m.state === "alive" && !m.flapping && settings.now - m.aliveSince >= settings.settleMs;
+  return (
+    m.state === "alive" &&
+    !m.flapping &&
+    m.canLead !== false &&
+    settings.now - m.aliveSince >= settings.settleMs
+  );
 }
 
 /** Elects the leader of `view` given the previous result on this node; null if none is eligible. */
@@ -67,6 +78,7 @@ export function elect(
   const isolated = others > 0 && hearing === 0;
   const sittingHolds =
     sitting !== undefined &&
+    sitting.canLead !== false &&
     (sitting.state === "alive" || (isolated && sitting.state === "suspect"));
   const keep =
     previous !== null &&
@@ -80,7 +92,8 @@ export function elect(
   // (which it cannot see itself) from leading beside the leader they chose.
   let claimant: ElectionMember | undefined;
   for (const m of view.members) {
-    if (!m.self && m.state === "alive" && m.leaderTerm !== undefined && m.id > chosen.id) {
+    const claims = m.state === "alive" && m.leaderTerm !== undefined && m.canLead !== false;
+    if (!m.self && claims && m.id > chosen.id) {
       if (!claimant || m.id > claimant.id) claimant = m;
     }
   }
@@ -89,7 +102,7 @@ export function elect(
   // acted on it (an agent reports the moment it leads), so a successor must go above it. Nodes
   // that saw failures in a different order may guess different terms for a moment; the new
   // leader's claim, authoritative, aligns them within a heartbeat.
-  const fresh = Math.max(settings.maxTerm, previous?.term ?? 0) + 1;
+  const fresh = Math.min(LIMITS.term, Math.max(settings.maxTerm, previous?.term ?? 0) + 1);
   if (chosen.self) return { id: chosen.id, term: keep && previous ? previous.term : fresh };
   if (chosen.leaderTerm !== undefined) return { id: chosen.id, term: chosen.leaderTerm };
   if (keep && previous) return { id: chosen.id, term: previous.term };

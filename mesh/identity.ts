@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
 import type { PeerId, PrivateKey } from "@libp2p/interface";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { LIMITS } from "./schema.ts";
 
 /** The key file could not be read or is not a libp2p private key. */
 export class IdentityError extends Error {
@@ -90,7 +91,8 @@ export function nextIncarnation(dataDir: string): number {
   } catch {
     // first start, or unreadable: the clock floor still puts us above earlier runs
   }
-  return saveIncarnation(dataDir, Math.max(last + 1, clockFloor()));
+  // Never above what a heartbeat can carry (a tampered file must not silence the node).
+  return saveIncarnation(dataDir, Math.min(LIMITS.incarnation, Math.max(last + 1, clockFloor())));
 }
 
 /** Persists an incarnation taken at runtime (after a rejoin), so a restart goes above it. */

@@ -1,12 +1,18 @@
 /**
  * The receiving end of the heartbeat topic, run as gossipsub's topic validator (so before any
- * relaying): size limit, decode, signature by the claimed id, staleness, then membership.
- * Decides, per heartbeat, whether our gossipsub mesh should relay it. Counts everything.
+ * relaying): size limit, decode, signature by the claimed id (for this cluster), then the
+ * allow-list, staleness and membership. Decides, per heartbeat, whether our gossipsub mesh
+ * should relay it. Counts everything.
+ *
+ * Only the sender's own faults (a message that does not decode or verify) reject a heartbeat,
+ * which makes gossipsub score its sender down. A fault of ours while applying a good heartbeat
+ * is logged and counted (`stats.faults`) and the heartbeat ignored: an honest peer is never
+ * penalised for our bug.
  */
 import { TopicValidatorResult } from "@libp2p/gossipsub";
 import type { MeshStats } from "./api.ts";
 import type { MemberChange, Membership } from "./membership.ts";
-import { type Heartbeat, MAX_HEARTBEAT_BYTES, decodeHeartbeat, openHeartbeat } from "./protocol.ts";
+import { type Heartbeat, decodeHeartbeat, openHeartbeat } from "./protocol.ts";
 import { HeartbeatVerifier } from "./signing.ts";
 
 /** Collaborators of the inbox. */
@@ -14,6 +20,10 @@ export interface InboxComponents {
   membership: Membership;
   stats: MeshStats;
   log: (line: string) => void;
+  /** The cluster whose signatures count (mesh/protocol.ts `signingInput`). */
+  cluster: string;
+  /** Whether heartbeats of `id` may be taken at all (the allow-list); default every id. */
+  allowed?: (id: string) => boolean;
   /** Whether the mesh still runs (late deliveries after stop() are ignored). */
   running: () => boolean;
   /** Called with every fresh, verified heartbeat and the membership changes it caused. */
@@ -23,38 +33,61 @@ export interface InboxComponents {
 /** Validates and applies received heartbeats. */
 export class HeartbeatInbox {
   #c: InboxComponents;
-  #verifier = new HeartbeatVerifier();
+  #verifier: HeartbeatVerifier;
 
   constructor(components: InboxComponents) {
     this.#c = components;
+    this.#verifier = new HeartbeatVerifier({ cluster: components.cluster });
   }
 
   /** Handles one message; never throws. Reject = invalid (penalised), Ignore = do not relay. */
   async receive(data: Uint8Array): Promise<TopicValidatorResult> {
-    const { membership: m, stats } = this.#c;
+    const { stats } = this.#c;
     stats.received++;
+    let hb: Heartbeat;
     try {
-      if (data.length > MAX_HEARTBEAT_BYTES) throw new Error("Heartbeat is too large");
       const { body, signature } = openHeartbeat(data);
-      const hb = decodeHeartbeat(body);
+      hb = decodeHeartbeat(body);
       if (!(await this.#verifier.verify(hb.id, body, signature))) {
         stats.spoofed++;
         this.#c.log(`dropped a heartbeat claiming ${hb.id} that its key did not sign`);
         return TopicValidatorResult.Reject;
       }
-      if (!this.#c.running()) return TopicValidatorResult.Ignore;
-      if (m.isStale(hb)) {
-        stats.stale++;
-        return TopicValidatorResult.Ignore;
-      }
-      const changes = m.onHeartbeat(hb);
-      stats.accepted++;
-      this.#c.onAccepted(hb, changes);
-      return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;
     } catch {
       stats.invalid++;
       return TopicValidatorResult.Reject;
     }
+    try {
+      return this.#apply(hb);
+    } catch (err) {
+      stats.faults++;
+      this.#c.log(
+        `fault while taking a heartbeat of ${hb.id}: ${err instanceof Error ? err.message : String(err)}`,
+      );
+      return TopicValidatorResult.Ignore;
+    }
+  }
+
+  /** Applies a decoded, verified heartbeat (our side: what throws here is our fault). */
+  #apply(hb: Heartbeat): TopicValidatorResult {
+    const { membership: m, stats } = this.#c;
+    if (!this.#c.running()) return TopicValidatorResult.Ignore;
+    if (this.#c.allowed && !this.#c.allowed(hb.id)) {
+      stats.refused++;
+      return TopicValidatorResult.Ignore;
+    }
+    if (m.isStale(hb)) {
+      stats.stale++;
+      return TopicValidatorResult.Ignore;
+    }
+    if (!m.admits(hb.id)) {
+      stats.refused++;
+      return TopicValidatorResult.Ignore;
+    }
+    const changes = m.onHeartbeat(hb);
+    stats.accepted++;
+    this.#c.onAccepted(hb, changes);
+    return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;
   }
 
   /**

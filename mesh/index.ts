@@ -23,6 +23,7 @@ export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./ap
 export { MeshStateError } from "./api.ts";
 export { createMesh } from "./mesh.ts";
 export { BootstrapError } from "./dialer.ts";
+export { OpenMeshError, checkExposure, loopbackOnly } from "./exposure.ts";
 export { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
 export type { MeshLibp2p } from "./node.ts";
 export { GOSSIP_DEFAULTS, PskError, parsePsk } from "./node.ts";
@@ -34,6 +35,7 @@ export {
   MAX_HEARTBEAT_BYTES,
   SIGNATURE_BYTES,
   decodeHeartbeat,
+  signingInput,
   encodeHeartbeat,
   heartbeatTopic,
   openHeartbeat,

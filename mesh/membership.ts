@@ -4,13 +4,19 @@
  * -> dead (suspicion timeout deadAfterMs) -> forgotten (tombstone forgetAfterMs).
  * A graceful leave marks a member left at once. A newer heartbeat (higher incarnation, or the
  * same incarnation with a higher sequence) brings a suspect or dead member back; a left member
- * comes back only with a higher incarnation (a restart). Per heartbeat O(1), per tick O(N).
+ * comes back only with a higher incarnation (a restart). A forgotten member leaves a tombstone
+ * (its last incarnation and sequence, a bounded number of them), so a recorded stream of its
+ * heartbeats cannot bring it back later. Settling is timed by our clock: a member's own word
+ * about its uptime is believed only as far back as we have known of it (`heardOf`), and for
+ * uptimeCreditMs at least. Per heartbeat O(1), per tick O(N).
  */
 import type { Clock } from "./clock.ts";
 import {
   type Heartbeat,
   HeartbeatError,
+  LIMITS,
   encodeMeta,
+  saturate,
   validateServices,
   validateUrl,
 } from "./protocol.ts";
@@ -32,6 +38,18 @@ export interface MembershipInit {
   flapWindowMs?: number;
   /** Downs within the window that make a member flapping; default 3. */
   flapThreshold?: number;
+  /** Most members known at once, self included; heartbeats of further strangers are refused; default 1000. */
+  maxMembers?: number;
+  /** Most forgotten members whose last incarnation and sequence are remembered; default 4096. */
+  maxTombstones?: number;
+  /**
+   * How much of a member's self-reported uptime we believe when we see it come up, at least;
+   * default 1000 ms. Beyond that we believe it only as far back as we have known of the member
+   * (`heardOf`: our bootstrap list, peer exchange, a discovery, a connection), so that nodes
+   * that started together agree on when each has settled, while a stranger that claims a long
+   * uptime still waits out the settle period as WE measure it.
+   */
+  uptimeCreditMs?: number;
 }
 
 /** Default timing of the membership (see docs/BENCHMARKS.md for why). */
@@ -41,6 +59,9 @@ export const MEMBERSHIP_DEFAULTS = {
   forgetAfterMs: 600_000,
   flapWindowMs: 60_000,
   flapThreshold: 3,
+  maxMembers: 1000,
+  maxTombstones: 4096,
+  uptimeCreditMs: 1000,
 } as const;
 
 /** One change of one member: `from`/`to` null mean unknown before / forgotten now. */
@@ -73,12 +94,24 @@ export interface HeartbeatOptions {
   peers?: number;
 }
 
+/** What a forgotten member leaves behind: the newest heartbeat of it we had taken. */
+interface Tombstone {
+  incarnation: number;
+  seq: number;
+  /** It had said goodbye: that incarnation never comes back. */
+  left: boolean;
+}
+
 /** The membership state machine of one node. */
 export class Membership {
   readonly self: string;
   readonly settings: Required<Omit<MembershipInit, "local" | "incarnation">>;
   #clock: Clock;
   #entries = new Map<string, Entry>();
+  /** Forgotten members, oldest first (a Map keeps insertion order), at most maxTombstones. */
+  #tombstones = new Map<string, Tombstone>();
+  /** When we first heard of each id (before or without seeing it), oldest first, bounded. */
+  #heard = new Map<string, number>();
   #sorted: string[] | null = null;
   #me: MemberView;
   #seq = 0;
@@ -94,6 +127,9 @@ export class Membership {
       forgetAfterMs: init.forgetAfterMs ?? MEMBERSHIP_DEFAULTS.forgetAfterMs,
       flapWindowMs: init.flapWindowMs ?? MEMBERSHIP_DEFAULTS.flapWindowMs,
       flapThreshold: init.flapThreshold ?? MEMBERSHIP_DEFAULTS.flapThreshold,
+      maxMembers: init.maxMembers ?? MEMBERSHIP_DEFAULTS.maxMembers,
+      maxTombstones: init.maxTombstones ?? MEMBERSHIP_DEFAULTS.maxTombstones,
+      uptimeCreditMs: init.uptimeCreditMs ?? MEMBERSHIP_DEFAULTS.uptimeCreditMs,
     };
     checkLocal(init.local);
     const now = clock.now();
@@ -101,9 +137,10 @@ export class Membership {
       id: selfId,
       self: true,
       state: "alive",
-      incarnation: init.incarnation ?? 1,
+      incarnation: Math.min(LIMITS.incarnation, init.incarnation ?? 1),
       flapping: false,
       ...copyLocal(init.local),
+      canLead: init.local.canLead !== false,
       aliveSince: now,
       lastSeen: now,
     };
@@ -113,15 +150,17 @@ export class Membership {
   setLocal(update: Partial<LocalState>): boolean {
     const next: LocalState = { ...copyLocal(this.#me), ...update };
     if ("meta" in update && update.meta === undefined) delete next.meta;
+    next.canLead = next.canLead !== false;
     checkLocal(next);
     if (JSON.stringify(copyLocal(next)) === JSON.stringify(copyLocal(this.#me))) return false;
     const fresh = copyLocal(next);
     this.#me.url = fresh.url;
     this.#me.status = fresh.status;
     this.#me.services = fresh.services;
+    this.#me.canLead = fresh.canLead !== false;
     if (fresh.meta === undefined) delete this.#me.meta;
     else this.#me.meta = fresh.meta;
-    this.#stateVersion++;
+    this.#stateVersion = saturate(this.#stateVersion, "stateVersion");
     return true;
   }
 
@@ -132,7 +171,7 @@ export class Membership {
    */
   rejoin(): number {
     const now = this.#clock.now();
-    this.#me.incarnation++;
+    this.#me.incarnation = saturate(this.#me.incarnation, "incarnation");
     this.#seq = 0;
     this.#me.aliveSince = now;
     return this.#me.incarnation;
@@ -145,15 +184,17 @@ export class Membership {
     if (opts.leaderTerm !== undefined) this.#maxTerm = Math.max(this.#maxTerm, opts.leaderTerm);
     this.#me.leaderTerm = opts.leaderTerm;
     if (opts.leaving) this.#me.state = "left";
+    this.#seq = saturate(this.#seq, "seq");
     const hb: Heartbeat = {
       id: this.self,
       incarnation: this.#me.incarnation,
-      seq: ++this.#seq,
-      term: opts.leaderTerm ?? this.#maxTerm,
+      seq: this.#seq,
+      term: Math.min(LIMITS.term, opts.leaderTerm ?? this.#maxTerm),
       leader: opts.leaderTerm !== undefined,
       leaving: opts.leaving ?? false,
+      canLead: this.#me.canLead,
       status: this.#me.status,
-      uptimeMs: Math.max(0, now - this.#me.aliveSince),
+      uptimeMs: Math.min(LIMITS.uptimeMs, Math.max(0, now - this.#me.aliveSince)),
       stateVersion: this.#stateVersion,
     };
     if (opts.withState) {
@@ -167,20 +208,27 @@ export class Membership {
 
   /**
    * Whether a received heartbeat is stale: a duplicate, older than what we hold (sequence,
-   * incarnation), or after a goodbye of the same incarnation. onHeartbeat ignores those.
+   * incarnation) or than the tombstone of a forgotten member, or after a goodbye of the same
+   * incarnation. onHeartbeat ignores those.
    */
   isStale(hb: Heartbeat): boolean {
     const e = this.#entries.get(hb.id);
-    return e !== undefined && stale(e, hb);
+    if (e !== undefined) return stale(e.view.incarnation, e.seq, e.view.state === "left", hb);
+    const t = this.#tombstones.get(hb.id);
+    return t !== undefined && stale(t.incarnation, t.seq, t.left, hb);
   }
 
-  /** Applies a received heartbeat; returns the resulting changes (none if stale). */
+  /** Whether a heartbeat of `id` may be taken: a known member, or room for one more. */
+  admits(id: string): boolean {
+    return id === this.self || this.#entries.has(id) || this.size < this.settings.maxMembers;
+  }
+
+  /** Applies a received heartbeat; returns the resulting changes (none if stale or refused). */
   onHeartbeat(hb: Heartbeat): MemberChange[] {
-    if (hb.id === this.self) return [];
+    if (hb.id === this.self || this.isStale(hb) || !this.admits(hb.id)) return [];
     const now = this.#clock.now();
     const e = this.#entries.get(hb.id);
     if (!e) return this.#add(hb, now);
-    if (stale(e, hb)) return [];
     const v = e.view;
     const newer = hb.incarnation > v.incarnation;
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
@@ -188,8 +236,9 @@ export class Membership {
     e.seq = hb.seq;
     v.lastSeen = now;
     // A new status or state (url, services, meta) is news for the view, even without a transition.
-    let news = v.status !== hb.status;
+    let news = v.status !== hb.status || v.canLead !== hb.canLead;
     v.status = hb.status;
+    v.canLead = hb.canLead;
     // So is a leadership claim that starts, ends or changes its term: the election follows claims.
     const claim = hb.leader ? hb.term : undefined;
     if (v.leaderTerm !== claim) news = true;
@@ -197,12 +246,14 @@ export class Membership {
     if (hb.state) {
       news ||= hb.stateVersion !== e.stateVersion || newer;
       Object.assign(v, copyLocal({ ...hb.state, status: hb.status }));
+      v.canLead = hb.canLead;
       if (!hb.state.meta) delete v.meta;
       e.stateVersion = hb.stateVersion;
     }
     if (hb.leaving) return this.#transition(e, "left", now);
     if (v.state === "alive") return news ? [{ id: v.id, from: "alive", to: "alive" }] : [];
-    v.aliveSince = newer ? now - hb.uptimeMs : now;
+    // Back: its settle period starts now, as we see it (a restart: less its credited uptime).
+    v.aliveSince = newer ? now - this.#credit(hb, now) : now;
     return this.#transition(e, "alive", now);
   }
 
@@ -237,6 +288,7 @@ export class Membership {
         changes.push(...this.#transition(e, "dead", now));
       } else if ((v.state === "dead" || v.state === "left") && now - e.since >= s.forgetAfterMs) {
         this.#entries.delete(v.id);
+        this.#bury(v.id, { incarnation: v.incarnation, seq: e.seq, left: v.state === "left" });
         this.#sorted = null;
         changes.push({ id: v.id, from: v.state, to: null });
         continue;
@@ -288,8 +340,39 @@ export class Membership {
     return copyView(this.#me);
   }
 
+  /**
+   * Notes that we know of `id` now (it is in our bootstrap list, a neighbour named it, it was
+   * discovered or connected): its uptime is believed as far back as this (see uptimeCreditMs).
+   * The first time counts; at most maxTombstones ids are remembered.
+   */
+  heardOf(id: string): void {
+    if (id === this.self || this.#heard.has(id)) return;
+    this.#heard.set(id, this.#clock.now());
+    if (this.#heard.size > this.settings.maxTombstones) {
+      this.#heard.delete(this.#heard.keys().next().value as string);
+    }
+  }
+
+  /** How much of its uptime a member is believed when we see it come up (see uptimeCreditMs). */
+  #credit(hb: Heartbeat, now: number): number {
+    const known = now - (this.#heard.get(hb.id) ?? now);
+    return Math.min(hb.uptimeMs, Math.max(this.settings.uptimeCreditMs, known));
+  }
+
+  /** Remembers a forgotten member's last heartbeat; the oldest tombstone goes when full. */
+  #bury(id: string, t: Tombstone): void {
+    this.#tombstones.delete(id);
+    this.#tombstones.set(id, t);
+    while (this.#tombstones.size > this.settings.maxTombstones) {
+      const oldest = this.#tombstones.keys().next().value as string;
+      this.#tombstones.delete(oldest);
+    }
+  }
+
   #add(hb: Heartbeat, now: number): MemberChange[] {
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
+    this.#tombstones.delete(hb.id);
+    this.heardOf(hb.id);
     const view: MemberView = {
       id: hb.id,
       self: false,
@@ -299,7 +382,8 @@ export class Membership {
       url: hb.state?.url ?? "",
       status: hb.status,
       services: hb.state?.services ?? [],
-      aliveSince: now - hb.uptimeMs,
+      canLead: hb.canLead,
+      aliveSince: now - this.#credit(hb, now),
       lastSeen: now,
       leaderTerm: hb.leader ? hb.term : undefined,
     };
@@ -331,10 +415,10 @@ export class Membership {
   }
 }
 
-function stale(e: Entry, hb: Heartbeat): boolean {
-  const inc = e.view.incarnation;
-  if (hb.incarnation !== inc) return hb.incarnation < inc;
-  return hb.seq <= e.seq || e.view.state === "left";
+/** Whether `hb` is no newer than the last one taken (incarnation, seq), or follows a goodbye. */
+function stale(incarnation: number, seq: number, left: boolean, hb: Heartbeat): boolean {
+  if (hb.incarnation !== incarnation) return hb.incarnation < incarnation;
+  return hb.seq <= seq || left;
 }
 
 function copyLocal(s: LocalState): LocalState {
@@ -344,6 +428,7 @@ function copyLocal(s: LocalState): LocalState {
     services: s.services.map((x) => ({ ...x })),
   };
   if (s.meta !== undefined) out.meta = structuredClone(s.meta);
+  if (s.canLead !== undefined) out.canLead = s.canLead;
   return out;
 }
 

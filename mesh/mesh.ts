@@ -1,9 +1,12 @@
 /**
  * The mesh runtime: one libp2p node gossiping signed heartbeats on a per-cluster topic, feeding
  * the pure membership state machine and election, and emitting "leader", "member-up",
- * "member-down" and "view" events. It owns every timer and clears them all in stop().
+ * "member-down" and "view" events. It owns every timer and clears them all in stop(). Nothing
+ * a timer or an event handler does may throw out of it: a fault is logged and counted
+ * (`stats().faults`), never fatal.
  */
 import "./shim.ts";
+import type { PeerId, PeerInfo } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import {
@@ -17,12 +20,13 @@ import {
 import { type Clock, systemClock } from "./clock.ts";
 import { Dialer, parseBootstrap } from "./dialer.ts";
 import { DEFAULT_SETTLE_MS, elect } from "./election.ts";
+import { allowListGater, checkExposure } from "./exposure.ts";
 import { type Identity, loadIdentity, saveIncarnation } from "./identity.ts";
 import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership.ts";
 import { type MeshLibp2p, createNode } from "./node.ts";
-import { PeerExchange } from "./pex.ts";
+import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
-import { MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
+import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
@@ -37,6 +41,7 @@ class MeshNode extends EventTarget {
   #c: MeshComponents;
   #clock: Clock;
   #log: (line: string) => void;
+  #cluster: string;
   #topic: string;
   #mdnsTag: string;
   #interval: number;
@@ -62,6 +67,12 @@ class MeshNode extends EventTarget {
     sendFailed: 0,
     rejoins: 0,
     repairs: 0,
+    refused: 0,
+    faults: 0,
+    pexDropped: 0,
+    introductionsDialed: 0,
+    introductionsDropped: 0,
+    dialFailures: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -77,6 +88,7 @@ class MeshNode extends EventTarget {
         "Cluster name must be 1-64 letters, digits or . _ -, starting with a letter or digit",
       );
     }
+    this.#cluster = cluster;
     this.#topic = heartbeatTopic(cluster);
     this.#mdnsTag = `_rollcall-${cluster.toLowerCase().replace(/[^a-z0-9-]/g, "-")}._udp.local`;
     this.#interval = init.heartbeatIntervalMs ?? 1000;
@@ -98,6 +110,9 @@ class MeshNode extends EventTarget {
     const init = this.#init;
     // A bad address is a settings error: refuse to start rather than log it every second.
     const bootstrap = parseBootstrap(init.bootstrap ?? []);
+    const listen = init.listen ?? ["/ip4/127.0.0.1/tcp/0"];
+    checkExposure({ listen, psk: init.psk, insecureOpenMesh: init.insecureOpenMesh });
+    const allowed = init.allowPeers ? new Set(init.allowPeers.map(checkPeerId)) : undefined;
     const identity = await loadIdentity(init.dataDir, { logger: this.#log });
     this.#identity = identity;
     const self = identity.peerId.toString();
@@ -114,10 +129,17 @@ class MeshNode extends EventTarget {
     );
     this.#m = m;
     this.#leader = null;
+    // We know of our bootstrap peers from now: their uptime counts as far back as this.
+    for (const b of bootstrap) if (b.id !== undefined) m.heardOf(b.id);
+    allowed?.add(self);
+    const gater = allowed
+      ? allowListGater(allowed, this.#c.connectionGater)
+      : this.#c.connectionGater;
+    const may = (id: string) => allowed === undefined || allowed.has(id);
     const node = await createNode(
       {
         privateKey: identity.privateKey,
-        listen: init.listen ?? ["/ip4/127.0.0.1/tcp/0"],
+        listen,
         mdns: init.mdns ?? false,
         mdnsTag: this.#mdnsTag,
         psk: init.psk,
@@ -126,7 +148,7 @@ class MeshNode extends EventTarget {
         lean: init.lean,
       },
       // Without a logger of ours, the node's own warnings still reach the console.
-      { connectionGater: this.#c.connectionGater, log: this.#c.logger },
+      { connectionGater: gater, log: this.#c.logger },
     );
     this.#node = node;
     const dialer = new Dialer(
@@ -143,22 +165,43 @@ class MeshNode extends EventTarget {
         subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
         silent: () => m.ids((x) => x.state === "suspect"),
         onUnreachable: (id) => this.#apply(m.suspect(id)),
+        allowed: may,
+        fault: (what, err) => this.#fault(what, err),
       },
     );
     this.#dialer = dialer;
     // A closed connection to a live member is a hint worth a probe (see Dialer.probe).
-    node.addEventListener("peer:disconnect", (e) => {
-      if (m.member(e.detail.toString())?.state === "alive") dialer.probe(e.detail);
-    });
-    // mDNS finds, and new entries in the peer store (heartbeat or pex addresses), land here.
-    node.addEventListener("peer:discovery", (e) => dialer.introduce(e.detail.id.toString()));
+    node.addEventListener(
+      "peer:disconnect",
+      this.#guard("peer:disconnect", (e: CustomEvent<PeerId>) => {
+        if (m.member(e.detail.toString())?.state === "alive") dialer.probe(e.detail);
+      }),
+    );
+    // mDNS finds, and new entries in the peer store (heartbeat addresses), land here.
+    node.addEventListener(
+      "peer:discovery",
+      this.#guard("peer:discovery", (e: CustomEvent<PeerInfo>) => {
+        m.heardOf(e.detail.id.toString());
+        dialer.introduce(e.detail.id.toString());
+      }),
+    );
+    node.addEventListener(
+      "peer:connect",
+      this.#guard("peer:connect", (e: CustomEvent<PeerId>) => m.heardOf(e.detail.toString())),
+    );
     await node.start();
     const live = () => m.ids((x) => !x.self && (x.state === "alive" || x.state === "suspect"));
     this.#pex = new PeerExchange({
       node,
       known: () => new Set([...live(), ...node.getPeers().map((p) => p.toString())]),
-      onPeers: (peers) => {
-        for (const p of peers) dialer.introduce(p.id.toString());
+      onPeers: this.#guard("peer exchange", (peers: PexPeer[]) => {
+        for (const p of peers) {
+          m.heardOf(p.id.toString());
+          dialer.introduce(p.id.toString(), p.addrs);
+        }
+      }),
+      onDropped: (n) => {
+        this.#stats.pexDropped += n;
       },
     });
     await this.#pex.start();
@@ -167,6 +210,8 @@ class MeshNode extends EventTarget {
       membership: m,
       stats: this.#stats,
       log: this.#log,
+      cluster: this.#cluster,
+      allowed: allowed ? may : undefined,
       running: () => this.#running,
       onAccepted: (hb, changes) => {
         if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
@@ -176,7 +221,10 @@ class MeshNode extends EventTarget {
       },
     });
     pubsub.topicValidators.set(this.#topic, (_peer, msg) => inbox.receive(msg.data));
-    pubsub.addEventListener("subscription-change", () => this.#wantFullState(1));
+    pubsub.addEventListener(
+      "subscription-change",
+      this.#guard("subscription-change", () => this.#wantFullState(1)),
+    );
     pubsub.subscribe(this.#topic);
     this.#running = true;
     this.#log(`mesh ${self} incarnation ${identity.incarnation} on ${this.multiaddrs().join(" ")}`);
@@ -199,7 +247,7 @@ class MeshNode extends EventTarget {
     if (wasRunning && this.#m && this.#identity) {
       try {
         const body = encodeHeartbeat(this.#m.heartbeat({ leaving: true }));
-        const wire = await signHeartbeat(body, this.#identity.privateKey);
+        const wire = await signHeartbeat(body, this.#identity.privateKey, this.#cluster);
         await withTimeout(node.services.pubsub.publish(this.#topic, wire), 1000);
         this.#stats.sent++;
       } catch {
@@ -245,14 +293,37 @@ class MeshNode extends EventTarget {
     if (old !== undefined) this.#clock.clearTimeout(old);
     const handle = this.#clock.setTimeout(() => {
       this.#timers.delete(name);
-      if (this.#running) fn();
+      if (!this.#running) return;
+      try {
+        fn();
+      } catch (err) {
+        this.#fault(`the ${name} timer`, err);
+      }
     }, ms);
     this.#timers.set(name, handle);
   }
 
+  /** Logs and counts a fault of our own: never fatal, never thrown at the caller. */
+  #fault(what: string, err: unknown): void {
+    this.#stats.faults++;
+    this.#log(`fault in ${what}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+
+  /** Wraps an event handler so that a throw in it becomes a counted fault. */
+  #guard<A extends unknown[]>(what: string, fn: (...args: A) => void): (...args: A) => void {
+    return (...args) => {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.#fault(what, err);
+      }
+    };
+  }
+
   #beat(): void {
-    this.#send();
+    // Schedule first: a fault while sending must not end the heartbeat.
     this.#schedule("beat", this.#interval, () => this.#beat());
+    this.#send();
   }
 
   /** Sends a heartbeat shortly (news worth not waiting a whole interval for). */
@@ -277,12 +348,13 @@ class MeshNode extends EventTarget {
     const addrs = withState
       ? node
           .getMultiaddrs()
-          .slice(0, 8)
           .map((a) => a.decapsulateCode(421).bytes)
+          .filter((b) => b.length <= LIMITS.addrBytes)
+          .slice(0, LIMITS.addrs)
       : undefined;
     const peers = node.services.pubsub.getSubscribers(this.#topic).length;
     const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs, peers }));
-    signHeartbeat(body, key)
+    signHeartbeat(body, key, this.#cluster)
       .then((wire) => node.services.pubsub.publish(this.#topic, wire))
       .then(
         () => this.#stats.sent++,
@@ -293,6 +365,8 @@ class MeshNode extends EventTarget {
   #tick(): void {
     const m = this.#m;
     if (!m) return;
+    // Schedule first: a fault in this tick must not end the ticking.
+    this.#schedule("tick", this.#tickMs, () => this.#tick());
     const now = this.#clock.now();
     const late = now - this.#lastTick - this.#tickMs;
     this.#lastTick = now;
@@ -308,18 +382,22 @@ class MeshNode extends EventTarget {
       }
     }
     this.#apply(m.tick());
-    this.#schedule("tick", this.#tickMs, () => this.#tick());
   }
 
   // --- receiving ----------------------------------------------------------------------------
 
   #learnAddrs(id: string, addrs: Uint8Array[]): void {
-    try {
-      const multiaddrs = addrs.map((b) => multiaddr(b));
-      this.#node?.peerStore.merge(peerIdFromString(id), { multiaddrs }).catch(() => {});
-    } catch {
-      // an address we cannot parse is only a lost hint
+    const multiaddrs = [];
+    for (const b of addrs) {
+      try {
+        const ma = tcpOnly(multiaddr(b).toString());
+        if (ma) multiaddrs.push(ma);
+      } catch {
+        // an address we cannot parse is only a lost hint
+      }
     }
+    if (multiaddrs.length === 0) return;
+    this.#node?.peerStore.merge(peerIdFromString(id), { multiaddrs }).catch(() => {});
   }
 
   #apply(changes: MemberChange[]): void {
@@ -352,11 +430,22 @@ class MeshNode extends EventTarget {
   }
 
   #emit<K extends keyof MeshEvents>(type: K, detail: MeshEvents[K]): void {
+    // A listener that throws does not throw here (EventTarget reports it to the process as an
+    // uncaught exception): listeners guard themselves, as the agent's do.
     try {
       this.dispatchEvent(new CustomEvent(type, { detail }));
     } catch (err) {
-      this.#log(`a ${type} listener threw: ${(err as Error).message}`);
+      this.#fault(`a ${type} listener`, err);
     }
+  }
+}
+
+/** A PeerId string, or MeshStateError naming the bad allow-list entry. */
+function checkPeerId(id: string): string {
+  try {
+    return peerIdFromString(id).toString();
+  } catch {
+    throw new MeshStateError(`Allowed peer is not a PeerId: ${JSON.stringify(id.slice(0, 80))}`);
   }
 }
 

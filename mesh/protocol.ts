@@ -2,19 +2,24 @@
  * The gossip heartbeat: a versioned, compact binary codec with strict bounds. Pure: no I/O,
  * no libp2p. Every decode failure is a HeartbeatError; no input can make it throw anything else.
  *
- * Layout (version 1), varints are unsigned LEB128:
+ * Layout (version 2), varints are unsigned LEB128:
  *   u8 version | u8 flags | bytes id | varint incarnation | varint seq | varint term
  *   | varint uptimeMs | varint stateVersion | [flags.peers] varint peers
  *   | [flags.state] string url, varint n, n x (string name, u8 sflags, [varint latency]), bytes meta
  *   | [flags.addrs] varint n, n x bytes multiaddr
- * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error.
+ * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error. Every
+ * number is bounded by its entry in LIMITS (mesh/schema.ts), on the way in and on the way out.
  *
  * On the wire the body is sealed: body || 64-byte Ed25519 signature by the claimed id's key
  * (see seal/open here and mesh/signing.ts), so the claimed id is the signed sender by
- * construction, for 66 bytes less than gossipsub's own signed envelope.
+ * construction, for 66 bytes less than gossipsub's own signed envelope. The signature covers
+ * the cluster's name too (`signingInput`), which is not sent: a heartbeat signed for one
+ * cluster does not verify in another.
  */
 import { fromString, toString as bytesToString } from "uint8arrays";
 import {
+  type CounterField,
+  FIELD_NAMES,
   HeartbeatError,
   LIMITS,
   MAX_VARINT,
@@ -27,15 +32,28 @@ import {
 import type { MemberMeta, MemberStatus, ServiceSummary } from "./types.ts";
 
 export { HeartbeatError, LIMITS, encodeMeta, validateServices, validateUrl };
+export { saturate } from "./schema.ts";
 
-/** Current wire version. */
-export const HEARTBEAT_VERSION = 1;
+/** Current wire version (2: signatures bound to the cluster, and the may-lead flag). */
+export const HEARTBEAT_VERSION = 2;
 /** Largest heartbeat accepted or produced, in bytes. */
 export const MAX_HEARTBEAT_BYTES = 4096;
 
-/** The gossipsub topic a cluster's heartbeats travel on. */
+/** The gossipsub topic a cluster's heartbeats travel on (one per wire version). */
 export function heartbeatTopic(cluster = "default"): string {
-  return `rollcall/${cluster}/hb/1`;
+  return `rollcall/${cluster}/hb/${HEARTBEAT_VERSION}`;
+}
+
+/**
+ * What a heartbeat's signature covers: a domain naming the wire version and the cluster, then
+ * the body. The domain is not sent, so binding a heartbeat to its cluster costs no byte.
+ */
+export function signingInput(cluster: string, body: Uint8Array): Uint8Array {
+  const domain = fromString(`rollcall/hb/${HEARTBEAT_VERSION}/${cluster}\n`, "utf8");
+  const out = new Uint8Array(domain.length + body.length);
+  out.set(domain, 0);
+  out.set(body, domain.length);
+  return out;
 }
 
 const F_LEADER = 1;
@@ -44,7 +62,8 @@ const F_DEGRADED = 4;
 const F_STATE = 8;
 const F_ADDRS = 16;
 const F_PEERS = 32;
-const F_KNOWN = 63;
+const F_CAN_LEAD = 64;
+const F_KNOWN = 127;
 const S_UNHEALTHY = 1;
 const S_LATENCY = 2;
 
@@ -68,8 +87,10 @@ export interface Heartbeat {
   leader: boolean;
   /** The sender is stopping gracefully: mark it left at once. */
   leaving: boolean;
+  /** The sender offers to lead (an agent: it reached the coordinator with a valid token). */
+  canLead: boolean;
   status: MemberStatus;
-  /** Milliseconds since this incarnation started. */
+  /** Milliseconds since this incarnation started (receivers credit only a little of it). */
   uptimeMs: number;
   /** Bumped by the sender whenever its state changes. */
   stateVersion: number;
@@ -116,6 +137,12 @@ class Reader {
     if (b === undefined) throw new HeartbeatError(`Heartbeat ended early in ${what}`);
     return b;
   }
+  /** A numeric field, bounded by its limit in LIMITS. */
+  counter(field: CounterField): number {
+    const n = this.varint(FIELD_NAMES[field]);
+    checkCounter(n, field);
+    return n;
+  }
   varint(what: string): number {
     let value = 0;
     let scale = 1;
@@ -153,19 +180,20 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
   const id = fromString(hb.id, "base58btc");
   if (id.length === 0 || id.length > LIMITS.idBytes)
     throw new HeartbeatError("Heartbeat id is not valid");
-  for (const [n, what] of [
+  for (const [n, field] of [
     [hb.incarnation, "incarnation"],
-    [hb.seq, "sequence"],
+    [hb.seq, "seq"],
     [hb.term, "term"],
-    [hb.uptimeMs, "uptime"],
-    [hb.stateVersion, "state version"],
-    [hb.peers ?? 0, "peer count"],
+    [hb.uptimeMs, "uptimeMs"],
+    [hb.stateVersion, "stateVersion"],
+    [hb.peers ?? 0, "peers"],
   ] as const) {
-    checkCounter(n, what);
+    checkCounter(n, field);
   }
   let flags = 0;
   if (hb.leader) flags |= F_LEADER;
   if (hb.leaving) flags |= F_LEAVING;
+  if (hb.canLead) flags |= F_CAN_LEAD;
   if (hb.status === "degraded") flags |= F_DEGRADED;
   if (hb.state) flags |= F_STATE;
   if (hb.addrs && hb.addrs.length > 0) flags |= F_ADDRS;
@@ -223,16 +251,17 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
   if (idBytes.length === 0) throw new HeartbeatError("Heartbeat id is empty");
   const hb: Heartbeat = {
     id: bytesToString(idBytes, "base58btc"),
-    incarnation: r.varint("incarnation"),
-    seq: r.varint("sequence"),
-    term: r.varint("term"),
+    incarnation: r.counter("incarnation"),
+    seq: r.counter("seq"),
+    term: r.counter("term"),
     leader: (flags & F_LEADER) !== 0,
     leaving: (flags & F_LEAVING) !== 0,
+    canLead: (flags & F_CAN_LEAD) !== 0,
     status: (flags & F_DEGRADED) !== 0 ? "degraded" : "online",
-    uptimeMs: r.varint("uptime"),
-    stateVersion: r.varint("state version"),
+    uptimeMs: r.counter("uptimeMs"),
+    stateVersion: r.counter("stateVersion"),
   };
-  if (flags & F_PEERS) hb.peers = r.varint("peer count");
+  if (flags & F_PEERS) hb.peers = r.counter("peers");
   if (flags & F_STATE) {
     const url = r.string("url", LIMITS.url);
     validateUrl(url);
@@ -246,7 +275,7 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
       if ((sflags & ~(S_UNHEALTHY | S_LATENCY)) !== 0)
         throw new HeartbeatError("Heartbeat service has unknown flags");
       const s: ServiceSummary = { name, status: sflags & S_UNHEALTHY ? "unhealthy" : "healthy" };
-      if (sflags & S_LATENCY) s.latency_ms = r.varint("service latency");
+      if (sflags & S_LATENCY) s.latency_ms = r.counter("latencyMs");
       services.push(s);
     }
     validateServices(services);

@@ -5,7 +5,15 @@
 import { fromString, toString as bytesToString } from "uint8arrays";
 import type { MemberMeta, ServiceSummary } from "./types.ts";
 
-/** Per-field limits of the heartbeat schema. */
+/** Largest counter a heartbeat carries (fits a 7-byte varint and a double exactly). */
+export const MAX_VARINT = 2 ** 49;
+
+/**
+ * Per-field limits of the heartbeat schema, shared by the decoder and the encoder: every number
+ * a peer may send is one our own encoder can send back, and whatever we derive from one (the
+ * next term, incarnation, sequence or state version) saturates at its limit instead of
+ * breaking the encoder (see `saturate`).
+ */
 export const LIMITS = {
   idBytes: 128,
   url: 512,
@@ -14,10 +22,31 @@ export const LIMITS = {
   metaBytes: 1024,
   addrs: 8,
   addrBytes: 128,
+  incarnation: MAX_VARINT,
+  seq: MAX_VARINT,
+  term: MAX_VARINT,
+  stateVersion: MAX_VARINT,
+  uptimeMs: MAX_VARINT,
+  /** Direct peers a member reports: more than any cluster this is built for. */
+  peers: 65_535,
+  /** A probe's latency: an hour. */
+  latencyMs: 3_600_000,
 } as const;
 
-/** Largest counter a heartbeat carries (fits a 7-byte varint and a double exactly). */
-export const MAX_VARINT = 2 ** 49;
+/** The numeric fields of a heartbeat, each bounded by its entry in LIMITS. */
+export type CounterField =
+  | "incarnation"
+  | "seq"
+  | "term"
+  | "stateVersion"
+  | "uptimeMs"
+  | "peers"
+  | "latencyMs";
+
+/** `n + 1`, or the field's limit if that is reached: derived counters never outgrow the codec. */
+export function saturate(n: number, field: CounterField): number {
+  return Math.min(LIMITS[field], n + 1);
+}
 const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** A heartbeat failed to decode or validate; the message says what failed. */
@@ -62,8 +91,10 @@ export function validateServices(services: readonly ServiceSummary[]): void {
       throw new HeartbeatError(`Service ${s.name} has an unknown status`);
     }
     const l = s.latency_ms;
-    if (l !== undefined && !(Number.isInteger(l) && l >= 0 && l <= MAX_VARINT)) {
-      throw new HeartbeatError(`Service ${s.name} latency must be a non-negative integer`);
+    if (l !== undefined && !(Number.isInteger(l) && l >= 0 && l <= LIMITS.latencyMs)) {
+      throw new HeartbeatError(
+        `Service ${s.name} latency must be an integer from 0 to ${LIMITS.latencyMs}`,
+      );
     }
   }
 }
@@ -103,6 +134,7 @@ function checkMeta(meta: unknown): asserts meta is MemberMeta {
   }
 }
 
+/** Decodes metadata bytes (empty: none), checking its shape. */
 export function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
   if (bytes.length === 0) return undefined;
   let parsed: unknown;
@@ -119,8 +151,22 @@ export function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
   return out;
 }
 
-export function checkCounter(n: number, what: string): void {
-  if (!Number.isInteger(n) || n < 0 || n > MAX_VARINT) {
-    throw new HeartbeatError(`Heartbeat ${what} must be a non-negative integer`);
+/** Checks one numeric field against its limit (the encoder's and the decoder's check alike). */
+export function checkCounter(n: number, field: CounterField): void {
+  if (!Number.isInteger(n) || n < 0 || n > LIMITS[field]) {
+    throw new HeartbeatError(
+      `Heartbeat ${FIELD_NAMES[field]} must be an integer from 0 to ${LIMITS[field]}`,
+    );
   }
 }
+
+/** How error messages name each numeric field. */
+export const FIELD_NAMES: Record<CounterField, string> = {
+  incarnation: "incarnation",
+  seq: "sequence",
+  term: "term",
+  stateVersion: "state version",
+  uptimeMs: "uptime",
+  peers: "peer count",
+  latencyMs: "service latency",
+};

@@ -1,23 +1,30 @@
 /**
- * Heartbeat signatures: the sender signs the heartbeat body with its libp2p key; a receiver
- * verifies it against the public key inside the claimed PeerId (Ed25519 ids embed it), so a
- * heartbeat whose claimed id is not its signer's is dropped (and counted as spoofed).
+ * Heartbeat signatures: the sender signs the heartbeat body, prefixed with a domain that names
+ * the cluster (`signingInput`), with its libp2p key; a receiver verifies it against the public
+ * key inside the claimed PeerId (Ed25519 ids embed it), so a heartbeat whose claimed id is not
+ * its signer's, or that was signed for another cluster, is dropped (and counted as spoofed).
  */
 import type { PrivateKey, PublicKey } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { HeartbeatError, sealHeartbeat } from "./protocol.ts";
+import { HeartbeatError, sealHeartbeat, signingInput } from "./protocol.ts";
 
-/** Signs a heartbeat body and returns the wire form. */
-export async function signHeartbeat(body: Uint8Array, key: PrivateKey): Promise<Uint8Array> {
-  return sealHeartbeat(body, await key.sign(body));
+/** Signs a heartbeat body for `cluster` and returns the wire form. */
+export async function signHeartbeat(
+  body: Uint8Array,
+  key: PrivateKey,
+  cluster: string,
+): Promise<Uint8Array> {
+  return sealHeartbeat(body, await key.sign(signingInput(cluster, body)));
 }
 
-/** Verifies heartbeat signatures, caching the public key of each claimed id. */
+/** Verifies one cluster's heartbeat signatures, caching the public key of each claimed id. */
 export class HeartbeatVerifier {
   #keys = new Map<string, PublicKey>();
   readonly #max: number;
+  readonly #cluster: string;
 
-  constructor(init: { maxKeys?: number } = {}) {
+  constructor(init: { cluster: string; maxKeys?: number }) {
+    this.#cluster = init.cluster;
     this.#max = init.maxKeys ?? 4096;
   }
 
@@ -37,12 +44,12 @@ export class HeartbeatVerifier {
     return key;
   }
 
-  /** Whether `signature` over `body` was made by the key of `id`. */
+  /** Whether `signature` over `body` (in this cluster) was made by the key of `id`. */
   async verify(id: string, body: Uint8Array, signature: Uint8Array): Promise<boolean> {
+    const key = this.keyOf(id);
     try {
-      return await this.keyOf(id).verify(body, signature);
-    } catch (err) {
-      if (err instanceof HeartbeatError) throw err;
+      return await key.verify(signingInput(this.#cluster, body), signature);
+    } catch {
       return false;
     }
   }

@@ -28,6 +28,11 @@ export interface LocalState {
   status: MemberStatus;
   services: ServiceSummary[];
   meta?: MemberMeta;
+  /**
+   * Whether this agent offers to lead (default true). An agent sets it once it reached the
+   * coordinator with a valid token; the election passes over members that do not offer.
+   */
+  canLead?: boolean;
 }
 
 /** A member's liveness as judged by the local node. */
@@ -46,7 +51,9 @@ export interface MemberView {
   status: MemberStatus;
   services: ServiceSummary[];
   meta?: MemberMeta;
-  /** Clock ms when it last became alive (backdated by its uptime when first seen): for settling. */
+  /** It offers to lead (its latest heartbeat said so); the election passes over it otherwise. */
+  canLead: boolean;
+  /** Clock ms when it last became alive, as far back as we knew of it (membership.ts): for settling. */
   aliveSince: number;
   /** Clock ms of its last accepted heartbeat (self: the last one sent). */
   lastSeen: number;

@@ -6,7 +6,9 @@
  *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
  *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
  *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0] [--gossip '{"D":2}']
- *     [--stock]
+ *     [--stock] [--insecure-open-mesh]
+ *
+ * Listening beyond loopback needs --psk-file, or --insecure-open-mesh (anyone may join).
  *
  * --stock runs the stock TCP/yamux stack instead of mesh/lean.ts (to measure what lean saves).
  *
@@ -37,6 +39,7 @@ const { values } = parseArgs({
     "exit-after-ms": { type: "string", default: "0" },
     gossip: { type: "string" },
     stock: { type: "boolean", default: false },
+    "insecure-open-mesh": { type: "boolean", default: false },
   },
 });
 
@@ -71,6 +74,7 @@ for (let i = 0; i < count; i++) {
     bootstrap: values.bootstrap,
     mdns: values.mdns,
     psk: values["psk-file"] ? readFileSync(values["psk-file"], "utf8") : undefined,
+    insecureOpenMesh: values["insecure-open-mesh"],
     local: { url: values.url ?? "", status: "online", services: [] },
     heartbeatIntervalMs: num("heartbeat-ms"),
     suspectAfterMs: num("suspect-ms"),

@@ -166,6 +166,7 @@ export async function simulateMesh(init: {
       leader: false,
       leaving: false,
       status: "online",
+      canLead: true,
       uptimeMs: 0,
       stateVersion: 1,
       state: local(i),

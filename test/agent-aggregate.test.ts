@@ -11,6 +11,7 @@ const member = (id: string, over: Partial<MemberView> = {}): MemberView => ({
   url: `http://10.0.0.${id.length}:8700`,
   status: "online",
   services: [{ name: "upload", status: "healthy", latency_ms: 3 }],
+  canLead: true,
   aliveSince: 0,
   lastSeen: 1000,
   ...over,

@@ -85,6 +85,44 @@ describe("loadConfig", () => {
     expect(settingOf(() => load(argv, env))).toBe(setting);
   });
 
+  it("keeps the mesh on loopback without a pre-shared key, and says which flags open it", () => {
+    expect(load([]).meshListen).toEqual(["/ip4/127.0.0.1/tcp/7400"]);
+    const psk = `/key/swarm/psk/1.0.0/\n/base16/\n${"ab".repeat(32)}\n`;
+    expect(load(["--psk", psk]).meshListen).toEqual(["/ip4/0.0.0.0/tcp/7400"]);
+    expect(load(["--insecure-open-mesh"]).meshListen).toEqual(["/ip4/0.0.0.0/tcp/7400"]);
+    const open = ["--mesh-listen", "/ip4/0.0.0.0/tcp/7400"];
+    expect(settingOf(() => load(open))).toBe("--mesh-listen");
+    expect(() => load(open)).toThrow(
+      /beyond loopback without a pre-shared key.*--psk.*--insecure-open-mesh/,
+    );
+    expect(settingOf(() => load([], { ROLLCALL_MESH_LISTEN: "/ip4/10.0.0.5/tcp/7400" }))).toBe(
+      "ROLLCALL_MESH_LISTEN",
+    );
+    expect(load([...open, "--insecure-open-mesh"]).insecureOpenMesh).toBe(true);
+    expect(load(open, { ROLLCALL_INSECURE_OPEN_MESH: "true" }).meshListen).toEqual([
+      "/ip4/0.0.0.0/tcp/7400",
+    ]);
+    // Direct mode runs no mesh: nothing to refuse.
+    expect(load([...open, "--mode", "direct", "--coordinator", "http://127.0.0.1:1"]).mode).toBe(
+      "direct",
+    );
+  });
+
+  it("takes an allow-list of PeerIds and names a bad one", () => {
+    const id = "12D3KooWGRUVh4QXxWvRZkLZyRzd8nK1Gbbr5ZqdF4gRNiVMpbQo";
+    expect(load([]).allowPeers).toBeUndefined();
+    expect(load(["--allow-peers", ` ${id} ,`]).allowPeers).toEqual([id]);
+    expect(settingOf(() => load([], { ROLLCALL_ALLOW_PEERS: `${id},bogus` }))).toBe(
+      "ROLLCALL_ALLOW_PEERS",
+    );
+    expect(load([]).gatewayPerClient).toBe(256);
+    expect(load(["--gateway-per-client", "0"]).gatewayPerClient).toBe(0);
+    expect(settingOf(() => load(["--gateway-per-client", "many"]))).toBe("--gateway-per-client");
+    for (const flag of ["--insecure-open-mesh", "--allow-peers", "--gateway-per-client"]) {
+      expect(helpText()).toContain(flag);
+    }
+  });
+
   it("checks the public URL and capabilities with the coordinator's schemas, naming the env variable", () => {
     const message = (env: Record<string, string>) => {
       try {

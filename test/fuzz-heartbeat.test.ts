@@ -34,6 +34,7 @@ const VALID: Heartbeat = {
   },
   addrs: [Uint8Array.of(4, 127, 0, 0, 1, 6, 0x1c, 0xe8)],
   peers: 4,
+  canLead: true,
 };
 
 /** Decodes or throws HeartbeatError; anything else fails the property. */

@@ -114,4 +114,30 @@ describe("Dialer", () => {
     expect(dials[0]).toBe(good);
     expect(lines).toEqual([]);
   });
+
+  it("dials introduced peers at most introductionsPerRound per round, from a bounded queue", async () => {
+    const self = await peer();
+    const clock = new FakeClock(0);
+    const stats = zeroStats();
+    const { node, dials } = fakeNode(self, []);
+    const d = dialer({ introductionsPerRound: 4, maxIntroductions: 10 }, { node, clock, stats });
+    d.start();
+    // A flood of 30 made-up peers (each of them ours to dial: their ids sort above ours).
+    const flood: PeerId[] = [];
+    while (flood.length < 30) {
+      const p = await peer();
+      if (p.toString() > self.toString()) flood.push(p);
+    }
+    for (const p of flood) d.introduce(p.toString());
+    expect(dials).toHaveLength(4); // this round's budget
+    expect(d.pendingIntroductions).toBe(10); // the queue is full
+    expect(stats.introductionsDropped).toBe(30 - 4 - 10);
+    clock.advance(1000); // the next round
+    expect(dials).toHaveLength(8);
+    clock.advance(2000);
+    expect(dials).toHaveLength(14);
+    expect(d.pendingIntroductions).toBe(0);
+    expect(stats.introductionsDialed).toBe(14);
+    d.stop();
+  });
 });

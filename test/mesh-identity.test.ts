@@ -52,16 +52,21 @@ describe("heartbeat signatures", () => {
       term: 0,
       leader: false,
       leaving: false,
-      status: "online" as const,
+      canLead: true,
       uptimeMs: 0,
+      status: "online" as const,
       stateVersion: 1,
     };
     const body = encodeHeartbeat(hb);
-    const verifier = new HeartbeatVerifier();
-    const good = openHeartbeat(await signHeartbeat(body, alice.privateKey));
+    const verifier = new HeartbeatVerifier({ cluster: "lab" });
+    const good = openHeartbeat(await signHeartbeat(body, alice.privateKey, "lab"));
     expect(await verifier.verify(hb.id, good.body, good.signature)).toBe(true);
-    const forged = openHeartbeat(await signHeartbeat(body, mallory));
+    const forged = openHeartbeat(await signHeartbeat(body, mallory, "lab"));
     expect(await verifier.verify(hb.id, forged.body, forged.signature)).toBe(false);
+    // Alice's own signature, made for another cluster (same body, same bytes on the wire).
+    const elsewhere = openHeartbeat(await signHeartbeat(body, alice.privateKey, "lab2"));
+    expect(elsewhere.body).toEqual(good.body);
+    expect(await verifier.verify(hb.id, elsewhere.body, elsewhere.signature)).toBe(false);
     const tampered = Uint8Array.from(good.body);
     tampered[0] = (tampered[0] ?? 0) ^ 1;
     expect(await verifier.verify(hb.id, tampered, good.signature)).toBe(false);
@@ -81,7 +86,7 @@ describe("pre-shared key and peer exchange parsing", () => {
   it("parses peer-exchange answers defensively", () => {
     const enc = (x: unknown) => new TextEncoder().encode(JSON.stringify(x));
     const id = "12D3KooWGRUVh4QXxWvRZkLZyRzd8nK1Gbbr5ZqdF4gRNiVMpbQo";
-    const peers = parsePex(
+    const { peers } = parsePex(
       enc({
         peers: [
           { id, addrs: ["/ip4/127.0.0.1/tcp/1", "not an addr", 7] },

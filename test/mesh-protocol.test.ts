@@ -18,6 +18,7 @@ function full(): Heartbeat {
     leader: true,
     leaving: false,
     status: "degraded",
+    canLead: true,
     uptimeMs: 86_400_000,
     stateVersion: 3,
     state: {
@@ -97,8 +98,8 @@ describe("heartbeat codec", () => {
   it("rejects bad versions, unknown flags, truncation and trailing bytes with HeartbeatError", () => {
     const good = encodeHeartbeat(full());
     const cases: Array<[string, Uint8Array, RegExp]> = [
-      ["version", Uint8Array.from([2, ...good.slice(1)]), /version 2 is not supported/],
-      ["flags", Uint8Array.from([1, 0x80, ...good.slice(2)]), /unknown flags/],
+      ["version", Uint8Array.from([1, ...good.slice(1)]), /version 1 is not supported/],
+      ["flags", Uint8Array.from([2, 0x80, ...good.slice(2)]), /unknown flags/],
       ["truncated", good.slice(0, good.length - 3), /ended early|not valid|trailing/],
       ["trailing", Uint8Array.from([...good, 0]), /trailing bytes/],
       ["empty", new Uint8Array(0), /ended early in version/],

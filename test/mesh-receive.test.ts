@@ -22,6 +22,7 @@ function beats(id: string) {
     leader: claim !== undefined,
     leaving: false,
     status: "online",
+    canLead: true,
     uptimeMs: 0,
     stateVersion: 1,
   });

@@ -71,7 +71,7 @@ describe("mesh security", () => {
     // A higher incarnation than b's own: taken, it would outrank every real heartbeat of b.
     const incarnation = (b.view().members.find((m) => m.self)?.incarnation ?? 0) + 1;
     const body = encodeHeartbeat({ ...forged.heartbeat({ leaving: true }), incarnation });
-    const spoofed = await signHeartbeat(body, rogueKey);
+    const spoofed = await signHeartbeat(body, rogueKey, "default");
     const zeroed = new Uint8Array(spoofed.length);
     zeroed.set(body);
     for (const data of [garbage, oversize, spoofed, zeroed]) {
