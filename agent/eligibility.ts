@@ -96,7 +96,7 @@ export class LeadEligibility {
     this.#c.log?.(
       said === "took"
         ? `Offering to lead the mesh: ${why}`
-        : `Not offering to lead the mesh: ${why}; check --token (ROLLCALL_CLUSTER_TOKEN)`,
+        : `Not offering to lead the mesh: ${why}; check --token / ROLLCALL_CLUSTER_TOKEN, which must equal the coordinator's ROLLCALL_CLUSTER_TOKEN (checking again with backoff, at most ${Math.round(this.#maxMs / 1000)} s apart)`,
     );
     const canLead = said === "took";
     if (canLead === this.#canLead) return;
