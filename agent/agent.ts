@@ -12,6 +12,7 @@ import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
 import { Gateway } from "./gateway.ts";
 import { LeaderReporter } from "./reporter.ts";
+import { loadSigner, signerFromKey } from "./signer.ts";
 
 /** Collaborators of an agent. */
 export interface AgentComponents {
@@ -46,7 +47,13 @@ export class Agent {
       { fetch: components.fetch },
     );
     this.#gateway = new Gateway(
-      { host: config.listen.host, port: config.listen.port, agentToken: config.agentToken },
+      {
+        host: config.listen.host,
+        port: config.listen.port,
+        agentToken: config.agentToken,
+        // With a cluster token but no agent token, nobody may read the view.
+        viewLocked: config.token !== undefined && config.agentToken === undefined,
+      },
       {
         service: (name) => this.#detector.get(name),
         services: () => this.#detector.services(),
@@ -168,6 +175,7 @@ export class Agent {
     const identity = await loadIdentity(this.#config.dataDir);
     this.#id = identity.peerId.toString();
     const client = this.#client as CoordinatorClient;
+    client.signWith(signerFromKey(identity.privateKey));
     this.#direct = new DirectReporter(this.#registration(), {
       client,
       load: () => ({
@@ -248,6 +256,8 @@ export class Agent {
     );
     await mesh.start();
     this.#id = mesh.id;
+    // The mesh created (or read) the key: the leader's reports are signed with it.
+    this.#client?.signWith(loadSigner(c.dataDir));
     this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${c.tier}, mesh mode)`);
     this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
     if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");

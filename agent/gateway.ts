@@ -3,7 +3,6 @@
  * (bodies streamed both ways, hop-by-hop headers stripped), plus /_agent/health
  * and the token-protected live view at /_agent/cluster.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import {
@@ -13,6 +12,7 @@ import {
   UnsafePathError,
 } from "../coordinator.ts";
 import type { DetectedService } from "./detect.ts";
+import { viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -61,20 +61,17 @@ export function parseServicePath(
   return { name, rest, query };
 }
 
-/** Compares a request's bearer token with the expected one in constant time. */
-export function bearerMatches(header: string | undefined, expected: string): boolean {
-  const given = header?.startsWith("Bearer ") ? header.slice(7) : "";
-  const a = createHash("sha256").update(given).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
-}
-
 /** Settings of a gateway. */
 export interface GatewayInit {
   host: string;
   port: number;
-  /** Protects /_agent/cluster; when unset the view is open (local development). */
+  /**
+   * Protects /_agent/cluster (agent/view-auth.ts); when unset the view is open (local
+   * development) unless `viewLocked`.
+   */
   agentToken?: string | undefined;
+  /** No agent token but a cluster token is set: the view is refused to everyone (fail closed). */
+  viewLocked?: boolean;
   /** Milliseconds an upstream may take to answer (default 30 s). */
   upstreamTimeoutMs?: number;
 }
@@ -143,7 +140,10 @@ export class Gateway {
     if (path === "/_agent/health") return { status: 200, body: this.#c.health() };
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
-      if (token && !bearerMatches(req.headers.authorization, token)) {
+      const denied = token
+        ? !viewAuthorized(req.headers.authorization, token, Date.now())
+        : this.#init.viewLocked === true;
+      if (denied) {
         return {
           status: 401,
           body: { error: "Unauthorized", message: "A valid agent token is required" },

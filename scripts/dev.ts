@@ -170,19 +170,21 @@ async function main(): Promise<void> {
     }),
   );
 
+  // Every worker of the local cluster is on loopback, which the proxy refuses by default.
+  const coordEnv = { ROLLCALL_UPSTREAM_ALLOW: process.env.ROLLCALL_UPSTREAM_ALLOW ?? "loopback" };
   if (isDeno) {
     run(
       "coord",
       "scripts/start-deno.ts",
       ["--port", String(coordinatorPort), "--kv", join(dataDir, "coordinator.kv")],
-      { essential: true },
+      { essential: true, env: coordEnv },
     );
   } else {
     run(
       "coord",
       "scripts/start-node.ts",
       ["--port", String(coordinatorPort), "--data", join(dataDir, "coordinator.json")],
-      { essential: true },
+      { essential: true, env: coordEnv },
     );
   }
   for (const a of agents) {

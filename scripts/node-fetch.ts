@@ -5,7 +5,12 @@
  * redirects not followed, bodies decoded (gzip, deflate, br) as fetch decodes them. Answers
  * with a Content-Length up to `bufferBytes` (64 KiB) are read whole and handed over as bytes,
  * so @hono/node-server writes them out without Web streams; larger ones stream.
+ * It frames each request itself: no Content-Length, Transfer-Encoding or Expect goes out that
+ * does not match the body really sent (a pooled keep-alive socket must never be desynced), and,
+ * given `allowAddress`, it refuses to connect where a name resolves to an address the
+ * coordinator's `ROLLCALL_UPSTREAM_ALLOW` does not allow (DNS rebinding to 169.254.169.254).
  */
+import dns from "node:dns";
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
@@ -18,6 +23,8 @@ export interface NodeFetchInit {
   maxSockets?: number;
   /** Answers with a Content-Length up to this are read whole. Default 64 KiB. */
   bufferBytes?: number;
+  /** Whether a connection to `address`, which upstream `host` resolved to, is allowed. */
+  allowAddress?: (host: string, address: string) => boolean;
 }
 
 /** A fetch on node:http with keep-alive, and a way to close its idle connections. */
@@ -69,6 +76,50 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
   }
 }
 
+/** Framing headers the client sets itself from the body it really sends. */
+const FRAMING = ["content-length", "transfer-encoding", "expect"];
+
+/**
+ * Sets the request's framing from its body: none without a body, the exact length of a whole
+ * one, the caller's Content-Length for a stream only (node:http then sends exactly that many
+ * bytes or fails the request), chunked otherwise.
+ */
+function frame(headers: Record<string, string>, body: RequestInit["body"]): void {
+  const length = headers["content-length"];
+  for (const name of FRAMING) delete headers[name];
+  if (typeof body === "string") headers["content-length"] = String(Buffer.byteLength(body));
+  else if (body instanceof Uint8Array) headers["content-length"] = String(body.byteLength);
+  else if (body instanceof ReadableStream && length !== undefined && /^\d+$/.test(length)) {
+    headers["content-length"] = length;
+  }
+}
+
+type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | dns.LookupAddress[],
+  family?: number,
+) => void;
+
+/** A `lookup` for node:http that refuses addresses `allow` says no to. */
+function guardedLookup(allow: (host: string, address: string) => boolean) {
+  return (hostname: string, options: dns.LookupOptions, callback: LookupCallback) => {
+    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, "");
+      const refused = addresses.find((a) => !allow(hostname, a.address));
+      if (refused) {
+        const e: NodeJS.ErrnoException = new Error(
+          `Upstream address not allowed: ${hostname} resolved to ${refused.address}`,
+        );
+        e.code = "EUPSTREAMREFUSED";
+        return callback(e, "");
+      }
+      if (options.all) return callback(null, addresses);
+      const first = addresses[0] as dns.LookupAddress;
+      callback(null, first.address, first.family);
+    });
+  };
+}
+
 /** Creates the client. */
 export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   const sockets = init.maxSockets ?? 256;
@@ -76,6 +127,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   const httpAgent = new http.Agent({ ...options, scheduling: "lifo" });
   const httpsAgent = new https.Agent({ ...options, scheduling: "lifo" });
   const bufferBytes = init.bufferBytes ?? 64 * 1024;
+  const lookup = init.allowAddress ? guardedLookup(init.allowAddress) : undefined;
 
   const nodeFetch = (input: string | URL | Request, reqInit: RequestInit = {}) => {
     if (typeof input !== "string" && !(input instanceof URL)) return fetch(input, reqInit);
@@ -88,12 +140,20 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
         reject(signal.reason ?? new DOMException("The operation was aborted", "AbortError"));
         return;
       }
+      const headers = nodeHeaders(reqInit.headers);
+      frame(headers, reqInit.body);
       const req = (secure ? https : http).request(url, {
         method,
-        headers: nodeHeaders(reqInit.headers),
+        headers,
         agent: secure ? httpsAgent : httpAgent,
         signal,
+        ...(lookup ? { lookup: lookup as never } : {}),
       });
+      // A stream that yields more or fewer bytes than its Content-Length fails the request
+      // instead of leaving the pooled socket out of step with the upstream.
+      if (headers["content-length"] !== undefined) {
+        (req as unknown as { strictContentLength: boolean }).strictContentLength = true;
+      }
       req.on("error", reject);
       req.on("response", (res) => {
         const status = res.statusCode ?? 502;

@@ -31,7 +31,13 @@ const kvPath = values.kv ?? env.ROLLCALL_KV_PATH;
 
 const kv = await Deno.openKv(kvPath);
 // Deno's node:http client is faster than its fetch for many small upstream calls.
-const upstream = env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
+// The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+const upstream =
+  env.ROLLCALL_NODE_FETCH === "builtin"
+    ? null
+    : createNodeFetch({
+        allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
+      });
 const coordinator = createCoordinator(configFromEnv(env), {
   store: denoKvStore(kv),
   ...(upstream ? { fetch: upstream.fetch } : {}),

@@ -18,7 +18,13 @@ const port = Number(values.port ?? process.env.PORT ?? 8787);
 const hostname = values.host ?? process.env.HOST ?? "127.0.0.1";
 const path = values.data ?? process.env.ROLLCALL_DATA ?? ".data/coordinator.json";
 
-const upstream = process.env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
+// The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+const upstream =
+  process.env.ROLLCALL_NODE_FETCH === "builtin"
+    ? null
+    : createNodeFetch({
+        allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
+      });
 const coordinator = createCoordinator(configFromEnv(process.env), {
   store: fileStore({ path }, { fs }),
   ...(upstream ? { fetch: upstream.fetch } : {}),
