@@ -4305,7 +4305,8 @@ class LiveViews {
       const headers: Record<string, string> = { accept: "application/json" };
       // An HMAC of the time with the agent token: the token itself never crosses the network.
       const token = this.settings.agentToken;
-      if (token) headers.authorization = await viewAuthorization(token, clock.now());
+      // Wall time, not the injected clock: the agent checks it against its own clock.
+      if (token) headers.authorization = await viewAuthorization(token, Date.now());
       const res = await fetcher(`${trimSlash(url)}/_agent/cluster`, {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
