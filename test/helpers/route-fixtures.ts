@@ -54,7 +54,7 @@ export type Members = { id: string; url: string; tier?: 1 | 2 | 3; services?: st
 export async function routingCoordinator(
   members: Members,
   init: CoordinatorInit = {},
-  components: { fetch?: typeof fetch; random?: () => number } = {},
+  components: { fetch?: typeof fetch; random?: () => number; log?: (line: string) => void } = {},
 ) {
   const clock = new ManualClock();
   const coordinator = createCoordinator(
@@ -64,6 +64,7 @@ export async function routingCoordinator(
       clock,
       random: components.random ?? seeded(7),
       ...(components.fetch ? { fetch: components.fetch } : {}),
+      ...(components.log ? { log: components.log } : {}),
     },
   );
   const call = async (path: string, reqInit: RequestInit = {}) =>
