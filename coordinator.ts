@@ -1083,12 +1083,13 @@ export interface StoredService {
 
 /**
  * A service of a cluster member as stored: `url` only when it differs from the member's default
- * `<member url>/service/<name>` (documents written before that rule may hold it anyway).
+ * `<member url>/service/<name>`, `status` only when it is not "healthy" (documents written
+ * before that rule may hold either anyway).
  */
 export interface StoredMemberService {
   name: string;
   url?: string | null;
-  status: "healthy" | "unhealthy";
+  status?: "healthy" | "unhealthy";
 }
 
 /** A cluster member as stored in the cluster document. */
@@ -1189,12 +1190,13 @@ function storedMember(m: ClusterMemberReport, leader: string, now: number): Stor
     capabilities: m.capabilities ?? {},
     last_seen: m.last_seen ?? now,
     services: m.services.map((s) => {
+      // Only what differs from the default is stored: 1,000 members with 64 services each
+      // would otherwise store 64,000 URLs that say nothing (docs/SECURITY.md, item 9).
       const url = serviceUrl(m.url, s);
-      // Only a URL that differs from the default is stored: 1,000 members with 64 services
-      // each would otherwise store 64,000 URLs that say nothing (docs/SECURITY.md, item 9).
-      return url === serviceUrl(m.url, { name: s.name })
-        ? { name: s.name, status: s.status }
-        : { name: s.name, url, status: s.status };
+      const stored: StoredMemberService = { name: s.name };
+      if (url !== serviceUrl(m.url, { name: s.name })) stored.url = url;
+      if (s.status !== "healthy") stored.status = s.status;
+      return stored;
     }),
     reported_by: leader,
   };
@@ -2095,7 +2097,10 @@ class Registry {
           available_memory: null,
           registered_at: null,
         });
-        serviceHealth.set(m.worker_id, new Map(m.services.map((s) => [s.name, s.status])));
+        serviceHealth.set(
+          m.worker_id,
+          new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
+        );
       }
       clusters.push({
         cluster: doc.cluster,
