@@ -5539,12 +5539,12 @@ export function createCoordinator(
    * long-running server, from admin and agent requests where no timer runs (Workers).
    */
   let prunedAt = 0;
-  const prune = (now: number, table: RoutingTable) => {
+  const prune = (now: number, table: RoutingTable | null) => {
     if (now - prunedAt < MINUTE) return;
     prunedAt = now;
     reg.prune(now);
     router.prune();
-    live?.prune(table);
+    if (table !== null) live?.prune(table);
     nonces.prune(now);
   };
   /** The routing table, synced into the router, live views refreshed when due. */
@@ -5658,7 +5658,6 @@ export function createCoordinator(
         signed_ids: "required for PeerId worker ids and every cluster report",
         live_view: live === null ? "off" : settings.agentToken ? "agent-token" : "open",
       },
-      upstream_allow: settings.upstreamAllow.text,
       store: { kind: reg.store.kind, persistent: reg.store.persistent },
       time: new Date(clock.now()).toISOString(),
     });
@@ -5666,6 +5665,7 @@ export function createCoordinator(
 
   /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
   const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
+    prune(clock.now(), null);
     const got = await agentRequest(c, settings, guard, nonces, clock.now());
     if ("response" in got) return got;
     const body = parseJson(got.bytes, schema);
