@@ -9,6 +9,11 @@
  * signals. It imports only `hono` and `zod`; runtime handles (a KV binding, a Deno.Kv, a file
  * system, a faster upstream client) are handed in by the starters in `scripts/`.
  *
+ * Its trust boundaries (docs/SECURITY.md): guards that fail closed, agent requests signed by the
+ * key of the PeerId they claim, a cluster's roster, upstreams only where the operator allows,
+ * requests framed by the proxy itself, workers blamed only for their own faults, every
+ * per-isolate collection bounded, documents capped, errors told to clients without detail.
+ *
  * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
  * write budget, registry (per-isolate state), registry operations, routing health (pure),
  * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
