@@ -5536,7 +5536,7 @@ export function createCoordinator(
     ),
     inPlace: null,
     webhook: { sent: 0, failed: 0, lastError: null },
-    instanceId: crypto.randomUUID(),
+    instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
     log,
   };
   /**

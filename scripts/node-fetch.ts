@@ -44,19 +44,31 @@ function decoder(encoding: string): NodeJS.ReadWriteStream | null {
   return null;
 }
 
-function nodeHeaders(headers: HeadersInit | undefined): Record<string, string> {
+/** Framing headers the client sets itself from the body it really sends. */
+const FRAMING = new Set(["content-length", "transfer-encoding", "expect"]);
+
+/**
+ * The request headers for node:http, lower case, without the caller's framing headers (copied
+ * past, not deleted: a plain object stays fast); `length` is the caller's Content-Length.
+ */
+function nodeHeaders(headers: HeadersInit | undefined): {
+  out: Record<string, string>;
+  length: string | undefined;
+} {
   const out: Record<string, string> = {};
-  if (!headers) return out;
-  if (headers instanceof Headers) {
-    headers.forEach((value, name) => {
-      out[name] = value;
-    });
-  } else if (Array.isArray(headers)) {
-    for (const [name, value] of headers) out[(name as string).toLowerCase()] = value as string;
+  let length: string | undefined;
+  const put = (name: string, value: string) => {
+    if (!FRAMING.has(name)) out[name] = value;
+    else if (name === "content-length") length = value;
+  };
+  if (!headers) return { out, length };
+  if (headers instanceof Headers) headers.forEach((value, name) => put(name, value));
+  else if (Array.isArray(headers)) {
+    for (const [name, value] of headers) put((name as string).toLowerCase(), value as string);
   } else {
-    for (const [name, value] of Object.entries(headers)) out[name.toLowerCase()] = value;
+    for (const [name, value] of Object.entries(headers)) put(name.toLowerCase(), value);
   }
-  return out;
+  return { out, length };
 }
 
 async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): Promise<void> {
@@ -76,17 +88,17 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
   }
 }
 
-/** Framing headers the client sets itself from the body it really sends. */
-const FRAMING = ["content-length", "transfer-encoding", "expect"];
-
 /**
  * Sets the request's framing from its body: none without a body, the exact length of a whole
- * one, the caller's Content-Length for a stream only (node:http then sends exactly that many
- * bytes or fails the request), chunked otherwise.
+ * one, the caller's Content-Length (`length`) for a stream only (node:http then sends exactly
+ * that many bytes or fails the request), chunked otherwise.
  */
-function frame(headers: Record<string, string>, body: RequestInit["body"]): void {
-  const length = headers["content-length"];
-  for (const name of FRAMING) delete headers[name];
+function frame(
+  headers: Record<string, string>,
+  body: RequestInit["body"],
+  length: string | undefined,
+): void {
+  if (body === null || body === undefined) return;
   if (typeof body === "string") headers["content-length"] = String(Buffer.byteLength(body));
   else if (body instanceof Uint8Array) headers["content-length"] = String(body.byteLength);
   else if (body instanceof ReadableStream && length !== undefined && /^\d+$/.test(length)) {
@@ -140,8 +152,8 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
         reject(signal.reason ?? new DOMException("The operation was aborted", "AbortError"));
         return;
       }
-      const headers = nodeHeaders(reqInit.headers);
-      frame(headers, reqInit.body);
+      const { out: headers, length } = nodeHeaders(reqInit.headers);
+      frame(headers, reqInit.body, length);
       const req = (secure ? https : http).request(url, {
         method,
         headers,
