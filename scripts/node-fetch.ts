@@ -62,8 +62,11 @@ function nodeHeaders(headers: HeadersInit | undefined): {
     else if (name === "content-length") length = value;
   };
   if (!headers) return { out, length };
-  if (headers instanceof Headers) headers.forEach((value, name) => put(name, value));
-  else if (Array.isArray(headers)) {
+  if (headers instanceof Headers) {
+    headers.forEach((value, name) => {
+      put(name, value);
+    });
+  } else if (Array.isArray(headers)) {
     for (const [name, value] of headers) put((name as string).toLowerCase(), value as string);
   } else {
     for (const [name, value] of Object.entries(headers)) put(name.toLowerCase(), value);
