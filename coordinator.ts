@@ -66,6 +66,8 @@ export interface CoordinatorInit {
   tableTtlMs?: number;
   /** The list of registry keys cached per isolate is re-listed after this. Default 5 min. */
   listTtlMs?: number;
+  /** A store call that takes longer fails (a hanging store must not hold requests). Default 5 s. */
+  storeTimeoutMs?: number;
   /** Old paths routed to a service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`. */
   aliases?: Record<string, string>;
   /** Time an upstream has to answer with headers before failover. Default 30 s. */
@@ -150,6 +152,7 @@ export interface Settings {
   recordTtlS: number;
   tableTtlMs: number;
   listTtlMs: number;
+  storeTimeoutMs: number;
   aliases: Record<string, string>;
   proxyTimeoutMs: number;
   maxAttempts: number;
@@ -253,6 +256,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
     recordTtlS: init.recordTtlS ?? 7 * 24 * 3600,
     tableTtlMs: init.tableTtlMs ?? MINUTE,
     listTtlMs: init.listTtlMs ?? 5 * MINUTE,
+    storeTimeoutMs: init.storeTimeoutMs ?? 5000,
     aliases,
     proxyTimeoutMs: init.proxyTimeoutMs ?? 30_000,
     maxAttempts: init.maxAttempts ?? 10,
@@ -364,8 +368,10 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
     directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
     heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
+    consistencyGraceMs: num("ROLLCALL_CONSISTENCY_GRACE_S", 1000),
     tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
     listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
+    storeTimeoutMs: num("ROLLCALL_STORE_TIMEOUT_MS"),
     recordTtlS: num("ROLLCALL_RECORD_TTL_S"),
     proxyTimeoutMs: num("ROLLCALL_PROXY_TIMEOUT_MS"),
     maxAttempts: num("ROLLCALL_MAX_ATTEMPTS"),
@@ -442,14 +448,28 @@ export class StoreError extends Error {
   override name = "StoreError";
 }
 
-/** The same store, with every failure turned into a StoreError naming the backend and operation. */
-function guardedStore(store: Store): Store {
+/**
+ * The same store, with every failure turned into a StoreError naming the backend and operation,
+ * and a call that takes longer than `timeoutMs` failed the same way (what it does meanwhile is
+ * unknown: a write that timed out is kept pending and written again).
+ */
+function guardedStore(store: Store, timeoutMs: number): Store {
   const guard = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new StoreError(`Store ${what} timed out after ${timeoutMs} ms (${store.kind})`)),
+        timeoutMs,
+      );
+    });
     try {
-      return await run();
+      return await Promise.race([run(), timeout]);
     } catch (err) {
       if (err instanceof StoreError) throw err;
       throw new StoreError(`Store ${what} failed (${store.kind}): ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
     }
   };
   const cas = store.compareAndSet?.bind(store);
@@ -845,6 +865,28 @@ export const ServiceNameSchema = z
     "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
   );
 
+/**
+ * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
+ * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
+ */
+export const ClusterNameSchema = ServiceNameSchema;
+
+/**
+ * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
+ * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
+ */
+export const WorkerNameSchema = ServiceNameSchema;
+
+/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
+function workerName(
+  name: string | null | undefined,
+  capabilities: Capabilities | null | undefined,
+) {
+  if (name) return name;
+  const host = capabilities?.hostname;
+  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
+}
+
 function isHttpUrl(s: string): boolean {
   try {
     const u = new URL(s);
@@ -911,6 +953,7 @@ export type Container = z.infer<typeof ContainerSchema>;
 /** `POST /api/worker/register`. */
 export const RegisterBodySchema = z.object({
   worker_id: blankIsAbsent(WorkerIdSchema),
+  name: blankIsAbsent(WorkerNameSchema),
   capabilities: CapabilitiesSchema.nullish(),
   ip_address: z.string().max(255).nullish(),
   tunnel_url: blankIsAbsent(HttpUrlSchema),
@@ -929,12 +972,17 @@ const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
 
-/** `POST /api/worker/heartbeat`. */
+/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
+const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
+
+/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
 export const HeartbeatBodySchema = z.object({
   worker_id: WorkerIdSchema,
   status: StatusWord.default("online"),
-  current_load: z.number().nonnegative().nullish(),
-  available_memory: z.number().nonnegative().nullish(),
+  current_load: Info,
+  available_memory: Info,
+  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
+  services_status: z.record(z.string(), z.unknown()).nullish(),
 });
 
 /** `POST /api/worker/heartbeat`. */
@@ -957,6 +1005,7 @@ export const MemberServiceSchema = z.object({
 /** A member of a cluster report. */
 export const ClusterMemberSchema = z.object({
   worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullish(),
   incarnation: z.number().int().nonnegative().default(0),
   status: MemberStatusSchema,
   url: HttpUrlSchema,
@@ -978,7 +1027,7 @@ export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
 
 /** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
 export const ClusterReportSchema = z.object({
-  cluster: ServiceNameSchema.default("default"),
+  cluster: ClusterNameSchema.default("default"),
   leader_id: WorkerIdSchema,
   term: z.number().int().nonnegative(),
   sequence: z.number().int().nonnegative(),
@@ -1100,6 +1149,8 @@ export interface StoredMemberService {
 /** A cluster member as stored in the cluster document. */
 export interface StoredMember {
   worker_id: string;
+  /** Its agent's `--name` (display only; documents written before names have none). */
+  name?: string | null;
   incarnation: number;
   status: z.infer<typeof MemberStatusSchema>;
   url: string;
@@ -1154,6 +1205,7 @@ export interface WorkerRecord {
   worker_id: string;
   /** Absent in records older than this field: "legacy". */
   owner?: WorkerOwner;
+  name?: string | null;
   tier: 1 | 2 | 3;
   status: string;
   capabilities: Capabilities;
@@ -1162,8 +1214,8 @@ export interface WorkerRecord {
   services: StoredService[];
   wants_heartbeat_leadership: boolean;
   is_heartbeat_leader: boolean;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: number;
   written_at: number;
   budget: BudgetStamp;
@@ -1188,6 +1240,7 @@ export function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
 function storedMember(m: ClusterMemberReport, leader: string, now: number): StoredMember {
   return {
     worker_id: m.worker_id,
+    name: m.name ?? null,
     incarnation: m.incarnation,
     status: m.status,
     url: trimSlash(m.url),
@@ -1564,6 +1617,8 @@ function parseDoc(raw: string | null): Doc | null {
 /** Effective status and routing of one worker, as the admin API shows it. */
 export interface WorkerView {
   worker_id: string;
+  /** The worker's human name (its agent's `--name`), or null when it sent none. */
+  name: string | null;
   tier: 1 | 2 | 3;
   status: string;
   healthy: boolean;
@@ -1576,14 +1631,15 @@ export interface WorkerView {
   is_heartbeat_leader: boolean;
   mode: "direct" | "cluster";
   cluster: string | null;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
   registered_at: string | null;
 }
 
 /** A worker that can serve one service. */
 export interface Provider {
   worker_id: string;
+  name?: string | null;
   service: string;
   url: string;
   tier: 1 | 2 | 3;
@@ -1643,8 +1699,8 @@ class KeyedMutex {
 
 interface LiveWorker {
   at: number;
-  current_load: number | null;
-  available_memory: number | null;
+  current_load: number | string | null;
+  available_memory: number | string | null;
 }
 
 interface LiveCluster {
@@ -1723,6 +1779,9 @@ class AddressLimiter {
   }
 }
 
+/** How long an isolate goes on from what it knows, without asking the store, after a failure. */
+const STORE_RETRY_MS = 5000;
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -1735,6 +1794,8 @@ class Registry {
   #live = new Map<string, LiveWorker>();
   #clusters = new Map<string, LiveCluster>();
   #table: RoutingTable | null = null;
+  /** After a store failure, what this isolate knows is used until then without asking again. */
+  #storeDownUntil = 0;
   /** Counts invalidations: a table whose build saw one is used once, never cached. */
   #generation = 0;
   /** The table is rebuilt after this: the oldest live view it used expires then. */
@@ -1750,7 +1811,7 @@ class Registry {
     store: Store,
     readonly clock: ClockLike,
   ) {
-    this.store = guardedStore(store);
+    this.store = guardedStore(store, settings.storeTimeoutMs);
     const reserve = Math.floor(settings.writeCap * settings.leaderReserve);
     this.budget = new WriteBudget(settings.writeCap, clock, reserve);
     this.legacyLimiter = new AddressLimiter(settings.legacyRegisterLimit);
@@ -1809,10 +1870,28 @@ class Registry {
     if (this.#pending.has(key)) return this.#pending.get(key) ?? null;
     const now = this.clock.now();
     const cached = this.#docs.get(key);
-    if (!fresh && cached && now - cached.at < this.settings.tableTtlMs) return cached.doc;
-    const { doc } = await this.fetch(key);
-    this.#remember(key, doc, now, quiet);
-    return doc;
+    const usable = !fresh && cached !== undefined;
+    if (usable && (now - cached.at < this.settings.tableTtlMs || now < this.#storeDownUntil)) {
+      return cached.doc;
+    }
+    const read = await this.#orKnown(() => this.fetch(key), usable);
+    if (!read) return cached?.doc ?? null;
+    this.#remember(key, read.doc, now, quiet);
+    return read.doc;
+  }
+
+  /**
+   * Runs a store read; when it fails and `fallback` says this isolate knows enough to go on,
+   * notes the store as down for STORE_RETRY_MS and resolves null instead of throwing.
+   */
+  async #orKnown<T>(run: () => Promise<T>, fallback: boolean): Promise<T | null> {
+    try {
+      return await run();
+    } catch (err) {
+      if (!(err instanceof StoreError) || !fallback) throw err;
+      this.#storeDownUntil = this.clock.now() + STORE_RETRY_MS;
+      return null;
+    }
   }
 
   /** Reads a key from the store itself (no cache, no pending): its text and document. */
@@ -2001,7 +2080,11 @@ class Registry {
     return t && now - t.builtAt < this.settings.tableTtlMs && now <= this.#liveUntil ? t : null;
   }
 
-  /** The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse. */
+  /**
+   * The routing table: cached per isolate, rebuilt after own writes or when the TTLs lapse.
+   * While the store fails (errors, time-outs), it is built from the keys and documents this
+   * isolate already knows: routing goes on from what it has.
+   */
   async table(): Promise<RoutingTable> {
     const now = this.clock.now();
     const cached = this.cachedTable(now);
@@ -2010,9 +2093,18 @@ class Registry {
     // it: such a table answers this call but is not cached (else it hid the change for a TTL).
     const generation = this.#generation;
     if (!this.#keys || now - this.#keys.at >= this.settings.listTtlMs) {
-      const set = new Set(await this.store.list(REGISTRY_PREFIX));
+      const known = this.#keys?.keys ?? new Set<string>();
+      let listed: string[] | null = null;
+      if (now >= this.#storeDownUntil || known.size + this.#docs.size === 0) {
+        listed = await this.#orKnown(
+          () => this.store.list(REGISTRY_PREFIX),
+          known.size + this.#docs.size > 0,
+        );
+      }
+      const set = new Set(listed ?? known);
       for (const [key, entry] of this.#docs) if (entry.doc) set.add(key);
-      this.#keys = { keys: set, at: now };
+      // Keys known without a listing are listed again once the store answers.
+      this.#keys = { keys: set, at: listed ? now : (this.#keys?.at ?? 0) };
     }
     const keys = new Set([...this.#keys.keys, ...this.#pending.keys()]);
     const docs = await Promise.all([...keys].map((key) => this.read(key, false, true)));
@@ -2028,6 +2120,7 @@ class Registry {
     const views = new Map<string, WorkerView>();
     const clusters: ClusterSummary[] = [];
     const staleAfter = directStaleAfterMs(this.settings);
+    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     // One worker id, one entry: a record its own key signed first, then whoever claimed the id
     // earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
     // another's worker id cannot take it over.
@@ -2041,12 +2134,15 @@ class Registry {
     for (const doc of docs) {
       if (doc.kind !== "worker") continue;
       if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) continue;
+      // A service its worker reports stopped (`services_status`) gets no traffic.
+      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
       const live = this.#live.get(doc.worker_id);
       const seen = Math.max(doc.written_at, live?.at ?? 0);
       const stale = now - seen > staleAfter;
       const status = stale ? "offline" : doc.status;
       views.set(doc.worker_id, {
         worker_id: doc.worker_id,
+        name: doc.name ?? null,
         tier: doc.tier,
         status,
         healthy: isRoutableStatus(status),
@@ -2064,7 +2160,6 @@ class Registry {
         registered_at: new Date(doc.registered_at).toISOString(),
       });
     }
-    const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
     for (const stored of docs) {
@@ -2085,6 +2180,7 @@ class Registry {
         const status = stale ? "unknown" : m.status;
         views.set(m.worker_id, {
           worker_id: m.worker_id,
+          name: m.name ?? null,
           tier: m.tier,
           status,
           healthy: isRoutableStatus(status),
@@ -2139,6 +2235,7 @@ class Registry {
         const list = providers.get(name) ?? [];
         list.push({
           worker_id: view.worker_id,
+          name: view.name,
           service: name,
           url: url ?? "",
           tier: view.tier,
@@ -2176,6 +2273,7 @@ function servicesFromRegistration(body: RegisterBody): StoredService[] {
 function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
   const strip = (r: WorkerRecord) =>
     JSON.stringify([
+      r.name,
       r.tier,
       r.status,
       r.capabilities,
@@ -2310,6 +2408,7 @@ async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender)
       v: 1,
       worker_id: id,
       owner: ownerFor(sender),
+      name: workerName(body.name, capabilities),
       tier: tierOf(capabilities),
       status: "online",
       capabilities,
@@ -2347,9 +2446,37 @@ async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender)
       heartbeat_interval: reg.settings.heartbeatIntervalS,
       is_heartbeat_leader: record.is_heartbeat_leader,
       services_registered: record.services.map((s) => s.name),
+      // The universal agent of the old system reads the services it may run from here.
+      assigned_services: record.services.map((s) => s.name),
       written: written === true,
     };
   });
+}
+
+/** Service states the universal agent reports (`services_status`) that admit traffic. */
+const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "online", "ready"]);
+
+/**
+ * A worker's services after a heartbeat's `services_status`: a named service takes the state
+ * it reports ("running" and the like are healthy, "stopped" and anything else unhealthy, so it
+ * gets no traffic), a service not registered yet is added at the worker's tunnel URL. Entries
+ * with an invalid name or a non-string state are ignored; at most 64 services are kept.
+ */
+export function applyServicesStatus(
+  services: readonly StoredService[],
+  statuses: Record<string, unknown> | null | undefined,
+  tunnelUrl: string | null,
+): StoredService[] {
+  if (!statuses) return [...services];
+  const next = new Map(services.map((s) => [s.name, s]));
+  for (const [name, state] of Object.entries(statuses)) {
+    if (typeof state !== "string" || !SERVICE_NAME_PATTERN.test(name)) continue;
+    const status = RUNNING_SERVICE_STATES.has(state.toLowerCase()) ? "healthy" : "unhealthy";
+    const known = next.get(name);
+    if (known) next.set(name, { ...known, status });
+    else if (next.size < 64) next.set(name, { name, url: tunnelUrl, status });
+  }
+  return [...next.values()];
 }
 
 async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
@@ -2366,8 +2493,12 @@ async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
       available_memory: body.available_memory ?? null,
     };
     reg.touchWorker(body.worker_id, live);
+    const services = applyServicesStatus(record.services, body.services_status, record.tunnel_url);
     const due = directHeartbeatDue({
-      statusChanged: record.status !== body.status,
+      // A service that stopped (or came back) is a routing change: written at once.
+      statusChanged:
+        record.status !== body.status ||
+        JSON.stringify(services) !== JSON.stringify(record.services),
       writtenAt: record.written_at,
       now,
       writeIntervalMs: reg.settings.directWriteIntervalMs,
@@ -2376,6 +2507,7 @@ async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
     const next: WorkerRecord = {
       ...record,
       status: body.status,
+      services,
       current_load: live.current_load,
       available_memory: live.available_memory,
     };
@@ -2863,6 +2995,8 @@ const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
 export class Endpoint {
   /** The service URL without a trailing slash. */
   base = "";
+  /** The worker's human name, sent as `X-Rollcall-Worker-Name` with its answers. */
+  name: string | null = null;
   tier: 1 | 2 | 3 = 2;
   health: Provider["health"] = "healthy";
   inFlight = 0;
@@ -2904,6 +3038,7 @@ export class Endpoint {
   /** Takes the provider's current URL, tier and health from the routing table. */
   update(provider: Provider): void {
     this.base = trimSlash(provider.url);
+    this.name = provider.name ?? null;
     this.tier = provider.tier;
     this.health = provider.health;
   }
@@ -3065,6 +3200,7 @@ export class ServiceRoute {
     const { now, random } = options;
     const list = this.endpoints;
     const m = end - start;
+    if (m === 0) return null; // every provider unhealthy: the group list is [0, 0]
     if (m === 1) {
       const only = list[start] as Endpoint;
       return this.#usable(only, now, tried, strict) ? only : null;
@@ -4604,7 +4740,10 @@ function addCors(settings: Settings, request: Request, headers: Headers): void {
     }
     headers.append("vary", "Origin");
   }
-  headers.set("access-control-expose-headers", "Retry-After,X-Rollcall-Worker");
+  headers.set(
+    "access-control-expose-headers",
+    "Retry-After,X-Rollcall-Worker,X-Rollcall-Worker-Name",
+  );
 }
 
 function proxyJson(
@@ -4718,6 +4857,7 @@ function respond(
     // upstream response itself, no copy.
     try {
       result.headers.set("x-rollcall-worker", ep.worker_id);
+      if (ep.name !== null) result.headers.set("x-rollcall-worker-name", ep.name);
       ctx.inPlace = true;
       cleanResponseHeaders(result.headers);
       addCors(ctx.settings, request, result.headers);
@@ -4732,6 +4872,7 @@ function respond(
   const headers = new Headers(result.headers);
   cleanResponseHeaders(headers);
   headers.set("x-rollcall-worker", ep.worker_id);
+  if (ep.name !== null) headers.set("x-rollcall-worker-name", ep.name);
   addCors(ctx.settings, request, headers);
   if (ctx.settings.cookies !== "pass") {
     scopeCookies(headers, ctx.settings.cookies, publicPrefix(target, request.url));
@@ -5630,7 +5771,7 @@ export function createCoordinator(
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
     // take any header (X-Requested-With, X-File-Name, Range, ...).
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
-    exposeHeaders: ["Retry-After", "X-Rollcall-Worker"],
+    exposeHeaders: ["Retry-After", "X-Rollcall-Worker", "X-Rollcall-Worker-Name"],
   });
   // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
   // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
@@ -5645,6 +5786,31 @@ export function createCoordinator(
     await flushPending();
     await next();
   });
+
+  // A small index of the API, for a person who opens the coordinator's URL.
+  app.get("/", (c) =>
+    c.json({
+      service: "rollcall-coordinator",
+      version: COORDINATOR_VERSION,
+      endpoints: {
+        "GET /health": "status, store, and what is open",
+        "ANY /api/service/<name>/<path>": "a call routed to a healthy worker providing <name>",
+        "GET /api/admin/workers": "workers, their status, name and services (admin token)",
+        "GET /api/admin/services": "services and their healthy workers (admin token)",
+        "GET /api/admin/stats": "counts by status and tier, write budget, leader (admin token)",
+        "GET /api/admin/leader": "each cluster's leader and lease (admin token)",
+        "GET /api/admin/budget": "store writes used today (admin token)",
+        "GET /api/admin/breakers": "circuit breakers per worker and service (admin token)",
+        "GET /api/admin/metrics": "traffic, latency percentiles, scaling signals (admin token)",
+        "GET /metrics": "the same in Prometheus text format (admin token)",
+        "POST /api/cluster/heartbeat": "a leader agent's report (cluster token)",
+        "POST /api/worker/register, /api/worker/heartbeat": "direct mode (cluster token)",
+        "DELETE /api/worker/unregister/<id>": "direct mode (cluster token)",
+        "GET /api/worker/find/<name>": "a healthy provider's URL (cluster token)",
+      },
+      docs: "docs/DEPLOY.md and docs/AGENTS.md in the rollcall repository",
+    }),
+  );
 
   app.get("/health", (c) => {
     const secured = isSecured(settings);
@@ -5697,6 +5863,38 @@ export function createCoordinator(
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
     const answer = await unregister(reg, id.data, got.sender);
     return answer ? c.json(answer) : c.json({ error: "Worker not found" }, 404);
+  });
+
+  // The old agents' lookup: a healthy provider of a service, as `{"worker_url": ...}`.
+  app.get("/api/worker/find/:service", async (c) => {
+    const level = await authorize(c, settings, "worker");
+    if (typeof level !== "string") return level;
+    const name = ServiceNameSchema.safeParse(c.req.param("service"));
+    if (!name.success) {
+      return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
+    }
+    const table = await reg.table();
+    const usable = (table.providers.get(name.data) ?? []).filter((p) => p.health !== "unhealthy");
+    const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
+    const best = Math.min(...usable.map(rank));
+    const top = usable.filter((p) => rank(p) === best);
+    const pick = top[Math.floor(proxy.random() * top.length)];
+    if (!pick) {
+      return c.json(
+        {
+          error: `No healthy worker provides '${name.data}'`,
+          available_services: availableServices(table),
+        },
+        404,
+      );
+    }
+    return c.json({
+      worker_url: pick.url,
+      worker_id: pick.worker_id,
+      name: pick.name ?? null,
+      service: name.data,
+      tier: pick.tier,
+    });
   });
 
   app.post("/api/cluster/heartbeat", limit, async (c) => {

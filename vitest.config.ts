@@ -10,6 +10,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     // 2 cores in CI: two files at a time keeps timing-sensitive mesh tests honest.
     maxWorkers: 2,
+    // Deno in tests reads its packages as `deno task` does (deno.json `imports`, never
+    // package.json's devDependencies), so no test run rewrites deno.lock.
+    env: { DENO_NO_PACKAGE_JSON: "1" },
     // The default output, then one plain closing line: "N passed, N failed, N skipped".
     reporters: ["default", "./test/helpers/summary-reporter.ts"],
   },

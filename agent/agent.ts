@@ -6,23 +6,34 @@ import { freemem, loadavg } from "node:os";
 import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
 import { createMesh, loadIdentity, type Mesh, type ServiceSummary } from "../mesh/index.ts";
 import { aggregate, reportBody } from "./aggregate.ts";
-import { CoordinatorClient } from "./client.ts";
+import { authFailureHint, CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
 import { Gateway } from "./gateway.ts";
+import { createLogger, type Logger, lineLogger } from "./log.ts";
 import { LeaderReporter } from "./reporter.ts";
 import { loadSigner, signerFromKey } from "./signer.ts";
 
 /** Collaborators of an agent. */
 export interface AgentComponents {
+  /** Where log lines go; default a logger in the configured format (time, level, message). */
+  logger?: Logger;
+  /** Bare log messages (no time or level), for tests; ignored when `logger` is given. */
   log?: (line: string) => void;
   fetch?: typeof fetch;
 }
 
+/** What an agent with no manifest says (`--services` not given). */
+export const NO_MANIFEST =
+  "No services manifest (--services): this agent fronts no services. Write one, e.g. " +
+  '{"services": [{"name": "upload", "port": 8103, "health": "/health"}]}, and pass ' +
+  "--services FILE (see docs/AGENTS.md).";
+
 /** A running worker agent. */
 export class Agent {
   readonly #config: AgentConfig;
+  readonly #logger: Logger;
   readonly #log: (line: string) => void;
   readonly #detector: ServiceDetector;
   readonly #gateway: Gateway;
@@ -41,7 +52,15 @@ export class Agent {
     components: AgentComponents = {},
   ) {
     this.#config = config;
-    this.#log = components.log ?? ((line) => console.log(line));
+    this.#logger =
+      components.logger ??
+      (components.log
+        ? lineLogger(components.log)
+        : createLogger({
+            format: config.logFormat,
+            base: config.logFormat === "json" ? { worker: config.name } : {},
+          }));
+    this.#log = (line) => this.#logger.info(line);
     this.#detector = new ServiceDetector(
       { candidates, intervalMs: config.probeIntervalMs, timeoutMs: config.probeTimeoutMs },
       { fetch: components.fetch },
@@ -82,12 +101,18 @@ export class Agent {
   /** Detects services, opens the gateway, joins the mesh or registers directly. */
   async start(): Promise<void> {
     const c = this.#config;
+    this.#log(`Starting rollcall agent "${c.name}"`);
     this.#log("Detecting available services...");
     await this.#detector.start();
-    const found = this.#detector.services();
-    for (const s of found) {
-      this.#log(`  ✓ ${s.name} on port ${s.port} (${s.status}, ${s.latency_ms} ms)`);
+    const probed = this.#detector.report();
+    if (c.services === undefined) this.#logger.warn(NO_MANIFEST);
+    else this.#log(`Probed ${probed.length} manifest entries of ${c.services}:`);
+    for (const p of probed) {
+      const line = `  ${p.state === "healthy" ? "✓" : p.state === "missing" ? "✗" : "!"} ${p.name}: ${p.state}, ${p.detail} (${p.url})`;
+      if (p.state === "healthy") this.#log(line);
+      else this.#logger.warn(line);
     }
+    const found = this.#detector.services();
     this.#log(`Found ${found.length} active service(s)`);
     this.#detector.addEventListener("change", () => this.#onServicesChanged());
     this.#gatewayPort = await this.#gateway.start();
@@ -113,6 +138,7 @@ export class Agent {
     return {
       status: "healthy",
       worker_id: this.#id,
+      name: this.#config.name,
       mode: this.#config.mode,
       leader: leader?.id ?? null,
       is_leader: leader?.id === this.#id && this.#id !== "",
@@ -125,6 +151,7 @@ export class Agent {
     const view = this.#mesh?.view();
     return {
       self: this.#id,
+      name: this.#config.name,
       cluster: this.#config.cluster,
       mode: this.#config.mode,
       leader: view?.leader ?? null,
@@ -159,6 +186,7 @@ export class Agent {
     const c = this.#config;
     return {
       worker_id: this.#id,
+      name: c.name,
       tunnel_url: c.publicUrl,
       capabilities: c.capabilities,
       containers: this.#detector.services().map((s) => ({
@@ -183,13 +211,14 @@ export class Agent {
         current_load: loadavg()[0] ?? 0,
         available_memory: freemem(),
       }),
-      log: this.#log,
+      log: (line) =>
+        line.startsWith("Registered as ") ? this.#logger.info(line) : this.#logger.warn(line),
     });
     await this.#direct.start();
     const r = this.#direct.registered;
     if (r)
       this.#log(
-        `Registered with ${this.#config.coordinator} as ${r.worker_id} (tier ${r.tier}, direct mode)`,
+        `Registered with ${this.#config.coordinator} as ${r.worker_id} (name ${this.#config.name}, tier ${r.tier}, direct mode)`,
       );
     else
       this.#log(
@@ -211,19 +240,20 @@ export class Agent {
           url: c.publicUrl,
           status: "online",
           services: this.#summaries(),
-          meta: { tier: c.tier, capabilities: c.capabilities },
+          meta: { tier: c.tier, capabilities: c.capabilities, name: c.name },
         },
       },
-      { logger: (line) => this.#log(`mesh: ${line}`) },
+      { logger: (line) => this.#logger.info(`mesh: ${line}`) },
     );
     this.#mesh = mesh;
     if (this.#client) {
       const client = this.#client;
+      let refused = false;
       this.#reporter = new LeaderReporter<ClusterMemberReport>(
         { debounceMs: c.debounceMs },
         {
-          send: (r) =>
-            client.report(
+          send: async (r) => {
+            const result = await client.report(
               reportBody({
                 cluster: c.cluster,
                 leaderId: this.#id,
@@ -231,8 +261,19 @@ export class Agent {
                 sequence: r.sequence,
                 aggregate: r,
               }),
-            ),
-          log: (line) => this.#log(line),
+            );
+            if (result.ok) {
+              refused = false;
+              return result;
+            }
+            // A refused token: say once which setting to check, and keep retrying with the
+            // capped exponential backoff (a fixed token can start working without a restart).
+            const hint = authFailureHint(result.status ?? 0);
+            if (hint && !refused) this.#logger.error(hint);
+            refused = hint !== null;
+            return hint ? { ...result, retryable: true } : result;
+          },
+          log: (line) => this.#logger.warn(line),
           onAnswer: (a, r) => {
             const first = !this.#answered;
             this.#answered = true;
@@ -248,17 +289,21 @@ export class Agent {
     }
     mesh.addEventListener("leader", (e) => this.#onLeader(e.detail));
     mesh.addEventListener("view", (e) => this.#reporter?.update(aggregate(e.detail)));
+    const named = (m: { id: string; meta?: { name?: string } }) =>
+      m.meta?.name ? `${m.id} (${m.meta.name})` : m.id;
     mesh.addEventListener("member-up", (e) =>
-      this.#log(`Member up: ${e.detail.id} at ${e.detail.url}`),
+      this.#log(`Member up: ${named(e.detail)} at ${e.detail.url}`),
     );
     mesh.addEventListener("member-down", (e) =>
-      this.#log(`Member down: ${e.detail.id} (${e.detail.state})`),
+      this.#logger.warn(`Member down: ${named(e.detail)} (${e.detail.state})`),
     );
     await mesh.start();
     this.#id = mesh.id;
     // The mesh created (or read) the key: the leader's reports are signed with it.
     this.#client?.signWith(loadSigner(c.dataDir));
-    this.#log(`Joined cluster "${c.cluster}" as ${this.#id} (tier ${c.tier}, mesh mode)`);
+    this.#log(
+      `Joined cluster "${c.cluster}" as ${this.#id} (name ${c.name}, tier ${c.tier}, mesh mode)`,
+    );
     this.#log(`Mesh listening on ${mesh.multiaddrs().join(" ")}`);
     if (!this.#client) this.#log("No coordinator configured: this agent gossips but never reports");
   }

@@ -31,6 +31,7 @@ export function toReportMember(m: MemberView): ClusterMemberReport {
   const tier = m.meta?.tier;
   return {
     worker_id: m.id,
+    name: m.meta?.name ?? null,
     incarnation: m.incarnation,
     status: m.flapping ? "degraded" : m.status,
     url: m.url,

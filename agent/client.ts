@@ -68,7 +68,13 @@ export class CoordinatorClient {
     const r = await this.call<ReportAnswer>("POST", "/api/cluster/heartbeat", body);
     return r.ok
       ? { ok: true, answer: r.data }
-      : { ok: false, retryable: r.retryable, retryAfterMs: r.retryAfterMs, error: r.error };
+      : {
+          ok: false,
+          status: r.status,
+          retryable: r.retryable,
+          retryAfterMs: r.retryAfterMs,
+          error: r.error,
+        };
   }
 
   /** POST /api/worker/register (direct mode). */
@@ -175,4 +181,17 @@ export class CoordinatorClient {
       ...(typeof serverTime === "number" ? { serverTime } : {}),
     };
   }
+}
+
+/**
+ * What to check when the coordinator refused the agent's credentials (401/403), said once per
+ * streak of refusals; null for any other status.
+ */
+export function authFailureHint(status: number): string | null {
+  if (status !== 401 && status !== 403) return null;
+  return (
+    `The coordinator refused this agent's cluster token (${status}): check --token / ` +
+    "ROLLCALL_CLUSTER_TOKEN, which must equal the coordinator's ROLLCALL_CLUSTER_TOKEN. " +
+    "Retrying with backoff (at most 60 s apart)."
+  );
 }

@@ -3,9 +3,18 @@
  * Every bad setting stops the agent at once with a message that names it.
  */
 import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { type Capabilities, CapabilitiesSchema, HttpUrlSchema, tierOf } from "../coordinator.ts";
+import {
+  type Capabilities,
+  CapabilitiesSchema,
+  ClusterNameSchema,
+  HttpUrlSchema,
+  tierOf,
+  WorkerNameSchema,
+} from "../coordinator.ts";
+import { LOG_FORMATS, type LogFormat } from "./log.ts";
 
 /** A setting that could not be used; `setting` names it as the user wrote it. */
 export class ConfigError extends Error {
@@ -20,6 +29,9 @@ export class ConfigError extends Error {
 
 /** The agent's resolved settings. */
 export interface AgentConfig {
+  /** This worker's human name (`--name`, default the hostname). */
+  name: string;
+  logFormat: LogFormat;
   coordinator: string | undefined;
   token: string | undefined;
   agentToken: string | undefined;
@@ -45,6 +57,7 @@ export interface AgentConfig {
 /** One row per setting: flag name, env variable, config-file key, help text. */
 const SETTINGS = [
   ["coordinator", "ROLLCALL_COORDINATOR", "coordinator URL (omit to run without reporting)"],
+  ["name", "ROLLCALL_NAME", "this worker's name in the coordinator's views (default: hostname)"],
   ["token", "ROLLCALL_CLUSTER_TOKEN", "cluster token sent to the coordinator"],
   [
     "agent-token",
@@ -63,17 +76,14 @@ const SETTINGS = [
   ["bootstrap", "ROLLCALL_BOOTSTRAP", "bootstrap peer multiaddrs with /p2p/<id>, comma-separated"],
   ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false)"],
   ["psk", "ROLLCALL_PSK", "private-network key: swarm.key text or a path to it"],
-  [
-    "services",
-    "ROLLCALL_SERVICES",
-    "services manifest JSON file (default: agent/services.example.json)",
-  ],
+  ["services", "ROLLCALL_SERVICES", "services manifest JSON file (default: none, no services)"],
   ["mode", "ROLLCALL_MODE", "mesh (default) or direct"],
   ["probe-interval", "ROLLCALL_PROBE_INTERVAL", "seconds between service probes (default 10)"],
   ["probe-timeout", "ROLLCALL_PROBE_TIMEOUT", "seconds a probe may take (default 2)"],
   ["debounce", "ROLLCALL_DEBOUNCE", "seconds the leader waits to batch changes (default 2)"],
   ["tier", "ROLLCALL_TIER", "1 GPU, 2 CPU, 3 storage (default: from capabilities)"],
   ["capabilities", "ROLLCALL_CAPABILITIES", "JSON object, as in direct-mode register"],
+  ["log-format", "ROLLCALL_LOG_FORMAT", "text (default) or json: one JSON object per line"],
 ] as const;
 
 type Key = (typeof SETTINGS)[number][0];
@@ -93,11 +103,47 @@ export function helpText(): string {
     ...rows,
     `  --${"config".padEnd(15)} ${"ROLLCALL_CONFIG".padEnd(24)} JSON file with any of the settings above`,
     `  --${"help".padEnd(15)} ${"".padEnd(24)} this text`,
+    `  --${"version".padEnd(15)} ${"".padEnd(24)} print the version and exit`,
+    "",
+    'A config file takes the flag names as keys, e.g. {"coordinator": "https://...",',
+    '"probe-interval": 5, "bootstrap": ["/ip4/10.0.0.5/tcp/7400/p2p/12D3Koo..."]}.',
+    "Flags win over environment variables, which win over the file.",
     "",
   ].join("\n");
 }
 
 const camel = (flag: string) => flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
+
+/** Edit distance of two short strings (insertions, deletions, substitutions). */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      row.push(
+        Math.min(
+          (prev[j] as number) + 1,
+          (row[j - 1] as number) + 1,
+          (prev[j - 1] as number) + cost,
+        ),
+      );
+    }
+    prev = row;
+  }
+  return prev[b.length] as number;
+}
+
+/** The known setting nearest to an unknown key, when one is near enough to be a typo. */
+export function nearestSetting(key: string): string | undefined {
+  const wanted = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`).replace(/_/g, "-");
+  let best: { flag: string; d: number } | undefined;
+  for (const [flag] of SETTINGS) {
+    const d = distance(wanted.toLowerCase(), flag);
+    if (!best || d < best.d) best = { flag, d };
+  }
+  return best && best.d <= Math.max(2, Math.floor(best.flag.length / 3)) ? best.flag : undefined;
+}
 
 /** Raw strings per setting, merged from the three sources, with where each came from. */
 function collect(argv: string[], env: Record<string, string | undefined>) {
@@ -105,6 +151,7 @@ function collect(argv: string[], env: Record<string, string | undefined>) {
     ...SETTINGS.map(([flag]) => [flag, { type: flag === "mdns" ? "boolean" : "string" }] as const),
     ["config", { type: "string" }],
     ["help", { type: "boolean" }],
+    ["version", { type: "boolean" }],
   ]) as Record<string, { type: "string" | "boolean" }>;
   let parsed: ReturnType<typeof parseArgs>;
   try {
@@ -125,15 +172,24 @@ function collect(argv: string[], env: Record<string, string | undefined>) {
     if (typeof file !== "object" || file === null || Array.isArray(file)) {
       throw new ConfigError("--config", `${configPath} must hold a JSON object`);
     }
-    const known = new Set(SETTINGS.map(([flag]) => camel(flag)));
-    for (const key of Object.keys(file)) {
-      if (!known.has(key)) throw new ConfigError(`${configPath}: ${key}`, "unknown setting");
-    }
+    // The keys are the flag names (`probe-interval`); camelCase (`probeInterval`) is also taken.
+    const byKey = new Map<string, Key>();
     for (const [flag] of SETTINGS) {
-      const v = file[camel(flag)];
-      if (v === undefined) continue;
+      byKey.set(flag, flag);
+      byKey.set(camel(flag), flag);
+    }
+    for (const [key, v] of Object.entries(file)) {
+      const flag = byKey.get(key);
+      if (!flag) {
+        const near = nearestSetting(key);
+        throw new ConfigError(
+          `${configPath}: ${key}`,
+          `unknown setting${near ? `; did you mean "${near}"?` : ""} (--help lists the settings)`,
+        );
+      }
+      if (v === undefined || v === null) continue;
       const value = typeof v === "string" ? v : Array.isArray(v) ? v.join(",") : JSON.stringify(v);
-      raw.set(flag, { value, from: `${configPath}: ${camel(flag)}` });
+      raw.set(flag, { value, from: `${configPath}: ${key}` });
     }
   }
   for (const [flag, envName] of SETTINGS) {
@@ -144,7 +200,16 @@ function collect(argv: string[], env: Record<string, string | undefined>) {
     const v = flags[flag];
     if (v !== undefined) raw.set(flag, { value: String(v), from: `--${flag}` });
   }
-  return { raw, help: flags.help === true };
+  return { raw, help: flags.help === true, version: flags.version === true };
+}
+
+/** The machine's hostname as a worker name: invalid characters become "-", at most 64. */
+export function defaultName(host = hostname()): string {
+  const name = host
+    .replace(/[^A-Za-z0-9._-]/g, "-")
+    .replace(/^[^A-Za-z0-9]+/, "")
+    .slice(0, 64);
+  return name || "worker";
 }
 
 const list = (s: string | undefined) =>
@@ -161,8 +226,8 @@ const list = (s: string | undefined) =>
 export function loadConfig(
   argv: string[],
   env: Record<string, string | undefined> = process.env,
-): { config: AgentConfig; help: boolean } {
-  const { raw, help } = collect(argv, env);
+): { config: AgentConfig; help: boolean; version: boolean } {
+  const { raw, help, version } = collect(argv, env);
   const get = (k: Key) => raw.get(k)?.value;
   const check = <T>(k: Key, schema: z.ZodType<T>, fallback: T): T => {
     const entry = raw.get(k);
@@ -260,16 +325,18 @@ export function loadConfig(
       );
   }
   const config: AgentConfig = {
+    name: check("name", WorkerNameSchema, defaultName()),
+    logFormat: check(
+      "log-format",
+      z.enum(LOG_FORMATS as [LogFormat, ...LogFormat[]], { message: "must be text or json" }),
+      "text",
+    ),
     coordinator: raw.has("coordinator")
       ? check("coordinator", url, "").replace(/\/+$/, "")
       : undefined,
     token: get("token"),
     agentToken: get("agent-token"),
-    cluster: check(
-      "cluster",
-      z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "use 1-64 letters, digits, . _ -"),
-      "default",
-    ),
+    cluster: check("cluster", ClusterNameSchema, "default"),
     dataDir: get("data-dir") ?? ".data/agent",
     listen: { host, port },
     publicUrl,
@@ -304,5 +371,5 @@ export function loadConfig(
   if (config.mode === "direct" && !config.coordinator) {
     throw new ConfigError("--coordinator", "direct mode needs a coordinator URL");
   }
-  return { config, help };
+  return { config, help, version };
 }

@@ -15,6 +15,33 @@ export interface ServiceCandidate {
   url: string;
   /** Health path probed with GET, e.g. /health. */
   health: string;
+  /**
+   * Statuses of the health answer that count as healthy: codes (204) or classes ("2xx").
+   * Default ["2xx", "3xx"]: a wrong health path answering 404 does not look healthy.
+   */
+  healthyStatus?: readonly (number | string)[];
+}
+
+/** What counts as healthy when a manifest entry does not say. */
+export const DEFAULT_HEALTHY_STATUS: readonly string[] = ["2xx", "3xx"];
+
+/** Whether an HTTP status is one of `healthy` (codes or classes like "2xx"). */
+export function isHealthyStatus(
+  status: number,
+  healthy: readonly (number | string)[] = DEFAULT_HEALTHY_STATUS,
+): boolean {
+  return healthy.some((h) =>
+    typeof h === "number" ? h === status : h === `${Math.floor(status / 100)}xx`,
+  );
+}
+
+/** The last probe of one manifest entry, for the start report: found or why not. */
+export interface ProbeReport {
+  name: string;
+  url: string;
+  state: "healthy" | "unhealthy" | "missing";
+  /** e.g. "200 in 3 ms", "connection refused", "timed out after 2000 ms", "answered 404". */
+  detail: string;
 }
 
 /** A service found running, with its health. */
@@ -53,6 +80,16 @@ const manifestSchema = z.object({
           port: z.number().int().min(1).max(65535).optional(),
           url: z.url({ protocol: /^https?$/ }).optional(),
           health: z.string().startsWith("/").default("/health"),
+          healthy_status: z
+            .array(
+              z.union([
+                z.number().int().min(100).max(599),
+                z.enum(["1xx", "2xx", "3xx", "4xx", "5xx"]),
+              ]),
+            )
+            .min(1)
+            .max(32)
+            .optional(),
         })
         .strict()
         .refine((s) => (s.port === undefined) !== (s.url === undefined), {
@@ -80,7 +117,12 @@ export function parseManifest(doc: unknown, source: string): ServiceCandidate[] 
       throw new ConfigError(`${source}: ${s.name}`, `url ${JSON.stringify(s.url)} ${HTTP_ONLY}`);
     }
     const url = (s.url ?? `http://127.0.0.1:${s.port}`).replace(/\/+$/, "");
-    return { name: s.name, url, health: s.health };
+    return {
+      name: s.name,
+      url,
+      health: s.health,
+      ...(s.healthy_status ? { healthyStatus: s.healthy_status } : {}),
+    };
   });
 }
 
@@ -108,13 +150,27 @@ interface Track {
   target: Pick<DetectedService, "host" | "port" | "basePath">;
   present: DetectedService | undefined;
   failures: number;
+  last: Outcome | undefined;
 }
 
-/** up: answered below 500; sick: answered 5xx or timed out; down: nothing listens. */
+/**
+ * up: answered a healthy status; sick: answered another status or timed out; down: nothing
+ * listens (refused, or the host cannot be reached). `why` says it in words for the logs.
+ */
 type Outcome =
-  | { kind: "up"; latency: number }
-  | { kind: "down" }
-  | { kind: "sick"; latency: number; answered: boolean };
+  | { kind: "up"; latency: number; why: string }
+  | { kind: "down"; why: string }
+  | { kind: "sick"; latency: number; answered: boolean; why: string };
+
+/** Words for a failed connection: refused, no such host, or the error's own code. */
+function connectFailure(err: unknown): string {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  const code = cause?.code ?? "";
+  if (code === "ECONNREFUSED") return "connection refused";
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "host not found";
+  if (code) return `unreachable (${code})`;
+  return `unreachable (${cause?.message ?? (err as Error).message})`;
+}
 
 /** Probes candidates on a timer; emits "change" when the set of services or their health changes. */
 export class ServiceDetector extends EventTarget {
@@ -137,7 +193,12 @@ export class ServiceDetector extends EventTarget {
     this.#clock = components.clock ?? systemClock;
     this.#fetch = components.fetch ?? fetch;
     for (const c of this.#candidates) {
-      this.#tracks.set(c.name, { target: targetOf(c), present: undefined, failures: 0 });
+      this.#tracks.set(c.name, {
+        target: targetOf(c),
+        present: undefined,
+        failures: 0,
+        last: undefined,
+      });
     }
   }
 
@@ -160,6 +221,15 @@ export class ServiceDetector extends EventTarget {
     return [...this.#tracks.values()]
       .flatMap((t) => (t.present ? [t.present] : []))
       .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** What the last probe of each manifest entry found, in manifest order. */
+  report(): ProbeReport[] {
+    return this.#candidates.map((c) => {
+      const t = this.#tracks.get(c.name) as Track;
+      const state = t.present?.status ?? "missing";
+      return { name: c.name, url: c.url + c.health, state, detail: t.last?.why ?? "not probed" };
+    });
   }
 
   /** Looks up a running service by name. */
@@ -196,20 +266,33 @@ export class ServiceDetector extends EventTarget {
       });
       await res.body?.cancel();
       const latency = Math.round(performance.now() - started);
-      return res.status < 500 ? { kind: "up", latency } : { kind: "sick", latency, answered: true };
+      if (isHealthyStatus(res.status, c.healthyStatus)) {
+        return { kind: "up", latency, why: `${res.status} in ${latency} ms` };
+      }
+      const hint =
+        res.status >= 500
+          ? ""
+          : ` (not a healthy status: check the health path ${c.health}, or list ${res.status} in healthy_status)`;
+      return { kind: "sick", latency, answered: true, why: `answered ${res.status}${hint}` };
     } catch (err) {
       const name = (err as Error).name;
       // A timeout means something listens but does not answer in time: sick, not gone.
       if (name === "TimeoutError" || name === "AbortError") {
-        return { kind: "sick", latency: this.#timeoutMs, answered: false };
+        return {
+          kind: "sick",
+          latency: this.#timeoutMs,
+          answered: false,
+          why: `timed out after ${this.#timeoutMs} ms`,
+        };
       }
-      return { kind: "down" };
+      return { kind: "down", why: connectFailure(err) };
     }
   }
 
   /** Folds one probe outcome into the track; true when the visible state changed. */
   #apply(c: ServiceCandidate, o: Outcome): boolean {
     const t = this.#tracks.get(c.name) as Track;
+    t.last = o;
     const before = t.present;
     const found = { name: c.name, url: c.url, ...t.target };
     if (o.kind === "up") {
@@ -218,7 +301,7 @@ export class ServiceDetector extends EventTarget {
       return before?.status !== "healthy";
     }
     if (!before) {
-      // A service that answers 5xx from the start runs, but unhealthy.
+      // A service that answers an unhealthy status from the start runs, but unhealthy.
       if (o.kind !== "sick" || !o.answered) return false;
       t.present = { ...found, status: "unhealthy", latency_ms: o.latency };
       return true;

@@ -7,7 +7,12 @@
  */
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
-import type { CallResult, CoordinatorClient, RegisterAnswer } from "./client.ts";
+import {
+  authFailureHint,
+  type CallResult,
+  type CoordinatorClient,
+  type RegisterAnswer,
+} from "./client.ts";
 
 /** First retry delay after a failed call; doubles per failure up to MAX_BACKOFF_MS. */
 const MIN_BACKOFF_MS = 1_000;
@@ -16,6 +21,8 @@ const MAX_BACKOFF_MS = 60_000;
 /** What the agent registers: the contract's register body. */
 export interface Registration {
   worker_id: string;
+  /** The worker's human name (`--name`). */
+  name?: string;
   tunnel_url: string;
   ip_address?: string;
   capabilities: Record<string, unknown>;
@@ -55,6 +62,7 @@ export class DirectReporter {
   #running = false;
   #busy = false;
   #dirty = true;
+  #authRefused = false;
   /** Counters for tests and the live view. */
   readonly stats = {
     registers: 0,
@@ -144,11 +152,15 @@ export class DirectReporter {
     }
     if (result.ok) {
       this.#failures = 0;
+      this.#authRefused = false;
       this.#schedule(this.#dirty ? 0 : this.#intervalMs);
       return;
     }
     this.stats.failures += 1;
     this.stats.lastError = result.error;
+    const hint = authFailureHint(result.status);
+    if (hint && !this.#authRefused) this.#c.log?.(hint);
+    this.#authRefused = hint !== null;
     if (forgotten) {
       this.#c.log?.(`${result.error}; registering again`);
       this.#schedule(0);

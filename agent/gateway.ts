@@ -7,6 +7,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import {
   assertSafeRest,
+  COORDINATOR_VERSION,
   HOP_BY_HOP as HOP_BY_HOP_LIST,
   ServiceNameSchema,
   UnsafePathError,
@@ -84,6 +85,36 @@ export interface GatewayComponents {
   clusterView(): unknown;
 }
 
+/** Most bytes of a request body read and dropped after the service answered early. */
+const DRAIN_MAX_BYTES = 16 * 1024 * 1024;
+/** Longest such drain; past it, or past the bytes, the client's connection is closed. */
+const DRAIN_TIMEOUT_MS = 10_000;
+
+/** Reads and drops what is left of a request body, so its keep-alive connection stays usable. */
+function drainRequest(req: http.IncomingMessage): void {
+  let read = 0;
+  const close = () => {
+    cleanup();
+    req.socket.destroy();
+  };
+  const onData = (chunk: Buffer) => {
+    read += chunk.length;
+    if (read > DRAIN_MAX_BYTES) close();
+  };
+  const timer = setTimeout(close, DRAIN_TIMEOUT_MS);
+  timer.unref();
+  const cleanup = () => {
+    clearTimeout(timer);
+    req.off("data", onData);
+    req.off("end", cleanup);
+    req.off("error", cleanup);
+  };
+  req.on("data", onData);
+  req.once("end", cleanup);
+  req.once("error", cleanup);
+  req.resume();
+}
+
 const json = (res: http.ServerResponse, status: number, body: unknown) => {
   const text = JSON.stringify(body);
   res.writeHead(status, {
@@ -137,6 +168,7 @@ export class Gateway {
   ): { status: number; body: unknown } | { service: DetectedService; path: string } {
     const url = req.url ?? "/";
     const path = url.split("?")[0];
+    if (path === "/") return { status: 200, body: this.#index() };
     if (path === "/_agent/health") return { status: 200, body: this.#c.health() };
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
@@ -152,7 +184,14 @@ export class Gateway {
       return { status: 200, body: this.#c.clusterView() };
     }
     if (!url.startsWith("/service/")) {
-      return { status: 404, body: { error: "Not found", message: "Use /service/<name>/<path>" } };
+      return {
+        status: 404,
+        body: {
+          error: "Not found",
+          message:
+            "Use /service/<name>/<path>, /_agent/health or /_agent/cluster (GET / lists them)",
+        },
+      };
     }
     const parsed = parseServicePath(url);
     if ("error" in parsed) {
@@ -169,6 +208,20 @@ export class Gateway {
       };
     }
     return { service, path: parsed.rest + parsed.query };
+  }
+
+  /** `GET /`: what this gateway serves. */
+  #index(): Record<string, unknown> {
+    return {
+      service: "rollcall-agent",
+      version: COORDINATOR_VERSION,
+      endpoints: {
+        "GET /_agent/health": "this agent: id, name, mode, leader, its services",
+        "GET /_agent/cluster": "the live view of the cluster (Bearer agent token when one is set)",
+        "ANY /service/<name>/<path>": "a local service, proxied",
+      },
+      services: this.#c.services().map((s) => s.name),
+    };
   }
 
   #proxy(
@@ -194,13 +247,29 @@ export class Gateway {
       agent: this.#agent,
       timeout: this.#init.upstreamTimeoutMs ?? 30_000,
     });
+    let answered = false;
     upstream.on("response", (up) => {
       res.writeHead(up.statusCode ?? 502, stripHopByHop(up.headers));
       up.pipe(res);
+      // The service answered before it read the whole body: the rest is no longer its, but the
+      // client's connection needs it read, or its next request there fails.
+      up.once("end", () => {
+        answered = true;
+        if (!req.complete) {
+          req.unpipe(upstream);
+          upstream.destroy();
+          drainRequest(req);
+        }
+      });
     });
     upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
     upstream.on("error", (err) => {
+      if (answered) return; // the body's rest failed to reach a service that had answered
       if (res.headersSent || res.destroyed) return void res.destroy(err);
+      if (!req.complete) {
+        req.unpipe(upstream);
+        drainRequest(req);
+      }
       const timedOut = err.message === "upstream timeout";
       json(res, timedOut ? 504 : 502, {
         error: timedOut ? "Upstream timeout" : "Upstream failed",

@@ -24,7 +24,7 @@ export type ReportAnswer = Pick<
 /** The outcome of one send. */
 export type SendResult =
   | { ok: true; answer: ReportAnswer }
-  | { ok: false; retryable: boolean; retryAfterMs?: number; error: string };
+  | { ok: false; retryable: boolean; retryAfterMs?: number; error: string; status?: number };
 
 /** A report as sent: the state plus the leader's term and sequence. */
 export interface OutgoingReport<M = unknown> extends ReportState<M> {

@@ -71,8 +71,11 @@ class MeshNode extends EventTarget {
     this.#clock = components.clock ?? systemClock;
     this.#log = components.logger ?? (() => {});
     const cluster = init.cluster ?? "default";
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(cluster)) {
-      throw new MeshStateError("Cluster name must be 1-64 of A-Z a-z 0-9 . _ -");
+    // The coordinator's ClusterNameSchema, copied (test/cluster-name.test.ts checks they agree).
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(cluster)) {
+      throw new MeshStateError(
+        "Cluster name must be 1-64 letters, digits or . _ -, starting with a letter or digit",
+      );
     }
     this.#topic = heartbeatTopic(cluster);
     this.#mdnsTag = `_rollcall-${cluster.toLowerCase().replace(/[^a-z0-9-]/g, "-")}._udp.local`;

@@ -78,11 +78,17 @@ export function encodeMeta(meta: MemberMeta | undefined): Uint8Array {
   return bytes;
 }
 
+/** A member's human name in its meta: as the coordinator's WorkerNameSchema (1-64 of A-Z a-z 0-9 . _ -). */
+const MEMBER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 function checkMeta(meta: unknown): asserts meta is MemberMeta {
   if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
     throw new HeartbeatError("Meta must be an object");
   }
-  const { tier, capabilities } = meta as Record<string, unknown>;
+  const { tier, capabilities, name } = meta as Record<string, unknown>;
+  if (name !== undefined && !(typeof name === "string" && MEMBER_NAME.test(name))) {
+    throw new HeartbeatError("Meta name must be 1-64 letters, digits or . _ -");
+  }
   if (
     tier !== undefined &&
     !(Number.isInteger(tier) && (tier as number) >= 0 && (tier as number) <= 255)
@@ -109,6 +115,7 @@ export function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
   const out: MemberMeta = {};
   if (parsed.tier !== undefined) out.tier = parsed.tier;
   if (parsed.capabilities !== undefined) out.capabilities = parsed.capabilities;
+  if (parsed.name !== undefined) out.name = parsed.name;
   return out;
 }
 

@@ -17,6 +17,8 @@ export interface ServiceSummary {
 export interface MemberMeta {
   tier?: number;
   capabilities?: Record<string, unknown>;
+  /** The agent's human name (`--name`), shown by the coordinator; never used to route. */
+  name?: string;
 }
 
 /** What the local agent declares about itself in every heartbeat. */

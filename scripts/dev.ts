@@ -10,23 +10,63 @@
  *
  * Flags: --base-port N (default 8700: coordinator N+87, gateways N+1..3, mesh N+11..13,
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
- * --probe-interval S (agents' probe interval, default 10).
+ * --probe-interval S (agents' probe interval, default 10), --help, --version.
+ * Environment: ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (both, or neither) run the
+ * cluster secured, as in production; neither runs it open. The banner says which mode.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { COORDINATOR_VERSION } from "../coordinator.ts";
 import { loadIdentity } from "../mesh/index.ts";
 
-const { values } = parseArgs({
-  options: {
-    "base-port": { type: "string", default: "8700" },
-    data: { type: "string", default: ".data/dev" },
-    fresh: { type: "boolean", default: false },
-    "probe-interval": { type: "string", default: "10" },
-  },
-});
+const HELP = `Usage: npm run dev -- [options]   (or: deno task dev [options])
+
+Starts a whole rollcall cluster on loopback: the coordinator, three agents in mesh mode and
+sample services behind them. Ctrl-C stops everything.
+
+Options:
+  --base-port N       coordinator on N+87, gateways N+1..3, mesh N+11..13 (default 8700)
+  --data DIR          where the cluster keeps its state (default .data/dev)
+  --fresh             wipe DIR first
+  --probe-interval S  the agents' service probe interval in seconds (default 10)
+  --help              this text
+  --version           print the version and exit
+`;
+
+let values: {
+  "base-port": string;
+  data: string;
+  fresh: boolean;
+  "probe-interval": string;
+  help?: boolean;
+  version?: boolean;
+};
+try {
+  ({ values } = parseArgs({
+    options: {
+      "base-port": { type: "string", default: "8700" },
+      data: { type: "string", default: ".data/dev" },
+      fresh: { type: "boolean", default: false },
+      "probe-interval": { type: "string", default: "10" },
+      help: { type: "boolean" },
+      version: { type: "boolean" },
+    },
+  }));
+} catch (err) {
+  console.error(`rollcall dev: ${(err as Error).message}\nRun with --help for the options.`);
+  process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+if (values.version) {
+  console.log(`rollcall ${COORDINATOR_VERSION}`);
+  process.exit(0);
+}
 
 const isDeno = "Deno" in globalThis;
 const base = Number(values["base-port"]);
@@ -35,6 +75,27 @@ if (!Number.isInteger(base) || base < 1024 || base > 65000) {
   process.exit(2);
 }
 const dataDir = resolve(values.data);
+// Secured mode: the coordinator and the agents read these from the environment they inherit;
+// this script sends the admin token on its own readiness checks. Never printed.
+const clusterToken = process.env.ROLLCALL_CLUSTER_TOKEN;
+const adminToken = process.env.ROLLCALL_ADMIN_TOKEN;
+if (
+  (clusterToken === undefined) !== (adminToken === undefined) ||
+  clusterToken === "" ||
+  adminToken === ""
+) {
+  console.error(
+    "Set both ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (non-empty) for a secured cluster, or neither for open local dev",
+  );
+  process.exit(2);
+}
+const secured = adminToken !== undefined;
+const adminHeaders: Record<string, string> = secured
+  ? { authorization: `Bearer ${adminToken}` }
+  : {};
+const mode = secured
+  ? "secured: cluster and admin tokens from ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN"
+  : "open local dev: no tokens, anyone on this machine may register and administer";
 const host = "127.0.0.1";
 const coordinatorPort = base + 87;
 const coordinatorUrl = `http://${host}:${coordinatorPort}`;
@@ -60,8 +121,9 @@ function run(
   args: string[],
   opts: { quiet?: boolean; env?: Record<string, string>; essential?: boolean } = {},
 ) {
+  // Under Deno, packages come from Deno's own cache (deno.json `imports`), as `deno task dev`.
   const runtimeArgs = isDeno
-    ? ["run", "-A", "--unstable-kv", file, ...args]
+    ? ["run", "--node-modules-dir=none", "-A", "--unstable-kv", file, ...args]
     : ["--import", "tsx", file, ...args];
   const proc = spawn(process.execPath, runtimeArgs, {
     stdio: ["ignore", "pipe", "pipe"],
@@ -166,7 +228,16 @@ async function main(): Promise<void> {
       const manifest = join(dir, "services.json");
       const services = w.services.map((name, k) => ({ name, port: servicePort(i, k) }));
       writeFileSync(manifest, `${JSON.stringify({ services }, null, 2)}\n`);
-      return { i, dir, meshAddr, manifest, services, gateway: `http://${host}:${base + 1 + i}` };
+      return {
+        i,
+        dir,
+        meshAddr,
+        manifest,
+        services,
+        id: identity.peerId.toString(),
+        name: `worker${i + 1}`,
+        gateway: `http://${host}:${base + 1 + i}`,
+      };
     }),
   );
 
@@ -209,6 +280,8 @@ async function main(): Promise<void> {
       coordinatorUrl,
       "--data-dir",
       a.dir,
+      "--name",
+      a.name,
       "--listen",
       `${host}:${base + 1 + a.i}`,
       "--mesh-listen",
@@ -225,7 +298,8 @@ async function main(): Promise<void> {
   await waitFor(
     "the agents to report every service",
     async () => {
-      const res = await fetch(`${coordinatorUrl}/api/admin/services`);
+      const res = await fetch(`${coordinatorUrl}/api/admin/services`, { headers: adminHeaders });
+      if (res.status === 401) throw new Error("the coordinator refused the admin token");
       const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
       return [...expected].every((n) => (body.services[n]?.healthy_workers ?? 0) > 0);
     },
@@ -234,19 +308,24 @@ async function main(): Promise<void> {
   if (stopping) return;
   up = true;
   const c = coordinatorUrl;
+  const auth = secured ? ' -H "Authorization: Bearer $ROLLCALL_ADMIN_TOKEN"' : "";
   console.log(`
 rollcall local cluster is up (${isDeno ? "Deno, Deno KV" : "Node, file store"}).
 
+  Mode         ${mode}
   Coordinator  ${c}
   Workers      ${agents.map((a) => a.gateway).join("  ")}
   Agent pids   ${agentProcs.map((p) => p.pid).join("  ")}
   Services     ${[...expected].sort().join(", ")}
 
+  Agents (pid, name, id, gateway):
+${agents.map((a, k) => `    agent${a.i + 1}  pid ${agentProcs[k]?.pid}  ${a.name}  ${a.id}  ${a.gateway}`).join("\n")}
+
 Try:
-  curl -s ${c}/api/admin/services          # list services and their healthy workers
+  curl -s${auth} ${c}/api/admin/services          # list services and their healthy workers
   curl -s ${c}/api/service/nope/hello      # a service that does not exist: 503 with the list
   curl -s ${c}/api/service/upload/hello    # a routed call: the answer names the worker
-  curl -s ${c}/api/admin/workers           # list workers, their leader and services
+  curl -s${auth} ${c}/api/admin/workers           # list workers, their leader and services
   npx tsx scripts/test-service-discovery.ts ${c}
 
 kill -9 a worker's pid to watch the others elect a new leader; Ctrl-C stops everything.

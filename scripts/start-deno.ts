@@ -2,11 +2,19 @@
  * The coordinator on Deno with Deno KV: `deno task coordinator`
  * (`deno run -A --unstable-kv scripts/start-deno.ts`). Flags (or env): --port (PORT, 8787),
  * --host (HOST, 127.0.0.1), --kv (ROLLCALL_KV_PATH; unset: Deno's default database, which on
- * Deno Deploy is the project's managed KV). Settings: ROLLCALL_* env vars, see docs/DEPLOY.md.
+ * Deno Deploy is the project's managed KV), --log-format (ROLLCALL_LOG_FORMAT), --access-log
+ * (ROLLCALL_ACCESS_LOG), --help, --version. Settings: ROLLCALL_* env vars, see docs/DEPLOY.md.
  */
-import { parseArgs } from "node:util";
-import { configFromEnv, createCoordinator, type DenoKvLike, denoKvStore } from "../coordinator.ts";
+import {
+  ConfigError,
+  configFromEnv,
+  createCoordinator,
+  type DenoKvLike,
+  denoKvStore,
+} from "../coordinator.ts";
 import { createNodeFetch } from "./node-fetch.ts";
+import { withAccessLog } from "./access-log.ts";
+import { startStarter } from "./starter.ts";
 
 declare const Deno: {
   args: string[];
@@ -21,13 +29,16 @@ declare const Deno: {
 };
 
 const env = Deno.env.toObject();
-const { values } = parseArgs({
-  args: Deno.args,
-  options: { port: { type: "string" }, host: { type: "string" }, kv: { type: "string" } },
-});
-const port = Number(values.port ?? env.PORT ?? 8787);
-const hostname = values.host ?? env.HOST ?? "127.0.0.1";
-const kvPath = values.kv ?? env.ROLLCALL_KV_PATH;
+const { options, log } = startStarter("deno", Deno.args, env, (code) => Deno.exit(code));
+const { port, host: hostname, kv: kvPath } = options;
+let init: ReturnType<typeof configFromEnv>;
+try {
+  init = configFromEnv(env);
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  log.error(`rollcall-coordinator: ${err.message}`);
+  Deno.exit(2);
+}
 
 const kv = await Deno.openKv(kvPath);
 // Deno's node:http client is faster than its fetch for many small upstream calls.
@@ -38,21 +49,26 @@ const upstream =
     : createNodeFetch({
         allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
       });
-const coordinator = createCoordinator(configFromEnv(env), {
+const coordinator = createCoordinator(init, {
   store: denoKvStore(kv),
   ...(upstream ? { fetch: upstream.fetch } : {}),
+  // Details of errors answered generically (with their request id) go to the log.
+  log: (line) => log.error(`rollcall-coordinator: ${line}`),
 });
 coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
+const handler = options.accessLog
+  ? withAccessLog(coordinator.fetch, log, coordinator.settings.aliases)
+  : coordinator.fetch;
 const server = Deno.serve(
   {
     port,
     hostname,
     onListen: ({ port: bound }) =>
-      console.log(
+      log.info(
         `rollcall coordinator (deno) listening on http://${hostname}:${bound} (Deno KV ${kvPath ?? "default"})`,
       ),
   },
-  (request, info) => coordinator.fetch(request, info),
+  (request, info) => handler(request, info as never),
 );
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {

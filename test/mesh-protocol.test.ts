@@ -58,6 +58,15 @@ describe("heartbeat codec", () => {
     expect(bytes.length).toBeLessThan(60);
   });
 
+  it("carries a member's name (--name) in its meta, and only the known meta fields", () => {
+    const hb = full();
+    (hb.state as { meta: unknown }).meta = { tier: 2, name: "gpu-box.lab_1", extra: "dropped" };
+    expect(decodeHeartbeat(encodeHeartbeat(hb)).state?.meta).toEqual({
+      tier: 2,
+      name: "gpu-box.lab_1",
+    });
+  });
+
   it("keeps the leaving flag and large counters", () => {
     const hb: Heartbeat = { ...full(), leaving: true, seq: 2 ** 40, incarnation: 2 ** 31 + 5 };
     expect(decodeHeartbeat(encodeHeartbeat(hb))).toEqual(hb);
@@ -71,6 +80,8 @@ describe("heartbeat codec", () => {
       ["negative seq", (hb) => (hb.seq = -1)],
       ["fractional term", (hb) => (hb.term = 1.5)],
       ["meta tier", (hb) => ((hb.state as { meta: unknown }).meta = { tier: "gpu" })],
+      ["meta name", (hb) => ((hb.state as { meta: unknown }).meta = { name: "gpu box\n" })],
+      ["long name", (hb) => ((hb.state as { meta: unknown }).meta = { name: "n".repeat(65) })],
       [
         "huge meta",
         (hb) => ((hb.state as { meta: unknown }).meta = { capabilities: { x: "y".repeat(2000) } }),

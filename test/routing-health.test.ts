@@ -234,6 +234,14 @@ describe("ServiceRoute picker", () => {
     expect(after).toContain("b"); // the clock stood still: only the other requests made it fade
   });
 
+  it("finds nothing, without throwing, once every provider of a service that had traffic turned unhealthy", () => {
+    const r = route([{ worker_id: "a" }]);
+    serve(r, T0, 3); // the service's latency is known now
+    r.setEndpoints([], 1); // its one provider reports the service stopped
+    expect(r.pick({ now: T0, random: seeded(1) })).toBeNull();
+    expect(r.blocked(T0)).toBe("none");
+  });
+
   it("never picks a worker tried already, or one at its limit; says why nothing is left", () => {
     const r = route([{ worker_id: "a" }, { worker_id: "b" }]);
     const [a, b] = r.endpoints as [Endpoint, Endpoint];

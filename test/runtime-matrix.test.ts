@@ -6,10 +6,7 @@
  * Crypto), JSON-only writes, request framing, methods, loops, link-local upstreams, client
  * identity headers and error answers.
  */
-import { execFile } from "node:child_process";
 import http from "node:http";
-import path from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { viewAuthorized } from "../agent/view-auth.ts";
 import { freePort, pollUntil } from "./helpers/processes.ts";
@@ -17,11 +14,9 @@ import { signedHeaders, testKey } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import {
   BIN,
-  ROOT,
-  type Spawned,
+  COORDINATOR_RUNTIMES,
+  type RunningCoordinator,
   spawnUntil,
-  startWorkerd,
-  tempDir,
 } from "./helpers/coord-runtimes.ts";
 
 const CLUSTER = "matrix-cluster-token";
@@ -39,78 +34,7 @@ const SETTINGS: Record<string, string> = {
 };
 /** The leader of the matrix cluster (member "m-up"): a real key, its reports signed. */
 const LEAD = testKey("matrix leader m-up");
-const READY = /listening on (http:\/\/[0-9.:]+)/;
-
-interface Running {
-  url: string;
-  stop(): Promise<void>;
-}
-
-const runtimes: { name: string; store: string; start(): Promise<Running> }[] = [
-  {
-    name: "node",
-    store: "file",
-    start: async () => {
-      const data = path.join(tempDir("node"), "coordinator.json");
-      const p = await spawnUntil(
-        process.execPath,
-        ["--import", "tsx", "scripts/start-node.ts", "--port", "0"],
-        {
-          ready: READY,
-          env: { ...SETTINGS, ROLLCALL_DATA: data },
-        },
-      );
-      return { url: p.match[1] as string, stop: p.stop };
-    },
-  },
-  {
-    name: "bun",
-    store: "file",
-    start: async () => {
-      const data = path.join(tempDir("bun"), "coordinator.json");
-      const p = await spawnUntil(BIN("bun"), ["scripts/start-bun.ts", "--port", "0"], {
-        ready: READY,
-        env: { ...SETTINGS, ROLLCALL_DATA: data },
-      });
-      return { url: p.match[1] as string, stop: p.stop };
-    },
-  },
-  {
-    name: "deno",
-    store: "deno-kv",
-    start: async () => {
-      const kv = path.join(tempDir("deno"), "kv.sqlite");
-      const p: Spawned = await spawnUntil(
-        BIN("deno"),
-        ["run", "-A", "--unstable-kv", "scripts/start-deno.ts", "--port", "0", "--kv", kv],
-        { ready: READY, env: SETTINGS },
-      );
-      return { url: p.match[1] as string, stop: p.stop };
-    },
-  },
-  {
-    name: "workerd",
-    store: "cloudflare-kv",
-    start: async () => {
-      // Exactly what `npm run build:worker` does, into a temporary directory.
-      const out = tempDir("worker-build");
-      await promisify(execFile)(
-        BIN("wrangler"),
-        ["deploy", "--dry-run", "--minify", "--outdir", out],
-        {
-          cwd: ROOT,
-          env: { ...process.env, WRANGLER_SEND_METRICS: "false", NO_UPDATE_NOTIFIER: "1" },
-        },
-      );
-      return startWorkerd({
-        scriptPath: path.join(out, "start-workers.js"),
-        kvBinding: "ROLLCALL_KV",
-        kvPersist: tempDir("workerd-kv"),
-        bindings: SETTINGS,
-      });
-    },
-  },
-];
+const runtimes = COORDINATOR_RUNTIMES.map((r) => ({ ...r, start: () => r.start(SETTINGS) }));
 
 let up: Upstream;
 let up2: Upstream;
@@ -176,7 +100,7 @@ const asJson = (headers: Record<string, string> = {}) => ({
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 
 describe.each(runtimes)("coordinator on $name", (runtime) => {
-  let server: Running;
+  let server: RunningCoordinator;
   let base = "";
   /** A JSON POST; a cluster report is signed by LEAD, as its agent would sign it. */
   const post = async (p: string, body: unknown, token: string | null = CLUSTER) => {

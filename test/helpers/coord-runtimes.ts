@@ -108,3 +108,83 @@ export function spawnUntil(
     });
   });
 }
+
+/** A coordinator a test started on one runtime. */
+export interface RunningCoordinator {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** One runtime of the coordinator: its name, its persistent store, and how to start it. */
+export interface CoordinatorRuntime {
+  name: "node" | "bun" | "deno" | "workerd";
+  store: string;
+  /** Starts a coordinator with `settings` as its `ROLLCALL_*` environment (or Worker vars). */
+  start(settings: Record<string, string>): Promise<RunningCoordinator>;
+}
+
+const READY = /listening on (http:\/\/[0-9.:]+)/;
+
+/** Node (file store), Bun (file store), Deno (Deno KV) and workerd (the `build:worker` bundle, KV). */
+export const COORDINATOR_RUNTIMES: CoordinatorRuntime[] = [
+  {
+    name: "node",
+    store: "file",
+    start: async (settings) => {
+      const data = path.join(tempDir("node"), "coordinator.json");
+      const p = await spawnUntil(
+        process.execPath,
+        ["--import", "tsx", "scripts/start-node.ts", "--port", "0"],
+        { ready: READY, env: { ...settings, ROLLCALL_DATA: data } },
+      );
+      return { url: p.match[1] as string, stop: p.stop };
+    },
+  },
+  {
+    name: "bun",
+    store: "file",
+    start: async (settings) => {
+      const data = path.join(tempDir("bun"), "coordinator.json");
+      const p = await spawnUntil(BIN("bun"), ["scripts/start-bun.ts", "--port", "0"], {
+        ready: READY,
+        env: { ...settings, ROLLCALL_DATA: data },
+      });
+      return { url: p.match[1] as string, stop: p.stop };
+    },
+  },
+  {
+    name: "deno",
+    store: "deno-kv",
+    start: async (settings) => {
+      const kv = path.join(tempDir("deno"), "kv.sqlite");
+      const p = await spawnUntil(
+        BIN("deno"),
+        ["run", "-A", "--unstable-kv", "scripts/start-deno.ts", "--port", "0", "--kv", kv],
+        { ready: READY, env: settings },
+      );
+      return { url: p.match[1] as string, stop: p.stop };
+    },
+  },
+  {
+    name: "workerd",
+    store: "cloudflare-kv",
+    start: async (settings) => {
+      // Exactly what `npm run build:worker` does, into a temporary directory.
+      const out = tempDir("worker-build");
+      await promisify(execFile)(
+        BIN("wrangler"),
+        ["deploy", "--dry-run", "--minify", "--outdir", out],
+        {
+          cwd: ROOT,
+          env: { ...process.env, WRANGLER_SEND_METRICS: "false", NO_UPDATE_NOTIFIER: "1" },
+        },
+      );
+      return startWorkerd({
+        scriptPath: path.join(out, "start-workers.js"),
+        kvBinding: "ROLLCALL_KV",
+        kvPersist: tempDir("workerd-kv"),
+        bindings: settings,
+      });
+    },
+  },
+];

@@ -29,9 +29,24 @@ export function startTs(
   return startNode(name, ["--import", "tsx", file, ...args], env);
 }
 
-/** Starts `node ...argv` (this test's Node) in the project root. */
-export function startNode(name: string, argv: string[], env: Record<string, string> = {}): Proc {
-  const proc = spawn(process.execPath, argv, {
+/** Starts `node ...argv` (this test's Node, or `command`) in the project root. */
+export function startNode(
+  name: string,
+  argv: string[],
+  env: Record<string, string> = {},
+  command: string = process.execPath,
+): Proc {
+  return startProcess(name, command, argv, env);
+}
+
+/** Starts any command in the project root (e.g. `ip netns exec <ns> node ...`). */
+export function startProcess(
+  name: string,
+  command: string,
+  argv: string[],
+  env: Record<string, string> = {},
+): Proc {
+  const proc = spawn(command, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],

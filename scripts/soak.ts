@@ -1,0 +1,254 @@
+/**
+ * Soak: a local cluster on loopback under churn and steady load: `npm run soak` (10 min).
+ *
+ * The coordinator (Node, file store), two core agents that stay up and three that join, leave
+ * (SIGTERM) and crash (SIGKILL) in turn, one event every --every seconds, and a steady GET load
+ * on the services `alpha` and `beta` through the coordinator. Every service always keeps a live
+ * provider (the core agents run both), so the goal is 0 failed requests. After the warm-up
+ * (the first fifth) it samples the RSS and open file descriptors of the long-lived processes
+ * (coordinator, core agents): at the end each must be within +10 % RSS and a few descriptors of
+ * its warm-up figure. Writes must stay within what the events explain. Prints one JSON line of
+ * figures and exits 1 if a goal was missed. Bounded in time; every process it starts is killed.
+ *
+ * Flags: --duration S (600), --every S (20), --rate N (GET/s, 40), --base-port N (random).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { loadIdentity } from "../mesh/index.ts";
+
+const { values } = parseArgs({
+  options: {
+    duration: { type: "string", default: "600" },
+    every: { type: "string", default: "20" },
+    rate: { type: "string", default: "40" },
+    "base-port": { type: "string" },
+  },
+});
+const durationMs = Number(values.duration) * 1000;
+const everyMs = Number(values.every) * 1000;
+const rate = Number(values.rate);
+const base = Number(values["base-port"] ?? 20_000 + Math.floor(Math.random() * 10_000));
+const host = "127.0.0.1";
+const coordPort = base;
+const coordUrl = `http://${host}:${coordPort}`;
+/** Agent i: gateway base+10+i, mesh base+20+i; services on base+30+2i (alpha), base+31+2i (beta). */
+const AGENTS = [
+  { core: true, services: ["alpha", "beta"] },
+  { core: true, services: ["alpha", "beta"] },
+  { core: false, services: ["alpha"] },
+  { core: false, services: ["beta"] },
+  { core: false, services: ["alpha", "beta"] },
+];
+const servicePort = (i: number, name: string) => base + 30 + 2 * i + (name === "alpha" ? 0 : 1);
+
+const children = new Set<ChildProcess>();
+/** Starts `node <runtimeArgs> <args>`; its output is dropped (the figures say what matters). */
+function start(args: string[], runtimeArgs = ["--import", "tsx"]): ChildProcess {
+  const child = spawn(process.execPath, [...runtimeArgs, ...args], {
+    stdio: "ignore",
+    env: { ...process.env, ROLLCALL_CLUSTER_TOKEN: "", ROLLCALL_ADMIN_TOKEN: "" },
+  });
+  child.once("exit", () => children.delete(child));
+  children.add(child);
+  return child;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const rssKb = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+
+async function until(what: string, check: () => Promise<boolean>, ms: number) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check().catch(() => false)) return;
+    await sleep(250);
+  }
+  throw new Error(`Timed out waiting for ${what}`);
+}
+
+async function main(): Promise<number> {
+  const dir = await mkdtemp(join(tmpdir(), "rollcall-soak-"));
+  // One plain Node process serves every sample service port (cheap, never churned).
+  const ports = AGENTS.flatMap((a, i) => a.services.map((s) => servicePort(i, s)));
+  start(
+    [
+      "-e",
+      `const http=require("node:http");for(const p of ${JSON.stringify(ports)})http.createServer((q,s)=>{s.setHeader("content-type","application/json");s.end(JSON.stringify({port:p,path:q.url}))}).listen(p,"${host}")`,
+    ],
+    [],
+  );
+  const coord = start([
+    "scripts/start-node.ts",
+    "--port",
+    String(coordPort),
+    "--data",
+    join(dir, "coordinator.json"),
+  ]);
+  await until("the coordinator", async () => (await fetch(`${coordUrl}/health`)).ok, 60_000);
+  const agents = await Promise.all(
+    AGENTS.map(async (a, i) => {
+      const data = join(dir, `agent${i + 1}`);
+      mkdirSync(data, { recursive: true });
+      const id = (await loadIdentity(data)).peerId.toString();
+      const manifest = join(data, "services.json");
+      const services = a.services.map((name) => ({ name, port: servicePort(i, name) }));
+      writeFileSync(manifest, JSON.stringify({ services }));
+      return { ...a, i, data, id, manifest, addr: `/ip4/${host}/tcp/${base + 20 + i}/p2p/${id}` };
+    }),
+  );
+  const procs: (ChildProcess | null)[] = agents.map(() => null);
+  const startAgent = (i: number) => {
+    const a = agents[i] as (typeof agents)[number];
+    procs[i] = start([
+      "agent/cli.ts",
+      `--coordinator=${coordUrl}`,
+      `--data-dir=${a.data}`,
+      `--listen=${host}:${base + 10 + i}`,
+      `--mesh-listen=/ip4/${host}/tcp/${base + 20 + i}`,
+      `--bootstrap=${agents
+        .filter((o) => o !== a)
+        .map((o) => o.addr)
+        .join(",")}`,
+      `--services=${a.manifest}`,
+      "--probe-interval=1",
+    ]);
+  };
+  for (const a of agents) startAgent(a.i);
+  const healthy = async (name: string) => {
+    const res = await fetch(`${coordUrl}/api/admin/services`);
+    const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
+    return (body.services[name]?.healthy_workers ?? 0) >= 2;
+  };
+  await until(
+    "both services",
+    async () => (await healthy("alpha")) && (await healthy("beta")),
+    90_000,
+  );
+
+  // Steady load: `rate` GETs a second, alternating the two services.
+  let requests = 0;
+  const failures: string[] = [];
+  let loading = true;
+  const load = (async () => {
+    const gap = 1000 / rate;
+    let next = Date.now();
+    while (loading) {
+      const service = requests % 2 === 0 ? "alpha" : "beta";
+      requests++;
+      try {
+        const res = await fetch(`${coordUrl}/api/service/${service}/soak`, {
+          signal: AbortSignal.timeout(10_000),
+        });
+        const text = await res.text();
+        if (res.status !== 200) failures.push(`${service}: ${res.status} ${text.slice(0, 160)}`);
+      } catch (err) {
+        failures.push(`${service}: ${(err as Error).message}`);
+      }
+      next += gap;
+      await sleep(Math.max(0, next - Date.now()));
+    }
+  })();
+
+  // Churn: join, leave, crash among the non-core agents, one event every `everyMs`.
+  const started = Date.now();
+  const warmUpEnd = started + Math.max(durationMs / 5, 20_000);
+  const watched = [
+    { name: "coordinator", pid: coord.pid as number },
+    ...agents
+      .filter((a) => a.core)
+      .map((a) => ({ name: `agent${a.i + 1}`, pid: procs[a.i]?.pid as number })),
+  ];
+  const warm = new Map<string, { rss: number; fds: number }>();
+  const last = new Map<string, { rss: number; fds: number }>();
+  const events: string[] = [];
+  const churn = agents.filter((a) => !a.core).map((a) => a.i);
+  let turn = 0;
+  let writesAtStart = 0;
+  const budget = async () =>
+    ((await (await fetch(`${coordUrl}/api/admin/budget`)).json()) as { used_today: number })
+      .used_today;
+  let nextEvent = started + everyMs;
+  writesAtStart = await budget();
+  while (Date.now() - started < durationMs) {
+    await sleep(2000);
+    const now = Date.now();
+    for (const w of watched) {
+      const sample = { rss: rssKb(w.pid), fds: fds(w.pid) };
+      if (now <= warmUpEnd) {
+        const prev = warm.get(w.name);
+        warm.set(w.name, {
+          rss: Math.max(prev?.rss ?? 0, sample.rss),
+          fds: Math.max(prev?.fds ?? 0, sample.fds),
+        });
+      } else last.set(w.name, sample);
+    }
+    if (now < nextEvent || now - started >= durationMs) continue;
+    nextEvent += everyMs;
+    const i = churn[turn % churn.length] as number;
+    const kind = ["crash", "leave", "join"][Math.floor(turn / churn.length) % 3];
+    turn++;
+    const proc = procs[i];
+    if (proc && proc.exitCode === null && proc.signalCode === null && kind !== "join") {
+      proc.kill(kind === "crash" ? "SIGKILL" : "SIGTERM");
+      events.push(`${kind} agent${i + 1}`);
+    } else if (!proc || proc.exitCode !== null || proc.signalCode !== null) {
+      startAgent(i);
+      events.push(`join agent${i + 1}`);
+    }
+  }
+  loading = false;
+  await load;
+  const writes = (await budget()) - writesAtStart;
+  for (const child of children) child.kill("SIGKILL");
+
+  const problems: string[] = [];
+  if (failures.length > 0)
+    problems.push(`${failures.length} failed request(s): ${failures.slice(0, 5).join("; ")}`);
+  const memory: Record<string, unknown> = {};
+  for (const w of watched) {
+    const a = warm.get(w.name);
+    const b = last.get(w.name);
+    memory[w.name] = { warm_rss_kb: a?.rss, end_rss_kb: b?.rss, warm_fds: a?.fds, end_fds: b?.fds };
+    if (a && b && b.rss > a.rss * 1.1)
+      problems.push(`${w.name} RSS grew from ${a.rss} to ${b.rss} kB`);
+    if (a && b && b.fds > a.fds + 10)
+      problems.push(`${w.name} open descriptors grew from ${a.fds} to ${b.fds}`);
+  }
+  // Each event changes the cluster once or twice (down, then removal or up); plus keepalives.
+  const writeBudget = 3 * events.length + 5;
+  if (writes > writeBudget)
+    problems.push(`${writes} writes for ${events.length} events (budget ${writeBudget})`);
+  console.log(
+    JSON.stringify({
+      duration_s: durationMs / 1000,
+      requests,
+      failed: failures.length,
+      events: events.length,
+      writes,
+      write_budget: writeBudget,
+      memory,
+      problems,
+    }),
+  );
+  return problems.length === 0 ? 0 : 1;
+}
+
+const stopAll = () => {
+  for (const child of children) child.kill("SIGKILL");
+};
+process.on("SIGINT", () => {
+  stopAll();
+  process.exit(130);
+});
+main()
+  .then((code) => process.exit(code))
+  .catch((err) => {
+    console.error(`Soak failed: ${(err as Error).message}`);
+    stopAll();
+    process.exit(1);
+  });
