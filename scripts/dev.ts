@@ -12,7 +12,10 @@
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
  * --probe-interval S (agents' probe interval, default 10), --help, --version.
  * Environment: ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (both, or neither) run the
- * cluster secured, as in production; neither runs it open. The banner says which mode.
+ * cluster secured, as in production; neither runs it open. The banner says which mode. Secured,
+ * ROLLCALL_AGENT_TOKEN (a third, different token) also lets the coordinator read the leader's
+ * live view. The coordinator is given ROLLCALL_UPSTREAM_ALLOW=loopback (unless set): every
+ * worker of this cluster is on 127.0.0.1, which the proxy refuses by default.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
