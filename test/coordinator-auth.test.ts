@@ -18,10 +18,13 @@ import {
   verifyEd25519,
 } from "../coordinator.ts";
 import { LEADER, member, registration, report, testCoordinator } from "./helpers/coord-fixtures.ts";
-import { signedHeaders, testKey } from "./helpers/signing.ts";
+import { signedHeaders, type TestKey, testKey } from "./helpers/signing.ts";
 import { until } from "./helpers/upstream.ts";
 
 const MIN = 60_000;
+/** The signature headers of a POST of `text` to `path` by `key` at `now`. */
+const signPost = (key: TestKey, path: string, text: string, now: number) =>
+  signedHeaders(key, { method: "POST", path, body: text, now });
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 
 describe("item 6: every guard needs its own token once any token is set", () => {
@@ -129,12 +132,7 @@ describe("item 7: a worker id that is a PeerId belongs to its key", () => {
     const other = testKey("another key");
     const text = JSON.stringify(hijack);
     const path = "/api/worker/register";
-    const forged = await signedHeaders(other, {
-      method: "POST",
-      path,
-      body: text,
-      now: Date.now(),
-    });
+    const forged = await signPost(other, path, text, Date.now());
     const res = await call("POST", path, text, { ...token, ...forged });
     expect(res.status).toBe(401);
     expect(store.writes).toBe(writes);
@@ -152,26 +150,16 @@ describe("item 7: a worker id that is a PeerId belongs to its key", () => {
     const path = "/api/worker/register";
     const text = JSON.stringify(registration(owner.id));
     const token = bearer("cluster-secret");
-    const headers = await signedHeaders(owner, {
-      method: "POST",
-      path,
-      body: text,
-      now: clock.now(),
-    });
+    const headers = await signPost(owner, path, text, clock.now());
     expect((await call("POST", path, text, { ...token, ...headers })).status).toBe(200);
     const replay = await call("POST", path, text, { ...token, ...headers });
     expect(replay.status).toBe(401);
     expect(replay.body.error).toBe("Request signature already used");
     const tampered = text.replace("127.0.0.1:9999", "203.0.113.9:9999");
-    const fresh = await signedHeaders(owner, {
-      method: "POST",
-      path,
-      body: text,
-      now: clock.now(),
-    });
+    const fresh = await signPost(owner, path, text, clock.now());
     const bad = await call("POST", path, tampered, { ...token, ...fresh });
     expect(bad.body.error).toBe("Invalid request signature");
-    const old = await signedHeaders(owner, { method: "POST", path, body: text, now: clock.now() });
+    const old = await signPost(owner, path, text, clock.now());
     clock.advance(6 * MIN);
     const expired = await call("POST", path, text, { ...token, ...old });
     expect(expired.status).toBe(401);
@@ -229,12 +217,7 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
     const other = testKey("not the leader");
     const text = JSON.stringify(report());
     const path = "/api/cluster/heartbeat";
-    const forged = await signedHeaders(other, {
-      method: "POST",
-      path,
-      body: text,
-      now: Date.now(),
-    });
+    const forged = await signPost(other, path, text, Date.now());
     const res = await call("POST", path, text, forged);
     expect(res.status).toBe(401);
     expect(store.writes).toBe(0);
