@@ -46,7 +46,7 @@ afterAll(async () => {
 describe("the CLI's commands against a running cluster", () => {
   it("members: every member with address, status, services, incarnation and the leader", async () => {
     const [a, b] = cluster.workers as [LocalWorker, LocalWorker];
-    const env = { ROLLCALL_AGENT_TOKEN: cluster.clusterToken };
+    const env = { ROLLCALL_AGENT_TOKEN: cluster.agentToken };
     const json = await cli(["members", "--agent", b.gateway, "--json"], env);
     expect(json.code).toBe(0);
     const body = JSON.parse(json.stdout);
@@ -78,7 +78,7 @@ describe("the CLI's commands against a running cluster", () => {
   it("services: the coordinator's services with healthy/total, the coordinator found through the agent", async () => {
     const [a] = cluster.workers as [LocalWorker];
     const env = {
-      ROLLCALL_AGENT_TOKEN: cluster.clusterToken,
+      ROLLCALL_AGENT_TOKEN: cluster.agentToken,
       ROLLCALL_ADMIN_TOKEN: cluster.adminToken,
     };
     const text = await cli(["services", "--agent", a.gateway], env);
@@ -102,7 +102,7 @@ describe("the CLI's commands against a running cluster", () => {
 
   it("status: this agent's ID, cluster, leader and term, coordinator, last report and writes today", async () => {
     const leader = (await cluster.leader()) as LocalWorker;
-    const env = { ROLLCALL_AGENT_TOKEN: cluster.clusterToken };
+    const env = { ROLLCALL_AGENT_TOKEN: cluster.agentToken };
     const json = JSON.parse(
       (await cli(["status", "--agent", leader.gateway, "--json"], env)).stdout,
     );
