@@ -5,6 +5,8 @@
  * pure views on their own.
  */
 import { execFile } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memberRows, statusOf, statusText, table } from "../agent/command-views.ts";
@@ -140,6 +142,34 @@ describe("the CLI's commands against a running cluster", () => {
     expect((await cli(["members", "--bogus"])).code).toBe(2);
     expect((await cli(["members", "--agent", "ftp://x"])).code).toBe(2);
     expect((await cli(["--help"])).stdout).toContain("rollcall-agent members");
+  });
+});
+
+describe("the commands' tokens", () => {
+  it("never send the cluster token to the agent's view, and name the agent-token setting when it refuses", async () => {
+    // A real HTTP server in the agent's place, which records what it is sent and refuses.
+    const seen: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(401, { "content-type": "application/json" }).end("{}");
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const agent = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const res = await cli(["members", "--agent", agent], {
+        ROLLCALL_CLUSTER_TOKEN: "the-cluster-secret",
+      });
+      expect(res.code).toBe(1);
+      expect(seen).toEqual([undefined]);
+      expect(res.stderr).toContain("--agent-token or ROLLCALL_AGENT_TOKEN");
+      await cli(["members", "--agent", agent], {
+        ROLLCALL_CLUSTER_TOKEN: "the-cluster-secret",
+        ROLLCALL_AGENT_TOKEN: "the-view-token",
+      });
+      expect(seen[1]).toBe("Bearer the-view-token");
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 
