@@ -13,7 +13,7 @@ import { createCoordinator, memoryStore } from "../coordinator.ts";
 import {
   agentPost,
   countingStore,
-  ManualClock,
+  testClock,
   member,
   registration,
   report,
@@ -25,7 +25,7 @@ const CLUSTER = "fz-cluster-token";
 const ADMIN = "fz-admin-token";
 
 function setup() {
-  const clock = new ManualClock();
+  const clock = testClock();
   const store = countingStore(memoryStore({}, { clock }));
   const upstreamCalls: string[] = [];
   const coordinator = createCoordinator(
