@@ -3,7 +3,6 @@ import { describe, expect, it } from "vitest";
 import { createCoordinator, memoryStore, type Store } from "../coordinator.ts";
 import {
   agentPost,
-  countingStore,
   kvLikeStore,
   LEADER,
   member,
@@ -13,6 +12,7 @@ import {
   testClock,
   testCoordinator,
 } from "./helpers/coord-fixtures.ts";
+import { countingStore } from "../support/counting-store.ts";
 import { peer } from "./helpers/signing.ts";
 
 const MIN = 60_000;

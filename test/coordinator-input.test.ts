@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { createCoordinator, tokensEqual } from "../coordinator.ts";
 import { member, registration, report, testCoordinator } from "./helpers/coord-fixtures.ts";
-import { prng } from "./helpers/random.ts";
+import { prng } from "../support/random.ts";
 
 describe("security", () => {
   const secured = () =>

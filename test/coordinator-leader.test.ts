@@ -3,7 +3,6 @@ import { describe, expect, it } from "vitest";
 import { createCoordinator, memoryStore, type Store } from "../coordinator.ts";
 import {
   agentPost,
-  countingStore,
   LEADER,
   member,
   registration,
@@ -12,6 +11,7 @@ import {
   testClock,
   testCoordinator,
 } from "./helpers/coord-fixtures.ts";
+import { countingStore } from "../support/counting-store.ts";
 
 const MIN = 60_000;
 

@@ -13,7 +13,7 @@ import {
   testCoordinator,
 } from "./helpers/coord-fixtures.ts";
 import { type Answer, readAnswer } from "./helpers/answer.ts";
-import { freePort } from "./helpers/processes.ts";
+import { freePort } from "../support/processes.ts";
 import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
 let a: Upstream;

@@ -21,7 +21,7 @@ import {
   member as reportMember,
   TEST_INIT,
 } from "./helpers/coord-fixtures.ts";
-import { freePort } from "./helpers/processes.ts";
+import { freePort } from "../support/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";

@@ -6,7 +6,7 @@ import {
   decodeHeartbeat,
   encodeHeartbeat,
 } from "../mesh/protocol.ts";
-import { prng } from "./helpers/random.ts";
+import { prng } from "../support/random.ts";
 
 const ID = "12D3KooWGRUVh4QXxWvRZkLZyRzd8nK1Gbbr5ZqdF4gRNiVMpbQo";
 

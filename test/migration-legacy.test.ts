@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { COORDINATOR_RUNTIMES, type RunningCoordinator } from "./helpers/coord-runtimes.ts";
-import { pollUntil } from "./helpers/processes.ts";
+import { pollUntil } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const SCALE = 150;

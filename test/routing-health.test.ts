@@ -15,7 +15,7 @@ import {
   TrafficWindow,
   type WindowSnapshot,
 } from "../coordinator.ts";
-import { prng } from "./helpers/random.ts";
+import { prng } from "../support/random.ts";
 
 const T0 = 1_000_000;
 

@@ -6,7 +6,7 @@
 import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
 import { readAnswer } from "./answer.ts";
 import { TEST_INIT, testClock } from "./coord-fixtures.ts";
-import { prng } from "./random.ts";
+import { prng } from "../../support/random.ts";
 import { keyOf, signedHeaders, testKey } from "./signing.ts";
 
 /** A row of `GET /api/admin/breakers`. */
