@@ -15,11 +15,25 @@
  * requests framed by the proxy itself, workers blamed only for their own faults, every
  * per-isolate collection bounded, documents capped, errors told to clients without detail.
  *
- * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
- * write budget, registry (per-isolate state), registry operations, routing health (pure),
- * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
- * proxy, security, dashboard (the /admin page, its snapshot, events, actions), app, default
- * export.
+ * Contents (`//#region` blocks; each uses only what is above it, which
+ * test/coordinator-layout.test.ts checks):
+ *   Utilities            time, URLs, JSON answers, deferred work, errors
+ *   Wire schemas         the zod schemas of every body agents send, the name rules
+ *   Upstream policy      which hosts the proxy may call (`ROLLCALL_UPSTREAM_ALLOW`)
+ *   Configuration        `CoordinatorInit`, `Settings`, `resolveSettings`, `configFromEnv`
+ *   Store                the `Store` interface and its drivers
+ *   Pure registry logic  digest, merge of cluster reports, write decisions, staleness
+ *   Write budget         the daily hard cap on store writes
+ *   Registry             per-isolate state over the store; the routing table
+ *   Registry operations  register, heartbeat, unregister (direct), cluster heartbeat (leader)
+ *   Security             bearer tokens, guards, signed agent requests, the live view's credential
+ *   Routing health       traffic windows, circuit breakers, retry budget, endpoints, picking
+ *   Paths and forwarding path safety, aliases, replayable bodies, forwarded headers
+ *   Router               per-isolate routing state, live views, metrics
+ *   Routing and proxy    admit, forward, retry, answer
+ *   Dashboard            the /admin page, its snapshot, events, actions
+ *   The app              `createCoordinator`: the wiring of the pieces above
+ *   Default export       Cloudflare Workers and `bun coordinator.ts`
  */
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -29,9 +43,562 @@ import { z } from "zod";
 /** Version reported by `/health`. */
 export const COORDINATOR_VERSION = "0.1.0";
 
-// ============================================================================================
-// Configuration
-// ============================================================================================
+//#region Utilities
+// Small helpers every region below uses: time, URLs, JSON answers, deferred work, errors.
+
+const MINUTE = 60_000;
+
+/** A source of time (ms since the epoch). */
+export interface ClockLike {
+  now(): number;
+}
+
+const systemNow: ClockLike = { now: () => Date.now() };
+
+function trimSlash(url: string): string {
+  return url.endsWith("/") ? url.slice(0, -1) : url;
+}
+
+function isHttpUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return (
+      (u.protocol === "http:" || u.protocol === "https:") &&
+      u.hostname !== "" &&
+      u.username === "" &&
+      u.password === "" &&
+      u.search === "" &&
+      u.hash === ""
+    );
+  } catch {
+    return false;
+  }
+}
+
+function iso(ms: number): string | null {
+  return ms > 0 ? new Date(ms).toISOString() : null;
+}
+
+function json(body: unknown, status: number, extra: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=UTF-8", ...extra },
+  });
+}
+
+/** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
+interface WaitUntil {
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+/** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
+function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
+  const quiet = promise.catch(() => {});
+  exec?.waitUntil(quiet); // elsewhere the promise runs on by itself
+}
+
+function issues(err: z.ZodError): { path: string; message: string }[] {
+  return err.issues
+    .slice(0, 10)
+    .map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
+}
+
+/** Whether a Content-Type is JSON (`application/json`, `application/<x>+json`, any parameters). */
+function isJsonType(type: string | undefined): boolean {
+  const media = (type ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+  return media === "application/json" || /^application\/[a-z0-9.+-]+\+json$/.test(media);
+}
+
+/** Thrown when configuration from env/bindings is invalid. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+//#endregion
+
+//#region Wire schemas
+// Every request body the coordinator accepts
+
+const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
+
+/** A worker's stable ID (direct mode: any; leader mode: the libp2p PeerId). */
+export const WorkerIdSchema = z
+  .string()
+  .regex(
+    ID_PATTERN,
+    "must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit",
+  );
+
+const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. */
+export function base58Decode(text: string): Uint8Array | null {
+  let zeros = 0;
+  while (zeros < text.length && text[zeros] === "1") zeros++;
+  const bytes: number[] = []; // base 256, least significant first
+  for (let i = zeros; i < text.length; i++) {
+    let carry = BASE58.indexOf(text[i] as string);
+    if (carry < 0) return null;
+    for (let j = 0; j < bytes.length; j++) {
+      carry += (bytes[j] as number) * 58;
+      bytes[j] = carry & 0xff;
+      carry >>= 8;
+    }
+    while (carry > 0) {
+      bytes.push(carry & 0xff);
+      carry >>= 8;
+    }
+  }
+  const out = new Uint8Array(zeros + bytes.length);
+  for (let i = 0; i < bytes.length; i++) out[out.length - 1 - i] = bytes[i] as number;
+  return out;
+}
+
+/**
+ * An Ed25519 libp2p PeerId is the base58btc identity multihash (0x00, length 0x24) of the
+ * protobuf PublicKey {Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}: "12D3KooW...".
+ */
+const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/** The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId. */
+export function peerIdPublicKey(id: string): Uint8Array | null {
+  if (!id.startsWith("12D3KooW") || id.length > 60) return null;
+  const bytes = base58Decode(id);
+  if (bytes === null || bytes.length !== 38) return null;
+  for (let i = 0; i < ED25519_PEER_ID_PREFIX.length; i++) {
+    if (bytes[i] !== ED25519_PEER_ID_PREFIX[i]) return null;
+  }
+  return bytes.slice(6);
+}
+
+/** Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it. */
+export function isPeerId(id: string): boolean {
+  return peerIdPublicKey(id) !== null;
+}
+
+/** A service name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
+export const ServiceNameSchema = z
+  .string()
+  .regex(
+    SERVICE_NAME_PATTERN,
+    "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
+  );
+
+/**
+ * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
+ * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
+ */
+export const ClusterNameSchema = ServiceNameSchema;
+
+/**
+ * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
+ * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
+ */
+export const WorkerNameSchema = ServiceNameSchema;
+
+/** An http(s) URL without credentials, query or fragment. */
+export const HttpUrlSchema = z
+  .string()
+  .max(2048)
+  .refine(isHttpUrl, "must be an http(s) URL without credentials, query or fragment");
+
+/** An optional field that workers of the old coordinator may send as "" for "none": read as absent. */
+function blankIsAbsent<T extends z.ZodType>(schema: T) {
+  return z.preprocess((v) => (v === "" ? null : v), schema.nullish());
+}
+
+const Scalar = z.union([z.string().max(256), z.number(), z.boolean(), z.null()]);
+const Amount = z.union([z.number().nonnegative(), z.string().max(64)]);
+
+/** Worker capabilities (known fields typed, other flat fields kept). */
+export const CapabilitiesSchema = z
+  .object({
+    cpu_cores: z.number().nonnegative().nullish(),
+    ram: Amount.nullish(),
+    storage: Amount.nullish(),
+    worker_type: z.string().max(32).nullish(),
+    has_gpu: z.boolean().nullish(),
+    gpu_memory: Amount.nullish(),
+    gpu_type: z.string().max(128).nullish(),
+    has_storage: z.boolean().nullish(),
+    storage_type: z.string().max(64).nullish(),
+  })
+  .catchall(Scalar)
+  .refine((o) => Object.keys(o).length <= 64, "must have at most 64 fields");
+
+/** Capabilities of a worker. */
+export type Capabilities = z.infer<typeof CapabilitiesSchema>;
+
+/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
+function workerName(
+  name: string | null | undefined,
+  capabilities: Capabilities | null | undefined,
+) {
+  if (name) return name;
+  const host = capabilities?.hostname;
+  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
+}
+
+/** A container / service entry of a direct-mode registration. */
+export const ContainerSchema = z.object({
+  name: ServiceNameSchema,
+  service_url: blankIsAbsent(HttpUrlSchema),
+  url: blankIsAbsent(HttpUrlSchema),
+  port: z.number().int().min(1).max(65535).nullish(),
+  health_endpoint: z.string().max(256).nullish(),
+  version: z.string().max(64).nullish(),
+  status: z.string().max(32).nullish(),
+});
+
+/** A container / service entry of a direct-mode registration. */
+export type Container = z.infer<typeof ContainerSchema>;
+
+/** `POST /api/worker/register`. */
+export const RegisterBodySchema = z.object({
+  worker_id: blankIsAbsent(WorkerIdSchema),
+  name: blankIsAbsent(WorkerNameSchema),
+  capabilities: CapabilitiesSchema.nullish(),
+  ip_address: z.string().max(255).nullish(),
+  tunnel_url: blankIsAbsent(HttpUrlSchema),
+  services: z
+    .array(z.union([ServiceNameSchema, ContainerSchema]))
+    .max(64)
+    .nullish(),
+  containers: z.array(ContainerSchema).max(64).nullish(),
+  wants_heartbeat_leadership: z.boolean().nullish(),
+});
+
+/** `POST /api/worker/register`. */
+export type RegisterBody = z.infer<typeof RegisterBodySchema>;
+
+const StatusWord = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
+
+/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
+const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
+
+/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
+export const HeartbeatBodySchema = z.object({
+  worker_id: WorkerIdSchema,
+  status: StatusWord.default("online"),
+  current_load: Info,
+  available_memory: Info,
+  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
+  services_status: z.record(z.string(), z.unknown()).nullish(),
+});
+
+/** `POST /api/worker/heartbeat`. */
+export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+
+/** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
+const MAX_DATE_MS = 8.64e15;
+
+/** Status of a member in a cluster report. */
+export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
+
+/** A service of a member in a cluster report. */
+export const MemberServiceSchema = z.object({
+  name: ServiceNameSchema,
+  url: HttpUrlSchema.nullish(),
+  status: z.enum(["healthy", "unhealthy"]).default("healthy"),
+  latency_ms: z.number().nonnegative().nullish(),
+});
+
+/** A member of a cluster report. */
+export const ClusterMemberSchema = z.object({
+  worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullish(),
+  incarnation: z.number().int().nonnegative().default(0),
+  status: MemberStatusSchema,
+  url: HttpUrlSchema,
+  tier: z.union([z.literal(1), z.literal(2), z.literal(3)]).nullish(),
+  capabilities: CapabilitiesSchema.nullish(),
+  last_seen: z.number().int().nonnegative().max(MAX_DATE_MS).nullish(),
+  services: z
+    .array(MemberServiceSchema)
+    .max(64)
+    .default([])
+    .refine(
+      (list) => new Set(list.map((s) => s.name)).size === list.length,
+      "service names must be unique",
+    ),
+});
+
+/** A member of a cluster report. */
+export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
+
+/** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
+export const ClusterReportSchema = z.object({
+  cluster: ClusterNameSchema.default("default"),
+  leader_id: WorkerIdSchema,
+  term: z.number().int().nonnegative(),
+  sequence: z.number().int().nonnegative(),
+  members: z
+    .array(ClusterMemberSchema)
+    .max(1000)
+    .refine(
+      (list) => new Set(list.map((m) => m.worker_id)).size === list.length,
+      "member worker_ids must be unique",
+    ),
+  digest: z.string().max(128).nullish(),
+});
+
+/** `POST /api/cluster/heartbeat` (leader mode), as parsed (defaults applied). */
+export type ClusterReport = z.infer<typeof ClusterReportSchema>;
+
+/** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
+export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
+
+/** Why a report did or did not cost a write. */
+export type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
+
+/** The answer to `POST /api/cluster/heartbeat`. */
+export interface ClusterHeartbeatAnswer {
+  status: "ok";
+  written: boolean;
+  reason: WriteReason;
+  writes_today: number;
+  write_budget: number;
+  next_keepalive_at: string;
+  next_keepalive_in_s: number;
+  digest: string;
+}
+
+//#endregion
+
+//#region Upstream policy
+// Which hosts the proxy may call (addresses, networks, names), pure
+
+/**
+ * Which upstream hosts the proxy may call, parsed once from `ROLLCALL_UPSTREAM_ALLOW`: address
+ * classes, networks and host names. Link-local and other special addresses never pass.
+ */
+export interface UpstreamPolicy {
+  /** Addresses outside every special range, and host names not otherwise listed. */
+  readonly public: boolean;
+  /** 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7. */
+  readonly private: boolean;
+  /** 127/8, ::1, localhost. */
+  readonly loopback: boolean;
+  /** Networks allowed whatever their class: address bytes and prefix length. */
+  readonly cidrs: readonly { bytes: Uint8Array; bits: number }[];
+  /** Host names allowed whatever they resolve to (lower case; `*.` matches subdomains). */
+  readonly names: readonly string[];
+  /** The list as configured. */
+  readonly text: string;
+}
+
+/** The class of an address: the policy allows the first three by class, never the last. */
+type AddressClass = "public" | "private" | "loopback" | "special";
+
+function parseIPv4(text: string): Uint8Array | null {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const part = parts[i] as string;
+    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return null;
+    out[i] = Number(part);
+  }
+  return out;
+}
+
+function parseIPv6(text: string): Uint8Array | null {
+  const t = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
+  if (!t.includes(":") || !/^[0-9a-fA-F:.]+$/.test(t)) return null;
+  const halves = t.split("::");
+  if (halves.length > 2) return null;
+  const groups = (half: string): number[] | null => {
+    if (half === "") return [];
+    const out: number[] = [];
+    const items = half.split(":");
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i] as string;
+      if (i === items.length - 1 && item.includes(".")) {
+        const v4 = parseIPv4(item);
+        if (!v4) return null;
+        out.push(
+          ((v4[0] as number) << 8) | (v4[1] as number),
+          ((v4[2] as number) << 8) | (v4[3] as number),
+        );
+      } else if (/^[0-9a-fA-F]{1,4}$/.test(item)) out.push(Number.parseInt(item, 16));
+      else return null;
+    }
+    return out;
+  };
+  const head = groups(halves[0] as string);
+  const tail = halves.length === 2 ? groups(halves[1] as string) : [];
+  if (!head || !tail) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const all = [...head, ...Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
+  const out = new Uint8Array(16);
+  for (let i = 0; i < 8; i++) {
+    out[2 * i] = (all[i] as number) >> 8;
+    out[2 * i + 1] = (all[i] as number) & 0xff;
+  }
+  return out;
+}
+
+/** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
+export function parseIp(text: string): Uint8Array | null {
+  return parseIPv4(text) ?? parseIPv6(text);
+}
+
+function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): boolean {
+  for (let i = 0; i < bits; i++) {
+    const byte = i >> 3;
+    const mask = 0x80 >> (i & 7);
+    if (((bytes[byte] as number) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
+  }
+  return true;
+}
+
+/** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
+export function addressClass(bytes: Uint8Array): AddressClass {
+  if (bytes.length === 16) {
+    const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
+    const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
+    if (mapped || nat64) return addressClass(bytes.subarray(12));
+    if (bytes.every((b, i) => b === (i === 15 ? 1 : 0))) return "loopback";
+    if (bytes.every((b) => b === 0)) return "special"; // ::
+    if (inPrefix(bytes, [0xfe, 0x80], 10)) return "special"; // link-local
+    if (inPrefix(bytes, [0xff], 8)) return "special"; // multicast
+    if (inPrefix(bytes, [0xfc], 7)) return "private";
+    return "public";
+  }
+  const [a, b] = bytes as unknown as [number, number];
+  if (a === 0 || a >= 224) return "special"; // this network (0.0.0.0 reaches the host), multicast, reserved
+  if (a === 169 && b === 254) return "special"; // link-local: cloud metadata lives here
+  if (a === 127) return "loopback";
+  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
+  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
+  return "public";
+}
+
+/** Host names that are cloud metadata services whatever they resolve to. */
+const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
+
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
+export function parseUpstreamAllow(text: string): UpstreamPolicy {
+  const entries = text
+    .split(/[\s,]+/)
+    .map((e) => e.trim().toLowerCase())
+    .filter(Boolean);
+  const policy = {
+    public: false,
+    private: false,
+    loopback: false,
+    cidrs: [] as { bytes: Uint8Array; bits: number }[],
+    names: [] as string[],
+    text: entries.join(","),
+  };
+  const bad = (entry: string, why: string) =>
+    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+  for (const entry of entries) {
+    if (entry === "public" || entry === "private" || entry === "loopback") {
+      policy[entry] = true;
+    } else if (entry === "any") {
+      policy.public = policy.private = policy.loopback = true;
+    } else if (entry.includes("/")) {
+      const [addr = "", len = ""] = entry.split("/");
+      const bytes = parseIp(addr);
+      const bits = Number(len);
+      if (!bytes || !/^\d+$/.test(len) || bits > bytes.length * 8) {
+        throw bad(entry, "is not a network like 10.1.0.0/16 or fd00::/8");
+      }
+      if (addressClass(bytes) === "special" && bits >= 8) {
+        throw bad(entry, "is a link-local or special network: never allowed");
+      }
+      policy.cidrs.push({ bytes, bits });
+    } else if (parseIp(entry)) {
+      const bytes = parseIp(entry) as Uint8Array;
+      if (addressClass(bytes) === "special")
+        throw bad(entry, "is a special address: never allowed");
+      policy.cidrs.push({ bytes, bits: bytes.length * 8 });
+    } else if (
+      /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(entry)
+    ) {
+      policy.names.push(entry);
+    } else {
+      throw bad(
+        entry,
+        "is not public, private, loopback, any, a network, an address or a host name",
+      );
+    }
+  }
+  return policy;
+}
+
+function nameListed(host: string, names: readonly string[]): boolean {
+  for (const n of names) {
+    if (n.startsWith("*.") ? host.endsWith(n.slice(1)) : host === n) return true;
+  }
+  return false;
+}
+
+/** Whether the policy allows an address (4 or 16 bytes) by its networks or its class. */
+function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
+  const cls = addressClass(bytes);
+  if (cls === "special") return false;
+  for (const c of policy.cidrs) {
+    if (c.bytes.length === bytes.length && inPrefix(bytes, Array.from(c.bytes), c.bits))
+      return true;
+  }
+  return policy[cls];
+}
+
+/**
+ * Why the proxy may not call `url` under `policy`, or null when it may. An IP literal goes by its
+ * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
+ * What a name resolves to is checked where the connection is made (the Node and Deno starters'
+ * upstream client), see `resolvedAllowed`.
+ */
+export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+  let host: string;
+  try {
+    host = new URL(url).hostname.toLowerCase();
+  } catch {
+    return "not a URL";
+  }
+  if (host.endsWith(".")) host = host.slice(0, -1);
+  const bytes = parseIp(host);
+  if (bytes) {
+    if (addressClass(bytes) === "special")
+      return "link-local and special addresses are never allowed";
+    return addressAllowed(bytes, policy)
+      ? null
+      : `${addressClass(bytes)} addresses are not allowed`;
+  }
+  if (METADATA_NAMES.has(host)) return "cloud metadata names are never allowed";
+  if (nameListed(host, policy.names)) return null;
+  if (host === "localhost" || host.endsWith(".localhost")) {
+    return policy.loopback ? null : "loopback addresses are not allowed";
+  }
+  return policy.public ? null : "host names are allowed only when listed or with public";
+}
+
+/**
+ * Whether a connection to `address` (what `host` resolved to) is allowed: a listed name may
+ * resolve anywhere but link-local and special addresses; any other name only where its address
+ * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
+ */
+export function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
+  const bytes = parseIp(address);
+  if (!bytes || addressClass(bytes) === "special") return false;
+  const name = host.toLowerCase().replace(/\.$/, "");
+  if (!parseIp(name) && nameListed(name, policy.names)) return true;
+  return addressAllowed(bytes, policy);
+}
+
+//#endregion
+
+//#region Configuration
+
+/** What the proxy does with cookies (see `CoordinatorInit.cookies`). */
+export type CookieMode = "pass" | "scope" | "strip";
 
 /** Settings of a coordinator; every field has a safe local default. */
 export interface CoordinatorInit {
@@ -187,16 +754,6 @@ export interface Settings {
   scaleUpLatencyMs: number;
   scaleDownUtilization: number;
 }
-
-/** Thrown when configuration from env/bindings is invalid. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
-}
-
-/** What the proxy does with cookies (see `CoordinatorInit.cookies`). */
-export type CookieMode = "pass" | "scope" | "strip";
-
-const MINUTE = 60_000;
 
 /** A secret setting: absent is null, an empty or blank value is a configuration error. */
 function secret(name: string, value: string | null | undefined): string | null {
@@ -412,9 +969,10 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
   return init;
 }
 
-// ============================================================================================
-// Store: one small interface, one driver per backend
-// ============================================================================================
+//#endregion
+
+//#region Store
+// One small interface, one driver per backend
 
 /** Options of `Store.set`. */
 export interface SetOptions {
@@ -493,13 +1051,6 @@ function guardedStore(store: Store, timeoutMs: number): Store {
       : {}),
   };
 }
-
-/** A source of time (ms since the epoch). */
-export interface ClockLike {
-  now(): number;
-}
-
-const systemNow: ClockLike = { now: () => Date.now() };
 
 interface Entry {
   v: string;
@@ -684,19 +1235,19 @@ export function cloudflareKvStore(kv: KvNamespaceLike): Store {
   };
 }
 
-/** The parts of `Deno.Kv` the store uses. */
-export interface DenoKvLike {
-  get(key: unknown[]): Promise<{ value: unknown; versionstamp: string | null }>;
-  list(selector: { prefix: unknown[] }): AsyncIterable<{ key: unknown[]; value: unknown }>;
-  atomic(): DenoAtomicLike;
-}
-
 /** The parts of `Deno.AtomicOperation` the store uses. */
 export interface DenoAtomicLike {
   check(...checks: { key: unknown[]; versionstamp: string | null }[]): DenoAtomicLike;
   set(key: unknown[], value: unknown, options?: { expireIn?: number }): DenoAtomicLike;
   delete(key: unknown[]): DenoAtomicLike;
   commit(): Promise<{ ok: boolean }>;
+}
+
+/** The parts of `Deno.Kv` the store uses. */
+export interface DenoKvLike {
+  get(key: unknown[]): Promise<{ value: unknown; versionstamp: string | null }>;
+  list(selector: { prefix: unknown[] }): AsyncIterable<{ key: unknown[]; value: unknown }>;
+  atomic(): DenoAtomicLike;
 }
 
 interface DenoMeta {
@@ -799,273 +1350,10 @@ export function denoKvStore(kv: DenoKvLike, components: { clock?: ClockLike } = 
   };
 }
 
-// ============================================================================================
-// Wire schemas (zod): every request body the coordinator accepts
-// ============================================================================================
+//#endregion
 
-const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
-
-/** A worker's stable ID (direct mode: any; leader mode: the libp2p PeerId). */
-export const WorkerIdSchema = z
-  .string()
-  .regex(
-    ID_PATTERN,
-    "must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit",
-  );
-
-const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-
-/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. */
-export function base58Decode(text: string): Uint8Array | null {
-  let zeros = 0;
-  while (zeros < text.length && text[zeros] === "1") zeros++;
-  const bytes: number[] = []; // base 256, least significant first
-  for (let i = zeros; i < text.length; i++) {
-    let carry = BASE58.indexOf(text[i] as string);
-    if (carry < 0) return null;
-    for (let j = 0; j < bytes.length; j++) {
-      carry += (bytes[j] as number) * 58;
-      bytes[j] = carry & 0xff;
-      carry >>= 8;
-    }
-    while (carry > 0) {
-      bytes.push(carry & 0xff);
-      carry >>= 8;
-    }
-  }
-  const out = new Uint8Array(zeros + bytes.length);
-  for (let i = 0; i < bytes.length; i++) out[out.length - 1 - i] = bytes[i] as number;
-  return out;
-}
-
-/**
- * An Ed25519 libp2p PeerId is the base58btc identity multihash (0x00, length 0x24) of the
- * protobuf PublicKey {Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}: "12D3KooW...".
- */
-const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
-
-/** The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId. */
-export function peerIdPublicKey(id: string): Uint8Array | null {
-  if (!id.startsWith("12D3KooW") || id.length > 60) return null;
-  const bytes = base58Decode(id);
-  if (bytes === null || bytes.length !== 38) return null;
-  for (let i = 0; i < ED25519_PEER_ID_PREFIX.length; i++) {
-    if (bytes[i] !== ED25519_PEER_ID_PREFIX[i]) return null;
-  }
-  return bytes.slice(6);
-}
-
-/** Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it. */
-export function isPeerId(id: string): boolean {
-  return peerIdPublicKey(id) !== null;
-}
-
-/** A service name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
-export const ServiceNameSchema = z
-  .string()
-  .regex(
-    SERVICE_NAME_PATTERN,
-    "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
-  );
-
-/**
- * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
- * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
- */
-export const ClusterNameSchema = ServiceNameSchema;
-
-/**
- * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
- * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
- */
-export const WorkerNameSchema = ServiceNameSchema;
-
-/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
-function workerName(
-  name: string | null | undefined,
-  capabilities: Capabilities | null | undefined,
-) {
-  if (name) return name;
-  const host = capabilities?.hostname;
-  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
-}
-
-function isHttpUrl(s: string): boolean {
-  try {
-    const u = new URL(s);
-    return (
-      (u.protocol === "http:" || u.protocol === "https:") &&
-      u.hostname !== "" &&
-      u.username === "" &&
-      u.password === "" &&
-      u.search === "" &&
-      u.hash === ""
-    );
-  } catch {
-    return false;
-  }
-}
-
-/** An http(s) URL without credentials, query or fragment. */
-export const HttpUrlSchema = z
-  .string()
-  .max(2048)
-  .refine(isHttpUrl, "must be an http(s) URL without credentials, query or fragment");
-
-/** An optional field that workers of the old coordinator may send as "" for "none": read as absent. */
-function blankIsAbsent<T extends z.ZodType>(schema: T) {
-  return z.preprocess((v) => (v === "" ? null : v), schema.nullish());
-}
-
-const Scalar = z.union([z.string().max(256), z.number(), z.boolean(), z.null()]);
-const Amount = z.union([z.number().nonnegative(), z.string().max(64)]);
-
-/** Worker capabilities (known fields typed, other flat fields kept). */
-export const CapabilitiesSchema = z
-  .object({
-    cpu_cores: z.number().nonnegative().nullish(),
-    ram: Amount.nullish(),
-    storage: Amount.nullish(),
-    worker_type: z.string().max(32).nullish(),
-    has_gpu: z.boolean().nullish(),
-    gpu_memory: Amount.nullish(),
-    gpu_type: z.string().max(128).nullish(),
-    has_storage: z.boolean().nullish(),
-    storage_type: z.string().max(64).nullish(),
-  })
-  .catchall(Scalar)
-  .refine((o) => Object.keys(o).length <= 64, "must have at most 64 fields");
-
-/** Capabilities of a worker. */
-export type Capabilities = z.infer<typeof CapabilitiesSchema>;
-
-/** A container / service entry of a direct-mode registration. */
-export const ContainerSchema = z.object({
-  name: ServiceNameSchema,
-  service_url: blankIsAbsent(HttpUrlSchema),
-  url: blankIsAbsent(HttpUrlSchema),
-  port: z.number().int().min(1).max(65535).nullish(),
-  health_endpoint: z.string().max(256).nullish(),
-  version: z.string().max(64).nullish(),
-  status: z.string().max(32).nullish(),
-});
-
-/** A container / service entry of a direct-mode registration. */
-export type Container = z.infer<typeof ContainerSchema>;
-
-/** `POST /api/worker/register`. */
-export const RegisterBodySchema = z.object({
-  worker_id: blankIsAbsent(WorkerIdSchema),
-  name: blankIsAbsent(WorkerNameSchema),
-  capabilities: CapabilitiesSchema.nullish(),
-  ip_address: z.string().max(255).nullish(),
-  tunnel_url: blankIsAbsent(HttpUrlSchema),
-  services: z
-    .array(z.union([ServiceNameSchema, ContainerSchema]))
-    .max(64)
-    .nullish(),
-  containers: z.array(ContainerSchema).max(64).nullish(),
-  wants_heartbeat_leadership: z.boolean().nullish(),
-});
-
-/** `POST /api/worker/register`. */
-export type RegisterBody = z.infer<typeof RegisterBodySchema>;
-
-const StatusWord = z
-  .string()
-  .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
-
-/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
-const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
-
-/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
-export const HeartbeatBodySchema = z.object({
-  worker_id: WorkerIdSchema,
-  status: StatusWord.default("online"),
-  current_load: Info,
-  available_memory: Info,
-  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
-  services_status: z.record(z.string(), z.unknown()).nullish(),
-});
-
-/** `POST /api/worker/heartbeat`. */
-export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
-
-/** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
-const MAX_DATE_MS = 8.64e15;
-
-/** Status of a member in a cluster report. */
-export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
-
-/** A service of a member in a cluster report. */
-export const MemberServiceSchema = z.object({
-  name: ServiceNameSchema,
-  url: HttpUrlSchema.nullish(),
-  status: z.enum(["healthy", "unhealthy"]).default("healthy"),
-  latency_ms: z.number().nonnegative().nullish(),
-});
-
-/** A member of a cluster report. */
-export const ClusterMemberSchema = z.object({
-  worker_id: WorkerIdSchema,
-  name: WorkerNameSchema.nullish(),
-  incarnation: z.number().int().nonnegative().default(0),
-  status: MemberStatusSchema,
-  url: HttpUrlSchema,
-  tier: z.union([z.literal(1), z.literal(2), z.literal(3)]).nullish(),
-  capabilities: CapabilitiesSchema.nullish(),
-  last_seen: z.number().int().nonnegative().max(MAX_DATE_MS).nullish(),
-  services: z
-    .array(MemberServiceSchema)
-    .max(64)
-    .default([])
-    .refine(
-      (list) => new Set(list.map((s) => s.name)).size === list.length,
-      "service names must be unique",
-    ),
-});
-
-/** A member of a cluster report. */
-export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
-
-/** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
-export const ClusterReportSchema = z.object({
-  cluster: ClusterNameSchema.default("default"),
-  leader_id: WorkerIdSchema,
-  term: z.number().int().nonnegative(),
-  sequence: z.number().int().nonnegative(),
-  members: z
-    .array(ClusterMemberSchema)
-    .max(1000)
-    .refine(
-      (list) => new Set(list.map((m) => m.worker_id)).size === list.length,
-      "member worker_ids must be unique",
-    ),
-  digest: z.string().max(128).nullish(),
-});
-
-/** `POST /api/cluster/heartbeat` (leader mode), as parsed (defaults applied). */
-export type ClusterReport = z.infer<typeof ClusterReportSchema>;
-
-/** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
-export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
-
-/** The answer to `POST /api/cluster/heartbeat`. */
-export interface ClusterHeartbeatAnswer {
-  status: "ok";
-  written: boolean;
-  reason: WriteReason;
-  writes_today: number;
-  write_budget: number;
-  next_keepalive_at: string;
-  next_keepalive_in_s: number;
-  digest: string;
-}
-
-// ============================================================================================
-// Pure registry logic: digest, tiers, merge of cluster reports, write decisions, staleness
-// ============================================================================================
+//#region Pure registry logic
+// Digest, tiers, merge of cluster reports, write decisions, staleness
 
 /** 53-bit non-cryptographic hash (cyrb53) of a string's UTF-16 code units, as 14 hex digits. */
 export function hash53(text: string, seed = 0): string {
@@ -1088,10 +1376,6 @@ export interface DigestMember {
   status: string;
   tier?: number | null;
   services: { name: string; url?: string | null; status?: string | null }[];
-}
-
-function trimSlash(url: string): string {
-  return url.endsWith("/") ? url.slice(0, -1) : url;
 }
 
 /** The URL a member's service is reached at: its own, or `<member url>/service/<name>`. */
@@ -1418,9 +1702,6 @@ export function leadersKey(doc: ClusterDoc | null): string {
     .join(",");
 }
 
-/** Why a report did or did not cost a write. */
-export type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
-
 /** A write decision. */
 export interface WriteDecision {
   write: boolean;
@@ -1512,9 +1793,10 @@ export function nextUtcDay(ms: number): number {
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
 }
 
-// ============================================================================================
-// Write budget: a daily hard cap, counted inside the documents written anyway
-// ============================================================================================
+//#endregion
+
+//#region Write budget
+// A daily hard cap, counted inside the documents written anyway
 
 /**
  * Counts store writes per UTC day. The count travels in every written document's `budget`
@@ -1597,9 +1879,10 @@ export class WriteBudget {
   }
 }
 
-// ============================================================================================
-// Registry: per-isolate state over the store (caches, pending writes, live observations)
-// ============================================================================================
+//#endregion
+
+//#region Registry
+// Per-isolate state over the store (caches, pending writes, live observations)
 
 const WORKER_PREFIX = "reg/worker/";
 const CLUSTER_PREFIX = "reg/cluster/";
@@ -1652,16 +1935,6 @@ export interface Provider {
   refused: string | null;
 }
 
-/** The routing table built from the store (cached per isolate). */
-export interface RoutingTable {
-  builtAt: number;
-  workers: WorkerView[];
-  providers: Map<string, Provider[]>;
-  clusters: ClusterSummary[];
-  /** "live" when a cluster's members come from its leader agent's live view, else "stored". */
-  source: "live" | "stored";
-}
-
 /** A cluster's leader and lease, as the admin API shows them. */
 export interface ClusterSummary {
   cluster: string;
@@ -1679,6 +1952,16 @@ export interface ClusterSummary {
   source: "live" | "stored";
   /** The leader's agent URL (its live view is read there). */
   leader_url: string | null;
+}
+
+/** The routing table built from the store (cached per isolate). */
+export interface RoutingTable {
+  builtAt: number;
+  workers: WorkerView[];
+  providers: Map<string, Provider[]>;
+  clusters: ClusterSummary[];
+  /** "live" when a cluster's members come from its leader agent's live view, else "stored". */
+  source: "live" | "stored";
 }
 
 class KeyedMutex {
@@ -1786,6 +2069,20 @@ class AddressLimiter {
 /** How long an isolate goes on from what it knows, without asking the store, after a failure. */
 const STORE_RETRY_MS = 5000;
 
+/**
+ * What the registry learns from a cluster's live view: its members (null while no view is fresh
+ * enough to route on), the members its leader's mesh does not hear and the status they show, and
+ * until when the view holds.
+ */
+interface LiveSight {
+  members: StoredMember[] | null;
+  unheard: Map<string, string> | null;
+  until: number;
+}
+
+/** A cluster's live sight now, or null when there is none (`LiveViews.lookup`). */
+type LiveLookup = (cluster: string, now: number) => LiveSight | null;
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -1804,8 +2101,6 @@ class Registry {
   #generation = 0;
   /** The table is rebuilt after this: the oldest live view it used expires then. */
   #liveUntil = Number.POSITIVE_INFINITY;
-  /** Live views of the clusters (set by the app when enabled). */
-  live: LiveViews | null = null;
 
   /** The store, every failure a StoreError (answered 503). */
   readonly store: Store;
@@ -1814,6 +2109,8 @@ class Registry {
     readonly settings: Settings,
     store: Store,
     readonly clock: ClockLike,
+    /** A cluster's live view, when one is fresh enough to route on (see `LiveViews.lookup`). */
+    readonly liveView: LiveLookup = () => null,
   ) {
     this.store = guardedStore(store, settings.storeTimeoutMs);
     const reserve = Math.floor(settings.writeCap * settings.leaderReserve);
@@ -2171,14 +2468,15 @@ class Registry {
       const live = this.#clusters.get(stored.cluster);
       const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const view = this.live?.current(stored.cluster, now) ?? null;
-      const unheard = view?.unheard ?? this.live?.unheard(stored.cluster) ?? null;
+      const seen = this.liveView(stored.cluster, now);
+      const view = seen?.members ? seen : null;
+      const unheard = seen?.unheard ?? null;
       const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
       const leader = leaderOf(doc);
       const members = view?.members ?? Object.values(doc.members);
       if (view !== null) {
         source = "live";
-        this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
+        this.#liveUntil = Math.min(this.#liveUntil, view.until);
       }
       for (const m of members) {
         if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
@@ -2255,9 +2553,10 @@ class Registry {
   }
 }
 
-// ============================================================================================
-// Registry operations: register / heartbeat / unregister (direct), cluster heartbeat (leader)
-// ============================================================================================
+//#endregion
+
+//#region Registry operations
+// Register / heartbeat / unregister (direct), cluster heartbeat (leader)
 
 function servicesFromRegistration(body: RegisterBody): StoredService[] {
   const entries: Container[] = [];
@@ -2367,13 +2666,6 @@ function tooLarge(what: string, size: number, cap: number): Refused {
   });
 }
 
-async function register(reg: Registry, body: RegisterBody, sender: Sender) {
-  // One leadership decision at a time: workers that register at once must not all take it.
-  return body.wants_heartbeat_leadership
-    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
-    : registerWorker(reg, body, sender);
-}
-
 async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender) {
   const idless = !body.worker_id;
   if (idless && sender.level !== "legacy" && sender.level !== "open") {
@@ -2457,6 +2749,13 @@ async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender)
       written: written === true,
     };
   });
+}
+
+async function register(reg: Registry, body: RegisterBody, sender: Sender) {
+  // One leadership decision at a time: workers that register at once must not all take it.
+  return body.wants_heartbeat_leadership
+    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
+    : registerWorker(reg, body, sender);
 }
 
 /** Service states the universal agent reports (`services_status`) that admit traffic. */
@@ -2646,11 +2945,327 @@ async function clusterHeartbeat(
   });
 }
 
-// ============================================================================================
-// Routing health (pure; time is passed in): traffic windows, circuit breaker, retry budget,
-// endpoints, the power-of-two-choices picker and scaling signals. All of it lives per
-// isolate: on Workers each isolate learns on its own (see docs/DEPLOY.md).
-// ============================================================================================
+//#endregion
+
+//#region Security
+// Bearer tokens compared in constant time, guards that fail closed, signed agent requests (Ed25519
+// through Web Crypto) against replay, the live view's credential
+
+async function digestBytes(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+/** Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR). */
+export async function tokensEqual(given: string, expected: string): Promise<boolean> {
+  const [a, b] = await Promise.all([digestBytes(given), digestBytes(expected)]);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
+  return diff === 0;
+}
+
+function bearerToken(c: Context): string | null {
+  const header = c.req.header("authorization");
+  if (!header) return null;
+  const match = /^Bearer\s+(.+)$/i.exec(header.trim());
+  return match ? (match[1] as string).trim() : "";
+}
+
+/** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
+type Guard = "worker" | "cluster" | "admin";
+
+/** Whether any token is configured: then every guard needs its own (and one without refuses). */
+function isSecured(settings: Settings): boolean {
+  return settings.clusterToken !== null || settings.adminToken !== null;
+}
+
+/**
+ * Admits a request to a guard (how: `Sender.level`) or answers why not. With no token at all
+ * everything is open (local dev). Once any token is set every guard needs its own: a guard whose
+ * token is not set refuses everyone (403), except token-less direct-mode workers where legacy
+ * workers are admitted; a wrong token is always 401.
+ */
+async function authorize(
+  c: Context,
+  settings: Settings,
+  guard: Guard,
+): Promise<Sender["level"] | Response> {
+  if (!isSecured(settings)) return "open";
+  const given = bearerToken(c);
+  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return "legacy";
+  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
+  if (expected === null) {
+    const [what, name] =
+      guard === "admin"
+        ? ["Admin endpoints", "ROLLCALL_ADMIN_TOKEN"]
+        : ["Agent endpoints", "ROLLCALL_CLUSTER_TOKEN"];
+    return json(
+      {
+        error: `${what} are disabled`,
+        message: `Another token is set, so ${what.toLowerCase()} need their own: set ${name}`,
+      },
+      403,
+    );
+  }
+  if (given && (await tokensEqual(given, expected))) return "token";
+  return json(
+    {
+      error: given === null ? "Missing token" : "Invalid token",
+      message:
+        guard === "admin"
+          ? "Admin endpoints need 'Authorization: Bearer <admin token>'"
+          : "Agents need 'Authorization: Bearer <cluster token>'",
+    },
+    401,
+    { "www-authenticate": 'Bearer realm="rollcall"' },
+  );
+}
+
+/** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
+export const SIGNATURE_HEADERS = {
+  signer: "x-rollcall-signer",
+  timestamp: "x-rollcall-timestamp",
+  nonce: "x-rollcall-nonce",
+  signature: "x-rollcall-signature",
+} as const;
+
+/** How far a signed request's timestamp may be from the coordinator's clock. */
+export const SIGNATURE_SKEW_MS = 5 * MINUTE;
+
+/** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
+export interface SignedRequestParts {
+  method: string;
+  /** The path as the coordinator receives it, without the query. */
+  path: string;
+  /** Milliseconds since the epoch. */
+  timestamp: number;
+  nonce: string;
+  /** The PeerId whose key signs. */
+  signer: string;
+  /** SHA-256 of the exact body bytes (of nothing when there is no body), lowercase hex. */
+  bodySha256: string;
+}
+
+/** The text an agent signs for a request (UTF-8), one part per line. */
+export function signedRequestText(p: SignedRequestParts): string {
+  return [
+    "rollcall-request-v1",
+    p.method.toUpperCase(),
+    p.path,
+    String(p.timestamp),
+    p.nonce,
+    p.signer,
+    p.bodySha256,
+  ].join("\n");
+}
+
+/** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
+export async function sha256Hex(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  let hex = "";
+  for (const b of digest) hex += b.toString(16).padStart(2, "0");
+  return hex;
+}
+
+function toBase64url(bytes: Uint8Array): string {
+  let text = "";
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+function fromBase64url(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
+  try {
+    const raw = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Signs a request for the coordinator with the key of `signer` (its PeerId): the headers to send
+ * along. `sign` signs bytes with the private key (a libp2p key's `sign`).
+ */
+export async function signRequest(input: {
+  method: string;
+  path: string;
+  body?: Uint8Array | string | null;
+  signer: string;
+  sign: (data: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  now: number;
+  nonce?: string;
+}): Promise<Record<string, string>> {
+  const nonce = input.nonce ?? toBase64url(crypto.getRandomValues(new Uint8Array(16)));
+  const timestamp = Math.round(input.now);
+  const text = signedRequestText({
+    method: input.method,
+    path: input.path,
+    timestamp,
+    nonce,
+    signer: input.signer,
+    bodySha256: await sha256Hex(input.body ?? new Uint8Array(0)),
+  });
+  const signature = await input.sign(new TextEncoder().encode(text));
+  return {
+    [SIGNATURE_HEADERS.signer]: input.signer,
+    [SIGNATURE_HEADERS.timestamp]: String(timestamp),
+    [SIGNATURE_HEADERS.nonce]: nonce,
+    [SIGNATURE_HEADERS.signature]: toBase64url(signature),
+  };
+}
+
+/** Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error. */
+export async function verifyEd25519(
+  publicKey: Uint8Array,
+  signature: Uint8Array,
+  data: Uint8Array,
+): Promise<boolean> {
+  try {
+    const raw = publicKey as BufferSource;
+    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+    return await crypto.subtle.verify(
+      { name: "Ed25519" },
+      key,
+      signature as BufferSource,
+      data as BufferSource,
+    );
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Nonces of the signed requests of the last two skew windows, per isolate: a nonce seen twice
+ * is a replay. At most `max` (about 100 bytes each); when full of live ones the oldest goes,
+ * counted in `evicted` (docs/SECURITY.md says what that leaves open).
+ */
+class NonceCache {
+  readonly #seen = new Map<string, number>();
+  evicted = 0;
+  constructor(readonly max = 10_000) {}
+
+  /** Records a nonce; false when it was seen and has not expired. */
+  use(key: string, now: number): boolean {
+    const until = this.#seen.get(key);
+    if (until !== undefined && until > now) return false;
+    this.#seen.delete(key);
+    if (this.#seen.size >= this.max) {
+      this.prune(now);
+      if (this.#seen.size >= this.max) {
+        this.#seen.delete(this.#seen.keys().next().value as string);
+        this.evicted++;
+      }
+    }
+    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
+    return true;
+  }
+
+  /** Forgets expired nonces (they expire in the order they came). */
+  prune(now: number): void {
+    for (const [key, until] of this.#seen) {
+      if (until > now) break;
+      this.#seen.delete(key);
+    }
+  }
+}
+
+function unsigned(error: string, message: string, extra: Record<string, unknown> = {}): Refused {
+  return new Refused(401, { error, message, ...extra });
+}
+
+/**
+ * The verified signer of a request: null when it carries no signature headers; throws Refused
+ * (401) when its signature is incomplete, malformed, outside the clock window, replayed or
+ * wrong. The nonce is remembered only once the signature is good.
+ */
+async function verifiedSigner(
+  headers: Headers,
+  parts: { method: string; path: string; body: Uint8Array },
+  nonces: NonceCache,
+  now: number,
+): Promise<string | null> {
+  const signer = headers.get(SIGNATURE_HEADERS.signer);
+  const timestamp = headers.get(SIGNATURE_HEADERS.timestamp);
+  const nonce = headers.get(SIGNATURE_HEADERS.nonce);
+  const signature = headers.get(SIGNATURE_HEADERS.signature);
+  if (signer === null && timestamp === null && nonce === null && signature === null) return null;
+  if (signer === null || timestamp === null || nonce === null || signature === null) {
+    throw unsigned(
+      "Incomplete request signature",
+      "A signed request needs all four x-rollcall-* signature headers",
+    );
+  }
+  const key = peerIdPublicKey(signer);
+  if (key === null)
+    throw unsigned("Invalid request signature", "The signer is not an Ed25519 PeerId");
+  const ts = Number(timestamp);
+  if (!/^\d{1,16}$/.test(timestamp) || Math.abs(now - ts) > SIGNATURE_SKEW_MS) {
+    throw unsigned(
+      "Request signature expired",
+      `The signature's timestamp must be within ${SIGNATURE_SKEW_MS / 1000} s of the coordinator's clock`,
+      { server_time: now },
+    );
+  }
+  const sig = fromBase64url(signature);
+  if (!/^[A-Za-z0-9_-]{16,64}$/.test(nonce) || sig === null || sig.length !== 64) {
+    throw unsigned("Invalid request signature", "The nonce or the signature is malformed");
+  }
+  const text = signedRequestText({
+    method: parts.method,
+    path: parts.path,
+    timestamp: ts,
+    nonce,
+    signer,
+    bodySha256: await sha256Hex(parts.body),
+  });
+  if (!(await verifyEd25519(key, sig, new TextEncoder().encode(text)))) {
+    throw unsigned(
+      "Invalid request signature",
+      "The signature does not verify with the signer's key",
+    );
+  }
+  if (!nonces.use(`${signer} ${nonce}`, now)) {
+    throw unsigned("Request signature already used", "Each signed request needs a fresh nonce");
+  }
+  return signer;
+}
+
+/** How far a live-view authorization's timestamp may be from the agent's clock. */
+export const VIEW_AUTH_SKEW_MS = MINUTE;
+
+/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
+export function viewAuthText(timestamp: number): string {
+  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
+}
+
+/**
+ * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
+ * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
+ */
+export async function viewAuthorization(token: string, now: number): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const ts = Math.round(now);
+  const mac = new Uint8Array(
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
+  );
+  let hex = "";
+  for (const b of mac) hex += b.toString(16).padStart(2, "0");
+  return `Rollcall-View ts=${ts}, sig=${hex}`;
+}
+
+//#endregion
+
+//#region Routing health
+// Traffic windows, circuit breaker, retry budget, endpoints, the power-of-two-choices picker and
+// scaling signals. All of it lives per isolate: on Workers each isolate learns on its own (see
+// docs/DEPLOY.md).
 
 const HISTOGRAM_BASE_MS = 0.05;
 const HISTOGRAM_STEPS_PER_DOUBLING = 4;
@@ -2685,6 +3300,33 @@ export interface WindowSnapshot {
   p50_ms: number | null;
   p95_ms: number | null;
   p99_ms: number | null;
+}
+
+/** One slice of a traffic window (see `TrafficWindow.series`). */
+export interface WindowSlice {
+  /** When the slice started (ms). */
+  at: number;
+  requests: number;
+  errors: number;
+  throughput_rps: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+}
+
+function percentile(histogram: Float64Array, total: number, q: number): number | null {
+  if (total <= 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
+    const n = histogram[b] as number;
+    if (n > 0 && seen + n >= rank) {
+      const low = b === 0 ? 0 : bucketTop(b - 1);
+      const value = low + (bucketTop(b) - low) * Math.min(1, (rank - seen) / n);
+      return Math.round(value * 100) / 100;
+    }
+    seen += n;
+  }
+  return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
 }
 
 /**
@@ -2802,33 +3444,6 @@ export class TrafficWindow {
       p99_ms: percentile(merged, requests, 0.99),
     };
   }
-}
-
-/** One slice of a traffic window (see `TrafficWindow.series`). */
-export interface WindowSlice {
-  /** When the slice started (ms). */
-  at: number;
-  requests: number;
-  errors: number;
-  throughput_rps: number;
-  p50_ms: number | null;
-  p95_ms: number | null;
-}
-
-function percentile(histogram: Float64Array, total: number, q: number): number | null {
-  if (total <= 0) return null;
-  const rank = q * total;
-  let seen = 0;
-  for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
-    const n = histogram[b] as number;
-    if (n > 0 && seen + n >= rank) {
-      const low = b === 0 ? 0 : bucketTop(b - 1);
-      const value = low + (bucketTop(b) - low) * Math.min(1, (rank - seen) / n);
-      return Math.round(value * 100) / 100;
-    }
-    seen += n;
-  }
-  return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
 }
 
 /**
@@ -3124,6 +3739,12 @@ interface Waiter {
   wake: (ok: boolean) => void;
   timer: ReturnType<typeof setTimeout> | null;
   done: boolean;
+}
+
+/** A service's scaling signal and why. */
+export interface ScalingSignal {
+  signal: "scale_up" | "scale_down" | "steady";
+  reason: string;
 }
 
 /**
@@ -3505,12 +4126,6 @@ export class ServiceRoute {
   }
 }
 
-/** A service's scaling signal and why. */
-export interface ScalingSignal {
-  signal: "scale_up" | "scale_down" | "steady";
-  reason: string;
-}
-
 /** What a scaling decision looks at. */
 export interface ScalingInput {
   /** Providers in the routing table. */
@@ -3577,9 +4192,10 @@ export function scalingSignal(input: ScalingInput): ScalingSignal {
   };
 }
 
-// ============================================================================================
-// Paths and forwarding: path safety, aliases, replayable bodies, one attempt
-// ============================================================================================
+//#endregion
+
+//#region Paths and forwarding
+// Path safety, aliases, replayable bodies, one attempt
 
 /** Headers that describe one hop, never forwarded (RFC 9110 7.6.1); the agent's gateway uses them too. */
 export const HOP_BY_HOP: readonly string[] = [
@@ -3700,228 +4316,6 @@ export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget 
   return null;
 }
 
-/**
- * Which upstream hosts the proxy may call, parsed once from `ROLLCALL_UPSTREAM_ALLOW`: address
- * classes, networks and host names. Link-local and other special addresses never pass.
- */
-export interface UpstreamPolicy {
-  /** Addresses outside every special range, and host names not otherwise listed. */
-  readonly public: boolean;
-  /** 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7. */
-  readonly private: boolean;
-  /** 127/8, ::1, localhost. */
-  readonly loopback: boolean;
-  /** Networks allowed whatever their class: address bytes and prefix length. */
-  readonly cidrs: readonly { bytes: Uint8Array; bits: number }[];
-  /** Host names allowed whatever they resolve to (lower case; `*.` matches subdomains). */
-  readonly names: readonly string[];
-  /** The list as configured. */
-  readonly text: string;
-}
-
-/** The class of an address: the policy allows the first three by class, never the last. */
-type AddressClass = "public" | "private" | "loopback" | "special";
-
-function parseIPv4(text: string): Uint8Array | null {
-  const parts = text.split(".");
-  if (parts.length !== 4) return null;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const part = parts[i] as string;
-    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return null;
-    out[i] = Number(part);
-  }
-  return out;
-}
-
-function parseIPv6(text: string): Uint8Array | null {
-  const t = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
-  if (!t.includes(":") || !/^[0-9a-fA-F:.]+$/.test(t)) return null;
-  const halves = t.split("::");
-  if (halves.length > 2) return null;
-  const groups = (half: string): number[] | null => {
-    if (half === "") return [];
-    const out: number[] = [];
-    const items = half.split(":");
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i] as string;
-      if (i === items.length - 1 && item.includes(".")) {
-        const v4 = parseIPv4(item);
-        if (!v4) return null;
-        out.push(
-          ((v4[0] as number) << 8) | (v4[1] as number),
-          ((v4[2] as number) << 8) | (v4[3] as number),
-        );
-      } else if (/^[0-9a-fA-F]{1,4}$/.test(item)) out.push(Number.parseInt(item, 16));
-      else return null;
-    }
-    return out;
-  };
-  const head = groups(halves[0] as string);
-  const tail = halves.length === 2 ? groups(halves[1] as string) : [];
-  if (!head || !tail) return null;
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
-  const all = [...head, ...Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
-  const out = new Uint8Array(16);
-  for (let i = 0; i < 8; i++) {
-    out[2 * i] = (all[i] as number) >> 8;
-    out[2 * i + 1] = (all[i] as number) & 0xff;
-  }
-  return out;
-}
-
-/** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
-export function parseIp(text: string): Uint8Array | null {
-  return parseIPv4(text) ?? parseIPv6(text);
-}
-
-function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): boolean {
-  for (let i = 0; i < bits; i++) {
-    const byte = i >> 3;
-    const mask = 0x80 >> (i & 7);
-    if (((bytes[byte] as number) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
-  }
-  return true;
-}
-
-/** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
-export function addressClass(bytes: Uint8Array): AddressClass {
-  if (bytes.length === 16) {
-    const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
-    const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
-    if (mapped || nat64) return addressClass(bytes.subarray(12));
-    if (bytes.every((b, i) => b === (i === 15 ? 1 : 0))) return "loopback";
-    if (bytes.every((b) => b === 0)) return "special"; // ::
-    if (inPrefix(bytes, [0xfe, 0x80], 10)) return "special"; // link-local
-    if (inPrefix(bytes, [0xff], 8)) return "special"; // multicast
-    if (inPrefix(bytes, [0xfc], 7)) return "private";
-    return "public";
-  }
-  const [a, b] = bytes as unknown as [number, number];
-  if (a === 0 || a >= 224) return "special"; // this network (0.0.0.0 reaches the host), multicast, reserved
-  if (a === 169 && b === 254) return "special"; // link-local: cloud metadata lives here
-  if (a === 127) return "loopback";
-  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
-  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
-  return "public";
-}
-
-/** Host names that are cloud metadata services whatever they resolve to. */
-const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
-
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
-export function parseUpstreamAllow(text: string): UpstreamPolicy {
-  const entries = text
-    .split(/[\s,]+/)
-    .map((e) => e.trim().toLowerCase())
-    .filter(Boolean);
-  const policy = {
-    public: false,
-    private: false,
-    loopback: false,
-    cidrs: [] as { bytes: Uint8Array; bits: number }[],
-    names: [] as string[],
-    text: entries.join(","),
-  };
-  const bad = (entry: string, why: string) =>
-    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
-  for (const entry of entries) {
-    if (entry === "public" || entry === "private" || entry === "loopback") {
-      policy[entry] = true;
-    } else if (entry === "any") {
-      policy.public = policy.private = policy.loopback = true;
-    } else if (entry.includes("/")) {
-      const [addr = "", len = ""] = entry.split("/");
-      const bytes = parseIp(addr);
-      const bits = Number(len);
-      if (!bytes || !/^\d+$/.test(len) || bits > bytes.length * 8) {
-        throw bad(entry, "is not a network like 10.1.0.0/16 or fd00::/8");
-      }
-      if (addressClass(bytes) === "special" && bits >= 8) {
-        throw bad(entry, "is a link-local or special network: never allowed");
-      }
-      policy.cidrs.push({ bytes, bits });
-    } else if (parseIp(entry)) {
-      const bytes = parseIp(entry) as Uint8Array;
-      if (addressClass(bytes) === "special")
-        throw bad(entry, "is a special address: never allowed");
-      policy.cidrs.push({ bytes, bits: bytes.length * 8 });
-    } else if (
-      /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(entry)
-    ) {
-      policy.names.push(entry);
-    } else {
-      throw bad(
-        entry,
-        "is not public, private, loopback, any, a network, an address or a host name",
-      );
-    }
-  }
-  return policy;
-}
-
-function nameListed(host: string, names: readonly string[]): boolean {
-  for (const n of names) {
-    if (n.startsWith("*.") ? host.endsWith(n.slice(1)) : host === n) return true;
-  }
-  return false;
-}
-
-/** Whether the policy allows an address (4 or 16 bytes) by its networks or its class. */
-function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
-  const cls = addressClass(bytes);
-  if (cls === "special") return false;
-  for (const c of policy.cidrs) {
-    if (c.bytes.length === bytes.length && inPrefix(bytes, Array.from(c.bytes), c.bits))
-      return true;
-  }
-  return policy[cls];
-}
-
-/**
- * Why the proxy may not call `url` under `policy`, or null when it may. An IP literal goes by its
- * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
- * What a name resolves to is checked where the connection is made (the Node and Deno starters'
- * upstream client), see `resolvedAllowed`.
- */
-export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
-  let host: string;
-  try {
-    host = new URL(url).hostname.toLowerCase();
-  } catch {
-    return "not a URL";
-  }
-  if (host.endsWith(".")) host = host.slice(0, -1);
-  const bytes = parseIp(host);
-  if (bytes) {
-    if (addressClass(bytes) === "special")
-      return "link-local and special addresses are never allowed";
-    return addressAllowed(bytes, policy)
-      ? null
-      : `${addressClass(bytes)} addresses are not allowed`;
-  }
-  if (METADATA_NAMES.has(host)) return "cloud metadata names are never allowed";
-  if (nameListed(host, policy.names)) return null;
-  if (host === "localhost" || host.endsWith(".localhost")) {
-    return policy.loopback ? null : "loopback addresses are not allowed";
-  }
-  return policy.public ? null : "host names are allowed only when listed or with public";
-}
-
-/**
- * Whether a connection to `address` (what `host` resolved to) is allowed: a listed name may
- * resolve anywhere but link-local and special addresses; any other name only where its address
- * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
- */
-export function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
-  const bytes = parseIp(address);
-  if (!bytes || addressClass(bytes) === "special") return false;
-  const name = host.toLowerCase().replace(/\.$/, "");
-  if (!parseIp(name) && nameListed(name, policy.names)) return true;
-  return addressAllowed(bytes, policy);
-}
-
 /** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
 export function isConnectFailure(err: unknown): boolean {
   const e = err as {
@@ -4033,11 +4427,6 @@ interface AttemptFailure {
   clientSlow: boolean;
 }
 
-/** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
-interface WaitUntil {
-  waitUntil(promise: Promise<unknown>): void;
-}
-
 /** One request as the proxy sees it: the Web request, the runtime's env, Workers' context. */
 interface Incoming {
   request: Request;
@@ -4093,71 +4482,6 @@ const REWRITTEN_REQUEST_HEADERS = new Set([
   "x-client-ip",
   "cf-connecting-ip",
 ]);
-
-/**
- * The headers sent upstream, as a record: the client's, minus hop-by-hop, framing and
- * client-identity ones (and those its Connection header names), plus X-Forwarded-For (the
- * client's chain, then the peer the runtime saw, or Workers' CF-Connecting-IP), -Proto, -Host,
- * the client's Content-Length only when its body goes along (`withBody`), and the hop header.
- * Null when the request already carries a hop header: it came from a coordinator (a loop).
- * One pass over the request's headers, no Headers object built or changed (copying one is
- * slow on Deno, changing a server's request headers in place is not allowed everywhere).
- */
-function forwardHeaders(
-  inc: Incoming,
-  url: string,
-  ctx: ProxyContext,
-  withBody: boolean,
-): Record<string, string> | null {
-  // No prototype: a header named __proto__ is a plain entry.
-  const out: Record<string, string> = Object.create(null);
-  let host: string | null = null;
-  let connection: string | null = null;
-  let prior: string | null = null;
-  let cfClient: string | null = null;
-  let length: string | null = null;
-  let looped = false;
-  inc.request.headers.forEach((value, name) => {
-    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
-    else if (name === "host") host = value;
-    else if (name === "connection") connection = value;
-    else if (name === "x-forwarded-for") prior = value;
-    else if (name === "content-length") length = value;
-    else if (name === "cf-connecting-ip") cfClient = value;
-    else if (name === HOP_HEADER) looped = true;
-  });
-  if (looped) return null;
-  if (connection !== null) {
-    for (const named of (connection as string).split(",")) {
-      const name = named.trim().toLowerCase();
-      delete out[name];
-      if (name === "x-forwarded-for") prior = null;
-    }
-  }
-  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
-  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
-  if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
-  else if (prior !== null) out["x-forwarded-for"] = prior;
-  const https = url.startsWith("https:");
-  out["x-forwarded-proto"] = https ? "https" : "http";
-  out["x-forwarded-host"] = host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8));
-  if (withBody && length !== null) out["content-length"] = length;
-  if (ctx.settings.cookies === "strip") delete out.cookie;
-  out[HOP_HEADER] = ctx.instanceId;
-  return out;
-}
-
-/** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
-function cleanResponseHeaders(headers: Headers): void {
-  const named = headers.get("connection");
-  if (named) for (const name of named.split(",")) headers.delete(name.trim());
-  for (const name of HOP_BY_HOP) headers.delete(name);
-  if (headers.has("content-encoding")) {
-    // fetch already decoded the body
-    headers.delete("content-encoding");
-    headers.delete("content-length");
-  }
-}
 
 /** One attempt in flight: what aborts it, and when. */
 interface Pending {
@@ -4230,85 +4554,10 @@ class Deadlines {
   }
 }
 
-async function attempt(
-  ctx: ProxyContext,
-  inc: Incoming,
-  target: string,
-  init: RequestInit,
-  body: ReplayableBody | null,
-): Promise<Response | AttemptFailure> {
-  const controller = new AbortController();
-  init.signal = controller.signal;
-  const timeoutMs = ctx.settings.proxyTimeoutMs;
-  if (inc.exec !== null) {
-    // On Workers every timer and listener belongs to its request: one of each per attempt.
-    const state = { timedOut: false, clientGone: false, clientSlow: false };
-    const started = performance.now();
-    const fire = () => {
-      const left = dueAt(started + timeoutMs, started, body) - performance.now();
-      if (left > 0) {
-        timer = setTimeout(fire, left);
-        return;
-      }
-      state.timedOut = true;
-      state.clientSlow = body?.waitingForClient ?? false;
-      controller.abort();
-    };
-    let timer = setTimeout(fire, timeoutMs);
-    const onClientAbort = () => {
-      state.clientGone = true;
-      controller.abort();
-    };
-    const signal = inc.request.signal;
-    signal.addEventListener("abort", onClientAbort, { once: true });
-    try {
-      return await ctx.fetcher(target, init);
-    } catch (error) {
-      return { failed: true, error, ...state };
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", onClientAbort);
-    }
-  }
-  const started = performance.now();
-  const pending: Pending = {
-    controller,
-    deadline: started + timeoutMs,
-    started,
-    inc,
-    body,
-    timedOut: false,
-    clientGone: false,
-    clientSlow: false,
-    index: 0,
-  };
-  ctx.deadlines.add(pending);
-  try {
-    return await ctx.fetcher(target, init);
-  } catch (error) {
-    const { timedOut, clientGone, clientSlow } = pending;
-    return { failed: true, error, timedOut, clientGone, clientSlow };
-  } finally {
-    ctx.deadlines.remove(pending);
-  }
-}
+//#endregion
 
-function json(body: unknown, status: number, extra: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json; charset=UTF-8", ...extra },
-  });
-}
-
-/** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
-function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
-  const quiet = promise.catch(() => {});
-  exec?.waitUntil(quiet); // elsewhere the promise runs on by itself
-}
-
-// ============================================================================================
-// Router: per-isolate routing state kept across routing-table rebuilds, the live view, signals
-// ============================================================================================
+//#region Router
+// Per-isolate routing state kept across routing-table rebuilds, the live view, signals
 
 /** Most service URLs found to be the coordinator itself that an isolate remembers. */
 const MAX_SELF_URLS = 256;
@@ -4449,6 +4698,16 @@ class LiveViews {
   current(cluster: string, now: number): LiveView | null {
     const view = this.#state.get(cluster)?.view ?? null;
     return view !== null && now <= this.expiresAt(view) ? view : null;
+  }
+
+  /** What the registry routes on for a cluster now: its fresh view, or who is not heard. */
+  lookup(cluster: string, now: number): LiveSight | null {
+    const view = this.current(cluster, now);
+    if (view !== null) {
+      return { members: view.members, unheard: view.unheard, until: this.expiresAt(view) };
+    }
+    const unheard = this.unheard(cluster);
+    return unheard === null ? null : { members: null, unheard, until: Number.POSITIVE_INFINITY };
   }
 
   /** When a view becomes too old to route on. */
@@ -4616,10 +4875,6 @@ class LiveViews {
       }
     }
   }
-}
-
-function iso(ms: number): string | null {
-  return ms > 0 ? new Date(ms).toISOString() : null;
 }
 
 function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
@@ -4828,9 +5083,10 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
   return `${out.join("\n")}\n`;
 }
 
-// ============================================================================================
-// Routing and proxy: admit (pick or queue), forward, retry within the budget, answer
-// ============================================================================================
+//#endregion
+
+//#region Routing and proxy
+// Admit (pick or queue), forward, retry within the budget, answer
 
 /**
  * Upstream answers that may be retried (idempotent methods only) and may count against the
@@ -4857,6 +5113,134 @@ interface ProxyContext {
   instanceId: string;
   /** Where details of an error answered generically go (never to the client). */
   log: (line: string) => void;
+}
+
+/** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
+function cleanResponseHeaders(headers: Headers): void {
+  const named = headers.get("connection");
+  if (named) for (const name of named.split(",")) headers.delete(name.trim());
+  for (const name of HOP_BY_HOP) headers.delete(name);
+  if (headers.has("content-encoding")) {
+    // fetch already decoded the body
+    headers.delete("content-encoding");
+    headers.delete("content-length");
+  }
+}
+
+/**
+ * The headers sent upstream, as a record: the client's, minus hop-by-hop, framing and
+ * client-identity ones (and those its Connection header names), plus X-Forwarded-For (the
+ * client's chain, then the peer the runtime saw, or Workers' CF-Connecting-IP), -Proto, -Host,
+ * the client's Content-Length only when its body goes along (`withBody`), and the hop header.
+ * Null when the request already carries a hop header: it came from a coordinator (a loop).
+ * One pass over the request's headers, no Headers object built or changed (copying one is
+ * slow on Deno, changing a server's request headers in place is not allowed everywhere).
+ */
+function forwardHeaders(
+  inc: Incoming,
+  url: string,
+  ctx: ProxyContext,
+  withBody: boolean,
+): Record<string, string> | null {
+  // No prototype: a header named __proto__ is a plain entry.
+  const out: Record<string, string> = Object.create(null);
+  let host: string | null = null;
+  let connection: string | null = null;
+  let prior: string | null = null;
+  let cfClient: string | null = null;
+  let length: string | null = null;
+  let looped = false;
+  inc.request.headers.forEach((value, name) => {
+    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
+    else if (name === "host") host = value;
+    else if (name === "connection") connection = value;
+    else if (name === "x-forwarded-for") prior = value;
+    else if (name === "content-length") length = value;
+    else if (name === "cf-connecting-ip") cfClient = value;
+    else if (name === HOP_HEADER) looped = true;
+  });
+  if (looped) return null;
+  if (connection !== null) {
+    for (const named of (connection as string).split(",")) {
+      const name = named.trim().toLowerCase();
+      delete out[name];
+      if (name === "x-forwarded-for") prior = null;
+    }
+  }
+  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
+  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
+  if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
+  else if (prior !== null) out["x-forwarded-for"] = prior;
+  const https = url.startsWith("https:");
+  out["x-forwarded-proto"] = https ? "https" : "http";
+  out["x-forwarded-host"] = host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8));
+  if (withBody && length !== null) out["content-length"] = length;
+  if (ctx.settings.cookies === "strip") delete out.cookie;
+  out[HOP_HEADER] = ctx.instanceId;
+  return out;
+}
+
+async function attempt(
+  ctx: ProxyContext,
+  inc: Incoming,
+  target: string,
+  init: RequestInit,
+  body: ReplayableBody | null,
+): Promise<Response | AttemptFailure> {
+  const controller = new AbortController();
+  init.signal = controller.signal;
+  const timeoutMs = ctx.settings.proxyTimeoutMs;
+  if (inc.exec !== null) {
+    // On Workers every timer and listener belongs to its request: one of each per attempt.
+    const state = { timedOut: false, clientGone: false, clientSlow: false };
+    const started = performance.now();
+    const fire = () => {
+      const left = dueAt(started + timeoutMs, started, body) - performance.now();
+      if (left > 0) {
+        timer = setTimeout(fire, left);
+        return;
+      }
+      state.timedOut = true;
+      state.clientSlow = body?.waitingForClient ?? false;
+      controller.abort();
+    };
+    let timer = setTimeout(fire, timeoutMs);
+    const onClientAbort = () => {
+      state.clientGone = true;
+      controller.abort();
+    };
+    const signal = inc.request.signal;
+    signal.addEventListener("abort", onClientAbort, { once: true });
+    try {
+      return await ctx.fetcher(target, init);
+    } catch (error) {
+      return { failed: true, error, ...state };
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onClientAbort);
+    }
+  }
+  const started = performance.now();
+  const pending: Pending = {
+    controller,
+    deadline: started + timeoutMs,
+    started,
+    inc,
+    body,
+    timedOut: false,
+    clientGone: false,
+    clientSlow: false,
+    index: 0,
+  };
+  ctx.deadlines.add(pending);
+  try {
+    return await ctx.fetcher(target, init);
+  } catch (error) {
+    const { timedOut, clientGone, clientSlow } = pending;
+    return { failed: true, error, timedOut, clientGone, clientSlow };
+  } finally {
+    ctx.deadlines.remove(pending);
+  }
 }
 
 function addCors(settings: Settings, request: Request, headers: Headers): void {
@@ -5085,6 +5469,50 @@ function loopAnswer(ctx: ProxyContext, request: Request): Response {
   );
 }
 
+/** A short random id that ties an answer to its log line. */
+function newRequestId(): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+}
+
+/**
+ * The answer when no attempt got a usable answer: 499 (the client left), 408 (the client's
+ * upload stalled), 504 (timeout) or 502. What went wrong in detail (an internal address, a
+ * system error) is logged with a request id; the client gets the id, never the detail.
+ */
+function proxyFailure(
+  ctx: ProxyContext,
+  failure: AttemptFailure | null,
+  service: string,
+  worker: string,
+): { status: number; body: Record<string, unknown> } {
+  if (failure?.clientGone) return { status: 499, body: { error: "Client closed the request" } };
+  if (failure?.clientSlow) {
+    return {
+      status: 408,
+      body: {
+        error: "Request body not received in time",
+        message: `The client sent nothing of its body for ${ctx.settings.proxyTimeoutMs} ms`,
+      },
+    };
+  }
+  const timedOut = failure?.timedOut ?? false;
+  const requestId = newRequestId();
+  const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
+  ctx.log(`${requestId} service ${service} worker ${worker}: ${timedOut ? "timeout" : detail}`);
+  return {
+    status: timedOut ? 504 : 502,
+    body: {
+      error: "Service proxy failed",
+      message: timedOut
+        ? `Worker did not answer within ${ctx.settings.proxyTimeoutMs} ms`
+        : "Worker could not be reached",
+      service,
+      worker,
+      request_id: requestId,
+    },
+  };
+}
+
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
@@ -5227,50 +5655,6 @@ async function routeService(
 }
 
 /**
- * The answer when no attempt got a usable answer: 499 (the client left), 408 (the client's
- * upload stalled), 504 (timeout) or 502. What went wrong in detail (an internal address, a
- * system error) is logged with a request id; the client gets the id, never the detail.
- */
-function proxyFailure(
-  ctx: ProxyContext,
-  failure: AttemptFailure | null,
-  service: string,
-  worker: string,
-): { status: number; body: Record<string, unknown> } {
-  if (failure?.clientGone) return { status: 499, body: { error: "Client closed the request" } };
-  if (failure?.clientSlow) {
-    return {
-      status: 408,
-      body: {
-        error: "Request body not received in time",
-        message: `The client sent nothing of its body for ${ctx.settings.proxyTimeoutMs} ms`,
-      },
-    };
-  }
-  const timedOut = failure?.timedOut ?? false;
-  const requestId = newRequestId();
-  const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
-  ctx.log(`${requestId} service ${service} worker ${worker}: ${timedOut ? "timeout" : detail}`);
-  return {
-    status: timedOut ? 504 : 502,
-    body: {
-      error: "Service proxy failed",
-      message: timedOut
-        ? `Worker did not answer within ${ctx.settings.proxyTimeoutMs} ms`
-        : "Worker could not be reached",
-      service,
-      worker,
-      request_id: requestId,
-    },
-  };
-}
-
-/** A short random id that ties an answer to its log line. */
-function newRequestId(): string {
-  return crypto.randomUUID().replaceAll("-", "").slice(0, 16);
-}
-
-/**
  * The answer to an error thrown while routing or answering (the app's onError, and the fast
  * path's): a clear 4xx for bad input; for a store failure or anything unexpected a generic
  * message and a request id, the detail (paths, addresses, stacks) only in the log.
@@ -5304,326 +5688,13 @@ function serviceTargetOf(url: string): ServiceTarget | null {
   return parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
 }
 
-// ============================================================================================
-// Security: bearer tokens compared in constant time, guards that fail closed, signed agent
-// requests (Ed25519 through Web Crypto) against replay, the live view's credential
-// ============================================================================================
+//#endregion
 
-async function digestBytes(text: string): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
-}
-
-/** Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR). */
-export async function tokensEqual(given: string, expected: string): Promise<boolean> {
-  const [a, b] = await Promise.all([digestBytes(given), digestBytes(expected)]);
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
-  return diff === 0;
-}
-
-function bearerToken(c: Context): string | null {
-  const header = c.req.header("authorization");
-  if (!header) return null;
-  const match = /^Bearer\s+(.+)$/i.exec(header.trim());
-  return match ? (match[1] as string).trim() : "";
-}
-
-/** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
-type Guard = "worker" | "cluster" | "admin";
-
-/** Whether any token is configured: then every guard needs its own (and one without refuses). */
-function isSecured(settings: Settings): boolean {
-  return settings.clusterToken !== null || settings.adminToken !== null;
-}
-
-/**
- * Admits a request to a guard (how: `Sender.level`) or answers why not. With no token at all
- * everything is open (local dev). Once any token is set every guard needs its own: a guard whose
- * token is not set refuses everyone (403), except token-less direct-mode workers where legacy
- * workers are admitted; a wrong token is always 401.
- */
-async function authorize(
-  c: Context,
-  settings: Settings,
-  guard: Guard,
-): Promise<Sender["level"] | Response> {
-  if (!isSecured(settings)) return "open";
-  const given = bearerToken(c);
-  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return "legacy";
-  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
-  if (expected === null) {
-    const [what, name] =
-      guard === "admin"
-        ? ["Admin endpoints", "ROLLCALL_ADMIN_TOKEN"]
-        : ["Agent endpoints", "ROLLCALL_CLUSTER_TOKEN"];
-    return json(
-      {
-        error: `${what} are disabled`,
-        message: `Another token is set, so ${what.toLowerCase()} need their own: set ${name}`,
-      },
-      403,
-    );
-  }
-  if (given && (await tokensEqual(given, expected))) return "token";
-  return json(
-    {
-      error: given === null ? "Missing token" : "Invalid token",
-      message:
-        guard === "admin"
-          ? "Admin endpoints need 'Authorization: Bearer <admin token>'"
-          : "Agents need 'Authorization: Bearer <cluster token>'",
-    },
-    401,
-    { "www-authenticate": 'Bearer realm="rollcall"' },
-  );
-}
-
-/** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
-export const SIGNATURE_HEADERS = {
-  signer: "x-rollcall-signer",
-  timestamp: "x-rollcall-timestamp",
-  nonce: "x-rollcall-nonce",
-  signature: "x-rollcall-signature",
-} as const;
-
-/** How far a signed request's timestamp may be from the coordinator's clock. */
-export const SIGNATURE_SKEW_MS = 5 * MINUTE;
-
-/** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
-export interface SignedRequestParts {
-  method: string;
-  /** The path as the coordinator receives it, without the query. */
-  path: string;
-  /** Milliseconds since the epoch. */
-  timestamp: number;
-  nonce: string;
-  /** The PeerId whose key signs. */
-  signer: string;
-  /** SHA-256 of the exact body bytes (of nothing when there is no body), lowercase hex. */
-  bodySha256: string;
-}
-
-/** The text an agent signs for a request (UTF-8), one part per line. */
-export function signedRequestText(p: SignedRequestParts): string {
-  return [
-    "rollcall-request-v1",
-    p.method.toUpperCase(),
-    p.path,
-    String(p.timestamp),
-    p.nonce,
-    p.signer,
-    p.bodySha256,
-  ].join("\n");
-}
-
-/** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
-export async function sha256Hex(data: Uint8Array | string): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
-  let hex = "";
-  for (const b of digest) hex += b.toString(16).padStart(2, "0");
-  return hex;
-}
-
-function toBase64url(bytes: Uint8Array): string {
-  let text = "";
-  for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
-}
-
-function fromBase64url(text: string): Uint8Array | null {
-  if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
-  try {
-    const raw = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
-    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Signs a request for the coordinator with the key of `signer` (its PeerId): the headers to send
- * along. `sign` signs bytes with the private key (a libp2p key's `sign`).
- */
-export async function signRequest(input: {
-  method: string;
-  path: string;
-  body?: Uint8Array | string | null;
-  signer: string;
-  sign: (data: Uint8Array) => Uint8Array | Promise<Uint8Array>;
-  now: number;
-  nonce?: string;
-}): Promise<Record<string, string>> {
-  const nonce = input.nonce ?? toBase64url(crypto.getRandomValues(new Uint8Array(16)));
-  const timestamp = Math.round(input.now);
-  const text = signedRequestText({
-    method: input.method,
-    path: input.path,
-    timestamp,
-    nonce,
-    signer: input.signer,
-    bodySha256: await sha256Hex(input.body ?? new Uint8Array(0)),
-  });
-  const signature = await input.sign(new TextEncoder().encode(text));
-  return {
-    [SIGNATURE_HEADERS.signer]: input.signer,
-    [SIGNATURE_HEADERS.timestamp]: String(timestamp),
-    [SIGNATURE_HEADERS.nonce]: nonce,
-    [SIGNATURE_HEADERS.signature]: toBase64url(signature),
-  };
-}
-
-/** Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error. */
-export async function verifyEd25519(
-  publicKey: Uint8Array,
-  signature: Uint8Array,
-  data: Uint8Array,
-): Promise<boolean> {
-  try {
-    const raw = publicKey as BufferSource;
-    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify(
-      { name: "Ed25519" },
-      key,
-      signature as BufferSource,
-      data as BufferSource,
-    );
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Nonces of the signed requests of the last two skew windows, per isolate: a nonce seen twice
- * is a replay. At most `max` (about 100 bytes each); when full of live ones the oldest goes,
- * counted in `evicted` (docs/SECURITY.md says what that leaves open).
- */
-class NonceCache {
-  readonly #seen = new Map<string, number>();
-  evicted = 0;
-  constructor(readonly max = 10_000) {}
-
-  /** Records a nonce; false when it was seen and has not expired. */
-  use(key: string, now: number): boolean {
-    const until = this.#seen.get(key);
-    if (until !== undefined && until > now) return false;
-    this.#seen.delete(key);
-    if (this.#seen.size >= this.max) {
-      this.prune(now);
-      if (this.#seen.size >= this.max) {
-        this.#seen.delete(this.#seen.keys().next().value as string);
-        this.evicted++;
-      }
-    }
-    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
-    return true;
-  }
-
-  /** Forgets expired nonces (they expire in the order they came). */
-  prune(now: number): void {
-    for (const [key, until] of this.#seen) {
-      if (until > now) break;
-      this.#seen.delete(key);
-    }
-  }
-}
-
-function unsigned(error: string, message: string, extra: Record<string, unknown> = {}): Refused {
-  return new Refused(401, { error, message, ...extra });
-}
-
-/**
- * The verified signer of a request: null when it carries no signature headers; throws Refused
- * (401) when its signature is incomplete, malformed, outside the clock window, replayed or
- * wrong. The nonce is remembered only once the signature is good.
- */
-async function verifiedSigner(
-  headers: Headers,
-  parts: { method: string; path: string; body: Uint8Array },
-  nonces: NonceCache,
-  now: number,
-): Promise<string | null> {
-  const signer = headers.get(SIGNATURE_HEADERS.signer);
-  const timestamp = headers.get(SIGNATURE_HEADERS.timestamp);
-  const nonce = headers.get(SIGNATURE_HEADERS.nonce);
-  const signature = headers.get(SIGNATURE_HEADERS.signature);
-  if (signer === null && timestamp === null && nonce === null && signature === null) return null;
-  if (signer === null || timestamp === null || nonce === null || signature === null) {
-    throw unsigned(
-      "Incomplete request signature",
-      "A signed request needs all four x-rollcall-* signature headers",
-    );
-  }
-  const key = peerIdPublicKey(signer);
-  if (key === null)
-    throw unsigned("Invalid request signature", "The signer is not an Ed25519 PeerId");
-  const ts = Number(timestamp);
-  if (!/^\d{1,16}$/.test(timestamp) || Math.abs(now - ts) > SIGNATURE_SKEW_MS) {
-    throw unsigned(
-      "Request signature expired",
-      `The signature's timestamp must be within ${SIGNATURE_SKEW_MS / 1000} s of the coordinator's clock`,
-      { server_time: now },
-    );
-  }
-  const sig = fromBase64url(signature);
-  if (!/^[A-Za-z0-9_-]{16,64}$/.test(nonce) || sig === null || sig.length !== 64) {
-    throw unsigned("Invalid request signature", "The nonce or the signature is malformed");
-  }
-  const text = signedRequestText({
-    method: parts.method,
-    path: parts.path,
-    timestamp: ts,
-    nonce,
-    signer,
-    bodySha256: await sha256Hex(parts.body),
-  });
-  if (!(await verifyEd25519(key, sig, new TextEncoder().encode(text)))) {
-    throw unsigned(
-      "Invalid request signature",
-      "The signature does not verify with the signer's key",
-    );
-  }
-  if (!nonces.use(`${signer} ${nonce}`, now)) {
-    throw unsigned("Request signature already used", "Each signed request needs a fresh nonce");
-  }
-  return signer;
-}
-
-/** How far a live-view authorization's timestamp may be from the agent's clock. */
-export const VIEW_AUTH_SKEW_MS = MINUTE;
-
-/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
-export function viewAuthText(timestamp: number): string {
-  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
-}
-
-/**
- * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
- * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
- */
-export async function viewAuthorization(token: string, now: number): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(token),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const ts = Math.round(now);
-  const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
-  );
-  let hex = "";
-  for (const b of mac) hex += b.toString(16).padStart(2, "0");
-  return `Rollcall-View ts=${ts}, sig=${hex}`;
-}
-
-// ============================================================================================
-// Dashboard: the admin page at /admin, its snapshot, recent events, an operator's actions.
-// It reads the per-isolate routing state directly and costs no store access of its own, so it
-// lives in this file (see docs/ARCHITECTURE.md). The page is static text (no build step, no
-// framework) under a strict CSP; its script renders every value with textContent.
-// ============================================================================================
+//#region Dashboard
+// The admin page at /admin, its snapshot, recent events, an operator's actions. It reads the
+// per-isolate routing state directly and costs no store access of its own, so it lives in this file
+// (see docs/ARCHITECTURE.md). The page is static text (no build step, no framework) under a strict
+// CSP; its script renders every value with textContent.
 
 /** How often the page asks for a snapshot while it is visible. */
 const DASHBOARD_REFRESH_MS = 1000;
@@ -6587,9 +6658,9 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
   return watch;
 }
 
-// ============================================================================================
-// The app
-// ============================================================================================
+//#endregion
+
+//#region The app
 
 /** Collaborators of a coordinator. */
 export interface CoordinatorComponents {
@@ -6642,18 +6713,6 @@ export interface Coordinator {
    * (`ROLLCALL_UPSTREAM_ALLOW`): for an upstream client that resolves names itself.
    */
   allowsUpstream(host: string, address: string): boolean;
-}
-
-function issues(err: z.ZodError): { path: string; message: string }[] {
-  return err.issues
-    .slice(0, 10)
-    .map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
-}
-
-/** Whether a Content-Type is JSON (`application/json`, `application/<x>+json`, any parameters). */
-function isJsonType(type: string | undefined): boolean {
-  const media = (type ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
-  return media === "application/json" || /^application\/[a-z0-9.+-]+\+json$/.test(media);
 }
 
 /** An agent request, admitted and read: its body's bytes and who sent it. */
@@ -6751,15 +6810,16 @@ export function createCoordinator(
   const clock = components.clock ?? systemNow;
   const fetcher = components.fetch ?? ((input, reqInit) => fetch(input, reqInit));
   const log = components.log ?? ((line: string) => console.error(`rollcall: ${line}`));
-  const reg = new Registry(settings, components.store, clock);
-  const router = new Router(settings);
-  const nonces = new NonceCache();
   // The live view needs its own credential once tokens are set: never the cluster token.
   const liveOn = settings.liveView && (settings.agentToken !== null || !isSecured(settings));
   const live = liveOn
     ? new LiveViews(settings, { fetcher, clock, onChange: () => reg.invalidate() })
     : null;
-  reg.live = live;
+  const reg = new Registry(settings, components.store, clock, (cluster, now) =>
+    live === null ? null : live.lookup(cluster, now),
+  );
+  const router = new Router(settings);
+  const nonces = new NonceCache();
   const proxy: ProxyContext = {
     reg,
     router,
@@ -7184,9 +7244,10 @@ export function createCoordinator(
   return coordinator;
 }
 
-// ============================================================================================
-// Default export: Cloudflare Workers (`fetch(req, env, ctx)`) and `bun coordinator.ts`
-// ============================================================================================
+//#endregion
+
+//#region Default export
+// Cloudflare Workers (`fetch(req, env, ctx)`) and `bun coordinator.ts`
 
 let workerInstance: Coordinator | null = null;
 
@@ -7225,3 +7286,5 @@ export default {
     return coordinator.fetch(request, env, ctx);
   },
 };
+
+//#endregion
