@@ -5083,6 +5083,95 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
   return `${out.join("\n")}\n`;
 }
 
+/** The admin view of services: each one's providers, their health and routing state. */
+function servicesView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
+  const services: Record<string, unknown> = {};
+  const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
+  for (const name of [...table.providers.keys()].sort()) {
+    const list = table.providers.get(name) ?? [];
+    const route = routes.get(name);
+    const healthy = list.filter((p) => p.health !== "unhealthy").length;
+    const routed = new Map(route?.endpoints.map((e) => [e.worker_id, e]) ?? []);
+    services[name] = {
+      total_workers: list.length,
+      healthy_workers: healthy,
+      status: healthy > 0 ? "available" : "unavailable",
+      serving_workers: route ? servingCount(route, now) : 0,
+      in_flight: route?.inFlight ?? 0,
+      queue_length: route?.queued ?? 0,
+      scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+      workers: list.map((p) => {
+        const e = routed.get(p.worker_id);
+        return {
+          worker_id: p.worker_id,
+          url: p.url,
+          tier: p.tier,
+          status: statusOf.get(p.worker_id) ?? "unknown",
+          health: p.health,
+          ...(p.refused !== null ? { refused: p.refused } : {}),
+          breaker: e ? e.breaker.stateAt(now) : null,
+          ejected: e ? e.ejected(now) : false,
+          in_flight: e?.inFlight ?? 0,
+        };
+      }),
+    };
+  }
+  return { services, total_services: table.providers.size, source: table.source };
+}
+
+/** The admin view of circuit breakers: one row per service and worker, by service name. */
+function breakersView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
+  const breakers = [];
+  for (const name of [...routes.keys()].sort()) {
+    const route = routes.get(name) as ServiceRoute;
+    for (const e of route.endpoints) {
+      const m = endpointMetrics(route, e, now);
+      breakers.push({
+        service: name,
+        worker_id: e.worker_id,
+        ...m.breaker,
+        ejected: m.ejected,
+        ejected_until: m.ejected_until,
+        ejections: m.ejections,
+        consecutive_failures: m.consecutive_failures,
+      });
+    }
+  }
+  return { breakers, source: table.source };
+}
+
+/** Every service's metrics, by service name. */
+function metricsOf(
+  routes: ReadonlyMap<string, ServiceRoute>,
+  now: number,
+): Record<string, ServiceMetrics> {
+  const services: Record<string, ServiceMetrics> = {};
+  for (const name of [...routes.keys()].sort()) {
+    services[name] = serviceMetrics(routes.get(name) as ServiceRoute, now);
+  }
+  return services;
+}
+
+/** The admin view of counts: workers by health and tier, services, the write budget, leaders. */
+function statsView(table: RoutingTable, budget: unknown) {
+  const healthy = table.workers.filter((w) => w.healthy).length;
+  const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
+  for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
+  const first = table.clusters[0];
+  return {
+    total_workers: table.workers.length,
+    healthy_workers: healthy,
+    offline_workers: table.workers.length - healthy,
+    by_tier: byTier,
+    total_services: table.providers.size,
+    write_budget: budget,
+    leader: first
+      ? { cluster: first.cluster, leader_id: first.leader_id, term: first.term, stale: first.stale }
+      : null,
+    clusters: table.clusters,
+  };
+}
+
 //#endregion
 
 //#region Routing and proxy
@@ -5878,11 +5967,13 @@ interface DashboardDeps {
   settings: Settings;
   router: Router;
   live: LiveViews | null;
-  store: Pick<Store, "kind" | "persistent">;
+  reg: { store: Pick<Store, "kind" | "persistent"> };
   clock: ClockLike;
   /** The routing table as the admin API reads it (synced into the router, live view fresh). */
   routing(c: Context): Promise<{ table: RoutingTable; now: number }>;
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  /** What the dashboard remembers of clusters and endpoints (fed by every routing read). */
+  watch: ClusterWatch;
 }
 
 function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: Settings): string[] {
@@ -6025,8 +6116,8 @@ function dashboardSnapshot(
     workers,
     services,
     store: {
-      kind: deps.store.kind,
-      persistent: deps.store.persistent,
+      kind: deps.reg.store.kind,
+      persistent: deps.reg.store.persistent,
       ...budget,
       next_keepalive_at: keepalives.sort()[0] ?? null,
     },
@@ -6580,8 +6671,8 @@ const DASHBOARD_HEADERS: Record<string, string> = {
  * snapshot and the two actions on `admin`, behind whatever guard the admin API has. Returns the
  * watcher the admin reads and ticks feed.
  */
-function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWatch {
-  const watch = new ClusterWatch();
+function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
+  const { watch } = deps;
   const file = (body: string, type: string) => () =>
     new Response(body, { headers: { ...DASHBOARD_HEADERS, "content-type": type } });
   app.get("/admin", file(DASHBOARD_HTML, "text/html; charset=utf-8"));
@@ -6655,7 +6746,6 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
   });
   admin.post("/breakers/reset", small, act("breaker_reset"));
   admin.post("/ejections/end", small, act("ejection_end"));
-  return watch;
 }
 
 //#endregion
@@ -6801,15 +6891,27 @@ const FLUSH_EVERY_MS = MINUTE;
 /** How often a started coordinator re-evaluates the scaling signals (without traffic too). */
 const TICK_EVERY_MS = 5000;
 
-/** Builds a coordinator from settings and collaborators. */
-export function createCoordinator(
-  init: CoordinatorInit,
-  components: CoordinatorComponents,
-): Coordinator {
-  const settings = resolveSettings(init);
+/**
+ * A coordinator's per-isolate parts, shared by its routes: the proxy's context (registry,
+ * router, live views, ...) and what the admin and agent routes add to it.
+ */
+interface Parts extends ProxyContext {
+  nonces: NonceCache;
+  watch: ClusterWatch;
+  aliases: AliasList;
+  /** Prunes every per-isolate collection, at most once a minute. */
+  prune(now: number, table: RoutingTable | null): void;
+  /** The routing table, synced into the router, live views refreshed when due. */
+  routing(c: Context | null): Promise<{ table: RoutingTable; now: number }>;
+  /** Writes what the cap deferred, when the budget allows (errors ignored). */
+  flushPending(): Promise<void>;
+  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+}
+
+/** Builds the per-isolate parts from settings and collaborators. */
+function coordinatorParts(settings: Settings, components: CoordinatorComponents): Parts {
   const clock = components.clock ?? systemNow;
   const fetcher = components.fetch ?? ((input, reqInit) => fetch(input, reqInit));
-  const log = components.log ?? ((line: string) => console.error(`rollcall: ${line}`));
   // The live view needs its own credential once tokens are set: never the cluster token.
   const liveOn = settings.liveView && (settings.agentToken !== null || !isSecured(settings));
   const live = liveOn
@@ -6820,7 +6922,8 @@ export function createCoordinator(
   );
   const router = new Router(settings);
   const nonces = new NonceCache();
-  const proxy: ProxyContext = {
+  let prunedAt = 0;
+  const parts: Parts = {
     reg,
     router,
     live,
@@ -6835,93 +6938,98 @@ export function createCoordinator(
     inPlace: null,
     webhook: { sent: 0, failed: 0, lastError: null },
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
-    log,
+    log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
+    nonces,
+    watch: new ClusterWatch(),
+    aliases: aliasList(settings.aliases),
+    // From `start()`'s timer on a long-running server, from admin and agent requests where no
+    // timer runs (Workers).
+    prune(now, table) {
+      if (now - prunedAt < MINUTE) return;
+      prunedAt = now;
+      reg.prune(now);
+      router.prune();
+      if (table !== null) live?.prune(table);
+      nonces.prune(now);
+    },
+    async routing(c) {
+      let table = await reg.table();
+      const exec = c ? incomingOf(c).exec : null;
+      // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
+      // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
+      const refreshes =
+        live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
+      if (c !== null && refreshes.length > 0) {
+        await Promise.all(refreshes);
+        table = await reg.table();
+      }
+      const now = clock.now();
+      router.sync(table, now);
+      for (const route of router.routes.values()) evaluateSignal(parts, route, now, exec);
+      parts.watch.observe(table, router.routes, now);
+      parts.prune(now, table);
+      return { table, now };
+    },
+    // Opportunistic: what the cap deferred is written on the first request that may write it.
+    async flushPending() {
+      if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
+    },
+    budget: () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount }),
   };
-  /**
-   * Prunes every per-isolate collection at most once a minute: from `start()`'s timer on a
-   * long-running server, from admin and agent requests where no timer runs (Workers).
-   */
-  let prunedAt = 0;
-  const prune = (now: number, table: RoutingTable | null) => {
-    if (now - prunedAt < MINUTE) return;
-    prunedAt = now;
-    reg.prune(now);
-    router.prune();
-    if (table !== null) live?.prune(table);
-    nonces.prune(now);
-  };
-  /** The routing table, synced into the router, live views refreshed when due. */
-  const routing = async (c: Context | null) => {
-    let table = await reg.table();
-    const exec = c ? incomingOf(c).exec : null;
-    // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
-    // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
-    const refreshes =
-      live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
-    if (c !== null && refreshes.length > 0) {
-      await Promise.all(refreshes);
-      table = await reg.table();
-    }
-    const now = clock.now();
-    router.sync(table, now);
-    for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
-    dashboard.observe(table, router.routes, now);
-    prune(now, table);
-    return { table, now };
-  };
-  const app = new Hono();
-  const limit = bodyLimit({
-    maxSize: settings.maxBodyBytes,
-    onError: (c) =>
-      c.json({ error: `Request body is larger than ${settings.maxBodyBytes} bytes` }, 413),
-  });
-  const budget = () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount });
+  return parts;
+}
 
-  // Opportunistic: what the cap deferred is written on the first request that may write it.
-  const flushPending = async () => {
-    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
-  };
-  const aliases = aliasList(settings.aliases);
-  /**
-   * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
-   * when it is routed), an alias's target for an aliased path outside the API's own paths
-   * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
-   */
-  const proxied = (request: Request): ServiceTarget | "service" | null => {
-    if (isPreflight(request)) return null;
-    const url = request.url;
-    const at = url.indexOf("/", url.indexOf("//") + 2);
-    if (url.startsWith("/api/service/", at)) return "service";
-    if (aliases.length === 0) return null;
-    const q = url.indexOf("?", at);
-    const path = q === -1 ? url.slice(at) : url.slice(at, q);
-    if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
-    if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
-    return matchAlias(path, aliases);
-  };
-  /**
-   * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
-   * every error itself with the CORS headers a browser needs to read it.
-   */
-  const proxyEntry = async (inc: Incoming, target: ServiceTarget | "service") => {
-    try {
-      // Writes that waited go out beside the request, never in front of it.
-      if (reg.pendingCount > 0) defer(inc.exec, flushPending());
-      // A path under /api/service/ always has a target (or throws on a bad name).
-      const to =
-        target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
-      return await routeService(inc, proxy, to);
-    } catch (err) {
-      const res = errorAnswer(err, log);
-      addCors(settings, inc.request, res.headers);
-      return res;
-    }
-  };
-  /**
-   * Whether a path gets CORS headers: the service routes (a browser app calls them from its own
-   * origin) and `/health`. The agent and admin endpoints do not: no web page may read them, and
-   * the dashboard is same-origin.
-   */
+/**
+ * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
+ * when it is routed), an alias's target for an aliased path outside the API's own paths
+ * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
+ */
+function proxied(request: Request, aliases: AliasList): ServiceTarget | "service" | null {
+  if (isPreflight(request)) return null;
+  const url = request.url;
+  const at = url.indexOf("/", url.indexOf("//") + 2);
+  if (url.startsWith("/api/service/", at)) return "service";
+  if (aliases.length === 0) return null;
+  const q = url.indexOf("?", at);
+  const path = q === -1 ? url.slice(at) : url.slice(at, q);
+  if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
+  if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
+  return matchAlias(path, aliases);
+}
+
+/**
+ * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
+ * every error itself with the CORS headers a browser needs to read it.
+ */
+async function proxyEntry(
+  parts: Parts,
+  inc: Incoming,
+  target: ServiceTarget | "service",
+): Promise<Response> {
+  try {
+    // Writes that waited go out beside the request, never in front of it.
+    if (parts.reg.pendingCount > 0) defer(inc.exec, parts.flushPending());
+    // A path under /api/service/ always has a target (or throws on a bad name).
+    const to = target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
+    return await routeService(inc, parts, to);
+  } catch (err) {
+    const res = errorAnswer(err, parts.log);
+    addCors(parts.settings, inc.request, res.headers);
+    return res;
+  }
+}
+
+/**
+ * The middleware in front of every route. What the proxy serves goes to it before any other
+ * (`coordinator.fetch` does the same without hono): it sets the CORS headers on its answers
+ * itself, where hono's cors() would wrap every proxied response in a new one (it touches `c.res`
+ * before the handler runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes
+ * to the service. CORS headers go on the service routes (a browser app calls them from its own
+ * origin) and `/health`, never on the agent and admin endpoints (no web page may read them, and
+ * the dashboard is same-origin). Then what the cap deferred is written.
+ */
+function frontMiddleware(app: Hono, parts: Parts): void {
+  const { settings, aliases } = parts;
   const corsPath = (path: string): boolean =>
     path === "/health" ||
     path.startsWith("/api/service/") ||
@@ -6929,9 +7037,6 @@ export function createCoordinator(
       path !== "/metrics" &&
       !path.startsWith("/api/") &&
       matchAlias(path, aliases) !== null);
-
-  app.onError((err) => errorAnswer(err, log));
-  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   const corsHeaders = cors({
     origin: settings.corsOrigin,
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
@@ -6939,21 +7044,22 @@ export function createCoordinator(
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker", "X-Rollcall-Worker-Name"],
   });
-  // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
-  // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
-  // would wrap every proxied response in a new one (it touches `c.res` before the handler
-  // runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes to the service.
+  app.onError((err) => errorAnswer(err, parts.log));
+  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   app.use("*", (c, next) => {
-    const target = proxied(c.req.raw);
-    if (target !== null) return proxyEntry(incomingOf(c), target);
+    const target = proxied(c.req.raw, aliases);
+    if (target !== null) return proxyEntry(parts, incomingOf(c), target);
     return corsPath(c.req.path) ? corsHeaders(c, next) : next();
   });
   app.use("*", async (_c, next) => {
-    await flushPending();
+    await parts.flushPending();
     await next();
   });
+}
 
-  // A small index of the API, for a person who opens the coordinator's URL.
+/** `GET /` (a small index of the API, for a person who opens the coordinator's URL) and `/health`. */
+function publicRoutes(app: Hono, parts: Parts): void {
+  const { settings, live, reg, clock } = parts;
   app.get("/", (c) =>
     c.json({
       service: "rollcall-coordinator",
@@ -6977,7 +7083,6 @@ export function createCoordinator(
       docs: "docs/DEPLOY.md and docs/AGENTS.md in the rollcall repository",
     }),
   );
-
   app.get("/health", (c) => {
     const secured = isSecured(settings);
     const guard = (token: string | null) => (!secured ? "open" : token ? "token" : "disabled");
@@ -6999,10 +7104,28 @@ export function createCoordinator(
       time: new Date(clock.now()).toISOString(),
     });
   });
+}
 
+/** A healthy (else degraded) provider of a service among the best tier, picked at random. */
+function findProvider(table: RoutingTable, service: string, random: () => number) {
+  const usable = (table.providers.get(service) ?? []).filter((p) => p.health !== "unhealthy");
+  const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
+  const best = Math.min(...usable.map(rank));
+  const top = usable.filter((p) => rank(p) === best);
+  return top[Math.floor(random() * top.length)];
+}
+
+/** The agents' endpoints: direct mode's register, heartbeat, unregister and find; leader mode's report. */
+function agentRoutes(app: Hono, parts: Parts): void {
+  const { settings, reg, clock, nonces } = parts;
+  const limit = bodyLimit({
+    maxSize: settings.maxBodyBytes,
+    onError: (c) =>
+      c.json({ error: `Request body is larger than ${settings.maxBodyBytes} bytes` }, 413),
+  });
   /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
   const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
-    prune(clock.now(), null);
+    parts.prune(clock.now(), null);
     const got = await agentRequest(c, settings, guard, nonces, clock.now());
     if ("response" in got) return got;
     const body = parseJson(got.bytes, schema);
@@ -7040,11 +7163,7 @@ export function createCoordinator(
       return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
     }
     const table = await reg.table();
-    const usable = (table.providers.get(name.data) ?? []).filter((p) => p.health !== "unhealthy");
-    const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
-    const best = Math.min(...usable.map(rank));
-    const top = usable.filter((p) => rank(p) === best);
-    const pick = top[Math.floor(proxy.random() * top.length)];
+    const pick = findProvider(table, name.data, parts.random);
     if (!pick) {
       return c.json(
         {
@@ -7075,7 +7194,15 @@ export function createCoordinator(
     if (typeof level !== "string") return level;
     return c.json({ status: "ok" });
   });
+}
 
+/**
+ * The admin API under `/api/admin` (its views are built by the pure functions beside the
+ * metrics), the dashboard at `/admin`, and `/metrics` in Prometheus text format; all behind the
+ * admin guard.
+ */
+function adminRoutes(app: Hono, parts: Parts): void {
+  const { settings, router, live, routing } = parts;
   const admin = new Hono();
   admin.use("*", async (c, next) => {
     const level = await authorize(c, settings, "admin");
@@ -7089,72 +7216,21 @@ export function createCoordinator(
   });
   admin.get("/services", async (c) => {
     const { table, now } = await routing(c);
-    const services: Record<string, unknown> = {};
-    const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
-    for (const name of [...table.providers.keys()].sort()) {
-      const list = table.providers.get(name) ?? [];
-      const route = router.routes.get(name);
-      const healthy = list.filter((p) => p.health !== "unhealthy").length;
-      const routed = new Map(route?.endpoints.map((e) => [e.worker_id, e]) ?? []);
-      services[name] = {
-        total_workers: list.length,
-        healthy_workers: healthy,
-        status: healthy > 0 ? "available" : "unavailable",
-        serving_workers: route ? servingCount(route, now) : 0,
-        in_flight: route?.inFlight ?? 0,
-        queue_length: route?.queued ?? 0,
-        scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
-        workers: list.map((p) => {
-          const e = routed.get(p.worker_id);
-          return {
-            worker_id: p.worker_id,
-            url: p.url,
-            tier: p.tier,
-            status: statusOf.get(p.worker_id) ?? "unknown",
-            health: p.health,
-            ...(p.refused !== null ? { refused: p.refused } : {}),
-            breaker: e ? e.breaker.stateAt(now) : null,
-            ejected: e ? e.ejected(now) : false,
-            in_flight: e?.inFlight ?? 0,
-          };
-        }),
-      };
-    }
     c.header("x-rollcall-source", table.source);
-    return c.json({ services, total_services: table.providers.size, source: table.source });
+    return c.json(servicesView(table, router.routes, now));
   });
   admin.get("/breakers", async (c) => {
     const { table, now } = await routing(c);
-    const breakers = [];
-    for (const name of [...router.routes.keys()].sort()) {
-      const route = router.routes.get(name) as ServiceRoute;
-      for (const e of route.endpoints) {
-        const m = endpointMetrics(route, e, now);
-        breakers.push({
-          service: name,
-          worker_id: e.worker_id,
-          ...m.breaker,
-          ejected: m.ejected,
-          ejected_until: m.ejected_until,
-          ejections: m.ejections,
-          consecutive_failures: m.consecutive_failures,
-        });
-      }
-    }
-    return c.json({ breakers, source: table.source });
+    return c.json(breakersView(table, router.routes, now));
   });
   admin.get("/metrics", async (c) => {
     const { table, now } = await routing(c);
-    const services: Record<string, ServiceMetrics> = {};
-    for (const name of [...router.routes.keys()].sort()) {
-      services[name] = serviceMetrics(router.routes.get(name) as ServiceRoute, now);
-    }
     return c.json({
       source: table.source,
       generated_at: new Date(now).toISOString(),
       window_s: settings.metricsWindowMs / 1000,
-      services,
-      scaling_webhook: settings.scalingWebhook ? { ...proxy.webhook } : null,
+      services: metricsOf(router.routes, now),
+      scaling_webhook: settings.scalingWebhook ? { ...parts.webhook } : null,
       live_views: Object.fromEntries(
         table.clusters.map((cl) => [
           cl.cluster,
@@ -7163,59 +7239,45 @@ export function createCoordinator(
       ),
     });
   });
-  admin.get("/stats", async (c) => {
-    const { table } = await routing(c);
-    const healthy = table.workers.filter((w) => w.healthy).length;
-    const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
-    for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
-    const first = table.clusters[0];
-    return c.json({
-      total_workers: table.workers.length,
-      healthy_workers: healthy,
-      offline_workers: table.workers.length - healthy,
-      by_tier: byTier,
-      total_services: table.providers.size,
-      write_budget: budget(),
-      leader: first
-        ? {
-            cluster: first.cluster,
-            leader_id: first.leader_id,
-            term: first.term,
-            stale: first.stale,
-          }
-        : null,
-      clusters: table.clusters,
-    });
-  });
+  admin.get("/stats", async (c) => c.json(statsView((await routing(c)).table, parts.budget())));
   admin.get("/leader", async (c) => c.json({ clusters: (await routing(c)).table.clusters }));
-  admin.get("/budget", (c) => c.json(budget()));
-  const dashboard = mountDashboard(app, admin, {
-    settings,
-    router,
-    live,
-    store: reg.store,
-    clock,
-    routing,
-    budget,
-  });
+  admin.get("/budget", (c) => c.json(parts.budget()));
+  mountDashboard(app, admin, parts);
   app.route("/api/admin", admin);
 
   app.get("/metrics", async (c) => {
     const level = await authorize(c, settings, "admin");
     if (typeof level !== "string") return level;
     const { now } = await routing(c);
-    const services: Record<string, ServiceMetrics> = {};
-    for (const [name, route] of router.routes) services[name] = serviceMetrics(route, now);
-    return c.body(prometheusText(services), 200, {
+    return c.body(prometheusText(metricsOf(router.routes, now)), 200, {
       "content-type": "text/plain; version=0.0.4; charset=utf-8",
     });
   });
+}
+
+/** Builds a coordinator from settings and collaborators. */
+export function createCoordinator(
+  init: CoordinatorInit,
+  components: CoordinatorComponents,
+): Coordinator {
+  const settings = resolveSettings(init);
+  const parts = coordinatorParts(settings, components);
+  const { reg } = parts;
+  const app = new Hono();
+  frontMiddleware(app, parts);
+  publicRoutes(app, parts);
+  agentRoutes(app, parts);
+  adminRoutes(app, parts);
 
   /** Service paths and aliases straight to the proxy (no hono routing or context); the rest to the app. */
   const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
-    const target = proxied(request);
+    const target = proxied(request, parts.aliases);
     if (target === null) return app.fetch(request, env, exec as never);
-    return proxyEntry({ request, env, exec: (exec as WaitUntil | undefined) ?? null }, target);
+    return proxyEntry(
+      parts,
+      { request, env, exec: (exec as WaitUntil | undefined) ?? null },
+      target,
+    );
   };
 
   let timers: ReturnType<typeof setInterval>[] = [];
@@ -7226,8 +7288,8 @@ export function createCoordinator(
     store: components.store,
     flush: () => reg.flushPending(),
     table: () => reg.table(),
-    budget,
-    tick: () => void routing(null).catch(() => {}),
+    budget: parts.budget,
+    tick: () => void parts.routing(null).catch(() => {}),
     allowsUpstream: (host, address) => resolvedAllowed(host, address, settings.upstreamAllow),
     start() {
       if (timers.length > 0) return;
