@@ -600,160 +600,376 @@ export function resolvedAllowed(host: string, address: string, policy: UpstreamP
 /** What the proxy does with cookies (see `CoordinatorInit.cookies`). */
 export type CookieMode = "pass" | "scope" | "strip";
 
-/** Settings of a coordinator; every field has a safe local default. */
-export interface CoordinatorInit {
-  /**
-   * Bearer token agents send (register, heartbeat, cluster heartbeat). With no token at all the
-   * coordinator runs open (local dev); once any token is set, a guard without its own refuses.
-   */
-  clusterToken?: string | null;
-  /** Bearer token for `/api/admin/*` and `/metrics` (see `clusterToken`). */
-  adminToken?: string | null;
-  /** Admit direct-mode workers that send no token at all (workers of the old kind). */
-  allowLegacyWorkers?: boolean;
-  /** New ids a token-less, id-less legacy registration may create per client address per hour. Default 20. */
-  legacyRegisterLimit?: number;
-  /** Hard cap on store writes (and deletes) per UTC day. Default 1,000. */
-  writeCap?: number;
-  /** Share of the cap only an existing cluster's leader report may spend. Default 0.1. */
-  leaderReserve?: number;
-  /** Largest document (worker record or cluster document) stored, in characters. Default 384 KiB. */
-  maxDocBytes?: number;
-  /** Leader mode: a cluster document is rewritten at least this often. Default 48 min. */
-  keepaliveMs?: number;
-  /** Leader mode: members show as unknown this long after a missed keepalive. Default 10 min. */
-  leaseGraceMs?: number;
-  /** Direct mode: a heartbeat rewrites a record older than this. Default 5 min. */
-  directWriteIntervalMs?: number;
-  /** Direct mode: the heartbeat interval told to workers, in seconds. Default 30. */
-  heartbeatIntervalS?: number;
-  /** Time the store may take to show a write everywhere (Workers KV: 60 s). Default 60 s. */
-  consistencyGraceMs?: number;
-  /** Direct-mode records expire from the store after this many seconds. Default 7 days. */
-  recordTtlS?: number;
-  /** Store documents cached per isolate are re-read after this. Default 60 s. */
-  tableTtlMs?: number;
-  /** The list of registry keys cached per isolate is re-listed after this. Default 5 min. */
-  listTtlMs?: number;
-  /** A store call that takes longer fails (a hanging store must not hold requests). Default 5 s. */
-  storeTimeoutMs?: number;
-  /** Old paths routed to a service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`. */
-  aliases?: Record<string, string>;
-  /** Time an upstream has to answer with headers before failover. Default 30 s. */
-  proxyTimeoutMs?: number;
-  /** Most providers tried for one request. Default 10. */
-  maxAttempts?: number;
-  /** Request bodies up to this size are kept so a failed attempt can be replayed. Default 1 MiB. */
-  replayBufferBytes?: number;
-  /** Largest JSON body accepted by the agent endpoints. Default 256 KiB. */
-  maxBodyBytes?: number;
-  /** `Access-Control-Allow-Origin` on service routes and `/health`. Default `*`. */
-  corsOrigin?: string;
-  /**
-   * Upstream hosts the proxy may call: `public`, `private`, `loopback`, CIDRs and host names
-   * (`*.example.com`), comma-separated. Link-local addresses never. Default `public,private`.
-   */
-  upstreamAllow?: string;
-  /** Upstream cookies: `pass` them, `scope` each to its service's path, or `strip` them. Default `pass`. */
-  cookies?: CookieMode;
-  /** Requests one worker may have in flight for one service; beyond, others or the queue. Default 100. */
-  maxConcurrent?: number;
-  /** Requests that may wait per service while every provider is at its limit. Default 100. */
-  queueSize?: number;
-  /** Longest wait in that queue before `503` with `Retry-After`. Default 5 s. */
-  queueTimeoutMs?: number;
-  /** Consecutive failures (refused, dropped, timeout, 5xx) that eject a worker from a service. Default 5. */
-  ejectAfterFailures?: number;
-  /** The first ejection lasts this long, the n-th n times as long (up to `ejectMaxMs`). Default 10 s. */
-  ejectBaseMs?: number;
-  /** Longest ejection. Default 5 min. */
-  ejectMaxMs?: number;
-  /** A breaker opens when at least this share of its recent requests failed. Default 0.5. */
-  breakerFailureRatio?: number;
-  /** ...among at least this many requests in the breaker window. Default 10. */
-  breakerMinRequests?: number;
-  /** The breaker's window. Default 10 s. */
-  breakerWindowMs?: number;
-  /** How long an open breaker refuses requests before it lets one probe through. Default 5 s. */
-  breakerOpenMs?: number;
-  /** Retries may add this share of a service's requests (per retry window). Default 0.2. */
-  retryRatio?: number;
-  /** Retries always allowed per retry window, on top of the ratio. Default 10. */
-  retryMin?: number;
-  /** The retry budget's window. Default 10 s. */
-  retryWindowMs?: number;
-  /** Time constant of the latency EWMA: old knowledge fades towards the service's mean. Default 10 s. */
-  latencyDecayMs?: number;
-  /** Window of the metrics' percentiles, throughput and scaling signals. Default 60 s. */
-  metricsWindowMs?: number;
-  /** Route on the leader agent's live view (`/_agent/cluster`) when reachable. Default true. */
-  liveView?: boolean;
-  /** The live view is refreshed (in the background) after this. Default 2 s. */
-  liveViewTtlMs?: number;
-  /** Time the leader's agent has to answer for its live view. Default 500 ms. */
-  liveViewTimeoutMs?: number;
-  /** Read-only credential of the agents' live view (`/_agent/cluster`), never the cluster token. */
-  agentToken?: string | null;
-  /** URL that gets a POST when a service's scaling signal changes. Default none. */
-  scalingWebhook?: string | null;
-  /** Time the scaling webhook has to answer. Default 2 s. */
-  scalingWebhookTimeoutMs?: number;
-  /** p95 latency (ms) at or above which a service asks to scale up. Default 1,000. */
-  scaleUpLatencyMs?: number;
-  /** A service asks to scale down when one provider fewer would run at most this busy. Default 0.25. */
-  scaleDownUtilization?: number;
+/**
+ * How a setting is read and what it holds: `token` a secret (set but blank is an error),
+ * `positive` a number above 0, `count` a whole number from 0, `share` a number from 0 to 1,
+ * `text` a string, `url` an http(s) URL or none, `cookies` a `CookieMode`, `aliases` a JSON
+ * object of path to service, `upstreams` the `ROLLCALL_UPSTREAM_ALLOW` list.
+ */
+type SettingKind =
+  | "token"
+  | "bool"
+  | "positive"
+  | "count"
+  | "share"
+  | "text"
+  | "url"
+  | "cookies"
+  | "aliases"
+  | "upstreams";
+
+/** One setting: its environment variable (none: code only), kind, default, meaning. */
+interface SettingRow {
+  env: string | null;
+  kind: SettingKind;
+  /** In the unit of the init field (ms where the key ends in Ms). */
+  default: unknown;
+  /** The environment variable's unit times this is the init field's (1000: seconds to ms). */
+  scale?: number;
+  /** A whole number at least this (the value is rounded down and raised to it). */
+  min?: number;
+  /** How a secret or URL is named in an error message. */
+  label?: string;
+  /** Said after the default in docs/DEPLOY.md, e.g. "48 min". */
+  note?: string;
+  /** The meaning, as docs/DEPLOY.md shows it. */
+  doc: string;
 }
 
+/**
+ * Every setting of the coordinator, written once: `CoordinatorInit`, `Settings`,
+ * `resolveSettings`, `configFromEnv` and the settings table of docs/DEPLOY.md
+ * (`settingsMarkdown`) follow from it.
+ */
+export const COORDINATOR_SETTINGS = {
+  clusterToken: {
+    env: "ROLLCALL_CLUSTER_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The cluster token",
+    doc: "Bearer token agents send (`Authorization: Bearer …`) on register, heartbeat, unregister and `/api/cluster/heartbeat`. With no token at all the coordinator runs open (local dev); once any token is set, every guard needs its own (one without answers `403`). Set but empty: a configuration error.",
+  },
+  adminToken: {
+    env: "ROLLCALL_ADMIN_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The admin token",
+    doc: "Bearer token for `/api/admin/*` and `/metrics`. The cluster token does not open them; with a cluster token but no admin token they answer `403`.",
+  },
+  allowLegacyWorkers: {
+    env: "ROLLCALL_ALLOW_LEGACY_WORKERS",
+    kind: "bool",
+    default: false,
+    doc: "Admit direct-mode workers that send **no** `Authorization` header (workers written for the old coordinator). They may change only records token-less workers made, and only they may register without a `worker_id`. A wrong token is still refused; leader mode always needs the token.",
+  },
+  legacyRegisterLimit: {
+    env: "ROLLCALL_LEGACY_REGISTER_LIMIT",
+    kind: "count",
+    default: 20,
+    min: 0,
+    doc: "New ids a client address may make per hour by registering without a `worker_id` (`429` beyond). The same tunnel URL and capabilities always get the same id back.",
+  },
+  writeCap: {
+    env: "ROLLCALL_WRITE_CAP",
+    kind: "positive",
+    default: 1000,
+    doc: "Hard cap on store writes + deletes per UTC day. Never passed.",
+  },
+  leaderReserve: {
+    env: "ROLLCALL_LEADER_RESERVE",
+    kind: "share",
+    default: 0.1,
+    doc: "Share of the cap only an existing cluster's leader report may spend: a flood of other writes never defers it.",
+  },
+  maxDocBytes: {
+    env: "ROLLCALL_MAX_DOC_BYTES",
+    kind: "positive",
+    default: 384 * 1024,
+    min: 4096,
+    doc: "Largest document stored (a worker record or a cluster document, in characters); a report or registration that would pass it gets `413` and changes nothing. Keep it under 400 KiB on Deno KV.",
+  },
+  keepaliveMs: {
+    env: "ROLLCALL_KEEPALIVE_S",
+    kind: "positive",
+    default: 48 * MINUTE,
+    scale: 1000,
+    note: "48 min",
+    doc: "Leader mode: the cluster document is rewritten at least this often (~30 writes/day).",
+  },
+  leaseGraceMs: {
+    env: "ROLLCALL_LEASE_GRACE_S",
+    kind: "positive",
+    default: 10 * MINUTE,
+    scale: 1000,
+    doc: "Leader mode: members show `unknown` (and get no traffic) once the last write/report is older than keepalive + grace.",
+  },
+  directWriteIntervalMs: {
+    env: "ROLLCALL_DIRECT_WRITE_INTERVAL_S",
+    kind: "positive",
+    default: 5 * MINUTE,
+    scale: 1000,
+    doc: "Direct mode: a heartbeat rewrites a record older than this.",
+  },
+  heartbeatIntervalS: {
+    env: "ROLLCALL_HEARTBEAT_INTERVAL_S",
+    kind: "positive",
+    default: 30,
+    doc: "Direct mode: the heartbeat interval told to workers.",
+  },
+  consistencyGraceMs: {
+    env: "ROLLCALL_CONSISTENCY_GRACE_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "How long the store may take to show a write everywhere (Workers KV: 60 s); part of when a direct-mode worker shows offline.",
+  },
+  recordTtlS: {
+    env: "ROLLCALL_RECORD_TTL_S",
+    kind: "positive",
+    default: 7 * 24 * 3600,
+    doc: "Direct-mode records expire from the store after a week without a write (no delete spent).",
+  },
+  tableTtlMs: {
+    env: "ROLLCALL_TABLE_TTL_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "Documents cached per isolate are re-read after this.",
+  },
+  listTtlMs: {
+    env: "ROLLCALL_LIST_TTL_S",
+    kind: "positive",
+    default: 5 * MINUTE,
+    scale: 1000,
+    doc: "The key list cached per isolate is re-listed after this.",
+  },
+  storeTimeoutMs: {
+    env: "ROLLCALL_STORE_TIMEOUT_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "A store call that takes longer fails like a store error (a hanging store holds no request).",
+  },
+  aliases: {
+    env: "ROLLCALL_ALIASES",
+    kind: "aliases",
+    default: {},
+    doc: 'JSON object of old path prefix → service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`; the whole path is forwarded. `/health`, `/metrics` and `/api/...` stay the coordinator\'s.',
+  },
+  proxyTimeoutMs: {
+    env: "ROLLCALL_PROXY_TIMEOUT_MS",
+    kind: "positive",
+    default: 30_000,
+    doc: "Time a worker has to send response headers before the request fails over (idempotent methods) or gets `504`.",
+  },
+  maxAttempts: {
+    env: "ROLLCALL_MAX_ATTEMPTS",
+    kind: "positive",
+    default: 10,
+    doc: "Most providers tried for one request.",
+  },
+  replayBufferBytes: {
+    env: null,
+    kind: "positive",
+    default: 1024 * 1024,
+    doc: "Request bodies up to this size are kept so a failed attempt can be replayed.",
+  },
+  maxBodyBytes: {
+    env: "ROLLCALL_MAX_BODY_BYTES",
+    kind: "positive",
+    default: 256 * 1024,
+    doc: "Largest JSON body on the agent endpoints (`413` beyond).",
+  },
+  corsOrigin: {
+    env: "ROLLCALL_CORS_ORIGIN",
+    kind: "text",
+    default: "*",
+    doc: "`Access-Control-Allow-Origin` on the service routes and `/health`. The agent and admin endpoints send no CORS headers.",
+  },
+  upstreamAllow: {
+    env: "ROLLCALL_UPSTREAM_ALLOW",
+    kind: "upstreams",
+    default: "public,private",
+    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast and cloud metadata names never. Refused providers show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
+  },
+  cookies: {
+    env: "ROLLCALL_COOKIES",
+    kind: "cookies",
+    default: "pass",
+    doc: "Upstream cookies: `pass` them (every service on the coordinator's origin shares them), `scope` each `Set-Cookie` to its service's path (`/api/service/<name>`, or the alias) without `Domain`, or `strip` cookies both ways.",
+  },
+  maxConcurrent: {
+    env: "ROLLCALL_MAX_CONCURRENT",
+    kind: "positive",
+    default: 100,
+    min: 1,
+    doc: "Requests one worker may have in flight for one service. Beyond it the picker takes another provider; when all are at their limit requests queue.",
+  },
+  queueSize: {
+    env: "ROLLCALL_QUEUE_SIZE",
+    kind: "count",
+    default: 100,
+    min: 0,
+    doc: "Requests that may wait per service while every provider is at its limit (`0`: none wait). A full queue answers `503` with `Retry-After: 1` at once.",
+  },
+  queueTimeoutMs: {
+    env: "ROLLCALL_QUEUE_TIMEOUT_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "Longest wait in that queue, then `503` with `Retry-After: 1`.",
+  },
+  ejectAfterFailures: {
+    env: "ROLLCALL_EJECT_AFTER",
+    kind: "positive",
+    default: 5,
+    min: 1,
+    doc: "Consecutive failures that eject a worker from a service: refused, dropped or timed-out connections, and 502/503/504 answers the service's other workers do not give (a 500 never counts).",
+  },
+  ejectBaseMs: {
+    env: "ROLLCALL_EJECT_BASE_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The n-th ejection lasts n times this (up to `ROLLCALL_EJECT_MAX_MS`). Never more than half of a service's providers are ejected at once.",
+  },
+  ejectMaxMs: {
+    env: "ROLLCALL_EJECT_MAX_MS",
+    kind: "positive",
+    default: 5 * MINUTE,
+    doc: "Longest ejection.",
+  },
+  breakerFailureRatio: {
+    env: "ROLLCALL_BREAKER_RATIO",
+    kind: "share",
+    default: 0.5,
+    doc: "A worker's breaker (per service) opens when at least this share of its recent requests failed...",
+  },
+  breakerMinRequests: {
+    env: "ROLLCALL_BREAKER_MIN_REQUESTS",
+    kind: "positive",
+    default: 10,
+    min: 1,
+    doc: "...among at least this many requests in the breaker's window.",
+  },
+  breakerWindowMs: {
+    env: "ROLLCALL_BREAKER_WINDOW_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The breaker's window.",
+  },
+  breakerOpenMs: {
+    env: "ROLLCALL_BREAKER_OPEN_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "How long an open breaker refuses requests before it lets one probe through.",
+  },
+  retryRatio: {
+    env: "ROLLCALL_RETRY_RATIO",
+    kind: "share",
+    default: 0.2,
+    doc: "Retry budget per service: retries may add this share of the requests in the retry window...",
+  },
+  retryMin: {
+    env: "ROLLCALL_RETRY_MIN",
+    kind: "count",
+    default: 10,
+    min: 0,
+    doc: "...plus this many.",
+  },
+  retryWindowMs: {
+    env: "ROLLCALL_RETRY_WINDOW_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The retry budget's window.",
+  },
+  latencyDecayMs: {
+    env: "ROLLCALL_LATENCY_DECAY_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "Time constant of the picker's latency EWMA.",
+  },
+  metricsWindowMs: {
+    env: "ROLLCALL_METRICS_WINDOW_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "Window of the percentiles, throughput and scaling signals.",
+  },
+  liveView: {
+    env: "ROLLCALL_LIVE_VIEW",
+    kind: "bool",
+    default: true,
+    doc: "Read the leader agent's live view (`/_agent/cluster`) and route on it while it answers.",
+  },
+  liveViewTtlMs: {
+    env: "ROLLCALL_LIVE_VIEW_TTL_MS",
+    kind: "positive",
+    default: 2000,
+    doc: "How long a live view is used before it is refreshed (in the background).",
+  },
+  liveViewTimeoutMs: {
+    env: "ROLLCALL_LIVE_VIEW_TIMEOUT_MS",
+    kind: "positive",
+    default: 500,
+    doc: "How long the leader's agent has to answer for its live view.",
+  },
+  agentToken: {
+    env: "ROLLCALL_AGENT_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The agent token",
+    doc: "The agents' read-only live-view credential (their `--agent-token`), never the cluster or admin token. Sent as an HMAC of the time, never itself. With tokens set and none given, the coordinator does not read live views.",
+  },
+  scalingWebhook: {
+    env: "ROLLCALL_SCALING_WEBHOOK",
+    kind: "url",
+    default: null,
+    label: "Scaling webhook",
+    doc: "URL that gets a `POST` (JSON) whenever a service's scaling signal changes.",
+  },
+  scalingWebhookTimeoutMs: {
+    env: "ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS",
+    kind: "positive",
+    default: 2000,
+    doc: "Time the webhook has to answer; it never holds up a request.",
+  },
+  scaleUpLatencyMs: {
+    env: "ROLLCALL_SCALE_UP_P95_MS",
+    kind: "positive",
+    default: 1000,
+    doc: "Latency (p95) that asks for more providers.",
+  },
+  scaleDownUtilization: {
+    env: "ROLLCALL_SCALE_DOWN_UTILIZATION",
+    kind: "share",
+    default: 0.25,
+    doc: "How busy one provider fewer may be before a service asks for fewer.",
+  },
+} as const satisfies Record<string, SettingRow>;
+
+type SettingTable = typeof COORDINATOR_SETTINGS;
+
+/** What a setting of a kind holds in `CoordinatorInit`. */
+type InitValue<K extends SettingKind> = K extends "token" | "url"
+  ? string | null
+  : K extends "bool"
+    ? boolean
+    : K extends "positive" | "count" | "share"
+      ? number
+      : K extends "cookies"
+        ? CookieMode
+        : K extends "aliases"
+          ? Record<string, string>
+          : string;
+
+/** What a setting of a kind holds once resolved. */
+type SettingValue<K extends SettingKind> = K extends "upstreams" ? UpstreamPolicy : InitValue<K>;
+
+/** Settings of a coordinator (`COORDINATOR_SETTINGS`); every field has a safe local default. */
+export type CoordinatorInit = {
+  [K in keyof SettingTable]?: InitValue<SettingTable[K]["kind"]>;
+};
+
 /** Resolved settings: every default applied. */
-export interface Settings {
-  clusterToken: string | null;
-  adminToken: string | null;
-  allowLegacyWorkers: boolean;
-  legacyRegisterLimit: number;
-  writeCap: number;
-  leaderReserve: number;
-  maxDocBytes: number;
-  keepaliveMs: number;
-  leaseGraceMs: number;
-  directWriteIntervalMs: number;
-  heartbeatIntervalS: number;
-  consistencyGraceMs: number;
-  recordTtlS: number;
-  tableTtlMs: number;
-  listTtlMs: number;
-  storeTimeoutMs: number;
-  aliases: Record<string, string>;
-  proxyTimeoutMs: number;
-  maxAttempts: number;
-  replayBufferBytes: number;
-  maxBodyBytes: number;
-  corsOrigin: string;
-  upstreamAllow: UpstreamPolicy;
-  cookies: CookieMode;
-  maxConcurrent: number;
-  queueSize: number;
-  queueTimeoutMs: number;
-  ejectAfterFailures: number;
-  ejectBaseMs: number;
-  ejectMaxMs: number;
-  breakerFailureRatio: number;
-  breakerMinRequests: number;
-  breakerWindowMs: number;
-  breakerOpenMs: number;
-  retryRatio: number;
-  retryMin: number;
-  retryWindowMs: number;
-  latencyDecayMs: number;
-  metricsWindowMs: number;
-  liveView: boolean;
-  liveViewTtlMs: number;
-  liveViewTimeoutMs: number;
-  agentToken: string | null;
-  scalingWebhook: string | null;
-  scalingWebhookTimeoutMs: number;
-  scaleUpLatencyMs: number;
-  scaleDownUtilization: number;
-}
+export type Settings = { [K in keyof SettingTable]: SettingValue<SettingTable[K]["kind"]> };
 
 /** A secret setting: absent is null, an empty or blank value is a configuration error. */
 function secret(name: string, value: string | null | undefined): string | null {
@@ -763,9 +979,8 @@ function secret(name: string, value: string | null | undefined): string | null {
   return value;
 }
 
-/** Applies defaults to an init object. */
-export function resolveSettings(init: CoordinatorInit = {}): Settings {
-  const aliases = init.aliases ?? {};
+/** Checks aliases: each path starts with / and shadows none of the API's, each target is a name. */
+function checkAliases(aliases: Record<string, string>): Record<string, string> {
   for (const [prefix, service] of Object.entries(aliases)) {
     if (
       !prefix.startsWith("/") ||
@@ -781,192 +996,144 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
       throw new ConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
-  const ratio = (name: string, value: number): number => {
-    if (!(value >= 0 && value <= 1)) throw new ConfigError(`${name} must be between 0 and 1`);
-    return value;
-  };
-  const webhook = init.scalingWebhook || null;
-  if (webhook !== null && !isHttpUrl(webhook)) {
-    throw new ConfigError("Scaling webhook must be an http(s) URL without credentials");
+  return aliases;
+}
+
+/** One setting's value from an init field (undefined: the default), checked. */
+function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
+  const value = given ?? row.default;
+  switch (row.kind) {
+    case "token":
+      return secret(row.label ?? key, given as string | null | undefined);
+    case "url": {
+      const url = (given as string | null | undefined) || null;
+      if (url !== null && !isHttpUrl(url)) {
+        throw new ConfigError(`${row.label ?? key} must be an http(s) URL without credentials`);
+      }
+      return url;
+    }
+    case "share":
+      if (!((value as number) >= 0 && (value as number) <= 1)) {
+        throw new ConfigError(`${key} must be between 0 and 1`);
+      }
+      return value;
+    case "positive":
+    case "count":
+      return row.min === undefined ? value : Math.max(row.min, Math.floor(value as number));
+    case "cookies":
+      if (value !== "pass" && value !== "scope" && value !== "strip") {
+        throw new ConfigError("Cookies must be pass, scope or strip");
+      }
+      return value;
+    case "aliases":
+      return checkAliases(value as Record<string, string>);
+    case "upstreams":
+      return parseUpstreamAllow(value as string);
+    default:
+      return value;
   }
-  const clusterToken = secret("The cluster token", init.clusterToken);
-  const adminToken = secret("The admin token", init.adminToken);
-  const agentToken = secret("The agent token", init.agentToken);
+}
+
+/** Applies defaults to an init object, and checks it (a bad value is a `ConfigError`). */
+export function resolveSettings(init: CoordinatorInit = {}): Settings {
+  const given = init as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
+    out[key] = resolveSetting(key, row, given[key]);
+  }
+  const settings = out as Settings;
+  const { agentToken, clusterToken, adminToken } = settings;
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
     throw new ConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
     );
   }
-  const cookies = init.cookies ?? "pass";
-  if (cookies !== "pass" && cookies !== "scope" && cookies !== "strip") {
-    throw new ConfigError("Cookies must be pass, scope or strip");
+  return settings;
+}
+
+/** One setting from its environment variable (undefined when unset), checked for its kind. */
+function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
+  if (row.kind === "token") {
+    // A secret: set but blank is an error (an empty token must never mean "open").
+    if (raw === undefined || raw === null) return null;
+    if (typeof raw !== "string" || raw.trim() === "") {
+      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    }
+    return raw.trim();
   }
-  return {
-    clusterToken,
-    adminToken,
-    allowLegacyWorkers: init.allowLegacyWorkers ?? false,
-    legacyRegisterLimit: Math.max(0, Math.floor(init.legacyRegisterLimit ?? 20)),
-    writeCap: init.writeCap ?? 1000,
-    leaderReserve: ratio("leaderReserve", init.leaderReserve ?? 0.1),
-    maxDocBytes: Math.max(4096, Math.floor(init.maxDocBytes ?? 384 * 1024)),
-    keepaliveMs: init.keepaliveMs ?? 48 * MINUTE,
-    leaseGraceMs: init.leaseGraceMs ?? 10 * MINUTE,
-    directWriteIntervalMs: init.directWriteIntervalMs ?? 5 * MINUTE,
-    heartbeatIntervalS: init.heartbeatIntervalS ?? 30,
-    consistencyGraceMs: init.consistencyGraceMs ?? MINUTE,
-    recordTtlS: init.recordTtlS ?? 7 * 24 * 3600,
-    tableTtlMs: init.tableTtlMs ?? MINUTE,
-    listTtlMs: init.listTtlMs ?? 5 * MINUTE,
-    storeTimeoutMs: init.storeTimeoutMs ?? 5000,
-    aliases,
-    proxyTimeoutMs: init.proxyTimeoutMs ?? 30_000,
-    maxAttempts: init.maxAttempts ?? 10,
-    replayBufferBytes: init.replayBufferBytes ?? 1024 * 1024,
-    maxBodyBytes: init.maxBodyBytes ?? 256 * 1024,
-    corsOrigin: init.corsOrigin ?? "*",
-    upstreamAllow: parseUpstreamAllow(init.upstreamAllow ?? "public,private"),
-    cookies,
-    maxConcurrent: Math.max(1, Math.floor(init.maxConcurrent ?? 100)),
-    queueSize: Math.max(0, Math.floor(init.queueSize ?? 100)),
-    queueTimeoutMs: init.queueTimeoutMs ?? 5000,
-    ejectAfterFailures: Math.max(1, Math.floor(init.ejectAfterFailures ?? 5)),
-    ejectBaseMs: init.ejectBaseMs ?? 10_000,
-    ejectMaxMs: init.ejectMaxMs ?? 5 * MINUTE,
-    breakerFailureRatio: ratio("breakerFailureRatio", init.breakerFailureRatio ?? 0.5),
-    breakerMinRequests: Math.max(1, Math.floor(init.breakerMinRequests ?? 10)),
-    breakerWindowMs: init.breakerWindowMs ?? 10_000,
-    breakerOpenMs: init.breakerOpenMs ?? 5000,
-    retryRatio: ratio("retryRatio", init.retryRatio ?? 0.2),
-    retryMin: Math.max(0, Math.floor(init.retryMin ?? 10)),
-    retryWindowMs: init.retryWindowMs ?? 10_000,
-    latencyDecayMs: init.latencyDecayMs ?? 10_000,
-    metricsWindowMs: init.metricsWindowMs ?? MINUTE,
-    liveView: init.liveView ?? true,
-    liveViewTtlMs: init.liveViewTtlMs ?? 2000,
-    liveViewTimeoutMs: init.liveViewTimeoutMs ?? 500,
-    agentToken,
-    scalingWebhook: webhook,
-    scalingWebhookTimeoutMs: init.scalingWebhookTimeoutMs ?? 2000,
-    scaleUpLatencyMs: init.scaleUpLatencyMs ?? 1000,
-    scaleDownUtilization: ratio("scaleDownUtilization", init.scaleDownUtilization ?? 0.25),
-  };
+  const v = typeof raw === "string" && raw.trim() !== "" ? raw.trim() : undefined;
+  if (v === undefined) return row.kind === "url" ? null : undefined;
+  const n = Number(v);
+  switch (row.kind) {
+    case "positive":
+      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
+      return n * (row.scale ?? 1);
+    case "count":
+      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+      return n;
+    case "share":
+      if (!Number.isFinite(n) || n < 0 || n > 1) {
+        throw new ConfigError(`${name} must be between 0 and 1`);
+      }
+      return n;
+    case "bool": {
+      const word = v.toLowerCase();
+      if (["1", "true", "yes", "on"].includes(word)) return true;
+      if (["0", "false", "no", "off"].includes(word)) return false;
+      throw new ConfigError(`${name} must be true or false`);
+    }
+    case "cookies": {
+      const mode = v.toLowerCase();
+      if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
+      throw new ConfigError(`${name} must be pass, scope or strip`);
+    }
+    case "aliases": {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(v);
+      } catch {
+        parsed = undefined;
+      }
+      const result = z.record(z.string(), z.string()).safeParse(parsed);
+      if (!result.success) {
+        throw new ConfigError(`${name} must be a JSON object of path to service name`);
+      }
+      return result.data;
+    }
+    default:
+      return v;
+  }
 }
 
 /** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws ConfigError if bad. */
 export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
-  const str = (name: string): string | undefined => {
-    const v = env[name];
-    return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
-  };
-  /** A secret: set but blank is an error (an empty token must never mean "open"). */
-  const token = (name: string): string | null => {
-    const v = env[name];
-    if (v === undefined || v === null) return null;
-    if (typeof v !== "string" || v.trim() === "") {
-      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
-    }
-    return v.trim();
-  };
-  const num = (name: string, scale = 1): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
-    return n * scale;
-  };
-  const share = (name: string): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < 0 || n > 1)
-      throw new ConfigError(`${name} must be between 0 and 1`);
-    return n;
-  };
-  const count = (name: string): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
-    return n;
-  };
-  const bool = (name: string): boolean | undefined => {
-    const v = str(name)?.toLowerCase();
-    if (v === undefined) return undefined;
-    if (["1", "true", "yes", "on"].includes(v)) return true;
-    if (["0", "false", "no", "off"].includes(v)) return false;
-    throw new ConfigError(`${name} must be true or false`);
-  };
-  const cookieMode = (v: string | undefined): CookieMode | undefined => {
-    if (v === undefined) return undefined;
-    const mode = v.toLowerCase();
-    if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
-    throw new ConfigError("ROLLCALL_COOKIES must be pass, scope or strip");
-  };
-  let aliases: Record<string, string> | undefined;
-  const rawAliases = str("ROLLCALL_ALIASES");
-  if (rawAliases !== undefined) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(rawAliases);
-    } catch {
-      throw new ConfigError("ROLLCALL_ALIASES must be a JSON object of path to service name");
-    }
-    const result = z.record(z.string(), z.string()).safeParse(parsed);
-    if (!result.success) {
-      throw new ConfigError("ROLLCALL_ALIASES must be a JSON object of path to service name");
-    }
-    aliases = result.data;
+  const init: Record<string, unknown> = {};
+  for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
+    if (row.env !== null) init[key] = settingFromEnv(row.env, row, env[row.env]);
   }
-  const init: CoordinatorInit = {
-    clusterToken: token("ROLLCALL_CLUSTER_TOKEN"),
-    adminToken: token("ROLLCALL_ADMIN_TOKEN"),
-    allowLegacyWorkers: bool("ROLLCALL_ALLOW_LEGACY_WORKERS"),
-    legacyRegisterLimit: count("ROLLCALL_LEGACY_REGISTER_LIMIT"),
-    writeCap: num("ROLLCALL_WRITE_CAP"),
-    leaderReserve: share("ROLLCALL_LEADER_RESERVE"),
-    maxDocBytes: num("ROLLCALL_MAX_DOC_BYTES"),
-    keepaliveMs: num("ROLLCALL_KEEPALIVE_S", 1000),
-    leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
-    directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
-    heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
-    consistencyGraceMs: num("ROLLCALL_CONSISTENCY_GRACE_S", 1000),
-    tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
-    listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
-    storeTimeoutMs: num("ROLLCALL_STORE_TIMEOUT_MS"),
-    recordTtlS: num("ROLLCALL_RECORD_TTL_S"),
-    proxyTimeoutMs: num("ROLLCALL_PROXY_TIMEOUT_MS"),
-    maxAttempts: num("ROLLCALL_MAX_ATTEMPTS"),
-    maxBodyBytes: num("ROLLCALL_MAX_BODY_BYTES"),
-    corsOrigin: str("ROLLCALL_CORS_ORIGIN"),
-    upstreamAllow: str("ROLLCALL_UPSTREAM_ALLOW"),
-    cookies: cookieMode(str("ROLLCALL_COOKIES")),
-    aliases,
-    maxConcurrent: num("ROLLCALL_MAX_CONCURRENT"),
-    queueSize: count("ROLLCALL_QUEUE_SIZE"),
-    queueTimeoutMs: num("ROLLCALL_QUEUE_TIMEOUT_MS"),
-    ejectAfterFailures: num("ROLLCALL_EJECT_AFTER"),
-    ejectBaseMs: num("ROLLCALL_EJECT_BASE_MS"),
-    ejectMaxMs: num("ROLLCALL_EJECT_MAX_MS"),
-    breakerFailureRatio: share("ROLLCALL_BREAKER_RATIO"),
-    breakerMinRequests: num("ROLLCALL_BREAKER_MIN_REQUESTS"),
-    breakerWindowMs: num("ROLLCALL_BREAKER_WINDOW_MS"),
-    breakerOpenMs: num("ROLLCALL_BREAKER_OPEN_MS"),
-    retryRatio: share("ROLLCALL_RETRY_RATIO"),
-    retryMin: count("ROLLCALL_RETRY_MIN"),
-    retryWindowMs: num("ROLLCALL_RETRY_WINDOW_MS"),
-    latencyDecayMs: num("ROLLCALL_LATENCY_DECAY_MS"),
-    metricsWindowMs: num("ROLLCALL_METRICS_WINDOW_S", 1000),
-    liveView: bool("ROLLCALL_LIVE_VIEW"),
-    liveViewTtlMs: num("ROLLCALL_LIVE_VIEW_TTL_MS"),
-    liveViewTimeoutMs: num("ROLLCALL_LIVE_VIEW_TIMEOUT_MS"),
-    agentToken: token("ROLLCALL_AGENT_TOKEN"),
-    scalingWebhook: str("ROLLCALL_SCALING_WEBHOOK") ?? null,
-    scalingWebhookTimeoutMs: num("ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS"),
-    scaleUpLatencyMs: num("ROLLCALL_SCALE_UP_P95_MS"),
-    scaleDownUtilization: share("ROLLCALL_SCALE_DOWN_UTILIZATION"),
-  };
   resolveSettings(init); // validates tokens, aliases, shares, the upstream list and the webhook URL
-  return init;
+  return init as CoordinatorInit;
+}
+
+/** A setting's default as docs/DEPLOY.md shows it (in its environment variable's unit). */
+function shownDefault(row: SettingRow): string {
+  if (row.default === null) return "none";
+  const value = typeof row.default === "number" ? row.default / (row.scale ?? 1) : row.default;
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return `\`${text}\`${row.note ? ` (${row.note})` : ""}`;
+}
+
+/**
+ * The settings table of docs/DEPLOY.md, one row per environment variable (a test keeps the
+ * page equal to it).
+ * @internal
+ */
+export function settingsMarkdown(): string {
+  const rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"];
+  for (const row of Object.values(COORDINATOR_SETTINGS) as SettingRow[]) {
+    if (row.env !== null) rows.push(`| \`${row.env}\` | ${shownDefault(row)} | ${row.doc} |`);
+  }
+  return rows.join("\n");
 }
 
 //#endregion
