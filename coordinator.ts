@@ -59,6 +59,17 @@ function trimSlash(url: string): string {
   return url.endsWith("/") ? url.slice(0, -1) : url;
 }
 
+/** Where the path of an absolute URL starts (the first `/` after `scheme://host`). */
+function pathStart(url: string): number {
+  return url.indexOf("/", url.indexOf("//") + 2);
+}
+
+/** The path of an absolute URL as sent (not decoded), without the query; cheaper than `new URL`. */
+function pathOf(url: string, at = pathStart(url)): string {
+  const q = url.indexOf("?", at);
+  return q === -1 ? url.slice(at) : url.slice(at, q);
+}
+
 function isHttpUrl(s: string): boolean {
   try {
     const u = new URL(s);
@@ -1725,6 +1736,35 @@ export function compareFreshness(
     : a.last_seen - b.last_seen;
 }
 
+/** What orders the views of one leader. */
+interface ViewOrder {
+  term: number;
+  sequence: number;
+}
+
+/**
+ * The order of two views of one leader: by term, then by sequence (negative: `a` is older). Views
+ * of different leaders are not ordered by sequence (each agent counts its own): `leaderOf` picks
+ * among them by term, then by when they reported.
+ */
+function compareViews(a: ViewOrder, b: ViewOrder): number {
+  return a.term !== b.term ? a.term - b.term : a.sequence - b.sequence;
+}
+
+/**
+ * The superseded-leader rule: a view of a higher term that lists another leader as a plain
+ * member supersedes that leader's view (it was deposed, and its members pass to `by`'s leader).
+ */
+function supersedes(
+  by: { leader_id: string; term: number; members: readonly string[] | ReadonlySet<string> },
+  view: { leader_id: string; term: number },
+): boolean {
+  if (by.leader_id === view.leader_id || by.term <= view.term) return false;
+  return Array.isArray(by.members)
+    ? by.members.includes(view.leader_id)
+    : (by.members as ReadonlySet<string>).has(view.leader_id);
+}
+
 /**
  * Merges one leader's report into a cluster document (pure; returns a new document).
  *
@@ -1749,12 +1789,10 @@ export function mergeClusterReport(
   const leaders: Record<string, LeaderView> = { ...base.leaders };
   const L = report.leader_id;
   const prev = leaders[L];
-  const newer =
-    !prev ||
-    report.term > prev.term ||
-    (report.term === prev.term && report.sequence >= prev.sequence);
-  const deposed = Object.values(leaders).some(
-    (v) => v.leader_id !== L && v.term > report.term && v.members.includes(L),
+  // Ties go to the report: a report sent again is taken again.
+  const newer = !prev || compareViews(report, prev) >= 0;
+  const deposed = Object.values(leaders).some((v) =>
+    supersedes(v, { leader_id: L, term: report.term }),
   );
   const listed = new Set<string>();
   for (const m of report.members) {
@@ -1798,7 +1836,8 @@ export function mergeClusterReport(
   for (const id of adopted) if (members[id]) viewMembers.add(id);
   for (const other of Object.values(leaders)) {
     if (other.leader_id === L) continue;
-    const supersededBy = listed.has(other.leader_id) && report.term > other.term && newer;
+    const supersededBy =
+      newer && supersedes({ leader_id: L, term: report.term, members: listed }, other);
     const lapsed = now - other.reported_at > leaseMs;
     if (!supersededBy && !lapsed) continue;
     delete leaders[other.leader_id];
@@ -1830,16 +1869,11 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
   const leaders: Record<string, LeaderView> = { ...stored.leaders };
   for (const [id, view] of Object.entries(waiting.leaders)) {
     const current = leaders[id];
-    const newer =
-      !current ||
-      view.term > current.term ||
-      (view.term === current.term && view.sequence > current.sequence);
-    if (newer) leaders[id] = view;
+    // Ties go to the stored view.
+    if (!current || compareViews(view, current) > 0) leaders[id] = view;
   }
   for (const view of Object.values(leaders)) {
-    const by = Object.values(leaders).find(
-      (other) => other.term > view.term && other.members.includes(view.leader_id),
-    );
+    const by = Object.values(leaders).find((other) => supersedes(other, view));
     if (!by) continue;
     delete leaders[view.leader_id];
     const taken = new Set(by.members);
@@ -5605,9 +5639,9 @@ export function scopeCookies(headers: Headers, mode: CookieMode, prefix: string)
 
 /** The public path prefix of a proxied request: `/api/service/<name>`, or the alias's. */
 function publicPrefix(target: ServiceTarget, url: string): string {
-  const at = url.indexOf("/", url.indexOf("//") + 2);
+  const at = pathStart(url);
   if (url.startsWith("/api/service/", at)) return `/api/service/${target.service}`;
-  const path = url.slice(at).split("?")[0] as string;
+  const path = pathOf(url, at);
   const rest = target.rest === null ? "" : `/${target.rest}`;
   return path.endsWith(rest) ? path.slice(0, path.length - rest.length) || "/" : "/";
 }
@@ -5939,9 +5973,7 @@ function errorAnswer(err: unknown, log: (line: string) => void): Response {
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
 function serviceTargetOf(url: string): ServiceTarget | null {
-  const start = url.indexOf("/", url.indexOf("//") + 2);
-  const q = url.indexOf("?", start);
-  return parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
+  return parseServicePath(pathOf(url));
 }
 
 //#endregion
@@ -7009,10 +7041,7 @@ async function agentRequest(
   } catch {
     return { response: json({ error: "Request body could not be read" }, 400) };
   }
-  const url = request.url;
-  const at = url.indexOf("/", url.indexOf("//") + 2);
-  const q = url.indexOf("?", at);
-  const path = q === -1 ? url.slice(at) : url.slice(at, q);
+  const path = pathOf(request.url);
   const signer = await verifiedSigner(
     request.headers,
     { method: request.method, path, body: bytes },
@@ -7154,11 +7183,10 @@ function coordinatorParts(settings: Settings, components: CoordinatorComponents)
 function proxied(request: Request, aliases: AliasList): ServiceTarget | "service" | null {
   if (isPreflight(request)) return null;
   const url = request.url;
-  const at = url.indexOf("/", url.indexOf("//") + 2);
+  const at = pathStart(url);
   if (url.startsWith("/api/service/", at)) return "service";
   if (aliases.length === 0) return null;
-  const q = url.indexOf("?", at);
-  const path = q === -1 ? url.slice(at) : url.slice(at, q);
+  const path = pathOf(url, at);
   if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
   if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
   return matchAlias(path, aliases);
