@@ -134,7 +134,7 @@ const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
 
 /** A worker's stable ID (direct mode: any; leader mode: the libp2p PeerId). */
-export const WorkerIdSchema = z
+const WorkerIdSchema = z
   .string()
   .regex(
     ID_PATTERN,
@@ -143,7 +143,7 @@ export const WorkerIdSchema = z
 
 const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
-/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. */
+/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. @internal */
 export function base58Decode(text: string): Uint8Array | null {
   let zeros = 0;
   while (zeros < text.length && text[zeros] === "1") zeros++;
@@ -172,7 +172,10 @@ export function base58Decode(text: string): Uint8Array | null {
  */
 const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
-/** The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId. */
+/**
+ * The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId.
+ * @internal
+ */
 export function peerIdPublicKey(id: string): Uint8Array | null {
   if (!id.startsWith("12D3KooW") || id.length > 60) return null;
   const bytes = base58Decode(id);
@@ -183,7 +186,10 @@ export function peerIdPublicKey(id: string): Uint8Array | null {
   return bytes.slice(6);
 }
 
-/** Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it. */
+/**
+ * Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it.
+ * @internal
+ */
 export function isPeerId(id: string): boolean {
   return peerIdPublicKey(id) !== null;
 }
@@ -252,7 +258,7 @@ function workerName(
 }
 
 /** A container / service entry of a direct-mode registration. */
-export const ContainerSchema = z.object({
+const ContainerSchema = z.object({
   name: ServiceNameSchema,
   service_url: blankIsAbsent(HttpUrlSchema),
   url: blankIsAbsent(HttpUrlSchema),
@@ -263,7 +269,7 @@ export const ContainerSchema = z.object({
 });
 
 /** A container / service entry of a direct-mode registration. */
-export type Container = z.infer<typeof ContainerSchema>;
+type Container = z.infer<typeof ContainerSchema>;
 
 /** `POST /api/worker/register`. */
 export const RegisterBodySchema = z.object({
@@ -307,10 +313,10 @@ export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
 const MAX_DATE_MS = 8.64e15;
 
 /** Status of a member in a cluster report. */
-export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
+const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
 
 /** A service of a member in a cluster report. */
-export const MemberServiceSchema = z.object({
+const MemberServiceSchema = z.object({
   name: ServiceNameSchema,
   url: HttpUrlSchema.nullish(),
   status: z.enum(["healthy", "unhealthy"]).default("healthy"),
@@ -363,7 +369,7 @@ export type ClusterReport = z.infer<typeof ClusterReportSchema>;
 export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
 
 /** Why a report did or did not cost a write. */
-export type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
+type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
 
 /** The answer to `POST /api/cluster/heartbeat`. */
 export interface ClusterHeartbeatAnswer {
@@ -454,7 +460,7 @@ function parseIPv6(text: string): Uint8Array | null {
 }
 
 /** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
-export function parseIp(text: string): Uint8Array | null {
+function parseIp(text: string): Uint8Array | null {
   return parseIPv4(text) ?? parseIPv6(text);
 }
 
@@ -468,7 +474,7 @@ function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): b
 }
 
 /** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
-export function addressClass(bytes: Uint8Array): AddressClass {
+function addressClass(bytes: Uint8Array): AddressClass {
   if (bytes.length === 16) {
     const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
     const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
@@ -493,7 +499,7 @@ export function addressClass(bytes: Uint8Array): AddressClass {
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
 /** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
-export function parseUpstreamAllow(text: string): UpstreamPolicy {
+function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
     .map((e) => e.trim().toLowerCase())
@@ -567,7 +573,7 @@ function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
  * What a name resolves to is checked where the connection is made (the Node and Deno starters'
  * upstream client), see `resolvedAllowed`.
  */
-export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
   let host: string;
   try {
     host = new URL(url).hostname.toLowerCase();
@@ -596,7 +602,7 @@ export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | n
  * resolve anywhere but link-local and special addresses; any other name only where its address
  * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
  */
-export function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
+function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
   const bytes = parseIp(address);
   if (!bytes || addressClass(bytes) === "special") return false;
   const name = host.toLowerCase().replace(/\.$/, "");
@@ -1534,7 +1540,7 @@ export function denoKvStore(kv: DenoKvLike, components: { clock?: ClockLike } = 
 // Digest, tiers, merge of cluster reports, write decisions, staleness
 
 /** 53-bit non-cryptographic hash (cyrb53) of a string's UTF-16 code units, as 14 hex digits. */
-export function hash53(text: string, seed = 0): string {
+function hash53(text: string, seed = 0): string {
   let h1 = 0xdeadbeef ^ seed;
   let h2 = 0x41c6ce57 ^ seed;
   for (let i = 0; i < text.length; i++) {
@@ -1548,7 +1554,7 @@ export function hash53(text: string, seed = 0): string {
 }
 
 /** The routing-relevant fields of a member, as both reports and stored members have them. */
-export interface DigestMember {
+interface DigestMember {
   worker_id: string;
   url: string;
   status: string;
@@ -1595,7 +1601,7 @@ export function tierOf(capabilities: Capabilities | null | undefined): 1 | 2 | 3
 }
 
 /** A service as stored: name, resolved URL (or null when unreachable) and health. */
-export interface StoredService {
+interface StoredService {
   name: string;
   url: string | null;
   status: "healthy" | "unhealthy";
@@ -1606,14 +1612,14 @@ export interface StoredService {
  * `<member url>/service/<name>`, `status` only when it is not "healthy" (documents written
  * before that rule may hold either anyway).
  */
-export interface StoredMemberService {
+interface StoredMemberService {
   name: string;
   url?: string | null;
   status?: "healthy" | "unhealthy";
 }
 
 /** A cluster member as stored in the cluster document. */
-export interface StoredMember {
+interface StoredMember {
   worker_id: string;
   /** Its agent's `--name` (display only; documents written before names have none). */
   name?: string | null;
@@ -1629,7 +1635,7 @@ export interface StoredMember {
 }
 
 /** A leader's view: what it reported last. */
-export interface LeaderView {
+interface LeaderView {
   leader_id: string;
   term: number;
   sequence: number;
@@ -1638,12 +1644,12 @@ export interface LeaderView {
 }
 
 /** Budget stamp carried inside every written document: the day's write count after it. */
-export interface BudgetStamp {
+interface BudgetStamp {
   day: string;
   used: number;
 }
 
-/** The one document per cluster (leader mode). */
+/** The one document per cluster (leader mode). @internal */
 export interface ClusterDoc {
   kind: "cluster";
   v: 1;
@@ -1662,10 +1668,10 @@ export interface ClusterDoc {
  * Who may change a direct-mode worker's record: "key" (only requests signed by the key of its
  * PeerId), "token" (cluster-token holders), "legacy" (also token-less workers of the old kind).
  */
-export type WorkerOwner = "key" | "token" | "legacy";
+type WorkerOwner = "key" | "token" | "legacy";
 
 /** A direct-mode worker's record (one key per worker). */
-export interface WorkerRecord {
+interface WorkerRecord {
   kind: "worker";
   v: 1;
   worker_id: string;
@@ -1688,7 +1694,7 @@ export interface WorkerRecord {
 }
 
 /** An empty cluster document (`now`: when the cluster is first reported). */
-export function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
+function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
   return {
     kind: "cluster",
     v: 1,
@@ -1727,7 +1733,7 @@ function storedMember(m: ClusterMemberReport, leader: string, now: number): Stor
 }
 
 /** Freshness order of two entries for the same member: >0 when `a` is fresher. */
-export function compareFreshness(
+function compareFreshness(
   a: { incarnation: number; last_seen: number },
   b: { incarnation: number; last_seen: number },
 ): number {
@@ -1777,6 +1783,7 @@ function supersedes(
  * leader's at once, so this report removes those it does not list. A report from a leader that
  * a higher-term view lists as a plain member (a deposed leader) still contributes fresher
  * members but gets no view of its own.
+ * @internal
  */
 export function mergeClusterReport(
   doc: ClusterDoc | null,
@@ -1859,6 +1866,7 @@ export function mergeClusterReport(
  * whose leader a higher-term view lists as a plain member is dropped, its members passing to
  * that view's leader, as in `mergeClusterReport`. A member only one side removed stays: its
  * leader's next report removes it (nothing is lost; a stale entry lasts one report).
+ * @internal
  */
 export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): ClusterDoc {
   const members: Record<string, StoredMember> = { ...stored.members };
@@ -1895,7 +1903,7 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
 }
 
 /** A key of the leader views (ID and term): a change of leadership is a change worth a write. */
-export function leadersKey(doc: ClusterDoc | null): string {
+function leadersKey(doc: ClusterDoc | null): string {
   if (!doc) return "";
   return Object.values(doc.leaders)
     .map((v) => `${v.leader_id}@${v.term}`)
@@ -1904,7 +1912,7 @@ export function leadersKey(doc: ClusterDoc | null): string {
 }
 
 /** A write decision. */
-export interface WriteDecision {
+interface WriteDecision {
   write: boolean;
   reason: WriteReason;
 }
@@ -1912,6 +1920,7 @@ export interface WriteDecision {
 /**
  * Leader-mode write policy: write when the routing content changed or the keepalive is due
  * (with a small slack so a report sent on time counts), never past the daily cap.
+ * @internal
  */
 export function decideClusterWrite(input: {
   changed: boolean;
@@ -1929,7 +1938,10 @@ export function decideClusterWrite(input: {
   return { write: true, reason: input.changed ? "changed" : "keepalive" };
 }
 
-/** Direct-mode policy: a heartbeat writes on a status change or when the record is old enough. */
+/**
+ * Direct-mode policy: a heartbeat writes on a status change or when the record is old enough.
+ * @internal
+ */
 export function directHeartbeatDue(input: {
   statusChanged: boolean;
   writtenAt: number;
@@ -1943,6 +1955,7 @@ export function directHeartbeatDue(input: {
  * How old a direct-mode record may get before its worker shows offline: the write interval plus
  * two heartbeats plus the store's consistency delay. A worker that keeps heartbeating is
  * rewritten within `writeInterval + heartbeat`, so it never shows offline between two writes.
+ * @internal
  */
 export function directStaleAfterMs(
   settings: Pick<Settings, "directWriteIntervalMs" | "heartbeatIntervalS" | "consistencyGraceMs">,
@@ -1955,7 +1968,7 @@ export function directStaleAfterMs(
 }
 
 /** Whether a cluster's stored table is stale: its last sign of life is older than the lease. */
-export function clusterIsStale(
+function clusterIsStale(
   lastAliveAt: number,
   now: number,
   settings: Pick<Settings, "keepaliveMs" | "leaseGraceMs">,
@@ -1979,17 +1992,17 @@ const UNHEALTHY_STATUSES = new Set([
 ]);
 
 /** Whether a worker status admits traffic. */
-export function isRoutableStatus(status: string): boolean {
+function isRoutableStatus(status: string): boolean {
   return !UNHEALTHY_STATUSES.has(status.toLowerCase());
 }
 
 /** The UTC day (YYYY-MM-DD) of a time. */
-export function utcDay(ms: number): string {
+function utcDay(ms: number): string {
   return new Date(ms).toISOString().slice(0, 10);
 }
 
 /** Start of the next UTC day. */
-export function nextUtcDay(ms: number): number {
+function nextUtcDay(ms: number): number {
   const d = new Date(ms);
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
 }
@@ -2003,6 +2016,7 @@ export function nextUtcDay(ms: number): number {
  * Counts store writes per UTC day. The count travels in every written document's `budget`
  * stamp, so a new isolate learns it from what it reads: exact in one process, approximate (it
  * may undercount) across Workers isolates that write at the same time.
+ * @internal
  */
 export class WriteBudget {
   #day = "";
@@ -2208,6 +2222,7 @@ function leaderOf(doc: ClusterDoc): LeaderView | null {
 /**
  * A request refused on purpose: its status, JSON body and headers (the app's error handler
  * answers it). Thrown by registry operations that find the sender may not do what it asks.
+ * @internal
  */
 export class Refused extends Error {
   override name = "Refused";
@@ -2796,7 +2811,7 @@ function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
 const LEADERSHIP_LOCK = "leadership";
 
 /** How an agent request was admitted, and who signed it (docs/SECURITY.md). */
-export interface Sender {
+interface Sender {
   /**
    * "open": no token is configured (local dev); "token": the cluster token; "legacy": no token,
    * admitted by `ROLLCALL_ALLOW_LEGACY_WORKERS`.
@@ -2851,7 +2866,7 @@ function ownerFor(sender: Sender): WorkerOwner {
  * and capabilities, so the same worker registering again gets the same id back, not a new
  * record each time.
  */
-export function legacyWorkerId(body: RegisterBody): string {
+function legacyWorkerId(body: RegisterBody): string {
   const caps = body.capabilities ?? {};
   const sorted = Object.keys(caps)
     .sort()
@@ -2968,7 +2983,7 @@ const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "onlin
  * gets no traffic), a service not registered yet is added at the worker's tunnel URL. Entries
  * with an invalid name or a non-string state are ignored; at most 64 services are kept.
  */
-export function applyServicesStatus(
+function applyServicesStatus(
   services: readonly StoredService[],
   statuses: Record<string, unknown> | null | undefined,
   tunnelUrl: string | null,
@@ -3040,7 +3055,7 @@ async function unregister(reg: Registry, id: string, sender: Sender) {
  * with a view in it. The document is the cluster's roster: a key that no leader of the cluster
  * ever listed (its mesh never knew it) cannot take the cluster's members over.
  */
-export function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
+function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
   if (doc === null) return true;
   if (doc.members[leader] !== undefined || doc.leaders[leader] !== undefined) return true;
   return Object.keys(doc.members).length === 0 && Object.keys(doc.leaders).length === 0;
@@ -3156,7 +3171,10 @@ async function digestBytes(text: string): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
 }
 
-/** Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR). */
+/**
+ * Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR).
+ * @internal
+ */
 export async function tokensEqual(given: string, expected: string): Promise<boolean> {
   const [a, b] = await Promise.all([digestBytes(given), digestBytes(expected)]);
   let diff = 0;
@@ -3222,7 +3240,7 @@ async function authorize(
 }
 
 /** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
-export const SIGNATURE_HEADERS = {
+const SIGNATURE_HEADERS = {
   signer: "x-rollcall-signer",
   timestamp: "x-rollcall-timestamp",
   nonce: "x-rollcall-nonce",
@@ -3230,10 +3248,10 @@ export const SIGNATURE_HEADERS = {
 } as const;
 
 /** How far a signed request's timestamp may be from the coordinator's clock. */
-export const SIGNATURE_SKEW_MS = 5 * MINUTE;
+const SIGNATURE_SKEW_MS = 5 * MINUTE;
 
 /** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
-export interface SignedRequestParts {
+interface SignedRequestParts {
   method: string;
   /** The path as the coordinator receives it, without the query. */
   path: string;
@@ -3247,7 +3265,7 @@ export interface SignedRequestParts {
 }
 
 /** The text an agent signs for a request (UTF-8), one part per line. */
-export function signedRequestText(p: SignedRequestParts): string {
+function signedRequestText(p: SignedRequestParts): string {
   return [
     "rollcall-request-v1",
     p.method.toUpperCase(),
@@ -3260,7 +3278,7 @@ export function signedRequestText(p: SignedRequestParts): string {
 }
 
 /** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
-export async function sha256Hex(data: Uint8Array | string): Promise<string> {
+async function sha256Hex(data: Uint8Array | string): Promise<string> {
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
   let hex = "";
@@ -3316,7 +3334,10 @@ export async function signRequest(input: {
   };
 }
 
-/** Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error. */
+/**
+ * Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error.
+ * @internal
+ */
 export async function verifyEd25519(
   publicKey: Uint8Array,
   signature: Uint8Array,
@@ -3478,7 +3499,7 @@ const EWMA_SAMPLE_WEIGHT = 0.3;
 const FADE_PER_REQUEST = 0.1; // knowledge of an endpoint fades ~10 % per request served elsewhere
 const COST_TIE = 1.3; // costs within 30 % of each other count as equal: the two alternate
 
-/** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. */
+/** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. @internal */
 export function latencyBucket(ms: number): number {
   if (!(ms > HISTOGRAM_BASE_MS)) return 0;
   const i = Math.ceil(Math.log2(ms / HISTOGRAM_BASE_MS) * HISTOGRAM_STEPS_PER_DOUBLING);
@@ -3489,7 +3510,7 @@ function bucketTop(i: number): number {
   return HISTOGRAM_BASE_MS * 2 ** (i / HISTOGRAM_STEPS_PER_DOUBLING);
 }
 
-/** What a traffic window shows (the last `window_s` seconds). */
+/** What a traffic window shows (the last `window_s` seconds). @internal */
 export interface WindowSnapshot {
   window_s: number;
   requests: number;
@@ -3504,7 +3525,7 @@ export interface WindowSnapshot {
 }
 
 /** One slice of a traffic window (see `TrafficWindow.series`). */
-export interface WindowSlice {
+interface WindowSlice {
   /** When the slice started (ms). */
   at: number;
   requests: number;
@@ -3534,6 +3555,7 @@ function percentile(histogram: Float64Array, total: number, q: number): number |
  * The last `windowMs` of traffic in six slices: counts (requests, errors, retries, rejected),
  * the peak in flight, and a log-bucketed latency histogram whose percentiles are within one
  * bucket (about 20 %). Recording is O(1) and allocates nothing.
+ * @internal
  */
 export class TrafficWindow {
   readonly #sliceMs: number;
@@ -3651,6 +3673,7 @@ export class TrafficWindow {
  * A count over a sliding window of `windowMs`, kept in two halves: the current window and the
  * previous one, which counts with the share of it that still overlaps the last `windowMs`
  * (the previous window is forgotten once a whole window passed without a roll).
+ * @internal
  */
 export class SlidingCount {
   #start = 0;
@@ -3689,10 +3712,10 @@ export class SlidingCount {
 }
 
 /** A circuit breaker's state. */
-export type BreakerState = "closed" | "open" | "half_open";
+type BreakerState = "closed" | "open" | "half_open";
 
 /** Settings of a circuit breaker. */
-export interface BreakerInit {
+interface BreakerInit {
   failureRatio: number;
   minRequests: number;
   windowMs: number;
@@ -3705,6 +3728,7 @@ export interface BreakerInit {
  * `minRequests` requests failed. Open, it refuses requests for `openMs`; then, half-open, it
  * lets exactly one probe through: the probe's success closes it, its failure opens it again.
  * Outcomes of requests sent before it opened are ignored.
+ * @internal
  */
 export class CircuitBreaker {
   /** The state as of the last call (an open breaker turns half-open in `allows`); `stateAt` tells it for any time. */
@@ -3809,6 +3833,7 @@ export class CircuitBreaker {
  * A retry budget for one service (the Finagle/Linkerd model): over a sliding window, retries
  * may add at most `ratio` of the requests plus `min` retries. So retries can never multiply
  * the load on a failing service.
+ * @internal
  */
 export class RetryBudget {
   readonly #requests: SlidingCount;
@@ -3839,7 +3864,7 @@ export class RetryBudget {
 }
 
 /** The settings routing health uses. */
-export type RoutingSettings = Pick<
+type RoutingSettings = Pick<
   Settings,
   | "maxConcurrent"
   | "queueSize"
@@ -3859,7 +3884,7 @@ export type RoutingSettings = Pick<
 
 const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
 
-/** One worker serving one service, and what this isolate learned about it. */
+/** One worker serving one service, and what this isolate learned about it. @internal */
 export class Endpoint {
   /** The service URL without a trailing slash. */
   base = "";
@@ -3926,14 +3951,14 @@ export class Endpoint {
 }
 
 /** What a pick needs besides the route: time, randomness, and the workers already tried. */
-export interface PickOptions {
+interface PickOptions {
   now: number;
   random: () => number;
   tried?: readonly Endpoint[] | null;
 }
 
 /** Why nothing could be picked: every usable provider is at its limit, or none is usable. */
-export type Blocked = "busy" | "open" | "none";
+type Blocked = "busy" | "open" | "none";
 
 /** A waiter in a service's queue. */
 interface Waiter {
@@ -3943,7 +3968,7 @@ interface Waiter {
 }
 
 /** A service's scaling signal and why. */
-export interface ScalingSignal {
+interface ScalingSignal {
   signal: "scale_up" | "scale_down" | "steady";
   reason: string;
 }
@@ -3952,6 +3977,7 @@ export interface ScalingSignal {
  * One service's routing state in this isolate: its endpoints in preference groups (healthy
  * before degraded, then lower tier), the picker, outlier ejection, the retry budget, the
  * bounded queue and the service's traffic figures.
+ * @internal
  */
 export class ServiceRoute {
   /** Routable endpoints, sorted by health, tier and ID. */
@@ -4328,7 +4354,7 @@ export class ServiceRoute {
 }
 
 /** What a scaling decision looks at. */
-export interface ScalingInput {
+interface ScalingInput {
   /** Providers in the routing table. */
   providers: number;
   /** Providers that take traffic now (routable, not ejected, breaker not open). */
@@ -4351,6 +4377,7 @@ export interface ScalingInput {
  * over the threshold (with at least 20 requests), or when no provider serves. Scale down when
  * at least two providers serve and, over a whole window, one fewer would have run at most
  * `scaleDownUtilization` busy. Otherwise steady.
+ * @internal
  */
 export function scalingSignal(input: ScalingInput): ScalingSignal {
   const w = input.window;
@@ -4413,7 +4440,10 @@ export const HOP_BY_HOP: readonly string[] = [
 /** Methods the proxy forwards; anything else (TRACE, CONNECT, garbage) is answered 405 at once. */
 const PROXY_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
-/** Set on every forwarded request (its value: the coordinator's instance id); one that arrives with it is a loop. */
+/**
+ * Set on every forwarded request (its value: the coordinator's instance id); one that arrives with it is a loop.
+ * @internal
+ */
 export const HOP_HEADER = "x-rollcall-hop";
 /** Set on a 508 answer: the hop value that came in, so the sender learns it called itself. */
 const LOOP_HEADER = "x-rollcall-loop";
@@ -4458,6 +4488,7 @@ export function assertSafeRest(rest: string): void {
  * The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would
  * leave it. `rest` must have passed `assertSafeRest` (checked once per request, not per attempt):
  * only what the URL parser resolves (dot segments) is caught here, not an encoded slash.
+ * @internal
  */
 export function upstreamUrl(base: string, rest: string | null, search: string): string {
   const root = trimSlash(base);
@@ -4471,7 +4502,7 @@ export function upstreamUrl(base: string, rest: string | null, search: string): 
 }
 
 /** Where a request goes: a service name and the raw rest of the path (null: no trailing part). */
-export interface ServiceTarget {
+interface ServiceTarget {
   service: string;
   rest: string | null;
 }
@@ -4496,7 +4527,7 @@ export function parseServicePath(pathname: string): ServiceTarget | null {
 }
 
 /** Configured aliases as `[prefix, service]` pairs, longest prefix first (see `aliasList`). */
-export type AliasList = readonly (readonly [prefix: string, service: string])[];
+type AliasList = readonly (readonly [prefix: string, service: string])[];
 
 /** The configured aliases, longest prefix first: sorted once, when a coordinator is built. */
 export function aliasList(aliases: Record<string, string>): AliasList {
@@ -4517,7 +4548,10 @@ export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget 
   return null;
 }
 
-/** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
+/**
+ * Whether a fetch error means nothing reached the upstream (connection refused, DNS failure).
+ * @internal
+ */
 export function isConnectFailure(err: unknown): boolean {
   const e = err as {
     code?: unknown;
@@ -5133,7 +5167,7 @@ function serviceMetrics(route: ServiceRoute, now: number) {
   };
 }
 
-/** The metrics JSON (`GET /api/admin/metrics`). */
+/** The metrics JSON (`GET /api/admin/metrics`). @internal */
 export type ServiceMetrics = ReturnType<typeof serviceMetrics>;
 
 function promLabel(value: string): string {
@@ -5143,6 +5177,7 @@ function promLabel(value: string): string {
 /**
  * The Prometheus text format (0.0.4) of the metrics JSON: counters, gauges, and latency
  * summaries whose quantiles cover the metrics window (sums and counts since start).
+ * @internal
  */
 export function prometheusText(services: Record<string, ServiceMetrics>): string {
   type Worker = ServiceMetrics["workers"][string];
@@ -5622,6 +5657,7 @@ function evaluateSignal(
  * Applies the cookie setting to an upstream answer's Set-Cookie headers: `strip` drops them,
  * `scope` limits each to the service's public path (`prefix`) and drops its Domain, so services
  * behind one coordinator origin cannot read or set each other's cookies.
+ * @internal
  */
 export function scopeCookies(headers: Headers, mode: CookieMode, prefix: string): void {
   if (mode === "pass" || !headers.has("set-cookie")) return;
@@ -5993,7 +6029,7 @@ const GONE_KEPT_MS = 10 * MINUTE;
 const GONE_KEPT = 100;
 
 /** One of the dashboard's recent events. */
-export interface ClusterEvent {
+interface ClusterEvent {
   at: number;
   kind: "cluster" | "leader" | "member" | "service" | "breaker" | "ejection" | "action";
   text: string;
@@ -6007,7 +6043,7 @@ interface EndpointSeen {
 }
 
 /** The last 8 characters of a long ID (PeerIds share their first ones), as the page shows it. */
-export function shortId(id: string): string {
+function shortId(id: string): string {
   return id.length > 16 ? `…${id.slice(-8)}` : id;
 }
 
@@ -6018,7 +6054,7 @@ export function shortId(id: string): string {
  * against the last ones seen. Bounded: a ring of events; workers and providers that left the
  * view are kept a while (GONE_KEPT_MS, at most GONE_KEPT) so the page can show them as down.
  */
-export class ClusterWatch {
+class ClusterWatch {
   readonly #events: ClusterEvent[] = [];
   readonly #leaders = new Map<string, { id: string | null; term: number | null; since: number }>();
   #workers: Map<string, WorkerView> | null = null;
