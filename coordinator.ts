@@ -4680,20 +4680,21 @@ function incomingOf(c: Context): Incoming {
   return { request: c.req.raw, env: c.env, exec };
 }
 
-/** The client's address as the runtime saw it (no header consulted), or undefined. */
-function peerAddress(inc: Incoming): string | undefined {
-  const env = inc.env as Record<string, unknown> | undefined;
+/**
+ * Where a coordinator learns a request's client address: from the runtime's view of the
+ * connection, handed in by each starter (like `clientGone`), never from a header a client could
+ * set. Only on Workers is a header the answer: Cloudflare sets CF-Connecting-IP itself
+ * (`workersClientAddress`). Undefined when unknown.
+ */
+export type ClientAddress = (request: Request, env: unknown) => string | null | undefined;
+
+/** The client's address by the starter's component; undefined when unknown or when it throws. */
+function clientOf(clientAddress: ClientAddress, inc: Incoming): string | undefined {
   try {
-    const incoming = (env?.incoming as { socket?: { remoteAddress?: string } } | undefined)?.socket;
-    if (incoming?.remoteAddress) return incoming.remoteAddress; // @hono/node-server
-    const requestIP = env?.requestIP as ((r: Request) => { address?: string } | null) | undefined;
-    if (typeof requestIP === "function") return requestIP.call(env, inc.request)?.address; // Bun
-    const remote = env?.remoteAddr as { hostname?: string } | undefined;
-    if (remote?.hostname) return remote.hostname; // Deno.serve's info
+    return clientAddress(inc.request, inc.env) || undefined;
   } catch {
-    // No address known: X-Forwarded-For keeps what it had.
+    return undefined; // no address known: X-Forwarded-For keeps what it had
   }
-  return undefined;
 }
 
 /**
@@ -5438,6 +5439,8 @@ interface ProxyContext {
   instanceId: string;
   /** Where details of an error answered generically go (never to the client). */
   log: (line: string) => void;
+  /** The client's address as the runtime saw it (the starter's component). */
+  clientAddress: ClientAddress;
 }
 
 /** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
@@ -5472,7 +5475,6 @@ function forwardHeaders(
   let host: string | null = null;
   let connection: string | null = null;
   let prior: string | null = null;
-  let cfClient: string | null = null;
   let length: string | null = null;
   let looped = false;
   inc.request.headers.forEach((value, name) => {
@@ -5481,7 +5483,6 @@ function forwardHeaders(
     else if (name === "connection") connection = value;
     else if (name === "x-forwarded-for") prior = value;
     else if (name === "content-length") length = value;
-    else if (name === "cf-connecting-ip") cfClient = value;
     else if (name === HOP_HEADER) looped = true;
   });
   if (looped) return null;
@@ -5492,8 +5493,7 @@ function forwardHeaders(
       if (name === "x-forwarded-for") prior = null;
     }
   }
-  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
-  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
+  const client = clientOf(ctx.clientAddress, inc);
   if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
   else if (prior !== null) out["x-forwarded-for"] = prior;
   const https = url.startsWith("https:");
@@ -6209,6 +6209,8 @@ interface DashboardDeps {
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
   /** What the dashboard remembers of clusters and endpoints (fed by every routing read). */
   watch: ClusterWatch;
+  /** The client's address of an operator's action (for the audit line). */
+  clientAddress: ClientAddress;
 }
 
 function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: Settings): string[] {
@@ -6961,7 +6963,7 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
         service,
         worker_id,
         changed,
-        client: peerAddress(incomingOf(c)) ?? null,
+        client: clientOf(deps.clientAddress, incomingOf(c)) ?? null,
         at: new Date(now).toISOString(),
       }),
     );
@@ -6999,6 +7001,11 @@ export interface CoordinatorComponents {
   random?: () => number;
   /** Whether the client of a request went away. Default: `request.signal.aborted`. */
   clientGone?: (request: Request, env: unknown) => boolean;
+  /**
+   * The client's address of a request as the runtime saw it (X-Forwarded-For, the legacy
+   * register limit, the audit line). Default: none known.
+   */
+  clientAddress?: ClientAddress;
   /**
    * Where the details of errors answered generically go (with their request id). Default
    * `console.error`. Never given a secret.
@@ -7056,6 +7063,7 @@ async function agentRequest(
   guard: Guard,
   nonces: NonceCache,
   now: number,
+  clientAddress: ClientAddress,
 ): Promise<AgentRequest | { response: Response }> {
   const level = await authorize(c, settings, guard);
   if (typeof level !== "string") return { response: level };
@@ -7084,9 +7092,8 @@ async function agentRequest(
     nonces,
     now,
   );
-  const inc = incomingOf(c);
-  const cf = inc.exec !== null ? c.req.header("cf-connecting-ip") : undefined;
-  return { bytes, sender: { level, signer, address: cf ?? peerAddress(inc) ?? "unknown" } };
+  const address = clientOf(clientAddress, incomingOf(c)) ?? "unknown";
+  return { bytes, sender: { level, signer, address } };
 }
 
 /** Parses an agent request's body as JSON against a schema, or answers 400. */
@@ -7171,6 +7178,7 @@ function coordinatorParts(settings: Settings, components: CoordinatorComponents)
     webhook: { sent: 0, failed: 0, lastError: null },
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
     log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
+    clientAddress: components.clientAddress ?? (() => undefined),
     nonces,
     watch: new ClusterWatch(),
     aliases: aliasList(settings.aliases),
@@ -7357,7 +7365,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
   /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
   const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
     parts.prune(clock.now(), null);
-    const got = await agentRequest(c, settings, guard, nonces, clock.now());
+    const got = await agentRequest(c, settings, guard, nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got;
     const body = parseJson(got.bytes, schema);
     return "response" in body ? body : { data: body.data, sender: got.sender };
@@ -7377,7 +7385,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
   });
 
   app.delete("/api/worker/unregister/:id", limit, async (c) => {
-    const got = await agentRequest(c, settings, "worker", nonces, clock.now());
+    const got = await agentRequest(c, settings, "worker", nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got.response;
     const id = WorkerIdSchema.safeParse(c.req.param("id"));
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
@@ -7544,25 +7552,34 @@ export function createCoordinator(
 
 let workerInstance: Coordinator | null = null;
 
-function envRecord(env: unknown): Record<string, unknown> {
+function envRecord(bindings: unknown): Record<string, unknown> {
   const processEnv =
     (globalThis as { process?: { env?: Record<string, unknown> } }).process?.env ?? {};
-  const bindings =
-    env && typeof env === "object" && !("requestIP" in env) ? (env as Record<string, unknown>) : {};
-  return { ...processEnv, ...bindings };
+  return { ...processEnv, ...(bindings && typeof bindings === "object" ? bindings : {}) };
 }
+
+/** The client's address on Workers: CF-Connecting-IP, which Cloudflare sets itself. */
+export const workersClientAddress: ClientAddress = (request) =>
+  request.headers.get("cf-connecting-ip");
+
+/** The client's address on Bun: its server (the second argument of `fetch`) saw the socket. */
+export const bunClientAddress: ClientAddress = (request, server) =>
+  (server as { requestIP(r: Request): { address?: string } | null }).requestIP(request)?.address;
 
 /**
  * The coordinator for a Workers isolate (or `bun coordinator.ts`): settings from env/bindings,
  * the `ROLLCALL_KV` binding as store when present, memory otherwise (reported by /health).
  */
-export function coordinatorFromEnv(env: unknown): Coordinator {
+export function coordinatorFromEnv(
+  bindings: unknown,
+  clientAddress: ClientAddress = workersClientAddress,
+): Coordinator {
   // One coordinator per isolate: the bindings of an isolate do not change between requests.
   if (workerInstance) return workerInstance;
-  const vars = envRecord(env);
+  const vars = envRecord(bindings);
   const kv = vars.ROLLCALL_KV as KvNamespaceLike | undefined;
   const store = kv && typeof kv.get === "function" ? cloudflareKvStore(kv) : memoryStore();
-  const coordinator = createCoordinator(configFromEnv(vars), { store });
+  const coordinator = createCoordinator(configFromEnv(vars), { store, clientAddress });
   workerInstance = coordinator;
   return coordinator;
 }
@@ -7571,7 +7588,12 @@ export default {
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response> {
     let coordinator: Coordinator;
     try {
-      coordinator = coordinatorFromEnv(env);
+      // Workers hands its bindings and an ExecutionContext; `bun coordinator.ts` hands Bun's
+      // server instead (and no context): no bindings then, and Bun tells the client's address.
+      coordinator =
+        ctx === undefined
+          ? coordinatorFromEnv(undefined, bunClientAddress)
+          : coordinatorFromEnv(env, workersClientAddress);
     } catch (err) {
       const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
