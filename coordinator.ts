@@ -15,11 +15,25 @@
  * requests framed by the proxy itself, workers blamed only for their own faults, every
  * per-isolate collection bounded, documents capped, errors told to clients without detail.
  *
- * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
- * write budget, registry (per-isolate state), registry operations, routing health (pure),
- * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
- * proxy, security, dashboard (the /admin page, its snapshot, events, actions), app, default
- * export.
+ * Contents (`//#region` blocks; each uses only what is above it, which
+ * test/coordinator-layout.test.ts checks):
+ *   Utilities            time, URLs, JSON answers, deferred work, errors
+ *   Wire schemas         the zod schemas of every body agents send, the name rules
+ *   Upstream policy      which hosts the proxy may call (`ROLLCALL_UPSTREAM_ALLOW`)
+ *   Configuration        `CoordinatorInit`, `Settings`, `resolveSettings`, `configFromEnv`
+ *   Store                the `Store` interface and its drivers
+ *   Pure registry logic  digest, merge of cluster reports, write decisions, staleness
+ *   Write budget         the daily hard cap on store writes
+ *   Registry             per-isolate state over the store; the routing table
+ *   Registry operations  register, heartbeat, unregister (direct), cluster heartbeat (leader)
+ *   Security             bearer tokens, guards, signed agent requests, the live view's credential
+ *   Routing health       traffic windows, circuit breakers, retry budget, endpoints, picking
+ *   Paths and forwarding path safety, aliases, replayable bodies, forwarded headers
+ *   Router               per-isolate routing state, live views, metrics
+ *   Routing and proxy    admit, forward, retry, answer
+ *   Dashboard            the /admin page, its snapshot, events, actions
+ *   The app              `createCoordinator`: the wiring of the pieces above
+ *   Default export       Cloudflare Workers and `bun coordinator.ts`
  */
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -29,163 +43,81 @@ import { z } from "zod";
 /** Version reported by `/health`. */
 export const COORDINATOR_VERSION = "0.1.0";
 
-// ============================================================================================
-// Configuration
-// ============================================================================================
+//#region Utilities
+// Small helpers every region below uses: time, URLs, JSON answers, deferred work, errors.
 
-/** Settings of a coordinator; every field has a safe local default. */
-export interface CoordinatorInit {
-  /**
-   * Bearer token agents send (register, heartbeat, cluster heartbeat). With no token at all the
-   * coordinator runs open (local dev); once any token is set, a guard without its own refuses.
-   */
-  clusterToken?: string | null;
-  /** Bearer token for `/api/admin/*` and `/metrics` (see `clusterToken`). */
-  adminToken?: string | null;
-  /** Admit direct-mode workers that send no token at all (workers of the old kind). */
-  allowLegacyWorkers?: boolean;
-  /** New ids a token-less, id-less legacy registration may create per client address per hour. Default 20. */
-  legacyRegisterLimit?: number;
-  /** Hard cap on store writes (and deletes) per UTC day. Default 1,000. */
-  writeCap?: number;
-  /** Share of the cap only an existing cluster's leader report may spend. Default 0.1. */
-  leaderReserve?: number;
-  /** Largest document (worker record or cluster document) stored, in characters. Default 384 KiB. */
-  maxDocBytes?: number;
-  /** Leader mode: a cluster document is rewritten at least this often. Default 48 min. */
-  keepaliveMs?: number;
-  /** Leader mode: members show as unknown this long after a missed keepalive. Default 10 min. */
-  leaseGraceMs?: number;
-  /** Direct mode: a heartbeat rewrites a record older than this. Default 5 min. */
-  directWriteIntervalMs?: number;
-  /** Direct mode: the heartbeat interval told to workers, in seconds. Default 30. */
-  heartbeatIntervalS?: number;
-  /** Time the store may take to show a write everywhere (Workers KV: 60 s). Default 60 s. */
-  consistencyGraceMs?: number;
-  /** Direct-mode records expire from the store after this many seconds. Default 7 days. */
-  recordTtlS?: number;
-  /** Store documents cached per isolate are re-read after this. Default 60 s. */
-  tableTtlMs?: number;
-  /** The list of registry keys cached per isolate is re-listed after this. Default 5 min. */
-  listTtlMs?: number;
-  /** A store call that takes longer fails (a hanging store must not hold requests). Default 5 s. */
-  storeTimeoutMs?: number;
-  /** Old paths routed to a service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`. */
-  aliases?: Record<string, string>;
-  /** Time an upstream has to answer with headers before failover. Default 30 s. */
-  proxyTimeoutMs?: number;
-  /** Most providers tried for one request. Default 10. */
-  maxAttempts?: number;
-  /** Request bodies up to this size are kept so a failed attempt can be replayed. Default 1 MiB. */
-  replayBufferBytes?: number;
-  /** Largest JSON body accepted by the agent endpoints. Default 256 KiB. */
-  maxBodyBytes?: number;
-  /** `Access-Control-Allow-Origin` on service routes and `/health`. Default `*`. */
-  corsOrigin?: string;
-  /**
-   * Upstream hosts the proxy may call: `public`, `private`, `loopback`, CIDRs and host names
-   * (`*.example.com`), comma-separated. Link-local addresses never. Default `public,private`.
-   */
-  upstreamAllow?: string;
-  /** Upstream cookies: `pass` them, `scope` each to its service's path, or `strip` them. Default `pass`. */
-  cookies?: CookieMode;
-  /** Requests one worker may have in flight for one service; beyond, others or the queue. Default 100. */
-  maxConcurrent?: number;
-  /** Requests that may wait per service while every provider is at its limit. Default 100. */
-  queueSize?: number;
-  /** Longest wait in that queue before `503` with `Retry-After`. Default 5 s. */
-  queueTimeoutMs?: number;
-  /** Consecutive failures (refused, dropped, timeout, 5xx) that eject a worker from a service. Default 5. */
-  ejectAfterFailures?: number;
-  /** The first ejection lasts this long, the n-th n times as long (up to `ejectMaxMs`). Default 10 s. */
-  ejectBaseMs?: number;
-  /** Longest ejection. Default 5 min. */
-  ejectMaxMs?: number;
-  /** A breaker opens when at least this share of its recent requests failed. Default 0.5. */
-  breakerFailureRatio?: number;
-  /** ...among at least this many requests in the breaker window. Default 10. */
-  breakerMinRequests?: number;
-  /** The breaker's window. Default 10 s. */
-  breakerWindowMs?: number;
-  /** How long an open breaker refuses requests before it lets one probe through. Default 5 s. */
-  breakerOpenMs?: number;
-  /** Retries may add this share of a service's requests (per retry window). Default 0.2. */
-  retryRatio?: number;
-  /** Retries always allowed per retry window, on top of the ratio. Default 10. */
-  retryMin?: number;
-  /** The retry budget's window. Default 10 s. */
-  retryWindowMs?: number;
-  /** Time constant of the latency EWMA: old knowledge fades towards the service's mean. Default 10 s. */
-  latencyDecayMs?: number;
-  /** Window of the metrics' percentiles, throughput and scaling signals. Default 60 s. */
-  metricsWindowMs?: number;
-  /** Route on the leader agent's live view (`/_agent/cluster`) when reachable. Default true. */
-  liveView?: boolean;
-  /** The live view is refreshed (in the background) after this. Default 2 s. */
-  liveViewTtlMs?: number;
-  /** Time the leader's agent has to answer for its live view. Default 500 ms. */
-  liveViewTimeoutMs?: number;
-  /** Read-only credential of the agents' live view (`/_agent/cluster`), never the cluster token. */
-  agentToken?: string | null;
-  /** URL that gets a POST when a service's scaling signal changes. Default none. */
-  scalingWebhook?: string | null;
-  /** Time the scaling webhook has to answer. Default 2 s. */
-  scalingWebhookTimeoutMs?: number;
-  /** p95 latency (ms) at or above which a service asks to scale up. Default 1,000. */
-  scaleUpLatencyMs?: number;
-  /** A service asks to scale down when one provider fewer would run at most this busy. Default 0.25. */
-  scaleDownUtilization?: number;
+const MINUTE = 60_000;
+
+/** A source of time (ms since the epoch). */
+export interface ClockLike {
+  now(): number;
 }
 
-/** Resolved settings: every default applied. */
-export interface Settings {
-  clusterToken: string | null;
-  adminToken: string | null;
-  allowLegacyWorkers: boolean;
-  legacyRegisterLimit: number;
-  writeCap: number;
-  leaderReserve: number;
-  maxDocBytes: number;
-  keepaliveMs: number;
-  leaseGraceMs: number;
-  directWriteIntervalMs: number;
-  heartbeatIntervalS: number;
-  consistencyGraceMs: number;
-  recordTtlS: number;
-  tableTtlMs: number;
-  listTtlMs: number;
-  storeTimeoutMs: number;
-  aliases: Record<string, string>;
-  proxyTimeoutMs: number;
-  maxAttempts: number;
-  replayBufferBytes: number;
-  maxBodyBytes: number;
-  corsOrigin: string;
-  upstreamAllow: UpstreamPolicy;
-  cookies: CookieMode;
-  maxConcurrent: number;
-  queueSize: number;
-  queueTimeoutMs: number;
-  ejectAfterFailures: number;
-  ejectBaseMs: number;
-  ejectMaxMs: number;
-  breakerFailureRatio: number;
-  breakerMinRequests: number;
-  breakerWindowMs: number;
-  breakerOpenMs: number;
-  retryRatio: number;
-  retryMin: number;
-  retryWindowMs: number;
-  latencyDecayMs: number;
-  metricsWindowMs: number;
-  liveView: boolean;
-  liveViewTtlMs: number;
-  liveViewTimeoutMs: number;
-  agentToken: string | null;
-  scalingWebhook: string | null;
-  scalingWebhookTimeoutMs: number;
-  scaleUpLatencyMs: number;
-  scaleDownUtilization: number;
+const systemNow: ClockLike = { now: () => Date.now() };
+
+function trimSlash(url: string): string {
+  return url.endsWith("/") ? url.slice(0, -1) : url;
+}
+
+/** Where the path of an absolute URL starts (the first `/` after `scheme://host`). */
+function pathStart(url: string): number {
+  return url.indexOf("/", url.indexOf("//") + 2);
+}
+
+/** The path of an absolute URL as sent (not decoded), without the query; cheaper than `new URL`. */
+function pathOf(url: string, at = pathStart(url)): string {
+  const q = url.indexOf("?", at);
+  return q === -1 ? url.slice(at) : url.slice(at, q);
+}
+
+function isHttpUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return (
+      (u.protocol === "http:" || u.protocol === "https:") &&
+      u.hostname !== "" &&
+      u.username === "" &&
+      u.password === "" &&
+      u.search === "" &&
+      u.hash === ""
+    );
+  } catch {
+    return false;
+  }
+}
+
+function iso(ms: number): string | null {
+  return ms > 0 ? new Date(ms).toISOString() : null;
+}
+
+function json(body: unknown, status: number, extra: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=UTF-8", ...extra },
+  });
+}
+
+/** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
+interface WaitUntil {
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+/** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
+function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
+  const quiet = promise.catch(() => {});
+  exec?.waitUntil(quiet); // elsewhere the promise runs on by itself
+}
+
+function issues(err: z.ZodError): { path: string; message: string }[] {
+  return err.issues
+    .slice(0, 10)
+    .map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
+}
+
+/** Whether a Content-Type is JSON (`application/json`, `application/<x>+json`, any parameters). */
+function isJsonType(type: string | undefined): boolean {
+  const media = (type ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+  return media === "application/json" || /^application\/[a-z0-9.+-]+\+json$/.test(media);
 }
 
 /** Thrown when configuration from env/bindings is invalid. */
@@ -193,10 +125,868 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+//#endregion
+
+//#region Wire schemas
+// Every request body the coordinator accepts
+
+const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
+
+/** A worker's stable ID (direct mode: any; leader mode: the libp2p PeerId). */
+const WorkerIdSchema = z
+  .string()
+  .regex(
+    ID_PATTERN,
+    "must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit",
+  );
+
+const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. @internal */
+export function base58Decode(text: string): Uint8Array | null {
+  let zeros = 0;
+  while (zeros < text.length && text[zeros] === "1") zeros++;
+  const bytes: number[] = []; // base 256, least significant first
+  for (let i = zeros; i < text.length; i++) {
+    let carry = BASE58.indexOf(text[i] as string);
+    if (carry < 0) return null;
+    for (let j = 0; j < bytes.length; j++) {
+      carry += (bytes[j] as number) * 58;
+      bytes[j] = carry & 0xff;
+      carry >>= 8;
+    }
+    while (carry > 0) {
+      bytes.push(carry & 0xff);
+      carry >>= 8;
+    }
+  }
+  const out = new Uint8Array(zeros + bytes.length);
+  for (let i = 0; i < bytes.length; i++) out[out.length - 1 - i] = bytes[i] as number;
+  return out;
+}
+
+/**
+ * An Ed25519 libp2p PeerId is the base58btc identity multihash (0x00, length 0x24) of the
+ * protobuf PublicKey {Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}: "12D3KooW...".
+ */
+const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/**
+ * The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId.
+ * @internal
+ */
+export function peerIdPublicKey(id: string): Uint8Array | null {
+  if (!id.startsWith("12D3KooW") || id.length > 60) return null;
+  const bytes = base58Decode(id);
+  if (bytes === null || bytes.length !== 38) return null;
+  for (let i = 0; i < ED25519_PEER_ID_PREFIX.length; i++) {
+    if (bytes[i] !== ED25519_PEER_ID_PREFIX[i]) return null;
+  }
+  return bytes.slice(6);
+}
+
+/**
+ * Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it.
+ * @internal
+ */
+export function isPeerId(id: string): boolean {
+  return peerIdPublicKey(id) !== null;
+}
+
+/** A service name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
+export const ServiceNameSchema = z
+  .string()
+  .regex(
+    SERVICE_NAME_PATTERN,
+    "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
+  );
+
+/**
+ * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
+ * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
+ */
+export const ClusterNameSchema = ServiceNameSchema;
+
+/**
+ * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
+ * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
+ */
+export const WorkerNameSchema = ServiceNameSchema;
+
+/** An http(s) URL without credentials, query or fragment. */
+export const HttpUrlSchema = z
+  .string()
+  .max(2048)
+  .refine(isHttpUrl, "must be an http(s) URL without credentials, query or fragment");
+
+/** An optional field that workers of the old coordinator may send as "" for "none": read as absent. */
+function blankIsAbsent<T extends z.ZodType>(schema: T) {
+  return z.preprocess((v) => (v === "" ? null : v), schema.nullish());
+}
+
+const Scalar = z.union([z.string().max(256), z.number(), z.boolean(), z.null()]);
+const Amount = z.union([z.number().nonnegative(), z.string().max(64)]);
+
+/** Worker capabilities (known fields typed, other flat fields kept). */
+export const CapabilitiesSchema = z
+  .object({
+    cpu_cores: z.number().nonnegative().nullish(),
+    ram: Amount.nullish(),
+    storage: Amount.nullish(),
+    worker_type: z.string().max(32).nullish(),
+    has_gpu: z.boolean().nullish(),
+    gpu_memory: Amount.nullish(),
+    gpu_type: z.string().max(128).nullish(),
+    has_storage: z.boolean().nullish(),
+    storage_type: z.string().max(64).nullish(),
+  })
+  .catchall(Scalar)
+  .refine((o) => Object.keys(o).length <= 64, "must have at most 64 fields");
+
+/** Capabilities of a worker. */
+export type Capabilities = z.infer<typeof CapabilitiesSchema>;
+
+/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
+function workerName(
+  name: string | null | undefined,
+  capabilities: Capabilities | null | undefined,
+) {
+  if (name) return name;
+  const host = capabilities?.hostname;
+  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
+}
+
+/** A container / service entry of a direct-mode registration. */
+const ContainerSchema = z.object({
+  name: ServiceNameSchema,
+  service_url: blankIsAbsent(HttpUrlSchema),
+  url: blankIsAbsent(HttpUrlSchema),
+  port: z.number().int().min(1).max(65535).nullish(),
+  health_endpoint: z.string().max(256).nullish(),
+  version: z.string().max(64).nullish(),
+  status: z.string().max(32).nullish(),
+});
+
+/** A container / service entry of a direct-mode registration. */
+type Container = z.infer<typeof ContainerSchema>;
+
+/** `POST /api/worker/register`. */
+export const RegisterBodySchema = z.object({
+  worker_id: blankIsAbsent(WorkerIdSchema),
+  name: blankIsAbsent(WorkerNameSchema),
+  capabilities: CapabilitiesSchema.nullish(),
+  ip_address: z.string().max(255).nullish(),
+  tunnel_url: blankIsAbsent(HttpUrlSchema),
+  services: z
+    .array(z.union([ServiceNameSchema, ContainerSchema]))
+    .max(64)
+    .nullish(),
+  containers: z.array(ContainerSchema).max(64).nullish(),
+  wants_heartbeat_leadership: z.boolean().nullish(),
+});
+
+/** `POST /api/worker/register`. */
+export type RegisterBody = z.infer<typeof RegisterBodySchema>;
+
+const StatusWord = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
+
+/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
+const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
+
+/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
+export const HeartbeatBodySchema = z.object({
+  worker_id: WorkerIdSchema,
+  status: StatusWord.default("online"),
+  current_load: Info,
+  available_memory: Info,
+  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
+  services_status: z.record(z.string(), z.unknown()).nullish(),
+});
+
+/** `POST /api/worker/heartbeat`. */
+export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+
+/** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
+const MAX_DATE_MS = 8.64e15;
+
+/** Status of a member in a cluster report. */
+const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
+
+/** A service of a member in a cluster report. */
+const MemberServiceSchema = z.object({
+  name: ServiceNameSchema,
+  url: HttpUrlSchema.nullish(),
+  status: z.enum(["healthy", "unhealthy"]).default("healthy"),
+  latency_ms: z.number().nonnegative().nullish(),
+});
+
+/** A member of a cluster report. */
+export const ClusterMemberSchema = z.object({
+  worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullish(),
+  incarnation: z.number().int().nonnegative().default(0),
+  status: MemberStatusSchema,
+  url: HttpUrlSchema,
+  tier: z.union([z.literal(1), z.literal(2), z.literal(3)]).nullish(),
+  capabilities: CapabilitiesSchema.nullish(),
+  last_seen: z.number().int().nonnegative().max(MAX_DATE_MS).nullish(),
+  services: z
+    .array(MemberServiceSchema)
+    .max(64)
+    .default([])
+    .refine(
+      (list) => new Set(list.map((s) => s.name)).size === list.length,
+      "service names must be unique",
+    ),
+});
+
+/** A member of a cluster report. */
+export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
+
+/** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
+export const ClusterReportSchema = z.object({
+  cluster: ClusterNameSchema.default("default"),
+  leader_id: WorkerIdSchema,
+  term: z.number().int().nonnegative(),
+  sequence: z.number().int().nonnegative(),
+  members: z
+    .array(ClusterMemberSchema)
+    .max(1000)
+    .refine(
+      (list) => new Set(list.map((m) => m.worker_id)).size === list.length,
+      "member worker_ids must be unique",
+    ),
+  digest: z.string().max(128).nullish(),
+});
+
+/** `POST /api/cluster/heartbeat` (leader mode), as parsed (defaults applied). */
+export type ClusterReport = z.infer<typeof ClusterReportSchema>;
+
+/** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
+export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
+
+/** Why a report did or did not cost a write. */
+type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
+
+/** The answer to `POST /api/cluster/heartbeat`. */
+export interface ClusterHeartbeatAnswer {
+  status: "ok";
+  written: boolean;
+  reason: WriteReason;
+  writes_today: number;
+  write_budget: number;
+  next_keepalive_at: string;
+  next_keepalive_in_s: number;
+  digest: string;
+}
+
+//#endregion
+
+//#region Upstream policy
+// Which hosts the proxy may call (addresses, networks, names), pure
+
+/**
+ * Which upstream hosts the proxy may call, parsed once from `ROLLCALL_UPSTREAM_ALLOW`: address
+ * classes, networks and host names. Link-local and other special addresses never pass.
+ */
+export interface UpstreamPolicy {
+  /** Addresses outside every special range, and host names not otherwise listed. */
+  readonly public: boolean;
+  /** 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7. */
+  readonly private: boolean;
+  /** 127/8, ::1, localhost. */
+  readonly loopback: boolean;
+  /** Networks allowed whatever their class: address bytes and prefix length. */
+  readonly cidrs: readonly { bytes: Uint8Array; bits: number }[];
+  /** Host names allowed whatever they resolve to (lower case; `*.` matches subdomains). */
+  readonly names: readonly string[];
+  /** The list as configured. */
+  readonly text: string;
+}
+
+/** The class of an address: the policy allows the first three by class, never the last. */
+type AddressClass = "public" | "private" | "loopback" | "special";
+
+function parseIPv4(text: string): Uint8Array | null {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const part = parts[i] as string;
+    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return null;
+    out[i] = Number(part);
+  }
+  return out;
+}
+
+function parseIPv6(text: string): Uint8Array | null {
+  const t = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
+  if (!t.includes(":") || !/^[0-9a-fA-F:.]+$/.test(t)) return null;
+  const halves = t.split("::");
+  if (halves.length > 2) return null;
+  const groups = (half: string): number[] | null => {
+    if (half === "") return [];
+    const out: number[] = [];
+    const items = half.split(":");
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i] as string;
+      if (i === items.length - 1 && item.includes(".")) {
+        const v4 = parseIPv4(item);
+        if (!v4) return null;
+        out.push(
+          ((v4[0] as number) << 8) | (v4[1] as number),
+          ((v4[2] as number) << 8) | (v4[3] as number),
+        );
+      } else if (/^[0-9a-fA-F]{1,4}$/.test(item)) out.push(Number.parseInt(item, 16));
+      else return null;
+    }
+    return out;
+  };
+  const head = groups(halves[0] as string);
+  const tail = halves.length === 2 ? groups(halves[1] as string) : [];
+  if (!head || !tail) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const all = [...head, ...Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
+  const out = new Uint8Array(16);
+  for (let i = 0; i < 8; i++) {
+    out[2 * i] = (all[i] as number) >> 8;
+    out[2 * i + 1] = (all[i] as number) & 0xff;
+  }
+  return out;
+}
+
+/** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
+function parseIp(text: string): Uint8Array | null {
+  return parseIPv4(text) ?? parseIPv6(text);
+}
+
+function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): boolean {
+  for (let i = 0; i < bits; i++) {
+    const byte = i >> 3;
+    const mask = 0x80 >> (i & 7);
+    if (((bytes[byte] as number) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
+  }
+  return true;
+}
+
+/** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
+function addressClass(bytes: Uint8Array): AddressClass {
+  if (bytes.length === 16) {
+    const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
+    const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
+    if (mapped || nat64) return addressClass(bytes.subarray(12));
+    if (bytes.every((b, i) => b === (i === 15 ? 1 : 0))) return "loopback";
+    if (bytes.every((b) => b === 0)) return "special"; // ::
+    if (inPrefix(bytes, [0xfe, 0x80], 10)) return "special"; // link-local
+    if (inPrefix(bytes, [0xff], 8)) return "special"; // multicast
+    if (inPrefix(bytes, [0xfc], 7)) return "private";
+    return "public";
+  }
+  const [a, b] = bytes as unknown as [number, number];
+  if (a === 0 || a >= 224) return "special"; // this network (0.0.0.0 reaches the host), multicast, reserved
+  if (a === 169 && b === 254) return "special"; // link-local: cloud metadata lives here
+  if (a === 127) return "loopback";
+  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
+  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
+  return "public";
+}
+
+/** Host names that are cloud metadata services whatever they resolve to. */
+const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
+
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
+function parseUpstreamAllow(text: string): UpstreamPolicy {
+  const entries = text
+    .split(/[\s,]+/)
+    .map((e) => e.trim().toLowerCase())
+    .filter(Boolean);
+  const policy = {
+    public: false,
+    private: false,
+    loopback: false,
+    cidrs: [] as { bytes: Uint8Array; bits: number }[],
+    names: [] as string[],
+    text: entries.join(","),
+  };
+  const bad = (entry: string, why: string) =>
+    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+  for (const entry of entries) {
+    if (entry === "public" || entry === "private" || entry === "loopback") {
+      policy[entry] = true;
+    } else if (entry === "any") {
+      policy.public = policy.private = policy.loopback = true;
+    } else if (entry.includes("/")) {
+      const [addr = "", len = ""] = entry.split("/");
+      const bytes = parseIp(addr);
+      const bits = Number(len);
+      if (!bytes || !/^\d+$/.test(len) || bits > bytes.length * 8) {
+        throw bad(entry, "is not a network like 10.1.0.0/16 or fd00::/8");
+      }
+      if (addressClass(bytes) === "special" && bits >= 8) {
+        throw bad(entry, "is a link-local or special network: never allowed");
+      }
+      policy.cidrs.push({ bytes, bits });
+    } else if (parseIp(entry)) {
+      const bytes = parseIp(entry) as Uint8Array;
+      if (addressClass(bytes) === "special")
+        throw bad(entry, "is a special address: never allowed");
+      policy.cidrs.push({ bytes, bits: bytes.length * 8 });
+    } else if (
+      /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(entry)
+    ) {
+      policy.names.push(entry);
+    } else {
+      throw bad(
+        entry,
+        "is not public, private, loopback, any, a network, an address or a host name",
+      );
+    }
+  }
+  return policy;
+}
+
+function nameListed(host: string, names: readonly string[]): boolean {
+  for (const n of names) {
+    if (n.startsWith("*.") ? host.endsWith(n.slice(1)) : host === n) return true;
+  }
+  return false;
+}
+
+/** Whether the policy allows an address (4 or 16 bytes) by its networks or its class. */
+function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
+  const cls = addressClass(bytes);
+  if (cls === "special") return false;
+  for (const c of policy.cidrs) {
+    if (c.bytes.length === bytes.length && inPrefix(bytes, Array.from(c.bytes), c.bits))
+      return true;
+  }
+  return policy[cls];
+}
+
+/**
+ * Why the proxy may not call `url` under `policy`, or null when it may. An IP literal goes by its
+ * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
+ * What a name resolves to is checked where the connection is made (the Node and Deno starters'
+ * upstream client), see `resolvedAllowed`.
+ */
+function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+  let host: string;
+  try {
+    host = new URL(url).hostname.toLowerCase();
+  } catch {
+    return "not a URL";
+  }
+  if (host.endsWith(".")) host = host.slice(0, -1);
+  const bytes = parseIp(host);
+  if (bytes) {
+    if (addressClass(bytes) === "special")
+      return "link-local and special addresses are never allowed";
+    return addressAllowed(bytes, policy)
+      ? null
+      : `${addressClass(bytes)} addresses are not allowed`;
+  }
+  if (METADATA_NAMES.has(host)) return "cloud metadata names are never allowed";
+  if (nameListed(host, policy.names)) return null;
+  if (host === "localhost" || host.endsWith(".localhost")) {
+    return policy.loopback ? null : "loopback addresses are not allowed";
+  }
+  return policy.public ? null : "host names are allowed only when listed or with public";
+}
+
+/**
+ * Whether a connection to `address` (what `host` resolved to) is allowed: a listed name may
+ * resolve anywhere but link-local and special addresses; any other name only where its address
+ * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
+ */
+function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
+  const bytes = parseIp(address);
+  if (!bytes || addressClass(bytes) === "special") return false;
+  const name = host.toLowerCase().replace(/\.$/, "");
+  if (!parseIp(name) && nameListed(name, policy.names)) return true;
+  return addressAllowed(bytes, policy);
+}
+
+//#endregion
+
+//#region Configuration
+
 /** What the proxy does with cookies (see `CoordinatorInit.cookies`). */
 export type CookieMode = "pass" | "scope" | "strip";
 
-const MINUTE = 60_000;
+/**
+ * How a setting is read and what it holds: `token` a secret (set but blank is an error),
+ * `positive` a number above 0, `count` a whole number from 0, `share` a number from 0 to 1,
+ * `text` a string, `url` an http(s) URL or none, `cookies` a `CookieMode`, `aliases` a JSON
+ * object of path to service, `upstreams` the `ROLLCALL_UPSTREAM_ALLOW` list.
+ */
+type SettingKind =
+  | "token"
+  | "bool"
+  | "positive"
+  | "count"
+  | "share"
+  | "text"
+  | "url"
+  | "cookies"
+  | "aliases"
+  | "upstreams";
+
+/** One setting: its environment variable (none: code only), kind, default, meaning. */
+interface SettingRow {
+  env: string | null;
+  kind: SettingKind;
+  /** In the unit of the init field (ms where the key ends in Ms). */
+  default: unknown;
+  /** The environment variable's unit times this is the init field's (1000: seconds to ms). */
+  scale?: number;
+  /** A whole number at least this (the value is rounded down and raised to it). */
+  min?: number;
+  /** How a secret or URL is named in an error message. */
+  label?: string;
+  /** Said after the default in docs/DEPLOY.md, e.g. "48 min". */
+  note?: string;
+  /** The meaning, as docs/DEPLOY.md shows it. */
+  doc: string;
+}
+
+/**
+ * Every setting of the coordinator, written once: `CoordinatorInit`, `Settings`,
+ * `resolveSettings`, `configFromEnv` and the settings table of docs/DEPLOY.md
+ * (`settingsMarkdown`) follow from it.
+ */
+export const COORDINATOR_SETTINGS = {
+  clusterToken: {
+    env: "ROLLCALL_CLUSTER_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The cluster token",
+    doc: "Bearer token agents send (`Authorization: Bearer …`) on register, heartbeat, unregister and `/api/cluster/heartbeat`. With no token at all the coordinator runs open (local dev); once any token is set, every guard needs its own (one without answers `403`). Set but empty: a configuration error.",
+  },
+  adminToken: {
+    env: "ROLLCALL_ADMIN_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The admin token",
+    doc: "Bearer token for `/api/admin/*` and `/metrics`. The cluster token does not open them; with a cluster token but no admin token they answer `403`.",
+  },
+  allowLegacyWorkers: {
+    env: "ROLLCALL_ALLOW_LEGACY_WORKERS",
+    kind: "bool",
+    default: false,
+    doc: "Admit direct-mode workers that send **no** `Authorization` header (workers written for the old coordinator). They may change only records token-less workers made, and only they may register without a `worker_id`. A wrong token is still refused; leader mode always needs the token.",
+  },
+  legacyRegisterLimit: {
+    env: "ROLLCALL_LEGACY_REGISTER_LIMIT",
+    kind: "count",
+    default: 20,
+    min: 0,
+    doc: "New ids a client address may make per hour by registering without a `worker_id` (`429` beyond). The same tunnel URL and capabilities always get the same id back.",
+  },
+  writeCap: {
+    env: "ROLLCALL_WRITE_CAP",
+    kind: "positive",
+    default: 1000,
+    doc: "Hard cap on store writes + deletes per UTC day. Never passed.",
+  },
+  leaderReserve: {
+    env: "ROLLCALL_LEADER_RESERVE",
+    kind: "share",
+    default: 0.1,
+    doc: "Share of the cap only an existing cluster's leader report may spend: a flood of other writes never defers it.",
+  },
+  maxDocBytes: {
+    env: "ROLLCALL_MAX_DOC_BYTES",
+    kind: "positive",
+    default: 384 * 1024,
+    min: 4096,
+    doc: "Largest document stored (a worker record or a cluster document, in characters); a report or registration that would pass it gets `413` and changes nothing. Keep it under 400 KiB on Deno KV.",
+  },
+  keepaliveMs: {
+    env: "ROLLCALL_KEEPALIVE_S",
+    kind: "positive",
+    default: 48 * MINUTE,
+    scale: 1000,
+    note: "48 min",
+    doc: "Leader mode: the cluster document is rewritten at least this often (~30 writes/day).",
+  },
+  leaseGraceMs: {
+    env: "ROLLCALL_LEASE_GRACE_S",
+    kind: "positive",
+    default: 10 * MINUTE,
+    scale: 1000,
+    doc: "Leader mode: members show `unknown` (and get no traffic) once the last write/report is older than keepalive + grace.",
+  },
+  directWriteIntervalMs: {
+    env: "ROLLCALL_DIRECT_WRITE_INTERVAL_S",
+    kind: "positive",
+    default: 5 * MINUTE,
+    scale: 1000,
+    doc: "Direct mode: a heartbeat rewrites a record older than this.",
+  },
+  heartbeatIntervalS: {
+    env: "ROLLCALL_HEARTBEAT_INTERVAL_S",
+    kind: "positive",
+    default: 30,
+    doc: "Direct mode: the heartbeat interval told to workers.",
+  },
+  consistencyGraceMs: {
+    env: "ROLLCALL_CONSISTENCY_GRACE_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "How long the store may take to show a write everywhere (Workers KV: 60 s); part of when a direct-mode worker shows offline.",
+  },
+  recordTtlS: {
+    env: "ROLLCALL_RECORD_TTL_S",
+    kind: "positive",
+    default: 7 * 24 * 3600,
+    doc: "Direct-mode records expire from the store after a week without a write (no delete spent).",
+  },
+  tableTtlMs: {
+    env: "ROLLCALL_TABLE_TTL_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "Documents cached per isolate are re-read after this.",
+  },
+  listTtlMs: {
+    env: "ROLLCALL_LIST_TTL_S",
+    kind: "positive",
+    default: 5 * MINUTE,
+    scale: 1000,
+    doc: "The key list cached per isolate is re-listed after this.",
+  },
+  storeTimeoutMs: {
+    env: "ROLLCALL_STORE_TIMEOUT_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "A store call that takes longer fails like a store error (a hanging store holds no request).",
+  },
+  aliases: {
+    env: "ROLLCALL_ALIASES",
+    kind: "aliases",
+    default: {},
+    doc: 'JSON object of old path prefix → service, e.g. `{"/clients": "upload", "/uploads/": "upload"}`; the whole path is forwarded. `/health`, `/metrics` and `/api/...` stay the coordinator\'s.',
+  },
+  proxyTimeoutMs: {
+    env: "ROLLCALL_PROXY_TIMEOUT_MS",
+    kind: "positive",
+    default: 30_000,
+    doc: "Time a worker has to send response headers before the request fails over (idempotent methods) or gets `504`.",
+  },
+  maxAttempts: {
+    env: "ROLLCALL_MAX_ATTEMPTS",
+    kind: "positive",
+    default: 10,
+    doc: "Most providers tried for one request.",
+  },
+  replayBufferBytes: {
+    env: null,
+    kind: "positive",
+    default: 1024 * 1024,
+    doc: "Request bodies up to this size are kept so a failed attempt can be replayed.",
+  },
+  maxBodyBytes: {
+    env: "ROLLCALL_MAX_BODY_BYTES",
+    kind: "positive",
+    default: 256 * 1024,
+    doc: "Largest JSON body on the agent endpoints (`413` beyond).",
+  },
+  corsOrigin: {
+    env: "ROLLCALL_CORS_ORIGIN",
+    kind: "text",
+    default: "*",
+    doc: "`Access-Control-Allow-Origin` on the service routes and `/health`. The agent and admin endpoints send no CORS headers.",
+  },
+  upstreamAllow: {
+    env: "ROLLCALL_UPSTREAM_ALLOW",
+    kind: "upstreams",
+    default: "public,private",
+    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast and cloud metadata names never. Refused providers show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
+  },
+  cookies: {
+    env: "ROLLCALL_COOKIES",
+    kind: "cookies",
+    default: "pass",
+    doc: "Upstream cookies: `pass` them (every service on the coordinator's origin shares them), `scope` each `Set-Cookie` to its service's path (`/api/service/<name>`, or the alias) without `Domain`, or `strip` cookies both ways.",
+  },
+  maxConcurrent: {
+    env: "ROLLCALL_MAX_CONCURRENT",
+    kind: "positive",
+    default: 100,
+    min: 1,
+    doc: "Requests one worker may have in flight for one service. Beyond it the picker takes another provider; when all are at their limit requests queue.",
+  },
+  queueSize: {
+    env: "ROLLCALL_QUEUE_SIZE",
+    kind: "count",
+    default: 100,
+    min: 0,
+    doc: "Requests that may wait per service while every provider is at its limit (`0`: none wait). A full queue answers `503` with `Retry-After: 1` at once.",
+  },
+  queueTimeoutMs: {
+    env: "ROLLCALL_QUEUE_TIMEOUT_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "Longest wait in that queue, then `503` with `Retry-After: 1`.",
+  },
+  ejectAfterFailures: {
+    env: "ROLLCALL_EJECT_AFTER",
+    kind: "positive",
+    default: 5,
+    min: 1,
+    doc: "Consecutive failures that eject a worker from a service: refused, dropped or timed-out connections, and 502/503/504 answers the service's other workers do not give (a 500 never counts).",
+  },
+  ejectBaseMs: {
+    env: "ROLLCALL_EJECT_BASE_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The n-th ejection lasts n times this (up to `ROLLCALL_EJECT_MAX_MS`). Never more than half of a service's providers are ejected at once.",
+  },
+  ejectMaxMs: {
+    env: "ROLLCALL_EJECT_MAX_MS",
+    kind: "positive",
+    default: 5 * MINUTE,
+    doc: "Longest ejection.",
+  },
+  breakerFailureRatio: {
+    env: "ROLLCALL_BREAKER_RATIO",
+    kind: "share",
+    default: 0.5,
+    doc: "A worker's breaker (per service) opens when at least this share of its recent requests failed...",
+  },
+  breakerMinRequests: {
+    env: "ROLLCALL_BREAKER_MIN_REQUESTS",
+    kind: "positive",
+    default: 10,
+    min: 1,
+    doc: "...among at least this many requests in the breaker's window.",
+  },
+  breakerWindowMs: {
+    env: "ROLLCALL_BREAKER_WINDOW_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The breaker's window.",
+  },
+  breakerOpenMs: {
+    env: "ROLLCALL_BREAKER_OPEN_MS",
+    kind: "positive",
+    default: 5000,
+    doc: "How long an open breaker refuses requests before it lets one probe through.",
+  },
+  retryRatio: {
+    env: "ROLLCALL_RETRY_RATIO",
+    kind: "share",
+    default: 0.2,
+    doc: "Retry budget per service: retries may add this share of the requests in the retry window...",
+  },
+  retryMin: {
+    env: "ROLLCALL_RETRY_MIN",
+    kind: "count",
+    default: 10,
+    min: 0,
+    doc: "...plus this many.",
+  },
+  retryWindowMs: {
+    env: "ROLLCALL_RETRY_WINDOW_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "The retry budget's window.",
+  },
+  latencyDecayMs: {
+    env: "ROLLCALL_LATENCY_DECAY_MS",
+    kind: "positive",
+    default: 10_000,
+    doc: "Time constant of the picker's latency EWMA.",
+  },
+  metricsWindowMs: {
+    env: "ROLLCALL_METRICS_WINDOW_S",
+    kind: "positive",
+    default: MINUTE,
+    scale: 1000,
+    doc: "Window of the percentiles, throughput and scaling signals.",
+  },
+  liveView: {
+    env: "ROLLCALL_LIVE_VIEW",
+    kind: "bool",
+    default: true,
+    doc: "Read the leader agent's live view (`/_agent/cluster`) and route on it while it answers.",
+  },
+  liveViewTtlMs: {
+    env: "ROLLCALL_LIVE_VIEW_TTL_MS",
+    kind: "positive",
+    default: 2000,
+    doc: "How long a live view is used before it is refreshed (in the background).",
+  },
+  liveViewTimeoutMs: {
+    env: "ROLLCALL_LIVE_VIEW_TIMEOUT_MS",
+    kind: "positive",
+    default: 500,
+    doc: "How long the leader's agent has to answer for its live view.",
+  },
+  agentToken: {
+    env: "ROLLCALL_AGENT_TOKEN",
+    kind: "token",
+    default: null,
+    label: "The agent token",
+    doc: "The agents' read-only live-view credential (their `--agent-token`), never the cluster or admin token. Sent as an HMAC of the time, never itself. With tokens set and none given, the coordinator does not read live views.",
+  },
+  scalingWebhook: {
+    env: "ROLLCALL_SCALING_WEBHOOK",
+    kind: "url",
+    default: null,
+    label: "Scaling webhook",
+    doc: "URL that gets a `POST` (JSON) whenever a service's scaling signal changes.",
+  },
+  scalingWebhookTimeoutMs: {
+    env: "ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS",
+    kind: "positive",
+    default: 2000,
+    doc: "Time the webhook has to answer; it never holds up a request.",
+  },
+  scaleUpLatencyMs: {
+    env: "ROLLCALL_SCALE_UP_P95_MS",
+    kind: "positive",
+    default: 1000,
+    doc: "Latency (p95) that asks for more providers.",
+  },
+  scaleDownUtilization: {
+    env: "ROLLCALL_SCALE_DOWN_UTILIZATION",
+    kind: "share",
+    default: 0.25,
+    doc: "How busy one provider fewer may be before a service asks for fewer.",
+  },
+} as const satisfies Record<string, SettingRow>;
+
+type SettingTable = typeof COORDINATOR_SETTINGS;
+
+/** What a setting of a kind holds in `CoordinatorInit`. */
+type InitValue<K extends SettingKind> = K extends "token" | "url"
+  ? string | null
+  : K extends "bool"
+    ? boolean
+    : K extends "positive" | "count" | "share"
+      ? number
+      : K extends "cookies"
+        ? CookieMode
+        : K extends "aliases"
+          ? Record<string, string>
+          : string;
+
+/** What a setting of a kind holds once resolved. */
+type SettingValue<K extends SettingKind> = K extends "upstreams" ? UpstreamPolicy : InitValue<K>;
+
+/** Settings of a coordinator (`COORDINATOR_SETTINGS`); every field has a safe local default. */
+export type CoordinatorInit = {
+  [K in keyof SettingTable]?: InitValue<SettingTable[K]["kind"]>;
+};
+
+/** Resolved settings: every default applied. */
+export type Settings = { [K in keyof SettingTable]: SettingValue<SettingTable[K]["kind"]> };
 
 /** A secret setting: absent is null, an empty or blank value is a configuration error. */
 function secret(name: string, value: string | null | undefined): string | null {
@@ -206,9 +996,8 @@ function secret(name: string, value: string | null | undefined): string | null {
   return value;
 }
 
-/** Applies defaults to an init object. */
-export function resolveSettings(init: CoordinatorInit = {}): Settings {
-  const aliases = init.aliases ?? {};
+/** Checks aliases: each path starts with / and shadows none of the API's, each target is a name. */
+function checkAliases(aliases: Record<string, string>): Record<string, string> {
   for (const [prefix, service] of Object.entries(aliases)) {
     if (
       !prefix.startsWith("/") ||
@@ -224,197 +1013,150 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
       throw new ConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
-  const ratio = (name: string, value: number): number => {
-    if (!(value >= 0 && value <= 1)) throw new ConfigError(`${name} must be between 0 and 1`);
-    return value;
-  };
-  const webhook = init.scalingWebhook || null;
-  if (webhook !== null && !isHttpUrl(webhook)) {
-    throw new ConfigError("Scaling webhook must be an http(s) URL without credentials");
+  return aliases;
+}
+
+/** One setting's value from an init field (undefined: the default), checked. */
+function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
+  const value = given ?? row.default;
+  switch (row.kind) {
+    case "token":
+      return secret(row.label ?? key, given as string | null | undefined);
+    case "url": {
+      const url = (given as string | null | undefined) || null;
+      if (url !== null && !isHttpUrl(url)) {
+        throw new ConfigError(`${row.label ?? key} must be an http(s) URL without credentials`);
+      }
+      return url;
+    }
+    case "share":
+      if (!((value as number) >= 0 && (value as number) <= 1)) {
+        throw new ConfigError(`${key} must be between 0 and 1`);
+      }
+      return value;
+    case "positive":
+    case "count":
+      return row.min === undefined ? value : Math.max(row.min, Math.floor(value as number));
+    case "cookies":
+      if (value !== "pass" && value !== "scope" && value !== "strip") {
+        throw new ConfigError("Cookies must be pass, scope or strip");
+      }
+      return value;
+    case "aliases":
+      return checkAliases(value as Record<string, string>);
+    case "upstreams":
+      return parseUpstreamAllow(value as string);
+    default:
+      return value;
   }
-  const clusterToken = secret("The cluster token", init.clusterToken);
-  const adminToken = secret("The admin token", init.adminToken);
-  const agentToken = secret("The agent token", init.agentToken);
+}
+
+/** Applies defaults to an init object, and checks it (a bad value is a `ConfigError`). */
+export function resolveSettings(init: CoordinatorInit = {}): Settings {
+  const given = init as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
+    out[key] = resolveSetting(key, row, given[key]);
+  }
+  const settings = out as Settings;
+  const { agentToken, clusterToken, adminToken } = settings;
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
     throw new ConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
     );
   }
-  const cookies = init.cookies ?? "pass";
-  if (cookies !== "pass" && cookies !== "scope" && cookies !== "strip") {
-    throw new ConfigError("Cookies must be pass, scope or strip");
+  return settings;
+}
+
+/** One setting from its environment variable (undefined when unset), checked for its kind. */
+function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
+  if (row.kind === "token") {
+    // A secret: set but blank is an error (an empty token must never mean "open").
+    if (raw === undefined || raw === null) return null;
+    if (typeof raw !== "string" || raw.trim() === "") {
+      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    }
+    return raw.trim();
   }
-  return {
-    clusterToken,
-    adminToken,
-    allowLegacyWorkers: init.allowLegacyWorkers ?? false,
-    legacyRegisterLimit: Math.max(0, Math.floor(init.legacyRegisterLimit ?? 20)),
-    writeCap: init.writeCap ?? 1000,
-    leaderReserve: ratio("leaderReserve", init.leaderReserve ?? 0.1),
-    maxDocBytes: Math.max(4096, Math.floor(init.maxDocBytes ?? 384 * 1024)),
-    keepaliveMs: init.keepaliveMs ?? 48 * MINUTE,
-    leaseGraceMs: init.leaseGraceMs ?? 10 * MINUTE,
-    directWriteIntervalMs: init.directWriteIntervalMs ?? 5 * MINUTE,
-    heartbeatIntervalS: init.heartbeatIntervalS ?? 30,
-    consistencyGraceMs: init.consistencyGraceMs ?? MINUTE,
-    recordTtlS: init.recordTtlS ?? 7 * 24 * 3600,
-    tableTtlMs: init.tableTtlMs ?? MINUTE,
-    listTtlMs: init.listTtlMs ?? 5 * MINUTE,
-    storeTimeoutMs: init.storeTimeoutMs ?? 5000,
-    aliases,
-    proxyTimeoutMs: init.proxyTimeoutMs ?? 30_000,
-    maxAttempts: init.maxAttempts ?? 10,
-    replayBufferBytes: init.replayBufferBytes ?? 1024 * 1024,
-    maxBodyBytes: init.maxBodyBytes ?? 256 * 1024,
-    corsOrigin: init.corsOrigin ?? "*",
-    upstreamAllow: parseUpstreamAllow(init.upstreamAllow ?? "public,private"),
-    cookies,
-    maxConcurrent: Math.max(1, Math.floor(init.maxConcurrent ?? 100)),
-    queueSize: Math.max(0, Math.floor(init.queueSize ?? 100)),
-    queueTimeoutMs: init.queueTimeoutMs ?? 5000,
-    ejectAfterFailures: Math.max(1, Math.floor(init.ejectAfterFailures ?? 5)),
-    ejectBaseMs: init.ejectBaseMs ?? 10_000,
-    ejectMaxMs: init.ejectMaxMs ?? 5 * MINUTE,
-    breakerFailureRatio: ratio("breakerFailureRatio", init.breakerFailureRatio ?? 0.5),
-    breakerMinRequests: Math.max(1, Math.floor(init.breakerMinRequests ?? 10)),
-    breakerWindowMs: init.breakerWindowMs ?? 10_000,
-    breakerOpenMs: init.breakerOpenMs ?? 5000,
-    retryRatio: ratio("retryRatio", init.retryRatio ?? 0.2),
-    retryMin: Math.max(0, Math.floor(init.retryMin ?? 10)),
-    retryWindowMs: init.retryWindowMs ?? 10_000,
-    latencyDecayMs: init.latencyDecayMs ?? 10_000,
-    metricsWindowMs: init.metricsWindowMs ?? MINUTE,
-    liveView: init.liveView ?? true,
-    liveViewTtlMs: init.liveViewTtlMs ?? 2000,
-    liveViewTimeoutMs: init.liveViewTimeoutMs ?? 500,
-    agentToken,
-    scalingWebhook: webhook,
-    scalingWebhookTimeoutMs: init.scalingWebhookTimeoutMs ?? 2000,
-    scaleUpLatencyMs: init.scaleUpLatencyMs ?? 1000,
-    scaleDownUtilization: ratio("scaleDownUtilization", init.scaleDownUtilization ?? 0.25),
-  };
+  const v = typeof raw === "string" && raw.trim() !== "" ? raw.trim() : undefined;
+  if (v === undefined) return row.kind === "url" ? null : undefined;
+  const n = Number(v);
+  switch (row.kind) {
+    case "positive":
+      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
+      return n * (row.scale ?? 1);
+    case "count":
+      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+      return n;
+    case "share":
+      if (!Number.isFinite(n) || n < 0 || n > 1) {
+        throw new ConfigError(`${name} must be between 0 and 1`);
+      }
+      return n;
+    case "bool": {
+      const word = v.toLowerCase();
+      if (["1", "true", "yes", "on"].includes(word)) return true;
+      if (["0", "false", "no", "off"].includes(word)) return false;
+      throw new ConfigError(`${name} must be true or false`);
+    }
+    case "cookies": {
+      const mode = v.toLowerCase();
+      if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
+      throw new ConfigError(`${name} must be pass, scope or strip`);
+    }
+    case "aliases": {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(v);
+      } catch {
+        parsed = undefined;
+      }
+      const result = z.record(z.string(), z.string()).safeParse(parsed);
+      if (!result.success) {
+        throw new ConfigError(`${name} must be a JSON object of path to service name`);
+      }
+      return result.data;
+    }
+    default:
+      return v;
+  }
 }
 
 /** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws ConfigError if bad. */
 export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
-  const str = (name: string): string | undefined => {
-    const v = env[name];
-    return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
-  };
-  /** A secret: set but blank is an error (an empty token must never mean "open"). */
-  const token = (name: string): string | null => {
-    const v = env[name];
-    if (v === undefined || v === null) return null;
-    if (typeof v !== "string" || v.trim() === "") {
-      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
-    }
-    return v.trim();
-  };
-  const num = (name: string, scale = 1): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
-    return n * scale;
-  };
-  const share = (name: string): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < 0 || n > 1)
-      throw new ConfigError(`${name} must be between 0 and 1`);
-    return n;
-  };
-  const count = (name: string): number | undefined => {
-    const v = str(name);
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
-    return n;
-  };
-  const bool = (name: string): boolean | undefined => {
-    const v = str(name)?.toLowerCase();
-    if (v === undefined) return undefined;
-    if (["1", "true", "yes", "on"].includes(v)) return true;
-    if (["0", "false", "no", "off"].includes(v)) return false;
-    throw new ConfigError(`${name} must be true or false`);
-  };
-  const cookieMode = (v: string | undefined): CookieMode | undefined => {
-    if (v === undefined) return undefined;
-    const mode = v.toLowerCase();
-    if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
-    throw new ConfigError("ROLLCALL_COOKIES must be pass, scope or strip");
-  };
-  let aliases: Record<string, string> | undefined;
-  const rawAliases = str("ROLLCALL_ALIASES");
-  if (rawAliases !== undefined) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(rawAliases);
-    } catch {
-      throw new ConfigError("ROLLCALL_ALIASES must be a JSON object of path to service name");
-    }
-    const result = z.record(z.string(), z.string()).safeParse(parsed);
-    if (!result.success) {
-      throw new ConfigError("ROLLCALL_ALIASES must be a JSON object of path to service name");
-    }
-    aliases = result.data;
+  const init: Record<string, unknown> = {};
+  for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
+    if (row.env !== null) init[key] = settingFromEnv(row.env, row, env[row.env]);
   }
-  const init: CoordinatorInit = {
-    clusterToken: token("ROLLCALL_CLUSTER_TOKEN"),
-    adminToken: token("ROLLCALL_ADMIN_TOKEN"),
-    allowLegacyWorkers: bool("ROLLCALL_ALLOW_LEGACY_WORKERS"),
-    legacyRegisterLimit: count("ROLLCALL_LEGACY_REGISTER_LIMIT"),
-    writeCap: num("ROLLCALL_WRITE_CAP"),
-    leaderReserve: share("ROLLCALL_LEADER_RESERVE"),
-    maxDocBytes: num("ROLLCALL_MAX_DOC_BYTES"),
-    keepaliveMs: num("ROLLCALL_KEEPALIVE_S", 1000),
-    leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
-    directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
-    heartbeatIntervalS: num("ROLLCALL_HEARTBEAT_INTERVAL_S"),
-    consistencyGraceMs: num("ROLLCALL_CONSISTENCY_GRACE_S", 1000),
-    tableTtlMs: num("ROLLCALL_TABLE_TTL_S", 1000),
-    listTtlMs: num("ROLLCALL_LIST_TTL_S", 1000),
-    storeTimeoutMs: num("ROLLCALL_STORE_TIMEOUT_MS"),
-    recordTtlS: num("ROLLCALL_RECORD_TTL_S"),
-    proxyTimeoutMs: num("ROLLCALL_PROXY_TIMEOUT_MS"),
-    maxAttempts: num("ROLLCALL_MAX_ATTEMPTS"),
-    maxBodyBytes: num("ROLLCALL_MAX_BODY_BYTES"),
-    corsOrigin: str("ROLLCALL_CORS_ORIGIN"),
-    upstreamAllow: str("ROLLCALL_UPSTREAM_ALLOW"),
-    cookies: cookieMode(str("ROLLCALL_COOKIES")),
-    aliases,
-    maxConcurrent: num("ROLLCALL_MAX_CONCURRENT"),
-    queueSize: count("ROLLCALL_QUEUE_SIZE"),
-    queueTimeoutMs: num("ROLLCALL_QUEUE_TIMEOUT_MS"),
-    ejectAfterFailures: num("ROLLCALL_EJECT_AFTER"),
-    ejectBaseMs: num("ROLLCALL_EJECT_BASE_MS"),
-    ejectMaxMs: num("ROLLCALL_EJECT_MAX_MS"),
-    breakerFailureRatio: share("ROLLCALL_BREAKER_RATIO"),
-    breakerMinRequests: num("ROLLCALL_BREAKER_MIN_REQUESTS"),
-    breakerWindowMs: num("ROLLCALL_BREAKER_WINDOW_MS"),
-    breakerOpenMs: num("ROLLCALL_BREAKER_OPEN_MS"),
-    retryRatio: share("ROLLCALL_RETRY_RATIO"),
-    retryMin: count("ROLLCALL_RETRY_MIN"),
-    retryWindowMs: num("ROLLCALL_RETRY_WINDOW_MS"),
-    latencyDecayMs: num("ROLLCALL_LATENCY_DECAY_MS"),
-    metricsWindowMs: num("ROLLCALL_METRICS_WINDOW_S", 1000),
-    liveView: bool("ROLLCALL_LIVE_VIEW"),
-    liveViewTtlMs: num("ROLLCALL_LIVE_VIEW_TTL_MS"),
-    liveViewTimeoutMs: num("ROLLCALL_LIVE_VIEW_TIMEOUT_MS"),
-    agentToken: token("ROLLCALL_AGENT_TOKEN"),
-    scalingWebhook: str("ROLLCALL_SCALING_WEBHOOK") ?? null,
-    scalingWebhookTimeoutMs: num("ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS"),
-    scaleUpLatencyMs: num("ROLLCALL_SCALE_UP_P95_MS"),
-    scaleDownUtilization: share("ROLLCALL_SCALE_DOWN_UTILIZATION"),
-  };
   resolveSettings(init); // validates tokens, aliases, shares, the upstream list and the webhook URL
-  return init;
+  return init as CoordinatorInit;
 }
 
-// ============================================================================================
-// Store: one small interface, one driver per backend
-// ============================================================================================
+/** A setting's default as docs/DEPLOY.md shows it (in its environment variable's unit). */
+function shownDefault(row: SettingRow): string {
+  if (row.default === null) return "none";
+  const value = typeof row.default === "number" ? row.default / (row.scale ?? 1) : row.default;
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return `\`${text}\`${row.note ? ` (${row.note})` : ""}`;
+}
+
+/**
+ * The settings table of docs/DEPLOY.md, one row per environment variable (a test keeps the
+ * page equal to it).
+ * @internal
+ */
+export function settingsMarkdown(): string {
+  const rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"];
+  for (const row of Object.values(COORDINATOR_SETTINGS) as SettingRow[]) {
+    if (row.env !== null) rows.push(`| \`${row.env}\` | ${shownDefault(row)} | ${row.doc} |`);
+  }
+  return rows.join("\n");
+}
+
+//#endregion
+
+//#region Store
+// One small interface, one driver per backend
 
 /** Options of `Store.set`. */
 export interface SetOptions {
@@ -493,13 +1235,6 @@ function guardedStore(store: Store, timeoutMs: number): Store {
       : {}),
   };
 }
-
-/** A source of time (ms since the epoch). */
-export interface ClockLike {
-  now(): number;
-}
-
-const systemNow: ClockLike = { now: () => Date.now() };
 
 interface Entry {
   v: string;
@@ -684,19 +1419,19 @@ export function cloudflareKvStore(kv: KvNamespaceLike): Store {
   };
 }
 
-/** The parts of `Deno.Kv` the store uses. */
-export interface DenoKvLike {
-  get(key: unknown[]): Promise<{ value: unknown; versionstamp: string | null }>;
-  list(selector: { prefix: unknown[] }): AsyncIterable<{ key: unknown[]; value: unknown }>;
-  atomic(): DenoAtomicLike;
-}
-
 /** The parts of `Deno.AtomicOperation` the store uses. */
 export interface DenoAtomicLike {
   check(...checks: { key: unknown[]; versionstamp: string | null }[]): DenoAtomicLike;
   set(key: unknown[], value: unknown, options?: { expireIn?: number }): DenoAtomicLike;
   delete(key: unknown[]): DenoAtomicLike;
   commit(): Promise<{ ok: boolean }>;
+}
+
+/** The parts of `Deno.Kv` the store uses. */
+export interface DenoKvLike {
+  get(key: unknown[]): Promise<{ value: unknown; versionstamp: string | null }>;
+  list(selector: { prefix: unknown[] }): AsyncIterable<{ key: unknown[]; value: unknown }>;
+  atomic(): DenoAtomicLike;
 }
 
 interface DenoMeta {
@@ -799,276 +1534,13 @@ export function denoKvStore(kv: DenoKvLike, components: { clock?: ClockLike } = 
   };
 }
 
-// ============================================================================================
-// Wire schemas (zod): every request body the coordinator accepts
-// ============================================================================================
+//#endregion
 
-const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
-
-/** A worker's stable ID (direct mode: any; leader mode: the libp2p PeerId). */
-export const WorkerIdSchema = z
-  .string()
-  .regex(
-    ID_PATTERN,
-    "must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit",
-  );
-
-const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-
-/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. */
-export function base58Decode(text: string): Uint8Array | null {
-  let zeros = 0;
-  while (zeros < text.length && text[zeros] === "1") zeros++;
-  const bytes: number[] = []; // base 256, least significant first
-  for (let i = zeros; i < text.length; i++) {
-    let carry = BASE58.indexOf(text[i] as string);
-    if (carry < 0) return null;
-    for (let j = 0; j < bytes.length; j++) {
-      carry += (bytes[j] as number) * 58;
-      bytes[j] = carry & 0xff;
-      carry >>= 8;
-    }
-    while (carry > 0) {
-      bytes.push(carry & 0xff);
-      carry >>= 8;
-    }
-  }
-  const out = new Uint8Array(zeros + bytes.length);
-  for (let i = 0; i < bytes.length; i++) out[out.length - 1 - i] = bytes[i] as number;
-  return out;
-}
-
-/**
- * An Ed25519 libp2p PeerId is the base58btc identity multihash (0x00, length 0x24) of the
- * protobuf PublicKey {Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}: "12D3KooW...".
- */
-const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
-
-/** The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId. */
-export function peerIdPublicKey(id: string): Uint8Array | null {
-  if (!id.startsWith("12D3KooW") || id.length > 60) return null;
-  const bytes = base58Decode(id);
-  if (bytes === null || bytes.length !== 38) return null;
-  for (let i = 0; i < ED25519_PEER_ID_PREFIX.length; i++) {
-    if (bytes[i] !== ED25519_PEER_ID_PREFIX[i]) return null;
-  }
-  return bytes.slice(6);
-}
-
-/** Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it. */
-export function isPeerId(id: string): boolean {
-  return peerIdPublicKey(id) !== null;
-}
-
-/** A service name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
-export const ServiceNameSchema = z
-  .string()
-  .regex(
-    SERVICE_NAME_PATTERN,
-    "must be 1-64 letters, digits or . _ -, starting with a letter or digit",
-  );
-
-/**
- * A cluster name, the one rule for the agent's `--cluster` and a report's `cluster`: the same
- * as a service name (`mesh/mesh.ts` keeps a copy, as mesh/ cannot import this file).
- */
-export const ClusterNameSchema = ServiceNameSchema;
-
-/**
- * A worker's human name (an agent's `--name`, by default its hostname): shown in the admin API,
- * logs and the `X-Rollcall-Worker-Name` header, never used to route. Same rule as a service name.
- */
-export const WorkerNameSchema = ServiceNameSchema;
-
-/** A worker's name from what it sent: `name`, else an old agent's `capabilities.hostname`. */
-function workerName(
-  name: string | null | undefined,
-  capabilities: Capabilities | null | undefined,
-) {
-  if (name) return name;
-  const host = capabilities?.hostname;
-  return typeof host === "string" && SERVICE_NAME_PATTERN.test(host) ? host : null;
-}
-
-function isHttpUrl(s: string): boolean {
-  try {
-    const u = new URL(s);
-    return (
-      (u.protocol === "http:" || u.protocol === "https:") &&
-      u.hostname !== "" &&
-      u.username === "" &&
-      u.password === "" &&
-      u.search === "" &&
-      u.hash === ""
-    );
-  } catch {
-    return false;
-  }
-}
-
-/** An http(s) URL without credentials, query or fragment. */
-export const HttpUrlSchema = z
-  .string()
-  .max(2048)
-  .refine(isHttpUrl, "must be an http(s) URL without credentials, query or fragment");
-
-/** An optional field that workers of the old coordinator may send as "" for "none": read as absent. */
-function blankIsAbsent<T extends z.ZodType>(schema: T) {
-  return z.preprocess((v) => (v === "" ? null : v), schema.nullish());
-}
-
-const Scalar = z.union([z.string().max(256), z.number(), z.boolean(), z.null()]);
-const Amount = z.union([z.number().nonnegative(), z.string().max(64)]);
-
-/** Worker capabilities (known fields typed, other flat fields kept). */
-export const CapabilitiesSchema = z
-  .object({
-    cpu_cores: z.number().nonnegative().nullish(),
-    ram: Amount.nullish(),
-    storage: Amount.nullish(),
-    worker_type: z.string().max(32).nullish(),
-    has_gpu: z.boolean().nullish(),
-    gpu_memory: Amount.nullish(),
-    gpu_type: z.string().max(128).nullish(),
-    has_storage: z.boolean().nullish(),
-    storage_type: z.string().max(64).nullish(),
-  })
-  .catchall(Scalar)
-  .refine((o) => Object.keys(o).length <= 64, "must have at most 64 fields");
-
-/** Capabilities of a worker. */
-export type Capabilities = z.infer<typeof CapabilitiesSchema>;
-
-/** A container / service entry of a direct-mode registration. */
-export const ContainerSchema = z.object({
-  name: ServiceNameSchema,
-  service_url: blankIsAbsent(HttpUrlSchema),
-  url: blankIsAbsent(HttpUrlSchema),
-  port: z.number().int().min(1).max(65535).nullish(),
-  health_endpoint: z.string().max(256).nullish(),
-  version: z.string().max(64).nullish(),
-  status: z.string().max(32).nullish(),
-});
-
-/** A container / service entry of a direct-mode registration. */
-export type Container = z.infer<typeof ContainerSchema>;
-
-/** `POST /api/worker/register`. */
-export const RegisterBodySchema = z.object({
-  worker_id: blankIsAbsent(WorkerIdSchema),
-  name: blankIsAbsent(WorkerNameSchema),
-  capabilities: CapabilitiesSchema.nullish(),
-  ip_address: z.string().max(255).nullish(),
-  tunnel_url: blankIsAbsent(HttpUrlSchema),
-  services: z
-    .array(z.union([ServiceNameSchema, ContainerSchema]))
-    .max(64)
-    .nullish(),
-  containers: z.array(ContainerSchema).max(64).nullish(),
-  wants_heartbeat_leadership: z.boolean().nullish(),
-});
-
-/** `POST /api/worker/register`. */
-export type RegisterBody = z.infer<typeof RegisterBodySchema>;
-
-const StatusWord = z
-  .string()
-  .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
-
-/** An informational figure (load, free memory): old agents send numbers, strings ("3.2GB") or null. */
-const Info = z.union([z.number().nonnegative(), z.string().max(64), z.null()]).optional();
-
-/** `POST /api/worker/heartbeat`. Unknown fields are ignored (old agents send more). */
-export const HeartbeatBodySchema = z.object({
-  worker_id: WorkerIdSchema,
-  status: StatusWord.default("online"),
-  current_load: Info,
-  available_memory: Info,
-  /** Per-service state of the universal agent, e.g. `{"ocr": "running", "vllm": "stopped"}`. */
-  services_status: z.record(z.string(), z.unknown()).nullish(),
-});
-
-/** `POST /api/worker/heartbeat`. */
-export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
-
-/** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
-const MAX_DATE_MS = 8.64e15;
-
-/** Status of a member in a cluster report. */
-export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
-
-/** A service of a member in a cluster report. */
-export const MemberServiceSchema = z.object({
-  name: ServiceNameSchema,
-  url: HttpUrlSchema.nullish(),
-  status: z.enum(["healthy", "unhealthy"]).default("healthy"),
-  latency_ms: z.number().nonnegative().nullish(),
-});
-
-/** A member of a cluster report. */
-export const ClusterMemberSchema = z.object({
-  worker_id: WorkerIdSchema,
-  name: WorkerNameSchema.nullish(),
-  incarnation: z.number().int().nonnegative().default(0),
-  status: MemberStatusSchema,
-  url: HttpUrlSchema,
-  tier: z.union([z.literal(1), z.literal(2), z.literal(3)]).nullish(),
-  capabilities: CapabilitiesSchema.nullish(),
-  last_seen: z.number().int().nonnegative().max(MAX_DATE_MS).nullish(),
-  services: z
-    .array(MemberServiceSchema)
-    .max(64)
-    .default([])
-    .refine(
-      (list) => new Set(list.map((s) => s.name)).size === list.length,
-      "service names must be unique",
-    ),
-});
-
-/** A member of a cluster report. */
-export type ClusterMemberReport = z.infer<typeof ClusterMemberSchema>;
-
-/** `POST /api/cluster/heartbeat` (leader mode); see docs/PROTOCOL.md. */
-export const ClusterReportSchema = z.object({
-  cluster: ClusterNameSchema.default("default"),
-  leader_id: WorkerIdSchema,
-  term: z.number().int().nonnegative(),
-  sequence: z.number().int().nonnegative(),
-  members: z
-    .array(ClusterMemberSchema)
-    .max(1000)
-    .refine(
-      (list) => new Set(list.map((m) => m.worker_id)).size === list.length,
-      "member worker_ids must be unique",
-    ),
-  digest: z.string().max(128).nullish(),
-});
-
-/** `POST /api/cluster/heartbeat` (leader mode), as parsed (defaults applied). */
-export type ClusterReport = z.infer<typeof ClusterReportSchema>;
-
-/** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
-export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
-
-/** The answer to `POST /api/cluster/heartbeat`. */
-export interface ClusterHeartbeatAnswer {
-  status: "ok";
-  written: boolean;
-  reason: WriteReason;
-  writes_today: number;
-  write_budget: number;
-  next_keepalive_at: string;
-  next_keepalive_in_s: number;
-  digest: string;
-}
-
-// ============================================================================================
-// Pure registry logic: digest, tiers, merge of cluster reports, write decisions, staleness
-// ============================================================================================
+//#region Pure registry logic
+// Digest, tiers, merge of cluster reports, write decisions, staleness
 
 /** 53-bit non-cryptographic hash (cyrb53) of a string's UTF-16 code units, as 14 hex digits. */
-export function hash53(text: string, seed = 0): string {
+function hash53(text: string, seed = 0): string {
   let h1 = 0xdeadbeef ^ seed;
   let h2 = 0x41c6ce57 ^ seed;
   for (let i = 0; i < text.length; i++) {
@@ -1082,16 +1554,12 @@ export function hash53(text: string, seed = 0): string {
 }
 
 /** The routing-relevant fields of a member, as both reports and stored members have them. */
-export interface DigestMember {
+interface DigestMember {
   worker_id: string;
   url: string;
   status: string;
   tier?: number | null;
   services: { name: string; url?: string | null; status?: string | null }[];
-}
-
-function trimSlash(url: string): string {
-  return url.endsWith("/") ? url.slice(0, -1) : url;
 }
 
 /** The URL a member's service is reached at: its own, or `<member url>/service/<name>`. */
@@ -1133,7 +1601,7 @@ export function tierOf(capabilities: Capabilities | null | undefined): 1 | 2 | 3
 }
 
 /** A service as stored: name, resolved URL (or null when unreachable) and health. */
-export interface StoredService {
+interface StoredService {
   name: string;
   url: string | null;
   status: "healthy" | "unhealthy";
@@ -1144,14 +1612,14 @@ export interface StoredService {
  * `<member url>/service/<name>`, `status` only when it is not "healthy" (documents written
  * before that rule may hold either anyway).
  */
-export interface StoredMemberService {
+interface StoredMemberService {
   name: string;
   url?: string | null;
   status?: "healthy" | "unhealthy";
 }
 
 /** A cluster member as stored in the cluster document. */
-export interface StoredMember {
+interface StoredMember {
   worker_id: string;
   /** Its agent's `--name` (display only; documents written before names have none). */
   name?: string | null;
@@ -1167,7 +1635,7 @@ export interface StoredMember {
 }
 
 /** A leader's view: what it reported last. */
-export interface LeaderView {
+interface LeaderView {
   leader_id: string;
   term: number;
   sequence: number;
@@ -1176,12 +1644,12 @@ export interface LeaderView {
 }
 
 /** Budget stamp carried inside every written document: the day's write count after it. */
-export interface BudgetStamp {
+interface BudgetStamp {
   day: string;
   used: number;
 }
 
-/** The one document per cluster (leader mode). */
+/** The one document per cluster (leader mode). @internal */
 export interface ClusterDoc {
   kind: "cluster";
   v: 1;
@@ -1200,10 +1668,10 @@ export interface ClusterDoc {
  * Who may change a direct-mode worker's record: "key" (only requests signed by the key of its
  * PeerId), "token" (cluster-token holders), "legacy" (also token-less workers of the old kind).
  */
-export type WorkerOwner = "key" | "token" | "legacy";
+type WorkerOwner = "key" | "token" | "legacy";
 
 /** A direct-mode worker's record (one key per worker). */
-export interface WorkerRecord {
+interface WorkerRecord {
   kind: "worker";
   v: 1;
   worker_id: string;
@@ -1226,7 +1694,7 @@ export interface WorkerRecord {
 }
 
 /** An empty cluster document (`now`: when the cluster is first reported). */
-export function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
+function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
   return {
     kind: "cluster",
     v: 1,
@@ -1265,13 +1733,42 @@ function storedMember(m: ClusterMemberReport, leader: string, now: number): Stor
 }
 
 /** Freshness order of two entries for the same member: >0 when `a` is fresher. */
-export function compareFreshness(
+function compareFreshness(
   a: { incarnation: number; last_seen: number },
   b: { incarnation: number; last_seen: number },
 ): number {
   return a.incarnation !== b.incarnation
     ? a.incarnation - b.incarnation
     : a.last_seen - b.last_seen;
+}
+
+/** What orders the views of one leader. */
+interface ViewOrder {
+  term: number;
+  sequence: number;
+}
+
+/**
+ * The order of two views of one leader: by term, then by sequence (negative: `a` is older). Views
+ * of different leaders are not ordered by sequence (each agent counts its own): `leaderOf` picks
+ * among them by term, then by when they reported.
+ */
+function compareViews(a: ViewOrder, b: ViewOrder): number {
+  return a.term !== b.term ? a.term - b.term : a.sequence - b.sequence;
+}
+
+/**
+ * The superseded-leader rule: a view of a higher term that lists another leader as a plain
+ * member supersedes that leader's view (it was deposed, and its members pass to `by`'s leader).
+ */
+function supersedes(
+  by: { leader_id: string; term: number; members: readonly string[] | ReadonlySet<string> },
+  view: { leader_id: string; term: number },
+): boolean {
+  if (by.leader_id === view.leader_id || by.term <= view.term) return false;
+  return Array.isArray(by.members)
+    ? by.members.includes(view.leader_id)
+    : (by.members as ReadonlySet<string>).has(view.leader_id);
 }
 
 /**
@@ -1286,6 +1783,7 @@ export function compareFreshness(
  * leader's at once, so this report removes those it does not list. A report from a leader that
  * a higher-term view lists as a plain member (a deposed leader) still contributes fresher
  * members but gets no view of its own.
+ * @internal
  */
 export function mergeClusterReport(
   doc: ClusterDoc | null,
@@ -1298,12 +1796,10 @@ export function mergeClusterReport(
   const leaders: Record<string, LeaderView> = { ...base.leaders };
   const L = report.leader_id;
   const prev = leaders[L];
-  const newer =
-    !prev ||
-    report.term > prev.term ||
-    (report.term === prev.term && report.sequence >= prev.sequence);
-  const deposed = Object.values(leaders).some(
-    (v) => v.leader_id !== L && v.term > report.term && v.members.includes(L),
+  // Ties go to the report: a report sent again is taken again.
+  const newer = !prev || compareViews(report, prev) >= 0;
+  const deposed = Object.values(leaders).some((v) =>
+    supersedes(v, { leader_id: L, term: report.term }),
   );
   const listed = new Set<string>();
   for (const m of report.members) {
@@ -1347,7 +1843,8 @@ export function mergeClusterReport(
   for (const id of adopted) if (members[id]) viewMembers.add(id);
   for (const other of Object.values(leaders)) {
     if (other.leader_id === L) continue;
-    const supersededBy = listed.has(other.leader_id) && report.term > other.term && newer;
+    const supersededBy =
+      newer && supersedes({ leader_id: L, term: report.term, members: listed }, other);
     const lapsed = now - other.reported_at > leaseMs;
     if (!supersededBy && !lapsed) continue;
     delete leaders[other.leader_id];
@@ -1369,6 +1866,7 @@ export function mergeClusterReport(
  * whose leader a higher-term view lists as a plain member is dropped, its members passing to
  * that view's leader, as in `mergeClusterReport`. A member only one side removed stays: its
  * leader's next report removes it (nothing is lost; a stale entry lasts one report).
+ * @internal
  */
 export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): ClusterDoc {
   const members: Record<string, StoredMember> = { ...stored.members };
@@ -1379,16 +1877,11 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
   const leaders: Record<string, LeaderView> = { ...stored.leaders };
   for (const [id, view] of Object.entries(waiting.leaders)) {
     const current = leaders[id];
-    const newer =
-      !current ||
-      view.term > current.term ||
-      (view.term === current.term && view.sequence > current.sequence);
-    if (newer) leaders[id] = view;
+    // Ties go to the stored view.
+    if (!current || compareViews(view, current) > 0) leaders[id] = view;
   }
   for (const view of Object.values(leaders)) {
-    const by = Object.values(leaders).find(
-      (other) => other.term > view.term && other.members.includes(view.leader_id),
-    );
+    const by = Object.values(leaders).find((other) => supersedes(other, view));
     if (!by) continue;
     delete leaders[view.leader_id];
     const taken = new Set(by.members);
@@ -1410,7 +1903,7 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
 }
 
 /** A key of the leader views (ID and term): a change of leadership is a change worth a write. */
-export function leadersKey(doc: ClusterDoc | null): string {
+function leadersKey(doc: ClusterDoc | null): string {
   if (!doc) return "";
   return Object.values(doc.leaders)
     .map((v) => `${v.leader_id}@${v.term}`)
@@ -1418,11 +1911,8 @@ export function leadersKey(doc: ClusterDoc | null): string {
     .join(",");
 }
 
-/** Why a report did or did not cost a write. */
-export type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
-
 /** A write decision. */
-export interface WriteDecision {
+interface WriteDecision {
   write: boolean;
   reason: WriteReason;
 }
@@ -1430,6 +1920,7 @@ export interface WriteDecision {
 /**
  * Leader-mode write policy: write when the routing content changed or the keepalive is due
  * (with a small slack so a report sent on time counts), never past the daily cap.
+ * @internal
  */
 export function decideClusterWrite(input: {
   changed: boolean;
@@ -1447,7 +1938,10 @@ export function decideClusterWrite(input: {
   return { write: true, reason: input.changed ? "changed" : "keepalive" };
 }
 
-/** Direct-mode policy: a heartbeat writes on a status change or when the record is old enough. */
+/**
+ * Direct-mode policy: a heartbeat writes on a status change or when the record is old enough.
+ * @internal
+ */
 export function directHeartbeatDue(input: {
   statusChanged: boolean;
   writtenAt: number;
@@ -1461,6 +1955,7 @@ export function directHeartbeatDue(input: {
  * How old a direct-mode record may get before its worker shows offline: the write interval plus
  * two heartbeats plus the store's consistency delay. A worker that keeps heartbeating is
  * rewritten within `writeInterval + heartbeat`, so it never shows offline between two writes.
+ * @internal
  */
 export function directStaleAfterMs(
   settings: Pick<Settings, "directWriteIntervalMs" | "heartbeatIntervalS" | "consistencyGraceMs">,
@@ -1473,7 +1968,7 @@ export function directStaleAfterMs(
 }
 
 /** Whether a cluster's stored table is stale: its last sign of life is older than the lease. */
-export function clusterIsStale(
+function clusterIsStale(
   lastAliveAt: number,
   now: number,
   settings: Pick<Settings, "keepaliveMs" | "leaseGraceMs">,
@@ -1497,29 +1992,31 @@ const UNHEALTHY_STATUSES = new Set([
 ]);
 
 /** Whether a worker status admits traffic. */
-export function isRoutableStatus(status: string): boolean {
+function isRoutableStatus(status: string): boolean {
   return !UNHEALTHY_STATUSES.has(status.toLowerCase());
 }
 
 /** The UTC day (YYYY-MM-DD) of a time. */
-export function utcDay(ms: number): string {
+function utcDay(ms: number): string {
   return new Date(ms).toISOString().slice(0, 10);
 }
 
 /** Start of the next UTC day. */
-export function nextUtcDay(ms: number): number {
+function nextUtcDay(ms: number): number {
   const d = new Date(ms);
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
 }
 
-// ============================================================================================
-// Write budget: a daily hard cap, counted inside the documents written anyway
-// ============================================================================================
+//#endregion
+
+//#region Write budget
+// A daily hard cap, counted inside the documents written anyway
 
 /**
  * Counts store writes per UTC day. The count travels in every written document's `budget`
  * stamp, so a new isolate learns it from what it reads: exact in one process, approximate (it
  * may undercount) across Workers isolates that write at the same time.
+ * @internal
  */
 export class WriteBudget {
   #day = "";
@@ -1597,9 +2094,10 @@ export class WriteBudget {
   }
 }
 
-// ============================================================================================
-// Registry: per-isolate state over the store (caches, pending writes, live observations)
-// ============================================================================================
+//#endregion
+
+//#region Registry
+// Per-isolate state over the store (caches, pending writes, live observations)
 
 const WORKER_PREFIX = "reg/worker/";
 const CLUSTER_PREFIX = "reg/cluster/";
@@ -1652,16 +2150,6 @@ export interface Provider {
   refused: string | null;
 }
 
-/** The routing table built from the store (cached per isolate). */
-export interface RoutingTable {
-  builtAt: number;
-  workers: WorkerView[];
-  providers: Map<string, Provider[]>;
-  clusters: ClusterSummary[];
-  /** "live" when a cluster's members come from its leader agent's live view, else "stored". */
-  source: "live" | "stored";
-}
-
 /** A cluster's leader and lease, as the admin API shows them. */
 export interface ClusterSummary {
   cluster: string;
@@ -1679,6 +2167,16 @@ export interface ClusterSummary {
   source: "live" | "stored";
   /** The leader's agent URL (its live view is read there). */
   leader_url: string | null;
+}
+
+/** The routing table built from the store (cached per isolate). */
+export interface RoutingTable {
+  builtAt: number;
+  workers: WorkerView[];
+  providers: Map<string, Provider[]>;
+  clusters: ClusterSummary[];
+  /** "live" when a cluster's members come from its leader agent's live view, else "stored". */
+  source: "live" | "stored";
 }
 
 class KeyedMutex {
@@ -1724,6 +2222,7 @@ function leaderOf(doc: ClusterDoc): LeaderView | null {
 /**
  * A request refused on purpose: its status, JSON body and headers (the app's error handler
  * answers it). Thrown by registry operations that find the sender may not do what it asks.
+ * @internal
  */
 export class Refused extends Error {
   override name = "Refused";
@@ -1786,6 +2285,20 @@ class AddressLimiter {
 /** How long an isolate goes on from what it knows, without asking the store, after a failure. */
 const STORE_RETRY_MS = 5000;
 
+/**
+ * What the registry learns from a cluster's live view: its members (null while no view is fresh
+ * enough to route on), the members its leader's mesh does not hear and the status they show, and
+ * until when the view holds.
+ */
+interface LiveSight {
+  members: StoredMember[] | null;
+  unheard: Map<string, string> | null;
+  until: number;
+}
+
+/** A cluster's live sight now, or null when there is none (`LiveViews.lookup`). */
+type LiveLookup = (cluster: string, now: number) => LiveSight | null;
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -1804,8 +2317,6 @@ class Registry {
   #generation = 0;
   /** The table is rebuilt after this: the oldest live view it used expires then. */
   #liveUntil = Number.POSITIVE_INFINITY;
-  /** Live views of the clusters (set by the app when enabled). */
-  live: LiveViews | null = null;
 
   /** The store, every failure a StoreError (answered 503). */
   readonly store: Store;
@@ -1814,6 +2325,8 @@ class Registry {
     readonly settings: Settings,
     store: Store,
     readonly clock: ClockLike,
+    /** A cluster's live view, when one is fresh enough to route on (see `LiveViews.lookup`). */
+    readonly liveView: LiveLookup = () => null,
   ) {
     this.store = guardedStore(store, settings.storeTimeoutMs);
     const reserve = Math.floor(settings.writeCap * settings.leaderReserve);
@@ -2171,14 +2684,15 @@ class Registry {
       const live = this.#clusters.get(stored.cluster);
       const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
       const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const view = this.live?.current(stored.cluster, now) ?? null;
-      const unheard = view?.unheard ?? this.live?.unheard(stored.cluster) ?? null;
+      const seen = this.liveView(stored.cluster, now);
+      const view = seen?.members ? seen : null;
+      const unheard = seen?.unheard ?? null;
       const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
       const leader = leaderOf(doc);
       const members = view?.members ?? Object.values(doc.members);
       if (view !== null) {
         source = "live";
-        this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
+        this.#liveUntil = Math.min(this.#liveUntil, view.until);
       }
       for (const m of members) {
         if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
@@ -2255,9 +2769,10 @@ class Registry {
   }
 }
 
-// ============================================================================================
-// Registry operations: register / heartbeat / unregister (direct), cluster heartbeat (leader)
-// ============================================================================================
+//#endregion
+
+//#region Registry operations
+// Register / heartbeat / unregister (direct), cluster heartbeat (leader)
 
 function servicesFromRegistration(body: RegisterBody): StoredService[] {
   const entries: Container[] = [];
@@ -2296,7 +2811,7 @@ function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
 const LEADERSHIP_LOCK = "leadership";
 
 /** How an agent request was admitted, and who signed it (docs/SECURITY.md). */
-export interface Sender {
+interface Sender {
   /**
    * "open": no token is configured (local dev); "token": the cluster token; "legacy": no token,
    * admitted by `ROLLCALL_ALLOW_LEGACY_WORKERS`.
@@ -2351,7 +2866,7 @@ function ownerFor(sender: Sender): WorkerOwner {
  * and capabilities, so the same worker registering again gets the same id back, not a new
  * record each time.
  */
-export function legacyWorkerId(body: RegisterBody): string {
+function legacyWorkerId(body: RegisterBody): string {
   const caps = body.capabilities ?? {};
   const sorted = Object.keys(caps)
     .sort()
@@ -2365,13 +2880,6 @@ function tooLarge(what: string, size: number, cap: number): Refused {
     error: `${what} is too large`,
     message: `It would be stored as ${size} characters; the cap is ${cap} (ROLLCALL_MAX_DOC_BYTES)`,
   });
-}
-
-async function register(reg: Registry, body: RegisterBody, sender: Sender) {
-  // One leadership decision at a time: workers that register at once must not all take it.
-  return body.wants_heartbeat_leadership
-    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
-    : registerWorker(reg, body, sender);
 }
 
 async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender) {
@@ -2459,6 +2967,13 @@ async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender)
   });
 }
 
+async function register(reg: Registry, body: RegisterBody, sender: Sender) {
+  // One leadership decision at a time: workers that register at once must not all take it.
+  return body.wants_heartbeat_leadership
+    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
+    : registerWorker(reg, body, sender);
+}
+
 /** Service states the universal agent reports (`services_status`) that admit traffic. */
 const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "online", "ready"]);
 
@@ -2468,7 +2983,7 @@ const RUNNING_SERVICE_STATES = new Set(["running", "healthy", "up", "ok", "onlin
  * gets no traffic), a service not registered yet is added at the worker's tunnel URL. Entries
  * with an invalid name or a non-string state are ignored; at most 64 services are kept.
  */
-export function applyServicesStatus(
+function applyServicesStatus(
   services: readonly StoredService[],
   statuses: Record<string, unknown> | null | undefined,
   tunnelUrl: string | null,
@@ -2540,7 +3055,7 @@ async function unregister(reg: Registry, id: string, sender: Sender) {
  * with a view in it. The document is the cluster's roster: a key that no leader of the cluster
  * ever listed (its mesh never knew it) cannot take the cluster's members over.
  */
-export function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
+function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
   if (doc === null) return true;
   if (doc.members[leader] !== undefined || doc.leaders[leader] !== undefined) return true;
   return Object.keys(doc.members).length === 0 && Object.keys(doc.leaders).length === 0;
@@ -2646,11 +3161,333 @@ async function clusterHeartbeat(
   });
 }
 
-// ============================================================================================
-// Routing health (pure; time is passed in): traffic windows, circuit breaker, retry budget,
-// endpoints, the power-of-two-choices picker and scaling signals. All of it lives per
-// isolate: on Workers each isolate learns on its own (see docs/DEPLOY.md).
-// ============================================================================================
+//#endregion
+
+//#region Security
+// Bearer tokens compared in constant time, guards that fail closed, signed agent requests (Ed25519
+// through Web Crypto) against replay, the live view's credential
+
+async function digestBytes(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+/**
+ * Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR).
+ * @internal
+ */
+export async function tokensEqual(given: string, expected: string): Promise<boolean> {
+  const [a, b] = await Promise.all([digestBytes(given), digestBytes(expected)]);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
+  return diff === 0;
+}
+
+function bearerToken(c: Context): string | null {
+  const header = c.req.header("authorization");
+  if (!header) return null;
+  const match = /^Bearer\s+(.+)$/i.exec(header.trim());
+  return match ? (match[1] as string).trim() : "";
+}
+
+/** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
+type Guard = "worker" | "cluster" | "admin";
+
+/** Whether any token is configured: then every guard needs its own (and one without refuses). */
+function isSecured(settings: Settings): boolean {
+  return settings.clusterToken !== null || settings.adminToken !== null;
+}
+
+/**
+ * Admits a request to a guard (how: `Sender.level`) or answers why not. With no token at all
+ * everything is open (local dev). Once any token is set every guard needs its own: a guard whose
+ * token is not set refuses everyone (403), except token-less direct-mode workers where legacy
+ * workers are admitted; a wrong token is always 401.
+ */
+async function authorize(
+  c: Context,
+  settings: Settings,
+  guard: Guard,
+): Promise<Sender["level"] | Response> {
+  if (!isSecured(settings)) return "open";
+  const given = bearerToken(c);
+  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return "legacy";
+  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
+  if (expected === null) {
+    const [what, name] =
+      guard === "admin"
+        ? ["Admin endpoints", "ROLLCALL_ADMIN_TOKEN"]
+        : ["Agent endpoints", "ROLLCALL_CLUSTER_TOKEN"];
+    return json(
+      {
+        error: `${what} are disabled`,
+        message: `Another token is set, so ${what.toLowerCase()} need their own: set ${name}`,
+      },
+      403,
+    );
+  }
+  if (given && (await tokensEqual(given, expected))) return "token";
+  return json(
+    {
+      error: given === null ? "Missing token" : "Invalid token",
+      message:
+        guard === "admin"
+          ? "Admin endpoints need 'Authorization: Bearer <admin token>'"
+          : "Agents need 'Authorization: Bearer <cluster token>'",
+    },
+    401,
+    { "www-authenticate": 'Bearer realm="rollcall"' },
+  );
+}
+
+/** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
+const SIGNATURE_HEADERS = {
+  signer: "x-rollcall-signer",
+  timestamp: "x-rollcall-timestamp",
+  nonce: "x-rollcall-nonce",
+  signature: "x-rollcall-signature",
+} as const;
+
+/** How far a signed request's timestamp may be from the coordinator's clock. */
+const SIGNATURE_SKEW_MS = 5 * MINUTE;
+
+/** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
+interface SignedRequestParts {
+  method: string;
+  /** The path as the coordinator receives it, without the query. */
+  path: string;
+  /** Milliseconds since the epoch. */
+  timestamp: number;
+  nonce: string;
+  /** The PeerId whose key signs. */
+  signer: string;
+  /** SHA-256 of the exact body bytes (of nothing when there is no body), lowercase hex. */
+  bodySha256: string;
+}
+
+/** The text an agent signs for a request (UTF-8), one part per line. */
+function signedRequestText(p: SignedRequestParts): string {
+  return [
+    "rollcall-request-v1",
+    p.method.toUpperCase(),
+    p.path,
+    String(p.timestamp),
+    p.nonce,
+    p.signer,
+    p.bodySha256,
+  ].join("\n");
+}
+
+/** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
+async function sha256Hex(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  let hex = "";
+  for (const b of digest) hex += b.toString(16).padStart(2, "0");
+  return hex;
+}
+
+function toBase64url(bytes: Uint8Array): string {
+  let text = "";
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+function fromBase64url(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
+  try {
+    const raw = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Signs a request for the coordinator with the key of `signer` (its PeerId): the headers to send
+ * along. `sign` signs bytes with the private key (a libp2p key's `sign`).
+ */
+export async function signRequest(input: {
+  method: string;
+  path: string;
+  body?: Uint8Array | string | null;
+  signer: string;
+  sign: (data: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  now: number;
+  nonce?: string;
+}): Promise<Record<string, string>> {
+  const nonce = input.nonce ?? toBase64url(crypto.getRandomValues(new Uint8Array(16)));
+  const timestamp = Math.round(input.now);
+  const text = signedRequestText({
+    method: input.method,
+    path: input.path,
+    timestamp,
+    nonce,
+    signer: input.signer,
+    bodySha256: await sha256Hex(input.body ?? new Uint8Array(0)),
+  });
+  const signature = await input.sign(new TextEncoder().encode(text));
+  return {
+    [SIGNATURE_HEADERS.signer]: input.signer,
+    [SIGNATURE_HEADERS.timestamp]: String(timestamp),
+    [SIGNATURE_HEADERS.nonce]: nonce,
+    [SIGNATURE_HEADERS.signature]: toBase64url(signature),
+  };
+}
+
+/**
+ * Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error.
+ * @internal
+ */
+export async function verifyEd25519(
+  publicKey: Uint8Array,
+  signature: Uint8Array,
+  data: Uint8Array,
+): Promise<boolean> {
+  try {
+    const raw = publicKey as BufferSource;
+    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+    return await crypto.subtle.verify(
+      { name: "Ed25519" },
+      key,
+      signature as BufferSource,
+      data as BufferSource,
+    );
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Nonces of the signed requests of the last two skew windows, per isolate: a nonce seen twice
+ * is a replay. At most `max` (about 100 bytes each); when full of live ones the oldest goes,
+ * counted in `evicted` (docs/SECURITY.md says what that leaves open).
+ */
+class NonceCache {
+  readonly #seen = new Map<string, number>();
+  evicted = 0;
+  constructor(readonly max = 10_000) {}
+
+  /** Records a nonce; false when it was seen and has not expired. */
+  use(key: string, now: number): boolean {
+    const until = this.#seen.get(key);
+    if (until !== undefined && until > now) return false;
+    this.#seen.delete(key);
+    if (this.#seen.size >= this.max) {
+      this.prune(now);
+      if (this.#seen.size >= this.max) {
+        this.#seen.delete(this.#seen.keys().next().value as string);
+        this.evicted++;
+      }
+    }
+    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
+    return true;
+  }
+
+  /** Forgets expired nonces (they expire in the order they came). */
+  prune(now: number): void {
+    for (const [key, until] of this.#seen) {
+      if (until > now) break;
+      this.#seen.delete(key);
+    }
+  }
+}
+
+function unsigned(error: string, message: string, extra: Record<string, unknown> = {}): Refused {
+  return new Refused(401, { error, message, ...extra });
+}
+
+/**
+ * The verified signer of a request: null when it carries no signature headers; throws Refused
+ * (401) when its signature is incomplete, malformed, outside the clock window, replayed or
+ * wrong. The nonce is remembered only once the signature is good.
+ */
+async function verifiedSigner(
+  headers: Headers,
+  parts: { method: string; path: string; body: Uint8Array },
+  nonces: NonceCache,
+  now: number,
+): Promise<string | null> {
+  const signer = headers.get(SIGNATURE_HEADERS.signer);
+  const timestamp = headers.get(SIGNATURE_HEADERS.timestamp);
+  const nonce = headers.get(SIGNATURE_HEADERS.nonce);
+  const signature = headers.get(SIGNATURE_HEADERS.signature);
+  if (signer === null && timestamp === null && nonce === null && signature === null) return null;
+  if (signer === null || timestamp === null || nonce === null || signature === null) {
+    throw unsigned(
+      "Incomplete request signature",
+      "A signed request needs all four x-rollcall-* signature headers",
+    );
+  }
+  const key = peerIdPublicKey(signer);
+  if (key === null)
+    throw unsigned("Invalid request signature", "The signer is not an Ed25519 PeerId");
+  const ts = Number(timestamp);
+  if (!/^\d{1,16}$/.test(timestamp) || Math.abs(now - ts) > SIGNATURE_SKEW_MS) {
+    throw unsigned(
+      "Request signature expired",
+      `The signature's timestamp must be within ${SIGNATURE_SKEW_MS / 1000} s of the coordinator's clock`,
+      { server_time: now },
+    );
+  }
+  const sig = fromBase64url(signature);
+  if (!/^[A-Za-z0-9_-]{16,64}$/.test(nonce) || sig === null || sig.length !== 64) {
+    throw unsigned("Invalid request signature", "The nonce or the signature is malformed");
+  }
+  const text = signedRequestText({
+    method: parts.method,
+    path: parts.path,
+    timestamp: ts,
+    nonce,
+    signer,
+    bodySha256: await sha256Hex(parts.body),
+  });
+  if (!(await verifyEd25519(key, sig, new TextEncoder().encode(text)))) {
+    throw unsigned(
+      "Invalid request signature",
+      "The signature does not verify with the signer's key",
+    );
+  }
+  if (!nonces.use(`${signer} ${nonce}`, now)) {
+    throw unsigned("Request signature already used", "Each signed request needs a fresh nonce");
+  }
+  return signer;
+}
+
+/** How far a live-view authorization's timestamp may be from the agent's clock. */
+export const VIEW_AUTH_SKEW_MS = MINUTE;
+
+/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
+export function viewAuthText(timestamp: number): string {
+  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
+}
+
+/**
+ * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
+ * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
+ */
+export async function viewAuthorization(token: string, now: number): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const ts = Math.round(now);
+  const mac = new Uint8Array(
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
+  );
+  let hex = "";
+  for (const b of mac) hex += b.toString(16).padStart(2, "0");
+  return `Rollcall-View ts=${ts}, sig=${hex}`;
+}
+
+//#endregion
+
+//#region Routing health
+// Traffic windows, circuit breaker, retry budget, endpoints, the power-of-two-choices picker and
+// scaling signals. All of it lives per isolate: on Workers each isolate learns on its own (see
+// docs/DEPLOY.md).
 
 const HISTOGRAM_BASE_MS = 0.05;
 const HISTOGRAM_STEPS_PER_DOUBLING = 4;
@@ -2662,7 +3499,7 @@ const EWMA_SAMPLE_WEIGHT = 0.3;
 const FADE_PER_REQUEST = 0.1; // knowledge of an endpoint fades ~10 % per request served elsewhere
 const COST_TIE = 1.3; // costs within 30 % of each other count as equal: the two alternate
 
-/** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. */
+/** The histogram bucket of a latency: bucket i holds values up to `0.05 ms * 2^(i/4)`. @internal */
 export function latencyBucket(ms: number): number {
   if (!(ms > HISTOGRAM_BASE_MS)) return 0;
   const i = Math.ceil(Math.log2(ms / HISTOGRAM_BASE_MS) * HISTOGRAM_STEPS_PER_DOUBLING);
@@ -2673,7 +3510,7 @@ function bucketTop(i: number): number {
   return HISTOGRAM_BASE_MS * 2 ** (i / HISTOGRAM_STEPS_PER_DOUBLING);
 }
 
-/** What a traffic window shows (the last `window_s` seconds). */
+/** What a traffic window shows (the last `window_s` seconds). @internal */
 export interface WindowSnapshot {
   window_s: number;
   requests: number;
@@ -2687,10 +3524,38 @@ export interface WindowSnapshot {
   p99_ms: number | null;
 }
 
+/** One slice of a traffic window (see `TrafficWindow.series`). */
+interface WindowSlice {
+  /** When the slice started (ms). */
+  at: number;
+  requests: number;
+  errors: number;
+  throughput_rps: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+}
+
+function percentile(histogram: Float64Array, total: number, q: number): number | null {
+  if (total <= 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
+    const n = histogram[b] as number;
+    if (n > 0 && seen + n >= rank) {
+      const low = b === 0 ? 0 : bucketTop(b - 1);
+      const value = low + (bucketTop(b) - low) * Math.min(1, (rank - seen) / n);
+      return Math.round(value * 100) / 100;
+    }
+    seen += n;
+  }
+  return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
+}
+
 /**
  * The last `windowMs` of traffic in six slices: counts (requests, errors, retries, rejected),
  * the peak in flight, and a log-bucketed latency histogram whose percentiles are within one
  * bucket (about 20 %). Recording is O(1) and allocates nothing.
+ * @internal
  */
 export class TrafficWindow {
   readonly #sliceMs: number;
@@ -2804,37 +3669,11 @@ export class TrafficWindow {
   }
 }
 
-/** One slice of a traffic window (see `TrafficWindow.series`). */
-export interface WindowSlice {
-  /** When the slice started (ms). */
-  at: number;
-  requests: number;
-  errors: number;
-  throughput_rps: number;
-  p50_ms: number | null;
-  p95_ms: number | null;
-}
-
-function percentile(histogram: Float64Array, total: number, q: number): number | null {
-  if (total <= 0) return null;
-  const rank = q * total;
-  let seen = 0;
-  for (let b = 0; b < HISTOGRAM_BUCKETS; b++) {
-    const n = histogram[b] as number;
-    if (n > 0 && seen + n >= rank) {
-      const low = b === 0 ? 0 : bucketTop(b - 1);
-      const value = low + (bucketTop(b) - low) * Math.min(1, (rank - seen) / n);
-      return Math.round(value * 100) / 100;
-    }
-    seen += n;
-  }
-  return Math.round(bucketTop(HISTOGRAM_BUCKETS - 1) * 100) / 100;
-}
-
 /**
  * A count over a sliding window of `windowMs`, kept in two halves: the current window and the
  * previous one, which counts with the share of it that still overlaps the last `windowMs`
  * (the previous window is forgotten once a whole window passed without a roll).
+ * @internal
  */
 export class SlidingCount {
   #start = 0;
@@ -2873,10 +3712,10 @@ export class SlidingCount {
 }
 
 /** A circuit breaker's state. */
-export type BreakerState = "closed" | "open" | "half_open";
+type BreakerState = "closed" | "open" | "half_open";
 
 /** Settings of a circuit breaker. */
-export interface BreakerInit {
+interface BreakerInit {
   failureRatio: number;
   minRequests: number;
   windowMs: number;
@@ -2889,6 +3728,7 @@ export interface BreakerInit {
  * `minRequests` requests failed. Open, it refuses requests for `openMs`; then, half-open, it
  * lets exactly one probe through: the probe's success closes it, its failure opens it again.
  * Outcomes of requests sent before it opened are ignored.
+ * @internal
  */
 export class CircuitBreaker {
   /** The state as of the last call (an open breaker turns half-open in `allows`); `stateAt` tells it for any time. */
@@ -2993,6 +3833,7 @@ export class CircuitBreaker {
  * A retry budget for one service (the Finagle/Linkerd model): over a sliding window, retries
  * may add at most `ratio` of the requests plus `min` retries. So retries can never multiply
  * the load on a failing service.
+ * @internal
  */
 export class RetryBudget {
   readonly #requests: SlidingCount;
@@ -3023,7 +3864,7 @@ export class RetryBudget {
 }
 
 /** The settings routing health uses. */
-export type RoutingSettings = Pick<
+type RoutingSettings = Pick<
   Settings,
   | "maxConcurrent"
   | "queueSize"
@@ -3043,7 +3884,7 @@ export type RoutingSettings = Pick<
 
 const HEALTH_RANK = { healthy: 0, degraded: 1, unhealthy: 2 } as const;
 
-/** One worker serving one service, and what this isolate learned about it. */
+/** One worker serving one service, and what this isolate learned about it. @internal */
 export class Endpoint {
   /** The service URL without a trailing slash. */
   base = "";
@@ -3110,14 +3951,14 @@ export class Endpoint {
 }
 
 /** What a pick needs besides the route: time, randomness, and the workers already tried. */
-export interface PickOptions {
+interface PickOptions {
   now: number;
   random: () => number;
   tried?: readonly Endpoint[] | null;
 }
 
 /** Why nothing could be picked: every usable provider is at its limit, or none is usable. */
-export type Blocked = "busy" | "open" | "none";
+type Blocked = "busy" | "open" | "none";
 
 /** A waiter in a service's queue. */
 interface Waiter {
@@ -3126,10 +3967,17 @@ interface Waiter {
   done: boolean;
 }
 
+/** A service's scaling signal and why. */
+interface ScalingSignal {
+  signal: "scale_up" | "scale_down" | "steady";
+  reason: string;
+}
+
 /**
  * One service's routing state in this isolate: its endpoints in preference groups (healthy
  * before degraded, then lower tier), the picker, outlier ejection, the retry budget, the
  * bounded queue and the service's traffic figures.
+ * @internal
  */
 export class ServiceRoute {
   /** Routable endpoints, sorted by health, tier and ID. */
@@ -3505,14 +4353,8 @@ export class ServiceRoute {
   }
 }
 
-/** A service's scaling signal and why. */
-export interface ScalingSignal {
-  signal: "scale_up" | "scale_down" | "steady";
-  reason: string;
-}
-
 /** What a scaling decision looks at. */
-export interface ScalingInput {
+interface ScalingInput {
   /** Providers in the routing table. */
   providers: number;
   /** Providers that take traffic now (routable, not ejected, breaker not open). */
@@ -3535,6 +4377,7 @@ export interface ScalingInput {
  * over the threshold (with at least 20 requests), or when no provider serves. Scale down when
  * at least two providers serve and, over a whole window, one fewer would have run at most
  * `scaleDownUtilization` busy. Otherwise steady.
+ * @internal
  */
 export function scalingSignal(input: ScalingInput): ScalingSignal {
   const w = input.window;
@@ -3577,9 +4420,10 @@ export function scalingSignal(input: ScalingInput): ScalingSignal {
   };
 }
 
-// ============================================================================================
-// Paths and forwarding: path safety, aliases, replayable bodies, one attempt
-// ============================================================================================
+//#endregion
+
+//#region Paths and forwarding
+// Path safety, aliases, replayable bodies, one attempt
 
 /** Headers that describe one hop, never forwarded (RFC 9110 7.6.1); the agent's gateway uses them too. */
 export const HOP_BY_HOP: readonly string[] = [
@@ -3596,7 +4440,10 @@ export const HOP_BY_HOP: readonly string[] = [
 /** Methods the proxy forwards; anything else (TRACE, CONNECT, garbage) is answered 405 at once. */
 const PROXY_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
-/** Set on every forwarded request (its value: the coordinator's instance id); one that arrives with it is a loop. */
+/**
+ * Set on every forwarded request (its value: the coordinator's instance id); one that arrives with it is a loop.
+ * @internal
+ */
 export const HOP_HEADER = "x-rollcall-hop";
 /** Set on a 508 answer: the hop value that came in, so the sender learns it called itself. */
 const LOOP_HEADER = "x-rollcall-loop";
@@ -3641,6 +4488,7 @@ export function assertSafeRest(rest: string): void {
  * The upstream URL for `rest` below a provider's service URL; throws UnsafePathError if it would
  * leave it. `rest` must have passed `assertSafeRest` (checked once per request, not per attempt):
  * only what the URL parser resolves (dot segments) is caught here, not an encoded slash.
+ * @internal
  */
 export function upstreamUrl(base: string, rest: string | null, search: string): string {
   const root = trimSlash(base);
@@ -3654,7 +4502,7 @@ export function upstreamUrl(base: string, rest: string | null, search: string): 
 }
 
 /** Where a request goes: a service name and the raw rest of the path (null: no trailing part). */
-export interface ServiceTarget {
+interface ServiceTarget {
   service: string;
   rest: string | null;
 }
@@ -3679,7 +4527,7 @@ export function parseServicePath(pathname: string): ServiceTarget | null {
 }
 
 /** Configured aliases as `[prefix, service]` pairs, longest prefix first (see `aliasList`). */
-export type AliasList = readonly (readonly [prefix: string, service: string])[];
+type AliasList = readonly (readonly [prefix: string, service: string])[];
 
 /** The configured aliases, longest prefix first: sorted once, when a coordinator is built. */
 export function aliasList(aliases: Record<string, string>): AliasList {
@@ -3701,228 +4549,9 @@ export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget 
 }
 
 /**
- * Which upstream hosts the proxy may call, parsed once from `ROLLCALL_UPSTREAM_ALLOW`: address
- * classes, networks and host names. Link-local and other special addresses never pass.
+ * Whether a fetch error means nothing reached the upstream (connection refused, DNS failure).
+ * @internal
  */
-export interface UpstreamPolicy {
-  /** Addresses outside every special range, and host names not otherwise listed. */
-  readonly public: boolean;
-  /** 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7. */
-  readonly private: boolean;
-  /** 127/8, ::1, localhost. */
-  readonly loopback: boolean;
-  /** Networks allowed whatever their class: address bytes and prefix length. */
-  readonly cidrs: readonly { bytes: Uint8Array; bits: number }[];
-  /** Host names allowed whatever they resolve to (lower case; `*.` matches subdomains). */
-  readonly names: readonly string[];
-  /** The list as configured. */
-  readonly text: string;
-}
-
-/** The class of an address: the policy allows the first three by class, never the last. */
-type AddressClass = "public" | "private" | "loopback" | "special";
-
-function parseIPv4(text: string): Uint8Array | null {
-  const parts = text.split(".");
-  if (parts.length !== 4) return null;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const part = parts[i] as string;
-    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return null;
-    out[i] = Number(part);
-  }
-  return out;
-}
-
-function parseIPv6(text: string): Uint8Array | null {
-  const t = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
-  if (!t.includes(":") || !/^[0-9a-fA-F:.]+$/.test(t)) return null;
-  const halves = t.split("::");
-  if (halves.length > 2) return null;
-  const groups = (half: string): number[] | null => {
-    if (half === "") return [];
-    const out: number[] = [];
-    const items = half.split(":");
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i] as string;
-      if (i === items.length - 1 && item.includes(".")) {
-        const v4 = parseIPv4(item);
-        if (!v4) return null;
-        out.push(
-          ((v4[0] as number) << 8) | (v4[1] as number),
-          ((v4[2] as number) << 8) | (v4[3] as number),
-        );
-      } else if (/^[0-9a-fA-F]{1,4}$/.test(item)) out.push(Number.parseInt(item, 16));
-      else return null;
-    }
-    return out;
-  };
-  const head = groups(halves[0] as string);
-  const tail = halves.length === 2 ? groups(halves[1] as string) : [];
-  if (!head || !tail) return null;
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
-  const all = [...head, ...Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
-  const out = new Uint8Array(16);
-  for (let i = 0; i < 8; i++) {
-    out[2 * i] = (all[i] as number) >> 8;
-    out[2 * i + 1] = (all[i] as number) & 0xff;
-  }
-  return out;
-}
-
-/** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
-export function parseIp(text: string): Uint8Array | null {
-  return parseIPv4(text) ?? parseIPv6(text);
-}
-
-function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): boolean {
-  for (let i = 0; i < bits; i++) {
-    const byte = i >> 3;
-    const mask = 0x80 >> (i & 7);
-    if (((bytes[byte] as number) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
-  }
-  return true;
-}
-
-/** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
-export function addressClass(bytes: Uint8Array): AddressClass {
-  if (bytes.length === 16) {
-    const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
-    const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
-    if (mapped || nat64) return addressClass(bytes.subarray(12));
-    if (bytes.every((b, i) => b === (i === 15 ? 1 : 0))) return "loopback";
-    if (bytes.every((b) => b === 0)) return "special"; // ::
-    if (inPrefix(bytes, [0xfe, 0x80], 10)) return "special"; // link-local
-    if (inPrefix(bytes, [0xff], 8)) return "special"; // multicast
-    if (inPrefix(bytes, [0xfc], 7)) return "private";
-    return "public";
-  }
-  const [a, b] = bytes as unknown as [number, number];
-  if (a === 0 || a >= 224) return "special"; // this network (0.0.0.0 reaches the host), multicast, reserved
-  if (a === 169 && b === 254) return "special"; // link-local: cloud metadata lives here
-  if (a === 127) return "loopback";
-  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
-  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
-  return "public";
-}
-
-/** Host names that are cloud metadata services whatever they resolve to. */
-const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
-
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
-export function parseUpstreamAllow(text: string): UpstreamPolicy {
-  const entries = text
-    .split(/[\s,]+/)
-    .map((e) => e.trim().toLowerCase())
-    .filter(Boolean);
-  const policy = {
-    public: false,
-    private: false,
-    loopback: false,
-    cidrs: [] as { bytes: Uint8Array; bits: number }[],
-    names: [] as string[],
-    text: entries.join(","),
-  };
-  const bad = (entry: string, why: string) =>
-    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
-  for (const entry of entries) {
-    if (entry === "public" || entry === "private" || entry === "loopback") {
-      policy[entry] = true;
-    } else if (entry === "any") {
-      policy.public = policy.private = policy.loopback = true;
-    } else if (entry.includes("/")) {
-      const [addr = "", len = ""] = entry.split("/");
-      const bytes = parseIp(addr);
-      const bits = Number(len);
-      if (!bytes || !/^\d+$/.test(len) || bits > bytes.length * 8) {
-        throw bad(entry, "is not a network like 10.1.0.0/16 or fd00::/8");
-      }
-      if (addressClass(bytes) === "special" && bits >= 8) {
-        throw bad(entry, "is a link-local or special network: never allowed");
-      }
-      policy.cidrs.push({ bytes, bits });
-    } else if (parseIp(entry)) {
-      const bytes = parseIp(entry) as Uint8Array;
-      if (addressClass(bytes) === "special")
-        throw bad(entry, "is a special address: never allowed");
-      policy.cidrs.push({ bytes, bits: bytes.length * 8 });
-    } else if (
-      /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(entry)
-    ) {
-      policy.names.push(entry);
-    } else {
-      throw bad(
-        entry,
-        "is not public, private, loopback, any, a network, an address or a host name",
-      );
-    }
-  }
-  return policy;
-}
-
-function nameListed(host: string, names: readonly string[]): boolean {
-  for (const n of names) {
-    if (n.startsWith("*.") ? host.endsWith(n.slice(1)) : host === n) return true;
-  }
-  return false;
-}
-
-/** Whether the policy allows an address (4 or 16 bytes) by its networks or its class. */
-function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
-  const cls = addressClass(bytes);
-  if (cls === "special") return false;
-  for (const c of policy.cidrs) {
-    if (c.bytes.length === bytes.length && inPrefix(bytes, Array.from(c.bytes), c.bits))
-      return true;
-  }
-  return policy[cls];
-}
-
-/**
- * Why the proxy may not call `url` under `policy`, or null when it may. An IP literal goes by its
- * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
- * What a name resolves to is checked where the connection is made (the Node and Deno starters'
- * upstream client), see `resolvedAllowed`.
- */
-export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
-  let host: string;
-  try {
-    host = new URL(url).hostname.toLowerCase();
-  } catch {
-    return "not a URL";
-  }
-  if (host.endsWith(".")) host = host.slice(0, -1);
-  const bytes = parseIp(host);
-  if (bytes) {
-    if (addressClass(bytes) === "special")
-      return "link-local and special addresses are never allowed";
-    return addressAllowed(bytes, policy)
-      ? null
-      : `${addressClass(bytes)} addresses are not allowed`;
-  }
-  if (METADATA_NAMES.has(host)) return "cloud metadata names are never allowed";
-  if (nameListed(host, policy.names)) return null;
-  if (host === "localhost" || host.endsWith(".localhost")) {
-    return policy.loopback ? null : "loopback addresses are not allowed";
-  }
-  return policy.public ? null : "host names are allowed only when listed or with public";
-}
-
-/**
- * Whether a connection to `address` (what `host` resolved to) is allowed: a listed name may
- * resolve anywhere but link-local and special addresses; any other name only where its address
- * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
- */
-export function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
-  const bytes = parseIp(address);
-  if (!bytes || addressClass(bytes) === "special") return false;
-  const name = host.toLowerCase().replace(/\.$/, "");
-  if (!parseIp(name) && nameListed(name, policy.names)) return true;
-  return addressAllowed(bytes, policy);
-}
-
-/** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
 export function isConnectFailure(err: unknown): boolean {
   const e = err as {
     code?: unknown;
@@ -4033,11 +4662,6 @@ interface AttemptFailure {
   clientSlow: boolean;
 }
 
-/** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
-interface WaitUntil {
-  waitUntil(promise: Promise<unknown>): void;
-}
-
 /** One request as the proxy sees it: the Web request, the runtime's env, Workers' context. */
 interface Incoming {
   request: Request;
@@ -4056,20 +4680,21 @@ function incomingOf(c: Context): Incoming {
   return { request: c.req.raw, env: c.env, exec };
 }
 
-/** The client's address as the runtime saw it (no header consulted), or undefined. */
-function peerAddress(inc: Incoming): string | undefined {
-  const env = inc.env as Record<string, unknown> | undefined;
+/**
+ * Where a coordinator learns a request's client address: from the runtime's view of the
+ * connection, handed in by each starter (like `clientGone`), never from a header a client could
+ * set. Only on Workers is a header the answer: Cloudflare sets CF-Connecting-IP itself
+ * (`workersClientAddress`). Undefined when unknown.
+ */
+export type ClientAddress = (request: Request, env: unknown) => string | null | undefined;
+
+/** The client's address by the starter's component; undefined when unknown or when it throws. */
+function clientOf(clientAddress: ClientAddress, inc: Incoming): string | undefined {
   try {
-    const incoming = (env?.incoming as { socket?: { remoteAddress?: string } } | undefined)?.socket;
-    if (incoming?.remoteAddress) return incoming.remoteAddress; // @hono/node-server
-    const requestIP = env?.requestIP as ((r: Request) => { address?: string } | null) | undefined;
-    if (typeof requestIP === "function") return requestIP.call(env, inc.request)?.address; // Bun
-    const remote = env?.remoteAddr as { hostname?: string } | undefined;
-    if (remote?.hostname) return remote.hostname; // Deno.serve's info
+    return clientAddress(inc.request, inc.env) || undefined;
   } catch {
-    // No address known: X-Forwarded-For keeps what it had.
+    return undefined; // no address known: X-Forwarded-For keeps what it had
   }
-  return undefined;
 }
 
 /**
@@ -4093,71 +4718,6 @@ const REWRITTEN_REQUEST_HEADERS = new Set([
   "x-client-ip",
   "cf-connecting-ip",
 ]);
-
-/**
- * The headers sent upstream, as a record: the client's, minus hop-by-hop, framing and
- * client-identity ones (and those its Connection header names), plus X-Forwarded-For (the
- * client's chain, then the peer the runtime saw, or Workers' CF-Connecting-IP), -Proto, -Host,
- * the client's Content-Length only when its body goes along (`withBody`), and the hop header.
- * Null when the request already carries a hop header: it came from a coordinator (a loop).
- * One pass over the request's headers, no Headers object built or changed (copying one is
- * slow on Deno, changing a server's request headers in place is not allowed everywhere).
- */
-function forwardHeaders(
-  inc: Incoming,
-  url: string,
-  ctx: ProxyContext,
-  withBody: boolean,
-): Record<string, string> | null {
-  // No prototype: a header named __proto__ is a plain entry.
-  const out: Record<string, string> = Object.create(null);
-  let host: string | null = null;
-  let connection: string | null = null;
-  let prior: string | null = null;
-  let cfClient: string | null = null;
-  let length: string | null = null;
-  let looped = false;
-  inc.request.headers.forEach((value, name) => {
-    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
-    else if (name === "host") host = value;
-    else if (name === "connection") connection = value;
-    else if (name === "x-forwarded-for") prior = value;
-    else if (name === "content-length") length = value;
-    else if (name === "cf-connecting-ip") cfClient = value;
-    else if (name === HOP_HEADER) looped = true;
-  });
-  if (looped) return null;
-  if (connection !== null) {
-    for (const named of (connection as string).split(",")) {
-      const name = named.trim().toLowerCase();
-      delete out[name];
-      if (name === "x-forwarded-for") prior = null;
-    }
-  }
-  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
-  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
-  if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
-  else if (prior !== null) out["x-forwarded-for"] = prior;
-  const https = url.startsWith("https:");
-  out["x-forwarded-proto"] = https ? "https" : "http";
-  out["x-forwarded-host"] = host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8));
-  if (withBody && length !== null) out["content-length"] = length;
-  if (ctx.settings.cookies === "strip") delete out.cookie;
-  out[HOP_HEADER] = ctx.instanceId;
-  return out;
-}
-
-/** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
-function cleanResponseHeaders(headers: Headers): void {
-  const named = headers.get("connection");
-  if (named) for (const name of named.split(",")) headers.delete(name.trim());
-  for (const name of HOP_BY_HOP) headers.delete(name);
-  if (headers.has("content-encoding")) {
-    // fetch already decoded the body
-    headers.delete("content-encoding");
-    headers.delete("content-length");
-  }
-}
 
 /** One attempt in flight: what aborts it, and when. */
 interface Pending {
@@ -4230,85 +4790,10 @@ class Deadlines {
   }
 }
 
-async function attempt(
-  ctx: ProxyContext,
-  inc: Incoming,
-  target: string,
-  init: RequestInit,
-  body: ReplayableBody | null,
-): Promise<Response | AttemptFailure> {
-  const controller = new AbortController();
-  init.signal = controller.signal;
-  const timeoutMs = ctx.settings.proxyTimeoutMs;
-  if (inc.exec !== null) {
-    // On Workers every timer and listener belongs to its request: one of each per attempt.
-    const state = { timedOut: false, clientGone: false, clientSlow: false };
-    const started = performance.now();
-    const fire = () => {
-      const left = dueAt(started + timeoutMs, started, body) - performance.now();
-      if (left > 0) {
-        timer = setTimeout(fire, left);
-        return;
-      }
-      state.timedOut = true;
-      state.clientSlow = body?.waitingForClient ?? false;
-      controller.abort();
-    };
-    let timer = setTimeout(fire, timeoutMs);
-    const onClientAbort = () => {
-      state.clientGone = true;
-      controller.abort();
-    };
-    const signal = inc.request.signal;
-    signal.addEventListener("abort", onClientAbort, { once: true });
-    try {
-      return await ctx.fetcher(target, init);
-    } catch (error) {
-      return { failed: true, error, ...state };
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", onClientAbort);
-    }
-  }
-  const started = performance.now();
-  const pending: Pending = {
-    controller,
-    deadline: started + timeoutMs,
-    started,
-    inc,
-    body,
-    timedOut: false,
-    clientGone: false,
-    clientSlow: false,
-    index: 0,
-  };
-  ctx.deadlines.add(pending);
-  try {
-    return await ctx.fetcher(target, init);
-  } catch (error) {
-    const { timedOut, clientGone, clientSlow } = pending;
-    return { failed: true, error, timedOut, clientGone, clientSlow };
-  } finally {
-    ctx.deadlines.remove(pending);
-  }
-}
+//#endregion
 
-function json(body: unknown, status: number, extra: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json; charset=UTF-8", ...extra },
-  });
-}
-
-/** Runs a promise after the answer: `waitUntil` on Workers, detached elsewhere. */
-function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
-  const quiet = promise.catch(() => {});
-  exec?.waitUntil(quiet); // elsewhere the promise runs on by itself
-}
-
-// ============================================================================================
-// Router: per-isolate routing state kept across routing-table rebuilds, the live view, signals
-// ============================================================================================
+//#region Router
+// Per-isolate routing state kept across routing-table rebuilds, the live view, signals
 
 /** Most service URLs found to be the coordinator itself that an isolate remembers. */
 const MAX_SELF_URLS = 256;
@@ -4449,6 +4934,16 @@ class LiveViews {
   current(cluster: string, now: number): LiveView | null {
     const view = this.#state.get(cluster)?.view ?? null;
     return view !== null && now <= this.expiresAt(view) ? view : null;
+  }
+
+  /** What the registry routes on for a cluster now: its fresh view, or who is not heard. */
+  lookup(cluster: string, now: number): LiveSight | null {
+    const view = this.current(cluster, now);
+    if (view !== null) {
+      return { members: view.members, unheard: view.unheard, until: this.expiresAt(view) };
+    }
+    const unheard = this.unheard(cluster);
+    return unheard === null ? null : { members: null, unheard, until: Number.POSITIVE_INFINITY };
   }
 
   /** When a view becomes too old to route on. */
@@ -4618,10 +5113,6 @@ class LiveViews {
   }
 }
 
-function iso(ms: number): string | null {
-  return ms > 0 ? new Date(ms).toISOString() : null;
-}
-
 function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
   const state = e.breaker.stateAt(now);
   return {
@@ -4677,7 +5168,7 @@ function serviceMetrics(route: ServiceRoute, now: number) {
   };
 }
 
-/** The metrics JSON (`GET /api/admin/metrics`). */
+/** The metrics JSON (`GET /api/admin/metrics`). @internal */
 export type ServiceMetrics = ReturnType<typeof serviceMetrics>;
 
 function promLabel(value: string): string {
@@ -4687,6 +5178,7 @@ function promLabel(value: string): string {
 /**
  * The Prometheus text format (0.0.4) of the metrics JSON: counters, gauges, and latency
  * summaries whose quantiles cover the metrics window (sums and counts since start).
+ * @internal
  */
 export function prometheusText(services: Record<string, ServiceMetrics>): string {
   type Worker = ServiceMetrics["workers"][string];
@@ -4828,9 +5320,99 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
   return `${out.join("\n")}\n`;
 }
 
-// ============================================================================================
-// Routing and proxy: admit (pick or queue), forward, retry within the budget, answer
-// ============================================================================================
+/** The admin view of services: each one's providers, their health and routing state. */
+function servicesView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
+  const services: Record<string, unknown> = {};
+  const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
+  for (const name of [...table.providers.keys()].sort()) {
+    const list = table.providers.get(name) ?? [];
+    const route = routes.get(name);
+    const healthy = list.filter((p) => p.health !== "unhealthy").length;
+    const routed = new Map(route?.endpoints.map((e) => [e.worker_id, e]) ?? []);
+    services[name] = {
+      total_workers: list.length,
+      healthy_workers: healthy,
+      status: healthy > 0 ? "available" : "unavailable",
+      serving_workers: route ? servingCount(route, now) : 0,
+      in_flight: route?.inFlight ?? 0,
+      queue_length: route?.queued ?? 0,
+      scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+      workers: list.map((p) => {
+        const e = routed.get(p.worker_id);
+        return {
+          worker_id: p.worker_id,
+          url: p.url,
+          tier: p.tier,
+          status: statusOf.get(p.worker_id) ?? "unknown",
+          health: p.health,
+          ...(p.refused !== null ? { refused: p.refused } : {}),
+          breaker: e ? e.breaker.stateAt(now) : null,
+          ejected: e ? e.ejected(now) : false,
+          in_flight: e?.inFlight ?? 0,
+        };
+      }),
+    };
+  }
+  return { services, total_services: table.providers.size, source: table.source };
+}
+
+/** The admin view of circuit breakers: one row per service and worker, by service name. */
+function breakersView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
+  const breakers = [];
+  for (const name of [...routes.keys()].sort()) {
+    const route = routes.get(name) as ServiceRoute;
+    for (const e of route.endpoints) {
+      const m = endpointMetrics(route, e, now);
+      breakers.push({
+        service: name,
+        worker_id: e.worker_id,
+        ...m.breaker,
+        ejected: m.ejected,
+        ejected_until: m.ejected_until,
+        ejections: m.ejections,
+        consecutive_failures: m.consecutive_failures,
+      });
+    }
+  }
+  return { breakers, source: table.source };
+}
+
+/** Every service's metrics, by service name. */
+function metricsOf(
+  routes: ReadonlyMap<string, ServiceRoute>,
+  now: number,
+): Record<string, ServiceMetrics> {
+  const services: Record<string, ServiceMetrics> = {};
+  for (const name of [...routes.keys()].sort()) {
+    services[name] = serviceMetrics(routes.get(name) as ServiceRoute, now);
+  }
+  return services;
+}
+
+/** The admin view of counts: workers by health and tier, services, the write budget, leaders. */
+function statsView(table: RoutingTable, budget: unknown) {
+  const healthy = table.workers.filter((w) => w.healthy).length;
+  const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
+  for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
+  const first = table.clusters[0];
+  return {
+    total_workers: table.workers.length,
+    healthy_workers: healthy,
+    offline_workers: table.workers.length - healthy,
+    by_tier: byTier,
+    total_services: table.providers.size,
+    write_budget: budget,
+    leader: first
+      ? { cluster: first.cluster, leader_id: first.leader_id, term: first.term, stale: first.stale }
+      : null,
+    clusters: table.clusters,
+  };
+}
+
+//#endregion
+
+//#region Routing and proxy
+// Admit (pick or queue), forward, retry within the budget, answer
 
 /**
  * Upstream answers that may be retried (idempotent methods only) and may count against the
@@ -4857,6 +5439,133 @@ interface ProxyContext {
   instanceId: string;
   /** Where details of an error answered generically go (never to the client). */
   log: (line: string) => void;
+  /** The client's address as the runtime saw it (the starter's component). */
+  clientAddress: ClientAddress;
+}
+
+/** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
+function cleanResponseHeaders(headers: Headers): void {
+  const named = headers.get("connection");
+  if (named) for (const name of named.split(",")) headers.delete(name.trim());
+  for (const name of HOP_BY_HOP) headers.delete(name);
+  if (headers.has("content-encoding")) {
+    // fetch already decoded the body
+    headers.delete("content-encoding");
+    headers.delete("content-length");
+  }
+}
+
+/**
+ * The headers sent upstream, as a record: the client's, minus hop-by-hop, framing and
+ * client-identity ones (and those its Connection header names), plus X-Forwarded-For (the
+ * client's chain, then the peer the runtime saw, or Workers' CF-Connecting-IP), -Proto, -Host,
+ * the client's Content-Length only when its body goes along (`withBody`), and the hop header.
+ * Null when the request already carries a hop header: it came from a coordinator (a loop).
+ * One pass over the request's headers, no Headers object built or changed (copying one is
+ * slow on Deno, changing a server's request headers in place is not allowed everywhere).
+ */
+function forwardHeaders(
+  inc: Incoming,
+  url: string,
+  ctx: ProxyContext,
+  withBody: boolean,
+): Record<string, string> | null {
+  // No prototype: a header named __proto__ is a plain entry.
+  const out: Record<string, string> = Object.create(null);
+  let host: string | null = null;
+  let connection: string | null = null;
+  let prior: string | null = null;
+  let length: string | null = null;
+  let looped = false;
+  inc.request.headers.forEach((value, name) => {
+    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
+    else if (name === "host") host = value;
+    else if (name === "connection") connection = value;
+    else if (name === "x-forwarded-for") prior = value;
+    else if (name === "content-length") length = value;
+    else if (name === HOP_HEADER) looped = true;
+  });
+  if (looped) return null;
+  if (connection !== null) {
+    for (const named of (connection as string).split(",")) {
+      const name = named.trim().toLowerCase();
+      delete out[name];
+      if (name === "x-forwarded-for") prior = null;
+    }
+  }
+  const client = clientOf(ctx.clientAddress, inc);
+  if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
+  else if (prior !== null) out["x-forwarded-for"] = prior;
+  const https = url.startsWith("https:");
+  out["x-forwarded-proto"] = https ? "https" : "http";
+  out["x-forwarded-host"] = host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8));
+  if (withBody && length !== null) out["content-length"] = length;
+  if (ctx.settings.cookies === "strip") delete out.cookie;
+  out[HOP_HEADER] = ctx.instanceId;
+  return out;
+}
+
+async function attempt(
+  ctx: ProxyContext,
+  inc: Incoming,
+  target: string,
+  init: RequestInit,
+  body: ReplayableBody | null,
+): Promise<Response | AttemptFailure> {
+  const controller = new AbortController();
+  init.signal = controller.signal;
+  const timeoutMs = ctx.settings.proxyTimeoutMs;
+  if (inc.exec !== null) {
+    // On Workers every timer and listener belongs to its request: one of each per attempt.
+    const state = { timedOut: false, clientGone: false, clientSlow: false };
+    const started = performance.now();
+    const fire = () => {
+      const left = dueAt(started + timeoutMs, started, body) - performance.now();
+      if (left > 0) {
+        timer = setTimeout(fire, left);
+        return;
+      }
+      state.timedOut = true;
+      state.clientSlow = body?.waitingForClient ?? false;
+      controller.abort();
+    };
+    let timer = setTimeout(fire, timeoutMs);
+    const onClientAbort = () => {
+      state.clientGone = true;
+      controller.abort();
+    };
+    const signal = inc.request.signal;
+    signal.addEventListener("abort", onClientAbort, { once: true });
+    try {
+      return await ctx.fetcher(target, init);
+    } catch (error) {
+      return { failed: true, error, ...state };
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onClientAbort);
+    }
+  }
+  const started = performance.now();
+  const pending: Pending = {
+    controller,
+    deadline: started + timeoutMs,
+    started,
+    inc,
+    body,
+    timedOut: false,
+    clientGone: false,
+    clientSlow: false,
+    index: 0,
+  };
+  ctx.deadlines.add(pending);
+  try {
+    return await ctx.fetcher(target, init);
+  } catch (error) {
+    const { timedOut, clientGone, clientSlow } = pending;
+    return { failed: true, error, timedOut, clientGone, clientSlow };
+  } finally {
+    ctx.deadlines.remove(pending);
+  }
 }
 
 function addCors(settings: Settings, request: Request, headers: Headers): void {
@@ -4948,6 +5657,7 @@ function evaluateSignal(
  * Applies the cookie setting to an upstream answer's Set-Cookie headers: `strip` drops them,
  * `scope` limits each to the service's public path (`prefix`) and drops its Domain, so services
  * behind one coordinator origin cannot read or set each other's cookies.
+ * @internal
  */
 export function scopeCookies(headers: Headers, mode: CookieMode, prefix: string): void {
   if (mode === "pass" || !headers.has("set-cookie")) return;
@@ -4965,9 +5675,9 @@ export function scopeCookies(headers: Headers, mode: CookieMode, prefix: string)
 
 /** The public path prefix of a proxied request: `/api/service/<name>`, or the alias's. */
 function publicPrefix(target: ServiceTarget, url: string): string {
-  const at = url.indexOf("/", url.indexOf("//") + 2);
+  const at = pathStart(url);
   if (url.startsWith("/api/service/", at)) return `/api/service/${target.service}`;
-  const path = url.slice(at).split("?")[0] as string;
+  const path = pathOf(url, at);
   const rest = target.rest === null ? "" : `/${target.rest}`;
   return path.endsWith(rest) ? path.slice(0, path.length - rest.length) || "/" : "/";
 }
@@ -5083,6 +5793,50 @@ function loopAnswer(ctx: ProxyContext, request: Request): Response {
     508,
     { [LOOP_HEADER]: hop.slice(0, 64) },
   );
+}
+
+/** A short random id that ties an answer to its log line. */
+function newRequestId(): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+}
+
+/**
+ * The answer when no attempt got a usable answer: 499 (the client left), 408 (the client's
+ * upload stalled), 504 (timeout) or 502. What went wrong in detail (an internal address, a
+ * system error) is logged with a request id; the client gets the id, never the detail.
+ */
+function proxyFailure(
+  ctx: ProxyContext,
+  failure: AttemptFailure | null,
+  service: string,
+  worker: string,
+): { status: number; body: Record<string, unknown> } {
+  if (failure?.clientGone) return { status: 499, body: { error: "Client closed the request" } };
+  if (failure?.clientSlow) {
+    return {
+      status: 408,
+      body: {
+        error: "Request body not received in time",
+        message: `The client sent nothing of its body for ${ctx.settings.proxyTimeoutMs} ms`,
+      },
+    };
+  }
+  const timedOut = failure?.timedOut ?? false;
+  const requestId = newRequestId();
+  const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
+  ctx.log(`${requestId} service ${service} worker ${worker}: ${timedOut ? "timeout" : detail}`);
+  return {
+    status: timedOut ? 504 : 502,
+    body: {
+      error: "Service proxy failed",
+      message: timedOut
+        ? `Worker did not answer within ${ctx.settings.proxyTimeoutMs} ms`
+        : "Worker could not be reached",
+      service,
+      worker,
+      request_id: requestId,
+    },
+  };
 }
 
 async function routeService(
@@ -5227,50 +5981,6 @@ async function routeService(
 }
 
 /**
- * The answer when no attempt got a usable answer: 499 (the client left), 408 (the client's
- * upload stalled), 504 (timeout) or 502. What went wrong in detail (an internal address, a
- * system error) is logged with a request id; the client gets the id, never the detail.
- */
-function proxyFailure(
-  ctx: ProxyContext,
-  failure: AttemptFailure | null,
-  service: string,
-  worker: string,
-): { status: number; body: Record<string, unknown> } {
-  if (failure?.clientGone) return { status: 499, body: { error: "Client closed the request" } };
-  if (failure?.clientSlow) {
-    return {
-      status: 408,
-      body: {
-        error: "Request body not received in time",
-        message: `The client sent nothing of its body for ${ctx.settings.proxyTimeoutMs} ms`,
-      },
-    };
-  }
-  const timedOut = failure?.timedOut ?? false;
-  const requestId = newRequestId();
-  const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
-  ctx.log(`${requestId} service ${service} worker ${worker}: ${timedOut ? "timeout" : detail}`);
-  return {
-    status: timedOut ? 504 : 502,
-    body: {
-      error: "Service proxy failed",
-      message: timedOut
-        ? `Worker did not answer within ${ctx.settings.proxyTimeoutMs} ms`
-        : "Worker could not be reached",
-      service,
-      worker,
-      request_id: requestId,
-    },
-  };
-}
-
-/** A short random id that ties an answer to its log line. */
-function newRequestId(): string {
-  return crypto.randomUUID().replaceAll("-", "").slice(0, 16);
-}
-
-/**
  * The answer to an error thrown while routing or answering (the app's onError, and the fast
  * path's): a clear 4xx for bad input; for a store failure or anything unexpected a generic
  * message and a request id, the detail (paths, addresses, stacks) only in the log.
@@ -5299,331 +6009,16 @@ function errorAnswer(err: unknown, log: (line: string) => void): Response {
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
 function serviceTargetOf(url: string): ServiceTarget | null {
-  const start = url.indexOf("/", url.indexOf("//") + 2);
-  const q = url.indexOf("?", start);
-  return parseServicePath(q === -1 ? url.slice(start) : url.slice(start, q));
+  return parseServicePath(pathOf(url));
 }
 
-// ============================================================================================
-// Security: bearer tokens compared in constant time, guards that fail closed, signed agent
-// requests (Ed25519 through Web Crypto) against replay, the live view's credential
-// ============================================================================================
+//#endregion
 
-async function digestBytes(text: string): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
-}
-
-/** Compares two secrets in time independent of where they differ (SHA-256 of both, then XOR). */
-export async function tokensEqual(given: string, expected: string): Promise<boolean> {
-  const [a, b] = await Promise.all([digestBytes(given), digestBytes(expected)]);
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
-  return diff === 0;
-}
-
-function bearerToken(c: Context): string | null {
-  const header = c.req.header("authorization");
-  if (!header) return null;
-  const match = /^Bearer\s+(.+)$/i.exec(header.trim());
-  return match ? (match[1] as string).trim() : "";
-}
-
-/** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
-type Guard = "worker" | "cluster" | "admin";
-
-/** Whether any token is configured: then every guard needs its own (and one without refuses). */
-function isSecured(settings: Settings): boolean {
-  return settings.clusterToken !== null || settings.adminToken !== null;
-}
-
-/**
- * Admits a request to a guard (how: `Sender.level`) or answers why not. With no token at all
- * everything is open (local dev). Once any token is set every guard needs its own: a guard whose
- * token is not set refuses everyone (403), except token-less direct-mode workers where legacy
- * workers are admitted; a wrong token is always 401.
- */
-async function authorize(
-  c: Context,
-  settings: Settings,
-  guard: Guard,
-): Promise<Sender["level"] | Response> {
-  if (!isSecured(settings)) return "open";
-  const given = bearerToken(c);
-  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return "legacy";
-  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
-  if (expected === null) {
-    const [what, name] =
-      guard === "admin"
-        ? ["Admin endpoints", "ROLLCALL_ADMIN_TOKEN"]
-        : ["Agent endpoints", "ROLLCALL_CLUSTER_TOKEN"];
-    return json(
-      {
-        error: `${what} are disabled`,
-        message: `Another token is set, so ${what.toLowerCase()} need their own: set ${name}`,
-      },
-      403,
-    );
-  }
-  if (given && (await tokensEqual(given, expected))) return "token";
-  return json(
-    {
-      error: given === null ? "Missing token" : "Invalid token",
-      message:
-        guard === "admin"
-          ? "Admin endpoints need 'Authorization: Bearer <admin token>'"
-          : "Agents need 'Authorization: Bearer <cluster token>'",
-    },
-    401,
-    { "www-authenticate": 'Bearer realm="rollcall"' },
-  );
-}
-
-/** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
-export const SIGNATURE_HEADERS = {
-  signer: "x-rollcall-signer",
-  timestamp: "x-rollcall-timestamp",
-  nonce: "x-rollcall-nonce",
-  signature: "x-rollcall-signature",
-} as const;
-
-/** How far a signed request's timestamp may be from the coordinator's clock. */
-export const SIGNATURE_SKEW_MS = 5 * MINUTE;
-
-/** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
-export interface SignedRequestParts {
-  method: string;
-  /** The path as the coordinator receives it, without the query. */
-  path: string;
-  /** Milliseconds since the epoch. */
-  timestamp: number;
-  nonce: string;
-  /** The PeerId whose key signs. */
-  signer: string;
-  /** SHA-256 of the exact body bytes (of nothing when there is no body), lowercase hex. */
-  bodySha256: string;
-}
-
-/** The text an agent signs for a request (UTF-8), one part per line. */
-export function signedRequestText(p: SignedRequestParts): string {
-  return [
-    "rollcall-request-v1",
-    p.method.toUpperCase(),
-    p.path,
-    String(p.timestamp),
-    p.nonce,
-    p.signer,
-    p.bodySha256,
-  ].join("\n");
-}
-
-/** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
-export async function sha256Hex(data: Uint8Array | string): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
-  let hex = "";
-  for (const b of digest) hex += b.toString(16).padStart(2, "0");
-  return hex;
-}
-
-function toBase64url(bytes: Uint8Array): string {
-  let text = "";
-  for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
-}
-
-function fromBase64url(text: string): Uint8Array | null {
-  if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
-  try {
-    const raw = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
-    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Signs a request for the coordinator with the key of `signer` (its PeerId): the headers to send
- * along. `sign` signs bytes with the private key (a libp2p key's `sign`).
- */
-export async function signRequest(input: {
-  method: string;
-  path: string;
-  body?: Uint8Array | string | null;
-  signer: string;
-  sign: (data: Uint8Array) => Uint8Array | Promise<Uint8Array>;
-  now: number;
-  nonce?: string;
-}): Promise<Record<string, string>> {
-  const nonce = input.nonce ?? toBase64url(crypto.getRandomValues(new Uint8Array(16)));
-  const timestamp = Math.round(input.now);
-  const text = signedRequestText({
-    method: input.method,
-    path: input.path,
-    timestamp,
-    nonce,
-    signer: input.signer,
-    bodySha256: await sha256Hex(input.body ?? new Uint8Array(0)),
-  });
-  const signature = await input.sign(new TextEncoder().encode(text));
-  return {
-    [SIGNATURE_HEADERS.signer]: input.signer,
-    [SIGNATURE_HEADERS.timestamp]: String(timestamp),
-    [SIGNATURE_HEADERS.nonce]: nonce,
-    [SIGNATURE_HEADERS.signature]: toBase64url(signature),
-  };
-}
-
-/** Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error. */
-export async function verifyEd25519(
-  publicKey: Uint8Array,
-  signature: Uint8Array,
-  data: Uint8Array,
-): Promise<boolean> {
-  try {
-    const raw = publicKey as BufferSource;
-    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify(
-      { name: "Ed25519" },
-      key,
-      signature as BufferSource,
-      data as BufferSource,
-    );
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Nonces of the signed requests of the last two skew windows, per isolate: a nonce seen twice
- * is a replay. At most `max` (about 100 bytes each); when full of live ones the oldest goes,
- * counted in `evicted` (docs/SECURITY.md says what that leaves open).
- */
-class NonceCache {
-  readonly #seen = new Map<string, number>();
-  evicted = 0;
-  constructor(readonly max = 10_000) {}
-
-  /** Records a nonce; false when it was seen and has not expired. */
-  use(key: string, now: number): boolean {
-    const until = this.#seen.get(key);
-    if (until !== undefined && until > now) return false;
-    this.#seen.delete(key);
-    if (this.#seen.size >= this.max) {
-      this.prune(now);
-      if (this.#seen.size >= this.max) {
-        this.#seen.delete(this.#seen.keys().next().value as string);
-        this.evicted++;
-      }
-    }
-    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
-    return true;
-  }
-
-  /** Forgets expired nonces (they expire in the order they came). */
-  prune(now: number): void {
-    for (const [key, until] of this.#seen) {
-      if (until > now) break;
-      this.#seen.delete(key);
-    }
-  }
-}
-
-function unsigned(error: string, message: string, extra: Record<string, unknown> = {}): Refused {
-  return new Refused(401, { error, message, ...extra });
-}
-
-/**
- * The verified signer of a request: null when it carries no signature headers; throws Refused
- * (401) when its signature is incomplete, malformed, outside the clock window, replayed or
- * wrong. The nonce is remembered only once the signature is good.
- */
-async function verifiedSigner(
-  headers: Headers,
-  parts: { method: string; path: string; body: Uint8Array },
-  nonces: NonceCache,
-  now: number,
-): Promise<string | null> {
-  const signer = headers.get(SIGNATURE_HEADERS.signer);
-  const timestamp = headers.get(SIGNATURE_HEADERS.timestamp);
-  const nonce = headers.get(SIGNATURE_HEADERS.nonce);
-  const signature = headers.get(SIGNATURE_HEADERS.signature);
-  if (signer === null && timestamp === null && nonce === null && signature === null) return null;
-  if (signer === null || timestamp === null || nonce === null || signature === null) {
-    throw unsigned(
-      "Incomplete request signature",
-      "A signed request needs all four x-rollcall-* signature headers",
-    );
-  }
-  const key = peerIdPublicKey(signer);
-  if (key === null)
-    throw unsigned("Invalid request signature", "The signer is not an Ed25519 PeerId");
-  const ts = Number(timestamp);
-  if (!/^\d{1,16}$/.test(timestamp) || Math.abs(now - ts) > SIGNATURE_SKEW_MS) {
-    throw unsigned(
-      "Request signature expired",
-      `The signature's timestamp must be within ${SIGNATURE_SKEW_MS / 1000} s of the coordinator's clock`,
-      { server_time: now },
-    );
-  }
-  const sig = fromBase64url(signature);
-  if (!/^[A-Za-z0-9_-]{16,64}$/.test(nonce) || sig === null || sig.length !== 64) {
-    throw unsigned("Invalid request signature", "The nonce or the signature is malformed");
-  }
-  const text = signedRequestText({
-    method: parts.method,
-    path: parts.path,
-    timestamp: ts,
-    nonce,
-    signer,
-    bodySha256: await sha256Hex(parts.body),
-  });
-  if (!(await verifyEd25519(key, sig, new TextEncoder().encode(text)))) {
-    throw unsigned(
-      "Invalid request signature",
-      "The signature does not verify with the signer's key",
-    );
-  }
-  if (!nonces.use(`${signer} ${nonce}`, now)) {
-    throw unsigned("Request signature already used", "Each signed request needs a fresh nonce");
-  }
-  return signer;
-}
-
-/** How far a live-view authorization's timestamp may be from the agent's clock. */
-export const VIEW_AUTH_SKEW_MS = MINUTE;
-
-/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
-export function viewAuthText(timestamp: number): string {
-  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
-}
-
-/**
- * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
- * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
- */
-export async function viewAuthorization(token: string, now: number): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(token),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const ts = Math.round(now);
-  const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
-  );
-  let hex = "";
-  for (const b of mac) hex += b.toString(16).padStart(2, "0");
-  return `Rollcall-View ts=${ts}, sig=${hex}`;
-}
-
-// ============================================================================================
-// Dashboard: the admin page at /admin, its snapshot, recent events, an operator's actions.
-// It reads the per-isolate routing state directly and costs no store access of its own, so it
-// lives in this file (see docs/ARCHITECTURE.md). The page is static text (no build step, no
-// framework) under a strict CSP; its script renders every value with textContent.
-// ============================================================================================
+//#region Dashboard
+// The admin page at /admin, its snapshot, recent events, an operator's actions. It reads the
+// per-isolate routing state directly and costs no store access of its own, so it lives in this file
+// (see docs/ARCHITECTURE.md). The page is static text (no build step, no framework) under a strict
+// CSP; its script renders every value with textContent.
 
 /** How often the page asks for a snapshot while it is visible. */
 const DASHBOARD_REFRESH_MS = 1000;
@@ -5634,7 +6029,7 @@ const GONE_KEPT_MS = 10 * MINUTE;
 const GONE_KEPT = 100;
 
 /** One of the dashboard's recent events. */
-export interface ClusterEvent {
+interface ClusterEvent {
   at: number;
   kind: "cluster" | "leader" | "member" | "service" | "breaker" | "ejection" | "action";
   text: string;
@@ -5648,7 +6043,7 @@ interface EndpointSeen {
 }
 
 /** The last 8 characters of a long ID (PeerIds share their first ones), as the page shows it. */
-export function shortId(id: string): string {
+function shortId(id: string): string {
   return id.length > 16 ? `…${id.slice(-8)}` : id;
 }
 
@@ -5659,7 +6054,7 @@ export function shortId(id: string): string {
  * against the last ones seen. Bounded: a ring of events; workers and providers that left the
  * view are kept a while (GONE_KEPT_MS, at most GONE_KEPT) so the page can show them as down.
  */
-export class ClusterWatch {
+class ClusterWatch {
   readonly #events: ClusterEvent[] = [];
   readonly #leaders = new Map<string, { id: string | null; term: number | null; since: number }>();
   #workers: Map<string, WorkerView> | null = null;
@@ -5807,11 +6202,15 @@ interface DashboardDeps {
   settings: Settings;
   router: Router;
   live: LiveViews | null;
-  store: Pick<Store, "kind" | "persistent">;
+  reg: { store: Pick<Store, "kind" | "persistent"> };
   clock: ClockLike;
   /** The routing table as the admin API reads it (synced into the router, live view fresh). */
   routing(c: Context): Promise<{ table: RoutingTable; now: number }>;
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  /** What the dashboard remembers of clusters and endpoints (fed by every routing read). */
+  watch: ClusterWatch;
+  /** The client's address of an operator's action (for the audit line). */
+  clientAddress: ClientAddress;
 }
 
 function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: Settings): string[] {
@@ -5954,8 +6353,8 @@ function dashboardSnapshot(
     workers,
     services,
     store: {
-      kind: deps.store.kind,
-      persistent: deps.store.persistent,
+      kind: deps.reg.store.kind,
+      persistent: deps.reg.store.persistent,
       ...budget,
       next_keepalive_at: keepalives.sort()[0] ?? null,
     },
@@ -6509,8 +6908,8 @@ const DASHBOARD_HEADERS: Record<string, string> = {
  * snapshot and the two actions on `admin`, behind whatever guard the admin API has. Returns the
  * watcher the admin reads and ticks feed.
  */
-function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWatch {
-  const watch = new ClusterWatch();
+function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
+  const { watch } = deps;
   const file = (body: string, type: string) => () =>
     new Response(body, { headers: { ...DASHBOARD_HEADERS, "content-type": type } });
   app.get("/admin", file(DASHBOARD_HTML, "text/html; charset=utf-8"));
@@ -6564,7 +6963,7 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
         service,
         worker_id,
         changed,
-        client: peerAddress(incomingOf(c)) ?? null,
+        client: clientOf(deps.clientAddress, incomingOf(c)) ?? null,
         at: new Date(now).toISOString(),
       }),
     );
@@ -6584,12 +6983,11 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): ClusterWat
   });
   admin.post("/breakers/reset", small, act("breaker_reset"));
   admin.post("/ejections/end", small, act("ejection_end"));
-  return watch;
 }
 
-// ============================================================================================
-// The app
-// ============================================================================================
+//#endregion
+
+//#region The app
 
 /** Collaborators of a coordinator. */
 export interface CoordinatorComponents {
@@ -6603,6 +7001,11 @@ export interface CoordinatorComponents {
   random?: () => number;
   /** Whether the client of a request went away. Default: `request.signal.aborted`. */
   clientGone?: (request: Request, env: unknown) => boolean;
+  /**
+   * The client's address of a request as the runtime saw it (X-Forwarded-For, the legacy
+   * register limit, the audit line). Default: none known.
+   */
+  clientAddress?: ClientAddress;
   /**
    * Where the details of errors answered generically go (with their request id). Default
    * `console.error`. Never given a secret.
@@ -6644,18 +7047,6 @@ export interface Coordinator {
   allowsUpstream(host: string, address: string): boolean;
 }
 
-function issues(err: z.ZodError): { path: string; message: string }[] {
-  return err.issues
-    .slice(0, 10)
-    .map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
-}
-
-/** Whether a Content-Type is JSON (`application/json`, `application/<x>+json`, any parameters). */
-function isJsonType(type: string | undefined): boolean {
-  const media = (type ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
-  return media === "application/json" || /^application\/[a-z0-9.+-]+\+json$/.test(media);
-}
-
 /** An agent request, admitted and read: its body's bytes and who sent it. */
 interface AgentRequest {
   bytes: Uint8Array;
@@ -6672,6 +7063,7 @@ async function agentRequest(
   guard: Guard,
   nonces: NonceCache,
   now: number,
+  clientAddress: ClientAddress,
 ): Promise<AgentRequest | { response: Response }> {
   const level = await authorize(c, settings, guard);
   if (typeof level !== "string") return { response: level };
@@ -6693,19 +7085,15 @@ async function agentRequest(
   } catch {
     return { response: json({ error: "Request body could not be read" }, 400) };
   }
-  const url = request.url;
-  const at = url.indexOf("/", url.indexOf("//") + 2);
-  const q = url.indexOf("?", at);
-  const path = q === -1 ? url.slice(at) : url.slice(at, q);
+  const path = pathOf(request.url);
   const signer = await verifiedSigner(
     request.headers,
     { method: request.method, path, body: bytes },
     nonces,
     now,
   );
-  const inc = incomingOf(c);
-  const cf = inc.exec !== null ? c.req.header("cf-connecting-ip") : undefined;
-  return { bytes, sender: { level, signer, address: cf ?? peerAddress(inc) ?? "unknown" } };
+  const address = clientOf(clientAddress, incomingOf(c)) ?? "unknown";
+  return { bytes, sender: { level, signer, address } };
 }
 
 /** Parses an agent request's body as JSON against a schema, or answers 400. */
@@ -6742,25 +7130,39 @@ const FLUSH_EVERY_MS = MINUTE;
 /** How often a started coordinator re-evaluates the scaling signals (without traffic too). */
 const TICK_EVERY_MS = 5000;
 
-/** Builds a coordinator from settings and collaborators. */
-export function createCoordinator(
-  init: CoordinatorInit,
-  components: CoordinatorComponents,
-): Coordinator {
-  const settings = resolveSettings(init);
+/**
+ * A coordinator's per-isolate parts, shared by its routes: the proxy's context (registry,
+ * router, live views, ...) and what the admin and agent routes add to it.
+ */
+interface Parts extends ProxyContext {
+  nonces: NonceCache;
+  watch: ClusterWatch;
+  aliases: AliasList;
+  /** Prunes every per-isolate collection, at most once a minute. */
+  prune(now: number, table: RoutingTable | null): void;
+  /** The routing table, synced into the router, live views refreshed when due. */
+  routing(c: Context | null): Promise<{ table: RoutingTable; now: number }>;
+  /** Writes what the cap deferred, when the budget allows (errors ignored). */
+  flushPending(): Promise<void>;
+  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+}
+
+/** Builds the per-isolate parts from settings and collaborators. */
+function coordinatorParts(settings: Settings, components: CoordinatorComponents): Parts {
   const clock = components.clock ?? systemNow;
   const fetcher = components.fetch ?? ((input, reqInit) => fetch(input, reqInit));
-  const log = components.log ?? ((line: string) => console.error(`rollcall: ${line}`));
-  const reg = new Registry(settings, components.store, clock);
-  const router = new Router(settings);
-  const nonces = new NonceCache();
   // The live view needs its own credential once tokens are set: never the cluster token.
   const liveOn = settings.liveView && (settings.agentToken !== null || !isSecured(settings));
   const live = liveOn
     ? new LiveViews(settings, { fetcher, clock, onChange: () => reg.invalidate() })
     : null;
-  reg.live = live;
-  const proxy: ProxyContext = {
+  const reg = new Registry(settings, components.store, clock, (cluster, now) =>
+    live === null ? null : live.lookup(cluster, now),
+  );
+  const router = new Router(settings);
+  const nonces = new NonceCache();
+  let prunedAt = 0;
+  const parts: Parts = {
     reg,
     router,
     live,
@@ -6775,93 +7177,98 @@ export function createCoordinator(
     inPlace: null,
     webhook: { sent: 0, failed: 0, lastError: null },
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
-    log,
+    log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
+    clientAddress: components.clientAddress ?? (() => undefined),
+    nonces,
+    watch: new ClusterWatch(),
+    aliases: aliasList(settings.aliases),
+    // From `start()`'s timer on a long-running server, from admin and agent requests where no
+    // timer runs (Workers).
+    prune(now, table) {
+      if (now - prunedAt < MINUTE) return;
+      prunedAt = now;
+      reg.prune(now);
+      router.prune();
+      if (table !== null) live?.prune(table);
+      nonces.prune(now);
+    },
+    async routing(c) {
+      let table = await reg.table();
+      const exec = c ? incomingOf(c).exec : null;
+      // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
+      // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
+      const refreshes =
+        live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
+      if (c !== null && refreshes.length > 0) {
+        await Promise.all(refreshes);
+        table = await reg.table();
+      }
+      const now = clock.now();
+      router.sync(table, now);
+      for (const route of router.routes.values()) evaluateSignal(parts, route, now, exec);
+      parts.watch.observe(table, router.routes, now);
+      parts.prune(now, table);
+      return { table, now };
+    },
+    // Opportunistic: what the cap deferred is written on the first request that may write it.
+    async flushPending() {
+      if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
+    },
+    budget: () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount }),
   };
-  /**
-   * Prunes every per-isolate collection at most once a minute: from `start()`'s timer on a
-   * long-running server, from admin and agent requests where no timer runs (Workers).
-   */
-  let prunedAt = 0;
-  const prune = (now: number, table: RoutingTable | null) => {
-    if (now - prunedAt < MINUTE) return;
-    prunedAt = now;
-    reg.prune(now);
-    router.prune();
-    if (table !== null) live?.prune(table);
-    nonces.prune(now);
-  };
-  /** The routing table, synced into the router, live views refreshed when due. */
-  const routing = async (c: Context | null) => {
-    let table = await reg.table();
-    const exec = c ? incomingOf(c).exec : null;
-    // An admin read waits for a live view at most ADMIN_LIVE_MAX_AGE_MS old (bounded by the
-    // agent timeout): it shows what the leader's mesh knows now, e.g. a worker just suspected.
-    const refreshes =
-      live?.tick(table, clock.now(), exec, c ? ADMIN_LIVE_MAX_AGE_MS : undefined) ?? [];
-    if (c !== null && refreshes.length > 0) {
-      await Promise.all(refreshes);
-      table = await reg.table();
-    }
-    const now = clock.now();
-    router.sync(table, now);
-    for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
-    dashboard.observe(table, router.routes, now);
-    prune(now, table);
-    return { table, now };
-  };
-  const app = new Hono();
-  const limit = bodyLimit({
-    maxSize: settings.maxBodyBytes,
-    onError: (c) =>
-      c.json({ error: `Request body is larger than ${settings.maxBodyBytes} bytes` }, 413),
-  });
-  const budget = () => ({ ...reg.budget.snapshot(), pending_writes: reg.pendingCount });
+  return parts;
+}
 
-  // Opportunistic: what the cap deferred is written on the first request that may write it.
-  const flushPending = async () => {
-    if (reg.pendingCount > 0 && reg.budget.available) await reg.flushPending().catch(() => 0);
-  };
-  const aliases = aliasList(settings.aliases);
-  /**
-   * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
-   * when it is routed), an alias's target for an aliased path outside the API's own paths
-   * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
-   */
-  const proxied = (request: Request): ServiceTarget | "service" | null => {
-    if (isPreflight(request)) return null;
-    const url = request.url;
-    const at = url.indexOf("/", url.indexOf("//") + 2);
-    if (url.startsWith("/api/service/", at)) return "service";
-    if (aliases.length === 0) return null;
-    const q = url.indexOf("?", at);
-    const path = q === -1 ? url.slice(at) : url.slice(at, q);
-    if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
-    if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
-    return matchAlias(path, aliases);
-  };
-  /**
-   * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
-   * every error itself with the CORS headers a browser needs to read it.
-   */
-  const proxyEntry = async (inc: Incoming, target: ServiceTarget | "service") => {
-    try {
-      // Writes that waited go out beside the request, never in front of it.
-      if (reg.pendingCount > 0) defer(inc.exec, flushPending());
-      // A path under /api/service/ always has a target (or throws on a bad name).
-      const to =
-        target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
-      return await routeService(inc, proxy, to);
-    } catch (err) {
-      const res = errorAnswer(err, log);
-      addCors(settings, inc.request, res.headers);
-      return res;
-    }
-  };
-  /**
-   * Whether a path gets CORS headers: the service routes (a browser app calls them from its own
-   * origin) and `/health`. The agent and admin endpoints do not: no web page may read them, and
-   * the dashboard is same-origin.
-   */
+/**
+ * Whether the proxy answers a request: "service" for `/api/service/...` (its name is parsed
+ * when it is routed), an alias's target for an aliased path outside the API's own paths
+ * (`/health`, `/metrics`, `/api/...`), null for the rest and for every CORS preflight.
+ */
+function proxied(request: Request, aliases: AliasList): ServiceTarget | "service" | null {
+  if (isPreflight(request)) return null;
+  const url = request.url;
+  const at = pathStart(url);
+  if (url.startsWith("/api/service/", at)) return "service";
+  if (aliases.length === 0) return null;
+  const path = pathOf(url, at);
+  if (path === "/health" || path === "/metrics" || path.startsWith("/api/")) return null;
+  if (path === "/admin" || path.startsWith("/admin/")) return null; // the dashboard
+  return matchAlias(path, aliases);
+}
+
+/**
+ * Answers a request the proxy serves (see `proxied`): writes what waits, routes, and answers
+ * every error itself with the CORS headers a browser needs to read it.
+ */
+async function proxyEntry(
+  parts: Parts,
+  inc: Incoming,
+  target: ServiceTarget | "service",
+): Promise<Response> {
+  try {
+    // Writes that waited go out beside the request, never in front of it.
+    if (parts.reg.pendingCount > 0) defer(inc.exec, parts.flushPending());
+    // A path under /api/service/ always has a target (or throws on a bad name).
+    const to = target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
+    return await routeService(inc, parts, to);
+  } catch (err) {
+    const res = errorAnswer(err, parts.log);
+    addCors(parts.settings, inc.request, res.headers);
+    return res;
+  }
+}
+
+/**
+ * The middleware in front of every route. What the proxy serves goes to it before any other
+ * (`coordinator.fetch` does the same without hono): it sets the CORS headers on its answers
+ * itself, where hono's cors() would wrap every proxied response in a new one (it touches `c.res`
+ * before the handler runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes
+ * to the service. CORS headers go on the service routes (a browser app calls them from its own
+ * origin) and `/health`, never on the agent and admin endpoints (no web page may read them, and
+ * the dashboard is same-origin). Then what the cap deferred is written.
+ */
+function frontMiddleware(app: Hono, parts: Parts): void {
+  const { settings, aliases } = parts;
   const corsPath = (path: string): boolean =>
     path === "/health" ||
     path.startsWith("/api/service/") ||
@@ -6869,9 +7276,6 @@ export function createCoordinator(
       path !== "/metrics" &&
       !path.startsWith("/api/") &&
       matchAlias(path, aliases) !== null);
-
-  app.onError((err) => errorAnswer(err, log));
-  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   const corsHeaders = cors({
     origin: settings.corsOrigin,
     // No fixed list: a preflight gets the headers it asks for (hono echoes them), as services
@@ -6879,21 +7283,22 @@ export function createCoordinator(
     allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"],
     exposeHeaders: ["Retry-After", "X-Rollcall-Worker", "X-Rollcall-Worker-Name"],
   });
-  // What the proxy serves goes to it before any other middleware (`coordinator.fetch` does the
-  // same without hono): it sets the CORS headers on its answers itself, where hono's cors()
-  // would wrap every proxied response in a new one (it touches `c.res` before the handler
-  // runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes to the service.
+  app.onError((err) => errorAnswer(err, parts.log));
+  app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   app.use("*", (c, next) => {
-    const target = proxied(c.req.raw);
-    if (target !== null) return proxyEntry(incomingOf(c), target);
+    const target = proxied(c.req.raw, aliases);
+    if (target !== null) return proxyEntry(parts, incomingOf(c), target);
     return corsPath(c.req.path) ? corsHeaders(c, next) : next();
   });
   app.use("*", async (_c, next) => {
-    await flushPending();
+    await parts.flushPending();
     await next();
   });
+}
 
-  // A small index of the API, for a person who opens the coordinator's URL.
+/** `GET /` (a small index of the API, for a person who opens the coordinator's URL) and `/health`. */
+function publicRoutes(app: Hono, parts: Parts): void {
+  const { settings, live, reg, clock } = parts;
   app.get("/", (c) =>
     c.json({
       service: "rollcall-coordinator",
@@ -6917,7 +7322,6 @@ export function createCoordinator(
       docs: "docs/DEPLOY.md and docs/AGENTS.md in the rollcall repository",
     }),
   );
-
   app.get("/health", (c) => {
     const secured = isSecured(settings);
     const guard = (token: string | null) => (!secured ? "open" : token ? "token" : "disabled");
@@ -6939,11 +7343,29 @@ export function createCoordinator(
       time: new Date(clock.now()).toISOString(),
     });
   });
+}
 
+/** A healthy (else degraded) provider of a service among the best tier, picked at random. */
+function findProvider(table: RoutingTable, service: string, random: () => number) {
+  const usable = (table.providers.get(service) ?? []).filter((p) => p.health !== "unhealthy");
+  const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
+  const best = Math.min(...usable.map(rank));
+  const top = usable.filter((p) => rank(p) === best);
+  return top[Math.floor(random() * top.length)];
+}
+
+/** The agents' endpoints: direct mode's register, heartbeat, unregister and find; leader mode's report. */
+function agentRoutes(app: Hono, parts: Parts): void {
+  const { settings, reg, clock, nonces } = parts;
+  const limit = bodyLimit({
+    maxSize: settings.maxBodyBytes,
+    onError: (c) =>
+      c.json({ error: `Request body is larger than ${settings.maxBodyBytes} bytes` }, 413),
+  });
   /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
   const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
-    prune(clock.now(), null);
-    const got = await agentRequest(c, settings, guard, nonces, clock.now());
+    parts.prune(clock.now(), null);
+    const got = await agentRequest(c, settings, guard, nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got;
     const body = parseJson(got.bytes, schema);
     return "response" in body ? body : { data: body.data, sender: got.sender };
@@ -6963,7 +7385,7 @@ export function createCoordinator(
   });
 
   app.delete("/api/worker/unregister/:id", limit, async (c) => {
-    const got = await agentRequest(c, settings, "worker", nonces, clock.now());
+    const got = await agentRequest(c, settings, "worker", nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got.response;
     const id = WorkerIdSchema.safeParse(c.req.param("id"));
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
@@ -6980,11 +7402,7 @@ export function createCoordinator(
       return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
     }
     const table = await reg.table();
-    const usable = (table.providers.get(name.data) ?? []).filter((p) => p.health !== "unhealthy");
-    const rank = (p: Provider) => (p.health === "healthy" ? 0 : 10) + p.tier;
-    const best = Math.min(...usable.map(rank));
-    const top = usable.filter((p) => rank(p) === best);
-    const pick = top[Math.floor(proxy.random() * top.length)];
+    const pick = findProvider(table, name.data, parts.random);
     if (!pick) {
       return c.json(
         {
@@ -7015,7 +7433,15 @@ export function createCoordinator(
     if (typeof level !== "string") return level;
     return c.json({ status: "ok" });
   });
+}
 
+/**
+ * The admin API under `/api/admin` (its views are built by the pure functions beside the
+ * metrics), the dashboard at `/admin`, and `/metrics` in Prometheus text format; all behind the
+ * admin guard.
+ */
+function adminRoutes(app: Hono, parts: Parts): void {
+  const { settings, router, live, routing } = parts;
   const admin = new Hono();
   admin.use("*", async (c, next) => {
     const level = await authorize(c, settings, "admin");
@@ -7029,72 +7455,21 @@ export function createCoordinator(
   });
   admin.get("/services", async (c) => {
     const { table, now } = await routing(c);
-    const services: Record<string, unknown> = {};
-    const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
-    for (const name of [...table.providers.keys()].sort()) {
-      const list = table.providers.get(name) ?? [];
-      const route = router.routes.get(name);
-      const healthy = list.filter((p) => p.health !== "unhealthy").length;
-      const routed = new Map(route?.endpoints.map((e) => [e.worker_id, e]) ?? []);
-      services[name] = {
-        total_workers: list.length,
-        healthy_workers: healthy,
-        status: healthy > 0 ? "available" : "unavailable",
-        serving_workers: route ? servingCount(route, now) : 0,
-        in_flight: route?.inFlight ?? 0,
-        queue_length: route?.queued ?? 0,
-        scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
-        workers: list.map((p) => {
-          const e = routed.get(p.worker_id);
-          return {
-            worker_id: p.worker_id,
-            url: p.url,
-            tier: p.tier,
-            status: statusOf.get(p.worker_id) ?? "unknown",
-            health: p.health,
-            ...(p.refused !== null ? { refused: p.refused } : {}),
-            breaker: e ? e.breaker.stateAt(now) : null,
-            ejected: e ? e.ejected(now) : false,
-            in_flight: e?.inFlight ?? 0,
-          };
-        }),
-      };
-    }
     c.header("x-rollcall-source", table.source);
-    return c.json({ services, total_services: table.providers.size, source: table.source });
+    return c.json(servicesView(table, router.routes, now));
   });
   admin.get("/breakers", async (c) => {
     const { table, now } = await routing(c);
-    const breakers = [];
-    for (const name of [...router.routes.keys()].sort()) {
-      const route = router.routes.get(name) as ServiceRoute;
-      for (const e of route.endpoints) {
-        const m = endpointMetrics(route, e, now);
-        breakers.push({
-          service: name,
-          worker_id: e.worker_id,
-          ...m.breaker,
-          ejected: m.ejected,
-          ejected_until: m.ejected_until,
-          ejections: m.ejections,
-          consecutive_failures: m.consecutive_failures,
-        });
-      }
-    }
-    return c.json({ breakers, source: table.source });
+    return c.json(breakersView(table, router.routes, now));
   });
   admin.get("/metrics", async (c) => {
     const { table, now } = await routing(c);
-    const services: Record<string, ServiceMetrics> = {};
-    for (const name of [...router.routes.keys()].sort()) {
-      services[name] = serviceMetrics(router.routes.get(name) as ServiceRoute, now);
-    }
     return c.json({
       source: table.source,
       generated_at: new Date(now).toISOString(),
       window_s: settings.metricsWindowMs / 1000,
-      services,
-      scaling_webhook: settings.scalingWebhook ? { ...proxy.webhook } : null,
+      services: metricsOf(router.routes, now),
+      scaling_webhook: settings.scalingWebhook ? { ...parts.webhook } : null,
       live_views: Object.fromEntries(
         table.clusters.map((cl) => [
           cl.cluster,
@@ -7103,59 +7478,45 @@ export function createCoordinator(
       ),
     });
   });
-  admin.get("/stats", async (c) => {
-    const { table } = await routing(c);
-    const healthy = table.workers.filter((w) => w.healthy).length;
-    const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
-    for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
-    const first = table.clusters[0];
-    return c.json({
-      total_workers: table.workers.length,
-      healthy_workers: healthy,
-      offline_workers: table.workers.length - healthy,
-      by_tier: byTier,
-      total_services: table.providers.size,
-      write_budget: budget(),
-      leader: first
-        ? {
-            cluster: first.cluster,
-            leader_id: first.leader_id,
-            term: first.term,
-            stale: first.stale,
-          }
-        : null,
-      clusters: table.clusters,
-    });
-  });
+  admin.get("/stats", async (c) => c.json(statsView((await routing(c)).table, parts.budget())));
   admin.get("/leader", async (c) => c.json({ clusters: (await routing(c)).table.clusters }));
-  admin.get("/budget", (c) => c.json(budget()));
-  const dashboard = mountDashboard(app, admin, {
-    settings,
-    router,
-    live,
-    store: reg.store,
-    clock,
-    routing,
-    budget,
-  });
+  admin.get("/budget", (c) => c.json(parts.budget()));
+  mountDashboard(app, admin, parts);
   app.route("/api/admin", admin);
 
   app.get("/metrics", async (c) => {
     const level = await authorize(c, settings, "admin");
     if (typeof level !== "string") return level;
     const { now } = await routing(c);
-    const services: Record<string, ServiceMetrics> = {};
-    for (const [name, route] of router.routes) services[name] = serviceMetrics(route, now);
-    return c.body(prometheusText(services), 200, {
+    return c.body(prometheusText(metricsOf(router.routes, now)), 200, {
       "content-type": "text/plain; version=0.0.4; charset=utf-8",
     });
   });
+}
+
+/** Builds a coordinator from settings and collaborators. */
+export function createCoordinator(
+  init: CoordinatorInit,
+  components: CoordinatorComponents,
+): Coordinator {
+  const settings = resolveSettings(init);
+  const parts = coordinatorParts(settings, components);
+  const { reg } = parts;
+  const app = new Hono();
+  frontMiddleware(app, parts);
+  publicRoutes(app, parts);
+  agentRoutes(app, parts);
+  adminRoutes(app, parts);
 
   /** Service paths and aliases straight to the proxy (no hono routing or context); the rest to the app. */
   const serve = (request: Request, env?: unknown, exec?: unknown): Promise<Response> | Response => {
-    const target = proxied(request);
+    const target = proxied(request, parts.aliases);
     if (target === null) return app.fetch(request, env, exec as never);
-    return proxyEntry({ request, env, exec: (exec as WaitUntil | undefined) ?? null }, target);
+    return proxyEntry(
+      parts,
+      { request, env, exec: (exec as WaitUntil | undefined) ?? null },
+      target,
+    );
   };
 
   let timers: ReturnType<typeof setInterval>[] = [];
@@ -7166,8 +7527,8 @@ export function createCoordinator(
     store: components.store,
     flush: () => reg.flushPending(),
     table: () => reg.table(),
-    budget,
-    tick: () => void routing(null).catch(() => {}),
+    budget: parts.budget,
+    tick: () => void parts.routing(null).catch(() => {}),
     allowsUpstream: (host, address) => resolvedAllowed(host, address, settings.upstreamAllow),
     start() {
       if (timers.length > 0) return;
@@ -7184,31 +7545,41 @@ export function createCoordinator(
   return coordinator;
 }
 
-// ============================================================================================
-// Default export: Cloudflare Workers (`fetch(req, env, ctx)`) and `bun coordinator.ts`
-// ============================================================================================
+//#endregion
+
+//#region Default export
+// Cloudflare Workers (`fetch(req, env, ctx)`) and `bun coordinator.ts`
 
 let workerInstance: Coordinator | null = null;
 
-function envRecord(env: unknown): Record<string, unknown> {
+function envRecord(bindings: unknown): Record<string, unknown> {
   const processEnv =
     (globalThis as { process?: { env?: Record<string, unknown> } }).process?.env ?? {};
-  const bindings =
-    env && typeof env === "object" && !("requestIP" in env) ? (env as Record<string, unknown>) : {};
-  return { ...processEnv, ...bindings };
+  return { ...processEnv, ...(bindings && typeof bindings === "object" ? bindings : {}) };
 }
+
+/** The client's address on Workers: CF-Connecting-IP, which Cloudflare sets itself. */
+export const workersClientAddress: ClientAddress = (request) =>
+  request.headers.get("cf-connecting-ip");
+
+/** The client's address on Bun: its server (the second argument of `fetch`) saw the socket. */
+export const bunClientAddress: ClientAddress = (request, server) =>
+  (server as { requestIP(r: Request): { address?: string } | null }).requestIP(request)?.address;
 
 /**
  * The coordinator for a Workers isolate (or `bun coordinator.ts`): settings from env/bindings,
  * the `ROLLCALL_KV` binding as store when present, memory otherwise (reported by /health).
  */
-export function coordinatorFromEnv(env: unknown): Coordinator {
+export function coordinatorFromEnv(
+  bindings: unknown,
+  clientAddress: ClientAddress = workersClientAddress,
+): Coordinator {
   // One coordinator per isolate: the bindings of an isolate do not change between requests.
   if (workerInstance) return workerInstance;
-  const vars = envRecord(env);
+  const vars = envRecord(bindings);
   const kv = vars.ROLLCALL_KV as KvNamespaceLike | undefined;
   const store = kv && typeof kv.get === "function" ? cloudflareKvStore(kv) : memoryStore();
-  const coordinator = createCoordinator(configFromEnv(vars), { store });
+  const coordinator = createCoordinator(configFromEnv(vars), { store, clientAddress });
   workerInstance = coordinator;
   return coordinator;
 }
@@ -7217,7 +7588,12 @@ export default {
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response> {
     let coordinator: Coordinator;
     try {
-      coordinator = coordinatorFromEnv(env);
+      // Workers hands its bindings and an ExecutionContext; `bun coordinator.ts` hands Bun's
+      // server instead (and no context): no bindings then, and Bun tells the client's address.
+      coordinator =
+        ctx === undefined
+          ? coordinatorFromEnv(undefined, bunClientAddress)
+          : coordinatorFromEnv(env, workersClientAddress);
     } catch (err) {
       const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
@@ -7225,3 +7601,5 @@ export default {
     return coordinator.fetch(request, env, ctx);
   },
 };
+
+//#endregion

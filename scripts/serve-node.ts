@@ -6,6 +6,7 @@
 import fs from "node:fs/promises";
 import { serve } from "@hono/node-server";
 import { configFromEnv, ConfigError, createCoordinator, fileStore } from "../coordinator.ts";
+import { nodeClientAddress } from "./client-address.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
@@ -36,6 +37,7 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     // Whichever upstream client: it asks the server's response, where the default reads
     // request.signal, which makes @hono/node-server build a real Request.
     clientGone: nodeClientGone,
+    clientAddress: nodeClientAddress,
     // Details of errors answered generically (with their request id) go to the log.
     log: (line) => log.error(`rollcall-coordinator: ${line}`),
   });

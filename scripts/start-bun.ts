@@ -6,7 +6,13 @@
  * with the in-memory store only.
  */
 import fs from "node:fs/promises";
-import { ConfigError, configFromEnv, createCoordinator, fileStore } from "../coordinator.ts";
+import {
+  bunClientAddress,
+  ConfigError,
+  configFromEnv,
+  createCoordinator,
+  fileStore,
+} from "../coordinator.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
 
@@ -32,6 +38,7 @@ try {
 }
 const coordinator = createCoordinator(init, {
   store: fileStore({ path }, { fs }),
+  clientAddress: bunClientAddress,
   // Details of errors answered generically (with their request id) go to the log.
   log: (line) => log.error(`rollcall-coordinator: ${line}`),
 });

@@ -12,6 +12,7 @@ import {
   type DenoKvLike,
   denoKvStore,
 } from "../coordinator.ts";
+import { denoClientAddress } from "./client-address.ts";
 import { createNodeFetch } from "./node-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
@@ -51,6 +52,7 @@ const upstream =
       });
 const coordinator = createCoordinator(init, {
   store: denoKvStore(kv),
+  clientAddress: denoClientAddress,
   ...(upstream ? { fetch: upstream.fetch } : {}),
   // Details of errors answered generically (with their request id) go to the log.
   log: (line) => log.error(`rollcall-coordinator: ${line}`),

@@ -8,6 +8,7 @@ import {
 import { FakeClock } from "../../mesh/clock.ts";
 import { countingStore } from "../../support/counting-store.ts";
 import { type Answer, readAnswer } from "./answer.ts";
+import { nodeClientAddress } from "../../scripts/client-address.ts";
 import { peer, signedHeaders, signerFor } from "./signing.ts";
 
 /** When every fixture clock starts: 2026-11-26T12:00:00Z. */
@@ -61,7 +62,8 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
   // The leader's live view is off unless a test asks for it: these upstreams are no agents.
   const coordinator = createCoordinator(
     { ...TEST_INIT, ...init },
-    fetcher ? { store, clock, fetch: fetcher } : { store, clock },
+    // Requests carry @hono/node-server's env when a test gives a client address.
+    { store, clock, clientAddress: nodeClientAddress, ...(fetcher ? { fetch: fetcher } : {}) },
   );
   const call = async (
     method: string,
