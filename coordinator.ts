@@ -121,8 +121,8 @@ function isJsonType(type: string | undefined): boolean {
 }
 
 /** Thrown when configuration from env/bindings is invalid. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
+export class CoordinatorConfigError extends Error {
+  override name = "CoordinatorConfigError";
 }
 
 //#endregion
@@ -130,6 +130,10 @@ export class ConfigError extends Error {
 //#region Wire schemas
 // Every request body the coordinator accepts
 
+/**
+ * The one name rule of clusters, services and workers: 1-64 of A-Z a-z 0-9 . _ -, starting with
+ * a letter or digit (mesh/schema.ts `NAME_PATTERN` is its copy, test/name-rule.test.ts).
+ */
 const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
 
@@ -289,6 +293,9 @@ export const RegisterBodySchema = z.object({
 /** `POST /api/worker/register`. */
 export type RegisterBody = z.infer<typeof RegisterBodySchema>;
 
+/** `POST /api/worker/register` as an agent may send it (what `RegisterBodySchema` accepts). */
+export type RegisterBodyInput = z.input<typeof RegisterBodySchema>;
+
 const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
@@ -308,6 +315,9 @@ export const HeartbeatBodySchema = z.object({
 
 /** `POST /api/worker/heartbeat`. */
 export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+
+/** `POST /api/worker/heartbeat` as an agent may send it (what `HeartbeatBodySchema` accepts). */
+export type HeartbeatBodyInput = z.input<typeof HeartbeatBodySchema>;
 
 /** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
 const MAX_DATE_MS = 8.64e15;
@@ -498,7 +508,7 @@ function addressClass(bytes: Uint8Array): AddressClass {
 /** Host names that are cloud metadata services whatever they resolve to. */
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws CoordinatorConfigError naming a bad entry. */
 function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
@@ -513,7 +523,7 @@ function parseUpstreamAllow(text: string): UpstreamPolicy {
     text: entries.join(","),
   };
   const bad = (entry: string, why: string) =>
-    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+    new CoordinatorConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
   for (const entry of entries) {
     if (entry === "public" || entry === "private" || entry === "loopback") {
       policy[entry] = true;
@@ -992,7 +1002,7 @@ export type Settings = { [K in keyof SettingTable]: SettingValue<SettingTable[K]
 function secret(name: string, value: string | null | undefined): string | null {
   if (value === undefined || value === null) return null;
   if (value.trim() === "")
-    throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
   return value;
 }
 
@@ -1007,10 +1017,12 @@ function checkAliases(aliases: Record<string, string>): Record<string, string> {
       prefix === "/admin" ||
       prefix.startsWith("/admin/")
     ) {
-      throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
+      throw new CoordinatorConfigError(
+        `Alias path must start with / and not shadow the API: ${prefix}`,
+      );
     }
     if (!SERVICE_NAME_PATTERN.test(service)) {
-      throw new ConfigError(`Alias target is not a valid service name: ${service}`);
+      throw new CoordinatorConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
   return aliases;
@@ -1025,13 +1037,15 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
     case "url": {
       const url = (given as string | null | undefined) || null;
       if (url !== null && !isHttpUrl(url)) {
-        throw new ConfigError(`${row.label ?? key} must be an http(s) URL without credentials`);
+        throw new CoordinatorConfigError(
+          `${row.label ?? key} must be an http(s) URL without credentials`,
+        );
       }
       return url;
     }
     case "share":
       if (!((value as number) >= 0 && (value as number) <= 1)) {
-        throw new ConfigError(`${key} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${key} must be between 0 and 1`);
       }
       return value;
     case "positive":
@@ -1039,7 +1053,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
       return row.min === undefined ? value : Math.max(row.min, Math.floor(value as number));
     case "cookies":
       if (value !== "pass" && value !== "scope" && value !== "strip") {
-        throw new ConfigError("Cookies must be pass, scope or strip");
+        throw new CoordinatorConfigError("Cookies must be pass, scope or strip");
       }
       return value;
     case "aliases":
@@ -1051,7 +1065,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
   }
 }
 
-/** Applies defaults to an init object, and checks it (a bad value is a `ConfigError`). */
+/** Applies defaults to an init object, and checks it (a bad value is a `CoordinatorConfigError`). */
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const given = init as Record<string, unknown>;
   const out: Record<string, unknown> = {};
@@ -1061,7 +1075,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const settings = out as Settings;
   const { agentToken, clusterToken, adminToken } = settings;
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
-    throw new ConfigError(
+    throw new CoordinatorConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
     );
   }
@@ -1074,7 +1088,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
     // A secret: set but blank is an error (an empty token must never mean "open").
     if (raw === undefined || raw === null) return null;
     if (typeof raw !== "string" || raw.trim() === "") {
-      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+      throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
     }
     return raw.trim();
   }
@@ -1083,26 +1097,28 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   const n = Number(v);
   switch (row.kind) {
     case "positive":
-      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
+      if (!Number.isFinite(n) || n <= 0)
+        throw new CoordinatorConfigError(`${name} must be a positive number`);
       return n * (row.scale ?? 1);
     case "count":
-      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new CoordinatorConfigError(`${name} must be a whole number`);
       return n;
     case "share":
       if (!Number.isFinite(n) || n < 0 || n > 1) {
-        throw new ConfigError(`${name} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${name} must be between 0 and 1`);
       }
       return n;
     case "bool": {
       const word = v.toLowerCase();
       if (["1", "true", "yes", "on"].includes(word)) return true;
       if (["0", "false", "no", "off"].includes(word)) return false;
-      throw new ConfigError(`${name} must be true or false`);
+      throw new CoordinatorConfigError(`${name} must be true or false`);
     }
     case "cookies": {
       const mode = v.toLowerCase();
       if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
-      throw new ConfigError(`${name} must be pass, scope or strip`);
+      throw new CoordinatorConfigError(`${name} must be pass, scope or strip`);
     }
     case "aliases": {
       let parsed: unknown;
@@ -1113,7 +1129,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
       }
       const result = z.record(z.string(), z.string()).safeParse(parsed);
       if (!result.success) {
-        throw new ConfigError(`${name} must be a JSON object of path to service name`);
+        throw new CoordinatorConfigError(`${name} must be a JSON object of path to service name`);
       }
       return result.data;
     }
@@ -1122,7 +1138,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   }
 }
 
-/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws ConfigError if bad. */
+/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws CoordinatorConfigError if bad. */
 export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
   const init: Record<string, unknown> = {};
   for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
@@ -4508,7 +4524,7 @@ interface ServiceTarget {
 }
 
 /** Parses `/api/service/<name>[/<rest>]` from a raw pathname; throws UnsafePathError on a bad name. */
-export function parseServicePath(pathname: string): ServiceTarget | null {
+export function parseProxyPath(pathname: string): ServiceTarget | null {
   const prefix = "/api/service/";
   if (!pathname.startsWith(prefix)) return null;
   const tail = pathname.slice(prefix.length);
@@ -6009,7 +6025,7 @@ function errorAnswer(err: unknown, log: (line: string) => void): Response {
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
 function serviceTargetOf(url: string): ServiceTarget | null {
-  return parseServicePath(pathOf(url));
+  return parseProxyPath(pathOf(url));
 }
 
 //#endregion
@@ -7595,7 +7611,8 @@ export default {
           ? coordinatorFromEnv(undefined, bunClientAddress)
           : coordinatorFromEnv(env, workersClientAddress);
     } catch (err) {
-      const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
+      const message =
+        err instanceof CoordinatorConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
     }
     return coordinator.fetch(request, env, ctx);
