@@ -2315,6 +2315,60 @@ interface LiveSight {
 /** A cluster's live sight now, or null when there is none (`LiveViews.lookup`). */
 type LiveLookup = (cluster: string, now: number) => LiveSight | null;
 
+/** Claims a worker id for a table entry: whether this claim (rank, since) wins. */
+type Claim = (id: string, rank: number, since: number) => boolean;
+
+/**
+ * One worker id, one entry: a record its own key signed first (rank 0), then whoever claimed the
+ * id earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
+ * another's worker id cannot take it over.
+ */
+function claims(): Claim {
+  const held = new Map<string, [rank: number, since: number]>();
+  return (id, rank, since) => {
+    const prior = held.get(id);
+    if (prior && (prior[0] < rank || (prior[0] === rank && prior[1] <= since))) return false;
+    held.set(id, [rank, since]);
+    return true;
+  };
+}
+
+/**
+ * The providers of each service from the workers' views: healthy when the worker is routable,
+ * the service reported healthy and its URL allowed (checked here, where the table is built, not
+ * per request); a suspect (unheard) member stays routable as a last resort, like a degraded one.
+ */
+function providersOf(
+  views: ReadonlyMap<string, WorkerView>,
+  serviceHealth: ReadonlyMap<string, ReadonlyMap<string, StoredService["status"]>>,
+  upstreamAllow: UpstreamPolicy,
+): Map<string, Provider[]> {
+  const providers = new Map<string, Provider[]>();
+  for (const view of views.values()) {
+    for (const name of view.services) {
+      const url = view.service_urls[name] ?? view.tunnel_url;
+      const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
+      const refused = url ? upstreamRefusal(url, upstreamAllow) : null;
+      let health: Provider["health"] = "unhealthy";
+      if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
+        health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
+      }
+      const list = providers.get(name) ?? [];
+      list.push({
+        worker_id: view.worker_id,
+        name: view.name,
+        service: name,
+        url: url ?? "",
+        tier: view.tier,
+        health,
+        refused,
+      });
+      providers.set(name, list);
+    }
+  }
+  return providers;
+}
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -2649,139 +2703,129 @@ class Registry {
     return table;
   }
 
+  /** The routing table from the documents read: workers, then clusters, then providers. */
   #build(docs: Doc[], now: number): RoutingTable {
     const views = new Map<string, WorkerView>();
-    const clusters: ClusterSummary[] = [];
-    const staleAfter = directStaleAfterMs(this.settings);
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
-    // One worker id, one entry: a record its own key signed first, then whoever claimed the id
-    // earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
-    // another's worker id cannot take it over.
-    const claims = new Map<string, [rank: number, since: number]>();
-    const claim = (id: string, rank: number, since: number): boolean => {
-      const held = claims.get(id);
-      if (held && (held[0] < rank || (held[0] === rank && held[1] <= since))) return false;
-      claims.set(id, [rank, since]);
-      return true;
-    };
+    const claim = claims();
     for (const doc of docs) {
-      if (doc.kind !== "worker") continue;
-      if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) continue;
-      // A service its worker reports stopped (`services_status`) gets no traffic.
-      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
-      const live = this.#live.get(doc.worker_id);
-      const seen = Math.max(doc.written_at, live?.at ?? 0);
-      const stale = now - seen > staleAfter;
-      const status = stale ? "offline" : doc.status;
-      views.set(doc.worker_id, {
-        worker_id: doc.worker_id,
-        name: doc.name ?? null,
-        tier: doc.tier,
-        status,
-        healthy: isRoutableStatus(status),
-        last_heartbeat: new Date(seen).toISOString(),
-        capabilities: doc.capabilities,
-        services: doc.services.map((s) => s.name),
-        service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
-        tunnel_url: doc.tunnel_url,
-        ip_address: doc.ip_address,
-        is_heartbeat_leader: doc.is_heartbeat_leader,
-        mode: "direct",
-        cluster: null,
-        current_load: live?.current_load ?? doc.current_load,
-        available_memory: live?.available_memory ?? doc.available_memory,
-        registered_at: new Date(doc.registered_at).toISOString(),
-      });
+      if (doc.kind === "worker") this.#addWorker(doc, now, claim, views, serviceHealth);
     }
+    const clusters: ClusterSummary[] = [];
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
-    for (const stored of docs) {
-      if (stored.kind !== "cluster") continue;
-      const live = this.#clusters.get(stored.cluster);
-      const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
-      const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const seen = this.liveView(stored.cluster, now);
-      const view = seen?.members ? seen : null;
-      const unheard = seen?.unheard ?? null;
-      const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
-      const leader = leaderOf(doc);
-      const members = view?.members ?? Object.values(doc.members);
-      if (view !== null) {
-        source = "live";
-        this.#liveUntil = Math.min(this.#liveUntil, view.until);
-      }
-      for (const m of members) {
-        if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
-        const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
-        views.set(m.worker_id, {
-          worker_id: m.worker_id,
-          name: m.name ?? null,
-          tier: m.tier,
-          status,
-          healthy: isRoutableStatus(status),
-          // A document stored before last_seen was bounded may hold one no Date can show.
-          last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
-          capabilities: m.capabilities,
-          services: m.services.map((s) => s.name),
-          service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
-          tunnel_url: m.url,
-          ip_address: null,
-          is_heartbeat_leader: leader?.leader_id === m.worker_id,
-          mode: "cluster",
-          cluster: doc.cluster,
-          current_load: null,
-          available_memory: null,
-          registered_at: null,
-        });
-        serviceHealth.set(
-          m.worker_id,
-          new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
-        );
-      }
-      clusters.push({
-        cluster: doc.cluster,
-        leader_id: leader?.leader_id ?? null,
-        term: leader?.term ?? null,
-        leaders: Object.values(doc.leaders),
-        members: Object.keys(doc.members).length,
-        stale,
-        last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
-        last_report_at: live ? new Date(live.reportAt).toISOString() : null,
-        next_keepalive_at: stored.written_at
-          ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
-          : null,
-        digest: doc.digest,
-        pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
-        source: view !== null ? "live" : "stored",
-        leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
-      });
+    for (const doc of docs) {
+      if (doc.kind !== "cluster") continue;
+      const summary = this.#addCluster(doc, now, claim, views, serviceHealth);
+      if (summary.source === "live") source = "live";
+      clusters.push(summary);
     }
-    const providers = new Map<string, Provider[]>();
-    for (const view of views.values()) {
-      for (const name of view.services) {
-        const url = view.service_urls[name] ?? view.tunnel_url;
-        const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
-        // The allowed upstreams are checked here, where the table is built, not per request.
-        const refused = url ? upstreamRefusal(url, this.settings.upstreamAllow) : null;
-        let health: Provider["health"] = "unhealthy";
-        if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
-          // A suspect (unheard) member stays routable as a last resort, like a degraded one.
-          health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
-        }
-        const list = providers.get(name) ?? [];
-        list.push({
-          worker_id: view.worker_id,
-          name: view.name,
-          service: name,
-          url: url ?? "",
-          tier: view.tier,
-          health,
-          refused,
-        });
-        providers.set(name, list);
-      }
-    }
+    const providers = providersOf(views, serviceHealth, this.settings.upstreamAllow);
     return { builtAt: now, workers: [...views.values()], providers, clusters, source };
+  }
+
+  /** A direct-mode worker's view, when its id is its own (see `claims`). */
+  #addWorker(
+    doc: WorkerRecord,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): void {
+    if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) return;
+    // A service its worker reports stopped (`services_status`) gets no traffic.
+    serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
+    const live = this.#live.get(doc.worker_id);
+    const seen = Math.max(doc.written_at, live?.at ?? 0);
+    const stale = now - seen > directStaleAfterMs(this.settings);
+    const status = stale ? "offline" : doc.status;
+    views.set(doc.worker_id, {
+      worker_id: doc.worker_id,
+      name: doc.name ?? null,
+      tier: doc.tier,
+      status,
+      healthy: isRoutableStatus(status),
+      last_heartbeat: new Date(seen).toISOString(),
+      capabilities: doc.capabilities,
+      services: doc.services.map((s) => s.name),
+      service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
+      tunnel_url: doc.tunnel_url,
+      ip_address: doc.ip_address,
+      is_heartbeat_leader: doc.is_heartbeat_leader,
+      mode: "direct",
+      cluster: null,
+      current_load: live?.current_load ?? doc.current_load,
+      available_memory: live?.available_memory ?? doc.available_memory,
+      registered_at: new Date(doc.registered_at).toISOString(),
+    });
+  }
+
+  /**
+   * A cluster's members' views (from its live view while one is fresh, else from the newest
+   * document known), and its summary.
+   */
+  #addCluster(
+    stored: ClusterDoc,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): ClusterSummary {
+    const live = this.#clusters.get(stored.cluster);
+    const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
+    const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
+    const seen = this.liveView(stored.cluster, now);
+    const view = seen?.members ? seen : null;
+    const unheard = seen?.unheard ?? null;
+    const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
+    const leader = leaderOf(doc);
+    const members = view?.members ?? Object.values(doc.members);
+    if (view !== null) this.#liveUntil = Math.min(this.#liveUntil, view.until);
+    for (const m of members) {
+      if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
+      const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
+      views.set(m.worker_id, {
+        worker_id: m.worker_id,
+        name: m.name ?? null,
+        tier: m.tier,
+        status,
+        healthy: isRoutableStatus(status),
+        // A document stored before last_seen was bounded may hold one no Date can show.
+        last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
+        capabilities: m.capabilities,
+        services: m.services.map((s) => s.name),
+        service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
+        tunnel_url: m.url,
+        ip_address: null,
+        is_heartbeat_leader: leader?.leader_id === m.worker_id,
+        mode: "cluster",
+        cluster: doc.cluster,
+        current_load: null,
+        available_memory: null,
+        registered_at: null,
+      });
+      serviceHealth.set(
+        m.worker_id,
+        new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
+      );
+    }
+    return {
+      cluster: doc.cluster,
+      leader_id: leader?.leader_id ?? null,
+      term: leader?.term ?? null,
+      leaders: Object.values(doc.leaders),
+      members: Object.keys(doc.members).length,
+      stale,
+      last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
+      last_report_at: live ? new Date(live.reportAt).toISOString() : null,
+      next_keepalive_at: stored.written_at
+        ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
+        : null,
+      digest: doc.digest,
+      pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
+      source: view !== null ? "live" : "stored",
+      leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
+    };
   }
 }
 
