@@ -5899,6 +5899,68 @@ function proxyFailure(
   };
 }
 
+/** 405 for a method the proxy does not forward. */
+function methodRefused(ctx: ProxyContext, request: Request): Response {
+  const allow = [...PROXY_METHODS].join(", ");
+  const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
+  return proxyJson(ctx, request, body, 405, { allow });
+}
+
+/** 503 for a service no worker provides, with the services that are. */
+function unavailable(
+  ctx: ProxyContext,
+  request: Request,
+  table: RoutingTable,
+  service: string,
+): Response {
+  return proxyJson(
+    ctx,
+    request,
+    {
+      error: `Service '${service}' not available`,
+      available_services: availableServices(table),
+      suggestion: `No registered worker provides '${service}'. GET /api/admin/services lists what is available.`,
+    },
+    503,
+  );
+}
+
+/**
+ * Waits in the service's bounded queue while every provider is at its limit, then picks: the
+ * endpoint, or the answer that turns the request away (queue full or timed out, breakers open,
+ * no provider). The pick and its dispatch (which takes the slot) happen with no await between.
+ */
+async function queued(
+  ctx: ProxyContext,
+  inc: Incoming,
+  route: ServiceRoute,
+  table: RoutingTable,
+  started: number,
+): Promise<Endpoint | Response> {
+  const deadline = started + ctx.settings.queueTimeoutMs;
+  for (;;) {
+    const now = ctx.clock.now();
+    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
+    const left = deadline - performance.now();
+    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
+      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
+    }
+    const ep = route.pick({ now: ctx.clock.now(), random: ctx.random });
+    if (ep !== null) return ep;
+  }
+}
+
+/**
+ * The upstream URL of an attempt: the endpoint's base, the rest of the path as sent, the query.
+ * A `careful` rest (one `CAREFUL_REST` matches, checked by `assertSafeRest`) goes through
+ * `upstreamUrl`; the common one is joined as it is.
+ */
+function attemptUrl(base: string, rest: string | null, search: string, careful: boolean): string {
+  if (careful) return upstreamUrl(base, rest, search);
+  return rest === null ? base + search : `${base}/${rest}${search}`;
+}
+
+/** Forwards a request to a healthy provider of its service, retrying within the budget. */
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
@@ -5907,11 +5969,7 @@ async function routeService(
   const { reg, router, settings } = ctx;
   const request = inc.request;
   const method = request.method.toUpperCase();
-  if (!PROXY_METHODS.has(method)) {
-    const allow = [...PROXY_METHODS].join(", ");
-    const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
-    return proxyJson(ctx, request, body, 405, { allow });
-  }
+  if (!PROXY_METHODS.has(method)) return methodRefused(ctx, request);
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
@@ -5925,32 +5983,16 @@ async function routeService(
   if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
   const route = router.routes.get(target.service);
   if (route === undefined || route.providers === 0) {
-    return proxyJson(
-      ctx,
-      request,
-      {
-        error: `Service '${target.service}' not available`,
-        available_services: availableServices(table),
-        suggestion: `No registered worker provides '${target.service}'. GET /api/admin/services lists what is available.`,
-      },
-      503,
-    );
+    return unavailable(ctx, request, table, target.service);
   }
   const started = performance.now();
   route.begin(now);
-  // Pick, or wait in the bounded queue while every provider is at its limit. A pick and its
-  // dispatch (which takes the slot) happen with no await in between.
   let ep = route.pick({ now, random: ctx.random });
-  let deadline = 0;
-  while (ep === null) {
-    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
-    deadline ||= started + settings.queueTimeoutMs;
-    const left = deadline - performance.now();
-    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
-      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
-    }
+  if (ep === null) {
+    const got = await queued(ctx, inc, route, table, started);
+    if (!(got instanceof Endpoint)) return got;
+    ep = got;
     now = ctx.clock.now();
-    ep = route.pick({ now, random: ctx.random });
   }
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);
@@ -5963,11 +6005,7 @@ async function routeService(
   try {
     for (let n = 1; ; n++) {
       last = ep;
-      const to = careful
-        ? upstreamUrl(ep.base, rest, search)
-        : rest === null
-          ? ep.base + search
-          : `${ep.base}/${rest}${search}`;
+      const to = attemptUrl(ep.base, rest, search, careful);
       const init: RequestInit & { duplex?: "half" } = { method, headers, redirect: "manual" };
       if (body) {
         init.body = body.stream();
