@@ -121,8 +121,8 @@ function isJsonType(type: string | undefined): boolean {
 }
 
 /** Thrown when configuration from env/bindings is invalid. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
+export class CoordinatorConfigError extends Error {
+  override name = "CoordinatorConfigError";
 }
 
 //#endregion
@@ -130,6 +130,10 @@ export class ConfigError extends Error {
 //#region Wire schemas
 // Every request body the coordinator accepts
 
+/**
+ * The one name rule of clusters, services and workers: 1-64 of A-Z a-z 0-9 . _ -, starting with
+ * a letter or digit (mesh/schema.ts `NAME_PATTERN` is its copy, test/name-rule.test.ts).
+ */
 const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
 
@@ -289,6 +293,9 @@ export const RegisterBodySchema = z.object({
 /** `POST /api/worker/register`. */
 export type RegisterBody = z.infer<typeof RegisterBodySchema>;
 
+/** `POST /api/worker/register` as an agent may send it (what `RegisterBodySchema` accepts). */
+export type RegisterBodyInput = z.input<typeof RegisterBodySchema>;
+
 const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
@@ -308,6 +315,9 @@ export const HeartbeatBodySchema = z.object({
 
 /** `POST /api/worker/heartbeat`. */
 export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+
+/** `POST /api/worker/heartbeat` as an agent may send it (what `HeartbeatBodySchema` accepts). */
+export type HeartbeatBodyInput = z.input<typeof HeartbeatBodySchema>;
 
 /** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
 const MAX_DATE_MS = 8.64e15;
@@ -498,7 +508,7 @@ function addressClass(bytes: Uint8Array): AddressClass {
 /** Host names that are cloud metadata services whatever they resolve to. */
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws CoordinatorConfigError naming a bad entry. */
 function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
@@ -513,7 +523,7 @@ function parseUpstreamAllow(text: string): UpstreamPolicy {
     text: entries.join(","),
   };
   const bad = (entry: string, why: string) =>
-    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+    new CoordinatorConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
   for (const entry of entries) {
     if (entry === "public" || entry === "private" || entry === "loopback") {
       policy[entry] = true;
@@ -992,7 +1002,7 @@ export type Settings = { [K in keyof SettingTable]: SettingValue<SettingTable[K]
 function secret(name: string, value: string | null | undefined): string | null {
   if (value === undefined || value === null) return null;
   if (value.trim() === "")
-    throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
   return value;
 }
 
@@ -1007,10 +1017,12 @@ function checkAliases(aliases: Record<string, string>): Record<string, string> {
       prefix === "/admin" ||
       prefix.startsWith("/admin/")
     ) {
-      throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
+      throw new CoordinatorConfigError(
+        `Alias path must start with / and not shadow the API: ${prefix}`,
+      );
     }
     if (!SERVICE_NAME_PATTERN.test(service)) {
-      throw new ConfigError(`Alias target is not a valid service name: ${service}`);
+      throw new CoordinatorConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
   return aliases;
@@ -1025,13 +1037,15 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
     case "url": {
       const url = (given as string | null | undefined) || null;
       if (url !== null && !isHttpUrl(url)) {
-        throw new ConfigError(`${row.label ?? key} must be an http(s) URL without credentials`);
+        throw new CoordinatorConfigError(
+          `${row.label ?? key} must be an http(s) URL without credentials`,
+        );
       }
       return url;
     }
     case "share":
       if (!((value as number) >= 0 && (value as number) <= 1)) {
-        throw new ConfigError(`${key} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${key} must be between 0 and 1`);
       }
       return value;
     case "positive":
@@ -1039,7 +1053,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
       return row.min === undefined ? value : Math.max(row.min, Math.floor(value as number));
     case "cookies":
       if (value !== "pass" && value !== "scope" && value !== "strip") {
-        throw new ConfigError("Cookies must be pass, scope or strip");
+        throw new CoordinatorConfigError("Cookies must be pass, scope or strip");
       }
       return value;
     case "aliases":
@@ -1051,7 +1065,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
   }
 }
 
-/** Applies defaults to an init object, and checks it (a bad value is a `ConfigError`). */
+/** Applies defaults to an init object, and checks it (a bad value is a `CoordinatorConfigError`). */
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const given = init as Record<string, unknown>;
   const out: Record<string, unknown> = {};
@@ -1061,7 +1075,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const settings = out as Settings;
   const { agentToken, clusterToken, adminToken } = settings;
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
-    throw new ConfigError(
+    throw new CoordinatorConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
     );
   }
@@ -1074,7 +1088,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
     // A secret: set but blank is an error (an empty token must never mean "open").
     if (raw === undefined || raw === null) return null;
     if (typeof raw !== "string" || raw.trim() === "") {
-      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+      throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
     }
     return raw.trim();
   }
@@ -1083,26 +1097,28 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   const n = Number(v);
   switch (row.kind) {
     case "positive":
-      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
+      if (!Number.isFinite(n) || n <= 0)
+        throw new CoordinatorConfigError(`${name} must be a positive number`);
       return n * (row.scale ?? 1);
     case "count":
-      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new CoordinatorConfigError(`${name} must be a whole number`);
       return n;
     case "share":
       if (!Number.isFinite(n) || n < 0 || n > 1) {
-        throw new ConfigError(`${name} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${name} must be between 0 and 1`);
       }
       return n;
     case "bool": {
       const word = v.toLowerCase();
       if (["1", "true", "yes", "on"].includes(word)) return true;
       if (["0", "false", "no", "off"].includes(word)) return false;
-      throw new ConfigError(`${name} must be true or false`);
+      throw new CoordinatorConfigError(`${name} must be true or false`);
     }
     case "cookies": {
       const mode = v.toLowerCase();
       if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
-      throw new ConfigError(`${name} must be pass, scope or strip`);
+      throw new CoordinatorConfigError(`${name} must be pass, scope or strip`);
     }
     case "aliases": {
       let parsed: unknown;
@@ -1113,7 +1129,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
       }
       const result = z.record(z.string(), z.string()).safeParse(parsed);
       if (!result.success) {
-        throw new ConfigError(`${name} must be a JSON object of path to service name`);
+        throw new CoordinatorConfigError(`${name} must be a JSON object of path to service name`);
       }
       return result.data;
     }
@@ -1122,7 +1138,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   }
 }
 
-/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws ConfigError if bad. */
+/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws CoordinatorConfigError if bad. */
 export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
   const init: Record<string, unknown> = {};
   for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
@@ -2299,6 +2315,60 @@ interface LiveSight {
 /** A cluster's live sight now, or null when there is none (`LiveViews.lookup`). */
 type LiveLookup = (cluster: string, now: number) => LiveSight | null;
 
+/** Claims a worker id for a table entry: whether this claim (rank, since) wins. */
+type Claim = (id: string, rank: number, since: number) => boolean;
+
+/**
+ * One worker id, one entry: a record its own key signed first (rank 0), then whoever claimed the
+ * id earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
+ * another's worker id cannot take it over.
+ */
+function claims(): Claim {
+  const held = new Map<string, [rank: number, since: number]>();
+  return (id, rank, since) => {
+    const prior = held.get(id);
+    if (prior && (prior[0] < rank || (prior[0] === rank && prior[1] <= since))) return false;
+    held.set(id, [rank, since]);
+    return true;
+  };
+}
+
+/**
+ * The providers of each service from the workers' views: healthy when the worker is routable,
+ * the service reported healthy and its URL allowed (checked here, where the table is built, not
+ * per request); a suspect (unheard) member stays routable as a last resort, like a degraded one.
+ */
+function providersOf(
+  views: ReadonlyMap<string, WorkerView>,
+  serviceHealth: ReadonlyMap<string, ReadonlyMap<string, StoredService["status"]>>,
+  upstreamAllow: UpstreamPolicy,
+): Map<string, Provider[]> {
+  const providers = new Map<string, Provider[]>();
+  for (const view of views.values()) {
+    for (const name of view.services) {
+      const url = view.service_urls[name] ?? view.tunnel_url;
+      const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
+      const refused = url ? upstreamRefusal(url, upstreamAllow) : null;
+      let health: Provider["health"] = "unhealthy";
+      if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
+        health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
+      }
+      const list = providers.get(name) ?? [];
+      list.push({
+        worker_id: view.worker_id,
+        name: view.name,
+        service: name,
+        url: url ?? "",
+        tier: view.tier,
+        health,
+        refused,
+      });
+      providers.set(name, list);
+    }
+  }
+  return providers;
+}
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -2633,139 +2703,129 @@ class Registry {
     return table;
   }
 
+  /** The routing table from the documents read: workers, then clusters, then providers. */
   #build(docs: Doc[], now: number): RoutingTable {
     const views = new Map<string, WorkerView>();
-    const clusters: ClusterSummary[] = [];
-    const staleAfter = directStaleAfterMs(this.settings);
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
-    // One worker id, one entry: a record its own key signed first, then whoever claimed the id
-    // earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
-    // another's worker id cannot take it over.
-    const claims = new Map<string, [rank: number, since: number]>();
-    const claim = (id: string, rank: number, since: number): boolean => {
-      const held = claims.get(id);
-      if (held && (held[0] < rank || (held[0] === rank && held[1] <= since))) return false;
-      claims.set(id, [rank, since]);
-      return true;
-    };
+    const claim = claims();
     for (const doc of docs) {
-      if (doc.kind !== "worker") continue;
-      if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) continue;
-      // A service its worker reports stopped (`services_status`) gets no traffic.
-      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
-      const live = this.#live.get(doc.worker_id);
-      const seen = Math.max(doc.written_at, live?.at ?? 0);
-      const stale = now - seen > staleAfter;
-      const status = stale ? "offline" : doc.status;
-      views.set(doc.worker_id, {
-        worker_id: doc.worker_id,
-        name: doc.name ?? null,
-        tier: doc.tier,
-        status,
-        healthy: isRoutableStatus(status),
-        last_heartbeat: new Date(seen).toISOString(),
-        capabilities: doc.capabilities,
-        services: doc.services.map((s) => s.name),
-        service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
-        tunnel_url: doc.tunnel_url,
-        ip_address: doc.ip_address,
-        is_heartbeat_leader: doc.is_heartbeat_leader,
-        mode: "direct",
-        cluster: null,
-        current_load: live?.current_load ?? doc.current_load,
-        available_memory: live?.available_memory ?? doc.available_memory,
-        registered_at: new Date(doc.registered_at).toISOString(),
-      });
+      if (doc.kind === "worker") this.#addWorker(doc, now, claim, views, serviceHealth);
     }
+    const clusters: ClusterSummary[] = [];
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
-    for (const stored of docs) {
-      if (stored.kind !== "cluster") continue;
-      const live = this.#clusters.get(stored.cluster);
-      const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
-      const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const seen = this.liveView(stored.cluster, now);
-      const view = seen?.members ? seen : null;
-      const unheard = seen?.unheard ?? null;
-      const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
-      const leader = leaderOf(doc);
-      const members = view?.members ?? Object.values(doc.members);
-      if (view !== null) {
-        source = "live";
-        this.#liveUntil = Math.min(this.#liveUntil, view.until);
-      }
-      for (const m of members) {
-        if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
-        const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
-        views.set(m.worker_id, {
-          worker_id: m.worker_id,
-          name: m.name ?? null,
-          tier: m.tier,
-          status,
-          healthy: isRoutableStatus(status),
-          // A document stored before last_seen was bounded may hold one no Date can show.
-          last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
-          capabilities: m.capabilities,
-          services: m.services.map((s) => s.name),
-          service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
-          tunnel_url: m.url,
-          ip_address: null,
-          is_heartbeat_leader: leader?.leader_id === m.worker_id,
-          mode: "cluster",
-          cluster: doc.cluster,
-          current_load: null,
-          available_memory: null,
-          registered_at: null,
-        });
-        serviceHealth.set(
-          m.worker_id,
-          new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
-        );
-      }
-      clusters.push({
-        cluster: doc.cluster,
-        leader_id: leader?.leader_id ?? null,
-        term: leader?.term ?? null,
-        leaders: Object.values(doc.leaders),
-        members: Object.keys(doc.members).length,
-        stale,
-        last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
-        last_report_at: live ? new Date(live.reportAt).toISOString() : null,
-        next_keepalive_at: stored.written_at
-          ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
-          : null,
-        digest: doc.digest,
-        pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
-        source: view !== null ? "live" : "stored",
-        leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
-      });
+    for (const doc of docs) {
+      if (doc.kind !== "cluster") continue;
+      const summary = this.#addCluster(doc, now, claim, views, serviceHealth);
+      if (summary.source === "live") source = "live";
+      clusters.push(summary);
     }
-    const providers = new Map<string, Provider[]>();
-    for (const view of views.values()) {
-      for (const name of view.services) {
-        const url = view.service_urls[name] ?? view.tunnel_url;
-        const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
-        // The allowed upstreams are checked here, where the table is built, not per request.
-        const refused = url ? upstreamRefusal(url, this.settings.upstreamAllow) : null;
-        let health: Provider["health"] = "unhealthy";
-        if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
-          // A suspect (unheard) member stays routable as a last resort, like a degraded one.
-          health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
-        }
-        const list = providers.get(name) ?? [];
-        list.push({
-          worker_id: view.worker_id,
-          name: view.name,
-          service: name,
-          url: url ?? "",
-          tier: view.tier,
-          health,
-          refused,
-        });
-        providers.set(name, list);
-      }
-    }
+    const providers = providersOf(views, serviceHealth, this.settings.upstreamAllow);
     return { builtAt: now, workers: [...views.values()], providers, clusters, source };
+  }
+
+  /** A direct-mode worker's view, when its id is its own (see `claims`). */
+  #addWorker(
+    doc: WorkerRecord,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): void {
+    if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) return;
+    // A service its worker reports stopped (`services_status`) gets no traffic.
+    serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
+    const live = this.#live.get(doc.worker_id);
+    const seen = Math.max(doc.written_at, live?.at ?? 0);
+    const stale = now - seen > directStaleAfterMs(this.settings);
+    const status = stale ? "offline" : doc.status;
+    views.set(doc.worker_id, {
+      worker_id: doc.worker_id,
+      name: doc.name ?? null,
+      tier: doc.tier,
+      status,
+      healthy: isRoutableStatus(status),
+      last_heartbeat: new Date(seen).toISOString(),
+      capabilities: doc.capabilities,
+      services: doc.services.map((s) => s.name),
+      service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
+      tunnel_url: doc.tunnel_url,
+      ip_address: doc.ip_address,
+      is_heartbeat_leader: doc.is_heartbeat_leader,
+      mode: "direct",
+      cluster: null,
+      current_load: live?.current_load ?? doc.current_load,
+      available_memory: live?.available_memory ?? doc.available_memory,
+      registered_at: new Date(doc.registered_at).toISOString(),
+    });
+  }
+
+  /**
+   * A cluster's members' views (from its live view while one is fresh, else from the newest
+   * document known), and its summary.
+   */
+  #addCluster(
+    stored: ClusterDoc,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): ClusterSummary {
+    const live = this.#clusters.get(stored.cluster);
+    const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
+    const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
+    const seen = this.liveView(stored.cluster, now);
+    const view = seen?.members ? seen : null;
+    const unheard = seen?.unheard ?? null;
+    const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
+    const leader = leaderOf(doc);
+    const members = view?.members ?? Object.values(doc.members);
+    if (view !== null) this.#liveUntil = Math.min(this.#liveUntil, view.until);
+    for (const m of members) {
+      if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
+      const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
+      views.set(m.worker_id, {
+        worker_id: m.worker_id,
+        name: m.name ?? null,
+        tier: m.tier,
+        status,
+        healthy: isRoutableStatus(status),
+        // A document stored before last_seen was bounded may hold one no Date can show.
+        last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
+        capabilities: m.capabilities,
+        services: m.services.map((s) => s.name),
+        service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
+        tunnel_url: m.url,
+        ip_address: null,
+        is_heartbeat_leader: leader?.leader_id === m.worker_id,
+        mode: "cluster",
+        cluster: doc.cluster,
+        current_load: null,
+        available_memory: null,
+        registered_at: null,
+      });
+      serviceHealth.set(
+        m.worker_id,
+        new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
+      );
+    }
+    return {
+      cluster: doc.cluster,
+      leader_id: leader?.leader_id ?? null,
+      term: leader?.term ?? null,
+      leaders: Object.values(doc.leaders),
+      members: Object.keys(doc.members).length,
+      stale,
+      last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
+      last_report_at: live ? new Date(live.reportAt).toISOString() : null,
+      next_keepalive_at: stored.written_at
+        ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
+        : null,
+      digest: doc.digest,
+      pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
+      source: view !== null ? "live" : "stored",
+      leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
+    };
   }
 }
 
@@ -3967,6 +4027,53 @@ interface Waiter {
   done: boolean;
 }
 
+/** A bounded first-in first-out queue of requests waiting for a slot. */
+class WaitQueue {
+  /** Requests waiting now. */
+  size = 0;
+  #waiters: Waiter[] = [];
+  #head = 0;
+
+  /**
+   * Waits for `wakeOne`. Resolves false when `cap` are waiting already (at once) or after
+   * `timeoutMs`.
+   */
+  wait(timeoutMs: number, cap: number): Promise<boolean> {
+    if (this.size >= cap) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const waiter: Waiter = {
+        done: false,
+        timer: null,
+        wake: (ok) => {
+          if (waiter.done) return;
+          waiter.done = true;
+          this.size--;
+          if (waiter.timer !== null) clearTimeout(waiter.timer);
+          resolve(ok);
+        },
+      };
+      waiter.timer = setTimeout(() => waiter.wake(false), Math.max(0, timeoutMs));
+      this.size++;
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** Wakes the oldest waiter still waiting, if any. */
+  wakeOne(): void {
+    while (this.#head < this.#waiters.length) {
+      const w = this.#waiters[this.#head++] as Waiter;
+      if (!w.done) {
+        w.wake(true);
+        break;
+      }
+    }
+    if (this.#head > 64 && this.#head * 2 > this.#waiters.length) {
+      this.#waiters = this.#waiters.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+}
+
 /** A service's scaling signal and why. */
 interface ScalingSignal {
   signal: "scale_up" | "scale_down" | "steady";
@@ -3996,7 +4103,6 @@ export class ServiceRoute {
   retries = 0;
   rejected = 0;
   latencySumMs = 0;
-  queued = 0;
   signal: ScalingSignal = { signal: "steady", reason: "no traffic seen yet" };
   nextEvaluationAt = 0;
   readonly budget: RetryBudget;
@@ -4004,8 +4110,7 @@ export class ServiceRoute {
   readonly firstSeenAt: number;
   #turn = 0;
   #last: Endpoint | null = null;
-  #waiters: Waiter[] = [];
-  #head = 0;
+  readonly #queue = new WaitQueue();
 
   constructor(
     readonly name: string,
@@ -4241,7 +4346,7 @@ export class ServiceRoute {
     const { now, latencyMs, failed, probe } = outcome;
     e.inFlight--;
     this.inFlight--;
-    this.#wakeOne();
+    this.#queue.wakeOne();
     if (outcome.abandoned) {
       e.breaker.abandon(probe);
       return;
@@ -4319,37 +4424,12 @@ export class ServiceRoute {
    * queue is full (at once) or after `timeoutMs`.
    */
   wait(timeoutMs: number): Promise<boolean> {
-    if (this.queued >= this.settings.queueSize) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
-      const waiter: Waiter = {
-        done: false,
-        timer: null,
-        wake: (ok) => {
-          if (waiter.done) return;
-          waiter.done = true;
-          this.queued--;
-          if (waiter.timer !== null) clearTimeout(waiter.timer);
-          resolve(ok);
-        },
-      };
-      waiter.timer = setTimeout(() => waiter.wake(false), Math.max(0, timeoutMs));
-      this.queued++;
-      this.#waiters.push(waiter);
-    });
+    return this.#queue.wait(timeoutMs, this.settings.queueSize);
   }
 
-  #wakeOne(): void {
-    while (this.#head < this.#waiters.length) {
-      const w = this.#waiters[this.#head++] as Waiter;
-      if (!w.done) {
-        w.wake(true);
-        break;
-      }
-    }
-    if (this.#head > 64 && this.#head * 2 > this.#waiters.length) {
-      this.#waiters = this.#waiters.slice(this.#head);
-      this.#head = 0;
-    }
+  /** Requests waiting in the queue now. */
+  get queued(): number {
+    return this.#queue.size;
   }
 }
 
@@ -4508,7 +4588,7 @@ interface ServiceTarget {
 }
 
 /** Parses `/api/service/<name>[/<rest>]` from a raw pathname; throws UnsafePathError on a bad name. */
-export function parseServicePath(pathname: string): ServiceTarget | null {
+export function parseProxyPath(pathname: string): ServiceTarget | null {
   const prefix = "/api/service/";
   if (!pathname.startsWith(prefix)) return null;
   const tail = pathname.slice(prefix.length);
@@ -5839,6 +5919,68 @@ function proxyFailure(
   };
 }
 
+/** 405 for a method the proxy does not forward. */
+function methodRefused(ctx: ProxyContext, request: Request): Response {
+  const allow = [...PROXY_METHODS].join(", ");
+  const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
+  return proxyJson(ctx, request, body, 405, { allow });
+}
+
+/** 503 for a service no worker provides, with the services that are. */
+function unavailable(
+  ctx: ProxyContext,
+  request: Request,
+  table: RoutingTable,
+  service: string,
+): Response {
+  return proxyJson(
+    ctx,
+    request,
+    {
+      error: `Service '${service}' not available`,
+      available_services: availableServices(table),
+      suggestion: `No registered worker provides '${service}'. GET /api/admin/services lists what is available.`,
+    },
+    503,
+  );
+}
+
+/**
+ * Waits in the service's bounded queue while every provider is at its limit, then picks: the
+ * endpoint, or the answer that turns the request away (queue full or timed out, breakers open,
+ * no provider). The pick and its dispatch (which takes the slot) happen with no await between.
+ */
+async function queued(
+  ctx: ProxyContext,
+  inc: Incoming,
+  route: ServiceRoute,
+  table: RoutingTable,
+  started: number,
+): Promise<Endpoint | Response> {
+  const deadline = started + ctx.settings.queueTimeoutMs;
+  for (;;) {
+    const now = ctx.clock.now();
+    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
+    const left = deadline - performance.now();
+    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
+      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
+    }
+    const ep = route.pick({ now: ctx.clock.now(), random: ctx.random });
+    if (ep !== null) return ep;
+  }
+}
+
+/**
+ * The upstream URL of an attempt: the endpoint's base, the rest of the path as sent, the query.
+ * A `careful` rest (one `CAREFUL_REST` matches, checked by `assertSafeRest`) goes through
+ * `upstreamUrl`; the common one is joined as it is.
+ */
+function attemptUrl(base: string, rest: string | null, search: string, careful: boolean): string {
+  if (careful) return upstreamUrl(base, rest, search);
+  return rest === null ? base + search : `${base}/${rest}${search}`;
+}
+
+/** Forwards a request to a healthy provider of its service, retrying within the budget. */
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
@@ -5847,11 +5989,7 @@ async function routeService(
   const { reg, router, settings } = ctx;
   const request = inc.request;
   const method = request.method.toUpperCase();
-  if (!PROXY_METHODS.has(method)) {
-    const allow = [...PROXY_METHODS].join(", ");
-    const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
-    return proxyJson(ctx, request, body, 405, { allow });
-  }
+  if (!PROXY_METHODS.has(method)) return methodRefused(ctx, request);
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
@@ -5865,32 +6003,16 @@ async function routeService(
   if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
   const route = router.routes.get(target.service);
   if (route === undefined || route.providers === 0) {
-    return proxyJson(
-      ctx,
-      request,
-      {
-        error: `Service '${target.service}' not available`,
-        available_services: availableServices(table),
-        suggestion: `No registered worker provides '${target.service}'. GET /api/admin/services lists what is available.`,
-      },
-      503,
-    );
+    return unavailable(ctx, request, table, target.service);
   }
   const started = performance.now();
   route.begin(now);
-  // Pick, or wait in the bounded queue while every provider is at its limit. A pick and its
-  // dispatch (which takes the slot) happen with no await in between.
   let ep = route.pick({ now, random: ctx.random });
-  let deadline = 0;
-  while (ep === null) {
-    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
-    deadline ||= started + settings.queueTimeoutMs;
-    const left = deadline - performance.now();
-    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
-      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
-    }
+  if (ep === null) {
+    const got = await queued(ctx, inc, route, table, started);
+    if (!(got instanceof Endpoint)) return got;
+    ep = got;
     now = ctx.clock.now();
-    ep = route.pick({ now, random: ctx.random });
   }
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);
@@ -5903,11 +6025,7 @@ async function routeService(
   try {
     for (let n = 1; ; n++) {
       last = ep;
-      const to = careful
-        ? upstreamUrl(ep.base, rest, search)
-        : rest === null
-          ? ep.base + search
-          : `${ep.base}/${rest}${search}`;
+      const to = attemptUrl(ep.base, rest, search, careful);
       const init: RequestInit & { duplex?: "half" } = { method, headers, redirect: "manual" };
       if (body) {
         init.body = body.stream();
@@ -6009,7 +6127,7 @@ function errorAnswer(err: unknown, log: (line: string) => void): Response {
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
 function serviceTargetOf(url: string): ServiceTarget | null {
-  return parseServicePath(pathOf(url));
+  return parseProxyPath(pathOf(url));
 }
 
 //#endregion
@@ -7595,7 +7713,8 @@ export default {
           ? coordinatorFromEnv(undefined, bunClientAddress)
           : coordinatorFromEnv(env, workersClientAddress);
     } catch (err) {
-      const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
+      const message =
+        err instanceof CoordinatorConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
     }
     return coordinator.fetch(request, env, ctx);

@@ -5,7 +5,12 @@
  */
 import fs from "node:fs/promises";
 import { serve } from "@hono/node-server";
-import { configFromEnv, ConfigError, createCoordinator, fileStore } from "../coordinator.ts";
+import {
+  configFromEnv,
+  CoordinatorConfigError,
+  createCoordinator,
+  fileStore,
+} from "../coordinator.ts";
 import { nodeClientAddress } from "./client-address.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
@@ -20,7 +25,7 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
   try {
     init = configFromEnv(process.env);
   } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
+    if (!(err instanceof CoordinatorConfigError)) throw err;
     log.error(`rollcall-coordinator: ${err.message}`);
     process.exit(2);
   }

@@ -8,7 +8,7 @@
 import fs from "node:fs/promises";
 import {
   bunClientAddress,
-  ConfigError,
+  CoordinatorConfigError,
   configFromEnv,
   createCoordinator,
   fileStore,
@@ -32,7 +32,7 @@ let init: ReturnType<typeof configFromEnv>;
 try {
   init = configFromEnv(process.env);
 } catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
+  if (!(err instanceof CoordinatorConfigError)) throw err;
   log.error(`rollcall-coordinator: ${err.message}`);
   process.exit(2);
 }

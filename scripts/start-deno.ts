@@ -6,7 +6,7 @@
  * (ROLLCALL_ACCESS_LOG), --help, --version. Settings: ROLLCALL_* env vars, see docs/DEPLOY.md.
  */
 import {
-  ConfigError,
+  CoordinatorConfigError,
   configFromEnv,
   createCoordinator,
   type DenoKvLike,
@@ -36,7 +36,7 @@ let init: ReturnType<typeof configFromEnv>;
 try {
   init = configFromEnv(env);
 } catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
+  if (!(err instanceof CoordinatorConfigError)) throw err;
   log.error(`rollcall-coordinator: ${err.message}`);
   Deno.exit(2);
 }
