@@ -28,6 +28,8 @@ export interface ElectionMember {
   leaderTerm?: number;
   /** false: it does not offer to lead (passed over; its claims are not followed). Default true. */
   canLead?: boolean;
+  /** Suspect, but its host accepts connections: we are not cut off from it. */
+  reachable?: boolean;
 }
 
 /** What the election needs to know about the view. */
@@ -83,12 +85,14 @@ export function elect(
     if (eligible(m, settings) && (!lowest || m.id < lowest.id)) lowest = m;
     if (!m.self && m.state !== "left") {
       others++;
-      if (m.state === "alive") hearing++;
+      if (m.state === "alive" || (m.state === "suspect" && m.reachable)) hearing++;
     }
   }
-  // Cut off: we hear none of the members we know. More likely we are the one cut off than
-  // that all of them failed at once (Lifeguard's lesson), so a merely suspected leader keeps
-  // its role until it is dead. A member whose network flaps never grabs the lead.
+  // Cut off: we hear none of the members we know, and reach none of their hosts. More likely
+  // we are the one cut off than that all of them failed at once (Lifeguard's lesson), so a
+  // merely suspected leader keeps its role until it is dead. A member whose network flaps never
+  // grabs the lead. A silent member whose host accepts our connection (a frozen process) or
+  // refused it twice (dead, with evidence) is no sign that we are cut off.
   const isolated = others > 0 && hearing === 0;
   const sittingHolds =
     sitting !== undefined &&

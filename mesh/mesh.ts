@@ -28,6 +28,7 @@ import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
 import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
+import { Vouches } from "./vouch.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
 /** Creates a mesh node (not started). */
@@ -51,6 +52,7 @@ class MeshNode extends EventTarget {
   #node: MeshLibp2p | undefined;
   #dialer: Dialer | undefined;
   #pex: PeerExchange | undefined;
+  #vouches: Vouches | undefined;
   #m: Membership | undefined;
   #leader: Leader | null = null;
   #running = false;
@@ -73,6 +75,9 @@ class MeshNode extends EventTarget {
     introductionsDialed: 0,
     introductionsDropped: 0,
     dialFailures: 0,
+    refusedTwice: 0,
+    reachable: 0,
+    vouched: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -165,6 +170,19 @@ class MeshNode extends EventTarget {
         subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
         silent: () => m.ids((x) => x.state === "suspect"),
         onUnreachable: (id) => this.#apply(m.suspect(id)),
+        onRefused: (id) => {
+          const changes = m.refused(id);
+          if (changes.length > 0) {
+            this.#stats.refusedTwice++;
+            this.#log(`${id} refused our connection twice: its process is gone`);
+          }
+          this.#apply(changes);
+        },
+        onReachable: (id) => {
+          const changes = m.reachable(id);
+          if (changes.length > 0) this.#stats.reachable++;
+          this.#apply(changes);
+        },
         allowed: may,
         fault: (what, err) => this.#fault(what, err),
       },
@@ -205,6 +223,23 @@ class MeshNode extends EventTarget {
       },
     });
     await this.#pex.start();
+    const quietAfterMs = Math.max(1.5 * this.#interval, m.settings.suspectAfterMs / 2);
+    this.#vouches = new Vouches(
+      { quietAfterMs, askEveryMs: Math.max(2 * this.#tickMs, quietAfterMs / 3) },
+      {
+        node,
+        clock: this.#clock,
+        heardAgo: (id) => m.heardAgo(id),
+        quiet: (ms) => m.quiet(ms),
+        hearing: () => m.ids((x) => !x.self && x.state === "alive"),
+        onHeard: (id, at) => m.vouch(id, at),
+        allowed: allowed ? may : undefined,
+        onVouch: () => {
+          this.#stats.vouched++;
+        },
+      },
+    );
+    await this.#vouches.start();
     const pubsub = node.services.pubsub;
     const inbox = new HeartbeatInbox({
       membership: m,
@@ -244,6 +279,7 @@ class MeshNode extends EventTarget {
     this.#timers.clear();
     this.#dialer?.stop();
     await this.#pex?.stop();
+    await this.#vouches?.stop();
     if (wasRunning && this.#m && this.#identity) {
       try {
         const body = encodeHeartbeat(this.#m.heartbeat({ leaving: true }));
@@ -258,6 +294,7 @@ class MeshNode extends EventTarget {
     this.#node = undefined;
     this.#dialer = undefined;
     this.#pex = undefined;
+    this.#vouches = undefined;
     this.#log(`mesh ${this.#identity?.peerId.toString()} stopped`);
   }
 
@@ -381,7 +418,15 @@ class MeshNode extends EventTarget {
         this.#wantFullState(1);
       }
     }
-    this.#apply(m.tick());
+    const changes = m.tick();
+    // Fell silent: is its host still there (a frozen process), or gone (refused twice)?
+    for (const c of changes) {
+      if (c.from === "alive" && c.to === "suspect")
+        this.#dialer?.probe(peerIdFromString(c.id), "silent");
+    }
+    this.#apply(changes);
+    // Quiet on our link: ask members we hear whether they heard it (not a suspicion yet).
+    this.#vouches?.round();
   }
 
   // --- receiving ----------------------------------------------------------------------------
