@@ -976,9 +976,12 @@ export function serviceUrl(
 /**
  * Digest of what routing needs (IDs, URLs, status, tier, services with URL and health), never
  * volatile fields. Canonical JSON (members by ID, services by name) hashed with `hash53`.
+ * Members reported "offline" or "left" are not routed to and do not count: that one goes is one
+ * change; that its entry is dropped later is none.
  */
 export function routingDigest(members: readonly DigestMember[]): string {
-  const canonical = [...members]
+  const canonical = members
+    .filter((m) => m.status !== "offline" && m.status !== "left")
     .sort((a, b) => (a.worker_id < b.worker_id ? -1 : a.worker_id > b.worker_id ? 1 : 0))
     .map((m) => [
       m.worker_id,
