@@ -867,7 +867,7 @@ export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
 const MAX_DATE_MS = 8.64e15;
 
 /** Status of a member in a cluster report. */
-export const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
+export const MemberStatusSchema = z.enum(["online", "degraded", "draining", "offline", "left"]);
 
 /** A service of a member in a cluster report. */
 export const MemberServiceSchema = z.object({

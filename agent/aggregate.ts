@@ -12,6 +12,8 @@
  *   coordinator then stops routing to it at once, even where another leader's view (a
  *   crashed leader's own) still lists it, and this report supersedes that view. Neither
  *   counts in the routing digest, so the departure is one change and the forgetting none;
+ * - a member in maintenance (`rollcall-agent drain`: `draining` in its meta) is listed as
+ *   "draining", which the coordinator never routes to;
  * - members dead by silence alone are left out: a partition looks the same, and the
  *   coordinator must not lose the other side's members (the other side's leader reports them).
  */
@@ -37,6 +39,7 @@ function reportStatus(m: MemberView): ClusterMemberReport["status"] {
   if (m.flapping) return "degraded";
   if (m.state === "left") return "left";
   if (m.state === "dead") return "offline";
+  if (m.meta?.draining === true) return "draining";
   return m.status;
 }
 

@@ -36,7 +36,7 @@ export interface Registration {
 
 /** Load figures sent with each heartbeat. */
 export interface LoadSample {
-  status: "online" | "busy";
+  status: "online" | "busy" | "draining";
   current_load: number;
   available_memory: number;
 }

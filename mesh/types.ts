@@ -19,6 +19,8 @@ export interface MemberMeta {
   capabilities?: Record<string, unknown>;
   /** The agent's human name (`--name`), shown by the coordinator; never used to route. */
   name?: string;
+  /** In maintenance (`rollcall-agent drain`): reported "draining", never routed to. */
+  draining?: boolean;
 }
 
 /** What the local agent declares about itself in every heartbeat. */
