@@ -10,6 +10,11 @@
  * KV binding, a Deno.Kv, a file system, a faster upstream client) are handed in by the
  * starters in `scripts/`.
  *
+ * Its trust boundaries (docs/SECURITY.md): guards that fail closed, agent requests signed by the
+ * key of the PeerId they claim, a cluster's roster, upstreams only where the operator allows,
+ * requests framed by the proxy itself, workers blamed only for their own faults, every
+ * per-isolate collection bounded, documents capped, errors told to clients without detail.
+ *
  * Sections: configuration, store (interface and drivers), wire schemas, pure registry logic,
  * write budget, registry (per-isolate state), registry operations, routing health (pure),
  * paths and forwarding, router (per-isolate routing state, live views, metrics), routing and
@@ -30,14 +35,23 @@ export const COORDINATOR_VERSION = "0.1.0";
 
 /** Settings of a coordinator; every field has a safe local default. */
 export interface CoordinatorInit {
-  /** Bearer token agents send (register, heartbeat, cluster heartbeat). None: agents are open. */
+  /**
+   * Bearer token agents send (register, heartbeat, cluster heartbeat). With no token at all the
+   * coordinator runs open (local dev); once any token is set, a guard without its own refuses.
+   */
   clusterToken?: string | null;
-  /** Bearer token for `/api/admin/*`. None: admin endpoints are open. */
+  /** Bearer token for `/api/admin/*` and `/metrics` (see `clusterToken`). */
   adminToken?: string | null;
   /** Admit direct-mode workers that send no token at all (workers of the old kind). */
   allowLegacyWorkers?: boolean;
+  /** New ids a token-less, id-less legacy registration may create per client address per hour. Default 20. */
+  legacyRegisterLimit?: number;
   /** Hard cap on store writes (and deletes) per UTC day. Default 1,000. */
   writeCap?: number;
+  /** Share of the cap only an existing cluster's leader report may spend. Default 0.1. */
+  leaderReserve?: number;
+  /** Largest document (worker record or cluster document) stored, in characters. Default 384 KiB. */
+  maxDocBytes?: number;
   /** Leader mode: a cluster document is rewritten at least this often. Default 48 min. */
   keepaliveMs?: number;
   /** Leader mode: members show as unknown this long after a missed keepalive. Default 10 min. */
@@ -66,8 +80,15 @@ export interface CoordinatorInit {
   replayBufferBytes?: number;
   /** Largest JSON body accepted by the agent endpoints. Default 256 KiB. */
   maxBodyBytes?: number;
-  /** `Access-Control-Allow-Origin`. Default `*`. */
+  /** `Access-Control-Allow-Origin` on service routes and `/health`. Default `*`. */
   corsOrigin?: string;
+  /**
+   * Upstream hosts the proxy may call: `public`, `private`, `loopback`, CIDRs and host names
+   * (`*.example.com`), comma-separated. Link-local addresses never. Default `public,private`.
+   */
+  upstreamAllow?: string;
+  /** Upstream cookies: `pass` them, `scope` each to its service's path, or `strip` them. Default `pass`. */
+  cookies?: CookieMode;
   /** Requests one worker may have in flight for one service; beyond, others or the queue. Default 100. */
   maxConcurrent?: number;
   /** Requests that may wait per service while every provider is at its limit. Default 100. */
@@ -104,7 +125,7 @@ export interface CoordinatorInit {
   liveViewTtlMs?: number;
   /** Time the leader's agent has to answer for its live view. Default 500 ms. */
   liveViewTimeoutMs?: number;
-  /** Token sent to the agent for its live view. Default: the cluster token. */
+  /** Read-only credential of the agents' live view (`/_agent/cluster`), never the cluster token. */
   agentToken?: string | null;
   /** URL that gets a POST when a service's scaling signal changes. Default none. */
   scalingWebhook?: string | null;
@@ -121,7 +142,10 @@ export interface Settings {
   clusterToken: string | null;
   adminToken: string | null;
   allowLegacyWorkers: boolean;
+  legacyRegisterLimit: number;
   writeCap: number;
+  leaderReserve: number;
+  maxDocBytes: number;
   keepaliveMs: number;
   leaseGraceMs: number;
   directWriteIntervalMs: number;
@@ -137,6 +161,8 @@ export interface Settings {
   replayBufferBytes: number;
   maxBodyBytes: number;
   corsOrigin: string;
+  upstreamAllow: UpstreamPolicy;
+  cookies: CookieMode;
   maxConcurrent: number;
   queueSize: number;
   queueTimeoutMs: number;
@@ -167,7 +193,18 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/** What the proxy does with cookies (see `CoordinatorInit.cookies`). */
+export type CookieMode = "pass" | "scope" | "strip";
+
 const MINUTE = 60_000;
+
+/** A secret setting: absent is null, an empty or blank value is a configuration error. */
+function secret(name: string, value: string | null | undefined): string | null {
+  if (value === undefined || value === null) return null;
+  if (value.trim() === "")
+    throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+  return value;
+}
 
 /** Applies defaults to an init object. */
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
@@ -195,11 +232,26 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   if (webhook !== null && !isHttpUrl(webhook)) {
     throw new ConfigError("Scaling webhook must be an http(s) URL without credentials");
   }
+  const clusterToken = secret("The cluster token", init.clusterToken);
+  const adminToken = secret("The admin token", init.adminToken);
+  const agentToken = secret("The agent token", init.agentToken);
+  if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
+    throw new ConfigError(
+      "The agent token must differ from the cluster and admin tokens: it only reads live views",
+    );
+  }
+  const cookies = init.cookies ?? "pass";
+  if (cookies !== "pass" && cookies !== "scope" && cookies !== "strip") {
+    throw new ConfigError("Cookies must be pass, scope or strip");
+  }
   return {
-    clusterToken: init.clusterToken || null,
-    adminToken: init.adminToken || null,
+    clusterToken,
+    adminToken,
     allowLegacyWorkers: init.allowLegacyWorkers ?? false,
+    legacyRegisterLimit: Math.max(0, Math.floor(init.legacyRegisterLimit ?? 20)),
     writeCap: init.writeCap ?? 1000,
+    leaderReserve: ratio("leaderReserve", init.leaderReserve ?? 0.1),
+    maxDocBytes: Math.max(4096, Math.floor(init.maxDocBytes ?? 384 * 1024)),
     keepaliveMs: init.keepaliveMs ?? 48 * MINUTE,
     leaseGraceMs: init.leaseGraceMs ?? 10 * MINUTE,
     directWriteIntervalMs: init.directWriteIntervalMs ?? 5 * MINUTE,
@@ -215,6 +267,8 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
     replayBufferBytes: init.replayBufferBytes ?? 1024 * 1024,
     maxBodyBytes: init.maxBodyBytes ?? 256 * 1024,
     corsOrigin: init.corsOrigin ?? "*",
+    upstreamAllow: parseUpstreamAllow(init.upstreamAllow ?? "public,private"),
+    cookies,
     maxConcurrent: Math.max(1, Math.floor(init.maxConcurrent ?? 100)),
     queueSize: Math.max(0, Math.floor(init.queueSize ?? 100)),
     queueTimeoutMs: init.queueTimeoutMs ?? 5000,
@@ -233,7 +287,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
     liveView: init.liveView ?? true,
     liveViewTtlMs: init.liveViewTtlMs ?? 2000,
     liveViewTimeoutMs: init.liveViewTimeoutMs ?? 500,
-    agentToken: init.agentToken || init.clusterToken || null,
+    agentToken,
     scalingWebhook: webhook,
     scalingWebhookTimeoutMs: init.scalingWebhookTimeoutMs ?? 2000,
     scaleUpLatencyMs: init.scaleUpLatencyMs ?? 1000,
@@ -246,6 +300,15 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
   const str = (name: string): string | undefined => {
     const v = env[name];
     return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
+  };
+  /** A secret: set but blank is an error (an empty token must never mean "open"). */
+  const token = (name: string): string | null => {
+    const v = env[name];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== "string" || v.trim() === "") {
+      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    }
+    return v.trim();
   };
   const num = (name: string, scale = 1): number | undefined => {
     const v = str(name);
@@ -276,6 +339,12 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     if (["0", "false", "no", "off"].includes(v)) return false;
     throw new ConfigError(`${name} must be true or false`);
   };
+  const cookieMode = (v: string | undefined): CookieMode | undefined => {
+    if (v === undefined) return undefined;
+    const mode = v.toLowerCase();
+    if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
+    throw new ConfigError("ROLLCALL_COOKIES must be pass, scope or strip");
+  };
   let aliases: Record<string, string> | undefined;
   const rawAliases = str("ROLLCALL_ALIASES");
   if (rawAliases !== undefined) {
@@ -292,10 +361,13 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     aliases = result.data;
   }
   const init: CoordinatorInit = {
-    clusterToken: str("ROLLCALL_CLUSTER_TOKEN") ?? null,
-    adminToken: str("ROLLCALL_ADMIN_TOKEN") ?? null,
+    clusterToken: token("ROLLCALL_CLUSTER_TOKEN"),
+    adminToken: token("ROLLCALL_ADMIN_TOKEN"),
     allowLegacyWorkers: bool("ROLLCALL_ALLOW_LEGACY_WORKERS"),
+    legacyRegisterLimit: count("ROLLCALL_LEGACY_REGISTER_LIMIT"),
     writeCap: num("ROLLCALL_WRITE_CAP"),
+    leaderReserve: share("ROLLCALL_LEADER_RESERVE"),
+    maxDocBytes: num("ROLLCALL_MAX_DOC_BYTES"),
     keepaliveMs: num("ROLLCALL_KEEPALIVE_S", 1000),
     leaseGraceMs: num("ROLLCALL_LEASE_GRACE_S", 1000),
     directWriteIntervalMs: num("ROLLCALL_DIRECT_WRITE_INTERVAL_S", 1000),
@@ -309,6 +381,8 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     maxAttempts: num("ROLLCALL_MAX_ATTEMPTS"),
     maxBodyBytes: num("ROLLCALL_MAX_BODY_BYTES"),
     corsOrigin: str("ROLLCALL_CORS_ORIGIN"),
+    upstreamAllow: str("ROLLCALL_UPSTREAM_ALLOW"),
+    cookies: cookieMode(str("ROLLCALL_COOKIES")),
     aliases,
     maxConcurrent: num("ROLLCALL_MAX_CONCURRENT"),
     queueSize: count("ROLLCALL_QUEUE_SIZE"),
@@ -328,13 +402,13 @@ export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
     liveView: bool("ROLLCALL_LIVE_VIEW"),
     liveViewTtlMs: num("ROLLCALL_LIVE_VIEW_TTL_MS"),
     liveViewTimeoutMs: num("ROLLCALL_LIVE_VIEW_TIMEOUT_MS"),
-    agentToken: str("ROLLCALL_AGENT_TOKEN") ?? null,
+    agentToken: token("ROLLCALL_AGENT_TOKEN"),
     scalingWebhook: str("ROLLCALL_SCALING_WEBHOOK") ?? null,
     scalingWebhookTimeoutMs: num("ROLLCALL_SCALING_WEBHOOK_TIMEOUT_MS"),
     scaleUpLatencyMs: num("ROLLCALL_SCALE_UP_P95_MS"),
     scaleDownUtilization: share("ROLLCALL_SCALE_DOWN_UTILIZATION"),
   };
-  resolveSettings(init); // validates aliases, shares and the webhook URL
+  resolveSettings(init); // validates tokens, aliases, shares, the upstream list and the webhook URL
   return init;
 }
 
@@ -452,8 +526,13 @@ function mapStore(
     const entry = map.get(key);
     return entry && !expired(entry, clock.now()) ? entry.v : null;
   };
+  /** Every write also drops the entries that expired: they would otherwise stay forever. */
+  const dropExpired = (map: Map<string, Entry>, now: number) => {
+    for (const [k, e] of map) if (expired(e, now)) map.delete(k);
+  };
   const set = async (key: string, value: string, options?: SetOptions): Promise<void> => {
     const map = await load();
+    dropExpired(map, clock.now());
     map.set(key, entryFor(value, options, clock.now()));
     await save(map);
   };
@@ -464,7 +543,9 @@ function mapStore(
     set,
     async delete(key) {
       const map = await load();
-      if (map.delete(key)) await save(map);
+      const size = map.size;
+      dropExpired(map, clock.now());
+      if (map.delete(key) || map.size !== size) await save(map);
     },
     async list(prefix) {
       const map = await load();
@@ -480,6 +561,7 @@ function mapStore(
       const entry = map.get(key);
       const current = entry && !expired(entry, clock.now()) ? entry.v : null;
       if (current !== expected) return false;
+      dropExpired(map, clock.now());
       map.set(key, entryFor(value, options, clock.now()));
       await save(map);
       return true;
@@ -731,6 +813,53 @@ export const WorkerIdSchema = z
     ID_PATTERN,
     "must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit",
   );
+
+const BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/** Decodes base58btc (the Bitcoin alphabet); null when a character is outside it. */
+export function base58Decode(text: string): Uint8Array | null {
+  let zeros = 0;
+  while (zeros < text.length && text[zeros] === "1") zeros++;
+  const bytes: number[] = []; // base 256, least significant first
+  for (let i = zeros; i < text.length; i++) {
+    let carry = BASE58.indexOf(text[i] as string);
+    if (carry < 0) return null;
+    for (let j = 0; j < bytes.length; j++) {
+      carry += (bytes[j] as number) * 58;
+      bytes[j] = carry & 0xff;
+      carry >>= 8;
+    }
+    while (carry > 0) {
+      bytes.push(carry & 0xff);
+      carry >>= 8;
+    }
+  }
+  const out = new Uint8Array(zeros + bytes.length);
+  for (let i = 0; i < bytes.length; i++) out[out.length - 1 - i] = bytes[i] as number;
+  return out;
+}
+
+/**
+ * An Ed25519 libp2p PeerId is the base58btc identity multihash (0x00, length 0x24) of the
+ * protobuf PublicKey {Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}: "12D3KooW...".
+ */
+const ED25519_PEER_ID_PREFIX = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/** The raw 32-byte Ed25519 public key inside a PeerId, or null when `id` is no Ed25519 PeerId. */
+export function peerIdPublicKey(id: string): Uint8Array | null {
+  if (!id.startsWith("12D3KooW") || id.length > 60) return null;
+  const bytes = base58Decode(id);
+  if (bytes === null || bytes.length !== 38) return null;
+  for (let i = 0; i < ED25519_PEER_ID_PREFIX.length; i++) {
+    if (bytes[i] !== ED25519_PEER_ID_PREFIX[i]) return null;
+  }
+  return bytes.slice(6);
+}
+
+/** Whether a worker id is an Ed25519 PeerId: then only a request signed by its key may use it. */
+export function isPeerId(id: string): boolean {
+  return peerIdPublicKey(id) !== null;
+}
 
 /** A service name: 1-64 letters, digits, `.`, `_`, `-`, starting with a letter or digit. */
 export const ServiceNameSchema = z
@@ -1013,6 +1142,17 @@ export interface StoredService {
   status: "healthy" | "unhealthy";
 }
 
+/**
+ * A service of a cluster member as stored: `url` only when it differs from the member's default
+ * `<member url>/service/<name>`, `status` only when it is not "healthy" (documents written
+ * before that rule may hold either anyway).
+ */
+export interface StoredMemberService {
+  name: string;
+  url?: string | null;
+  status?: "healthy" | "unhealthy";
+}
+
 /** A cluster member as stored in the cluster document. */
 export interface StoredMember {
   worker_id: string;
@@ -1024,7 +1164,7 @@ export interface StoredMember {
   tier: 1 | 2 | 3;
   capabilities: Capabilities;
   last_seen: number;
-  services: StoredService[];
+  services: StoredMemberService[];
   /** The leader whose report this entry came from. */
   reported_by: string;
 }
@@ -1050,6 +1190,8 @@ export interface ClusterDoc {
   v: 1;
   cluster: string;
   rev: number;
+  /** When the cluster was first reported (0 in documents older than this field). */
+  created_at?: number;
   written_at: number;
   budget: BudgetStamp;
   digest: string;
@@ -1057,11 +1199,19 @@ export interface ClusterDoc {
   members: Record<string, StoredMember>;
 }
 
+/**
+ * Who may change a direct-mode worker's record: "key" (only requests signed by the key of its
+ * PeerId), "token" (cluster-token holders), "legacy" (also token-less workers of the old kind).
+ */
+export type WorkerOwner = "key" | "token" | "legacy";
+
 /** A direct-mode worker's record (one key per worker). */
 export interface WorkerRecord {
   kind: "worker";
   v: 1;
   worker_id: string;
+  /** Absent in records older than this field: "legacy". */
+  owner?: WorkerOwner;
   name?: string | null;
   tier: 1 | 2 | 3;
   status: string;
@@ -1078,13 +1228,14 @@ export interface WorkerRecord {
   budget: BudgetStamp;
 }
 
-/** An empty cluster document. */
-export function emptyClusterDoc(cluster: string): ClusterDoc {
+/** An empty cluster document (`now`: when the cluster is first reported). */
+export function emptyClusterDoc(cluster: string, now = 0): ClusterDoc {
   return {
     kind: "cluster",
     v: 1,
     cluster,
     rev: 0,
+    created_at: now,
     written_at: 0,
     budget: { day: "", used: 0 },
     digest: routingDigest([]),
@@ -1103,11 +1254,15 @@ function storedMember(m: ClusterMemberReport, leader: string, now: number): Stor
     tier: m.tier ?? tierOf(m.capabilities),
     capabilities: m.capabilities ?? {},
     last_seen: m.last_seen ?? now,
-    services: m.services.map((s) => ({
-      name: s.name,
-      url: serviceUrl(m.url, s),
-      status: s.status,
-    })),
+    services: m.services.map((s) => {
+      // Only what differs from the default is stored: 1,000 members with 64 services each
+      // would otherwise store 64,000 URLs that say nothing (docs/SECURITY.md, item 9).
+      const url = serviceUrl(m.url, s);
+      const stored: StoredMemberService = { name: s.name };
+      if (url !== serviceUrl(m.url, { name: s.name })) stored.url = url;
+      if (s.status !== "healthy") stored.status = s.status;
+      return stored;
+    }),
     reported_by: leader,
   };
 }
@@ -1141,7 +1296,7 @@ export function mergeClusterReport(
   init: { now: number; leaseMs: number },
 ): ClusterDoc {
   const { now, leaseMs } = init;
-  const base = doc ?? emptyClusterDoc(report.cluster);
+  const base = doc ?? emptyClusterDoc(report.cluster, now);
   const members: Record<string, StoredMember> = { ...base.members };
   const leaders: Record<string, LeaderView> = { ...base.leaders };
   const L = report.leader_id;
@@ -1250,6 +1405,7 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
   return {
     ...waiting,
     rev: Math.max(stored.rev, waiting.rev),
+    created_at: Math.min(stored.created_at ?? 0, waiting.created_at ?? 0),
     digest: routingDigest(Object.values(members)),
     leaders,
     members,
@@ -1371,9 +1527,15 @@ export function nextUtcDay(ms: number): number {
 export class WriteBudget {
   #day = "";
   #used = 0;
+  /**
+   * @param cap writes (and deletes) per UTC day, never passed
+   * @param reserve the last writes of the day, which only `allows(true)` (an existing cluster's
+   *   leader report) may spend: a flood of other writes cannot defer the leader's report
+   */
   constructor(
     readonly cap: number,
     private readonly clock: ClockLike,
+    readonly reserve = 0,
   ) {}
 
   #roll(): void {
@@ -1399,6 +1561,11 @@ export class WriteBudget {
   /** Whether one more write stays within the cap. */
   get available(): boolean {
     return this.used < this.cap;
+  }
+
+  /** Whether one more write of this kind stays within the cap: the reserve only when `reserved`. */
+  allows(reserved: boolean): boolean {
+    return this.used < (reserved ? this.cap : this.cap - this.reserve);
   }
 
   /** Counts one write and returns the stamp to store with it. */
@@ -1484,6 +1651,8 @@ export interface Provider {
   url: string;
   tier: 1 | 2 | 3;
   health: "healthy" | "degraded" | "unhealthy";
+  /** Why the proxy may not call its URL (`ROLLCALL_UPSTREAM_ALLOW`), or null. */
+  refused: string | null;
 }
 
 /** The routing table built from the store (cached per isolate). */
@@ -1555,6 +1724,68 @@ function leaderOf(doc: ClusterDoc): LeaderView | null {
   return best;
 }
 
+/**
+ * A request refused on purpose: its status, JSON body and headers (the app's error handler
+ * answers it). Thrown by registry operations that find the sender may not do what it asks.
+ */
+export class Refused extends Error {
+  override name = "Refused";
+  constructor(
+    readonly status: number,
+    readonly body: { error: string; [key: string]: unknown },
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(body.error);
+  }
+}
+
+/** Most documents an isolate keeps waiting for the budget (cluster documents always may wait). */
+const MAX_PENDING = 1000;
+/** Most workers whose heartbeats (not written) an isolate remembers; the oldest go first. */
+const MAX_LIVE_WORKERS = 10_000;
+/** Most clusters an isolate keeps reports of; a report for one more is refused. */
+const MAX_CLUSTERS = 100;
+/** Most client addresses the legacy registration limit tracks; the oldest go first. */
+const MAX_LIMITED_ADDRESSES = 10_000;
+
+/**
+ * Per client address, at most `limit` new ids per hour for id-less (legacy) registrations, in
+ * fixed one-hour windows; at most MAX_LIMITED_ADDRESSES addresses, the oldest dropped first.
+ */
+class AddressLimiter {
+  readonly #windows = new Map<string, { start: number; used: number }>();
+  constructor(readonly limit: number) {}
+
+  /** Takes one from the address's allowance; false when it is spent (retry after `retryAfterMs`). */
+  take(address: string, now: number): boolean {
+    let w = this.#windows.get(address);
+    if (w === undefined || now - w.start >= 3_600_000) {
+      this.#windows.delete(address);
+      if (this.#windows.size >= MAX_LIMITED_ADDRESSES) {
+        this.#windows.delete(this.#windows.keys().next().value as string);
+      }
+      w = { start: now, used: 0 };
+      this.#windows.set(address, w);
+    }
+    if (w.used >= this.limit) return false;
+    w.used++;
+    return true;
+  }
+
+  /** Seconds until the address's window ends. */
+  retryAfterS(address: string, now: number): number {
+    const w = this.#windows.get(address);
+    return w ? Math.max(1, Math.ceil((w.start + 3_600_000 - now) / 1000)) : 1;
+  }
+
+  /** Forgets windows that ended. */
+  prune(now: number): void {
+    for (const [address, w] of this.#windows) {
+      if (now - w.start >= 3_600_000) this.#windows.delete(address);
+    }
+  }
+}
+
 /** How long an isolate goes on from what it knows, without asking the store, after a failure. */
 const STORE_RETRY_MS = 5000;
 
@@ -1562,6 +1793,7 @@ const STORE_RETRY_MS = 5000;
 class Registry {
   readonly budget: WriteBudget;
   readonly lock = new KeyedMutex();
+  readonly legacyLimiter: AddressLimiter;
   #docs = new Map<string, { doc: Doc | null; at: number }>();
   #keys: { keys: Set<string>; at: number } | null = null;
   #pending = new Map<string, Doc | null>();
@@ -1587,11 +1819,49 @@ class Registry {
     readonly clock: ClockLike,
   ) {
     this.store = guardedStore(store, settings.storeTimeoutMs);
-    this.budget = new WriteBudget(settings.writeCap, clock);
+    const reserve = Math.floor(settings.writeCap * settings.leaderReserve);
+    this.budget = new WriteBudget(settings.writeCap, clock, reserve);
+    this.legacyLimiter = new AddressLimiter(settings.legacyRegisterLimit);
   }
 
   get pendingCount(): number {
     return this.#pending.size;
+  }
+
+  /** Whether a document for a key not yet waiting may wait for the budget (cluster ones always). */
+  mayDefer(key: string): boolean {
+    return (
+      this.#pending.has(key) || key.startsWith(CLUSTER_PREFIX) || this.#pending.size < MAX_PENDING
+    );
+  }
+
+  /** Clusters this isolate holds reports of. */
+  get clusterCount(): number {
+    return this.#clusters.size;
+  }
+
+  /**
+   * Forgets what no longer matters: heartbeats of workers long silent, cached absences, per-key
+   * write times older than the store's interval, reports of clusters past their lease, the
+   * legacy limiter's ended windows. Run by `start()`'s timer, and now and then by requests
+   * where no timer runs (Workers).
+   */
+  prune(now: number): void {
+    const silent = 2 * directStaleAfterMs(this.settings);
+    for (const [id, live] of this.#live) if (now - live.at > silent) this.#live.delete(id);
+    for (const [key, entry] of this.#docs) {
+      if (entry.doc === null && now - entry.at > this.settings.tableTtlMs) this.#docs.delete(key);
+    }
+    const interval = Math.max(this.store.minWriteIntervalMs ?? 0, 1000);
+    for (const [key, at] of this.#lastWriteAt)
+      if (now - at > interval) this.#lastWriteAt.delete(key);
+    const lease = this.settings.keepaliveMs + this.settings.leaseGraceMs;
+    for (const [name, live] of this.#clusters) {
+      if (now - live.reportAt > lease && !this.#pending.has(CLUSTER_PREFIX + name)) {
+        this.#clusters.delete(name);
+      }
+    }
+    this.legacyLimiter.prune(now);
   }
 
   invalidate(): void {
@@ -1651,9 +1921,12 @@ class Registry {
     if (!quiet) this.invalidate();
   }
 
-  /** Whether a write to `key` may happen now: within the budget and the store's per-key rate. */
-  #mayWrite(key: string): boolean {
-    if (!this.budget.available) return false;
+  /**
+   * Whether a write to `key` may happen now: within the budget (its reserve only for an existing
+   * cluster's document) and the store's per-key rate.
+   */
+  #mayWrite(key: string, doc: Doc | null): boolean {
+    if (!this.budget.allows(doc?.kind === "cluster" && doc.rev > 0)) return false;
     const interval = this.store.minWriteIntervalMs;
     if (!interval) return true;
     const last = this.#lastWriteAt.get(key);
@@ -1662,7 +1935,21 @@ class Registry {
 
   /** Writes a document, or keeps it pending when the budget says no. Returns whether it wrote. */
   async write(key: string, doc: Doc, expectedRaw?: string | null): Promise<boolean | "conflict"> {
-    if (!this.#mayWrite(key)) {
+    if (!this.#mayWrite(key, doc)) {
+      if (!this.mayDefer(key)) {
+        throw new Refused(
+          503,
+          {
+            error: "Write budget exhausted",
+            message: "Today's store writes are spent and too many wait already; retry tomorrow",
+          },
+          {
+            "retry-after": String(
+              Math.ceil((nextUtcDay(this.clock.now()) - this.clock.now()) / 1000),
+            ),
+          },
+        );
+      }
       this.defer(key, doc);
       return false;
     }
@@ -1697,7 +1984,7 @@ class Registry {
   /** Deletes a key (counts against the cap like a write); pending when the budget says no. */
   async remove(key: string): Promise<boolean> {
     this.#live.delete(key.slice(WORKER_PREFIX.length));
-    if (!this.#mayWrite(key)) {
+    if (!this.#mayWrite(key, null)) {
       this.defer(key, null);
       return false;
     }
@@ -1718,7 +2005,7 @@ class Registry {
   async flushPending(): Promise<number> {
     let flushed = 0;
     for (const [key, doc] of [...this.#pending]) {
-      if (!this.#mayWrite(key)) continue;
+      if (!this.#mayWrite(key, doc)) continue;
       await this.lock.run(key, async () => {
         if (!this.#pending.has(key) || this.#pending.get(key) !== doc) return;
         this.#pending.delete(key);
@@ -1777,6 +2064,10 @@ class Registry {
   }
 
   touchWorker(id: string, live: LiveWorker): void {
+    // Delete first: the map's order is then the order of the last heartbeat, oldest first.
+    this.#live.delete(id);
+    if (this.#live.size >= MAX_LIVE_WORKERS)
+      this.#live.delete(this.#live.keys().next().value as string);
     this.#live.set(id, live);
     this.invalidate();
   }
@@ -1837,8 +2128,19 @@ class Registry {
     const clusters: ClusterSummary[] = [];
     const staleAfter = directStaleAfterMs(this.settings);
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
+    // One worker id, one entry: a record its own key signed first, then whoever claimed the id
+    // earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
+    // another's worker id cannot take it over.
+    const claims = new Map<string, [rank: number, since: number]>();
+    const claim = (id: string, rank: number, since: number): boolean => {
+      const held = claims.get(id);
+      if (held && (held[0] < rank || (held[0] === rank && held[1] <= since))) return false;
+      claims.set(id, [rank, since]);
+      return true;
+    };
     for (const doc of docs) {
       if (doc.kind !== "worker") continue;
+      if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) continue;
       // A service its worker reports stopped (`services_status`) gets no traffic.
       serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
       const live = this.#live.get(doc.worker_id);
@@ -1882,6 +2184,7 @@ class Registry {
         this.#liveUntil = Math.min(this.#liveUntil, (this.live as LiveViews).expiresAt(view));
       }
       for (const m of members) {
+        if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
         const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
         views.set(m.worker_id, {
           worker_id: m.worker_id,
@@ -1893,7 +2196,7 @@ class Registry {
           last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
           capabilities: m.capabilities,
           services: m.services.map((s) => s.name),
-          service_urls: Object.fromEntries(m.services.map((s) => [s.name, s.url])),
+          service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
           tunnel_url: m.url,
           ip_address: null,
           is_heartbeat_leader: leader?.leader_id === m.worker_id,
@@ -1903,7 +2206,10 @@ class Registry {
           available_memory: null,
           registered_at: null,
         });
-        serviceHealth.set(m.worker_id, new Map(m.services.map((s) => [s.name, s.status])));
+        serviceHealth.set(
+          m.worker_id,
+          new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
+        );
       }
       clusters.push({
         cluster: doc.cluster,
@@ -1928,8 +2234,10 @@ class Registry {
       for (const name of view.services) {
         const url = view.service_urls[name] ?? view.tunnel_url;
         const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
+        // The allowed upstreams are checked here, where the table is built, not per request.
+        const refused = url ? upstreamRefusal(url, this.settings.upstreamAllow) : null;
         let health: Provider["health"] = "unhealthy";
-        if (url && view.healthy && serviceStatus === "healthy") {
+        if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
           // A suspect (unheard) member stays routable as a last resort, like a degraded one.
           health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
         }
@@ -1941,6 +2249,7 @@ class Registry {
           url: url ?? "",
           tier: view.tier,
           health,
+          refused,
         });
         providers.set(name, list);
       }
@@ -1989,15 +2298,96 @@ function sameRegistration(a: WorkerRecord, b: WorkerRecord): boolean {
 /** Lock key of the heartbeat-leadership decision (no store key looks like it). */
 const LEADERSHIP_LOCK = "leadership";
 
-async function register(reg: Registry, body: RegisterBody) {
-  // One leadership decision at a time: workers that register at once must not all take it.
-  return body.wants_heartbeat_leadership
-    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body))
-    : registerWorker(reg, body);
+/** How an agent request was admitted, and who signed it (docs/SECURITY.md). */
+export interface Sender {
+  /**
+   * "open": no token is configured (local dev); "token": the cluster token; "legacy": no token,
+   * admitted by `ROLLCALL_ALLOW_LEGACY_WORKERS`.
+   */
+  level: "open" | "token" | "legacy";
+  /** The PeerId whose key signed the request (verified), or null. */
+  signer: string | null;
+  /** The client's address as the runtime (or, on Workers, Cloudflare) saw it; "unknown" if none. */
+  address: string;
 }
 
-async function registerWorker(reg: Registry, body: RegisterBody) {
-  const id = body.worker_id ?? `worker-${crypto.randomUUID().slice(0, 13).replace("-", "")}`;
+/**
+ * Checks that `sender` may act as worker `id` before anything is read: a signed request only for
+ * its own id, and an id that is a PeerId only with its key's signature. Throws Refused (401).
+ */
+function checkClaim(id: string, sender: Sender): void {
+  if (sender.signer !== null && sender.signer !== id) {
+    throw new Refused(401, {
+      error: "Signature does not match the worker id",
+      message: `The request is signed by ${sender.signer}, not by ${id}`,
+    });
+  }
+  if (sender.signer === null && isPeerId(id)) {
+    throw new Refused(401, {
+      error: "Signature required",
+      message: `Worker id ${id} is a PeerId: only a request signed with its key may use it (docs/PROTOCOL.md)`,
+    });
+  }
+}
+
+/**
+ * Checks that `sender` may change the record of `id`: a key-owned record only with its key (see
+ * `checkClaim`), a token-owned one not by a token-less (legacy) request. Throws Refused (403).
+ */
+function checkOwner(id: string, record: WorkerRecord | null, sender: Sender): void {
+  if (record?.owner === "token" && sender.level === "legacy") {
+    throw new Refused(403, {
+      error: "Worker belongs to a token holder",
+      message: `Worker ${id} was registered with the cluster token; a request without it may not change it`,
+    });
+  }
+}
+
+/** The owner a registration by `sender` gives a record. */
+function ownerFor(sender: Sender): WorkerOwner {
+  if (sender.signer !== null) return "key";
+  return sender.level === "token" ? "token" : "legacy";
+}
+
+/**
+ * The id an id-less (old kind of) registration gets: derived from its tunnel URL (or address)
+ * and capabilities, so the same worker registering again gets the same id back, not a new
+ * record each time.
+ */
+export function legacyWorkerId(body: RegisterBody): string {
+  const caps = body.capabilities ?? {};
+  const sorted = Object.keys(caps)
+    .sort()
+    .map((k) => [k, caps[k]]);
+  const where = body.tunnel_url ? trimSlash(body.tunnel_url) : (body.ip_address ?? "");
+  return `worker-${hash53(JSON.stringify([where, sorted])).slice(2)}`;
+}
+
+function tooLarge(what: string, size: number, cap: number): Refused {
+  return new Refused(413, {
+    error: `${what} is too large`,
+    message: `It would be stored as ${size} characters; the cap is ${cap} (ROLLCALL_MAX_DOC_BYTES)`,
+  });
+}
+
+async function register(reg: Registry, body: RegisterBody, sender: Sender) {
+  // One leadership decision at a time: workers that register at once must not all take it.
+  return body.wants_heartbeat_leadership
+    ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
+    : registerWorker(reg, body, sender);
+}
+
+async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender) {
+  const idless = !body.worker_id;
+  if (idless && sender.level !== "legacy" && sender.level !== "open") {
+    throw new Refused(400, {
+      error: "worker_id is required",
+      message:
+        "Only workers of the old kind, admitted without a token (ROLLCALL_ALLOW_LEGACY_WORKERS), may register without one",
+    });
+  }
+  const id = body.worker_id ?? legacyWorkerId(body);
+  checkClaim(id, sender);
   const key = WORKER_PREFIX + id;
   const now = reg.clock.now();
   const wants = body.wants_heartbeat_leadership ?? false;
@@ -2010,11 +2400,23 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
   }
   return reg.lock.run(key, async () => {
     const existing = (await reg.read(key, true)) as WorkerRecord | null;
+    checkOwner(id, existing, sender);
+    if (existing === null && idless && !reg.legacyLimiter.take(sender.address, now)) {
+      throw new Refused(
+        429,
+        {
+          error: "Too many new workers from this address",
+          message: `At most ${reg.settings.legacyRegisterLimit} registrations without a worker_id per address per hour`,
+        },
+        { "retry-after": String(reg.legacyLimiter.retryAfterS(sender.address, now)) },
+      );
+    }
     const capabilities = body.capabilities ?? {};
     const record: WorkerRecord = {
       kind: "worker",
       v: 1,
       worker_id: id,
+      owner: ownerFor(sender),
       name: workerName(body.name, capabilities),
       tier: tierOf(capabilities),
       status: "online",
@@ -2030,9 +2432,14 @@ async function registerWorker(reg: Registry, body: RegisterBody) {
       written_at: existing?.written_at ?? now,
       budget: existing?.budget ?? { day: "", used: 0 },
     };
+    const size = JSON.stringify(record).length;
+    if (size > reg.settings.maxDocBytes) {
+      throw tooLarge("The worker record", size, reg.settings.maxDocBytes);
+    }
     const fresh =
       existing &&
       !reg.hasPending(key) &&
+      existing.owner === record.owner &&
       sameRegistration(existing, record) &&
       now - existing.written_at < reg.settings.directWriteIntervalMs;
     const written = fresh ? false : await reg.write(key, record);
@@ -2081,11 +2488,13 @@ export function applyServicesStatus(
   return [...next.values()];
 }
 
-async function heartbeat(reg: Registry, body: HeartbeatBody) {
+async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
+  checkClaim(body.worker_id, sender);
   const key = WORKER_PREFIX + body.worker_id;
   return reg.lock.run(key, async () => {
     const record = (await reg.read(key)) as WorkerRecord | null;
     if (record?.kind !== "worker") return null;
+    checkOwner(body.worker_id, record, sender);
     const now = reg.clock.now();
     const live = {
       at: now,
@@ -2116,20 +2525,41 @@ async function heartbeat(reg: Registry, body: HeartbeatBody) {
   });
 }
 
-async function unregister(reg: Registry, id: string) {
+async function unregister(reg: Registry, id: string, sender: Sender) {
+  checkClaim(id, sender);
   const key = WORKER_PREFIX + id;
   return reg.lock.run(key, async () => {
-    const record = await reg.read(key, true);
+    const record = (await reg.read(key, true)) as WorkerRecord | null;
     if (!record) return null;
+    if (record.kind === "worker") checkOwner(id, record, sender);
     const written = await reg.remove(key);
     return { status: "ok", worker_id: id, removed: true, written };
   });
 }
 
+/**
+ * Whether `leader` may report a cluster whose document is `doc`: anyone may start a cluster
+ * (no document, no members); after that only a member some leader of it reported, or a leader
+ * with a view in it. The document is the cluster's roster: a key that no leader of the cluster
+ * ever listed (its mesh never knew it) cannot take the cluster's members over.
+ */
+export function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
+  if (doc === null) return true;
+  if (doc.members[leader] !== undefined || doc.leaders[leader] !== undefined) return true;
+  return Object.keys(doc.members).length === 0 && Object.keys(doc.leaders).length === 0;
+}
+
 async function clusterHeartbeat(
   reg: Registry,
   report: ClusterReport,
+  sender: Sender,
 ): Promise<ClusterHeartbeatAnswer> {
+  if (sender.signer !== report.leader_id) {
+    throw new Refused(401, {
+      error: "Signature required",
+      message: "A cluster report must be signed with the key of its leader_id (docs/PROTOCOL.md)",
+    });
+  }
   const key = CLUSTER_PREFIX + report.cluster;
   const { settings, clock } = reg;
   return reg.lock.run(key, async () => {
@@ -2143,20 +2573,46 @@ async function clusterHeartbeat(
       const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
       // The last report this isolate merged is as new as anything it keeps waiting.
       const live = reg.liveCluster(report.cluster);
-      const base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+      let base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+      if (base !== null) {
+        // A cluster nobody reported for as long as a direct record lives is abandoned: the
+        // next report starts it afresh (its roster too), keeping only its revision.
+        const lastAlive = Math.max(base.written_at, live?.reportAt ?? 0);
+        if (now - lastAlive > settings.recordTtlS * 1000) {
+          base = { ...emptyClusterDoc(report.cluster, now), rev: base.rev, budget: base.budget };
+        }
+      }
+      if (!admitsLeader(base, report.leader_id)) {
+        throw new Refused(403, {
+          error: "Leader is not a member of this cluster",
+          message: `Cluster '${report.cluster}' may be reported only by a member one of its leaders listed`,
+        });
+      }
+      if (live === undefined && reg.clusterCount >= MAX_CLUSTERS) {
+        throw new Refused(503, {
+          error: "Too many clusters",
+          message: `This coordinator keeps at most ${MAX_CLUSTERS} clusters`,
+        });
+      }
       const merged = mergeClusterReport(base, report, {
         now,
         leaseMs: settings.keepaliveMs + settings.leaseGraceMs,
       });
+      const size = JSON.stringify(merged).length;
+      if (size > settings.maxDocBytes) {
+        throw tooLarge("The cluster document", size, settings.maxDocBytes);
+      }
       const changed =
         !stored || merged.digest !== stored.digest || leadersKey(merged) !== leadersKey(stored);
+      // Only an existing cluster's report may spend the budget's reserve (see WriteBudget).
+      const reserved = merged.rev > 0;
       const decision = decideClusterWrite({
         changed,
         lastWriteAt: stored?.written_at ?? null,
         now,
         keepaliveMs: settings.keepaliveMs,
         writesToday: reg.budget.used,
-        writeCap: settings.writeCap,
+        writeCap: reserved ? settings.writeCap : settings.writeCap - reg.budget.reserve,
       });
       reg.setLiveCluster(report.cluster, { doc: merged, reportAt: now });
       let written = false;
@@ -2177,7 +2633,7 @@ async function clusterHeartbeat(
       const lastWrite = written ? now : (stored?.written_at ?? now);
       const nextAt =
         reason === "deferred"
-          ? Math.max(now + 1000, reg.budget.available ? now + 1000 : nextUtcDay(now))
+          ? Math.max(now + 1000, reg.budget.allows(reserved) ? now + 1000 : nextUtcDay(now))
           : lastWrite + settings.keepaliveMs;
       return {
         status: "ok",
@@ -2614,6 +3070,9 @@ export class Endpoint {
   latencyCount = 0;
   readonly breaker: CircuitBreaker;
   readonly window: TrafficWindow;
+  /** HTTP answers over the breaker window, and those that were 5xx: a worker's answer error ratio. */
+  readonly answers: SlidingCount;
+  readonly answerErrors: SlidingCount;
 
   constructor(
     readonly worker_id: string,
@@ -2627,6 +3086,8 @@ export class Endpoint {
       openMs: settings.breakerOpenMs,
     });
     this.window = new TrafficWindow(settings.metricsWindowMs, now);
+    this.answers = new SlidingCount(settings.breakerWindowMs);
+    this.answerErrors = new SlidingCount(settings.breakerWindowMs);
   }
 
   /** Takes the provider's current URL, tier and health from the routing table. */
@@ -2897,9 +3358,28 @@ export class ServiceRoute {
   }
 
   /**
+   * Whether a 502/503/504 answer from `e` is the worker's own fault: another worker of the
+   * service answers it with at most half `e`'s error ratio (this answer counted). An error every
+   * worker gives alike (one bad path, however often a client asks for it) blames none of them,
+   * and a service with one provider is never ejected for its answers. O(providers), only on such
+   * an answer.
+   */
+  blames(e: Endpoint, now: number): boolean {
+    const mine = (e.answerErrors.estimate(now) + 1) / (e.answers.estimate(now) + 1);
+    for (const p of this.endpoints) {
+      if (p === e) continue;
+      const n = p.answers.estimate(now);
+      if (n >= 1 && p.answerErrors.estimate(now) / n <= mine / 2) return true;
+    }
+    return false;
+  }
+
+  /**
    * Records an attempt's outcome and frees its slot: latency EWMA (each sample weighs 30 %; a
    * failure counts as at least 1 s), consecutive failures and outlier ejection (never more than
-   * half the endpoints at once, each ejection longer), the breaker.
+   * half the endpoints at once, each ejection longer), the breaker. `answered`: the worker sent
+   * an HTTP answer; `excused`: an error answer not held against the worker (counted in its
+   * metrics, never in its breaker or ejection).
    */
   settle(
     e: Endpoint,
@@ -2908,6 +3388,8 @@ export class ServiceRoute {
       latencyMs: number;
       failed: boolean;
       abandoned?: boolean;
+      answered?: boolean;
+      excused?: boolean;
       probe: boolean;
     },
   ): void {
@@ -2919,7 +3401,12 @@ export class ServiceRoute {
       e.breaker.abandon(probe);
       return;
     }
-    e.window.record(now, latencyMs, failed);
+    const excused = outcome.excused === true;
+    if (outcome.answered) {
+      e.answers.add(now);
+      if (failed || excused) e.answerErrors.add(now);
+    }
+    e.window.record(now, latencyMs, failed || excused);
     e.latencySumMs += latencyMs;
     e.latencyCount++;
     const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
@@ -2929,6 +3416,11 @@ export class ServiceRoute {
     e.ewmaSample = ++this.samples;
     if (!failed) {
       this.ewmaMs = this.ewmaMs === 0 ? latencyMs : this.ewmaMs + (latencyMs - this.ewmaMs) * 0.1;
+      if (excused) {
+        e.failures++;
+        e.breaker.success(now, probe); // it answered: alive, whatever the answer says
+        return;
+      }
       e.consecutiveFailures = 0;
       if (e.ejections > 0 && now - e.lastEjectedAt > this.settings.ejectMaxMs * 2) e.ejections = 0;
       e.breaker.success(now, probe);
@@ -3104,7 +3596,13 @@ export const HOP_BY_HOP: readonly string[] = [
   "transfer-encoding",
   "upgrade",
 ];
-const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+/** Methods the proxy forwards; anything else (TRACE, CONNECT, garbage) is answered 405 at once. */
+const PROXY_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
+/** Set on every forwarded request (its value: the coordinator's instance id); one that arrives with it is a loop. */
+export const HOP_HEADER = "x-rollcall-hop";
+/** Set on a 508 answer: the hop value that came in, so the sender learns it called itself. */
+const LOOP_HEADER = "x-rollcall-loop";
 
 /** Thrown (and answered 400) when a service path tries to escape its prefix. */
 export class UnsafePathError extends Error {
@@ -3205,6 +3703,228 @@ export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget 
   return null;
 }
 
+/**
+ * Which upstream hosts the proxy may call, parsed once from `ROLLCALL_UPSTREAM_ALLOW`: address
+ * classes, networks and host names. Link-local and other special addresses never pass.
+ */
+export interface UpstreamPolicy {
+  /** Addresses outside every special range, and host names not otherwise listed. */
+  readonly public: boolean;
+  /** 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7. */
+  readonly private: boolean;
+  /** 127/8, ::1, localhost. */
+  readonly loopback: boolean;
+  /** Networks allowed whatever their class: address bytes and prefix length. */
+  readonly cidrs: readonly { bytes: Uint8Array; bits: number }[];
+  /** Host names allowed whatever they resolve to (lower case; `*.` matches subdomains). */
+  readonly names: readonly string[];
+  /** The list as configured. */
+  readonly text: string;
+}
+
+/** The class of an address: the policy allows the first three by class, never the last. */
+type AddressClass = "public" | "private" | "loopback" | "special";
+
+function parseIPv4(text: string): Uint8Array | null {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const part = parts[i] as string;
+    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return null;
+    out[i] = Number(part);
+  }
+  return out;
+}
+
+function parseIPv6(text: string): Uint8Array | null {
+  const t = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
+  if (!t.includes(":") || !/^[0-9a-fA-F:.]+$/.test(t)) return null;
+  const halves = t.split("::");
+  if (halves.length > 2) return null;
+  const groups = (half: string): number[] | null => {
+    if (half === "") return [];
+    const out: number[] = [];
+    const items = half.split(":");
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i] as string;
+      if (i === items.length - 1 && item.includes(".")) {
+        const v4 = parseIPv4(item);
+        if (!v4) return null;
+        out.push(
+          ((v4[0] as number) << 8) | (v4[1] as number),
+          ((v4[2] as number) << 8) | (v4[3] as number),
+        );
+      } else if (/^[0-9a-fA-F]{1,4}$/.test(item)) out.push(Number.parseInt(item, 16));
+      else return null;
+    }
+    return out;
+  };
+  const head = groups(halves[0] as string);
+  const tail = halves.length === 2 ? groups(halves[1] as string) : [];
+  if (!head || !tail) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const all = [...head, ...Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
+  const out = new Uint8Array(16);
+  for (let i = 0; i < 8; i++) {
+    out[2 * i] = (all[i] as number) >> 8;
+    out[2 * i + 1] = (all[i] as number) & 0xff;
+  }
+  return out;
+}
+
+/** An IP literal (IPv4, IPv6 with or without brackets) as 4 or 16 bytes, or null for a name. */
+export function parseIp(text: string): Uint8Array | null {
+  return parseIPv4(text) ?? parseIPv6(text);
+}
+
+function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): boolean {
+  for (let i = 0; i < bits; i++) {
+    const byte = i >> 3;
+    const mask = 0x80 >> (i & 7);
+    if (((bytes[byte] as number) & mask) !== ((prefix[byte] ?? 0) & mask)) return false;
+  }
+  return true;
+}
+
+/** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
+export function addressClass(bytes: Uint8Array): AddressClass {
+  if (bytes.length === 16) {
+    const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
+    const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
+    if (mapped || nat64) return addressClass(bytes.subarray(12));
+    if (bytes.every((b, i) => b === (i === 15 ? 1 : 0))) return "loopback";
+    if (bytes.every((b) => b === 0)) return "special"; // ::
+    if (inPrefix(bytes, [0xfe, 0x80], 10)) return "special"; // link-local
+    if (inPrefix(bytes, [0xff], 8)) return "special"; // multicast
+    if (inPrefix(bytes, [0xfc], 7)) return "private";
+    return "public";
+  }
+  const [a, b] = bytes as unknown as [number, number];
+  if (a === 0 || a >= 224) return "special"; // this network (0.0.0.0 reaches the host), multicast, reserved
+  if (a === 169 && b === 254) return "special"; // link-local: cloud metadata lives here
+  if (a === 127) return "loopback";
+  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
+  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
+  return "public";
+}
+
+/** Host names that are cloud metadata services whatever they resolve to. */
+const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
+
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
+export function parseUpstreamAllow(text: string): UpstreamPolicy {
+  const entries = text
+    .split(/[\s,]+/)
+    .map((e) => e.trim().toLowerCase())
+    .filter(Boolean);
+  const policy = {
+    public: false,
+    private: false,
+    loopback: false,
+    cidrs: [] as { bytes: Uint8Array; bits: number }[],
+    names: [] as string[],
+    text: entries.join(","),
+  };
+  const bad = (entry: string, why: string) =>
+    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+  for (const entry of entries) {
+    if (entry === "public" || entry === "private" || entry === "loopback") {
+      policy[entry] = true;
+    } else if (entry === "any") {
+      policy.public = policy.private = policy.loopback = true;
+    } else if (entry.includes("/")) {
+      const [addr = "", len = ""] = entry.split("/");
+      const bytes = parseIp(addr);
+      const bits = Number(len);
+      if (!bytes || !/^\d+$/.test(len) || bits > bytes.length * 8) {
+        throw bad(entry, "is not a network like 10.1.0.0/16 or fd00::/8");
+      }
+      if (addressClass(bytes) === "special" && bits >= 8) {
+        throw bad(entry, "is a link-local or special network: never allowed");
+      }
+      policy.cidrs.push({ bytes, bits });
+    } else if (parseIp(entry)) {
+      const bytes = parseIp(entry) as Uint8Array;
+      if (addressClass(bytes) === "special")
+        throw bad(entry, "is a special address: never allowed");
+      policy.cidrs.push({ bytes, bits: bytes.length * 8 });
+    } else if (
+      /^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(entry)
+    ) {
+      policy.names.push(entry);
+    } else {
+      throw bad(
+        entry,
+        "is not public, private, loopback, any, a network, an address or a host name",
+      );
+    }
+  }
+  return policy;
+}
+
+function nameListed(host: string, names: readonly string[]): boolean {
+  for (const n of names) {
+    if (n.startsWith("*.") ? host.endsWith(n.slice(1)) : host === n) return true;
+  }
+  return false;
+}
+
+/** Whether the policy allows an address (4 or 16 bytes) by its networks or its class. */
+function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
+  const cls = addressClass(bytes);
+  if (cls === "special") return false;
+  for (const c of policy.cidrs) {
+    if (c.bytes.length === bytes.length && inPrefix(bytes, Array.from(c.bytes), c.bits))
+      return true;
+  }
+  return policy[cls];
+}
+
+/**
+ * Why the proxy may not call `url` under `policy`, or null when it may. An IP literal goes by its
+ * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
+ * What a name resolves to is checked where the connection is made (the Node and Deno starters'
+ * upstream client), see `resolvedAllowed`.
+ */
+export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+  let host: string;
+  try {
+    host = new URL(url).hostname.toLowerCase();
+  } catch {
+    return "not a URL";
+  }
+  if (host.endsWith(".")) host = host.slice(0, -1);
+  const bytes = parseIp(host);
+  if (bytes) {
+    if (addressClass(bytes) === "special")
+      return "link-local and special addresses are never allowed";
+    return addressAllowed(bytes, policy)
+      ? null
+      : `${addressClass(bytes)} addresses are not allowed`;
+  }
+  if (METADATA_NAMES.has(host)) return "cloud metadata names are never allowed";
+  if (nameListed(host, policy.names)) return null;
+  if (host === "localhost" || host.endsWith(".localhost")) {
+    return policy.loopback ? null : "loopback addresses are not allowed";
+  }
+  return policy.public ? null : "host names are allowed only when listed or with public";
+}
+
+/**
+ * Whether a connection to `address` (what `host` resolved to) is allowed: a listed name may
+ * resolve anywhere but link-local and special addresses; any other name only where its address
+ * is allowed. For an upstream client that resolves names itself (`scripts/node-fetch.ts`).
+ */
+export function resolvedAllowed(host: string, address: string, policy: UpstreamPolicy): boolean {
+  const bytes = parseIp(address);
+  if (!bytes || addressClass(bytes) === "special") return false;
+  const name = host.toLowerCase().replace(/\.$/, "");
+  if (!parseIp(name) && nameListed(name, policy.names)) return true;
+  return addressAllowed(bytes, policy);
+}
+
 /** Whether a fetch error means nothing reached the upstream (connection refused, DNS failure). */
 export function isConnectFailure(err: unknown): boolean {
   const e = err as {
@@ -3219,7 +3939,7 @@ export function isConnectFailure(err: unknown): boolean {
     e?.cause?.message,
     String(e?.cause ?? ""),
   ].join(" ");
-  return /ECONNREFUSED|ConnectionRefused|Connection refused|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|Unable to connect|dns error|tcp connect error|connect\)/i.test(
+  return /ECONNREFUSED|EUPSTREAMREFUSED|ConnectionRefused|Connection refused|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|Unable to connect|dns error|tcp connect error|connect\)/i.test(
     text,
   );
 }
@@ -3235,6 +3955,8 @@ class ReplayableBody {
   #reader: ReadableStreamDefaultReader<Uint8Array>;
   #done = false;
   #reading: Promise<Uint8Array | null> | null = null;
+  /** `performance.now()` when the client last delivered a chunk (or the body began). */
+  progressAt = performance.now();
 
   constructor(
     source: ReadableStream<Uint8Array>,
@@ -3248,10 +3970,16 @@ class ReplayableBody {
     return !this.#overflow;
   }
 
+  /** Whether the client is being waited for: its body has not ended and a read of it is pending. */
+  get waitingForClient(): boolean {
+    return !this.#done && this.#reading !== null;
+  }
+
   async #next(): Promise<Uint8Array | null> {
     if (this.#done) return null;
     this.#reading ??= this.#reader.read().then(({ done, value }) => {
       this.#reading = null;
+      this.progressAt = performance.now();
       if (done || !value) {
         this.#done = true;
         return null;
@@ -3304,6 +4032,8 @@ interface AttemptFailure {
   timedOut: boolean;
   /** The client went away, so the attempt was abandoned. */
   clientGone: boolean;
+  /** The time ran out while the client's upload was stalled: the client's fault, not the worker's. */
+  clientSlow: boolean;
 }
 
 /** Something that keeps a promise running after the answer (Workers' ExecutionContext). */
@@ -3345,37 +4075,61 @@ function peerAddress(inc: Incoming): string | undefined {
   return undefined;
 }
 
-/** Request headers never sent upstream as they are (hop-by-hop ones, and those rewritten). */
+/**
+ * Request headers never sent upstream as the client sent them: hop-by-hop ones, framing (the
+ * upstream client frames what it really sends), the hop header, and every header that claims
+ * who the client is (rewritten from what the runtime saw, never taken from the client).
+ */
 const REWRITTEN_REQUEST_HEADERS = new Set([
   ...HOP_BY_HOP,
   "host",
   "accept-encoding", // let the runtime's fetch ask for what it can decode
+  "content-length",
+  "expect",
+  HOP_HEADER,
   "x-forwarded-for",
   "x-forwarded-proto",
   "x-forwarded-host",
+  "forwarded",
+  "x-real-ip",
+  "true-client-ip",
+  "x-client-ip",
+  "cf-connecting-ip",
 ]);
 
 /**
- * The headers sent upstream, as a record: the client's, minus hop-by-hop ones (and those its
- * Connection header names), plus X-Forwarded-For/-Proto/-Host. One pass over the request's
- * headers, no Headers object built or changed (copying one is slow on Deno, changing a
- * server's request headers in place is not allowed everywhere).
+ * The headers sent upstream, as a record: the client's, minus hop-by-hop, framing and
+ * client-identity ones (and those its Connection header names), plus X-Forwarded-For (the
+ * client's chain, then the peer the runtime saw, or Workers' CF-Connecting-IP), -Proto, -Host,
+ * the client's Content-Length only when its body goes along (`withBody`), and the hop header.
+ * Null when the request already carries a hop header: it came from a coordinator (a loop).
+ * One pass over the request's headers, no Headers object built or changed (copying one is
+ * slow on Deno, changing a server's request headers in place is not allowed everywhere).
  */
-function forwardHeaders(inc: Incoming, url: string): Record<string, string> {
+function forwardHeaders(
+  inc: Incoming,
+  url: string,
+  ctx: ProxyContext,
+  withBody: boolean,
+): Record<string, string> | null {
   // No prototype: a header named __proto__ is a plain entry.
   const out: Record<string, string> = Object.create(null);
   let host: string | null = null;
   let connection: string | null = null;
   let prior: string | null = null;
   let cfClient: string | null = null;
+  let length: string | null = null;
+  let looped = false;
   inc.request.headers.forEach((value, name) => {
-    if (!REWRITTEN_REQUEST_HEADERS.has(name)) {
-      out[name] = value;
-      if (name === "cf-connecting-ip") cfClient = value;
-    } else if (name === "host") host = value;
+    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
+    else if (name === "host") host = value;
     else if (name === "connection") connection = value;
     else if (name === "x-forwarded-for") prior = value;
+    else if (name === "content-length") length = value;
+    else if (name === "cf-connecting-ip") cfClient = value;
+    else if (name === HOP_HEADER) looped = true;
   });
+  if (looped) return null;
   if (connection !== null) {
     for (const named of (connection as string).split(",")) {
       const name = named.trim().toLowerCase();
@@ -3383,12 +4137,16 @@ function forwardHeaders(inc: Incoming, url: string): Record<string, string> {
       if (name === "x-forwarded-for") prior = null;
     }
   }
-  const client = cfClient || peerAddress(inc);
+  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
+  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
   if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
   else if (prior !== null) out["x-forwarded-for"] = prior;
   const https = url.startsWith("https:");
   out["x-forwarded-proto"] = https ? "https" : "http";
   out["x-forwarded-host"] = host ?? url.slice(https ? 8 : 7, url.indexOf("/", 8));
+  if (withBody && length !== null) out["content-length"] = length;
+  if (ctx.settings.cookies === "strip") delete out.cookie;
+  out[HOP_HEADER] = ctx.instanceId;
   return out;
 }
 
@@ -3410,15 +4168,27 @@ interface Pending {
   deadline: number;
   started: number;
   inc: Incoming;
+  /** The request body being sent, if any: its upload is timed apart from the worker. */
+  body: ReplayableBody | null;
   timedOut: boolean;
   clientGone: boolean;
+  clientSlow: boolean;
   index: number;
+}
+
+/**
+ * When an attempt times out: the proxy timeout counts from the start, or, while a body streams
+ * from the client, from the client's last chunk (a slow upload is not the worker's delay).
+ */
+function dueAt(deadline: number, started: number, body: ReplayableBody | null): number {
+  return body === null ? deadline : Math.max(deadline, body.progressAt + (deadline - started));
 }
 
 /**
  * Deadlines of the attempts in flight, checked by one shared timer (every 100 ms, or a
  * quarter of the timeout) instead of a timer and an abort listener per attempt. An attempt
- * still running after one check is aborted when its client has gone away.
+ * still running after one check is aborted when its client has gone away. An attempt that
+ * runs out of time while its client's upload stalls is the client's fault (`clientSlow`).
  */
 class Deadlines {
   readonly #items: Pending[] = [];
@@ -3451,8 +4221,9 @@ class Deadlines {
   #check(): void {
     const now = performance.now();
     for (const p of [...this.#items]) {
-      if (now >= p.deadline) {
+      if (now >= p.deadline && now >= dueAt(p.deadline, p.started, p.body)) {
         p.timedOut = true;
+        p.clientSlow = p.body?.waitingForClient ?? false;
         p.controller.abort();
       } else if (now - p.started >= this.periodMs && this.clientGone(p.inc.request, p.inc.env)) {
         p.clientGone = true;
@@ -3467,17 +4238,26 @@ async function attempt(
   inc: Incoming,
   target: string,
   init: RequestInit,
+  body: ReplayableBody | null,
 ): Promise<Response | AttemptFailure> {
   const controller = new AbortController();
   init.signal = controller.signal;
   const timeoutMs = ctx.settings.proxyTimeoutMs;
   if (inc.exec !== null) {
     // On Workers every timer and listener belongs to its request: one of each per attempt.
-    const state = { timedOut: false, clientGone: false };
-    const timer = setTimeout(() => {
+    const state = { timedOut: false, clientGone: false, clientSlow: false };
+    const started = performance.now();
+    const fire = () => {
+      const left = dueAt(started + timeoutMs, started, body) - performance.now();
+      if (left > 0) {
+        timer = setTimeout(fire, left);
+        return;
+      }
       state.timedOut = true;
+      state.clientSlow = body?.waitingForClient ?? false;
       controller.abort();
-    }, timeoutMs);
+    };
+    let timer = setTimeout(fire, timeoutMs);
     const onClientAbort = () => {
       state.clientGone = true;
       controller.abort();
@@ -3499,15 +4279,18 @@ async function attempt(
     deadline: started + timeoutMs,
     started,
     inc,
+    body,
     timedOut: false,
     clientGone: false,
+    clientSlow: false,
     index: 0,
   };
   ctx.deadlines.add(pending);
   try {
     return await ctx.fetcher(target, init);
   } catch (error) {
-    return { failed: true, error, timedOut: pending.timedOut, clientGone: pending.clientGone };
+    const { timedOut, clientGone, clientSlow } = pending;
+    return { failed: true, error, timedOut, clientGone, clientSlow };
   } finally {
     ctx.deadlines.remove(pending);
   }
@@ -3530,13 +4313,45 @@ function defer(exec: WaitUntil | null, promise: Promise<unknown>): void {
 // Router: per-isolate routing state kept across routing-table rebuilds, the live view, signals
 // ============================================================================================
 
-/** The per-isolate router: endpoints and service routes, kept while the table is rebuilt. */
+/** Most service URLs found to be the coordinator itself that an isolate remembers. */
+const MAX_SELF_URLS = 256;
+
+/**
+ * The per-isolate router: endpoints and service routes, kept while the table is rebuilt.
+ * Routes of services no longer in the table are dropped by `prune` once idle.
+ */
 class Router {
   readonly routes = new Map<string, ServiceRoute>();
   readonly #endpoints = new Map<string, Endpoint>();
+  /** Service URLs that answered with this coordinator's own loop marker: never routed to. */
+  readonly #self = new Set<string>();
   #table: RoutingTable | null = null;
 
   constructor(readonly settings: Settings) {}
+
+  /** Never routes to `base` again (it is this coordinator); the next sync drops it. */
+  refuseSelf(base: string): void {
+    if (this.#self.size >= MAX_SELF_URLS)
+      this.#self.delete(this.#self.values().next().value as string);
+    this.#self.add(base);
+    this.#table = null;
+  }
+
+  /** Whether a service URL was found to be this coordinator. */
+  isSelf(base: string): boolean {
+    return this.#self.has(base);
+  }
+
+  /** Drops the routes of services the table no longer has, once nothing is in flight or queued. */
+  prune(): void {
+    const table = this.#table;
+    if (table === null) return;
+    for (const [name, route] of this.routes) {
+      if (!table.providers.has(name) && route.inFlight === 0 && route.queued === 0) {
+        this.routes.delete(name);
+      }
+    }
+  }
 
   /** Takes a (re)built routing table: O(1) when it is the one seen last. */
   sync(table: RoutingTable, now: number): void {
@@ -3551,7 +4366,8 @@ class Router {
       }
       const list: Endpoint[] = [];
       for (const p of providers) {
-        if (p.health === "unhealthy" || !isHttpUrl(p.url)) continue;
+        if (p.health === "unhealthy" || !isHttpUrl(p.url) || this.#self.has(trimSlash(p.url)))
+          continue;
         const key = `${name}\u0000${p.worker_id}`;
         seen.add(key);
         let ep = this.#endpoints.get(key);
@@ -3617,11 +4433,12 @@ interface LiveState {
 }
 
 /**
- * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`
- * with the agent token), never while a routed request waits (admin reads do wait, see `tick`):
- * refreshed after `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so
- * routing falls back to the stored table; failed fetches back off (doubling, up to a minute).
- * Members the leader's mesh does not hear show as "suspect" at once. Per isolate.
+ * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`,
+ * authorized by an HMAC of the time keyed with the agent token, see `viewAuthorization`), never
+ * while a routed request waits (admin reads do wait, see `tick`): refreshed after
+ * `liveViewTtlMs`, dropped on a failed fetch or when older than five TTLs, so routing falls
+ * back to the stored table; failed fetches back off (doubling, up to a minute). Members the
+ * leader's mesh does not hear show as "suspect" at once. Per isolate.
  */
 class LiveViews {
   readonly #state = new Map<string, LiveState>();
@@ -3674,7 +4491,12 @@ class LiveViews {
         };
         this.#state.set(cluster.cluster, state);
       }
-      const url = cluster.leader_url;
+      // The leader's URL is an upstream like any other: only an allowed one is asked.
+      const leaderUrl = cluster.leader_url;
+      const url =
+        leaderUrl && upstreamRefusal(leaderUrl, this.settings.upstreamAllow) === null
+          ? leaderUrl
+          : null;
       if (state.url !== url) {
         // Another leader reports now: what the old one's agent said no longer counts.
         state.url = url;
@@ -3720,6 +4542,13 @@ class LiveViews {
     return new Map([[state.leaderId, "suspect"]]);
   }
 
+  /** Forgets the views of clusters the routing table no longer has. */
+  prune(table: RoutingTable): void {
+    if (this.#state.size === 0) return;
+    const names = new Set(table.clusters.map((c) => c.cluster));
+    for (const name of this.#state.keys()) if (!names.has(name)) this.#state.delete(name);
+  }
+
   /** What the admin API shows about a cluster's live view. */
   status(cluster: string): Record<string, unknown> | null {
     const state = this.#state.get(cluster);
@@ -3739,7 +4568,10 @@ class LiveViews {
     let answered = false;
     try {
       const headers: Record<string, string> = { accept: "application/json" };
-      if (this.settings.agentToken) headers.authorization = `Bearer ${this.settings.agentToken}`;
+      // An HMAC of the time with the agent token: the token itself never crosses the network.
+      const token = this.settings.agentToken;
+      // Wall time, not the injected clock: the agent checks it against its own clock.
+      if (token) headers.authorization = await viewAuthorization(token, Date.now());
       const res = await fetcher(`${trimSlash(url)}/_agent/cluster`, {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
@@ -4003,8 +4835,12 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
 // Routing and proxy: admit (pick or queue), forward, retry within the budget, answer
 // ============================================================================================
 
-/** Upstream answers that count as failures and may be retried (idempotent methods only). */
-const FAILED_STATUS = new Set([500, 502, 503, 504]);
+/**
+ * Upstream answers that may be retried (idempotent methods only) and may count against the
+ * worker (when `ServiceRoute.blames` says so). A 500 is the application's answer: passed on,
+ * never retried, never held against the worker.
+ */
+const FAILED_STATUS = new Set([502, 503, 504]);
 /** A rest of path that needs the full safety check (anything else is plain segments). */
 const CAREFUL_REST = /[%\\\0]|(?:^|\/)\.\.?(?:\/|$)/;
 
@@ -4020,6 +4856,10 @@ interface ProxyContext {
   /** Whether upstream responses have mutable headers (Bun, the Node client); null until known. */
   inPlace: boolean | null;
   webhook: { sent: number; failed: number; lastError: string | null };
+  /** This coordinator's id, the value of the hop header it sets. */
+  instanceId: string;
+  /** Where details of an error answered generically go (never to the client). */
+  log: (line: string) => void;
 }
 
 function addCors(settings: Settings, request: Request, headers: Headers): void {
@@ -4107,12 +4947,41 @@ function evaluateSignal(
   defer(exec, post());
 }
 
+/**
+ * Applies the cookie setting to an upstream answer's Set-Cookie headers: `strip` drops them,
+ * `scope` limits each to the service's public path (`prefix`) and drops its Domain, so services
+ * behind one coordinator origin cannot read or set each other's cookies.
+ */
+export function scopeCookies(headers: Headers, mode: CookieMode, prefix: string): void {
+  if (mode === "pass" || !headers.has("set-cookie")) return;
+  const cookies = headers.getSetCookie();
+  headers.delete("set-cookie");
+  if (mode === "strip") return;
+  for (const cookie of cookies) {
+    const [pair = "", ...attrs] = cookie.split(";");
+    const kept = attrs
+      .map((a) => a.trim())
+      .filter((a) => a !== "" && !/^(path|domain)\s*(=|$)/i.test(a));
+    headers.append("set-cookie", [pair.trim(), `Path=${prefix}`, ...kept].join("; "));
+  }
+}
+
+/** The public path prefix of a proxied request: `/api/service/<name>`, or the alias's. */
+function publicPrefix(target: ServiceTarget, url: string): string {
+  const at = url.indexOf("/", url.indexOf("//") + 2);
+  if (url.startsWith("/api/service/", at)) return `/api/service/${target.service}`;
+  const path = url.slice(at).split("?")[0] as string;
+  const rest = target.rest === null ? "" : `/${target.rest}`;
+  return path.endsWith(rest) ? path.slice(0, path.length - rest.length) || "/" : "/";
+}
+
 function respond(
   ctx: ProxyContext,
   request: Request,
   result: Response,
   ep: Endpoint,
   method: string,
+  target: ServiceTarget,
 ): Response {
   if (ctx.inPlace !== false) {
     // Bun's fetch and the Node starter's client hand back mutable headers: answer with the
@@ -4123,6 +4992,9 @@ function respond(
       ctx.inPlace = true;
       cleanResponseHeaders(result.headers);
       addCors(ctx.settings, request, result.headers);
+      if (ctx.settings.cookies !== "pass") {
+        scopeCookies(result.headers, ctx.settings.cookies, publicPrefix(target, request.url));
+      }
       return result;
     } catch {
       ctx.inPlace = false; // standard fetch responses have immutable headers
@@ -4133,6 +5005,9 @@ function respond(
   headers.set("x-rollcall-worker", ep.worker_id);
   if (ep.name !== null) headers.set("x-rollcall-worker-name", ep.name);
   addCors(ctx.settings, request, headers);
+  if (ctx.settings.cookies !== "pass") {
+    scopeCookies(headers, ctx.settings.cookies, publicPrefix(target, request.url));
+  }
   const nullBody = method === "HEAD" || result.status === 204 || result.status === 304;
   return new Response(nullBody ? null : result.body, {
     status: result.status,
@@ -4198,6 +5073,21 @@ function turnedAway(
   );
 }
 
+/** Answers a request that already passed through a coordinator (it carries the hop header). */
+function loopAnswer(ctx: ProxyContext, request: Request): Response {
+  const hop = request.headers.get(HOP_HEADER) ?? "";
+  return proxyJson(
+    ctx,
+    request,
+    {
+      error: "Loop detected",
+      message: "This request already passed through a rollcall coordinator",
+    },
+    508,
+    { [LOOP_HEADER]: hop.slice(0, 64) },
+  );
+}
+
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
@@ -4205,9 +5095,19 @@ async function routeService(
 ): Promise<Response> {
   const { reg, router, settings } = ctx;
   const request = inc.request;
+  const method = request.method.toUpperCase();
+  if (!PROXY_METHODS.has(method)) {
+    const allow = [...PROXY_METHODS].join(", ");
+    const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
+    return proxyJson(ctx, request, body, 405, { allow });
+  }
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
+  const url = request.url;
+  const source = method === "GET" || method === "HEAD" ? null : request.body;
+  const headers = forwardHeaders(inc, url, ctx, source !== null);
+  if (headers === null) return loopAnswer(ctx, request);
   let now = ctx.clock.now();
   const table = reg.cachedTable(now) ?? (await reg.table());
   router.sync(table, now);
@@ -4241,16 +5141,13 @@ async function routeService(
     now = ctx.clock.now();
     ep = route.pick({ now, random: ctx.random });
   }
-  const url = request.url;
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);
-  const method = request.method.toUpperCase();
-  const headers = forwardHeaders(inc, url);
-  const source = method === "GET" || method === "HEAD" ? null : request.body;
   const body = source ? new ReplayableBody(source, settings.replayBufferBytes) : null;
   let tried: Endpoint[] | null = null;
   let held: Response | null = null; // the last upstream 5xx: the answer if nothing better comes
   let failure: AttemptFailure | null = null;
+  let looped = false;
   let last = ep;
   try {
     for (let n = 1; ; n++) {
@@ -4267,27 +5164,44 @@ async function routeService(
       }
       const probe = route.dispatch(ep, now);
       const t0 = performance.now();
-      const result = await attempt(ctx, inc, to, init);
+      const result = await attempt(ctx, inc, to, init, body);
       const latencyMs = performance.now() - t0;
       now = ctx.clock.now();
-      const aborted = "failed" in result && result.clientGone;
       // Not `instanceof Response`: @hono/node-server swaps the global Response class.
       if (!("failed" in result)) {
-        const failed = FAILED_STATUS.has(result.status);
-        route.settle(ep, { now, latencyMs, failed, probe });
-        if (!failed) {
+        const status = result.status;
+        if (status === 508 && result.headers.get(LOOP_HEADER) === ctx.instanceId) {
+          // This URL is the coordinator itself: never again in this isolate; try another.
+          result.body?.cancel().catch(() => {});
+          route.settle(ep, { now, latencyMs, failed: false, abandoned: true, probe });
+          router.refuseSelf(ep.base);
+          looped = true;
+        } else {
+          const failed = FAILED_STATUS.has(status) && route.blames(ep, now);
+          const excused = !failed && status >= 500;
+          route.settle(ep, { now, latencyMs, failed, answered: true, excused, probe });
+          if (!FAILED_STATUS.has(status)) {
+            held?.body?.cancel().catch(() => {});
+            return finished(
+              ctx,
+              route,
+              inc,
+              respond(ctx, request, result, ep, method, target),
+              started,
+            );
+          }
           held?.body?.cancel().catch(() => {});
-          return finished(ctx, route, inc, respond(ctx, request, result, ep, method), started);
+          held = result;
+          failure = null;
+          // The request reached the worker: only an idempotent method may go again.
+          if (!IDEMPOTENT.has(method)) break;
         }
-        held?.body?.cancel().catch(() => {});
-        held = result;
-        failure = null;
-        // The request reached the worker: only an idempotent method may go again.
-        if (!IDEMPOTENT.has(method)) break;
       } else {
-        route.settle(ep, { now, latencyMs, failed: !aborted, abandoned: aborted, probe });
+        // The client went away or stalled its upload: nothing the worker did.
+        const clientFault = result.clientGone || result.clientSlow;
+        route.settle(ep, { now, latencyMs, failed: !clientFault, abandoned: clientFault, probe });
         failure = result;
-        if (aborted) break;
+        if (clientFault) break;
         // Nothing reached the worker when the runtime says the connection was refused or the
         // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for
         // a refused and for a dropped connection alike, so there only idempotent methods retry.
@@ -4306,30 +5220,84 @@ async function routeService(
     body?.release();
   }
   if (held !== null) {
-    return finished(ctx, route, inc, respond(ctx, request, held, last, method), started);
+    return finished(ctx, route, inc, respond(ctx, request, held, last, method, target), started);
   }
-  const timedOut = failure?.timedOut ?? false;
-  const status = failure?.clientGone ? 499 : timedOut ? 504 : 502;
-  const error = {
-    error: "Service proxy failed",
-    message: timedOut
-      ? `Worker did not answer within ${settings.proxyTimeoutMs} ms`
-      : `Worker could not be reached: ${(failure?.error as Error | undefined)?.message ?? "unknown error"}`,
-    service: target.service,
-    worker: last.worker_id,
-  };
-  return finished(ctx, route, inc, proxyJson(ctx, request, error, status), started);
+  if (failure === null && looped) {
+    return finished(ctx, route, inc, loopAnswer(ctx, request), started);
+  }
+  const error = proxyFailure(ctx, failure, target.service, last.worker_id);
+  return finished(ctx, route, inc, proxyJson(ctx, request, error.body, error.status), started);
 }
 
-/** The answer to an error thrown while routing (the app's onError, for the fast path too). */
-function errorAnswer(err: unknown): Response {
+/**
+ * The answer when no attempt got a usable answer: 499 (the client left), 408 (the client's
+ * upload stalled), 504 (timeout) or 502. What went wrong in detail (an internal address, a
+ * system error) is logged with a request id; the client gets the id, never the detail.
+ */
+function proxyFailure(
+  ctx: ProxyContext,
+  failure: AttemptFailure | null,
+  service: string,
+  worker: string,
+): { status: number; body: Record<string, unknown> } {
+  if (failure?.clientGone) return { status: 499, body: { error: "Client closed the request" } };
+  if (failure?.clientSlow) {
+    return {
+      status: 408,
+      body: {
+        error: "Request body not received in time",
+        message: `The client sent nothing of its body for ${ctx.settings.proxyTimeoutMs} ms`,
+      },
+    };
+  }
+  const timedOut = failure?.timedOut ?? false;
+  const requestId = newRequestId();
+  const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
+  ctx.log(`${requestId} service ${service} worker ${worker}: ${timedOut ? "timeout" : detail}`);
+  return {
+    status: timedOut ? 504 : 502,
+    body: {
+      error: "Service proxy failed",
+      message: timedOut
+        ? `Worker did not answer within ${ctx.settings.proxyTimeoutMs} ms`
+        : "Worker could not be reached",
+      service,
+      worker,
+      request_id: requestId,
+    },
+  };
+}
+
+/** A short random id that ties an answer to its log line. */
+function newRequestId(): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+}
+
+/**
+ * The answer to an error thrown while routing or answering (the app's onError, and the fast
+ * path's): a clear 4xx for bad input; for a store failure or anything unexpected a generic
+ * message and a request id, the detail (paths, addresses, stacks) only in the log.
+ */
+function errorAnswer(err: unknown, log: (line: string) => void): Response {
   if (err instanceof UnsafePathError) {
     return json({ error: "Invalid service path", message: err.message }, 400);
   }
+  if (err instanceof Refused) return json(err.body, err.status, err.headers);
+  const requestId = newRequestId();
+  const detail = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  log(`${requestId} ${detail}`);
   if (err instanceof StoreError) {
-    return json({ error: "Store unavailable", message: err.message }, 503);
+    return json(
+      {
+        error: "Store unavailable",
+        message: "The registry store failed; retry later",
+        request_id: requestId,
+      },
+      503,
+      { "retry-after": "5" },
+    );
   }
-  return json({ error: "Internal error" }, 500);
+  return json({ error: "Internal error", request_id: requestId }, 500);
 }
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
@@ -4340,7 +5308,8 @@ function serviceTargetOf(url: string): ServiceTarget | null {
 }
 
 // ============================================================================================
-// Security: tokens compared in constant time
+// Security: bearer tokens compared in constant time, guards that fail closed, signed agent
+// requests (Ed25519 through Web Crypto) against replay, the live view's credential
 // ============================================================================================
 
 async function digestBytes(text: string): Promise<Uint8Array> {
@@ -4362,14 +5331,43 @@ function bearerToken(c: Context): string | null {
   return match ? (match[1] as string).trim() : "";
 }
 
+/** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
 type Guard = "worker" | "cluster" | "admin";
 
-async function authorize(c: Context, settings: Settings, guard: Guard): Promise<Response | null> {
-  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
-  if (!expected) return null;
+/** Whether any token is configured: then every guard needs its own (and one without refuses). */
+function isSecured(settings: Settings): boolean {
+  return settings.clusterToken !== null || settings.adminToken !== null;
+}
+
+/**
+ * Admits a request to a guard (how: `Sender.level`) or answers why not. With no token at all
+ * everything is open (local dev). Once any token is set every guard needs its own: a guard whose
+ * token is not set refuses everyone (403), except token-less direct-mode workers where legacy
+ * workers are admitted; a wrong token is always 401.
+ */
+async function authorize(
+  c: Context,
+  settings: Settings,
+  guard: Guard,
+): Promise<Sender["level"] | Response> {
+  if (!isSecured(settings)) return "open";
   const given = bearerToken(c);
-  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return null;
-  if (given && (await tokensEqual(given, expected))) return null;
+  if (given === null && guard === "worker" && settings.allowLegacyWorkers) return "legacy";
+  const expected = guard === "admin" ? settings.adminToken : settings.clusterToken;
+  if (expected === null) {
+    const [what, name] =
+      guard === "admin"
+        ? ["Admin endpoints", "ROLLCALL_ADMIN_TOKEN"]
+        : ["Agent endpoints", "ROLLCALL_CLUSTER_TOKEN"];
+    return json(
+      {
+        error: `${what} are disabled`,
+        message: `Another token is set, so ${what.toLowerCase()} need their own: set ${name}`,
+      },
+      403,
+    );
+  }
+  if (given && (await tokensEqual(given, expected))) return "token";
   return json(
     {
       error: given === null ? "Missing token" : "Invalid token",
@@ -4381,6 +5379,246 @@ async function authorize(c: Context, settings: Settings, guard: Guard): Promise<
     401,
     { "www-authenticate": 'Bearer realm="rollcall"' },
   );
+}
+
+/** Headers of a signed agent request (docs/PROTOCOL.md, "Signed requests"). */
+export const SIGNATURE_HEADERS = {
+  signer: "x-rollcall-signer",
+  timestamp: "x-rollcall-timestamp",
+  nonce: "x-rollcall-nonce",
+  signature: "x-rollcall-signature",
+} as const;
+
+/** How far a signed request's timestamp may be from the coordinator's clock. */
+export const SIGNATURE_SKEW_MS = 5 * MINUTE;
+
+/** What a signed request signs: the scheme, method, path, timestamp, nonce, signer, body digest. */
+export interface SignedRequestParts {
+  method: string;
+  /** The path as the coordinator receives it, without the query. */
+  path: string;
+  /** Milliseconds since the epoch. */
+  timestamp: number;
+  nonce: string;
+  /** The PeerId whose key signs. */
+  signer: string;
+  /** SHA-256 of the exact body bytes (of nothing when there is no body), lowercase hex. */
+  bodySha256: string;
+}
+
+/** The text an agent signs for a request (UTF-8), one part per line. */
+export function signedRequestText(p: SignedRequestParts): string {
+  return [
+    "rollcall-request-v1",
+    p.method.toUpperCase(),
+    p.path,
+    String(p.timestamp),
+    p.nonce,
+    p.signer,
+    p.bodySha256,
+  ].join("\n");
+}
+
+/** SHA-256 of bytes (or of a string's UTF-8), lowercase hex. */
+export async function sha256Hex(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  let hex = "";
+  for (const b of digest) hex += b.toString(16).padStart(2, "0");
+  return hex;
+}
+
+function toBase64url(bytes: Uint8Array): string {
+  let text = "";
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+function fromBase64url(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
+  try {
+    const raw = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Signs a request for the coordinator with the key of `signer` (its PeerId): the headers to send
+ * along. `sign` signs bytes with the private key (a libp2p key's `sign`).
+ */
+export async function signRequest(input: {
+  method: string;
+  path: string;
+  body?: Uint8Array | string | null;
+  signer: string;
+  sign: (data: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+  now: number;
+  nonce?: string;
+}): Promise<Record<string, string>> {
+  const nonce = input.nonce ?? toBase64url(crypto.getRandomValues(new Uint8Array(16)));
+  const timestamp = Math.round(input.now);
+  const text = signedRequestText({
+    method: input.method,
+    path: input.path,
+    timestamp,
+    nonce,
+    signer: input.signer,
+    bodySha256: await sha256Hex(input.body ?? new Uint8Array(0)),
+  });
+  const signature = await input.sign(new TextEncoder().encode(text));
+  return {
+    [SIGNATURE_HEADERS.signer]: input.signer,
+    [SIGNATURE_HEADERS.timestamp]: String(timestamp),
+    [SIGNATURE_HEADERS.nonce]: nonce,
+    [SIGNATURE_HEADERS.signature]: toBase64url(signature),
+  };
+}
+
+/** Verifies an Ed25519 signature with Web Crypto (Workers, Deno, Bun, Node 20); false on any error. */
+export async function verifyEd25519(
+  publicKey: Uint8Array,
+  signature: Uint8Array,
+  data: Uint8Array,
+): Promise<boolean> {
+  try {
+    const raw = publicKey as BufferSource;
+    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+    return await crypto.subtle.verify(
+      { name: "Ed25519" },
+      key,
+      signature as BufferSource,
+      data as BufferSource,
+    );
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Nonces of the signed requests of the last two skew windows, per isolate: a nonce seen twice
+ * is a replay. At most `max` (about 100 bytes each); when full of live ones the oldest goes,
+ * counted in `evicted` (docs/SECURITY.md says what that leaves open).
+ */
+class NonceCache {
+  readonly #seen = new Map<string, number>();
+  evicted = 0;
+  constructor(readonly max = 10_000) {}
+
+  /** Records a nonce; false when it was seen and has not expired. */
+  use(key: string, now: number): boolean {
+    const until = this.#seen.get(key);
+    if (until !== undefined && until > now) return false;
+    this.#seen.delete(key);
+    if (this.#seen.size >= this.max) {
+      this.prune(now);
+      if (this.#seen.size >= this.max) {
+        this.#seen.delete(this.#seen.keys().next().value as string);
+        this.evicted++;
+      }
+    }
+    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
+    return true;
+  }
+
+  /** Forgets expired nonces (they expire in the order they came). */
+  prune(now: number): void {
+    for (const [key, until] of this.#seen) {
+      if (until > now) break;
+      this.#seen.delete(key);
+    }
+  }
+}
+
+function unsigned(error: string, message: string, extra: Record<string, unknown> = {}): Refused {
+  return new Refused(401, { error, message, ...extra });
+}
+
+/**
+ * The verified signer of a request: null when it carries no signature headers; throws Refused
+ * (401) when its signature is incomplete, malformed, outside the clock window, replayed or
+ * wrong. The nonce is remembered only once the signature is good.
+ */
+async function verifiedSigner(
+  headers: Headers,
+  parts: { method: string; path: string; body: Uint8Array },
+  nonces: NonceCache,
+  now: number,
+): Promise<string | null> {
+  const signer = headers.get(SIGNATURE_HEADERS.signer);
+  const timestamp = headers.get(SIGNATURE_HEADERS.timestamp);
+  const nonce = headers.get(SIGNATURE_HEADERS.nonce);
+  const signature = headers.get(SIGNATURE_HEADERS.signature);
+  if (signer === null && timestamp === null && nonce === null && signature === null) return null;
+  if (signer === null || timestamp === null || nonce === null || signature === null) {
+    throw unsigned(
+      "Incomplete request signature",
+      "A signed request needs all four x-rollcall-* signature headers",
+    );
+  }
+  const key = peerIdPublicKey(signer);
+  if (key === null)
+    throw unsigned("Invalid request signature", "The signer is not an Ed25519 PeerId");
+  const ts = Number(timestamp);
+  if (!/^\d{1,16}$/.test(timestamp) || Math.abs(now - ts) > SIGNATURE_SKEW_MS) {
+    throw unsigned(
+      "Request signature expired",
+      `The signature's timestamp must be within ${SIGNATURE_SKEW_MS / 1000} s of the coordinator's clock`,
+      { server_time: now },
+    );
+  }
+  const sig = fromBase64url(signature);
+  if (!/^[A-Za-z0-9_-]{16,64}$/.test(nonce) || sig === null || sig.length !== 64) {
+    throw unsigned("Invalid request signature", "The nonce or the signature is malformed");
+  }
+  const text = signedRequestText({
+    method: parts.method,
+    path: parts.path,
+    timestamp: ts,
+    nonce,
+    signer,
+    bodySha256: await sha256Hex(parts.body),
+  });
+  if (!(await verifyEd25519(key, sig, new TextEncoder().encode(text)))) {
+    throw unsigned(
+      "Invalid request signature",
+      "The signature does not verify with the signer's key",
+    );
+  }
+  if (!nonces.use(`${signer} ${nonce}`, now)) {
+    throw unsigned("Request signature already used", "Each signed request needs a fresh nonce");
+  }
+  return signer;
+}
+
+/** How far a live-view authorization's timestamp may be from the agent's clock. */
+export const VIEW_AUTH_SKEW_MS = MINUTE;
+
+/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
+export function viewAuthText(timestamp: number): string {
+  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
+}
+
+/**
+ * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
+ * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
+ */
+export async function viewAuthorization(token: string, now: number): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const ts = Math.round(now);
+  const mac = new Uint8Array(
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
+  );
+  let hex = "";
+  for (const b of mac) hex += b.toString(16).padStart(2, "0");
+  return `Rollcall-View ts=${ts}, sig=${hex}`;
 }
 
 // ============================================================================================
@@ -4588,6 +5826,12 @@ function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: S
     );
   }
   if (!cl.leader_id) out.push("No leader is reporting for this cluster.");
+  if (!live && settings.liveView && isSecured(settings) && settings.agentToken === null) {
+    // Fail closed: no agent-view token, no live view. Say what the page then cannot show.
+    out.push(
+      "The leader's live view is off: no agent-view token is set (ROLLCALL_AGENT_TOKEN here, the same as the agents' --agent-token), so a crashed or unheard member shows only once a leader reports.",
+    );
+  }
   const status = live?.status(cl.cluster);
   if (live && cl.source === "stored" && status?.last_error) {
     out.push(
@@ -5362,6 +6606,11 @@ export interface CoordinatorComponents {
   random?: () => number;
   /** Whether the client of a request went away. Default: `request.signal.aborted`. */
   clientGone?: (request: Request, env: unknown) => boolean;
+  /**
+   * Where the details of errors answered generically go (with their request id). Default
+   * `console.error`. Never given a secret.
+   */
+  log?: (line: string) => void;
 }
 
 /** A coordinator: the hono app and its parts. */
@@ -5391,6 +6640,11 @@ export interface Coordinator {
   start(): void;
   /** Clears the timers `start()` set. */
   stop(): void;
+  /**
+   * Whether the proxy may connect to `address`, what upstream host `host` resolved to
+   * (`ROLLCALL_UPSTREAM_ALLOW`): for an upstream client that resolves names itself.
+   */
+  allowsUpstream(host: string, address: string): boolean;
 }
 
 function issues(err: z.ZodError): { path: string; message: string }[] {
@@ -5399,16 +6653,70 @@ function issues(err: z.ZodError): { path: string; message: string }[] {
     .map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
 }
 
-async function readJson<T>(
+/** Whether a Content-Type is JSON (`application/json`, `application/<x>+json`, any parameters). */
+function isJsonType(type: string | undefined): boolean {
+  const media = (type ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+  return media === "application/json" || /^application\/[a-z0-9.+-]+\+json$/.test(media);
+}
+
+/** An agent request, admitted and read: its body's bytes and who sent it. */
+interface AgentRequest {
+  bytes: Uint8Array;
+  sender: Sender;
+}
+
+/**
+ * Admits an agent request (its guard's token, or legacy/open), checks that a body is JSON (a
+ * `text/plain` form post from any web page is not), reads the body and verifies a signature.
+ */
+async function agentRequest(
   c: Context,
-  schema: z.ZodType<T>,
-): Promise<{ data: T } | { response: Response }> {
-  let text: string;
+  settings: Settings,
+  guard: Guard,
+  nonces: NonceCache,
+  now: number,
+): Promise<AgentRequest | { response: Response }> {
+  const level = await authorize(c, settings, guard);
+  if (typeof level !== "string") return { response: level };
+  const request = c.req.raw;
+  if (request.method !== "DELETE" && !isJsonType(c.req.header("content-type"))) {
+    return {
+      response: json(
+        {
+          error: "Unsupported content type",
+          message: "Agent endpoints take 'Content-Type: application/json'",
+        },
+        415,
+      ),
+    };
+  }
+  let bytes: Uint8Array;
   try {
-    text = await c.req.text();
+    bytes = new Uint8Array(await c.req.arrayBuffer());
   } catch {
     return { response: json({ error: "Request body could not be read" }, 400) };
   }
+  const url = request.url;
+  const at = url.indexOf("/", url.indexOf("//") + 2);
+  const q = url.indexOf("?", at);
+  const path = q === -1 ? url.slice(at) : url.slice(at, q);
+  const signer = await verifiedSigner(
+    request.headers,
+    { method: request.method, path, body: bytes },
+    nonces,
+    now,
+  );
+  const inc = incomingOf(c);
+  const cf = inc.exec !== null ? c.req.header("cf-connecting-ip") : undefined;
+  return { bytes, sender: { level, signer, address: cf ?? peerAddress(inc) ?? "unknown" } };
+}
+
+/** Parses an agent request's body as JSON against a schema, or answers 400. */
+function parseJson<T>(
+  bytes: Uint8Array,
+  schema: z.ZodType<T>,
+): { data: T } | { response: Response } {
+  const text = new TextDecoder().decode(bytes);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -5425,8 +6733,8 @@ async function readJson<T>(
 }
 
 /**
- * Whether a request is a CORS preflight (answered here); any other OPTIONS to a service is
- * proxied like every method.
+ * Whether a request is a CORS preflight (answered here for service routes); any other OPTIONS
+ * to a service is proxied like every method.
  */
 function isPreflight(request: Request): boolean {
   return request.method === "OPTIONS" && request.headers.has("access-control-request-method");
@@ -5445,9 +6753,13 @@ export function createCoordinator(
   const settings = resolveSettings(init);
   const clock = components.clock ?? systemNow;
   const fetcher = components.fetch ?? ((input, reqInit) => fetch(input, reqInit));
+  const log = components.log ?? ((line: string) => console.error(`rollcall: ${line}`));
   const reg = new Registry(settings, components.store, clock);
   const router = new Router(settings);
-  const live = settings.liveView
+  const nonces = new NonceCache();
+  // The live view needs its own credential once tokens are set: never the cluster token.
+  const liveOn = settings.liveView && (settings.agentToken !== null || !isSecured(settings));
+  const live = liveOn
     ? new LiveViews(settings, { fetcher, clock, onChange: () => reg.invalidate() })
     : null;
   reg.live = live;
@@ -5465,6 +6777,21 @@ export function createCoordinator(
     ),
     inPlace: null,
     webhook: { sent: 0, failed: 0, lastError: null },
+    instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
+    log,
+  };
+  /**
+   * Prunes every per-isolate collection at most once a minute: from `start()`'s timer on a
+   * long-running server, from admin and agent requests where no timer runs (Workers).
+   */
+  let prunedAt = 0;
+  const prune = (now: number, table: RoutingTable | null) => {
+    if (now - prunedAt < MINUTE) return;
+    prunedAt = now;
+    reg.prune(now);
+    router.prune();
+    if (table !== null) live?.prune(table);
+    nonces.prune(now);
   };
   /** The routing table, synced into the router, live views refreshed when due. */
   const routing = async (c: Context | null) => {
@@ -5482,6 +6809,7 @@ export function createCoordinator(
     router.sync(table, now);
     for (const route of router.routes.values()) evaluateSignal(proxy, route, now, exec);
     dashboard.observe(table, router.routes, now);
+    prune(now, table);
     return { table, now };
   };
   const app = new Hono();
@@ -5527,13 +6855,25 @@ export function createCoordinator(
         target === "service" ? (serviceTargetOf(inc.request.url) as ServiceTarget) : target;
       return await routeService(inc, proxy, to);
     } catch (err) {
-      const res = errorAnswer(err);
+      const res = errorAnswer(err, log);
       addCors(settings, inc.request, res.headers);
       return res;
     }
   };
+  /**
+   * Whether a path gets CORS headers: the service routes (a browser app calls them from its own
+   * origin) and `/health`. The agent and admin endpoints do not: no web page may read them, and
+   * the dashboard is same-origin.
+   */
+  const corsPath = (path: string): boolean =>
+    path === "/health" ||
+    path.startsWith("/api/service/") ||
+    (aliases.length > 0 &&
+      path !== "/metrics" &&
+      !path.startsWith("/api/") &&
+      matchAlias(path, aliases) !== null);
 
-  app.onError((err) => errorAnswer(err));
+  app.onError((err) => errorAnswer(err, log));
   app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
   const corsHeaders = cors({
     origin: settings.corsOrigin,
@@ -5548,7 +6888,8 @@ export function createCoordinator(
   // runs) and answer every OPTIONS itself; an OPTIONS that is no preflight goes to the service.
   app.use("*", (c, next) => {
     const target = proxied(c.req.raw);
-    return target === null ? corsHeaders(c, next) : proxyEntry(incomingOf(c), target);
+    if (target !== null) return proxyEntry(incomingOf(c), target);
+    return corsPath(c.req.path) ? corsHeaders(c, next) : next();
   });
   app.use("*", async (_c, next) => {
     await flushPending();
@@ -5581,52 +6922,62 @@ export function createCoordinator(
   );
 
   app.get("/health", (c) => {
-    const open = !settings.clusterToken && !settings.adminToken;
+    const secured = isSecured(settings);
+    const guard = (token: string | null) => (!secured ? "open" : token ? "token" : "disabled");
     return c.json({
       status: "healthy",
       service: "rollcall-coordinator",
       version: COORDINATOR_VERSION,
-      mode: open ? "open-local-dev" : "secured",
+      mode: secured ? "secured" : "open-local-dev",
       auth: {
         cluster_token: settings.clusterToken !== null,
         admin_token: settings.adminToken !== null,
-        legacy_workers_admitted: settings.allowLegacyWorkers || !settings.clusterToken,
+        agent_endpoints: guard(settings.clusterToken),
+        admin_endpoints: guard(settings.adminToken),
+        legacy_workers_admitted: settings.allowLegacyWorkers || !secured,
+        signed_ids: "required for PeerId worker ids and every cluster report",
+        live_view: live === null ? "off" : settings.agentToken ? "agent-token" : "open",
       },
       store: { kind: reg.store.kind, persistent: reg.store.persistent },
       time: new Date(clock.now()).toISOString(),
     });
   });
 
+  /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
+  const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
+    prune(clock.now(), null);
+    const got = await agentRequest(c, settings, guard, nonces, clock.now());
+    if ("response" in got) return got;
+    const body = parseJson(got.bytes, schema);
+    return "response" in body ? body : { data: body.data, sender: got.sender };
+  };
+
   app.post("/api/worker/register", limit, async (c) => {
-    const denied = await authorize(c, settings, "worker");
-    if (denied) return denied;
-    const body = await readJson(c, RegisterBodySchema);
-    if ("response" in body) return body.response;
-    return c.json(await register(reg, body.data));
+    const got = await agentBody(c, "worker", RegisterBodySchema);
+    if ("response" in got) return got.response;
+    return c.json(await register(reg, got.data, got.sender));
   });
 
   app.post("/api/worker/heartbeat", limit, async (c) => {
-    const denied = await authorize(c, settings, "worker");
-    if (denied) return denied;
-    const body = await readJson(c, HeartbeatBodySchema);
-    if ("response" in body) return body.response;
-    const answer = await heartbeat(reg, body.data);
+    const got = await agentBody(c, "worker", HeartbeatBodySchema);
+    if ("response" in got) return got.response;
+    const answer = await heartbeat(reg, got.data, got.sender);
     return answer ? c.json(answer) : c.json({ error: "Worker not found" }, 404);
   });
 
-  app.delete("/api/worker/unregister/:id", async (c) => {
-    const denied = await authorize(c, settings, "worker");
-    if (denied) return denied;
+  app.delete("/api/worker/unregister/:id", limit, async (c) => {
+    const got = await agentRequest(c, settings, "worker", nonces, clock.now());
+    if ("response" in got) return got.response;
     const id = WorkerIdSchema.safeParse(c.req.param("id"));
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
-    const answer = await unregister(reg, id.data);
+    const answer = await unregister(reg, id.data, got.sender);
     return answer ? c.json(answer) : c.json({ error: "Worker not found" }, 404);
   });
 
   // The old agents' lookup: a healthy provider of a service, as `{"worker_url": ...}`.
   app.get("/api/worker/find/:service", async (c) => {
-    const denied = await authorize(c, settings, "worker");
-    if (denied) return denied;
+    const level = await authorize(c, settings, "worker");
+    if (typeof level !== "string") return level;
     const name = ServiceNameSchema.safeParse(c.req.param("service"));
     if (!name.success) {
       return c.json({ error: "Invalid service name", details: issues(name.error) }, 400);
@@ -5656,24 +7007,22 @@ export function createCoordinator(
   });
 
   app.post("/api/cluster/heartbeat", limit, async (c) => {
-    const denied = await authorize(c, settings, "cluster");
-    if (denied) return denied;
-    const body = await readJson(c, ClusterReportSchema);
-    if ("response" in body) return body.response;
-    return c.json(await clusterHeartbeat(reg, body.data));
+    const got = await agentBody(c, "cluster", ClusterReportSchema);
+    if ("response" in got) return got.response;
+    return c.json(await clusterHeartbeat(reg, got.data, got.sender));
   });
 
   // An agent checks its cluster token here before it offers to lead its mesh (no write).
   app.get("/api/cluster/auth", async (c) => {
-    const denied = await authorize(c, settings, "cluster");
-    if (denied) return denied;
+    const level = await authorize(c, settings, "cluster");
+    if (typeof level !== "string") return level;
     return c.json({ status: "ok" });
   });
 
   const admin = new Hono();
   admin.use("*", async (c, next) => {
-    const denied = await authorize(c, settings, "admin");
-    if (denied) return denied;
+    const level = await authorize(c, settings, "admin");
+    if (typeof level !== "string") return level;
     await next();
   });
   admin.get("/workers", async (c) => {
@@ -5706,6 +7055,7 @@ export function createCoordinator(
             tier: p.tier,
             status: statusOf.get(p.worker_id) ?? "unknown",
             health: p.health,
+            ...(p.refused !== null ? { refused: p.refused } : {}),
             breaker: e ? e.breaker.stateAt(now) : null,
             ejected: e ? e.ejected(now) : false,
             in_flight: e?.inFlight ?? 0,
@@ -5794,8 +7144,8 @@ export function createCoordinator(
   app.route("/api/admin", admin);
 
   app.get("/metrics", async (c) => {
-    const denied = await authorize(c, settings, "admin");
-    if (denied) return denied;
+    const level = await authorize(c, settings, "admin");
+    if (typeof level !== "string") return level;
     const { now } = await routing(c);
     const services: Record<string, ServiceMetrics> = {};
     for (const [name, route] of router.routes) services[name] = serviceMetrics(route, now);
@@ -5821,6 +7171,7 @@ export function createCoordinator(
     table: () => reg.table(),
     budget,
     tick: () => void routing(null).catch(() => {}),
+    allowsUpstream: (host, address) => resolvedAllowed(host, address, settings.upstreamAllow),
     start() {
       if (timers.length > 0) return;
       timers = [

@@ -26,6 +26,7 @@ import { LeadEligibility } from "./eligibility.ts";
 import { Gateway } from "./gateway.ts";
 import { createLogger, type Logger, lineLogger } from "./log.ts";
 import { LeaderReporter } from "./reporter.ts";
+import { loadSigner, signerFromKey } from "./signer.ts";
 
 /** Collaborators of an agent. */
 export interface AgentComponents {
@@ -90,6 +91,8 @@ export class Agent {
         port: config.listen.port,
         agentToken: config.agentToken,
         maxConnectionsPerClient: config.gatewayPerClient,
+        // With a cluster token but no agent token, nobody may read the view.
+        viewLocked: config.token !== undefined && config.agentToken === undefined,
       },
       {
         service: (name) => this.#detector.get(name),
@@ -269,6 +272,7 @@ export class Agent {
     const identity = await loadIdentity(this.#config.dataDir);
     this.#id = identity.peerId.toString();
     const client = this.#client as CoordinatorClient;
+    client.signWith(signerFromKey(identity.privateKey));
     this.#direct = new DirectReporter(this.#registration(), {
       client,
       load: () => ({
@@ -405,6 +409,8 @@ export class Agent {
     );
     await mesh.start();
     this.#id = mesh.id;
+    // The mesh created (or read) the key: the leader's reports are signed with it.
+    this.#client?.signWith(loadSigner(c.dataDir));
     this.#log(
       `Joined cluster "${c.cluster}" as ${this.#id} (name ${c.name}, tier ${c.tier}, mesh mode)`,
     );

@@ -3,7 +3,9 @@
  * result (never throws): ok with the JSON answer, or an error that says whether
  * a retry makes sense (429, 5xx, network) and how long the server asked to wait.
  */
+import { signRequest } from "../coordinator.ts";
 import type { ReportAnswer, SendResult } from "./reporter.ts";
+import type { RequestSigner } from "./signer.ts";
 
 /** The outcome of one call. */
 export type CallResult<T> =
@@ -18,6 +20,8 @@ export interface ClientInit {
   token?: string | undefined;
   /** Per-request timeout (default 10 s). */
   timeoutMs?: number;
+  /** Signs every request with the agent's key (docs/PROTOCOL.md, "Signed requests"). */
+  signer?: RequestSigner | undefined;
 }
 
 /** Answer of POST /api/worker/register. */
@@ -42,10 +46,21 @@ export function parseRetryAfter(value: string | null, now = Date.now()): number 
 export class CoordinatorClient {
   readonly #init: ClientInit;
   readonly #fetch: typeof fetch;
+  readonly #now: () => number;
+  #signer: RequestSigner | undefined;
+  /** The coordinator's clock minus ours, learnt from a signature refused as expired. */
+  #offsetMs = 0;
 
-  constructor(init: ClientInit, components: { fetch?: typeof fetch } = {}) {
+  constructor(init: ClientInit, components: { fetch?: typeof fetch; now?: () => number } = {}) {
     this.#init = init;
     this.#fetch = components.fetch ?? fetch;
+    this.#now = components.now ?? Date.now;
+    this.#signer = init.signer;
+  }
+
+  /** Signs every later request with this key (the agent knows its key once it started). */
+  signWith(signer: RequestSigner): void {
+    this.#signer = signer;
   }
 
   /** POST /api/cluster/heartbeat (leader mode). */
@@ -82,17 +97,62 @@ export class CoordinatorClient {
     return this.call("DELETE", `/api/worker/unregister/${encodeURIComponent(workerId)}`);
   }
 
-  /** One JSON call; maps every failure to a CallResult. */
+  /**
+   * One JSON call; maps every failure to a CallResult. A signed call refused because its clock
+   * is off by more than the coordinator allows is sent once more on the coordinator's time.
+   */
   async call<T>(method: string, path: string, body?: unknown): Promise<CallResult<T>> {
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    const first = await this.#send<T>(method, path, text);
+    if (first.skewedBy === undefined) return first.result;
+    this.#offsetMs += first.skewedBy;
+    return (await this.#send<T>(method, path, text)).result;
+  }
+
+  async #send<T>(
+    method: string,
+    path: string,
+    text: string | undefined,
+  ): Promise<{ result: CallResult<T>; skewedBy?: number }> {
     const headers: Record<string, string> = { accept: "application/json" };
-    if (body !== undefined) headers["content-type"] = "application/json";
+    if (text !== undefined) headers["content-type"] = "application/json";
     if (this.#init.token) headers.authorization = `Bearer ${this.#init.token}`;
+    const signer = this.#signer;
+    const now = this.#now() + this.#offsetMs;
+    if (signer) {
+      const path0 = new URL(this.#init.baseUrl + path).pathname;
+      Object.assign(
+        headers,
+        await signRequest({
+          method,
+          path: path0,
+          body: text,
+          signer: signer.id,
+          sign: (d) => signer.sign(d),
+          now,
+        }),
+      );
+    }
+    const result = await this.#fetchResult<T>(method, path, headers, text);
+    const data = result.ok ? undefined : result.serverTime;
+    if (signer && !result.ok && result.status === 401 && data !== undefined) {
+      return { result, skewedBy: data - now };
+    }
+    return { result };
+  }
+
+  async #fetchResult<T>(
+    method: string,
+    path: string,
+    headers: Record<string, string>,
+    text: string | undefined,
+  ): Promise<CallResult<T> & { serverTime?: number }> {
     let res: Response;
     try {
       res = await this.#fetch(this.#init.baseUrl + path, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: text,
         signal: AbortSignal.timeout(this.#init.timeoutMs ?? 10_000),
       });
     } catch (err) {
@@ -116,12 +176,14 @@ export class CoordinatorClient {
       data && typeof data === "object" && "error" in data
         ? String((data as { error: unknown }).error)
         : res.statusText;
+    const serverTime = (data as { server_time?: unknown } | undefined)?.server_time;
     return {
       ok: false,
       status: res.status,
       retryable: res.status === 429 || res.status === 408 || res.status >= 500,
       retryAfterMs: parseRetryAfter(res.headers.get("retry-after")),
       error: `${method} ${path} answered ${res.status}: ${message}`,
+      ...(typeof serverTime === "number" ? { serverTime } : {}),
     };
   }
 }

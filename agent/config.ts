@@ -67,7 +67,11 @@ const SETTINGS = [
   ["coordinator", "ROLLCALL_COORDINATOR", "coordinator URL (omit to run without reporting)"],
   ["name", "ROLLCALL_NAME", "this worker's name in the coordinator's views (default: hostname)"],
   ["token", "ROLLCALL_CLUSTER_TOKEN", "cluster token sent to the coordinator"],
-  ["agent-token", "ROLLCALL_AGENT_TOKEN", "token for /_agent/cluster (default: cluster token)"],
+  [
+    "agent-token",
+    "ROLLCALL_AGENT_TOKEN",
+    "read-only token for /_agent/cluster (never the cluster token)",
+  ],
   ["cluster", "ROLLCALL_CLUSTER", 'cluster name (default "default")'],
   ["data-dir", "ROLLCALL_DATA_DIR", "where the agent keeps its key (default .data/agent)"],
   ["listen", "ROLLCALL_LISTEN", "gateway listen address host:port (default 127.0.0.1:8700)"],
@@ -393,7 +397,7 @@ export function loadConfig(
       ? check("coordinator", url, "").replace(/\/+$/, "")
       : undefined,
     token: get("token"),
-    agentToken: get("agent-token") ?? get("token"),
+    agentToken: get("agent-token"),
     cluster: check("cluster", ClusterNameSchema, "default"),
     dataDir: get("data-dir") ?? ".data/agent",
     listen: { host, port },
@@ -426,6 +430,13 @@ export function loadConfig(
     ),
     capabilities,
   };
+  if (config.agentToken !== undefined && config.agentToken === config.token) {
+    // The live view travels over plain http: its credential must not be able to write.
+    throw new ConfigError(
+      raw.get("agent-token")?.from ?? "--agent-token",
+      "must differ from the cluster token (it only reads the live view)",
+    );
+  }
   if (config.mode === "direct" && !config.coordinator) {
     throw new ConfigError("--coordinator", "direct mode needs a coordinator URL");
   }

@@ -9,7 +9,6 @@
  * takes one of its service's slots (a slow body holds a connection, not a service), and per
  * service a cap on requests in flight with a bounded queue whose wait ends in a 503.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import {
@@ -27,6 +26,7 @@ import {
   readBodyHead,
   refuseConnection,
 } from "./limits.ts";
+import { bearerMatches, viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -75,14 +75,6 @@ export function parseServicePath(
   return { name, rest, query };
 }
 
-/** Compares a request's bearer token with the expected one in constant time. */
-export function bearerMatches(header: string | undefined, expected: string): boolean {
-  const given = header?.startsWith("Bearer ") ? header.slice(7) : "";
-  const a = createHash("sha256").update(given).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
-}
-
 /** Default limits of a gateway (see GatewayInit). */
 export const GATEWAY_LIMITS = {
   maxConnections: 1024,
@@ -100,8 +92,13 @@ export const GATEWAY_LIMITS = {
 export interface GatewayInit {
   host: string;
   port: number;
-  /** Protects /_agent/cluster; when unset the view is open (local development). */
+  /**
+   * Protects /_agent/cluster (agent/view-auth.ts); when unset the view is open (local
+   * development) unless `viewLocked`.
+   */
   agentToken?: string | undefined;
+  /** No agent token but a cluster token is set: the view is refused to everyone (fail closed). */
+  viewLocked?: boolean;
   /** Milliseconds an upstream may take to answer (default 30 s). */
   upstreamTimeoutMs?: number;
   /** Connections open at once at most; more are dropped (default 1024). */
@@ -184,7 +181,7 @@ const json = (res: http.ServerResponse, status: number, body: unknown) => {
 export class Gateway {
   readonly #init: GatewayInit;
   readonly #limits: Required<
-    Omit<GatewayInit, "host" | "port" | "agentToken" | "upstreamTimeoutMs">
+    Omit<GatewayInit, "host" | "port" | "agentToken" | "viewLocked" | "upstreamTimeoutMs">
   >;
   readonly #c: GatewayComponents;
   readonly #server: http.Server;
@@ -323,7 +320,10 @@ export class Gateway {
     if (path === "/_agent/health") return { status: 200, body: this.#c.health() };
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
-      if (token && !bearerMatches(req.headers.authorization, token)) {
+      const denied = token
+        ? !viewAuthorized(req.headers.authorization, token, Date.now())
+        : this.#init.viewLocked === true;
+      if (denied) {
         return {
           status: 401,
           body: { error: "Unauthorized", message: "A valid agent token is required" },

@@ -30,6 +30,9 @@ import net from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { signerFromKey } from "../agent/signer.ts";
+import { signRequest } from "../coordinator.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const BIN = (name: string) => path.join(ROOT, "node_modules/.bin", name);
@@ -194,15 +197,6 @@ async function wrk(url: string, seconds: number, pid?: number): Promise<Result> 
   return { rps, p50, p99, errors, requests, cpuUsPerRequest: (cpu * 1e6) / requests };
 }
 
-async function post(url: string, body: unknown, token: string): Promise<void> {
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-    body: JSON.stringify(body),
-  });
-  if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
-}
-
 interface Coordinator {
   child: ChildProcess;
   base: string;
@@ -211,6 +205,8 @@ interface Coordinator {
 const COORDINATOR_ENV = {
   ROLLCALL_CLUSTER_TOKEN: CLUSTER,
   ROLLCALL_ADMIN_TOKEN: ADMIN,
+  // The upstream is on loopback, which the proxy refuses by default.
+  ROLLCALL_UPSTREAM_ALLOW: "loopback",
 };
 
 /** The bare hono proxy (the reference point) on a runtime. */
@@ -267,24 +263,41 @@ async function startCoordinator(kind: string, runtimeArgs: string[] = []): Promi
   return { child, base: `http://127.0.0.1:${port}` };
 }
 
+/** Reports a one-member cluster whose leader is a fresh key (reports are signed by their leader). */
 async function register(base: string, upstream: string): Promise<void> {
-  await post(
-    `${base}/api/cluster/heartbeat`,
-    {
-      leader_id: "bench-worker",
-      term: 1,
-      sequence: 1,
-      members: [
-        {
-          worker_id: "bench-worker",
-          status: "online",
-          url: upstream,
-          services: [{ name: "echo", url: `${upstream}/service/echo` }],
-        },
-      ],
+  const signer = signerFromKey(await generateKeyPair("Ed25519"));
+  const path = "/api/cluster/heartbeat";
+  const body = JSON.stringify({
+    leader_id: signer.id,
+    term: 1,
+    sequence: 1,
+    members: [
+      {
+        worker_id: signer.id,
+        status: "online",
+        url: upstream,
+        services: [{ name: "echo", url: `${upstream}/service/echo` }],
+      },
+    ],
+  });
+  const signature = await signRequest({
+    method: "POST",
+    path,
+    body,
+    signer: signer.id,
+    sign: (d) => signer.sign(d),
+    now: Date.now(),
+  });
+  const res = await fetch(`${base}${path}`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      authorization: `Bearer ${CLUSTER}`,
+      ...signature,
     },
-    CLUSTER,
-  );
+    body,
+  });
+  if (res.status !== 200) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
 }
 
 /** Sums a Node CPU profile's self time by function and by area. */

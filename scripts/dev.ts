@@ -12,7 +12,10 @@
  * services N+100+10*i+k), --data DIR (default .data/dev), --fresh (wipe DIR first),
  * --probe-interval S (agents' probe interval, default 10), --help, --version.
  * Environment: ROLLCALL_CLUSTER_TOKEN and ROLLCALL_ADMIN_TOKEN (both, or neither) run the
- * cluster secured, as in production; neither runs it open. The banner says which mode.
+ * cluster secured, as in production; neither runs it open. The banner says which mode. Secured,
+ * ROLLCALL_AGENT_TOKEN (a third, different token) also lets the coordinator read the leader's
+ * live view. The coordinator is given ROLLCALL_UPSTREAM_ALLOW=loopback (unless set): every
+ * worker of this cluster is on 127.0.0.1, which the proxy refuses by default.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
@@ -241,19 +244,21 @@ async function main(): Promise<void> {
     }),
   );
 
+  // Every worker of the local cluster is on loopback, which the proxy refuses by default.
+  const coordEnv = { ROLLCALL_UPSTREAM_ALLOW: process.env.ROLLCALL_UPSTREAM_ALLOW ?? "loopback" };
   if (isDeno) {
     run(
       "coord",
       "scripts/start-deno.ts",
       ["--port", String(coordinatorPort), "--kv", join(dataDir, "coordinator.kv")],
-      { essential: true },
+      { essential: true, env: coordEnv },
     );
   } else {
     run(
       "coord",
       "scripts/start-node.ts",
       ["--port", String(coordinatorPort), "--data", join(dataDir, "coordinator.json")],
-      { essential: true },
+      { essential: true, env: coordEnv },
     );
   }
   for (const a of agents) {

@@ -5,7 +5,12 @@
  * redirects not followed, bodies decoded (gzip, deflate, br) as fetch decodes them. Answers
  * with a Content-Length up to `bufferBytes` (64 KiB) are read whole and handed over as bytes,
  * so @hono/node-server writes them out without Web streams; larger ones stream.
+ * It frames each request itself: no Content-Length, Transfer-Encoding or Expect goes out that
+ * does not match the body really sent (a pooled keep-alive socket must never be desynced), and,
+ * given `allowAddress`, it refuses to connect where a name resolves to an address the
+ * coordinator's `ROLLCALL_UPSTREAM_ALLOW` does not allow (DNS rebinding to 169.254.169.254).
  */
+import dns from "node:dns";
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
@@ -18,6 +23,8 @@ export interface NodeFetchInit {
   maxSockets?: number;
   /** Answers with a Content-Length up to this are read whole. Default 64 KiB. */
   bufferBytes?: number;
+  /** Whether a connection to `address`, which upstream `host` resolved to, is allowed. */
+  allowAddress?: (host: string, address: string) => boolean;
 }
 
 /** A fetch on node:http with keep-alive, and a way to close its idle connections. */
@@ -37,19 +44,34 @@ function decoder(encoding: string): NodeJS.ReadWriteStream | null {
   return null;
 }
 
-function nodeHeaders(headers: HeadersInit | undefined): Record<string, string> {
+/** Framing headers the client sets itself from the body it really sends. */
+const FRAMING = new Set(["content-length", "transfer-encoding", "expect"]);
+
+/**
+ * The request headers for node:http, lower case, without the caller's framing headers (copied
+ * past, not deleted: a plain object stays fast); `length` is the caller's Content-Length.
+ */
+function nodeHeaders(headers: HeadersInit | undefined): {
+  out: Record<string, string>;
+  length: string | undefined;
+} {
   const out: Record<string, string> = {};
-  if (!headers) return out;
+  let length: string | undefined;
+  const put = (name: string, value: string) => {
+    if (!FRAMING.has(name)) out[name] = value;
+    else if (name === "content-length") length = value;
+  };
+  if (!headers) return { out, length };
   if (headers instanceof Headers) {
     headers.forEach((value, name) => {
-      out[name] = value;
+      put(name, value);
     });
   } else if (Array.isArray(headers)) {
-    for (const [name, value] of headers) out[(name as string).toLowerCase()] = value as string;
+    for (const [name, value] of headers) put((name as string).toLowerCase(), value as string);
   } else {
-    for (const [name, value] of Object.entries(headers)) out[name.toLowerCase()] = value;
+    for (const [name, value] of Object.entries(headers)) put(name.toLowerCase(), value);
   }
-  return out;
+  return { out, length };
 }
 
 async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): Promise<void> {
@@ -69,6 +91,50 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
   }
 }
 
+/**
+ * Sets the request's framing from its body: none without a body, the exact length of a whole
+ * one, the caller's Content-Length (`length`) for a stream only (node:http then sends exactly
+ * that many bytes or fails the request), chunked otherwise.
+ */
+function frame(
+  headers: Record<string, string>,
+  body: RequestInit["body"],
+  length: string | undefined,
+): void {
+  if (body === null || body === undefined) return;
+  if (typeof body === "string") headers["content-length"] = String(Buffer.byteLength(body));
+  else if (body instanceof Uint8Array) headers["content-length"] = String(body.byteLength);
+  else if (body instanceof ReadableStream && length !== undefined && /^\d+$/.test(length)) {
+    headers["content-length"] = length;
+  }
+}
+
+type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | dns.LookupAddress[],
+  family?: number,
+) => void;
+
+/** A `lookup` for node:http that refuses addresses `allow` says no to. */
+function guardedLookup(allow: (host: string, address: string) => boolean) {
+  return (hostname: string, options: dns.LookupOptions, callback: LookupCallback) => {
+    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, "");
+      const refused = addresses.find((a) => !allow(hostname, a.address));
+      if (refused) {
+        const e: NodeJS.ErrnoException = new Error(
+          `Upstream address not allowed: ${hostname} resolved to ${refused.address}`,
+        );
+        e.code = "EUPSTREAMREFUSED";
+        return callback(e, "");
+      }
+      if (options.all) return callback(null, addresses);
+      const first = addresses[0] as dns.LookupAddress;
+      callback(null, first.address, first.family);
+    });
+  };
+}
+
 /** Creates the client. */
 export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   const sockets = init.maxSockets ?? 256;
@@ -76,6 +142,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   const httpAgent = new http.Agent({ ...options, scheduling: "lifo" });
   const httpsAgent = new https.Agent({ ...options, scheduling: "lifo" });
   const bufferBytes = init.bufferBytes ?? 64 * 1024;
+  const lookup = init.allowAddress ? guardedLookup(init.allowAddress) : undefined;
 
   const nodeFetch = (input: string | URL | Request, reqInit: RequestInit = {}) => {
     if (typeof input !== "string" && !(input instanceof URL)) return fetch(input, reqInit);
@@ -88,12 +155,20 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
         reject(signal.reason ?? new DOMException("The operation was aborted", "AbortError"));
         return;
       }
+      const { out: headers, length } = nodeHeaders(reqInit.headers);
+      frame(headers, reqInit.body, length);
       const req = (secure ? https : http).request(url, {
         method,
-        headers: nodeHeaders(reqInit.headers),
+        headers,
         agent: secure ? httpsAgent : httpAgent,
         signal,
+        ...(lookup ? { lookup: lookup as never } : {}),
       });
+      // A stream that yields more or fewer bytes than its Content-Length fails the request
+      // instead of leaving the pooled socket out of step with the upstream.
+      if (headers["content-length"] !== undefined) {
+        (req as unknown as { strictContentLength: boolean }).strictContentLength = true;
+      }
       req.on("error", reject);
       req.on("response", (res) => {
         const status = res.statusCode ?? 502;

@@ -23,13 +23,21 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     log.error(`rollcall-coordinator: ${err.message}`);
     process.exit(2);
   }
-  const upstream = process.env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
+  // The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+  const upstream =
+    process.env.ROLLCALL_NODE_FETCH === "builtin"
+      ? null
+      : createNodeFetch({
+          allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
+        });
   const coordinator = createCoordinator(init, {
     store: fileStore({ path }, { fs }),
     ...(upstream ? { fetch: upstream.fetch } : {}),
     // Whichever upstream client: it asks the server's response, where the default reads
     // request.signal, which makes @hono/node-server build a real Request.
     clientGone: nodeClientGone,
+    // Details of errors answered generically (with their request id) go to the log.
+    log: (line) => log.error(`rollcall-coordinator: ${line}`),
   });
   coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
   const handler = options.accessLog

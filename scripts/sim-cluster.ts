@@ -12,9 +12,11 @@
  * silent is probed: a frozen one's host accepts, a cut-off one's does not answer).
  */
 import { aggregate, reportBody } from "../agent/aggregate.ts";
+import { generateKeyPair } from "@libp2p/crypto/keys";
 import { CoordinatorClient } from "../agent/client.ts";
 import { DirectReporter } from "../agent/direct.ts";
 import { LeaderReporter } from "../agent/reporter.ts";
+import { type RequestSigner, signerFromKey } from "../agent/signer.ts";
 import {
   type ClusterMemberReport,
   type Coordinator,
@@ -49,7 +51,7 @@ const DAY_MS = 24 * 3600 * 1000;
 /** Simulations start at a UTC midnight, so "a day" is one write-budget day. */
 export const SIM_START = Date.UTC(2026, 0, 1);
 
-const pad = (i: number) => `m${String(i).padStart(5, "0")}`;
+const plainId = (i: number) => `m${String(i).padStart(5, "0")}`;
 /** Lets in-flight requests finish (reading a Request body takes a few macrotask turns). */
 async function settle(): Promise<void> {
   for (let i = 0; i < 4; i++) await new Promise<void>((resolve) => setImmediate(resolve));
@@ -84,7 +86,13 @@ function coordinatorOn(clock: FakeClock, writeCap: number) {
     return res;
   }) as typeof fetch;
   const client = new CoordinatorClient({ baseUrl: "http://coordinator" }, { fetch: fetcher });
-  return { store, client, stats: () => ({ requests, deferred }) };
+  /** A client that signs as `signer` (a leader's reports must be signed with its key). */
+  const signedClient = (signer: RequestSigner) =>
+    new CoordinatorClient(
+      { baseUrl: "http://coordinator", signer },
+      { fetch: fetcher, now: () => clock.now() },
+    );
+  return { store, client, signedClient, stats: () => ({ requests, deferred }) };
 }
 
 interface Agent {
@@ -114,8 +122,19 @@ export async function simulateMesh(init: {
   seed?: number;
 }): Promise<SimResult> {
   const clock = new FakeClock(SIM_START);
-  const { store, client, stats } = coordinatorOn(clock, init.writeCap ?? 1000);
+  const { store, signedClient, stats } = coordinatorOn(clock, init.writeCap ?? 1000);
   const random = prng(init.seed ?? 1);
+  // The three lowest IDs can lead; a flapping member runs a whole agent too, since a member
+  // cut off from the others runs its own election and could claim the lead.
+  const isAgent = (i: number) =>
+    i <= 3 || (init.scenario !== "steady" && init.scenario !== "churn" && i === init.n);
+  // Agents report, so they are real keys (PeerIds, which sort below the plain "m..." IDs),
+  // given out in ID order: agent 1 has the lowest.
+  const agentIndices = Array.from({ length: init.n }, (_, k) => k + 1).filter(isAgent);
+  const keys = await Promise.all(agentIndices.map(() => generateKeyPair("Ed25519")));
+  const signers = keys.map((k) => signerFromKey(k)).sort((a, b) => (a.id < b.id ? -1 : 1));
+  const signerOf = new Map(agentIndices.map((i, k) => [i, signers[k] as RequestSigner]));
+  const pad = (i: number) => signerOf.get(i)?.id ?? plainId(i);
   const url = (i: number) => `http://10.0.${i >> 8}.${i & 255}:8700`;
   const local = (i: number) => ({
     url: url(i),
@@ -129,6 +148,7 @@ export async function simulateMesh(init: {
   const agents = new Map<string, Agent>();
   const newAgent = (i: number, incarnation: number): Agent => {
     const id = pad(i);
+    const client = signedClient(signerOf.get(i) as RequestSigner);
     const membership = new Membership(id, { local: local(i), incarnation }, clock);
     const reporter = new LeaderReporter<ClusterMemberReport>(
       {},
@@ -177,10 +197,6 @@ export async function simulateMesh(init: {
       state: local(i),
     },
   });
-  // The three lowest IDs can lead; a flapping member runs a whole agent too, since a member
-  // cut off from the others runs its own election and could claim the lead.
-  const isAgent = (i: number) =>
-    i <= 3 || (init.scenario !== "steady" && init.scenario !== "churn" && i === init.n);
   for (let i = 1; i <= init.n; i++) {
     if (isAgent(i)) agents.set(pad(i), newAgent(i, 1));
     else plains.set(pad(i), newPlain(i, 1));
@@ -328,7 +344,7 @@ export async function simulateDirect(init: {
   for (let i = 1; i <= init.n; i++) {
     const r = new DirectReporter(
       {
-        worker_id: pad(i),
+        worker_id: plainId(i),
         tunnel_url: `http://10.0.${i >> 8}.${i & 255}:8700`,
         capabilities: {},
         containers: [

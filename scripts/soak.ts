@@ -50,7 +50,14 @@ const children = new Set<ChildProcess>();
 function start(args: string[], runtimeArgs = ["--import", "tsx"]): ChildProcess {
   const child = spawn(process.execPath, [...runtimeArgs, ...args], {
     stdio: "ignore",
-    env: { ...process.env, ROLLCALL_CLUSTER_TOKEN: "", ROLLCALL_ADMIN_TOKEN: "" },
+    // Open (no token; an empty one is a configuration error), its workers on loopback.
+    env: {
+      ...process.env,
+      ROLLCALL_CLUSTER_TOKEN: undefined,
+      ROLLCALL_ADMIN_TOKEN: undefined,
+      ROLLCALL_AGENT_TOKEN: undefined,
+      ROLLCALL_UPSTREAM_ALLOW: "loopback",
+    },
   });
   child.once("exit", () => children.delete(child));
   children.add(child);

@@ -30,7 +30,11 @@ try {
   log.error(`rollcall-coordinator: ${err.message}`);
   process.exit(2);
 }
-const coordinator = createCoordinator(init, { store: fileStore({ path }, { fs }) });
+const coordinator = createCoordinator(init, {
+  store: fileStore({ path }, { fs }),
+  // Details of errors answered generically (with their request id) go to the log.
+  log: (line) => log.error(`rollcall-coordinator: ${line}`),
+});
 coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const handler = options.accessLog
   ? withAccessLog(coordinator.fetch, log, coordinator.settings.aliases)

@@ -42,10 +42,18 @@ try {
 
 const kv = await Deno.openKv(kvPath);
 // Deno's node:http client is faster than its fetch for many small upstream calls.
-const upstream = env.ROLLCALL_NODE_FETCH === "builtin" ? null : createNodeFetch();
+// The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+const upstream =
+  env.ROLLCALL_NODE_FETCH === "builtin"
+    ? null
+    : createNodeFetch({
+        allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
+      });
 const coordinator = createCoordinator(init, {
   store: denoKvStore(kv),
   ...(upstream ? { fetch: upstream.fetch } : {}),
+  // Details of errors answered generically (with their request id) go to the log.
+  log: (line) => log.error(`rollcall-coordinator: ${line}`),
 });
 coordinator.start(); // flushes deferred writes every minute, scaling signals every 5 s
 const handler = options.accessLog

@@ -60,7 +60,8 @@ describe("loadConfig", () => {
     });
     expect(c.coordinator).toBe("http://127.0.0.1:8787");
     expect(c.token).toBe("t");
-    expect(c.agentToken).toBe("t");
+    // The live view's credential is its own: the cluster token never travels to read it.
+    expect(c.agentToken).toBeUndefined();
     expect(c.meshListen).toHaveLength(2);
   });
 
@@ -81,6 +82,7 @@ describe("loadConfig", () => {
     [["--cluster", "a b"], {}, "--cluster"],
     [["--nope"], {}, "arguments"],
     [["--config", "/nonexistent.json"], {}, "--config"],
+    [["--token", "same", "--agent-token", "same"], {}, "--agent-token"],
   ])("rejects %j %j naming %s", (argv, env, setting) => {
     expect(settingOf(() => load(argv, env))).toBe(setting);
   });

@@ -8,7 +8,7 @@ import { FakeClock } from "../mesh/clock.ts";
 function setup() {
   const clock = new FakeClock(Date.UTC(2026, 0, 1));
   const store = memoryStore({}, { clock });
-  const coordinator = createCoordinator({ clusterToken: "t" }, { store, clock });
+  const coordinator = createCoordinator({ clusterToken: "t", adminToken: "a" }, { store, clock });
   const calls: string[] = [];
   let inflight = 0;
   const fetcher = (async (input: RequestInfo | URL, init?: RequestInit) => {
@@ -63,7 +63,9 @@ describe("DirectReporter with the real coordinator", () => {
     expect(reporter.registered).toMatchObject({ worker_id: "w1", tier: 1, heartbeat_interval: 30 });
     for (let i = 0; i < 4; i++) await step(30_000);
     expect(calls.filter((c) => c.endsWith("/heartbeat"))).toHaveLength(4);
-    const res = await coordinator.app.request("/api/admin/workers");
+    const res = await coordinator.app.request("/api/admin/workers", {
+      headers: { authorization: "Bearer a" },
+    });
     const workers = (await res.json()) as {
       worker_id: string;
       status: string;

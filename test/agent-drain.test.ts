@@ -34,7 +34,7 @@ async function drainCli(args: string[]): Promise<{ code: number | null; out: str
     "--agent",
     victim.gateway,
     "--agent-token",
-    cluster.clusterToken,
+    cluster.agentToken,
     ...args,
   ]);
   const code = await new Promise<number | null>((resolve) => p.proc.once("exit", resolve));
@@ -85,11 +85,11 @@ describe("rollcall-agent drain (real processes)", () => {
     expect(bad.status).toBe(401);
     const put = await fetch(url, {
       method: "PUT",
-      headers: { authorization: `Bearer ${cluster.clusterToken}` },
+      headers: { authorization: `Bearer ${cluster.agentToken}` },
     });
     expect(put.status).toBe(405);
     const state = await fetch(url, {
-      headers: { authorization: `Bearer ${cluster.clusterToken}` },
+      headers: { authorization: `Bearer ${cluster.agentToken}` },
     });
     expect(((await state.json()) as { draining: boolean }).draining).toBe(false);
     expect(await statusAt(victim.id)).toBe("online");

@@ -7,6 +7,7 @@
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort, killAll, type Proc, startTs } from "./helpers/processes.ts";
+import { signedHeaders, testKey } from "./helpers/signing.ts";
 
 const WARMUP = 500;
 const TOTAL = 6000;
@@ -30,6 +31,7 @@ beforeAll(async () => {
       ROLLCALL_CLUSTER_TOKEN: CLUSTER,
       ROLLCALL_ADMIN_TOKEN: ADMIN,
       ROLLCALL_LIVE_VIEW: "false",
+      ROLLCALL_UPSTREAM_ALLOW: "loopback",
     },
   );
   for (const id of ["p1", "p2"]) {
@@ -48,20 +50,27 @@ beforeAll(async () => {
     coordinator.waitForLine(/listening on/),
     ...providers.map((p) => p.proc.waitForLine(/listening on/)),
   ]);
-  const res = await fetch(`${base}/api/cluster/heartbeat`, {
+  const leader = testKey("chaos leader");
+  const body = JSON.stringify({
+    leader_id: leader.id,
+    term: 1,
+    sequence: 1,
+    members: providers.map((p) => ({
+      worker_id: p.id,
+      status: "online",
+      url: `http://127.0.0.1:${p.port}`,
+      services: [{ name: "svc", url: `http://127.0.0.1:${p.port}/svc` }],
+    })),
+  });
+  const path = "/api/cluster/heartbeat";
+  const res = await fetch(`${base}${path}`, {
     method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${CLUSTER}` },
-    body: JSON.stringify({
-      leader_id: "p1",
-      term: 1,
-      sequence: 1,
-      members: providers.map((p) => ({
-        worker_id: p.id,
-        status: "online",
-        url: `http://127.0.0.1:${p.port}`,
-        services: [{ name: "svc", url: `http://127.0.0.1:${p.port}/svc` }],
-      })),
-    }),
+    headers: {
+      "content-type": "application/json",
+      authorization: `Bearer ${CLUSTER}`,
+      ...(await signedHeaders(leader, { method: "POST", path, body, now: Date.now() })),
+    },
+    body,
   });
   expect(res.status).toBe(200);
 }, 60_000);

@@ -9,14 +9,18 @@ import {
   upstreamUrl,
 } from "../coordinator.ts";
 import {
+  agentPost,
   countingStore,
   kvLikeStore,
+  LEADER,
   ManualClock,
   member,
   registration,
   report,
+  TEST_INIT,
   testCoordinator,
 } from "./helpers/coord-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
 
 const MIN = 60_000;
 
@@ -36,9 +40,11 @@ describe("GET /health", () => {
     const { call } = testCoordinator({ clusterToken: "c", adminToken: "a" });
     const res = await call("GET", "/health");
     expect(res.body.mode).toBe("secured");
-    expect(res.body.auth).toEqual({
+    expect(res.body.auth).toMatchObject({
       cluster_token: true,
       admin_token: true,
+      agent_endpoints: "token",
+      admin_endpoints: "token",
       legacy_workers_admitted: false,
     });
   });
@@ -228,9 +234,8 @@ describe("direct mode: heartbeat and staleness", () => {
         return value;
       },
     };
-    const { app } = createCoordinator({ liveView: false }, { store: slow, clock });
-    const post = (path: string, body: unknown) =>
-      app.request(path, { method: "POST", body: JSON.stringify(body) });
+    const { app } = createCoordinator(TEST_INIT, { store: slow, clock });
+    const post = (path: string, body: unknown) => agentPost(app, path, body, clock.now());
     const statuses = async () =>
       ((await (await app.request("/api/admin/workers")).json()) as { status: string }[]).map(
         (w) => w.status,
@@ -352,7 +357,7 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
     const leader = (await call("GET", "/api/admin/leader")).body.clusters[0];
     expect(leader).toMatchObject({
       cluster: "default",
-      leader_id: "A",
+      leader_id: LEADER,
       term: 1,
       members: 2,
       stale: false,
@@ -418,12 +423,9 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
       },
     };
     const store = countingStore(stale);
-    const { app } = createCoordinator({}, { store, clock });
+    const { app } = createCoordinator(TEST_INIT, { store, clock });
     const send = async (body: unknown) => {
-      const res = await app.request("/api/cluster/heartbeat", {
-        method: "POST",
-        body: JSON.stringify(body),
-      });
+      const res = await agentPost(app, "/api/cluster/heartbeat", body, clock.now());
       return (await res.json()) as { reason: string };
     };
     expect((await send(report())).reason).toBe("changed");
@@ -449,9 +451,13 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
 
   it("marks the leader as is_heartbeat_leader in the worker list", async () => {
     const { call } = testCoordinator();
-    await call("POST", "/api/cluster/heartbeat", report());
+    await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ members: [member(LEADER), member("B")] }),
+    );
     const workers = (await call("GET", "/api/admin/workers")).body;
-    const a = workers.find((w: { worker_id: string }) => w.worker_id === "A");
+    const a = workers.find((w: { worker_id: string }) => w.worker_id === LEADER);
     expect(a).toMatchObject({
       is_heartbeat_leader: true,
       mode: "cluster",
@@ -507,30 +513,29 @@ describe("write budget: the hard cap is never passed", () => {
   it("merges a deferred cluster write with what another isolate wrote meanwhile", async () => {
     const clock = new ManualClock();
     const store = countingStore(memoryStore({}, { clock }));
-    const isolate = () => createCoordinator({ writeCap: 2, liveView: false }, { store, clock });
+    const isolate = () => createCoordinator({ ...TEST_INIT, writeCap: 2 }, { store, clock });
     const a = isolate();
     const b = isolate();
     const send = async (c: ReturnType<typeof isolate>, body: unknown) => {
-      const res = await c.app.request("/api/cluster/heartbeat", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body),
-      });
+      const res = await agentPost(c.app, "/api/cluster/heartbeat", body, clock.now());
       return ((await res.json()) as { reason: string }).reason;
     };
-    const abc = [member("A"), member("B"), member("C")];
+    const X = peer("X");
+    const abcx = [member("A"), member("B"), member("C"), member(X)];
     clock.advance(11.5 * 60 * MIN); // 23:30 UTC
     expect(await send(a, report())).toBe("changed");
-    expect(await send(a, report({ sequence: 2, members: abc }))).toBe("changed");
-    expect(await send(a, report({ sequence: 3, members: [...abc, member("D")] }))).toBe("deferred");
+    expect(await send(a, report({ sequence: 2, members: abcx }))).toBe("changed");
+    expect(await send(a, report({ sequence: 3, members: [...abcx, member("D")] }))).toBe(
+      "deferred",
+    );
     clock.advance(31 * MIN); // past midnight UTC: a new budget day, A's view still leased
     // Another isolate hears the other side of a partition first and writes it.
-    const other = { leader_id: "X", term: 2, sequence: 1, members: [member("X"), member("Y")] };
+    const other = { leader_id: X, term: 2, sequence: 1, members: [member(X), member("Y")] };
     expect(await send(b, other)).toBe("changed");
     await a.app.request("/health"); // any request flushes what waited
     const stored = JSON.parse((await store.get("reg/cluster/default")) as string);
-    expect(Object.keys(stored.members).sort()).toEqual(["A", "B", "C", "D", "X", "Y"]);
-    expect(Object.keys(stored.leaders).sort()).toEqual(["A", "X"]);
+    expect(Object.keys(stored.members).sort()).toEqual(["A", "B", "C", "D", X, "Y"].sort());
+    expect(Object.keys(stored.leaders).sort()).toEqual([LEADER, X].sort());
     expect(stored.budget.used).toBe(2); // the flush saw the other isolate's write
     expect(store.writes).toBe(4);
   });
@@ -563,15 +568,12 @@ describe("write budget: what waits is never written over newer state", () => {
   it("defers a second write to a key within the store's minimum interval, then writes it", async () => {
     const clock = new ManualClock();
     const { store } = kvLikeStore(clock);
-    const { app } = createCoordinator({ liveView: false }, { store, clock });
+    const { app } = createCoordinator(TEST_INIT, { store, clock });
     const send = async (body: unknown) =>
-      (await (
-        await app.request("/api/cluster/heartbeat", {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify(body),
-        })
-      ).json()) as { reason: string; next_keepalive_in_s: number };
+      (await (await agentPost(app, "/api/cluster/heartbeat", body, clock.now())).json()) as {
+        reason: string;
+        next_keepalive_in_s: number;
+      };
     expect((await send(report())).reason).toBe("changed");
     clock.advance(500);
     const second = await send(report({ sequence: 2, members: [member("A")] }));
@@ -584,25 +586,26 @@ describe("write budget: what waits is never written over newer state", () => {
 });
 
 describe("store failures", () => {
-  it("answers 503 with the store named when the backend throws a plain error", async () => {
+  it("answers 503 with a request id, and logs what failed in the store under that id", async () => {
     const clock = new ManualClock();
     const broken: Store = {
       ...memoryStore({}, { clock }),
       get: async () => {
-        throw new Error("disk on fire");
+        throw new Error("disk on fire at /var/lib/rollcall/store.json");
       },
     };
-    const { app } = createCoordinator({ liveView: false }, { store: broken, clock });
-    const res = await app.request("/api/cluster/heartbeat", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(report()),
-    });
+    const lines: string[] = [];
+    const log = (line: string) => lines.push(line);
+    const { app } = createCoordinator(TEST_INIT, { store: broken, clock, log });
+    const res = await agentPost(app, "/api/cluster/heartbeat", report(), clock.now());
     expect(res.status).toBe(503);
-    expect(await res.json()).toMatchObject({
-      error: "Store unavailable",
-      message: "Store get failed (memory): disk on fire",
-    });
+    const body = (await res.json()) as { error: string; request_id: string };
+    expect(body).toMatchObject({ error: "Store unavailable", request_id: expect.any(String) });
+    // The client learns nothing of the backend; the log has it, under the same id.
+    expect(JSON.stringify(body)).not.toMatch(/disk|var\/lib|memory/);
+    expect(lines).toEqual([
+      `${body.request_id} StoreError: Store get failed (memory): disk on fire at /var/lib/rollcall/store.json`,
+    ]);
   });
 });
 
@@ -715,11 +718,12 @@ describe("bad input: clear 4xx, never 500, nothing written", () => {
         else expect(typeof res.body.error).toBe("string");
       }
     }
-    // Worker "a" once (registering it again the same writes nothing), and one worker with a
-    // generated ID for each of the 8 accepted bodies that name none.
+    // Worker "a" once (registering it again the same writes nothing), and one worker for the 8
+    // accepted bodies that name none: they send the same (no) tunnel URL and capabilities, so
+    // they get the same id back (a legacy registration is deduplicated, never a new record each).
     const workers = (await call("GET", "/api/admin/workers")).body;
-    expect(workers).toHaveLength(9);
-    expect(store.writes).toBe(9);
+    expect(workers).toHaveLength(2);
+    expect(store.writes).toBe(2);
     expect((await call("GET", "/api/admin/leader")).body.clusters).toEqual([]);
   });
 
@@ -801,24 +805,35 @@ describe("bad input: clear 4xx, never 500, nothing written", () => {
     expect(store.writes).toBe(0);
   });
 
-  it("answers unknown paths with a JSON 404 and CORS preflights with 204", async () => {
+  it("answers unknown paths with a JSON 404, and CORS preflights with 204 on service routes only", async () => {
     const { call, coordinator } = testCoordinator();
     const res = await call("GET", "/nope");
     expect(res.status).toBe(404);
     expect(res.body.error).toBe("Not found");
-    const pre = await coordinator.app.request("/api/admin/workers", {
-      method: "OPTIONS",
-      headers: { origin: "https://x.example", "access-control-request-method": "GET" },
+    const preflight = (path: string) =>
+      coordinator.app.request(path, {
+        method: "OPTIONS",
+        headers: { origin: "https://x.example", "access-control-request-method": "POST" },
+      });
+    const service = await preflight("/api/service/upload/x");
+    expect(service.status).toBe(204);
+    expect(service.headers.get("access-control-allow-origin")).toBe("*");
+    // No web page may call (or read) the agent and admin endpoints.
+    for (const path of ["/api/admin/workers", "/api/worker/register", "/api/cluster/heartbeat"]) {
+      const pre = await preflight(path);
+      expect(pre.headers.get("access-control-allow-origin"), path).toBeNull();
+    }
+    const admin = await call("GET", "/api/admin/workers", undefined, {
+      origin: "https://x.example",
     });
-    expect(pre.status).toBe(204);
-    expect(pre.headers.get("access-control-allow-origin")).toBe("*");
+    expect(admin.headers.get("access-control-allow-origin")).toBeNull();
   });
 
   it("lets a preflight for a service ask for any request header", async () => {
     // Regression: only Authorization and Content-Type were allowed, so a browser calling a
     // service with any other header (X-Requested-With, X-File-Name, ...) was refused by CORS.
     const { coordinator } = testCoordinator({ corsOrigin: "https://app.example" });
-    for (const path of ["/api/service/upload/files", "/api/admin/workers"]) {
+    for (const path of ["/api/service/upload/files"]) {
       const pre = await coordinator.fetch(
         new Request(`http://coordinator${path}`, {
           method: "OPTIONS",

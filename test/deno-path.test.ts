@@ -154,6 +154,8 @@ describe("a clean copy of the repository, no node_modules, only Deno", () => {
       // Deno and the system's own tools (the tasks start with /usr/bin/env).
       PATH: `${path.dirname(BIN("deno"))}:/usr/bin:/bin`,
       NO_COLOR: "1",
+      // The upstream below is on loopback, which the proxy refuses by default.
+      ROLLCALL_UPSTREAM_ALLOW: "loopback",
     });
     const upstream = await startUpstream("from-deno");
     try {

@@ -9,6 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BIN, bundleWorker, ROOT, tempDir } from "./helpers/coord-runtimes.ts";
+import { signedHeaders, testKey } from "./helpers/signing.ts";
 
 const READY = /listening on (http:\/\/[0-9.:]+)/;
 const ROUNDS = 2;
@@ -26,6 +27,18 @@ function killGroup(child: ChildProcess) {
   }
 }
 
+/** This process's environment without tokens (an empty token is a configuration error). */
+function openEnv(): Record<string, string | undefined> {
+  const env = { ...process.env };
+  delete env.ROLLCALL_CLUSTER_TOKEN;
+  delete env.ROLLCALL_ADMIN_TOKEN;
+  delete env.ROLLCALL_AGENT_TOKEN;
+  return env;
+}
+
+/** The reporting leader: a real key, as a report is signed by its leader. */
+const LEADER = testKey("faults-kill leader");
+
 /** Starts a command in a process group of its own; resolves with its URL once it listens. */
 function startGroup(
   command: string,
@@ -35,7 +48,7 @@ function startGroup(
     cwd: ROOT,
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, ROLLCALL_CLUSTER_TOKEN: "", ROLLCALL_ADMIN_TOKEN: "" },
+    env: openEnv(),
   });
   running.add(child);
   let out = "";
@@ -70,7 +83,7 @@ const memberOf = (i: number) => ({
 
 /** Report n: members m0..mn (the cluster grows by one member per report). */
 const reportOf = (n: number) => ({
-  leader_id: "m0",
+  leader_id: LEADER.id,
   term: 1,
   sequence: n,
   members: Array.from({ length: n + 1 }, (_, i) => memberOf(i)),
@@ -78,10 +91,13 @@ const reportOf = (n: number) => ({
 
 async function send(url: string, n: number): Promise<{ written: boolean } | null> {
   try {
-    const res = await fetch(`${url}/api/cluster/heartbeat`, {
+    const path = "/api/cluster/heartbeat";
+    const body = JSON.stringify(reportOf(n));
+    const signed = await signedHeaders(LEADER, { method: "POST", path, body, now: Date.now() });
+    const res = await fetch(`${url}${path}`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(reportOf(n)),
+      headers: { "content-type": "application/json", ...signed },
+      body,
       signal: AbortSignal.timeout(5000),
     });
     return res.ok ? ((await res.json()) as { written: boolean }) : null;

@@ -9,13 +9,20 @@ import { describe, expect, it } from "vitest";
 import { aggregate } from "../agent/aggregate.ts";
 import { type ClusterReportInput, createCoordinator } from "../coordinator.ts";
 import type { MemberView } from "../mesh/types.ts";
-import { kvLikeStore, ManualClock } from "./helpers/coord-fixtures.ts";
+import { agentPost, kvLikeStore, ManualClock, TEST_INIT } from "./helpers/coord-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
+
+/** The members are real keys (a report is signed by its leader), called A, B, C and D here. */
+const P = (name: string) => peer(`faults-leader ${name}`);
+const nameOf = new Map(["A", "B", "C", "D"].map((n) => [P(n), n]));
+const named = (ids: string[]) => ids.map((id) => nameOf.get(id) ?? id).sort();
 
 /**
  * A member as a mesh view shows it. `crashed`: dead with evidence (its host refused a connection
  * twice, mesh/dialer.ts), as a leader that crashed is seen by the one that follows it.
  */
-function view(id: string, state: MemberView["state"] | "crashed", incarnation = 1): MemberView {
+function view(name: string, state: MemberView["state"] | "crashed", incarnation = 1): MemberView {
+  const id = P(name);
   const crashed = state === "crashed";
   return {
     id,
@@ -24,7 +31,7 @@ function view(id: string, state: MemberView["state"] | "crashed", incarnation = 
     ...(crashed ? { evidence: "refused" } : {}),
     incarnation,
     flapping: false,
-    url: `http://127.0.0.1:${9000 + id.charCodeAt(0)}`,
+    url: `http://127.0.0.1:${9000 + name.charCodeAt(0)}`,
     status: "online",
     services: [{ name: "upload", status: "healthy" }],
     lastSeen: 1000,
@@ -36,38 +43,32 @@ function view(id: string, state: MemberView["state"] | "crashed", incarnation = 
 function setup() {
   const clock = new ManualClock();
   const { store, hold } = kvLikeStore(clock);
-  const coordinator = createCoordinator({ liveView: false }, { store, clock });
+  const coordinator = createCoordinator(TEST_INIT, { store, clock });
   let sequence = 0;
   const send = async (leader: string, term: number, members: MemberView[]) => {
     clock.advance(1500);
     const body: ClusterReportInput = {
-      leader_id: leader,
+      leader_id: P(leader),
       term,
       sequence: ++sequence,
       ...aggregate({ members }),
     };
-    const res = await coordinator.fetch(
-      new Request("http://c.test/api/cluster/heartbeat", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body),
-      }),
-    );
-    return res.status;
+    const app = {
+      request: (path: string, init: RequestInit) =>
+        coordinator.fetch(new Request(`http://c.test${path}`, init)),
+    };
+    return (await agentPost(app, "/api/cluster/heartbeat", body, clock.now())).status;
   };
   /** Routable workers as a fresh isolate on the same store sees them (what is stored). */
   const storedTruth = async () => {
     clock.advance(2000);
     await coordinator.flush(); // what the per-key write rate deferred (the minute timer's job)
     clock.advance(61_000); // past the consistency grace and every cache
-    const fresh = createCoordinator({ liveView: false }, { store, clock });
+    const fresh = createCoordinator(TEST_INIT, { store, clock });
     const table = await fresh.table();
     return {
-      routable: table.workers
-        .filter((w) => w.healthy)
-        .map((w) => w.worker_id)
-        .sort(),
-      leaders: table.clusters.map((c) => c.leader_id),
+      routable: named(table.workers.filter((w) => w.healthy).map((w) => w.worker_id)),
+      leaders: named(table.clusters.map((c) => c.leader_id ?? "")),
     };
   };
   return { send, storedTruth, hold, clock, writes: () => store.writes };

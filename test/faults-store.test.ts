@@ -12,7 +12,8 @@ import {
   memoryStore,
   type Store,
 } from "../coordinator.ts";
-import { ManualClock, member, report } from "./helpers/coord-fixtures.ts";
+import { agentPost, ManualClock, member, report, TEST_INIT } from "./helpers/coord-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
 import { faultyStore, type StoreFault } from "./helpers/faulty-store.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
@@ -27,15 +28,14 @@ const m = (id: string, incarnation = 1) =>
   member(id, { url: up.url, incarnation, services: svc(), last_seen: 1000 * incarnation });
 
 function start(store: Store, clock = new ManualClock()) {
-  const coordinator = createCoordinator({ liveView: false, storeTimeoutMs: 300 }, { store, clock });
+  const coordinator = createCoordinator({ ...TEST_INIT, storeTimeoutMs: 300 }, { store, clock });
+  /** Sends a report as its leader's agent does: JSON, signed by the leader's key. */
   const send = async (r: ClusterReportInput) => {
-    const res = await coordinator.fetch(
-      new Request("http://c.test/api/cluster/heartbeat", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(r),
-      }),
-    );
+    const app = {
+      request: (path: string, init: RequestInit) =>
+        coordinator.fetch(new Request(`http://c.test${path}`, init)),
+    };
+    const res = await agentPost(app, "/api/cluster/heartbeat", r, clock.now());
     return { status: res.status, body: (await res.json()) as Record<string, unknown> };
   };
   const route = async () =>
@@ -120,26 +120,28 @@ describe("Workers KV eventual consistency (reads up to 60 s old)", () => {
     const kv = faultyStore(memoryStore({}, { clock }), { ms: 60_000, now: () => clock.now() });
     const x = start(kv, clock);
     const y = start(kv, clock);
-    // Whole cluster first, through isolate x.
-    const all = ["A", "B", "C", "D"];
-    expect((await x.send(report({ leader_id: "A", members: all.map((id) => m(id)) }))).status).toBe(
+    // Whole cluster first, through isolate x. The leaders A and C are real keys (reports are
+    // signed), and both are members the first report lists (the cluster's roster).
+    const [A, C] = [peer("split leader A"), peer("split leader C")];
+    const all = [A, "B", C, "D"].sort();
+    expect((await x.send(report({ leader_id: A, members: all.map((id) => m(id)) }))).status).toBe(
       200,
     );
     clock.advance(70_000);
     // Split: A leads {A, B} at isolate x; C leads {C, D} (term 2) at isolate y, which reads the
     // document as it was 60 s ago.
     expect(
-      (await x.send(report({ leader_id: "A", term: 1, sequence: 2, members: [m("A"), m("B")] })))
+      (await x.send(report({ leader_id: A, term: 1, sequence: 2, members: [m(A), m("B")] })))
         .status,
     ).toBe(200);
     clock.advance(2000);
     expect(
-      (await y.send(report({ leader_id: "C", term: 2, sequence: 1, members: [m("C"), m("D")] })))
+      (await y.send(report({ leader_id: C, term: 2, sequence: 1, members: [m(C), m("D")] })))
         .status,
     ).toBe(200);
     clock.advance(2000);
     expect(
-      (await x.send(report({ leader_id: "A", term: 1, sequence: 3, members: [m("A"), m("B", 2)] })))
+      (await x.send(report({ leader_id: A, term: 1, sequence: 3, members: [m(A), m("B", 2)] })))
         .status,
     ).toBe(200);
     // After the lag has passed, a third isolate sees every member.

@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { spawnUntil, tempDir } from "./helpers/coord-runtimes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { signedHeaders, testKey } from "./helpers/signing.ts";
 
 const closers: (() => Promise<void>)[] = [];
 afterAll(async () => {
@@ -100,30 +101,36 @@ describe("a service that resets mid-response", () => {
       {
         ready: /listening on (http:\/\/[0-9.:]+)/,
         env: {
-          ROLLCALL_CLUSTER_TOKEN: "",
-          ROLLCALL_ADMIN_TOKEN: "",
           ROLLCALL_DATA: path.join(tempDir("midreset"), "c.json"),
+          // The broken service is on loopback, which the proxy refuses by default.
+          ROLLCALL_UPSTREAM_ALLOW: "loopback",
         },
       },
     );
     closers.push(p.stop);
     const url = p.match[1] as string;
-    const reported = await fetch(`${url}/api/cluster/heartbeat`, {
+    const leader = testKey("mid-reset leader");
+    const body = JSON.stringify({
+      leader_id: leader.id,
+      term: 1,
+      sequence: 1,
+      members: [
+        {
+          worker_id: "A",
+          status: "online",
+          url: broken.url,
+          services: [{ name: "svc", url: `${broken.url}/svc` }],
+        },
+      ],
+    });
+    const hb = "/api/cluster/heartbeat";
+    const reported = await fetch(`${url}${hb}`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        leader_id: "A",
-        term: 1,
-        sequence: 1,
-        members: [
-          {
-            worker_id: "A",
-            status: "online",
-            url: broken.url,
-            services: [{ name: "svc", url: `${broken.url}/svc` }],
-          },
-        ],
-      }),
+      headers: {
+        "content-type": "application/json",
+        ...(await signedHeaders(leader, { method: "POST", path: hb, body, now: Date.now() })),
+      },
+      body,
     });
     expect(reported.status).toBe(200);
     const res = await fetch(`${url}/api/service/svc/x`);

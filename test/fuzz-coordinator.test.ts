@@ -11,6 +11,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
 import {
+  agentPost,
   countingStore,
   ManualClock,
   member,
@@ -148,12 +149,14 @@ describe("every coordinator endpoint under hostile input", () => {
   it("answers below 500, 4xx as a JSON error that writes nothing; no prototype pollution; memory bounded", async () => {
     const { clock, store, coordinator } = setup();
     const seed = async (path: string, body: unknown) => {
-      const res = await coordinator.fetch(
-        new Request(`http://coordinator.test${path}`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${CLUSTER}`, "content-type": "application/json" },
-          body: JSON.stringify(body),
-        }),
+      const res = await agentPost(
+        {
+          request: (p, init) => coordinator.fetch(new Request(`http://coordinator.test${p}`, init)),
+        },
+        path,
+        body,
+        clock.now(),
+        { authorization: `Bearer ${CLUSTER}` },
       );
       expect(res.status).toBe(200);
     };

@@ -24,6 +24,8 @@ const SETTINGS: Record<string, string> = {
   ROLLCALL_DIRECT_WRITE_INTERVAL_S: String(300 / SCALE),
   ROLLCALL_CONSISTENCY_GRACE_S: String(60 / SCALE),
   ROLLCALL_LIVE_VIEW: "false",
+  // The old agents' boxes are test servers on loopback, which the proxy refuses by default.
+  ROLLCALL_UPSTREAM_ALLOW: "loopback",
 };
 
 let cpuBox: Upstream;

@@ -79,7 +79,8 @@ describe.skipIf(!supported).each(VERSIONS)("Node %s", (version) => {
         "--data",
         path.join(dir, "c.json"),
       ],
-      {},
+      // The agents' gateways are on loopback, which the proxy refuses by default.
+      { ROLLCALL_UPSTREAM_ALLOW: "loopback" },
       node,
     );
     await coord.waitForLine(/listening on http/);

@@ -17,6 +17,8 @@ import { createLogger, formatLine } from "../agent/log.ts";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
 import { withAccessLog } from "../scripts/access-log.ts";
 import { freePort, pollUntil } from "./helpers/processes.ts";
+import { agentPost, TEST_INIT } from "./helpers/coord-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const opened: Upstream[] = [];
@@ -40,7 +42,7 @@ const tmp = () => mkdtempSync(path.join(tmpdir(), "rollcall-op-"));
 describe("worker names", () => {
   it("come from --name, or an old agent's capabilities.hostname; shown in the admin API and beside the id on a routed answer", async () => {
     const up = await upstream("named");
-    const c = createCoordinator({ liveView: false }, { store: memoryStore() });
+    const c = createCoordinator(TEST_INIT, { store: memoryStore() });
     const reg = (body: unknown) => c.app.request("/api/worker/register", post(body));
     expect(
       (await reg({ worker_id: "w1", name: "gpu-box.lab_1", tunnel_url: up.url, services: ["ocr"] }))
@@ -52,17 +54,20 @@ describe("worker names", () => {
     ).toBe(200);
     const bad = await reg({ worker_id: "w3", name: "not a name\n", tunnel_url: up.url });
     expect(bad.status).toBe(400);
-    await c.app.request(
+    // A leader's report is signed by its key; its PeerId is the member's worker id.
+    const m1 = peer("operator mesh-box");
+    const mesh = await agentPost(
+      c.app,
       "/api/cluster/heartbeat",
-      post({
-        leader_id: "m1",
+      {
+        leader_id: m1,
         term: 1,
         sequence: 1,
-        members: [
-          { worker_id: "m1", name: "mesh-box", status: "online", url: up.url, services: [] },
-        ],
-      }),
+        members: [{ worker_id: m1, name: "mesh-box", status: "online", url: up.url, services: [] }],
+      },
+      Date.now(),
     );
+    expect(mesh.status).toBe(200);
     const workers = (await (await c.app.request("/api/admin/workers")).json()) as {
       worker_id: string;
       name: string | null;
@@ -70,7 +75,7 @@ describe("worker names", () => {
     expect(Object.fromEntries(workers.map((w) => [w.worker_id, w.name]))).toEqual({
       w1: "gpu-box.lab_1",
       w2: "old-box",
-      m1: "mesh-box",
+      [m1]: "mesh-box",
     });
     const routed = await c.fetch(new Request("http://coordinator/api/service/ocr/x"));
     expect(routed.status).toBe(200);

@@ -160,6 +160,7 @@ function route(list: Partial<Provider>[]): ServiceRoute {
         url: "http://127.0.0.1:1/svc",
         tier: p.tier ?? 2,
         health: p.health ?? "healthy",
+        refused: null,
       });
       return e;
     }),

@@ -8,6 +8,7 @@ import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { Gateway } from "../agent/gateway.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -40,7 +41,7 @@ async function receiver() {
 describe("metrics", () => {
   it("counts requests, errors, latency percentiles and throughput per service and worker, as JSON and Prometheus text", async () => {
     const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
-    const t = await routingCoordinator(members(a, b), { adminToken: "adm" });
+    const t = await routingCoordinator(members(a, b), { adminToken: "adm", clusterToken: "cl" });
     const auth = { headers: { authorization: "Bearer adm" } };
     for (let i = 0; i < 10; i++) expect((await t.get()).status).toBe(200);
     t.clock.advance(1000);
@@ -187,6 +188,8 @@ describe("scaling signals", () => {
 });
 
 describe("live view", () => {
+  /** The leader: a real key's PeerId (its reports are signed), whose agent serves the view. */
+  const L = peer("live view leader");
   /** A real agent gateway whose /_agent/cluster serves `view.members`. */
   async function agent(token: string | undefined, view: { members: unknown[] }) {
     const gateway = new Gateway(
@@ -223,16 +226,18 @@ describe("live view", () => {
   it("routes on the leader agent's live view while it answers, on the stored table when it does not", async () => {
     const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const view = { members: [] as unknown[] };
-    const leader = await agent("cluster-secret", view);
+    const leader = await agent("view-secret", view);
     view.members = [
-      { worker_id: "L", status: "online", url: leader.url, services: [] },
+      { worker_id: L, status: "online", url: leader.url, services: [] },
       liveMember("A", a.url),
     ];
     // The stored table lists A and B; the mesh knows B is gone (the live view leaves it out).
     const t = await routingCoordinator(
-      [{ id: "L", url: leader.url, services: [] }, ...members(a, b)],
+      [{ id: L, url: leader.url, services: [] }, ...members(a, b)],
       {
         clusterToken: "cluster-secret",
+        adminToken: "admin-secret",
+        agentToken: "view-secret",
         liveView: true,
         liveViewTtlMs: 2000,
       },
@@ -268,7 +273,7 @@ describe("live view", () => {
     const [a] = (await upstreams("A")) as [Upstream];
     const leader = await agent("the-agent-token", { members: [liveMember("A", a.url)] });
     const wrong = await routingCoordinator(
-      [{ id: "L", url: leader.url, services: [] }, ...members(a)],
+      [{ id: L, url: leader.url, services: [] }, ...members(a)],
       {
         liveView: true,
         agentToken: "not-the-token",
@@ -294,7 +299,7 @@ describe("live view", () => {
       await new Promise<void>((r) => silent.close(() => r()));
     });
     const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
-    const t = await routingCoordinator([{ id: "L", url, services: [] }, ...members(a)], {
+    const t = await routingCoordinator([{ id: L, url, services: [] }, ...members(a)], {
       liveView: true,
       liveViewTimeoutMs: 60_000,
     });

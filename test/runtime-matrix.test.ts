@@ -1,11 +1,16 @@
 /**
  * One black-box HTTP suite against the coordinator served by Node (file store), Bun (file
  * store), Deno (Deno KV) and workerd (the `build:worker` bundle in Miniflare with a KV
- * namespace), with real upstream HTTP servers on 127.0.0.1 behind the proxy.
+ * namespace), with real upstream HTTP servers on 127.0.0.1 behind the proxy. It includes the
+ * trust boundaries of docs/SECURITY.md on each runtime: guards, Ed25519 signatures (Web
+ * Crypto), JSON-only writes, request framing, methods, loops, link-local upstreams, client
+ * identity headers and error answers.
  */
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { viewAuthorized } from "../agent/view-auth.ts";
 import { freePort, pollUntil } from "./helpers/processes.ts";
+import { signedHeaders, testKey } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import {
   BIN,
@@ -16,13 +21,19 @@ import {
 
 const CLUSTER = "matrix-cluster-token";
 const ADMIN = "matrix-admin-token";
+const VIEW = "matrix-view-token";
 const SETTINGS: Record<string, string> = {
   ROLLCALL_CLUSTER_TOKEN: CLUSTER,
   ROLLCALL_ADMIN_TOKEN: ADMIN,
+  ROLLCALL_AGENT_TOKEN: VIEW,
   ROLLCALL_ALLOW_LEGACY_WORKERS: "true",
   ROLLCALL_PROXY_TIMEOUT_MS: "1500",
   ROLLCALL_ALIASES: JSON.stringify({ "/clients": "upload" }),
+  // The test upstreams are on loopback, which the proxy refuses by default.
+  ROLLCALL_UPSTREAM_ALLOW: "loopback",
 };
+/** The leader of the matrix cluster (member "m-up"): a real key, its reports signed. */
+const LEAD = testKey("matrix leader m-up");
 const runtimes = COORDINATOR_RUNTIMES.map((r) => ({ ...r, start: () => r.start(SETTINGS) }));
 
 let up: Upstream;
@@ -91,11 +102,19 @@ const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 describe.each(runtimes)("coordinator on $name", (runtime) => {
   let server: RunningCoordinator;
   let base = "";
-  const post = (p: string, body: unknown, token: string | null = CLUSTER) =>
-    raw(base, "POST", p, {
-      body: JSON.stringify(body),
-      headers: asJson(token ? bearer(token) : {}),
+  /** A JSON POST; a cluster report is signed by LEAD, as its agent would sign it. */
+  const post = async (p: string, body: unknown, token: string | null = CLUSTER) => {
+    const text = JSON.stringify(body);
+    const leader = (body as { leader_id?: unknown }).leader_id;
+    const signature =
+      leader === LEAD.id
+        ? await signedHeaders(LEAD, { method: "POST", path: p, body: text, now: Date.now() })
+        : {};
+    return raw(base, "POST", p, {
+      body: text,
+      headers: asJson({ ...(token ? bearer(token) : {}), ...signature }),
     });
+  };
   const admin = async (p: string) => {
     const res = await raw(base, "GET", p, { headers: bearer(ADMIN) });
     expect(res.status).toBe(200);
@@ -103,7 +122,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
   };
   const members = () => [
     {
-      worker_id: "m-up",
+      worker_id: LEAD.id,
       incarnation: 1,
       status: "online",
       url: up.url,
@@ -134,6 +153,14 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       last_seen: 1,
       services: [{ name: "slow" }],
     },
+    {
+      worker_id: "m-gone",
+      incarnation: 1,
+      status: "online",
+      url: dead,
+      last_seen: 1,
+      services: [{ name: "gone" }],
+    },
   ];
 
   beforeAll(async () => {
@@ -159,13 +186,13 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       (
         await post(
           "/api/cluster/heartbeat",
-          { leader_id: "m-up", term: 1, sequence: 1, members: members() },
+          { leader_id: LEAD.id, term: 1, sequence: 1, members: members() },
           null,
         )
       ).status,
     ).toBe(401);
     const first = await post("/api/cluster/heartbeat", {
-      leader_id: "m-up",
+      leader_id: LEAD.id,
       term: 1,
       sequence: 1,
       members: members(),
@@ -179,7 +206,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       write_budget: 1000,
     });
     const second = await post("/api/cluster/heartbeat", {
-      leader_id: "m-up",
+      leader_id: LEAD.id,
       term: 1,
       sequence: 2,
       members: members(),
@@ -187,7 +214,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     expect(second.json()).toMatchObject({ written: false, reason: "unchanged", writes_today: 1 });
     expect((await raw(base, "GET", "/api/admin/workers")).status).toBe(401);
     const services = await admin("/api/admin/services");
-    expect(services.total_services).toBe(5);
+    expect(services.total_services).toBe(6);
     expect(services.services.flaky).toMatchObject({
       total_workers: 2,
       healthy_workers: 2,
@@ -195,9 +222,9 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     });
     const stats = await admin("/api/admin/stats");
     expect(stats).toMatchObject({
-      total_workers: 4,
-      healthy_workers: 4,
-      leader: { leader_id: "m-up" },
+      total_workers: 5,
+      healthy_workers: 5,
+      leader: { leader_id: LEAD.id },
     });
   });
 
@@ -256,7 +283,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       },
     });
     expect(res.status).toBe(200);
-    expect(res.headers["x-rollcall-worker"]).toBe("m-up");
+    expect(res.headers["x-rollcall-worker"]).toBe(LEAD.id);
     expect(res.headers["x-secret-hop"]).toBeUndefined();
     const got = res.json();
     expect(got).toMatchObject({ method: "PUT", url: "/service/upload/dir/f.bin?v=1&w=%20x" });
@@ -336,7 +363,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     }
   });
 
-  it("asks the leader's agent for its live view with the token, routes on the stored table when that fails, and shows metrics", async () => {
+  it("asks the leader's agent for its live view with the view credential, routes on the stored table when that fails, and shows metrics", async () => {
     // Every proxied request may start a background refresh; the leader m-up is an echo server,
     // not an agent, so its answer is no live view and the stored table stays the source.
     const asked = await pollUntil(
@@ -349,7 +376,11 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
       20_000,
       100,
     );
-    expect(asked.headers.authorization).toBe(`Bearer ${CLUSTER}`);
+    // An HMAC of the time keyed with the agent-view token: no token crosses the network.
+    const auth = String(asked.headers.authorization);
+    expect(auth).toMatch(/^Rollcall-View ts=\d+, sig=[0-9a-f]{64}$/);
+    expect(viewAuthorized(auth, VIEW, Date.now())).toBe(true);
+    expect(auth).not.toContain(CLUSTER);
     expect((await admin("/api/admin/services")).source).toBe("stored");
     const metrics = await admin("/api/admin/metrics");
     expect(metrics.services.flaky.workers["m-dead"].errors_total).toBeGreaterThan(0);
@@ -370,6 +401,124 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     const snap = await admin("/api/admin/dashboard");
     expect(snap).toMatchObject({ mode: "secured", store: { kind: runtime.store } });
     expect(snap.services.map((s: { name: string }) => s.name)).toContain("upload");
+  });
+
+  it("fails closed: each guard its own token, reports signed by their leader, writes JSON only, no CORS on the API", async () => {
+    expect((await raw(base, "GET", "/api/admin/budget", { headers: bearer(CLUSTER) })).status).toBe(
+      401,
+    );
+    expect((await raw(base, "GET", "/metrics", { headers: bearer(VIEW) })).status).toBe(401);
+    const report = { leader_id: LEAD.id, term: 1, sequence: 9, members: members() };
+    const unsigned = await raw(base, "POST", "/api/cluster/heartbeat", {
+      body: JSON.stringify(report),
+      headers: asJson(bearer(CLUSTER)),
+    });
+    expect(unsigned.status).toBe(401);
+    const plain = await raw(base, "POST", "/api/worker/register", {
+      body: JSON.stringify({ worker_id: "csrf", services: ["x"] }),
+      headers: { "content-type": "text/plain" },
+    });
+    expect(plain.status).toBe(415);
+    const preflight = await raw(base, "OPTIONS", "/api/admin/workers", {
+      headers: { origin: "https://evil.example", "access-control-request-method": "GET" },
+    });
+    expect(preflight.headers["access-control-allow-origin"]).toBeUndefined();
+    const health = (await raw(base, "GET", "/health")).json();
+    expect(health.auth).toMatchObject({ agent_endpoints: "token", admin_endpoints: "token" });
+  });
+
+  it("verifies Ed25519 signatures with Web Crypto: a PeerId worker is its key's alone", async () => {
+    const owner = testKey(`matrix owner on ${runtime.name}`);
+    const path = "/api/worker/register";
+    const body = JSON.stringify({ worker_id: owner.id, tunnel_url: up.url, services: ["owned"] });
+    const signed = await signedHeaders(owner, { method: "POST", path, body, now: Date.now() });
+    const ok = await raw(base, "POST", path, {
+      body,
+      headers: asJson({ ...bearer(CLUSTER), ...signed }),
+    });
+    expect(ok.status, ok.text).toBe(200);
+    expect(ok.json().worker_id).toBe(owner.id);
+    const replay = await raw(base, "POST", path, {
+      body,
+      headers: asJson({ ...bearer(CLUSTER), ...signed }),
+    });
+    expect(replay.status).toBe(401);
+    const other = testKey(`matrix thief on ${runtime.name}`);
+    const forged = await signedHeaders(other, { method: "POST", path, body, now: Date.now() });
+    const theft = await raw(base, "POST", path, {
+      body,
+      headers: asJson({ ...bearer(CLUSTER), ...forged }),
+    });
+    expect(theft.status).toBe(401);
+    const unsigned = await raw(base, "DELETE", `/api/worker/unregister/${owner.id}`, {
+      headers: bearer(CLUSTER),
+    });
+    expect(unsigned.status).toBe(401);
+  });
+
+  it("frames requests itself: a GET's Content-Length never goes upstream without its body", async () => {
+    const before = up.received.length;
+    const lying = await raw(base, "GET", "/api/service/upload/framed", {
+      body: "hello",
+      headers: { "content-length": "5" },
+    });
+    expect(lying.status).toBe(200);
+    const next = await raw(base, "GET", "/api/service/upload/after");
+    expect(next.status).toBe(200);
+    const got = up.received.slice(before).filter((r) => r.url.includes("/service/upload/"));
+    expect(got.map((r) => r.url)).toEqual(["/service/upload/framed", "/service/upload/after"]);
+    for (const r of got) expect(r.headers["content-length"]).toBeUndefined();
+  });
+
+  it("answers TRACE and unknown methods 405, and never blames a worker for them", async () => {
+    const before = up.received.length;
+    for (const method of ["TRACE", "PROPFIND"]) {
+      const res = await raw(base, method, "/api/service/upload/x");
+      expect(res.status, method).toBe(405);
+    }
+    expect(up.received.length).toBe(before);
+  });
+
+  it("never calls a link-local upstream, and answers a loop through itself 508", async () => {
+    const at = (url: string, name: string) =>
+      post("/api/worker/register", { worker_id: `w-${name}`, tunnel_url: url, services: [name] });
+    expect((await at("http://169.254.169.254", "metadata")).status).toBe(200);
+    const meta = await raw(base, "GET", "/api/service/metadata/latest/meta-data");
+    expect(meta.status).toBe(503);
+    expect((await at(`${base}/api/service/loop`, "loop")).status).toBe(200);
+    const loop = await raw(base, "GET", "/api/service/loop/x");
+    expect(loop.status).toBe(508);
+    expect(loop.json().error).toBe("Loop detected");
+  });
+
+  it("takes the client's address from the runtime, never from client headers (CF-Connecting-IP only on Workers)", async () => {
+    const before = up.received.length;
+    const res = await raw(base, "GET", "/api/service/upload/whoami", {
+      headers: {
+        "cf-connecting-ip": "6.6.6.6",
+        "x-real-ip": "6.6.6.6",
+        forwarded: "for=6.6.6.6",
+      },
+    });
+    expect(res.status).toBe(200);
+    const got = up.received.slice(before).find((r) => r.url.endsWith("/whoami"));
+    expect(got?.headers["x-real-ip"]).toBeUndefined();
+    expect(got?.headers.forwarded).toBeUndefined();
+    if (runtime.name !== "workerd") {
+      expect(got?.headers["x-forwarded-for"]).toBe("127.0.0.1");
+      expect(got?.headers["cf-connecting-ip"]).toBeUndefined();
+    }
+  });
+
+  it("answers a worker that cannot be reached without its address, with a request id", async () => {
+    const res = await raw(base, "GET", "/api/service/gone/x");
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({
+      error: "Service proxy failed",
+      message: "Worker could not be reached",
+      request_id: expect.stringMatching(/^[0-9a-f]{16}$/),
+    });
+    expect(res.text).not.toMatch(/127\.0\.0\.1|ECONN|refused/i);
   });
 
   it("answers the contract's 503 bodies", async () => {

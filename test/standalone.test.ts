@@ -97,7 +97,8 @@ describe.each(artefacts)("$name, alone in an empty directory", (artefact) => {
         path.join(dir, "coord.json"),
         "--access-log",
       ],
-      {},
+      // The agent's gateway is on loopback, which the proxy refuses by default.
+      { ROLLCALL_UPSTREAM_ALLOW: "loopback" },
       bin,
     );
     await coord.waitForLine(/listening on http/);

@@ -6,6 +6,7 @@ import {
   memoryStore,
   type Store,
 } from "../../coordinator.ts";
+import { peer, signedHeaders, signerFor } from "./signing.ts";
 
 /** A clock whose time moves only when the test says so. */
 export class ManualClock {
@@ -81,13 +82,20 @@ export function kvLikeStore(clock: ManualClock) {
   return { store, hold };
 }
 
-/** An in-process coordinator on a counting memory store and a manual clock (live view off by default). */
+/** Settings every in-process test coordinator starts from: test upstreams are on loopback. */
+export const TEST_INIT: CoordinatorInit = { liveView: false, upstreamAllow: "loopback,private" };
+
+/**
+ * An in-process coordinator on a counting memory store and a manual clock (live view off by
+ * default). `call` signs agent calls whose worker or leader id is a test key's PeerId, as the
+ * agent does, unless the headers carry a signature already or `unsigned` is set.
+ */
 export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fetch) {
   const clock = new ManualClock();
   const store = countingStore(memoryStore({}, { clock }));
   // The leader's live view is off unless a test asks for it: these upstreams are no agents.
   const coordinator = createCoordinator(
-    { liveView: false, ...init },
+    { ...TEST_INIT, ...init },
     fetcher ? { store, clock, fetch: fetcher } : { store, clock },
   );
   const call = async (
@@ -95,18 +103,31 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
     path: string,
     body?: unknown,
     headers: Record<string, string> = {},
+    options: { unsigned?: boolean } = {},
     // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
   ): Promise<{ status: number; body: any; headers: Headers }> => {
+    const text =
+      body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+    const key =
+      options.unsigned || "x-rollcall-signer" in headers ? undefined : signerFor(path, body);
+    const signature = key
+      ? await signedHeaders(key, {
+          method,
+          path,
+          ...(text ? { body: text } : {}),
+          now: clock.now(),
+        })
+      : {};
     const init: RequestInit = {
       method,
-      headers: { "content-type": "application/json", ...headers },
+      headers: { "content-type": "application/json", ...signature, ...headers },
     };
-    if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body);
+    if (text !== undefined) init.body = text;
     const res = await coordinator.app.request(path, init);
-    const text = await res.text();
-    let parsed: unknown = text;
+    const answer = await res.text();
+    let parsed: unknown = answer;
     try {
-      parsed = JSON.parse(text);
+      parsed = JSON.parse(answer);
     } catch {
       // not JSON: keep the text
     }
@@ -115,10 +136,34 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
   return { coordinator, clock, store, call };
 }
 
+/**
+ * POSTs an agent call to an app as an agent sends it: JSON, and signed (at `now`) when its
+ * worker or leader id is a test key's PeerId.
+ */
+export async function agentPost(
+  app: { request(path: string, init: RequestInit): Response | Promise<Response> },
+  path: string,
+  body: unknown,
+  now: number,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  const text = JSON.stringify(body);
+  const key = signerFor(path, body);
+  const signature = key ? await signedHeaders(key, { method: "POST", path, body: text, now }) : {};
+  return app.request(path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...signature, ...headers },
+    body: text,
+  });
+}
+
+/** The leader of `report()`: a real key's PeerId (reports must be signed by their leader). */
+export const LEADER = peer("leader A");
+
 /** A leader-mode report with sensible defaults. */
 export function report(overrides: Partial<ClusterReportInput> = {}): ClusterReportInput {
   return {
-    leader_id: "A",
+    leader_id: LEADER,
     term: 1,
     sequence: 1,
     members: [member("A"), member("B")],

@@ -1,6 +1,6 @@
 /** The store contract: one suite every driver runs against its real backend. */
 import { expect, it } from "vitest";
-import type { Store } from "../../coordinator.ts";
+import { resolveSettings, type Store } from "../../coordinator.ts";
 
 /** Opens a store on the backend (the same backing data each time it is called). */
 export type OpenStore = () => Promise<{ store: Store; close(): Promise<void> }>;
@@ -53,6 +53,21 @@ export function storeContract(
       await store.set("c/big", "small again");
       expect(await store.get("c/big")).toBe("small again");
       await store.delete("c/big");
+    }));
+
+  it("stores a document at the coordinator's size cap, in two-byte text, and replaces it", () =>
+    withStore(async (store) => {
+      // ROLLCALL_MAX_DOC_BYTES' default: Deno KV commits it (chunks and the old chunks'
+      // deletes in one atomic operation) under its 800 KiB limit even when every character
+      // is stored in two bytes.
+      const cap = resolveSettings().maxDocBytes;
+      const doc = "é".repeat(cap);
+      await store.set("c/cap", doc);
+      expect(await store.get("c/cap")).toBe(doc);
+      const again = "ü".repeat(cap);
+      await store.set("c/cap", again);
+      expect(await store.get("c/cap")).toBe(again);
+      await store.delete("c/cap");
     }));
 
   it("lists keys by prefix, sorted, and nothing else", () =>

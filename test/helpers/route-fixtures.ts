@@ -4,7 +4,8 @@
  * service "svc" at a real upstream.
  */
 import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
-import { ManualClock } from "./coord-fixtures.ts";
+import { ManualClock, TEST_INIT } from "./coord-fixtures.ts";
+import { keyOf, signedHeaders, testKey } from "./signing.ts";
 
 /** A small deterministic random source (a linear congruential generator), for the picker. */
 export function seeded(seed = 1): () => number {
@@ -53,16 +54,17 @@ export type Members = { id: string; url: string; tier?: 1 | 2 | 3; services?: st
 export async function routingCoordinator(
   members: Members,
   init: CoordinatorInit = {},
-  components: { fetch?: typeof fetch; random?: () => number } = {},
+  components: { fetch?: typeof fetch; random?: () => number; log?: (line: string) => void } = {},
 ) {
   const clock = new ManualClock();
   const coordinator = createCoordinator(
-    { liveView: false, ...init },
+    { ...TEST_INIT, ...init },
     {
       store: memoryStore({}, { clock }),
       clock,
       random: components.random ?? seeded(7),
       ...(components.fetch ? { fetch: components.fetch } : {}),
+      ...(components.log ? { log: components.log } : {}),
     },
   );
   const call = async (path: string, reqInit: RequestInit = {}) =>
@@ -74,21 +76,33 @@ export async function routingCoordinator(
     if (res.status !== 200) throw new Error(`${path} answered ${res.status}`);
     return res.body;
   };
-  const reported = await call("/api/cluster/heartbeat", {
+  // The first member leads when it is a test key's PeerId (a live view is read from its URL);
+  // otherwise a leader that is no member reports (reports must be signed by their leader).
+  const first = members[0]?.id;
+  const leader = keyOf(first) ?? testKey("routing fixture leader");
+  const text = JSON.stringify({
+    leader_id: leader.id,
+    term: 1,
+    sequence: 1,
+    members: members.map((m) => ({
+      worker_id: m.id,
+      status: "online",
+      url: m.url,
+      tier: m.tier ?? 2,
+      services: (m.services ?? ["svc"]).map((name) => ({ name, url: `${m.url}/${name}` })),
+    })),
+  });
+  const path = "/api/cluster/heartbeat";
+  const signature = await signedHeaders(leader, {
     method: "POST",
-    headers: { "content-type": "application/json", ...bearer(init.clusterToken) },
-    body: JSON.stringify({
-      leader_id: members[0]?.id ?? "none",
-      term: 1,
-      sequence: 1,
-      members: members.map((m) => ({
-        worker_id: m.id,
-        status: "online",
-        url: m.url,
-        tier: m.tier ?? 2,
-        services: (m.services ?? ["svc"]).map((name) => ({ name, url: `${m.url}/${name}` })),
-      })),
-    }),
+    path,
+    body: text,
+    now: clock.now(),
+  });
+  const reported = await call(path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...bearer(init.clusterToken), ...signature },
+    body: text,
   });
   if (reported.status !== 200) throw new Error(`The report answered ${reported.status}`);
   /** The breaker row of a worker (`GET /api/admin/breakers`). */

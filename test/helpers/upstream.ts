@@ -1,6 +1,6 @@
 /**
  * Real HTTP upstreams on 127.0.0.1 for tests. One echoes what it read as JSON and misbehaves on
- * command: it refuses connections (its listener closed), hangs, answers 500, answers slowly, or
+ * command: it refuses connections (its listener closed), hangs, answers 500 or 503, answers slowly, or
  * drops the connection after reading the request. A port where nothing listens at all is
  * `freePort()` of `processes.ts`.
  */
@@ -8,7 +8,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 
 /** How the upstream behaves. */
-export type UpstreamMode = "ok" | "refuse" | "hang" | "error500" | "slow" | "reset";
+export type UpstreamMode = "ok" | "refuse" | "hang" | "error500" | "error503" | "slow" | "reset";
 
 /** One request the upstream read. */
 export interface Received {
@@ -70,6 +70,7 @@ export async function startUpstream(name: string): Promise<Upstream> {
       if (mode === "hang") held.push(res);
       else if (mode === "reset") req.socket.destroy();
       else if (mode === "error500") answer(res, 500, got);
+      else if (mode === "error503") answer(res, 503, got);
       else if (mode === "slow") setTimeout(() => answer(res, 200, got), upstream.slowMs);
       else answer(res, 200, got);
     });
