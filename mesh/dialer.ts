@@ -372,12 +372,17 @@ function tcpTarget(ma: Multiaddr): { host: string; port: number } | undefined {
 function tcpProbe(t: { host: string; port: number }, ms: number): Promise<ProbeResult> {
   return new Promise((resolve) => {
     const socket = connect({ host: t.host, port: t.port });
+    let settled = false;
     const done = (r: ProbeResult) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.destroy();
       resolve(r);
     };
-    const timer = unref(setTimeout(() => done("unreachable"), ms));
+    // A stalled event loop runs due timers before pending I/O: give the connect's answer (a
+    // refusal already received) the poll phase first, so a busy process does not miss it.
+    const timer = unref(setTimeout(() => setImmediate(() => done("unreachable")), ms));
     socket.once("connect", () => done("accepts"));
     socket.once("error", (err: NodeJS.ErrnoException) =>
       done(err.code === "ECONNREFUSED" ? "refused" : "unreachable"),
