@@ -7,6 +7,7 @@ import { z } from "zod";
 import { ServiceNameSchema } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { ConfigError } from "./config.ts";
+import { TypedEventEmitter } from "main-event";
 
 /** A service the agent looks for. */
 export interface ServiceCandidate {
@@ -173,7 +174,7 @@ function connectFailure(err: unknown): string {
 }
 
 /** Probes candidates on a timer; emits "change" when the set of services or their health changes. */
-export class ServiceDetector extends EventTarget {
+export class ServiceDetector extends TypedEventEmitter<{ change: Event }> {
   readonly #candidates: ServiceCandidate[];
   readonly #intervalMs: number;
   readonly #timeoutMs: number;

@@ -3,6 +3,7 @@
  * interface the agent builds on. Types only (plus one error class); mesh.ts implements them.
  */
 import type { ConnectionGater } from "@libp2p/interface";
+import type { TypedEventTarget } from "main-event";
 import type { Clock } from "./clock.ts";
 import type { MeshLibp2p, NodeInit } from "./node.ts";
 import type { Leader, LocalState, MemberView, ViewSnapshot } from "./types.ts";
@@ -102,8 +103,11 @@ export interface MeshEvents {
   view: ViewSnapshot;
 }
 
+/** Event name -> the event its listeners get: a CustomEvent with MeshEvents' detail. */
+export type MeshEventMap = { [K in keyof MeshEvents]: CustomEvent<MeshEvents[K]> };
+
 /** A running mesh node. Events: "leader", "member-up", "member-down", "view" (CustomEvent). */
-export interface Mesh extends EventTarget {
+export interface Mesh extends TypedEventTarget<MeshEventMap> {
   /** Our PeerId string; available once start() resolved. */
   readonly id: string;
   /** The libp2p node underneath (diagnostics and tests); undefined before start(). */
@@ -119,26 +123,6 @@ export interface Mesh extends EventTarget {
   view(): ViewSnapshot;
   multiaddrs(): string[];
   stats(): MeshStats;
-  addEventListener<K extends keyof MeshEvents>(
-    type: K,
-    listener: (event: CustomEvent<MeshEvents[K]>) => void,
-    options?: AddEventListenerOptions | boolean,
-  ): void;
-  addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: AddEventListenerOptions | boolean,
-  ): void;
-  removeEventListener<K extends keyof MeshEvents>(
-    type: K,
-    listener: (event: CustomEvent<MeshEvents[K]>) => void,
-    options?: EventListenerOptions | boolean,
-  ): void;
-  removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: EventListenerOptions | boolean,
-  ): void;
 }
 
 /** The mesh was used in a way its lifecycle does not allow. */

@@ -19,7 +19,14 @@ export type { Identity } from "./identity.ts";
 export { IdentityError, keyPath, loadIdentity } from "./identity.ts";
 export type { HeartbeatOptions, MemberChange, MembershipInit } from "./membership.ts";
 export { MEMBERSHIP_DEFAULTS, Membership, checkLocal } from "./membership.ts";
-export type { Mesh, MeshComponents, MeshEvents, MeshInit, MeshStats } from "./api.ts";
+export type {
+  Mesh,
+  MeshComponents,
+  MeshEventMap,
+  MeshEvents,
+  MeshInit,
+  MeshStats,
+} from "./api.ts";
 export { MeshStateError } from "./api.ts";
 export { createMesh } from "./mesh.ts";
 export { BootstrapError } from "./dialer.ts";

@@ -13,7 +13,9 @@
  *
  * Both wrap instances (never prototypes). If the internals they rely on are missing (an update
  * of @libp2p/tcp or yamux), they fall back to the stock behaviour and say so once per node
- * through `log`: the traffic goal depends on them. test/mesh-lean.test.ts counts the writes.
+ * through `log`: the traffic goal depends on them. test/mesh-lean.test.ts counts the writes;
+ * package.json pins both packages to exact versions, and test/mesh-lean-stream.test.ts fails
+ * on a fallback and pushes more than a receive window through a lean stream (bump, then run it).
  */
 import { yamux } from "@chainsafe/libp2p-yamux";
 import { StreamState } from "@chainsafe/libp2p-yamux/stream";

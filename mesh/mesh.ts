@@ -9,9 +9,11 @@ import "./shim.ts";
 import type { PeerId, PeerInfo } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
+import { TypedEventEmitter } from "main-event";
 import {
   type Mesh,
   type MeshComponents,
+  type MeshEventMap,
   type MeshEvents,
   type MeshInit,
   type MeshStats,
@@ -33,11 +35,10 @@ import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
 /** Creates a mesh node (not started). */
 export function createMesh(init: MeshInit, components: MeshComponents = {}): Mesh {
-  // MeshNode is a plain EventTarget; the Mesh interface only adds typed listener overloads.
-  return new MeshNode(init, components) as unknown as Mesh;
+  return new MeshNode(init, components);
 }
 
-class MeshNode extends EventTarget {
+class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
   #init: MeshInit;
   #c: MeshComponents;
   #clock: Clock;

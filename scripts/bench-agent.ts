@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
 import { build } from "esbuild";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
-import { freePort, type Proc, pollUntil, ROOT, startNode } from "../test/helpers/processes.ts";
+import { freePort, type Proc, pollUntil, ROOT, startNode } from "../support/processes.ts";
 
 const { values } = parseArgs({
   options: {

@@ -18,7 +18,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { ROOT } from "../test/helpers/processes.ts";
+import { ROOT } from "../support/processes.ts";
 
 const { values } = parseArgs({
   options: { runs: { type: "string", default: "5" }, json: { type: "string" } },

@@ -7,7 +7,7 @@
  *     [--width 1280] [--scheme light|dark]
  */
 import { parseArgs } from "node:util";
-import { launchChromium } from "../test/helpers/browser.ts";
+import { launchChromium } from "../support/browser.ts";
 
 const { values } = parseArgs({
   options: {

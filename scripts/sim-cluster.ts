@@ -29,7 +29,8 @@ import { DEFAULT_SETTLE_MS, elect } from "../mesh/election.ts";
 import { Membership } from "../mesh/membership.ts";
 import type { Heartbeat } from "../mesh/protocol.ts";
 import type { Leader } from "../mesh/types.ts";
-import { countingStore } from "../test/helpers/coord-fixtures.ts";
+import { countingStore } from "../support/counting-store.ts";
+import { prng } from "../support/random.ts";
 
 /** What happens to the cluster during the day. */
 export type Scenario = "steady" | "churn" | "flapping" | "netflap";
@@ -55,18 +56,6 @@ const plainId = (i: number) => `m${String(i).padStart(5, "0")}`;
 /** Lets in-flight requests finish (reading a Request body takes a few macrotask turns). */
 async function settle(): Promise<void> {
   for (let i = 0; i < 4; i++) await new Promise<void>((resolve) => setImmediate(resolve));
-}
-
-/** A deterministic PRNG (mulberry32), so every run of a scenario is the same day. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** A coordinator in-process, and a fetch that reaches it without a network. */

@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memberRows, statusOf, statusText, table } from "../agent/command-views.ts";
 import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
-import { freePort, killAll, ROOT } from "./helpers/processes.ts";
+import { freePort, killAll, ROOT } from "../support/processes.ts";
 
 const run = promisify(execFile);
 let cluster: LocalCluster;

@@ -23,7 +23,7 @@ import {
   signHeartbeat,
 } from "../mesh/index.ts";
 import { type MeshLibp2p, createNode } from "../mesh/node.ts";
-import { type Proc, freePort, killAll, pollUntil, startTs } from "./helpers/processes.ts";
+import { type Proc, freePort, killAll, pollUntil, startTs } from "../support/processes.ts";
 
 const TOKEN = "crafted-cluster-token";
 const ADMIN = "crafted-admin-token";

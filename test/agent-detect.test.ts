@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError } from "../agent/config.ts";
 import { parseManifest, ServiceDetector } from "../agent/detect.ts";
-import { freePort } from "./helpers/processes.ts";
+import { freePort } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const open: Upstream[] = [];

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DetectedService } from "../agent/detect.ts";
 import { Gateway, parseServicePath } from "../agent/gateway.ts";
 import type { AddressInfo } from "node:net";
-import { freePort, pollUntil } from "./helpers/processes.ts";
+import { freePort, pollUntil } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 let up: Upstream;

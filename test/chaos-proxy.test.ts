@@ -6,7 +6,7 @@
  */
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort, killAll, type Proc, startTs } from "./helpers/processes.ts";
+import { freePort, killAll, type Proc, startTs } from "../support/processes.ts";
 import { signedHeaders, testKey } from "./helpers/signing.ts";
 
 const WARMUP = 500;

@@ -9,7 +9,7 @@ import { type FileSystemLike, fileStore } from "../coordinator.ts";
 import {
   agentPost,
   LEADER,
-  ManualClock,
+  testClock,
   member,
   registration,
   report,
@@ -138,7 +138,7 @@ describe("item 8: per-isolate state and store entries are pruned", () => {
       },
       mkdir: async () => undefined,
     };
-    const clock = new ManualClock();
+    const clock = testClock();
     const store = fileStore({ path: "/data/store.json" }, { fs, clock });
     await store.set("reg/worker/old", "{}", { ttlSeconds: 60 });
     clock.advance(2 * MIN);

@@ -5,14 +5,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, createCoordinator, resolveSettings } from "../coordinator.ts";
 import {
   kvLikeStore,
-  ManualClock,
+  testClock,
   member,
   registration,
   report,
   TEST_INIT,
   testCoordinator,
 } from "./helpers/coord-fixtures.ts";
-import { freePort } from "./helpers/processes.ts";
+import { type Answer, readAnswer } from "./helpers/answer.ts";
+import { freePort } from "../support/processes.ts";
 import { startUpstream, type Upstream, until } from "./helpers/upstream.ts";
 
 let a: Upstream;
@@ -39,17 +40,8 @@ async function send(
   t: ReturnType<typeof testCoordinator>,
   path: string,
   init: RequestInit = {},
-  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
-): Promise<{ status: number; body: any; headers: Headers }> {
-  const res = await t.coordinator.app.request(path, init);
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // keep text
-  }
-  return { status: res.status, body, headers: res.headers };
+): Promise<Answer> {
+  return readAnswer(await t.coordinator.app.request(path, init));
 }
 
 describe("forwarding", () => {
@@ -359,7 +351,7 @@ describe("failover", () => {
 
 describe("writes that waited", () => {
   it("go out beside a proxied request, never in front of it", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     const { store, hold } = kvLikeStore(clock);
     const upstream = async () => new Response("ok");
     const { app } = createCoordinator(TEST_INIT, {

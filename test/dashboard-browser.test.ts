@@ -10,9 +10,9 @@ import type { AddressInfo } from "node:net";
 import { serve } from "@hono/node-server";
 import type { Browser, ConsoleMessage, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { launchChromium } from "./helpers/browser.ts";
+import { launchChromium } from "../support/browser.ts";
 import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
-import { killAll, pollUntil } from "./helpers/processes.ts";
+import { killAll, pollUntil } from "../support/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream } from "./helpers/upstream.ts";
 

@@ -16,12 +16,12 @@ import {
 import { Gateway } from "../agent/gateway.ts";
 import {
   agentPost,
-  ManualClock,
+  testClock,
   report,
   member as reportMember,
   TEST_INIT,
 } from "./helpers/coord-fixtures.ts";
-import { freePort } from "./helpers/processes.ts";
+import { freePort } from "../support/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
@@ -122,7 +122,7 @@ describe("the page", () => {
 
 describe("the snapshot", () => {
   it("needs the admin token, and reading it costs no store access once the table is cached", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     const { store, counts } = countedStore(memoryStore({}, { clock }));
     const coordinator = createCoordinator(
       { ...TEST_INIT, adminToken: ADMIN, clusterToken: CLUSTER },
@@ -166,7 +166,7 @@ describe("the snapshot", () => {
   });
 
   it("keeps a worker and a provider that left the view as down and gone, for a while", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     // The members' URLs are on loopback: allowed (TEST_INIT), so their health is what counts.
     const coordinator = createCoordinator(TEST_INIT, { store: memoryStore({}, { clock }), clock });
     // Signed by the report's leader, as its agent sends it.

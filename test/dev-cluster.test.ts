@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pollUntil, ROOT } from "./helpers/processes.ts";
+import { pollUntil, ROOT } from "../support/processes.ts";
 
 const run = promisify(execFile);
 const DENO = join(ROOT, "node_modules/deno/deno");

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadIdentity } from "../mesh/index.ts";
-import { freePort, killAll, type Proc, pollUntil, startTs } from "./helpers/processes.ts";
+import { freePort, killAll, type Proc, pollUntil, startTs } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const CLUSTER_TOKEN = "e2e-cluster-token";

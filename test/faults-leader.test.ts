@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { aggregate } from "../agent/aggregate.ts";
 import { type ClusterReportInput, createCoordinator } from "../coordinator.ts";
 import type { MemberView } from "../mesh/types.ts";
-import { agentPost, kvLikeStore, ManualClock, TEST_INIT } from "./helpers/coord-fixtures.ts";
+import { agentPost, kvLikeStore, testClock, TEST_INIT } from "./helpers/coord-fixtures.ts";
 import { peer } from "./helpers/signing.ts";
 
 /** The members are real keys (a report is signed by its leader), called A, B, C and D here. */
@@ -41,7 +41,7 @@ function view(name: string, state: MemberView["state"] | "crashed", incarnation 
 }
 
 function setup() {
-  const clock = new ManualClock();
+  const clock = testClock();
   const { store, hold } = kvLikeStore(clock);
   const coordinator = createCoordinator(TEST_INIT, { store, clock });
   let sequence = 0;

@@ -12,7 +12,7 @@ import {
   memoryStore,
   type Store,
 } from "../coordinator.ts";
-import { agentPost, ManualClock, member, report, TEST_INIT } from "./helpers/coord-fixtures.ts";
+import { agentPost, testClock, member, report, TEST_INIT } from "./helpers/coord-fixtures.ts";
 import { peer } from "./helpers/signing.ts";
 import { faultyStore, type StoreFault } from "./helpers/faulty-store.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
@@ -27,7 +27,7 @@ const svc = (name = "upload") => [{ name, status: "healthy" as const }];
 const m = (id: string, incarnation = 1) =>
   member(id, { url: up.url, incarnation, services: svc(), last_seen: 1000 * incarnation });
 
-function start(store: Store, clock = new ManualClock()) {
+function start(store: Store, clock = testClock()) {
   const coordinator = createCoordinator({ ...TEST_INIT, storeTimeoutMs: 300 }, { store, clock });
   /** Sends a report as its leader's agent does: JSON, signed by the leader's key. */
   const send = async (r: ClusterReportInput) => {
@@ -116,7 +116,7 @@ describe("a store that hangs", () => {
 
 describe("Workers KV eventual consistency (reads up to 60 s old)", () => {
   it("two isolates, two leaders after a split: no member is lost", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     const kv = faultyStore(memoryStore({}, { clock }), { ms: 60_000, now: () => clock.now() });
     const x = start(kv, clock);
     const y = start(kv, clock);

@@ -10,14 +10,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
-import {
-  agentPost,
-  countingStore,
-  ManualClock,
-  member,
-  registration,
-  report,
-} from "./helpers/coord-fixtures.ts";
+import { agentPost, testClock, member, registration, report } from "./helpers/coord-fixtures.ts";
+import { countingStore } from "../support/counting-store.ts";
 import { fuzzRuns } from "./helpers/fuzz.ts";
 import { bodies, extraHeader, methods, pathUnder } from "./helpers/hostile.ts";
 
@@ -25,7 +19,7 @@ const CLUSTER = "fz-cluster-token";
 const ADMIN = "fz-admin-token";
 
 function setup() {
-  const clock = new ManualClock();
+  const clock = testClock();
   const store = countingStore(memoryStore({}, { clock }));
   const upstreamCalls: string[] = [];
   const coordinator = createCoordinator(

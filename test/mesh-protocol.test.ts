@@ -6,6 +6,7 @@ import {
   decodeHeartbeat,
   encodeHeartbeat,
 } from "../mesh/protocol.ts";
+import { prng } from "../support/random.ts";
 
 const ID = "12D3KooWGRUVh4QXxWvRZkLZyRzd8nK1Gbbr5ZqdF4gRNiVMpbQo";
 
@@ -30,15 +31,6 @@ function full(): Heartbeat {
       meta: { tier: 1, capabilities: { has_gpu: true, cpu_cores: 8 } },
     },
     addrs: [Uint8Array.from([4, 127, 0, 0, 1, 6, 0x1f, 0x90])],
-  };
-}
-
-/** A small deterministic PRNG so a failing fuzz case can be replayed. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
   };
 }
 

@@ -8,8 +8,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { COORDINATOR_RUNTIMES, type RunningCoordinator } from "./helpers/coord-runtimes.ts";
-import { pollUntil } from "./helpers/processes.ts";
+import { pollUntil } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { readAnswer } from "./helpers/answer.ts";
 
 const SCALE = 150;
 const HEARTBEAT_MS = 30_000 / SCALE;
@@ -44,15 +45,7 @@ async function send(base: string, method: string, path: string, body?: unknown) 
     headers: body === undefined ? {} : { "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
-  return { status: res.status, json: json as any, text, headers: res.headers };
+  return readAnswer(res);
 }
 
 interface WorkerRow {
@@ -97,9 +90,9 @@ describe("old agents against the new coordinator", () => {
         tunnel_url: cpuBox.url,
         wants_heartbeat_leadership: true,
       });
-      expect(cpuRegister.status, cpuRegister.text).toBe(200);
-      expect(cpuRegister.json).toMatchObject({ tier: 2, services_registered: ["upload"] });
-      const cpuId = cpuRegister.json.worker_id as string;
+      expect(cpuRegister.status, JSON.stringify(cpuRegister.body)).toBe(200);
+      expect(cpuRegister.body).toMatchObject({ tier: 2, services_registered: ["upload"] });
+      const cpuId = cpuRegister.body.worker_id as string;
       expect(cpuId).toMatch(/^worker-/);
 
       // The later universal agent: its own id, no services; it reads assigned_services.
@@ -118,8 +111,8 @@ describe("old agents against the new coordinator", () => {
           ram: "62GB",
         },
       });
-      expect(gpuRegister.status, gpuRegister.text).toBe(200);
-      expect(gpuRegister.json).toMatchObject({ worker_id: gpuId, tier: 1, assigned_services: [] });
+      expect(gpuRegister.status, JSON.stringify(gpuRegister.body)).toBe(200);
+      expect(gpuRegister.body).toMatchObject({ worker_id: gpuId, tier: 1, assigned_services: [] });
 
       // `ip_address` at the top level may carry a URL, an IP or null.
       for (const ip_address of ["https://box.example.org:8443", "10.1.2.3", null]) {
@@ -129,7 +122,7 @@ describe("old agents against the new coordinator", () => {
           tunnel_url: cpuBox.url,
           capabilities: { worker_type: "cpu" },
         });
-        expect(r.status, `${ip_address}: ${r.text}`).toBe(200);
+        expect(r.status, `${ip_address}: ${JSON.stringify(r.body)}`).toBe(200);
       }
       expect((await send(base, "DELETE", "/api/worker/unregister/worker-ipcheck")).status).toBe(
         200,
@@ -160,14 +153,14 @@ describe("old agents against the new coordinator", () => {
           cpuBeat(),
           gpuBeat(beat >= 60 && beat < 63 ? "degraded" : "healthy", "stopped"),
         ]);
-        expect(cpu.status, cpu.text).toBe(200);
-        expect(cpu.json).toMatchObject({ status: "ok" });
-        expect(gpu.status, gpu.text).toBe(200);
+        expect(cpu.status, JSON.stringify(cpu.body)).toBe(200);
+        expect(cpu.body).toMatchObject({ status: "ok" });
+        expect(gpu.status, JSON.stringify(gpu.body)).toBe(200);
         if (beat % 10 === 5) {
           for (const w of await workers()) if (!w.healthy) offline.push(`${beat}: ${w.worker_id}`);
           const up = await send(base, "GET", `/api/service/upload/beat-${beat}`);
           const ocr = await send(base, "GET", `/api/service/ocr/beat-${beat}`);
-          routed.push(`${up.status}:${up.json?.upstream} ${ocr.status}:${ocr.json?.upstream}`);
+          routed.push(`${up.status}:${up.body?.upstream} ${ocr.status}:${ocr.body?.upstream}`);
         }
         await pace;
       }
@@ -185,37 +178,37 @@ describe("old agents against the new coordinator", () => {
       expect(budget.used_today).toBeLessThanOrEqual(6 + 3 + 2 * intervals);
 
       // The old paths and aliases.
-      expect((await send(base, "GET", "/clients/7")).json).toMatchObject({
+      expect((await send(base, "GET", "/clients/7")).body).toMatchObject({
         upstream: "cpu-worker",
         url: "/clients/7",
       });
-      expect((await send(base, "GET", "/uploads/a.pdf")).json).toMatchObject({
+      expect((await send(base, "GET", "/uploads/a.pdf")).body).toMatchObject({
         upstream: "cpu-worker",
         url: "/uploads/a.pdf",
       });
       const ocr = await send(base, "POST", "/api/service/ocr/scan?lang=en", { page: 1 });
       expect(ocr.status).toBe(200);
       expect(ocr.headers.get("x-rollcall-worker")).toBe(gpuId);
-      expect(ocr.json).toMatchObject({ upstream: "gpu-worker", url: "/scan?lang=en" });
+      expect(ocr.body).toMatchObject({ upstream: "gpu-worker", url: "/scan?lang=en" });
 
       // A stopped service gets no traffic; the lookup finds healthy providers only.
       const vllmBefore = gpuBox.received.filter((r) => r.url.startsWith("/v1")).length;
       const stopped = await send(base, "GET", "/api/service/vllm/v1/models");
       expect(stopped.status).toBe(503);
-      expect(stopped.json.error).toBe("No healthy workers available for 'vllm'");
+      expect(stopped.body.error).toBe("No healthy workers available for 'vllm'");
       expect(await send(base, "GET", "/api/worker/find/ocr")).toMatchObject({
         status: 200,
-        json: { worker_url: gpuBox.url, worker_id: gpuId },
+        body: { worker_url: gpuBox.url, worker_id: gpuId },
       });
       const none = await send(base, "GET", "/api/worker/find/vllm");
       expect(none.status).toBe(404);
-      expect(none.json.available_services).toEqual(["ocr", "upload"]);
+      expect(none.body.available_services).toEqual(["ocr", "upload"]);
       expect((await gpuBeat("healthy", "running")).status).toBe(200);
-      expect((await send(base, "GET", "/api/service/vllm/v1/models")).json).toMatchObject({
+      expect((await send(base, "GET", "/api/service/vllm/v1/models")).body).toMatchObject({
         upstream: "gpu-worker",
         url: "/v1/models",
       });
-      expect((await send(base, "GET", "/api/worker/find/vllm")).json.worker_url).toBe(gpuBox.url);
+      expect((await send(base, "GET", "/api/worker/find/vllm")).body.worker_url).toBe(gpuBox.url);
       expect((await gpuBeat("healthy", "stopped")).status).toBe(200);
       expect((await send(base, "GET", "/api/service/vllm/v1/models")).status).toBe(503);
       expect(gpuBox.received.filter((r) => r.url.startsWith("/v1")).length).toBe(vllmBefore + 1);
@@ -238,8 +231,8 @@ describe("old agents against the new coordinator", () => {
       // Unregister, as the CPU agent does on shutdown.
       const bye = await send(base, "DELETE", `/api/worker/unregister/${cpuId}`);
       expect(bye.status).toBe(200);
-      expect(bye.json).toMatchObject({ status: "ok" });
-      expect((await send(base, "GET", "/api/service/upload/x")).json.error).toBe(
+      expect(bye.body).toMatchObject({ status: "ok" });
+      expect((await send(base, "GET", "/api/service/upload/x")).body.error).toBe(
         "Service 'upload' not available",
       );
     },

@@ -11,7 +11,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tempDir } from "./helpers/coord-runtimes.ts";
-import { freePort, killAll, pollUntil, ROOT, startNode } from "./helpers/processes.ts";
+import { freePort, killAll, pollUntil, ROOT, startNode } from "../support/processes.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const run = promisify(execFile);

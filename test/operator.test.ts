@@ -16,7 +16,7 @@ import { Gateway } from "../agent/gateway.ts";
 import { createLogger, formatLine } from "../agent/log.ts";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
 import { withAccessLog } from "../scripts/access-log.ts";
-import { freePort, pollUntil } from "./helpers/processes.ts";
+import { freePort, pollUntil } from "../support/processes.ts";
 import { agentPost, TEST_INIT } from "./helpers/coord-fixtures.ts";
 import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";

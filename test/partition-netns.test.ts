@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tempDir } from "./helpers/coord-runtimes.ts";
 import { createLab, type Lab, labUnavailable, netemAvailable } from "./helpers/netns.ts";
-import { pollUntil, type Proc, startProcess } from "./helpers/processes.ts";
+import { pollUntil, type Proc, startProcess } from "../support/processes.ts";
 
 const N = 5;
 const CLUSTER_TOKEN = "netns-cluster-token";

@@ -15,7 +15,7 @@ import {
   TrafficWindow,
   type WindowSnapshot,
 } from "../coordinator.ts";
-import { seeded } from "./helpers/route-fixtures.ts";
+import { prng } from "../support/random.ts";
 
 const T0 = 1_000_000;
 
@@ -171,7 +171,7 @@ function route(list: Partial<Provider>[]): ServiceRoute {
 
 /** Sends one attempt to the picked endpoint and settles it with `latencyMs`. */
 function serve(r: ServiceRoute, now: number, latencyMs: number, failed = false): string {
-  const e = r.pick({ now, random: seeded(now) }) as Endpoint;
+  const e = r.pick({ now, random: prng(now) }) as Endpoint;
   const probe = r.dispatch(e, now);
   r.settle(e, { now, latencyMs, failed, probe });
   return e.worker_id;
@@ -206,12 +206,12 @@ describe("ServiceRoute picker", () => {
     }
     const picks = new Map<string, number>();
     for (let i = 0; i < 100; i++) {
-      const e = r.pick({ now: T0, random: seeded(i) }) as Endpoint;
+      const e = r.pick({ now: T0, random: prng(i) }) as Endpoint;
       picks.set(e.worker_id, (picks.get(e.worker_id) ?? 0) + 1);
     }
     expect(picks.get("fast")).toBe(100);
     fast.inFlight = 20; // (20 + 1) x ~1 ms costs more than 1 x ~10 ms
-    expect(r.pick({ now: T0, random: seeded(1) })?.worker_id).toBe("slow");
+    expect(r.pick({ now: T0, random: prng(1) })?.worker_id).toBe("slow");
     fast.inFlight = 0;
 
     const even = route([{ worker_id: "a" }, { worker_id: "b" }]);
@@ -238,7 +238,7 @@ describe("ServiceRoute picker", () => {
     const r = route([{ worker_id: "a" }]);
     serve(r, T0, 3); // the service's latency is known now
     r.setEndpoints([], 1); // its one provider reports the service stopped
-    expect(r.pick({ now: T0, random: seeded(1) })).toBeNull();
+    expect(r.pick({ now: T0, random: prng(1) })).toBeNull();
     expect(r.blocked(T0)).toBe("none");
   });
 

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectFailure } from "../coordinator.ts";
 import { createNodeFetch } from "../scripts/node-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
-import { freePort } from "./helpers/processes.ts";
+import { freePort } from "../support/processes.ts";
 import { until } from "./helpers/upstream.ts";
 
 const client = createNodeFetch({ bufferBytes: 1024 });

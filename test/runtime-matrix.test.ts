@@ -9,7 +9,7 @@
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { viewAuthorized } from "../agent/view-auth.ts";
-import { freePort, pollUntil } from "./helpers/processes.ts";
+import { freePort, pollUntil } from "../support/processes.ts";
 import { signedHeaders, testKey } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import {

@@ -7,7 +7,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { expect, it } from "vitest";
-import { ROOT } from "./helpers/processes.ts";
+import { ROOT } from "../support/processes.ts";
 
 it("a 60-second soak: 0 failed requests, flat memory and descriptors, writes within budget", async () => {
   const { stdout } = await promisify(execFile)(

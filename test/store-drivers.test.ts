@@ -6,7 +6,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FileSystemLike, fileStore, memoryStore, StoreError } from "../coordinator.ts";
-import { ManualClock } from "./helpers/coord-fixtures.ts";
+import { testClock } from "./helpers/coord-fixtures.ts";
 import {
   BIN,
   bundleWorker,
@@ -30,7 +30,7 @@ describe("memory store", () => {
   });
 
   it("expires keys after their TTL (on its clock)", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     const store = memoryStore({}, { clock });
     await store.set("k", "v", { ttlSeconds: 60 });
     clock.advance(59_000);
@@ -101,7 +101,7 @@ describe("file store (on disk)", () => {
   });
 
   it("expires keys after their TTL and refuses a corrupt file instead of overwriting it", async () => {
-    const clock = new ManualClock();
+    const clock = testClock();
     const store = fileStore({ path: path.join(dir, "ttl.json") }, { fs, clock });
     await store.set("k", "v", { ttlSeconds: 1 });
     clock.advance(1000);

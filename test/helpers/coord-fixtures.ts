@@ -1,63 +1,28 @@
-/** Test fixtures for the coordinator: a fake clock, an in-process app, report builders. */
+/** Test fixtures for the coordinator: the fake clock, an in-process app, report builders. */
 import {
   type ClusterReportInput,
   type CoordinatorInit,
   createCoordinator,
   memoryStore,
-  type Store,
 } from "../../coordinator.ts";
+import { FakeClock } from "../../mesh/clock.ts";
+import { countingStore } from "../../support/counting-store.ts";
+import { type Answer, readAnswer } from "./answer.ts";
 import { peer, signedHeaders, signerFor } from "./signing.ts";
 
-/** A clock whose time moves only when the test says so. */
-export class ManualClock {
-  constructor(public t = Date.parse("2026-11-26T12:00:00.000Z")) {}
-  now(): number {
-    return this.t;
-  }
-  advance(ms: number): void {
-    this.t += ms;
-  }
-}
+/** When every fixture clock starts: 2026-11-26T12:00:00Z. */
+export const T0 = Date.parse("2026-11-26T12:00:00.000Z");
 
-/**
- * A store that counts what spends the write budget: writes, successful compare-and-sets and
- * deletes. Free of vitest, so the simulation (scripts/sim-cluster.ts) counts with it too.
- */
-export function countingStore(inner: Store): Store & { writes: number } {
-  const counted = {
-    kind: inner.kind,
-    persistent: inner.persistent,
-    ...(inner.minWriteIntervalMs ? { minWriteIntervalMs: inner.minWriteIntervalMs } : {}),
-    writes: 0,
-    get: (key: string) => inner.get(key),
-    list: (prefix: string) => inner.list(prefix),
-    async set(key: string, value: string, options?: { ttlSeconds?: number }) {
-      await inner.set(key, value, options);
-      counted.writes++;
-    },
-    async delete(key: string) {
-      await inner.delete(key);
-      counted.writes++;
-    },
-    compareAndSet: undefined as Store["compareAndSet"],
-  };
-  const cas = inner.compareAndSet?.bind(inner);
-  // Only a store that has compare-and-set gets one (Workers KV has none).
-  if (cas) {
-    counted.compareAndSet = async (key, expected, value, options) => {
-      const ok = await cas(key, expected, value, options);
-      if (ok) counted.writes++;
-      return ok;
-    };
-  }
-  return counted;
+/** The tests' one fake clock (mesh/clock.ts's), at T0: time moves only when the test says so. */
+export function testClock(start = T0): FakeClock {
+  return new FakeClock(start);
 }
 
 /**
  * A counting memory store that behaves like Workers KV (one write per key per second, no
  * compare-and-set), with `hold()` to keep its writes waiting until the returned release runs.
  */
-export function kvLikeStore(clock: ManualClock) {
+export function kvLikeStore(clock: FakeClock) {
   const inner = memoryStore({}, { clock });
   let gate: Promise<void> | null = null;
   const store = countingStore({
@@ -91,7 +56,7 @@ export const TEST_INIT: CoordinatorInit = { liveView: false, upstreamAllow: "loo
  * agent does, unless the headers carry a signature already or `unsigned` is set.
  */
 export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fetch) {
-  const clock = new ManualClock();
+  const clock = testClock();
   const store = countingStore(memoryStore({}, { clock }));
   // The leader's live view is off unless a test asks for it: these upstreams are no agents.
   const coordinator = createCoordinator(
@@ -104,8 +69,7 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
     body?: unknown,
     headers: Record<string, string> = {},
     options: { unsigned?: boolean } = {},
-    // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
-  ): Promise<{ status: number; body: any; headers: Headers }> => {
+  ): Promise<Answer> => {
     const text =
       body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
     const key =
@@ -123,15 +87,7 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
       headers: { "content-type": "application/json", ...signature, ...headers },
     };
     if (text !== undefined) init.body = text;
-    const res = await coordinator.app.request(path, init);
-    const answer = await res.text();
-    let parsed: unknown = answer;
-    try {
-      parsed = JSON.parse(answer);
-    } catch {
-      // not JSON: keep the text
-    }
-    return { status: res.status, body: parsed, headers: res.headers };
+    return readAnswer(await coordinator.app.request(path, init));
   };
   return { coordinator, clock, store, call };
 }

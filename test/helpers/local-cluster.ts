@@ -10,7 +10,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadIdentity } from "../../mesh/index.ts";
-import { freePort, type Proc, pollUntil, startTs } from "./processes.ts";
+import { freePort, type Proc, pollUntil, startTs } from "../../support/processes.ts";
 
 /** One agent of a local cluster. */
 export interface LocalWorker {

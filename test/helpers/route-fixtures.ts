@@ -4,36 +4,10 @@
  * service "svc" at a real upstream.
  */
 import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
-import { ManualClock, TEST_INIT } from "./coord-fixtures.ts";
+import { readAnswer } from "./answer.ts";
+import { TEST_INIT, testClock } from "./coord-fixtures.ts";
+import { prng } from "../../support/random.ts";
 import { keyOf, signedHeaders, testKey } from "./signing.ts";
-
-/** A small deterministic random source (a linear congruential generator), for the picker. */
-export function seeded(seed = 1): () => number {
-  let x = (seed >>> 0) % 233_280;
-  return () => {
-    x = (x * 9301 + 49_297) % 233_280;
-    return x / 233_280;
-  };
-}
-
-/** An answer, its body parsed when it is JSON. */
-export interface Answer {
-  status: number;
-  headers: Headers;
-  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers
-  body: any;
-}
-
-async function read(res: Response): Promise<Answer> {
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON: keep the text
-  }
-  return { status: res.status, headers: res.headers, body };
-}
 
 /** A row of `GET /api/admin/breakers`. */
 export interface BreakerRow {
@@ -56,19 +30,19 @@ export async function routingCoordinator(
   init: CoordinatorInit = {},
   components: { fetch?: typeof fetch; random?: () => number; log?: (line: string) => void } = {},
 ) {
-  const clock = new ManualClock();
+  const clock = testClock();
   const coordinator = createCoordinator(
     { ...TEST_INIT, ...init },
     {
       store: memoryStore({}, { clock }),
       clock,
-      random: components.random ?? seeded(7),
+      random: components.random ?? prng(7),
       ...(components.fetch ? { fetch: components.fetch } : {}),
       ...(components.log ? { log: components.log } : {}),
     },
   );
   const call = async (path: string, reqInit: RequestInit = {}) =>
-    read(await coordinator.fetch(new Request(`http://coordinator.test${path}`, reqInit)));
+    readAnswer(await coordinator.fetch(new Request(`http://coordinator.test${path}`, reqInit)));
   const bearer = (token: string | null | undefined): Record<string, string> =>
     token ? { authorization: `Bearer ${token}` } : {};
   const admin = async (path: string) => {

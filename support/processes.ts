@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import path from "node:path";
 
 /** The project root. */
-export const ROOT = path.resolve(import.meta.dirname, "../..");
+export const ROOT = path.resolve(import.meta.dirname, "..");
 
 /** A child process running one of the project's TypeScript files. */
 export interface Proc {

@@ -1,0 +1,13 @@
+/** The tests' one seeded random source, so a failing random case replays the same. */
+
+/** A deterministic PRNG (mulberry32) giving numbers in [0, 1); the same seed, the same run. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
