@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
-import { killAll, pollUntil, startTs } from "./helpers/processes.ts";
+import { killAll, pollUntil, startTs } from "../support/processes.ts";
 
 interface WorkerRow {
   worker_id: string;
