@@ -323,7 +323,7 @@ export type HeartbeatBodyInput = z.input<typeof HeartbeatBodySchema>;
 const MAX_DATE_MS = 8.64e15;
 
 /** Status of a member in a cluster report. */
-const MemberStatusSchema = z.enum(["online", "degraded", "offline", "left"]);
+const MemberStatusSchema = z.enum(["online", "degraded", "draining", "offline", "left"]);
 
 /** A service of a member in a cluster report. */
 const MemberServiceSchema = z.object({
@@ -1589,9 +1589,12 @@ export function serviceUrl(
 /**
  * Digest of what routing needs (IDs, URLs, status, tier, services with URL and health), never
  * volatile fields. Canonical JSON (members by ID, services by name) hashed with `hash53`.
+ * Members reported "offline" or "left" are not routed to and do not count: that one goes is one
+ * change; that its entry is dropped later is none.
  */
 export function routingDigest(members: readonly DigestMember[]): string {
-  const canonical = [...members]
+  const canonical = members
+    .filter((m) => m.status !== "offline" && m.status !== "left")
     .sort((a, b) => (a.worker_id < b.worker_id ? -1 : a.worker_id > b.worker_id ? 1 : 0))
     .map((m) => [
       m.worker_id,

@@ -6,9 +6,11 @@
  */
 import { freemem, loadavg } from "node:os";
 import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
+import { systemClock } from "../mesh/clock.ts";
 import {
   createMesh,
   loadIdentity,
+  type MemberMeta,
   type MemberView,
   type Mesh,
   type ServiceSummary,
@@ -19,6 +21,7 @@ import { authFailureHint, CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
 import { DirectReporter, type Registration } from "./direct.ts";
+import { Drain } from "./drain.ts";
 import { LeadEligibility } from "./eligibility.ts";
 import { Gateway } from "./gateway.ts";
 import { createLogger, type Logger, lineLogger } from "./log.ts";
@@ -58,6 +61,10 @@ export class Agent {
   #faults = 0;
   #answered = false;
   #gatewayPort = 0;
+  /** Maintenance mode (`rollcall-agent drain`). */
+  readonly #drain = new Drain({}, systemClock);
+  /** Whether the coordinator took our token (the offer to lead, unless draining). */
+  #eligible = false;
 
   constructor(
     config: AgentConfig,
@@ -92,6 +99,7 @@ export class Agent {
         services: () => this.#detector.services(),
         health: () => this.health(),
         clusterView: () => this.clusterView(),
+        drain: this.#drain,
       },
     );
     if (config.coordinator) {
@@ -132,6 +140,10 @@ export class Agent {
       "change",
       this.#guard("services changed", () => this.#onServicesChanged()),
     );
+    this.#drain.addEventListener(
+      "change",
+      this.#guard("the drain handler", () => this.#onDrain()),
+    );
     this.#gatewayPort = await this.#gateway.start();
     this.#log(
       `Gateway on http://${c.listen.host}:${this.#gatewayPort}, reachable at ${c.publicUrl}`,
@@ -160,7 +172,8 @@ export class Agent {
       mode: this.#config.mode,
       leader: leader?.id ?? null,
       is_leader: leader?.id === this.#id && this.#id !== "",
-      can_lead: this.#eligibility?.canLead ?? false,
+      can_lead: (this.#eligibility?.canLead ?? false) && !this.#drain.draining,
+      draining: this.#drain.draining,
       faults: this.#faults + (this.#mesh?.stats().faults ?? 0),
       services: this.#detector.services().map((s) => ({ name: s.name, status: s.status })),
     };
@@ -216,6 +229,28 @@ export class Agent {
     this.#direct?.update(this.#registration());
   }
 
+  /** Drain started or ended: gossip it (the leader reports it) and offer to lead only when not. */
+  #onDrain(): void {
+    const draining = this.#drain.draining;
+    this.#log(
+      draining
+        ? "Draining: no new routed requests once the coordinator hears of it; in-flight ones finish"
+        : "Drain ended: taking routed requests again",
+    );
+    if (this.#mesh) {
+      const meta = this.#meta();
+      this.#mesh.setLocalState({ meta, canLead: this.#eligible && !draining });
+    }
+    this.#direct?.update(this.#registration());
+  }
+
+  #meta(): MemberMeta {
+    const c = this.#config;
+    const meta: MemberMeta = { tier: c.tier, capabilities: c.capabilities, name: c.name };
+    if (this.#drain.draining) meta.draining = true;
+    return meta;
+  }
+
   #registration(): Registration {
     const c = this.#config;
     return {
@@ -241,7 +276,7 @@ export class Agent {
     this.#direct = new DirectReporter(this.#registration(), {
       client,
       load: () => ({
-        status: "online",
+        status: this.#drain.draining ? "draining" : "online",
         current_load: loadavg()[0] ?? 0,
         available_memory: freemem(),
       }),
@@ -276,7 +311,7 @@ export class Agent {
           url: c.publicUrl,
           status: "online",
           services: this.#summaries(),
-          meta: { tier: c.tier, capabilities: c.capabilities, name: c.name },
+          meta: this.#meta(),
           // Offered once the coordinator took our token (see #startEligibility).
           canLead: false,
         },
@@ -296,7 +331,10 @@ export class Agent {
               ? { ok: true, status: r.status }
               : { ok: false, status: r.status, error: r.error };
           },
-          onChange: (canLead) => mesh.setLocalState({ canLead }),
+          onChange: (canLead) => {
+            this.#eligible = canLead;
+            mesh.setLocalState({ canLead: canLead && !this.#drain.draining });
+          },
           log: (line) => this.#log(line),
         },
       );

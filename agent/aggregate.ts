@@ -7,7 +7,15 @@
  *   short-lived and not worth a write;
  * - a flapping member is listed as "degraded" whatever its momentary state, so
  *   its ups and downs cost one write, not one per flap;
- * - dead and departed members are left out: their departure is one change.
+ * - a member that said goodbye is listed as "left", and one proven dead (its host refused a
+ *   connection twice: mesh/dialer.ts) as "offline", until the mesh forgets it: the
+ *   coordinator then stops routing to it at once, even where another leader's view (a
+ *   crashed leader's own) still lists it, and this report supersedes that view. Neither
+ *   counts in the routing digest, so the departure is one change and the forgetting none;
+ * - a member in maintenance (`rollcall-agent drain`: `draining` in its meta) is listed as
+ *   "draining", which the coordinator never routes to;
+ * - members dead by silence alone are left out: a partition looks the same, and the
+ *   coordinator must not lose the other side's members (the other side's leader reports them).
  */
 import type { ClusterMemberReport, ClusterReportInput } from "../coordinator.ts";
 import { ClusterMemberSchema, routingDigest } from "../coordinator.ts";
@@ -21,9 +29,18 @@ export interface Aggregate {
 
 /** Whether a member belongs in the leader's report. */
 export function listed(m: MemberView): boolean {
-  if (m.state === "left") return false;
-  if (m.flapping) return true;
-  return m.state === "alive" || m.state === "suspect";
+  if (m.flapping) return m.state !== "left";
+  if (m.state === "dead") return m.evidence === "refused";
+  return true;
+}
+
+/** The status a listed member is reported with. */
+function reportStatus(m: MemberView): ClusterMemberReport["status"] {
+  if (m.flapping) return "degraded";
+  if (m.state === "left") return "left";
+  if (m.state === "dead") return "offline";
+  if (m.meta?.draining === true) return "draining";
+  return m.status;
 }
 
 /** One member as the coordinator receives it. */
@@ -33,11 +50,13 @@ export function toReportMember(m: MemberView): ClusterMemberReport {
     worker_id: m.id,
     name: m.meta?.name ?? null,
     incarnation: m.incarnation,
-    status: m.flapping ? "degraded" : m.status,
+    status: reportStatus(m),
     url: m.url,
     tier: tier === 1 || tier === 2 || tier === 3 ? tier : null,
     capabilities: (m.meta?.capabilities as ClusterMemberReport["capabilities"]) ?? null,
-    last_seen: Math.max(0, Math.round(m.lastSeen)),
+    // Gone: the moment we saw it go is the freshest news of it (a crashed leader's own entry
+    // carries its last heartbeat before the crash).
+    last_seen: Math.max(0, Math.round(gone(m) ? Math.max(m.lastSeen, m.since) : m.lastSeen)),
     services: m.services.map((s) => ({
       name: s.name,
       url: null,
@@ -45,6 +64,10 @@ export function toReportMember(m: MemberView): ClusterMemberReport {
       latency_ms: s.latency_ms ?? null,
     })),
   };
+}
+
+function gone(m: MemberView): boolean {
+  return !m.flapping && (m.state === "left" || m.state === "dead");
 }
 
 /**

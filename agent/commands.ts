@@ -2,7 +2,9 @@
  * The agent CLI's read-only commands, which ask a running agent or the coordinator:
  * `members` (every member the local agent sees, like `serf members`), `services` (the
  * coordinator's services with healthy/total providers) and `status` (this agent: ID, cluster,
- * leader and term, coordinator, last report, writes today). Tables for people, `--json` for
+ * leader and term, coordinator, last report, writes today); and `drain` (maintenance mode, like
+ * `consul maint`: the agent takes no new routed requests, and the command waits until it is
+ * safe to stop; `drain --off` ends it). Tables for people, `--json` for
  * scripts; exit 1 when what they ask cannot be reached or refuses, 2 on a bad option. Tokens
  * go in the Authorization header only, never in a URL.
  */
@@ -18,7 +20,7 @@ import {
 } from "./command-views.ts";
 
 /** The commands, by name. */
-export const COMMANDS = ["members", "services", "status"] as const;
+export const COMMANDS = ["members", "services", "status", "drain"] as const;
 
 /** A command's name. */
 export type CommandName = (typeof COMMANDS)[number];
@@ -39,6 +41,8 @@ const OPTIONS = [
   ],
   ["admin-token", "ROLLCALL_ADMIN_TOKEN", "admin token for the coordinator (prefer the variable)"],
   ["timeout", "", "seconds to wait for an answer (default 5)"],
+  ["off", "", "drain: end the drain (take routed requests again)"],
+  ["wait", "", "drain: seconds to wait until it is safe to stop (default 120; 0: do not wait)"],
   ["json", "", "print JSON for scripts instead of a table"],
 ] as const;
 
@@ -50,6 +54,8 @@ export function commandsHelp(): string {
     "  rollcall-agent services   the coordinator's services with healthy/total providers",
     "  rollcall-agent status     this agent: ID, cluster, leader and term, coordinator,",
     "                            last report, writes today",
+    "  rollcall-agent drain      maintenance: no new routed requests, in-flight ones finish;",
+    "                            waits until it is safe to stop (drain --off: back in service)",
     "",
     "Command options:",
     ...OPTIONS.map(([flag, env, help]) => `  --${flag.padEnd(15)} ${env.padEnd(24)} ${help}`),
@@ -84,6 +90,8 @@ interface Context {
   adminToken: string | undefined;
   timeoutMs: number;
   json: boolean;
+  off: boolean;
+  waitMs: number;
   io: CommandIo;
 }
 
@@ -120,6 +128,8 @@ function parse(argv: string[], io: CommandIo): Context {
         "admin-token": { type: "string" },
         timeout: { type: "string" },
         json: { type: "boolean" },
+        off: { type: "boolean" },
+        wait: { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -135,6 +145,10 @@ function parse(argv: string[], io: CommandIo): Context {
   if (!(timeout > 0 && timeout <= 300)) {
     throw new CommandError("Invalid --timeout: use seconds from 0 to 300", 2);
   }
+  const wait = Number(str(values.wait) ?? "120");
+  if (!(wait >= 0 && wait <= 3600)) {
+    throw new CommandError("Invalid --wait: use seconds from 0 to 3600", 2);
+  }
   return {
     agent: httpUrl(agent, "--agent"),
     // Only the agent-view token: an agent never takes the cluster token for its view (they must
@@ -144,6 +158,8 @@ function parse(argv: string[], io: CommandIo): Context {
     adminToken: str(values["admin-token"]) ?? str(env.ROLLCALL_ADMIN_TOKEN),
     timeoutMs: timeout * 1000,
     json: values.json === true,
+    off: values.off === true,
+    waitMs: wait * 1000,
     io,
   };
 }
@@ -154,18 +170,20 @@ const TOKEN_SETTING = {
   "The coordinator": "--admin-token or ROLLCALL_ADMIN_TOKEN",
 } as const;
 
-/** GETs JSON with a bearer token; every failure is a CommandError saying what failed. */
+/** GETs (or `method`s) JSON with a bearer token; every failure is a CommandError saying what failed. */
 async function getJson<T>(
   ctx: Context,
   url: string,
   token: string | undefined,
   what: keyof typeof TOKEN_SETTING,
+  method = "GET",
 ) {
   const headers: Record<string, string> = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   let res: Response;
   try {
     res = await (ctx.io.fetch ?? fetch)(url, {
+      method,
       headers,
       signal: AbortSignal.timeout(ctx.timeoutMs),
     });
@@ -247,6 +265,46 @@ async function status(ctx: Context): Promise<void> {
   print(ctx, s, statusText(s));
 }
 
+/** What `/_agent/drain` answers (agent/drain.ts). */
+interface DrainStatus {
+  draining: boolean;
+  in_flight: number;
+  safe_to_stop: boolean;
+  quiet_ms: number;
+}
+
+async function drain(ctx: Context): Promise<void> {
+  const url = `${ctx.agent}/_agent/drain`;
+  const call = (method: string) =>
+    getJson<DrainStatus>(ctx, url, ctx.agentToken, "The agent", method);
+  if (ctx.off) {
+    const s = await call("DELETE");
+    return print(ctx, s, `Drain ended: ${ctx.agent} takes routed requests again\n`);
+  }
+  let s = await call("POST");
+  if (!ctx.json) {
+    ctx.io.out(
+      `Draining ${ctx.agent}: the coordinator stops routing to it; ${s.in_flight} request(s) in flight\n`,
+    );
+  }
+  const now = ctx.io.now ?? Date.now;
+  const end = now() + ctx.waitMs;
+  while (!s.safe_to_stop && ctx.waitMs > 0) {
+    if (now() >= end) {
+      throw new CommandError(
+        `Not safe to stop yet after ${ctx.waitMs / 1000} s: ${s.in_flight} request(s) in flight (still draining; rerun to wait more)`,
+        1,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 250));
+    s = await call("GET");
+  }
+  const text = s.safe_to_stop
+    ? `Safe to stop: nothing in flight and no new request for ${s.quiet_ms / 1000} s\n`
+    : "Draining (not waiting: --wait 0)\n";
+  print(ctx, s, text);
+}
+
 /** Runs a command; resolves with its exit code (0, 1 unreachable or refused, 2 bad usage). */
 export async function runCommand(
   name: CommandName,
@@ -255,7 +313,7 @@ export async function runCommand(
 ): Promise<number> {
   try {
     const ctx = parse(argv, io);
-    await { members, services, status }[name](ctx);
+    await { members, services, status, drain }[name](ctx);
     return 0;
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;

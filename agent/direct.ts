@@ -24,7 +24,7 @@ export type Registration = RegisterBodyInput;
 
 /** Load figures sent with each heartbeat. */
 export interface LoadSample {
-  status: "online" | "busy";
+  status: "online" | "busy" | "draining";
   current_load: number;
   available_memory: number;
 }

@@ -26,7 +26,7 @@ import {
   readBodyHead,
   refuseConnection,
 } from "./limits.ts";
-import { viewAuthorized } from "./view-auth.ts";
+import { bearerMatches, viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -130,6 +130,12 @@ export interface GatewayComponents {
   services(): DetectedService[];
   health(): Record<string, unknown>;
   clusterView(): unknown;
+  /** Maintenance mode (agent/drain.ts): `/_agent/drain`, and routed requests counted. */
+  drain?: {
+    started(): () => void;
+    set(on: boolean): void;
+    status(): unknown;
+  };
 }
 
 /** Most bytes of a request body read and dropped after the service answered early. */
@@ -246,6 +252,8 @@ export class Gateway {
     try {
       const route = this.#route(req);
       if ("service" in route) {
+        const ended = this.#c.drain?.started();
+        if (ended) res.once("close", ended);
         this.#admitted(req, res, route.service, route.path).catch(() => res.destroy());
       } else json(res, route.status, route.body);
     } catch {
@@ -323,13 +331,14 @@ export class Gateway {
       }
       return { status: 200, body: this.#c.clusterView() };
     }
+    if (path === "/_agent/drain") return this.#drain(req);
     if (!url.startsWith("/service/")) {
       return {
         status: 404,
         body: {
           error: "Not found",
           message:
-            "Use /service/<name>/<path>, /_agent/health or /_agent/cluster (GET / lists them)",
+            "Use /service/<name>/<path>, /_agent/health, /_agent/cluster or /_agent/drain (GET / lists them)",
         },
       };
     }
@@ -350,6 +359,38 @@ export class Gateway {
     return { service, path: parsed.rest + parsed.query };
   }
 
+  /**
+   * `/_agent/drain`: GET the drain state, POST to start draining, DELETE to end it. With an
+   * agent token it is required; without one (local development) only loopback clients may
+   * drain, since the gateway is the address the coordinator (and anyone routed) reaches.
+   */
+  #drain(req: http.IncomingMessage): { status: number; body: unknown } {
+    const drain = this.#c.drain;
+    if (!drain) return { status: 404, body: { error: "Not found", message: "No drain here" } };
+    const token = this.#init.agentToken;
+    const client = req.socket.remoteAddress ?? "";
+    const loopback = client.startsWith("127.") || client === "::1" || client === "::ffff:127.0.0.1";
+    if (token ? !bearerMatches(req.headers.authorization, token) : !loopback) {
+      return {
+        status: 401,
+        body: {
+          error: "Unauthorized",
+          message: token
+            ? "A valid agent token is required"
+            : "Without an agent token only loopback clients may drain this agent",
+        },
+      };
+    }
+    if (req.method === "POST" || req.method === "DELETE") drain.set(req.method === "POST");
+    else if (req.method !== "GET" && req.method !== "HEAD") {
+      return {
+        status: 405,
+        body: { error: "Method not allowed", message: "Use GET, POST (drain) or DELETE (undrain)" },
+      };
+    }
+    return { status: 200, body: drain.status() };
+  }
+
   /** `GET /`: what this gateway serves. */
   #index(): Record<string, unknown> {
     return {
@@ -358,6 +399,8 @@ export class Gateway {
       endpoints: {
         "GET /_agent/health": "this agent: id, name, mode, leader, its services",
         "GET /_agent/cluster": "the live view of the cluster (Bearer agent token when one is set)",
+        "GET|POST|DELETE /_agent/drain":
+          "maintenance mode: state, start, end (agent token; loopback only without one)",
         "ANY /service/<name>/<path>": "a local service, proxied",
       },
       services: this.#c.services().map((s) => s.name),

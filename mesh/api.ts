@@ -87,6 +87,12 @@ export interface MeshStats {
   introductionsDropped: number;
   /** Dials that failed (each is retried with backoff if the peer is a member). */
   dialFailures: number;
+  /** Members found dead because their host refused a connection twice (a crash, proven). */
+  refusedTwice: number;
+  /** Silent members whose host still accepted a connection (a frozen process). */
+  reachable: number;
+  /** Answers of members that heard a quiet member later than we did (a suspicion avoided). */
+  vouched: number;
 }
 
 /** Event name -> detail type. */

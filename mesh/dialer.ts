@@ -9,13 +9,17 @@
  *   setup failed, e.g. under load), or connected but silent, is hung up on (at most every 10 s),
  *   so that a fresh connection sets up;
  * - probe: when a connection closes we try a bare TCP connect to the peer at once (no libp2p
- *   connection, so no duplicate): refused or timed out means it is gone, in milliseconds;
+ *   connection, so no duplicate): refused or timed out means suspect, in milliseconds. A refusal
+ *   by the peer's host is checked once more (a redial after `confirmAfterMs`): refused twice, the
+ *   process is gone (dead, with evidence), which a network cut never produces (it drops). A member
+ *   that fell silent is probed too: a host that accepts means its process is silent while the
+ *   network works (we are not the one cut off);
  * - introductions (peer exchange, mDNS) of peers that are not members yet wait in a bounded
  *   queue and are dialed at most `introductionsPerRound` per round, so a neighbour's flood of
  *   made-up peers cannot make us dial more than that.
  */
 import { connect } from "node:net";
-import type { PeerId } from "@libp2p/interface";
+import type { Connection, PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { type Multiaddr, multiaddr } from "@multiformats/multiaddr";
 import type { MeshStats } from "./api.ts";
@@ -59,6 +63,8 @@ export interface DialerInit {
   maxBackoffMs?: number;
   /** How long the probe after a closed connection may take; default 1000 ms. */
   probeTimeoutMs?: number;
+  /** How long after a refused probe the redial that confirms it; default 250 ms. */
+  confirmAfterMs?: number;
   /** How long a connected member may go without a gossipsub stream before a reset; default 5000 ms. */
   repairAfterMs?: number;
   /** Introduced peers dialed per round at most; default 16. */
@@ -82,6 +88,10 @@ export interface DialerComponents {
   silent: () => Iterable<string>;
   /** Called when a peer whose connection closed could not be reached again. */
   onUnreachable: (id: string) => void;
+  /** Called when a peer's host refused a connection twice: its process is gone. */
+  onRefused?: (id: string) => void;
+  /** Called when the host of a silent peer accepts a connection. */
+  onReachable?: (id: string) => void;
   /** Whether `id` may be dialed at all (the allow-list); default every peer. */
   allowed?: (id: string) => boolean;
   /** Where a fault of our own (a throw in a timer) is reported instead of thrown. */
@@ -106,6 +116,8 @@ export class Dialer {
   #introduced = new Map<string, Multiaddr[] | undefined>();
   /** Introductions we may still dial this round. */
   #budget = 0;
+  /** The remote IP of each wanted peer's latest connection: the host a probe must hear from. */
+  #hosts = new Map<string, string>();
 
   constructor(init: DialerInit, components: DialerComponents) {
     this.#init = {
@@ -113,6 +125,7 @@ export class Dialer {
       redialMs: init.redialMs ?? 1000,
       maxBackoffMs: init.maxBackoffMs ?? 10_000,
       probeTimeoutMs: init.probeTimeoutMs ?? 1000,
+      confirmAfterMs: init.confirmAfterMs ?? 250,
       repairAfterMs: init.repairAfterMs ?? 5000,
       introductionsPerRound: init.introductionsPerRound ?? 16,
       maxIntroductions: init.maxIntroductions ?? 64,
@@ -127,14 +140,25 @@ export class Dialer {
 
   start(): void {
     this.#running = true;
+    this.#c.node.addEventListener("connection:open", this.#onOpen);
     this.#round();
   }
 
   stop(): void {
     this.#running = false;
+    this.#c.node.removeEventListener("connection:open", this.#onOpen);
     if (this.#timer !== undefined) this.#c.clock.clearTimeout(this.#timer);
     this.#timer = undefined;
   }
+
+  #onOpen = (e: CustomEvent<Connection>): void => {
+    try {
+      const host = tcpTarget(e.detail.remoteAddr)?.host;
+      if (host !== undefined) this.#hosts.set(e.detail.remotePeer.toString(), host);
+    } catch (err) {
+      this.#c.fault?.("the dialer's connection handler", err);
+    }
+  };
 
   /** Whether we should dial `id` now rather than wait for it to dial us. */
   #ours(id: string, now: number): boolean {
@@ -224,6 +248,9 @@ export class Dialer {
     }
     for (const id of this.#missing.keys()) if (!wanted.has(id)) this.#missing.delete(id);
     for (const id of this.#mute.keys()) if (!wanted.has(id)) this.#mute.delete(id);
+    for (const id of this.#hosts.keys()) {
+      if (!wanted.has(id) && !connected.has(id)) this.#hosts.delete(id);
+    }
     for (const [id, at] of this.#resetAt) if (now - at > 60_000) this.#resetAt.delete(id);
     for (const [key, b] of this.#backoff) if (now - b.at > 60_000) this.#backoff.delete(key);
     this.#budget = this.#init.introductionsPerRound;
@@ -273,35 +300,65 @@ export class Dialer {
   }
 
   /**
-   * A connection to `peer` closed: check at once whether its port still accepts TCP. A crashed
-   * peer refuses (or the connect times out) and is reported in milliseconds; a live one is
-   * left to the normal (lower-ID) redial. A dying process closes its sockets one by one, so an
-   * accepting port is checked twice more (after 300 ms and 1 s) before we believe it.
+   * Checks whether `peer`'s process is still there, with bare TCP connects to its listen
+   * addresses (on the host of its latest connection, when we know it):
+   *
+   * - `closed` (a connection to it closed): a crashed peer refuses (or the connect times out)
+   *   and is suspected in milliseconds; a dying process closes its sockets one by one, so an
+   *   accepting port is checked twice more (after 300 ms and 1 s) before we believe it;
+   * - `silent` (it fell silent): a host that accepts is reported reachable (`onReachable`).
+   *
+   * Either way a refusal is confirmed by a redial `confirmAfterMs` later: refused twice, the
+   * peer is reported gone (`onRefused`); a network cut drops, it never refuses.
    */
-  probe(peer: PeerId): void {
+  probe(peer: PeerId, why: "closed" | "silent" = "closed"): void {
     if (!this.#running) return;
     const id = peer.toString();
-    const timeout = this.#init.probeTimeoutMs;
-    const check = async (): Promise<boolean> => {
-      const targets = await this.#c.node.peerStore
-        .get(peer)
-        .then((p) => p.addresses.map((a) => tcpTarget(a.multiaddr)).filter((t) => t !== undefined))
-        .catch(() => [] as Array<{ host: string; port: number }>);
-      for (const t of targets.slice(0, 4)) if (await tcpAccepts(t, timeout)) return true;
-      return false;
-    };
+    const sleep = (ms: number) => new Promise((r) => unref(setTimeout(r, ms)));
     void (async () => {
-      for (const wait of [0, 300, 700]) {
-        if (wait > 0) await new Promise((r) => unref(setTimeout(r, wait)));
+      for (const wait of why === "closed" ? [0, 300, 700] : [0]) {
+        if (wait > 0) await sleep(wait);
         if (!this.#running) return;
-        if (!(await check())) {
-          this.#c.onUnreachable(id);
-          return;
+        const found = await this.check(peer);
+        if (!this.#running) return;
+        if (found === "accepts") {
+          if (why === "silent") this.#c.onReachable?.(id);
+          continue;
         }
+        if (why === "closed") this.#c.onUnreachable(id);
+        if (found !== "refused") return;
+        await sleep(this.#init.confirmAfterMs);
+        if (this.#running && (await this.check(peer)) === "refused") this.#c.onRefused?.(id);
+        return;
       }
-    })().catch((err) => this.#c.fault?.("the probe after a closed connection", err));
+    })().catch((err) => this.#c.fault?.("the probe of a peer", err));
+  }
+
+  /**
+   * One bare TCP connect to each of (at most 4 of) `peer`'s listen addresses, those on the host
+   * of its latest connection when there are any: `accepts` if one does, `refused` if every one
+   * refused, `unreachable` otherwise (timeouts, no route, no address known).
+   */
+  async check(peer: PeerId): Promise<ProbeResult> {
+    const all = await this.#c.node.peerStore
+      .get(peer)
+      .then((p) => p.addresses.map((a) => tcpTarget(a.multiaddr)).filter((t) => t !== undefined))
+      .catch(() => [] as Array<{ host: string; port: number }>);
+    const host = this.#hosts.get(peer.toString());
+    const onHost = all.filter((t) => t.host === host);
+    const targets = (onHost.length > 0 ? onHost : all).slice(0, 4);
+    let refused = 0;
+    for (const t of targets) {
+      const r = await tcpProbe(t, this.#init.probeTimeoutMs);
+      if (r === "accepts") return r;
+      if (r === "refused") refused++;
+    }
+    return targets.length > 0 && refused === targets.length ? "refused" : "unreachable";
   }
 }
+
+/** What a bare TCP connect found: a listener, a refusal by the host, or no answer. */
+export type ProbeResult = "accepts" | "refused" | "unreachable";
 
 /** Host and port of a /ip4|ip6/.../tcp/... multiaddr, else undefined. */
 function tcpTarget(ma: Multiaddr): { host: string; port: number } | undefined {
@@ -311,18 +368,25 @@ function tcpTarget(ma: Multiaddr): { host: string; port: number } | undefined {
   return host && port > 0 ? { host, port } : undefined;
 }
 
-/** Whether a bare TCP connect to `t` succeeds within `ms` (the socket is closed at once). */
-function tcpAccepts(t: { host: string; port: number }, ms: number): Promise<boolean> {
+/** A bare TCP connect to `t` within `ms` (the socket is closed at once). */
+function tcpProbe(t: { host: string; port: number }, ms: number): Promise<ProbeResult> {
   return new Promise((resolve) => {
     const socket = connect({ host: t.host, port: t.port });
-    const done = (ok: boolean) => {
+    let settled = false;
+    const done = (r: ProbeResult) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.destroy();
-      resolve(ok);
+      resolve(r);
     };
-    const timer = unref(setTimeout(() => done(false), ms));
-    socket.once("connect", () => done(true));
-    socket.once("error", () => done(false));
+    // A stalled event loop runs due timers before pending I/O: give the connect's answer (a
+    // refusal already received) the poll phase first, so a busy process does not miss it.
+    const timer = unref(setTimeout(() => setImmediate(() => done("unreachable")), ms));
+    socket.once("connect", () => done("accepts"));
+    socket.once("error", (err: NodeJS.ErrnoException) =>
+      done(err.code === "ECONNREFUSED" ? "refused" : "unreachable"),
+    );
   });
 }
 

@@ -6,7 +6,9 @@
  * period. A sitting leader keeps the role until it is no longer alive (suspect, dead, left) or a
  * lower settled ID is present; a node that hears none of its peers waits until the leader is
  * dead, not just suspect (it is more likely the one cut off). A node that would pick itself but hears a higher-ID alive member
- * claim leadership follows that claimant instead (see below), so claims converge to one.
+ * claim leadership follows that claimant instead (see below), so claims converge to one. A cluster
+ * that starts or restarts together (no leader known, nobody claims) waits for a lower ID that is
+ * only still settling instead of electing a higher one first: one leadership, not two.
  * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
  * takes max(term seen, previous term) + 1, so nodes that saw the same history pick the same term before the
  * new leader has even spoken. Terms saturate at LIMITS.term (mesh/schema.ts), the most a
@@ -26,6 +28,8 @@ export interface ElectionMember {
   leaderTerm?: number;
   /** false: it does not offer to lead (passed over; its claims are not followed). Default true. */
   canLead?: boolean;
+  /** Suspect, but its host accepts connections: we are not cut off from it. */
+  reachable?: boolean;
 }
 
 /** What the election needs to know about the view. */
@@ -54,6 +58,18 @@ export function eligible(m: ElectionMember, settings: ElectionSettings): boolean
   );
 }
 
+/** Whether a member with an ID below `id` is alive, offers to lead and only waits to settle. */
+function settling(view: ElectionView, id: string, settings: ElectionSettings): boolean {
+  return view.members.some(
+    (m) =>
+      m.id < id &&
+      m.state === "alive" &&
+      !m.flapping &&
+      m.canLead !== false &&
+      settings.now - m.aliveSince < settings.settleMs,
+  );
+}
+
 /** Elects the leader of `view` given the previous result on this node; null if none is eligible. */
 export function elect(
   view: ElectionView,
@@ -69,12 +85,14 @@ export function elect(
     if (eligible(m, settings) && (!lowest || m.id < lowest.id)) lowest = m;
     if (!m.self && m.state !== "left") {
       others++;
-      if (m.state === "alive") hearing++;
+      if (m.state === "alive" || (m.state === "suspect" && m.reachable)) hearing++;
     }
   }
-  // Cut off: we hear none of the members we know. More likely we are the one cut off than
-  // that all of them failed at once (Lifeguard's lesson), so a merely suspected leader keeps
-  // its role until it is dead. A member whose network flaps never grabs the lead.
+  // Cut off: we hear none of the members we know, and reach none of their hosts. More likely
+  // we are the one cut off than that all of them failed at once (Lifeguard's lesson), so a
+  // merely suspected leader keeps its role until it is dead. A member whose network flaps never
+  // grabs the lead. A silent member whose host accepts our connection (a frozen process) or
+  // refused it twice (dead, with evidence) is no sign that we are cut off.
   const isolated = others > 0 && hearing === 0;
   const sittingHolds =
     sitting !== undefined &&
@@ -84,19 +102,28 @@ export function elect(
     previous !== null &&
     sittingHolds &&
     !(lowest !== undefined && lowest.id < (sitting as ElectionMember).id);
-  const chosen = keep ? sitting : lowest;
-  if (!chosen) return null;
+  let chosen = keep ? sitting : lowest;
   // Symmetry breaker: while a member with a higher ID than the choice is alive and claims
   // leadership, follow the highest such claimant until it steps down. This gives one leader
   // right after a partition heals, and keeps a member that others see as flapping or unsettled
   // (which it cannot see itself) from leading beside the leader they chose.
   let claimant: ElectionMember | undefined;
+  let claimed = false;
   for (const m of view.members) {
     const claims = m.state === "alive" && m.leaderTerm !== undefined && m.canLead !== false;
-    if (!m.self && claims && m.id > chosen.id) {
+    if (claims && !m.self) claimed = true;
+    if (!m.self && claims && m.id > (chosen?.id ?? "")) {
       if (!claimant || m.id > claimant.id) claimant = m;
     }
   }
+  // A cluster that starts (or restarts) together: nobody leads and nobody claims, and a lower
+  // ID that offers to lead is merely still settling. Its settle period ends within settleMs, so
+  // wait for it rather than hand the lead to a higher ID first and take it back then (two
+  // leaderships, two reports, where one will do).
+  if (!keep && previous === null && !claimed && chosen && settling(view, chosen.id, settings)) {
+    chosen = undefined;
+  }
+  if (!chosen) return null;
   if (claimant) return { id: claimant.id, term: claimant.leaderTerm as number };
   // The previous term counts even if its leader never claimed it aloud: that leader may have
   // acted on it (an agent reports the moment it leads), so a successor must go above it. Nodes

@@ -75,6 +75,8 @@ interface Entry {
   view: MemberView;
   seq: number;
   stateVersion: number;
+  /** Clock ms of the last heartbeat taken from the member itself (vouches move only lastSeen). */
+  heard: number;
   /** Clock ms of the last state transition (suspicion start, death, leave). */
   since: number;
   /** Clock ms of recent downs (alive -> not alive), oldest first, bounded by flapThreshold. */
@@ -143,6 +145,7 @@ export class Membership {
       canLead: init.local.canLead !== false,
       aliveSince: now,
       lastSeen: now,
+      since: now,
     };
   }
 
@@ -235,6 +238,7 @@ export class Membership {
     v.incarnation = hb.incarnation;
     e.seq = hb.seq;
     v.lastSeen = now;
+    e.heard = now;
     // A new status or state (url, services, meta) is news for the view, even without a transition.
     let news = v.status !== hb.status || v.canLead !== hb.canLead;
     v.status = hb.status;
@@ -262,6 +266,62 @@ export class Membership {
     const e = this.#entries.get(id);
     if (e?.view.state !== "alive") return [];
     return this.#transition(e, "suspect", this.#clock.now());
+  }
+
+  /**
+   * Proof that a member's process is gone: its host refused a connection, and again on a redial
+   * (a network cut refuses nothing, it drops). Dead at once, with `evidence: "refused"`; a newer
+   * heartbeat still brings it back.
+   */
+  refused(id: string): MemberChange[] {
+    const e = this.#entries.get(id);
+    if (e?.view.state !== "alive" && e?.view.state !== "suspect") return [];
+    const changes = this.#transition(e, "dead", this.#clock.now());
+    e.view.evidence = "refused";
+    return changes;
+  }
+
+  /**
+   * A suspect member's host accepts connections: its process fell silent while the network
+   * between us works, so we are not the one cut off (the election's isolation rule). Reported as
+   * a change so that the election runs again.
+   */
+  reachable(id: string): MemberChange[] {
+    const e = this.#entries.get(id);
+    if (e?.view.state !== "suspect" || e.view.reachable) return [];
+    e.view.reachable = true;
+    return [{ id, from: "suspect", to: "suspect" }];
+  }
+
+  /** The alive members (self aside) we have heard nothing of, first- or second-hand, for `ms`. */
+  quiet(ms: number): string[] {
+    const now = this.#clock.now();
+    const out: string[] = [];
+    for (const e of this.#entries.values()) {
+      if (e.view.state === "alive" && now - e.view.lastSeen >= ms) out.push(e.view.id);
+    }
+    return out;
+  }
+
+  /** How long ago we last took a heartbeat of `id` ourselves; undefined unless alive or suspect. */
+  heardAgo(id: string): number | undefined {
+    const e = this.#entries.get(id);
+    if (e?.view.state !== "alive" && e?.view.state !== "suspect") return undefined;
+    return Math.max(0, this.#clock.now() - e.heard);
+  }
+
+  /**
+   * Another member heard `id` at `heardAt` (our clock: the time we asked, less the age it told):
+   * an alive member's silence counts from then, so a heartbeat held up on our own link (TCP
+   * retransmissions under loss) is not a suspicion. Only the member's own heartbeats count as
+   * heard by us (`heardAgo`), so vouches are never passed on. True if it moved the silence.
+   */
+  vouch(id: string, heardAt: number): boolean {
+    const e = this.#entries.get(id);
+    const at = Math.min(this.#clock.now(), heardAt);
+    if (e?.view.state !== "alive" || at <= e.view.lastSeen) return false;
+    e.view.lastSeen = at;
+    return true;
   }
 
   /**
@@ -385,11 +445,19 @@ export class Membership {
       canLead: hb.canLead,
       aliveSince: now - this.#credit(hb, now),
       lastSeen: now,
+      since: now,
       leaderTerm: hb.leader ? hb.term : undefined,
     };
     if (hb.state?.meta) view.meta = hb.state.meta;
     const stateVersion = hb.state ? hb.stateVersion : 0;
-    this.#entries.set(hb.id, { view, seq: hb.seq, stateVersion, since: now, downs: [] });
+    this.#entries.set(hb.id, {
+      view,
+      seq: hb.seq,
+      stateVersion,
+      heard: now,
+      since: now,
+      downs: [],
+    });
     this.#sorted = null;
     // A stranger's goodbye is only a tombstone (to refuse its stale messages), not news.
     return hb.leaving ? [] : [{ id: hb.id, from: null, to: "alive" }];
@@ -400,6 +468,9 @@ export class Membership {
     if (from === to) return [];
     e.view.state = to;
     e.since = now;
+    e.view.since = now;
+    delete e.view.evidence;
+    delete e.view.reachable;
     if (from === "alive") {
       e.downs.push(now);
       if (e.downs.length > this.settings.flapThreshold) e.downs.shift();

@@ -30,6 +30,7 @@ import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
 import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
+import { Vouches } from "./vouch.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
 /** Creates a mesh node (not started). */
@@ -52,6 +53,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
   #node: MeshLibp2p | undefined;
   #dialer: Dialer | undefined;
   #pex: PeerExchange | undefined;
+  #vouches: Vouches | undefined;
   #m: Membership | undefined;
   #leader: Leader | null = null;
   #running = false;
@@ -74,6 +76,9 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     introductionsDialed: 0,
     introductionsDropped: 0,
     dialFailures: 0,
+    refusedTwice: 0,
+    reachable: 0,
+    vouched: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -166,6 +171,19 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         subscribers: () => node.services.pubsub.getSubscribers(this.#topic).map(String),
         silent: () => m.ids((x) => x.state === "suspect"),
         onUnreachable: (id) => this.#apply(m.suspect(id)),
+        onRefused: (id) => {
+          const changes = m.refused(id);
+          if (changes.length > 0) {
+            this.#stats.refusedTwice++;
+            this.#log(`${id} refused our connection twice: its process is gone`);
+          }
+          this.#apply(changes);
+        },
+        onReachable: (id) => {
+          const changes = m.reachable(id);
+          if (changes.length > 0) this.#stats.reachable++;
+          this.#apply(changes);
+        },
         allowed: may,
         fault: (what, err) => this.#fault(what, err),
       },
@@ -206,6 +224,23 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
       },
     });
     await this.#pex.start();
+    const quietAfterMs = Math.max(1.5 * this.#interval, m.settings.suspectAfterMs / 2);
+    this.#vouches = new Vouches(
+      { quietAfterMs, askEveryMs: Math.max(2 * this.#tickMs, quietAfterMs / 3) },
+      {
+        node,
+        clock: this.#clock,
+        heardAgo: (id) => m.heardAgo(id),
+        quiet: (ms) => m.quiet(ms),
+        hearing: () => m.ids((x) => !x.self && x.state === "alive"),
+        onHeard: (id, at) => m.vouch(id, at),
+        allowed: allowed ? may : undefined,
+        onVouch: () => {
+          this.#stats.vouched++;
+        },
+      },
+    );
+    await this.#vouches.start();
     const pubsub = node.services.pubsub;
     const inbox = new HeartbeatInbox({
       membership: m,
@@ -245,6 +280,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#timers.clear();
     this.#dialer?.stop();
     await this.#pex?.stop();
+    await this.#vouches?.stop();
     if (wasRunning && this.#m && this.#identity) {
       try {
         const body = encodeHeartbeat(this.#m.heartbeat({ leaving: true }));
@@ -259,6 +295,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#node = undefined;
     this.#dialer = undefined;
     this.#pex = undefined;
+    this.#vouches = undefined;
     this.#log(`mesh ${this.#identity?.peerId.toString()} stopped`);
   }
 
@@ -382,7 +419,15 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         this.#wantFullState(1);
       }
     }
-    this.#apply(m.tick());
+    const changes = m.tick();
+    // Fell silent: is its host still there (a frozen process), or gone (refused twice)?
+    for (const c of changes) {
+      if (c.from === "alive" && c.to === "suspect")
+        this.#dialer?.probe(peerIdFromString(c.id), "silent");
+    }
+    this.#apply(changes);
+    // Quiet on our link: ask members we hear whether they heard it (not a suspicion yet).
+    this.#vouches?.round();
   }
 
   // --- receiving ----------------------------------------------------------------------------

@@ -118,7 +118,10 @@ function checkMeta(meta: unknown): asserts meta is MemberMeta {
   if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
     throw new HeartbeatError("Meta must be an object");
   }
-  const { tier, capabilities, name } = meta as Record<string, unknown>;
+  const { tier, capabilities, name, draining } = meta as Record<string, unknown>;
+  if (draining !== undefined && typeof draining !== "boolean") {
+    throw new HeartbeatError("Meta draining must be true or false");
+  }
   if (name !== undefined && !(typeof name === "string" && NAME_PATTERN.test(name))) {
     throw new HeartbeatError("Meta name must be 1-64 letters, digits or . _ -");
   }
@@ -150,6 +153,7 @@ export function decodeMeta(bytes: Uint8Array): MemberMeta | undefined {
   if (parsed.tier !== undefined) out.tier = parsed.tier;
   if (parsed.capabilities !== undefined) out.capabilities = parsed.capabilities;
   if (parsed.name !== undefined) out.name = parsed.name;
+  if (parsed.draining === true) out.draining = true;
   return out;
 }
 

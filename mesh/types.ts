@@ -19,6 +19,8 @@ export interface MemberMeta {
   capabilities?: Record<string, unknown>;
   /** The agent's human name (`--name`), shown by the coordinator; never used to route. */
   name?: string;
+  /** In maintenance (`rollcall-agent drain`): reported "draining", never routed to. */
+  draining?: boolean;
 }
 
 /** What the local agent declares about itself in every heartbeat. */
@@ -59,6 +61,15 @@ export interface MemberView {
   lastSeen: number;
   /** The term it claims as leader in its latest heartbeat, when it claims leadership. */
   leaderTerm?: number;
+  /** Clock ms of its last change of state (came up, suspected, dead, left). */
+  since: number;
+  /**
+   * Dead, and proven so: its host refused a connection twice (the process is gone; a network
+   * cut never answers at all). A silent member's death is a verdict, which a partition gives too.
+   */
+  evidence?: "refused";
+  /** Suspect, but its host accepts connections: its process is silent, the network is not cut. */
+  reachable?: boolean;
 }
 
 /** A leader and the term of its leadership. */

@@ -334,6 +334,7 @@ Try:
   npx tsx agent/cli.ts members --agent ${agents[0]?.gateway}    # the members agent 1 sees
   npx tsx agent/cli.ts services --agent ${agents[0]?.gateway}   # services, healthy/total
   npx tsx agent/cli.ts status --agent ${agents[0]?.gateway}     # agent 1: leader, last report
+  npx tsx agent/cli.ts drain --agent ${agents[1]?.gateway}      # agent 2 out of rotation (--off: back)
 
 kill -9 a worker's pid to watch the others elect a new leader; Ctrl-C stops everything.
 `);

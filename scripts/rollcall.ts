@@ -21,6 +21,7 @@ Commands:
   members                every member the local agent sees (options: rollcall agent --help)
   services               the coordinator's services with healthy/total providers
   status                 this agent: ID, cluster, leader, coordinator, last report
+  drain [--off]          maintenance: no new routed requests; waits until safe to stop
 
   --version              print the version
   --help                 this text
@@ -73,7 +74,8 @@ async function main(argv: string[]): Promise<number | undefined> {
       return keygen(rest);
     case "members":
     case "services":
-    case "status": {
+    case "status":
+    case "drain": {
       const { runCommand } = await import("../agent/commands.ts");
       const io = {
         env: process.env,

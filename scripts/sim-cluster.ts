@@ -7,7 +7,9 @@
  *
  * The leader can only be one of the lowest IDs, so the three lowest members run a whole
  * agent (membership, election, reporter), and so does a flapping member; the others are
- * plain heartbeat senders.
+ * plain heartbeat senders. The dialer's probes are modelled as the runtime makes them (a
+ * crash closes connections and the probe is refused twice: dead at once; a member that falls
+ * silent is probed: a frozen one's host accepts, a cut-off one's does not answer).
  */
 import { aggregate, reportBody } from "../agent/aggregate.ts";
 import { generateKeyPair } from "@libp2p/crypto/keys";
@@ -90,6 +92,8 @@ interface Agent {
   incarnation: number;
   /** Virtual second of its last view change: elections run while a settle period may end. */
   changedAt: number;
+  /** Its view changed between two seconds (a probe's verdict): the next second takes it up. */
+  dirty: boolean;
 }
 
 interface Plain {
@@ -161,6 +165,7 @@ export async function simulateMesh(init: {
       leader: null,
       incarnation,
       changedAt: Number.MAX_SAFE_INTEGER,
+      dirty: false,
     };
   };
   const plains = new Map<string, Plain>();
@@ -204,7 +209,13 @@ export async function simulateMesh(init: {
     if (!up.has(id)) return;
     realChanges++;
     if (graceful) leaving.add(id);
-    else up.delete(id);
+    else {
+      up.delete(id);
+      // Its connections close; each agent's probe is refused, and the redial confirms it.
+      for (const a of agents.values()) {
+        if (up.has(a.id) && a.membership.refused(id).length > 0) a.dirty = true;
+      }
+    }
   };
   const comeBack = (i: number) => {
     const id = pad(i);
@@ -237,6 +248,13 @@ export async function simulateMesh(init: {
   const silent = (id: string, s: number) => flapping && id === flapper && init.n > 1 && s % 10 >= 5;
   // "flapping": the member freezes (like SIGSTOP); "netflap": it runs on, cut off from the others.
   const frozen = (id: string, s: number) => init.scenario === "flapping" && silent(id, s);
+  const cut = (id: string, s: number) => init.scenario === "netflap" && silent(id, s);
+  /** What agent `a`'s probe of a member that fell silent finds (mesh/dialer.ts). */
+  const probe = (a: Agent, id: string, s: number) => {
+    if (!up.has(id)) a.membership.refused(id);
+    else if (!cut(id, s) && !cut(a.id, s)) a.membership.reachable(id);
+    // cut off (either side): no answer, no evidence
+  };
 
   // Seconds 0 .. seconds-1 after midnight: the run stays inside one budget day.
   for (let s = 0; s < seconds; s++) {
@@ -271,10 +289,13 @@ export async function simulateMesh(init: {
         continue;
       }
       if (frozen(a.id, s)) continue;
-      let changed = false;
+      let changed = a.dirty;
+      a.dirty = false;
       const heard = silent(a.id, s) ? [] : beats;
       for (const hb of heard) if (a.membership.onHeartbeat(hb).length > 0) changed = true;
-      if (a.membership.tick().length > 0) changed = true;
+      const ticked = a.membership.tick();
+      for (const c of ticked) if (c.from === "alive" && c.to === "suspect") probe(a, c.id, s);
+      if (ticked.length > 0) changed = true;
       if (changed) a.changedAt = s;
       // Nothing changed and no settle period can end: the election's answer cannot change.
       if (!changed && s - a.changedAt > DEFAULT_SETTLE_MS / 1000 + 1) continue;

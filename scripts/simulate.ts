@@ -54,7 +54,7 @@ for (const n of sizes) {
     capped ? fmt(capped.writes) : `${fmt(CAP)} (extrapolated)`,
     mesh(steady),
     `${mesh(churn)} for ${churn.realChanges} changes (${churn.writes >= steady.writes ? "+" : ""}${churn.writes - steady.writes})`,
-    `${mesh(flapping)} / ${mesh(netflap)}`,
+    `${mesh(flapping)} / ${mesh(netflap)} (leaders ${flapping.leaders} / ${netflap.leaders})`,
   ]);
   console.error(`N=${n} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
@@ -66,7 +66,7 @@ const header = [
   `direct (cap ${CAP})`,
   "mesh steady",
   "mesh churn",
-  "mesh flapping (frozen / cut off)",
+  "mesh flapping (frozen / cut off; leaders that day)",
 ];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
 const line = (cells: string[]) =>

@@ -14,20 +14,36 @@ const member = (id: string, over: Partial<MemberView> = {}): MemberView => ({
   canLead: true,
   aliveSince: 0,
   lastSeen: 1000,
+  since: 0,
   ...over,
 });
 
 describe("aggregate", () => {
-  it("lists alive and suspect members, leaves dead and departed ones out", () => {
+  it("lists alive and suspect members; a departed or crashed one as left / offline; leaves one dead by silence out", () => {
     const view = {
       members: [
         member("a"),
         member("bb", { state: "suspect" }),
         member("ccc", { state: "dead" }),
-        member("dddd", { state: "left" }),
+        member("dddd", { state: "left", since: 5000 }),
+        member("eeeee", { state: "dead", evidence: "refused", since: 7000 }),
       ],
     };
-    expect(aggregate(view).members.map((m) => m.worker_id)).toEqual(["a", "bb"]);
+    const report = aggregate(view).members;
+    expect(report.map((m) => [m.worker_id, m.status])).toEqual([
+      ["a", "online"],
+      ["bb", "online"],
+      ["dddd", "left"],
+      ["eeeee", "offline"],
+    ]);
+    // Gone: reported as of when we saw it go, fresher than its own last word.
+    expect(report.map((m) => m.last_seen)).toEqual([1000, 1000, 5000, 7000]);
+    // Neither counts in the digest: going is one change, being forgotten later none.
+    const gone = aggregate({ members: view.members.slice(0, 2) }).digest;
+    expect(aggregate(view).digest).toBe(gone);
+    expect(aggregate({ members: [...view.members.slice(0, 2), member("dddd")] }).digest).not.toBe(
+      gone,
+    );
   });
 
   it("gives the live view each member's liveness, which the report leaves out", () => {

@@ -17,13 +17,18 @@ const P = (name: string) => peer(`faults-leader ${name}`);
 const nameOf = new Map(["A", "B", "C", "D"].map((n) => [P(n), n]));
 const named = (ids: string[]) => ids.map((id) => nameOf.get(id) ?? id).sort();
 
-/** A member as a mesh view shows it. */
-function view(name: string, state: MemberView["state"], incarnation = 1): MemberView {
+/**
+ * A member as a mesh view shows it. `crashed`: dead with evidence (its host refused a connection
+ * twice, mesh/dialer.ts), as a leader that crashed is seen by the one that follows it.
+ */
+function view(name: string, state: MemberView["state"] | "crashed", incarnation = 1): MemberView {
   const id = P(name);
+  const crashed = state === "crashed";
   return {
     id,
     self: false,
-    state,
+    state: crashed ? "dead" : state,
+    ...(crashed ? { evidence: "refused" } : {}),
     incarnation,
     flapping: false,
     url: `http://127.0.0.1:${9000 + name.charCodeAt(0)}`,
@@ -31,6 +36,7 @@ function view(name: string, state: MemberView["state"], incarnation = 1): Member
     services: [{ name: "upload", status: "healthy" }],
     lastSeen: 1000,
     aliveSince: 0,
+    since: 1000,
   } as unknown as MemberView;
 }
 
@@ -65,37 +71,37 @@ function setup() {
       leaders: named(table.clusters.map((c) => c.leader_id ?? "")),
     };
   };
-  return { send, storedTruth, hold, clock };
+  return { send, storedTruth, hold, clock, writes: () => store.writes };
 }
 
 describe("the stored view converges within one report of the surviving leader", () => {
-  // Known failure (docs/RELIABILITY.md, reported to the lead): the new leader leaves the dead
-  // one out of its report (agent/aggregate.ts), which the coordinator cannot tell from a
-  // partition, so the crashed leader's own view keeps it routable in the stored view until
-  // that view lapses (keepalive + grace, 58 min). The passive health and the leader's live
-  // view route around it meanwhile. The tests below state the goal and fail today.
-  it.fails("after a leader crashed between two reports", async () => {
+  // The new leader reports a member it saw crash (refused twice: a dead process, which a
+  // partition never looks like) as "offline" until its mesh forgets it (agent/aggregate.ts):
+  // the coordinator stops routing to it, and, listed with a higher term, the crashed leader's
+  // own view is superseded by the merge rules. Before, it was left out like a member dead by
+  // silence, and the crashed leader's view kept it routable until the view lapsed (58 min).
+  it("after a leader crashed between two reports", async () => {
     const t = setup();
     expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive"), view("C", "alive")])).toBe(
       200,
     );
-    // A crashes. B's view: A dead. B leads with term 2 and reports once.
-    expect(await t.send("B", 2, [view("A", "dead"), view("B", "alive"), view("C", "alive")])).toBe(
-      200,
-    );
+    // A crashes. B's view: A dead (refused twice). B leads with term 2 and reports once.
+    expect(
+      await t.send("B", 2, [view("A", "crashed"), view("B", "alive"), view("C", "alive")]),
+    ).toBe(200);
     const truth = await t.storedTruth();
     expect(truth.routable).toEqual(["B", "C"]);
     expect(truth.leaders).toEqual(["B"]);
   });
 
-  it.fails("after a leader crashed while its report was in flight", async () => {
+  it("after a leader crashed while its report was in flight", async () => {
     const t = setup();
     expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive")])).toBe(200);
     // A's next report (C joined) reaches the store slowly; A crashes meanwhile.
     const release = t.hold();
     const inFlight = t.send("A", 1, [view("A", "alive"), view("B", "alive"), view("C", "alive")]);
     await new Promise((r) => setTimeout(r, 20));
-    const next = t.send("B", 2, [view("A", "dead"), view("B", "alive"), view("C", "alive")]);
+    const next = t.send("B", 2, [view("A", "crashed"), view("B", "alive"), view("C", "alive")]);
     release();
     expect(await inFlight).toBe(200);
     expect(await next).toBe(200);
@@ -103,7 +109,30 @@ describe("the stored view converges within one report of the surviving leader", 
     expect(truth.routable).toEqual(["B", "C"]);
   });
 
-  it("today's bound: a crashed leader leaves the stored view at the new leader's second report after its view lapsed (58 min + a keepalive)", async () => {
+  it("after a leader left gracefully: listed as left, its view is superseded at once", async () => {
+    const t = setup();
+    expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive"), view("C", "alive")])).toBe(
+      200,
+    );
+    expect(await t.send("B", 2, [view("A", "left"), view("B", "alive"), view("C", "alive")])).toBe(
+      200,
+    );
+    const truth = await t.storedTruth();
+    expect(truth.routable).toEqual(["B", "C"]);
+    expect(truth.leaders).toEqual(["B"]);
+  });
+
+  it("once the mesh forgot the crashed leader, dropping it from the report costs no write", async () => {
+    const t = setup();
+    expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive")])).toBe(200);
+    expect(await t.send("B", 2, [view("A", "crashed"), view("B", "alive")])).toBe(200);
+    const writes = t.writes();
+    expect(await t.send("B", 2, [view("B", "alive")])).toBe(200);
+    expect(t.writes()).toBe(writes);
+    expect((await t.storedTruth()).routable).toEqual(["B"]);
+  });
+
+  it("a leader dead by silence alone (a partition looks the same) stays in the stored view until its own view lapses (58 min + a keepalive)", async () => {
     const t = setup();
     const abc = () => [view("A", "alive"), view("B", "alive"), view("C", "alive")];
     expect(await t.send("A", 1, abc())).toBe(200);

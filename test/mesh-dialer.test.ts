@@ -1,10 +1,13 @@
 /**
  * The dialer on a fake clock with a stand-in for the libp2p node (only what the dialer calls:
- * peerId, getPeers, dial, hangUp). No sockets.
+ * peerId, getPeers, dial, hangUp, the peer store's addresses, events). No libp2p sockets; the
+ * probes connect to real loopback ports (a listener, a closed port, a listener that closes).
  */
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { createServer, type Server } from "node:net";
+import { multiaddr } from "@multiformats/multiaddr";
 import { describe, expect, it } from "vitest";
 import { tempDir } from "./helpers/mesh-cluster.ts";
 import type { MeshStats } from "../mesh/api.ts";
@@ -19,6 +22,15 @@ import {
 import { createMesh } from "../mesh/mesh.ts";
 import type { MeshLibp2p } from "../mesh/node.ts";
 
+/** Polls `done` until it holds (2 s at most). */
+async function waitUntil(done: () => boolean): Promise<void> {
+  const end = Date.now() + 2000;
+  while (!done()) {
+    if (Date.now() > end) throw new Error("Timed out waiting for the probe");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 async function peer(): Promise<PeerId> {
   return peerIdFromPrivateKey(await generateKeyPair("Ed25519"));
 }
@@ -31,12 +43,20 @@ function zeroStats(): MeshStats {
   }).stats();
 }
 
-/** A node connected to `connected`, whose dials never finish and whose hang-ups are recorded. */
-function fakeNode(self: PeerId, connected: PeerId[]) {
+/**
+ * A node connected to `connected`, whose dials never finish and whose hang-ups are recorded; the
+ * peer store knows `addrs` for every peer.
+ */
+function fakeNode(self: PeerId, connected: PeerId[], addrs: string[] = []) {
   const dials: string[] = [];
   const hangUps: string[] = [];
   const node = {
     peerId: self,
+    addEventListener: () => {},
+    removeEventListener: () => {},
+    peerStore: {
+      get: async () => ({ addresses: addrs.map((a) => ({ multiaddr: multiaddr(a) })) }),
+    },
     getPeers: () => connected,
     dial: (target: unknown) => {
       dials.push(String(target));
@@ -139,5 +159,63 @@ describe("Dialer", () => {
     expect(d.pendingIntroductions).toBe(0);
     expect(stats.introductionsDialed).toBe(14);
     d.stop();
+  });
+
+  it("probes a peer: a listener accepts; a port refused twice is proof of death; a silent peer's listener is reachable", async () => {
+    const [self, other] = [await peer(), await peer()];
+    const listen = (): Promise<Server> =>
+      new Promise((resolve) => {
+        const server = createServer((socket) => socket.destroy());
+        server.listen(0, "127.0.0.1", () => resolve(server));
+      });
+    const port = (server: Server) => (server.address() as { port: number }).port;
+    const server = await listen();
+    const closed = await listen();
+    const closedPort = port(closed);
+    await new Promise((r) => closed.close(r));
+
+    const events: string[] = [];
+    const run = (addr: string) => {
+      const { node } = fakeNode(self, [], [addr]);
+      const d = dialer(
+        { confirmAfterMs: 20 },
+        {
+          node,
+          clock: new FakeClock(0),
+          stats: zeroStats(),
+          onUnreachable: (id) => events.push(`unreachable ${id === other.toString()}`),
+          onRefused: (id) => events.push(`refused ${id === other.toString()}`),
+          onReachable: (id) => events.push(`reachable ${id === other.toString()}`),
+        },
+      );
+      d.start();
+      return d;
+    };
+    const live = run(`/ip4/127.0.0.1/tcp/${port(server)}`);
+    expect(await live.check(other)).toBe("accepts");
+    live.probe(other, "silent");
+    await waitUntil(() => events.length === 1);
+    expect(events).toEqual(["reachable true"]);
+    live.stop();
+
+    events.length = 0;
+    const dead = run(`/ip4/127.0.0.1/tcp/${closedPort}`);
+    expect(await dead.check(other)).toBe("refused");
+    dead.probe(other, "closed"); // a connection closed: suspect at once, dead once confirmed
+    await waitUntil(() => events.length === 2);
+    expect(events).toEqual(["unreachable true", "refused true"]);
+    events.length = 0;
+    dead.probe(other, "silent"); // fell silent and the port refuses: dead, without a suspicion
+    await waitUntil(() => events.length === 1);
+    expect(events).toEqual(["refused true"]);
+    dead.stop();
+
+    // No address to try is no proof of anything: "unreachable" (a timeout gives the same).
+    const none = dialer(
+      {},
+      { node: fakeNode(self, [], []).node, clock: new FakeClock(0), stats: zeroStats() },
+    );
+    expect(await none.check(other)).toBe("unreachable");
+    await new Promise((r) => server.close(r));
   });
 });

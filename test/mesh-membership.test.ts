@@ -128,6 +128,25 @@ describe("membership and election on a fake clock", () => {
     }
   });
 
+  it("a cluster that (re)starts together elects its final leader once: a higher ID that settles first waits for the lowest", () => {
+    // C starts first and settles first; A, the lowest, starts 800 ms later. Nobody leads yet.
+    const sim = cluster(["C"]);
+    sim.run(400);
+    sim.add("B");
+    sim.run(400);
+    const started = sim.clock.now();
+    sim.add("A");
+    sim.run(SETTLE + 1500);
+    expect(sim.leaders()).toEqual(["A@1"]);
+    // Each node named a leader once: A, with term 1 (before: C@1 for 800 ms, then A@2).
+    for (const id of ["A", "B", "C"]) {
+      expect(sim.history.filter((h) => h.id === id).map((h) => h.leader)).toEqual([
+        { id: "A", term: 1 },
+      ]);
+    }
+    expect(sim.clock.now() - started).toBeGreaterThan(SETTLE);
+  });
+
   it("silent death: suspect after missed beats, next-lowest leads with a higher term, then dead, then forgotten", () => {
     const sim = cluster(["A", "B", "C"]);
     sim.run(8000);
@@ -379,6 +398,31 @@ describe("elect()", () => {
       members: [member("B", { self: true }), member("C", { leaderTerm: 6, state: "dead" })],
     };
     expect(elect(deadRival, prev, at)).toEqual({ id: "B", term: 3 });
+  });
+
+  it("with no leader yet and no claim, waits for a lower ID that only settles; a claim or a sitting leader is followed at once", () => {
+    const view = {
+      self: "C",
+      members: [member("A", { aliveSince: 8000 }), member("B"), member("C", { self: true })],
+    };
+    expect(elect(view, null, at)).toBeNull(); // A settles at 13 000: not B first, then A
+    expect(elect(view, null, { ...at, now: 13_000 })).toEqual({ id: "A", term: 5 });
+    // A failover does not wait (a leader was known): B now, A once settled.
+    expect(elect(view, { id: "Z", term: 4 }, at)).toEqual({ id: "B", term: 5 });
+    // Someone claims the lead: follow the claim as before.
+    const claimed = { ...view, members: [...view.members, member("D", { leaderTerm: 2 })] };
+    expect(elect(claimed, null, at)).toEqual({ id: "D", term: 2 });
+    // A lower ID that does not offer to lead, or flaps, is not waited for.
+    const noOffer = {
+      ...view,
+      members: [member("A", { aliveSince: 8000, canLead: false }), ...view.members.slice(1)],
+    };
+    expect(elect(noOffer, null, at)).toEqual({ id: "B", term: 5 });
+    const flapping = {
+      ...view,
+      members: [member("A", { aliveSince: 8000, flapping: true }), ...view.members.slice(1)],
+    };
+    expect(elect(flapping, null, at)).toEqual({ id: "B", term: 5 });
   });
 
   it("returns null when nobody alive has settled", () => {

@@ -105,7 +105,7 @@ describe("GET / on the coordinator and the agent", () => {
     }
   });
 
-  it("the agent lists its endpoints; its 404 names /_agent/health and /_agent/cluster", async () => {
+  it("the agent lists its endpoints; its 404 names /_agent/health, /_agent/cluster and /_agent/drain", async () => {
     const g = new Gateway(
       { host: "127.0.0.1", port: 0 },
       { service: () => undefined, services: () => [], health: () => ({}), clusterView: () => ({}) },
@@ -118,12 +118,13 @@ describe("GET / on the coordinator and the agent", () => {
     expect(Object.keys(index.endpoints)).toEqual([
       "GET /_agent/health",
       "GET /_agent/cluster",
+      "GET|POST|DELETE /_agent/drain",
       "ANY /service/<name>/<path>",
     ]);
     const missing = await fetch(`http://127.0.0.1:${port}/nope`);
     expect(missing.status).toBe(404);
     expect(((await missing.json()) as { message: string }).message).toMatch(
-      /\/_agent\/health.*\/_agent\/cluster/,
+      /\/_agent\/health.*\/_agent\/cluster.*\/_agent\/drain/,
     );
   });
 });

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { simulateDirect, simulateMesh } from "../scripts/sim-cluster.ts";
 
 describe("a simulated day", () => {
-  it.each([3, 10])(
+  it.each([2, 3, 10])(
     "mesh mode, N = %i: steady <= 30, churn <= one write per real change, flapping <= 60",
     async (n) => {
       const steady = await simulateMesh({ n, scenario: "steady" });
