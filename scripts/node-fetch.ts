@@ -34,9 +34,11 @@ export interface NodeFetch {
   close(): void;
 }
 
-const NO_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+/** Statuses whose answers never have a body. */
+export const NO_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 
-function decoder(encoding: string): NodeJS.ReadWriteStream | null {
+/** A decoder for a Content-Encoding fetch decodes (gzip, deflate, br), or null. */
+export function decoder(encoding: string): NodeJS.ReadWriteStream | null {
   const e = encoding.trim().toLowerCase();
   if (e === "gzip" || e === "x-gzip") return zlib.createGunzip();
   if (e === "deflate") return zlib.createInflate();
@@ -51,7 +53,7 @@ const FRAMING = new Set(["content-length", "transfer-encoding", "expect"]);
  * The request headers for node:http, lower case, without the caller's framing headers (copied
  * past, not deleted: a plain object stays fast); `length` is the caller's Content-Length.
  */
-function nodeHeaders(headers: HeadersInit | undefined): {
+export function nodeHeaders(headers: HeadersInit | undefined): {
   out: Record<string, string>;
   length: string | undefined;
 } {
@@ -96,7 +98,7 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
  * one, the caller's Content-Length (`length`) for a stream only (node:http then sends exactly
  * that many bytes or fails the request), chunked otherwise.
  */
-function frame(
+export function frame(
   headers: Record<string, string>,
   body: RequestInit["body"],
   length: string | undefined,
@@ -109,14 +111,15 @@ function frame(
   }
 }
 
-type LookupCallback = (
+/** The callback of a `lookup` for node:http and node:net. */
+export type LookupCallback = (
   err: NodeJS.ErrnoException | null,
   address: string | dns.LookupAddress[],
   family?: number,
 ) => void;
 
 /** A `lookup` for node:http that refuses addresses `allow` says no to. */
-function guardedLookup(allow: (host: string, address: string) => boolean) {
+export function guardedLookup(allow: (host: string, address: string) => boolean) {
   return (hostname: string, options: dns.LookupOptions, callback: LookupCallback) => {
     dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, "");

@@ -8,6 +8,7 @@ import { serve } from "@hono/node-server";
 import { configFromEnv, ConfigError, createCoordinator, fileStore } from "../coordinator.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
+import { createUndiciFetch } from "./undici-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
 
@@ -24,12 +25,14 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     process.exit(2);
   }
   // The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+  const client = process.env.ROLLCALL_NODE_FETCH;
+  const allowAddress = (host: string, address: string) => coordinator.allowsUpstream(host, address);
   const upstream =
-    process.env.ROLLCALL_NODE_FETCH === "builtin"
+    client === "builtin"
       ? null
-      : createNodeFetch({
-          allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
-        });
+      : client === "undici"
+        ? createUndiciFetch({ allowAddress })
+        : createNodeFetch({ allowAddress });
   const coordinator = createCoordinator(init, {
     store: fileStore({ path }, { fs }),
     ...(upstream ? { fetch: upstream.fetch } : {}),

@@ -1,15 +1,18 @@
-/** The Node starter's upstream client (scripts/node-fetch.ts) against real HTTP servers. */
+/**
+ * The Node starter's upstream clients (scripts/node-fetch.ts on node:http, scripts/undici-fetch.ts
+ * on undici) against real HTTP servers: both keep the same contract.
+ */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectFailure } from "../coordinator.ts";
-import { createNodeFetch } from "../scripts/node-fetch.ts";
+import { createNodeFetch, type NodeFetch, type NodeFetchInit } from "../scripts/node-fetch.ts";
+import { createUndiciFetch } from "../scripts/undici-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { freePort } from "./helpers/processes.ts";
 import { until } from "./helpers/upstream.ts";
 
-const client = createNodeFetch({ bufferBytes: 1024 });
 let server: http.Server;
 let base = "";
 let hung = 0;
@@ -48,12 +51,19 @@ beforeAll(async () => {
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 afterAll(async () => {
-  client.close();
   server.closeAllConnections();
   await new Promise<void>((r) => server.close(() => r()));
 });
 
-describe("node:http upstream client", () => {
+const CLIENTS: [string, (init: NodeFetchInit) => NodeFetch][] = [
+  ["node:http", createNodeFetch],
+  ["undici", createUndiciFetch],
+];
+
+describe.each(CLIENTS)("%s upstream client", (_name, create) => {
+  const client = create({ bufferBytes: 1024 });
+  afterAll(() => client.close());
+
   it("answers small bodies whole with mutable headers, streams large ones, decodes gzip", async () => {
     const res = await client.fetch(`${base}/a?b=1`, { headers: new Headers({ "x-in": "1" }) });
     expect(res.status).toBe(201);

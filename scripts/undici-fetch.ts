@@ -1,0 +1,162 @@
+/**
+ * A candidate upstream client for the Node starter: the same `fetch` contract as
+ * scripts/node-fetch.ts (method, headers, a streamed or whole body, `signal`, no redirects,
+ * bodies decoded, small answers read whole, framing from the body really sent, the address
+ * guard) on undici's `Agent` (a `Pool` per origin) through its low-level `dispatch`, the layer
+ * undici's own `request` is built on. `ROLLCALL_NODE_FETCH=undici` selects it; the proxy
+ * benchmark measures it beside the node:http client (docs/BENCHMARKS.md).
+ */
+import { PassThrough, Readable } from "node:stream";
+import { Agent, type Dispatcher } from "undici";
+import {
+  decoder,
+  frame,
+  guardedLookup,
+  NO_BODY_STATUS,
+  type NodeFetch,
+  type NodeFetchInit,
+  nodeHeaders,
+} from "./node-fetch.ts";
+
+/** The response headers of a dispatch (name, value, name, value, ... as bytes) as Headers. */
+function headersOf(raw: Buffer[]): Headers {
+  const headers = new Headers();
+  for (let i = 0; i < raw.length; i += 2) {
+    headers.append(
+      (raw[i] as Buffer).toString("latin1"),
+      (raw[i + 1] as Buffer).toString("latin1"),
+    );
+  }
+  return headers;
+}
+
+/** Creates the client. */
+export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
+  const sockets = init.maxSockets ?? 256;
+  const lookup = init.allowAddress ? guardedLookup(init.allowAddress) : undefined;
+  const agent = new Agent({
+    connections: sockets,
+    pipelining: 1,
+    ...(lookup ? { connect: { lookup: lookup as never } } : {}),
+  });
+  const bufferBytes = init.bufferBytes ?? 64 * 1024;
+
+  const undiciFetch = (input: string | URL | Request, reqInit: RequestInit = {}) => {
+    if (typeof input !== "string" && !(input instanceof URL)) return fetch(input, reqInit);
+    const url = typeof input === "string" ? new URL(input) : input;
+    const method = (reqInit.method ?? "GET").toUpperCase();
+    return new Promise<Response>((resolve, reject) => {
+      const signal = reqInit.signal ?? undefined;
+      if (signal?.aborted) {
+        reject(signal.reason ?? new DOMException("The operation was aborted", "AbortError"));
+        return;
+      }
+      const { out: headers, length } = nodeHeaders(reqInit.headers);
+      frame(headers, reqInit.body, length);
+      const source = reqInit.body;
+      let body: Dispatcher.DispatchOptions["body"] = null;
+      if (typeof source === "string" || source instanceof Uint8Array) body = source;
+      else if (source instanceof ReadableStream) {
+        // Never cancels the source on an early end: the proxy may send it again.
+        body = Readable.fromWeb(source as never, { highWaterMark: 0 } as never);
+      } else if (source !== null && source !== undefined) {
+        reject(new TypeError("Unsupported request body for the undici upstream client"));
+        return;
+      }
+      let abort: ((err: Error) => void) | null = null;
+      let settled = false;
+      let stream: PassThrough | null = null;
+      let resume: (() => void) | null = null;
+      let chunks: Buffer[] | null = null;
+      let meta: ResponseInit = {};
+      const onAbort = () => {
+        const reason =
+          signal?.reason ?? new DOMException("The operation was aborted", "AbortError");
+        abort?.(reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const done = () => signal?.removeEventListener("abort", onAbort);
+      const fail = (err: Error) => {
+        done();
+        if (!settled) {
+          settled = true;
+          reject(err);
+        } else stream?.destroy(err);
+      };
+      const handler: Dispatcher.DispatchHandler = {
+        onConnect(abortRequest) {
+          abort = abortRequest;
+          if (signal?.aborted) onAbort();
+        },
+        onHeaders(status, raw, resumeRequest, statusText) {
+          if (status < 200) return true; // 1xx: the answer follows
+          resume = resumeRequest;
+          const headersIn = headersOf(raw as unknown as Buffer[]);
+          meta = { status, statusText: statusText ?? "", headers: headersIn };
+          if (method === "HEAD" || NO_BODY_STATUS.has(status)) {
+            settled = true;
+            resolve(new Response(null, meta));
+            return true;
+          }
+          const encoding = headersIn.get("content-encoding");
+          const decode = encoding ? decoder(encoding) : null;
+          const size = Number(headersIn.get("content-length") ?? Number.NaN);
+          if (decode === null && size <= bufferBytes) {
+            chunks = [];
+            return true;
+          }
+          stream = new PassThrough();
+          stream.on("drain", () => resume?.());
+          let out: Readable = stream;
+          if (decode !== null) {
+            stream.on("error", (err) => decode.emit("error", err));
+            out = stream.pipe(decode) as unknown as Readable;
+          }
+          // The reader went away (the client left): stop the upstream request too.
+          out.on("close", () => {
+            if (!stream?.writableFinished) abort?.(new Error("The answer's reader went away"));
+          });
+          settled = true;
+          resolve(new Response(Readable.toWeb(out) as ReadableStream<Uint8Array>, meta));
+          return true;
+        },
+        onData(chunk) {
+          if (chunks !== null) {
+            chunks.push(chunk);
+            return true;
+          }
+          if (stream === null) return true; // a HEAD or bodiless answer
+          return stream.write(chunk);
+        },
+        onComplete() {
+          done();
+          if (chunks !== null) {
+            const whole = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+            settled = true;
+            resolve(new Response(whole as Uint8Array<ArrayBuffer>, meta));
+            return;
+          }
+          stream?.end();
+        },
+        onError: fail,
+      };
+      agent.dispatch(
+        {
+          origin: url.origin,
+          path: url.pathname + url.search,
+          method,
+          headers,
+          body,
+        },
+        handler,
+      );
+    });
+  };
+
+  return {
+    fetch: undiciFetch as typeof fetch,
+    close: () => {
+      void agent.destroy().catch(() => {});
+    },
+  };
+}
