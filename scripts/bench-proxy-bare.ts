@@ -44,3 +44,5 @@ else {
   serve({ fetch: app.fetch, port, hostname: "127.0.0.1" });
 }
 console.log(`bare hono proxy listening on http://127.0.0.1:${port}`);
+// A clean exit on SIGINT, so `--cpu-prof` (Node, Bun) writes its profile.
+if (!G.Deno) process.once("SIGINT", () => process.exit(0));
