@@ -5823,6 +5823,12 @@ function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: S
     );
   }
   if (!cl.leader_id) out.push("No leader is reporting for this cluster.");
+  if (!live && settings.liveView && isSecured(settings) && settings.agentToken === null) {
+    // Fail closed: no agent-view token, no live view. Say what the page then cannot show.
+    out.push(
+      "The leader's live view is off: no agent-view token is set (ROLLCALL_AGENT_TOKEN here, the same as the agents' --agent-token), so a crashed or unheard member shows only once a leader reports.",
+    );
+  }
   const status = live?.status(cl.cluster);
   if (live && cl.source === "stored" && status?.last_error) {
     out.push(

@@ -31,7 +31,7 @@ export function isCommand(word: string | undefined): word is CommandName {
 /** Flag, environment variable, meaning: the commands' options (as in the agent's --help). */
 const OPTIONS = [
   ["agent", "ROLLCALL_AGENT_URL", "the agent's gateway (default: ROLLCALL_LISTEN, else :8700)"],
-  ["agent-token", "ROLLCALL_AGENT_TOKEN", "token of its live view (default: the cluster token)"],
+  ["agent-token", "ROLLCALL_AGENT_TOKEN", "token of its live view (never the cluster token)"],
   [
     "coordinator",
     "ROLLCALL_COORDINATOR",
@@ -137,10 +137,9 @@ function parse(argv: string[], io: CommandIo): Context {
   }
   return {
     agent: httpUrl(agent, "--agent"),
-    agentToken:
-      str(values["agent-token"]) ??
-      str(env.ROLLCALL_AGENT_TOKEN) ??
-      str(env.ROLLCALL_CLUSTER_TOKEN),
+    // Only the agent-view token: an agent never takes the cluster token for its view (they must
+    // differ), so sending that would only show it to whatever answers at --agent.
+    agentToken: str(values["agent-token"]) ?? str(env.ROLLCALL_AGENT_TOKEN),
     coordinator: coordinator === undefined ? undefined : httpUrl(coordinator, "--coordinator"),
     adminToken: str(values["admin-token"]) ?? str(env.ROLLCALL_ADMIN_TOKEN),
     timeoutMs: timeout * 1000,
@@ -149,8 +148,19 @@ function parse(argv: string[], io: CommandIo): Context {
   };
 }
 
+/** The setting that holds the token each side checks, named when it refuses. */
+const TOKEN_SETTING = {
+  "The agent": "--agent-token or ROLLCALL_AGENT_TOKEN",
+  "The coordinator": "--admin-token or ROLLCALL_ADMIN_TOKEN",
+} as const;
+
 /** GETs JSON with a bearer token; every failure is a CommandError saying what failed. */
-async function getJson<T>(ctx: Context, url: string, token: string | undefined, what: string) {
+async function getJson<T>(
+  ctx: Context,
+  url: string,
+  token: string | undefined,
+  what: keyof typeof TOKEN_SETTING,
+) {
   const headers: Record<string, string> = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   let res: Response;
@@ -168,7 +178,7 @@ async function getJson<T>(ctx: Context, url: string, token: string | undefined, 
   if (res.status === 401 || res.status === 403) {
     await res.body?.cancel();
     throw new CommandError(
-      `${what} at ${new URL(url).origin} refused the request (${res.status}): check the token`,
+      `${what} at ${new URL(url).origin} refused the request (${res.status}): check the token (${TOKEN_SETTING[what]})`,
       1,
     );
   }

@@ -5,6 +5,8 @@
  * pure views on their own.
  */
 import { execFile } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memberRows, statusOf, statusText, table } from "../agent/command-views.ts";
@@ -46,7 +48,7 @@ afterAll(async () => {
 describe("the CLI's commands against a running cluster", () => {
   it("members: every member with address, status, services, incarnation and the leader", async () => {
     const [a, b] = cluster.workers as [LocalWorker, LocalWorker];
-    const env = { ROLLCALL_AGENT_TOKEN: cluster.clusterToken };
+    const env = { ROLLCALL_AGENT_TOKEN: cluster.agentToken };
     const json = await cli(["members", "--agent", b.gateway, "--json"], env);
     expect(json.code).toBe(0);
     const body = JSON.parse(json.stdout);
@@ -78,7 +80,7 @@ describe("the CLI's commands against a running cluster", () => {
   it("services: the coordinator's services with healthy/total, the coordinator found through the agent", async () => {
     const [a] = cluster.workers as [LocalWorker];
     const env = {
-      ROLLCALL_AGENT_TOKEN: cluster.clusterToken,
+      ROLLCALL_AGENT_TOKEN: cluster.agentToken,
       ROLLCALL_ADMIN_TOKEN: cluster.adminToken,
     };
     const text = await cli(["services", "--agent", a.gateway], env);
@@ -102,7 +104,7 @@ describe("the CLI's commands against a running cluster", () => {
 
   it("status: this agent's ID, cluster, leader and term, coordinator, last report and writes today", async () => {
     const leader = (await cluster.leader()) as LocalWorker;
-    const env = { ROLLCALL_AGENT_TOKEN: cluster.clusterToken };
+    const env = { ROLLCALL_AGENT_TOKEN: cluster.agentToken };
     const json = JSON.parse(
       (await cli(["status", "--agent", leader.gateway, "--json"], env)).stdout,
     );
@@ -140,6 +142,34 @@ describe("the CLI's commands against a running cluster", () => {
     expect((await cli(["members", "--bogus"])).code).toBe(2);
     expect((await cli(["members", "--agent", "ftp://x"])).code).toBe(2);
     expect((await cli(["--help"])).stdout).toContain("rollcall-agent members");
+  });
+});
+
+describe("the commands' tokens", () => {
+  it("never send the cluster token to the agent's view, and name the agent-token setting when it refuses", async () => {
+    // A real HTTP server in the agent's place, which records what it is sent and refuses.
+    const seen: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(401, { "content-type": "application/json" }).end("{}");
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const agent = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const res = await cli(["members", "--agent", agent], {
+        ROLLCALL_CLUSTER_TOKEN: "the-cluster-secret",
+      });
+      expect(res.code).toBe(1);
+      expect(seen).toEqual([undefined]);
+      expect(res.stderr).toContain("--agent-token or ROLLCALL_AGENT_TOKEN");
+      await cli(["members", "--agent", agent], {
+        ROLLCALL_CLUSTER_TOKEN: "the-cluster-secret",
+        ROLLCALL_AGENT_TOKEN: "the-view-token",
+      });
+      expect(seen[1]).toBe("Bearer the-view-token");
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 

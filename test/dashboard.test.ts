@@ -14,12 +14,24 @@ import {
   TrafficWindow,
 } from "../coordinator.ts";
 import { Gateway } from "../agent/gateway.ts";
-import { ManualClock, report, member as reportMember } from "./helpers/coord-fixtures.ts";
+import {
+  agentPost,
+  ManualClock,
+  report,
+  member as reportMember,
+  TEST_INIT,
+} from "./helpers/coord-fixtures.ts";
 import { freePort } from "./helpers/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
+import { peer } from "./helpers/signing.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
 const ADMIN = "dash-admin-token";
+/** Once the admin token is set the agent endpoints need their own (issue 9: fail closed). */
+const CLUSTER = "dash-cluster-token";
+const VIEW = "dash-view-token";
+/** Secured as in production: every guard with its own token, the live view with its own. */
+const SECURED = { adminToken: ADMIN, clusterToken: CLUSTER, agentToken: VIEW };
 const started: Upstream[] = [];
 afterEach(async () => {
   vi.restoreAllMocks();
@@ -62,7 +74,10 @@ function countedStore(inner: Store) {
 
 describe("the page", () => {
   it("is served openly with a strict CSP, no inline script or style, and no data in it", async () => {
-    const { coordinator } = await routingCoordinator([], { adminToken: ADMIN });
+    const { coordinator } = await routingCoordinator([], {
+      adminToken: ADMIN,
+      clusterToken: CLUSTER,
+    });
     const res = await coordinator.fetch(new Request("http://c.test/admin"));
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("text/html; charset=utf-8");
@@ -109,14 +124,20 @@ describe("the snapshot", () => {
   it("needs the admin token, and reading it costs no store access once the table is cached", async () => {
     const clock = new ManualClock();
     const { store, counts } = countedStore(memoryStore({}, { clock }));
-    const coordinator = createCoordinator({ adminToken: ADMIN, liveView: false }, { store, clock });
+    const coordinator = createCoordinator(
+      { ...TEST_INIT, adminToken: ADMIN, clusterToken: CLUSTER },
+      { store, clock },
+    );
     const get = (headers: Record<string, string> = {}) =>
       coordinator.fetch(new Request("http://c.test/api/admin/dashboard", { headers }));
-    const reported = await coordinator.fetch(
-      new Request("http://c.test/api/cluster/heartbeat", {
-        method: "POST",
-        body: JSON.stringify(report({ members: [reportMember("A"), reportMember("B")] })),
-      }),
+    // The leader, a member too, signs its report (a real key's PeerId).
+    const A = peer("dashboard leader A");
+    const reported = await agentPost(
+      coordinator.app,
+      "/api/cluster/heartbeat",
+      report({ leader_id: A, members: [reportMember(A), reportMember("B")] }),
+      clock.now(),
+      { authorization: `Bearer ${CLUSTER}` },
     );
     expect(reported.status).toBe(200);
     expect((await get()).status).toBe(401);
@@ -130,31 +151,27 @@ describe("the snapshot", () => {
     expect(snap).toMatchObject({
       mode: "secured",
       refresh_ms: 1000,
-      clusters: [{ cluster: "default", leader_id: "A", term: 1, source: "stored", warnings: [] }],
+      clusters: [{ cluster: "default", leader_id: A, term: 1, source: "stored", warnings: [] }],
       store: { kind: "memory", persistent: false, used_today: 1, cap: 1000, pending_writes: 0 },
     });
     const workers = snap.workers as { worker_id: string; status: string; leader: boolean }[];
     expect(workers.map((w) => [w.worker_id, w.status, w.leader])).toEqual([
-      ["A", "online", true],
+      [A, "online", true],
       ["B", "online", false],
     ]);
     const events = snap.events as { text: string }[];
-    expect(events.map((e) => e.text)).toEqual(["Watching cluster default: leader A (term 1)"]);
+    expect(events.map((e) => e.text)).toEqual([
+      `Watching cluster default: leader …${A.slice(-8)} (term 1)`,
+    ]);
   });
 
   it("keeps a worker and a provider that left the view as down and gone, for a while", async () => {
     const clock = new ManualClock();
-    const coordinator = createCoordinator(
-      { liveView: false },
-      { store: memoryStore({}, { clock }), clock },
-    );
+    // The members' URLs are on loopback: allowed (TEST_INIT), so their health is what counts.
+    const coordinator = createCoordinator(TEST_INIT, { store: memoryStore({}, { clock }), clock });
+    // Signed by the report's leader, as its agent sends it.
     const send = (body: unknown) =>
-      coordinator.fetch(
-        new Request("http://c.test/api/cluster/heartbeat", {
-          method: "POST",
-          body: JSON.stringify(body),
-        }),
-      );
+      agentPost(coordinator.app, "/api/cluster/heartbeat", body, clock.now());
     // biome-ignore lint/suspicious/noExplicitAny: the snapshot is read as the page reads it
     type Snapshot = any;
     const snapshot = async (): Promise<Snapshot> =>
@@ -218,6 +235,7 @@ describe("an operator's actions", () => {
     const [a, b] = (await upstreams("A", "B")) as [Upstream, Upstream];
     const t = await routingCoordinator(members(a, b), {
       adminToken: ADMIN,
+      clusterToken: CLUSTER,
       breakerMinRequests: 2,
       ejectAfterFailures: 2,
       ejectBaseMs: 60_000,
@@ -230,7 +248,9 @@ describe("an operator's actions", () => {
         headers: token ? { authorization: `Bearer ${token}` } : {},
         body: typeof body === "string" ? body : JSON.stringify(body),
       });
-    await a.setMode("error500");
+    // A drops every connection: its own fault (a 500 is the application's answer, never
+    // held against the worker).
+    await a.setMode("reset");
     for (let i = 0; i < 20 && !(await t.breaker("A")).ejected; i++) {
       t.clock.advance(10); // A's failures fade from the picker's memory: it is tried again
       await t.get();
@@ -283,18 +303,20 @@ describe("an operator's actions", () => {
 });
 
 describe("what the admin views say of members the leader's mesh does not hear", () => {
-  /** A real agent gateway serving a live view of leader L and `members`. */
+  /** The leader: a real key's PeerId, so its reports are signed and its agent is asked. */
+  const L = peer("dashboard live leader");
+  /** A real agent gateway serving a live view of leader L and `members` to the agent token. */
   async function leaderAgent(members: unknown[]) {
     const gateway = new Gateway(
-      { host: "127.0.0.1", port: 0 },
+      { host: "127.0.0.1", port: 0, agentToken: VIEW },
       {
         service: () => undefined,
         services: () => [],
         health: () => ({ status: "healthy" }),
         clusterView: () => ({
-          self: "L",
+          self: L,
           cluster: "default",
-          leader: { id: "L", term: 1 },
+          leader: { id: L, term: 1 },
           members,
         }),
       },
@@ -308,7 +330,7 @@ describe("what the admin views say of members the leader's mesh does not hear", 
     const view: unknown[] = [];
     const leader = await leaderAgent(view);
     view.push(
-      { worker_id: "L", status: "online", url: leader.url, services: [], state: "alive" },
+      { worker_id: L, status: "online", url: leader.url, services: [], state: "alive" },
       {
         worker_id: "A",
         status: "online",
@@ -317,12 +339,10 @@ describe("what the admin views say of members the leader's mesh does not hear", 
         state: "suspect",
       },
     );
-    const t = await routingCoordinator(
-      [{ id: "L", url: leader.url, services: [] }, ...members(a)],
-      {
-        liveView: true,
-      },
-    );
+    const t = await routingCoordinator([{ id: L, url: leader.url, services: [] }, ...members(a)], {
+      ...SECURED,
+      liveView: true,
+    });
     const status = async (id: string) =>
       ((await t.admin("/api/admin/workers")) as { worker_id: string; status: string }[]).find(
         (w) => w.worker_id === id,
@@ -331,23 +351,47 @@ describe("what the admin views say of members the leader's mesh does not hear", 
     const provider = (await t.admin("/api/admin/services")).services.svc.workers[0];
     expect(provider).toMatchObject({ worker_id: "A", status: "suspect", health: "degraded" });
     expect((await t.get()).status).toBe(200); // the only provider: still tried
-    expect(await status("L")).toBe("online");
+    expect(await status(L)).toBe("online");
     await leader.gateway.stop();
     t.clock.advance(300); // the next admin read refreshes the view, and the fetch is refused
-    expect(await status("L")).toBe("suspect");
+    expect(await status(L)).toBe("suspect");
   });
 
   it("does not suspect a leader whose agent never answered (it may be out of reach)", async () => {
     const nowhere = `http://127.0.0.1:${await freePort()}`;
     const [a] = (await upstreams("A")) as [Upstream];
-    const t = await routingCoordinator([{ id: "L", url: nowhere, services: [] }, ...members(a)], {
+    const t = await routingCoordinator([{ id: L, url: nowhere, services: [] }, ...members(a)], {
+      ...SECURED,
       liveView: true,
     });
     const workers = (await t.admin("/api/admin/workers")) as {
       worker_id: string;
       status: string;
     }[];
-    expect(workers.find((w) => w.worker_id === "L")?.status).toBe("online");
+    expect(workers.find((w) => w.worker_id === L)?.status).toBe("online");
     expect((await t.admin("/api/admin/metrics")).live_views.default.failures).toBe(1);
+  });
+
+  it("says on the dashboard that the live view is off when tokens are set but no agent-view token", async () => {
+    const [a] = (await upstreams("A")) as [Upstream];
+    const view: unknown[] = [];
+    const leader = await leaderAgent(view);
+    view.push({ worker_id: L, status: "online", url: leader.url, services: [], state: "alive" });
+    const t = await routingCoordinator([{ id: L, url: leader.url, services: [] }, ...members(a)], {
+      adminToken: ADMIN,
+      clusterToken: CLUSTER,
+      liveView: true,
+    });
+    const [cluster] = (await t.admin("/api/admin/dashboard")).clusters;
+    expect(cluster).toMatchObject({ source: "stored", live_view: null });
+    expect(cluster.warnings).toEqual([expect.stringContaining("ROLLCALL_AGENT_TOKEN")]);
+    // With the token the warning is gone and the view is live.
+    const live = await routingCoordinator([{ id: L, url: leader.url, services: [] }], {
+      ...SECURED,
+      liveView: true,
+    });
+    const [seen] = (await live.admin("/api/admin/dashboard")).clusters;
+    expect(seen).toMatchObject({ source: "live", warnings: [] });
+    await leader.gateway.stop();
   });
 });

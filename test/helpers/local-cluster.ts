@@ -1,8 +1,10 @@
 /**
  * A whole local cluster as real processes, like `npm run dev` but with tokens: the coordinator
- * (Node starter, file store), agents in mesh mode on loopback, and each agent's sample services
- * (`scripts/sample-service.ts`) as their own processes, so a test can SIGKILL an agent or stop
- * one service. Everything it starts is killed by `stop()` (or `killAll()` of processes.ts).
+ * (Node starter, file store, loopback upstreams allowed), agents in mesh mode on loopback, and
+ * each agent's sample services (`scripts/sample-service.ts`) as their own processes, so a test
+ * can SIGKILL an agent or stop one service. The coordinator and the agents share an agent-view
+ * token, so the coordinator reads the leader's live view (the admin views' fast truth).
+ * Everything it starts is killed by `stop()` (or `killAll()` of processes.ts).
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -30,6 +32,8 @@ export interface LocalCluster {
   workers: LocalWorker[];
   adminToken: string;
   clusterToken: string;
+  /** The agents' live-view credential (`--agent-token`), also the coordinator's. */
+  agentToken: string;
   /** GET an admin endpoint with the admin token; throws unless 200. */
   admin<T>(path: string): Promise<T>;
   /** The worker the coordinator shows as leader. */
@@ -42,6 +46,7 @@ export interface LocalClusterInit {
   layout: string[][];
   adminToken?: string;
   clusterToken?: string;
+  agentToken?: string;
   /** Seconds between the agents' service probes (default 1). */
   probeS?: number;
   /** Extra environment of the coordinator. */
@@ -52,6 +57,7 @@ export interface LocalClusterInit {
 export async function startLocalCluster(init: LocalClusterInit): Promise<LocalCluster> {
   const adminToken = init.adminToken ?? "local-admin-token";
   const clusterToken = init.clusterToken ?? "local-cluster-token";
+  const agentToken = init.agentToken ?? "local-agent-token";
   const dir = mkdtempSync(join(tmpdir(), "rollcall-local-"));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -59,7 +65,14 @@ export async function startLocalCluster(init: LocalClusterInit): Promise<LocalCl
     "coordinator",
     "scripts/start-node.ts",
     ["--port", String(port), "--data", join(dir, "coordinator.json")],
-    { ROLLCALL_CLUSTER_TOKEN: clusterToken, ROLLCALL_ADMIN_TOKEN: adminToken, ...init.env },
+    {
+      ROLLCALL_CLUSTER_TOKEN: clusterToken,
+      ROLLCALL_ADMIN_TOKEN: adminToken,
+      ROLLCALL_AGENT_TOKEN: agentToken,
+      // Every worker of this cluster is on 127.0.0.1, which the proxy refuses by default.
+      ROLLCALL_UPSTREAM_ALLOW: "loopback",
+      ...init.env,
+    },
   );
   const plans = await Promise.all(
     init.layout.map(async (names, index) => {
@@ -101,6 +114,8 @@ export async function startLocalCluster(init: LocalClusterInit): Promise<LocalCl
       url,
       "--token",
       clusterToken,
+      "--agent-token",
+      agentToken,
       "--data-dir",
       p.dataDir,
       "--listen",
@@ -165,5 +180,5 @@ export async function startLocalCluster(init: LocalClusterInit): Promise<LocalCl
     await Promise.all(workers.flatMap((w) => [...w.services.values()].map((s) => s.kill())));
     await coordinator.kill();
   };
-  return { url, coordinator, workers, adminToken, clusterToken, admin, leader, stop };
+  return { url, coordinator, workers, adminToken, clusterToken, agentToken, admin, leader, stop };
 }
