@@ -223,6 +223,9 @@ const COORDINATOR_ENV = {
   ROLLCALL_UPSTREAM_ALLOW: "loopback",
 };
 
+/** Deno reads its packages as `deno task` does (deno.json), so a run never rewrites deno.lock. */
+const DENO_ENV = { DENO_NO_PACKAGE_JSON: "1" };
+
 /** The bare hono proxy (the reference point) on a runtime. */
 async function startBare(
   kind: string,
@@ -242,7 +245,7 @@ async function startBare(
       ? start(process.execPath, [...runtimeArgs, "--import", "tsx", file], env)
       : runtime === "bun"
         ? start(BIN("bun"), [...runtimeArgs, file], env)
-        : start(BIN("deno"), ["run", "-A", ...runtimeArgs, file], env);
+        : start(BIN("deno"), ["run", "-A", ...runtimeArgs, file], { ...env, ...DENO_ENV });
   await waitForPort(port);
   return { child, base: `http://127.0.0.1:${port}` };
 }
@@ -290,7 +293,7 @@ async function startCoordinator(target: string, runtimeArgs: string[] = []): Pro
         "--kv",
         `${dir}/kv`,
       ],
-      COORDINATOR_ENV,
+      { ...COORDINATOR_ENV, ...DENO_ENV },
       cwd,
     );
   }
