@@ -9,6 +9,9 @@
  * does not match the body really sent (a pooled keep-alive socket must never be desynced), and,
  * given `allowAddress`, it refuses to connect where a name resolves to an address the
  * coordinator's `ROLLCALL_UPSTREAM_ALLOW` does not allow (DNS rebinding to 169.254.169.254).
+ * A streamed answer whose body breaks after its headers (the upstream reset mid-response, or
+ * sent a corrupt encoding) calls the caller's `onBodyBreak` (the coordinator's `UpstreamInit`),
+ * never when the reader stops reading; the fetch says so with `reportsBodyBreaks`.
  */
 import dns from "node:dns";
 import { once } from "node:events";
@@ -44,6 +47,39 @@ export function decoder(encoding: string): NodeJS.ReadWriteStream | null {
   if (e === "deflate") return zlib.createInflate();
   if (e === "br") return zlib.createBrotliDecompress();
   return null;
+}
+
+/** What the coordinator adds to an upstream fetch's init (its `UpstreamInit`). */
+export interface BodyBreakInit extends RequestInit {
+  /** Called once when the answer's body breaks after its headers came. */
+  onBodyBreak?: () => void;
+}
+
+/**
+ * Whether an error of an answer's body is the upstream's doing: node:http's own "aborted"
+ * reset (the connection closed before the body ended) or a corrupt encoding (zlib's `Z_`
+ * codes), never a reason the reader cancelled with (a client's socket error included).
+ */
+export function upstreamBodyFault(err: unknown): boolean {
+  const e = err as NodeJS.ErrnoException | null;
+  if (typeof e?.code !== "string") return false;
+  return (e.code === "ECONNRESET" && e.message === "aborted") || e.code.startsWith("Z_");
+}
+
+/**
+ * Calls `onBodyBreak` (once) when `stream` fails by the upstream's doing. A reader that cancels
+ * the answer aborts `req` (how Node's `Readable.toWeb` ends an answer), which then fails with
+ * the same "aborted" reset: that one is nobody's fault.
+ */
+function reportBreak(
+  stream: Readable,
+  req: http.ClientRequest,
+  onBodyBreak: (() => void) | undefined,
+): void {
+  if (onBodyBreak === undefined) return;
+  stream.once("error", (err) => {
+    if (!req.aborted && upstreamBodyFault(err)) onBodyBreak();
+  });
 }
 
 /** Framing headers the client sets itself from the body it really sends. */
@@ -204,6 +240,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
           res.on("error", (err) => decode.emit("error", err));
           stream = res.pipe(decode) as unknown as Readable;
         }
+        reportBreak(stream, req, (reqInit as BodyBreakInit).onBodyBreak);
         resolve(new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, meta));
       });
       const body = reqInit.body;
@@ -215,7 +252,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 
   return {
-    fetch: nodeFetch as typeof fetch,
+    fetch: Object.assign(nodeFetch, { reportsBodyBreaks: true }) as unknown as typeof fetch,
     close: () => {
       httpAgent.destroy();
       httpsAgent.destroy();

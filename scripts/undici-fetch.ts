@@ -2,13 +2,14 @@
  * A candidate upstream client for the Node starter: the same `fetch` contract as
  * scripts/node-fetch.ts (method, headers, a streamed or whole body, `signal`, no redirects,
  * bodies decoded, small answers read whole, framing from the body really sent, the address
- * guard) on undici's `Agent` (a `Pool` per origin) through its low-level `dispatch`, the layer
+ * guard, `onBodyBreak`) on undici's `Agent` (a `Pool` per origin) through its low-level `dispatch`, the layer
  * undici's own `request` is built on. `ROLLCALL_NODE_FETCH=undici` selects it; the proxy
  * benchmark measures it beside the node:http client (docs/BENCHMARKS.md).
  */
 import { PassThrough, Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import {
+  type BodyBreakInit,
   decoder,
   frame,
   guardedLookup,
@@ -16,6 +17,7 @@ import {
   type NodeFetch,
   type NodeFetchInit,
   nodeHeaders,
+  upstreamBodyFault,
 } from "./node-fetch.ts";
 
 /** The response headers of a dispatch (name, value, name, value, ... as bytes) as Headers. */
@@ -69,6 +71,8 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
       let resume: (() => void) | null = null;
       let chunks: Buffer[] | null = null;
       let meta: ResponseInit = {};
+      let readerGone = false;
+      const onBodyBreak = (reqInit as BodyBreakInit).onBodyBreak;
       const onAbort = () => {
         const reason =
           signal?.reason ?? new DOMException("The operation was aborted", "AbortError");
@@ -81,7 +85,11 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
         if (!settled) {
           settled = true;
           reject(err);
-        } else stream?.destroy(err);
+        } else {
+          // After the headers: the upstream broke the body, unless its reader went away.
+          if (stream !== null && !readerGone && !stream.destroyed) onBodyBreak?.();
+          stream?.destroy(err);
+        }
       };
       const handler: Dispatcher.DispatchHandler = {
         onConnect(abortRequest) {
@@ -111,10 +119,16 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
           if (decode !== null) {
             stream.on("error", (err) => decode.emit("error", err));
             out = stream.pipe(decode) as unknown as Readable;
+            // A corrupt encoding is the upstream's doing too.
+            decode.once("error", (err) => {
+              if (!readerGone && upstreamBodyFault(err)) onBodyBreak?.();
+            });
           }
           // The reader went away (the client left): stop the upstream request too.
           out.on("close", () => {
-            if (!stream?.writableFinished) abort?.(new Error("The answer's reader went away"));
+            if (stream?.writableFinished) return;
+            if (!stream?.destroyed) readerGone = true;
+            abort?.(new Error("The answer's reader went away"));
           });
           settled = true;
           resolve(new Response(Readable.toWeb(out) as ReadableStream<Uint8Array>, meta));
@@ -154,7 +168,7 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 
   return {
-    fetch: undiciFetch as typeof fetch,
+    fetch: Object.assign(undiciFetch, { reportsBodyBreaks: true }) as unknown as typeof fetch,
     close: () => {
       void agent.destroy().catch(() => {});
     },

@@ -16,6 +16,7 @@ import { until } from "./helpers/upstream.ts";
 let server: http.Server;
 let base = "";
 let hung = 0;
+let dribblesClosed = 0;
 
 beforeAll(async () => {
   server = http.createServer((req, res) => {
@@ -34,6 +35,19 @@ beforeAll(async () => {
         res.end();
       } else if (req.url === "/hang") {
         hung++;
+      } else if (req.url === "/break") {
+        // Headers and 10 bytes of a promised 100,000, then the connection drops.
+        res.writeHead(200, { "content-length": "100000" });
+        res.write("0123456789");
+        setTimeout(() => res.socket?.destroy(), 20);
+      } else if (req.url === "/bad-gzip") {
+        res.writeHead(200, { "content-encoding": "gzip" });
+        res.end("this is not gzip at all");
+      } else if (req.url === "/dribble") {
+        // 10 bytes of a promised 200,000, then nothing until the reader leaves.
+        res.writeHead(200, { "content-length": "200000" });
+        res.write("0123456789");
+        res.on("close", () => dribblesClosed++);
       } else {
         res.writeHead(201, {
           "content-type": "application/json",
@@ -106,6 +120,29 @@ describe.each(CLIENTS)("%s upstream client", (_name, create) => {
     await until("the request to reach /hang", () => hung > 0, 10_000);
     controller.abort();
     await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("reports a body that breaks after its headers to onBodyBreak, never a whole one or one its reader cancels", async () => {
+    let breaks = 0;
+    const init = { onBodyBreak: () => breaks++ } as RequestInit;
+    expect((client.fetch as { reportsBodyBreaks?: boolean }).reportsBodyBreaks).toBe(true);
+    const broken = await client.fetch(`${base}/break`, init);
+    expect(broken.status).toBe(200);
+    await expect(broken.text()).rejects.toThrow();
+    expect(breaks).toBe(1);
+    const corrupt = await client.fetch(`${base}/bad-gzip`, init);
+    await expect(corrupt.text()).rejects.toThrow();
+    expect(breaks).toBe(2);
+    expect((await (await client.fetch(`${base}/big`, init)).text()).length).toBe(200_000);
+    const dribble = await client.fetch(`${base}/dribble`, init);
+    const reader = (dribble.body as ReadableStream<Uint8Array>).getReader();
+    expect((await reader.read()).done).toBe(false);
+    // As @hono/node-server cancels when its client's socket fails.
+    const gone = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+    const closed = dribblesClosed;
+    await reader.cancel(gone);
+    await until("the upstream to see the reader leave", () => dribblesClosed > closed, 10_000);
+    expect(breaks).toBe(2);
   });
 
   it("serves the coordinator: its answer goes out as is, hop-by-hop headers stripped", async () => {
