@@ -579,7 +579,7 @@ async function main(): Promise<void> {
     `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | CPU µs/req | x nginx | x nginx-auto | x hono (fetch) | x hono (same client) | errors |`,
   );
   console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const target of targets) {
+  for (const target of rounds > 0 ? targets : []) {
     const list = results.get(target) ?? [];
     const rps = list.map((r) => r.rps);
     const m = median(rps);

@@ -9,7 +9,7 @@
 import { PassThrough, Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import {
-  type BodyBreakInit,
+  type ProxyFetchInit,
   decoder,
   frame,
   guardedLookup,
@@ -72,7 +72,7 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
       let chunks: Buffer[] | null = null;
       let meta: ResponseInit = {};
       let readerGone = false;
-      const onBodyBreak = (reqInit as BodyBreakInit).onBodyBreak;
+      const onBodyBreak = (reqInit as ProxyFetchInit).onBodyBreak;
       const onAbort = () => {
         const reason =
           signal?.reason ?? new DOMException("The operation was aborted", "AbortError");
@@ -80,6 +80,15 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       const done = () => signal?.removeEventListener("abort", onAbort);
+      // The coordinator's handle, instead of a signal: the same abort, without its listeners.
+      let cancelled: Error | null = null;
+      const handle = (reqInit as ProxyFetchInit).abortable;
+      if (handle) {
+        handle.abort = (reason) => {
+          cancelled = reason;
+          abort?.(reason);
+        };
+      }
       const fail = (err: Error) => {
         done();
         if (!settled) {
@@ -95,6 +104,7 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
         onConnect(abortRequest) {
           abort = abortRequest;
           if (signal?.aborted) onAbort();
+          else if (cancelled !== null) abortRequest(cancelled);
         },
         onHeaders(status, raw, resumeRequest, statusText) {
           if (status < 200) return true; // 1xx: the answer follows

@@ -33,7 +33,7 @@ beforeAll(async () => {
       } else if (req.url === "/empty") {
         res.writeHead(204);
         res.end();
-      } else if (req.url === "/hang") {
+      } else if (req.url === "/hang" || req.url === "/svc/hang") {
         hung++;
       } else if (req.url === "/break") {
         // Headers and 10 bytes of a promised 100,000, then the connection drops.
@@ -120,6 +120,28 @@ describe.each(CLIENTS)("%s upstream client", (_name, create) => {
     await until("the request to reach /hang", () => hung > 0, 10_000);
     controller.abort();
     await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("takes the coordinator's abort handle instead of a signal: an abort through it rejects", async () => {
+    const handle: { abort: ((reason: Error) => void) | null } = { abort: null };
+    const before = hung;
+    const pending = client.fetch(`${base}/hang`, { abortable: handle } as RequestInit);
+    await until("the request to reach /hang", () => hung > before, 10_000);
+    expect(handle.abort).not.toBeNull();
+    handle.abort?.(new DOMException("The operation was aborted", "AbortError"));
+    await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("ends a hung attempt at the coordinator's proxy timeout (504)", async () => {
+    const t = await routingCoordinator(
+      [{ id: "n1", url: base }],
+      { proxyTimeoutMs: 300, maxAttempts: 1 },
+      { fetch: client.fetch },
+    );
+    const before = hung;
+    const res = await t.get("/api/service/svc/hang");
+    expect(res.status).toBe(504);
+    expect(hung).toBe(before + 1);
   });
 
   it("reports a body that breaks after its headers to onBodyBreak, never a whole one or one its reader cancels", async () => {
