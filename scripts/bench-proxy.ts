@@ -15,9 +15,10 @@
  * as Debian's default configuration does. "hono-<runtime>" is the reference point: a bare hono
  * app that only fetches the upstream (scripts/bench-proxy-bare.ts), no routing logic, with the
  * runtime's fetch; "hono-node-http", "hono-deno-http" and "hono-node-undici" the same app with
- * the Node starter's node:http client or the undici one. "node-undici" is the Node coordinator
- * with the undici client. A target with "@before" (e.g. "node@before") runs the coordinator of
- * the checkout given by `--before` (with node_modules), interleaved with this tree's.
+ * the Node starter's node:http client or the undici one. "node" is the Node coordinator with its
+ * default client (undici), "node-node-http" with the node:http one. A target with "@before" (e.g. "node@before") runs the coordinator of
+ * the checkout given by `--before` (with node_modules), interleaved with this tree's. A target
+ * with "~" passes runtime flags to that coordinator only ("node~--max-semi-space-size=32").
  * CPU µs per request is the proxy process's own CPU
  * time (all its threads, workers for nginx) over the requests served: robust to a busy machine.
  * `--profile node,bun,deno` runs those coordinators once more under a CPU profiler (`--cpu-prof`;
@@ -252,13 +253,16 @@ async function startBare(
 
 async function startCoordinator(target: string, runtimeArgs: string[] = []): Promise<Coordinator> {
   const port = await freePort();
-  const [kind, tree] = target.split("@") as [string, string | undefined];
+  const [spec, tree] = target.split("@") as [string, string | undefined];
+  // "node~--max-semi-space-size=32": that runtime flag for this target only.
+  const [kind, ...flagList] = spec.split("~") as [string, ...string[]];
+  runtimeArgs = [...flagList, ...runtimeArgs];
   const cwd = tree === "before" ? path.resolve(values.before as string) : ROOT;
   const dir = mkdtempSync(path.join(work, `${kind}-`));
   const flags = ["--port", String(port)];
   let child: ChildProcess;
   if (kind.startsWith("node")) {
-    const client = kind.slice(5); // "", "builtin", "undici"
+    const client = kind.slice(5); // "" (the default: undici), "builtin", "undici", "node-http"
     child = start(
       process.execPath,
       [
@@ -425,13 +429,13 @@ function summarizeProfile(file: string): string {
  * upstream client (the node:http one for the Node and Deno coordinators, undici for node-undici).
  */
 function bareOf(target: string): { fetch: string; client: string } | null {
-  const kind = target.split("@")[0] as string;
+  const kind = (target.split("@")[0] as string).split("~")[0] as string;
   if (kind.startsWith("hono-") || !/^(node|bun|deno)/.test(kind)) return null;
   if (kind === "bun") return { fetch: "hono-bun", client: "hono-bun" };
   if (kind === "deno") return { fetch: "hono-deno", client: "hono-deno-http" };
   if (kind === "node-builtin") return { fetch: "hono-node", client: "hono-node" };
-  if (kind === "node-undici") return { fetch: "hono-node", client: "hono-node-undici" };
-  return { fetch: "hono-node", client: "hono-node-http" };
+  if (kind === "node-node-http") return { fetch: "hono-node", client: "hono-node-http" };
+  return { fetch: "hono-node", client: "hono-node-undici" }; // node, node-undici
 }
 
 /**

@@ -1,6 +1,6 @@
 /**
  * The Node coordinator as a function, for `scripts/start-node.ts` (`npm run coordinator`) and
- * the `rollcall coordinator` subcommand: options, file store, keep-alive upstream client,
+ * the `rollcall coordinator` subcommand: options, file store, keep-alive upstream client (undici),
  * clean stop on SIGINT/SIGTERM.
  */
 import fs from "node:fs/promises";
@@ -27,12 +27,14 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
   // The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
   const client = process.env.ROLLCALL_NODE_FETCH;
   const allowAddress = (host: string, address: string) => coordinator.allowsUpstream(host, address);
+  // undici's dispatcher by default: less CPU per request than the node:http client in the
+  // proxy benchmark (docs/BENCHMARKS.md, run 6); ROLLCALL_NODE_FETCH=node-http or builtin.
   const upstream =
     client === "builtin"
       ? null
-      : client === "undici"
-        ? createUndiciFetch({ allowAddress })
-        : createNodeFetch({ allowAddress });
+      : client === "node-http"
+        ? createNodeFetch({ allowAddress })
+        : createUndiciFetch({ allowAddress });
   const coordinator = createCoordinator(init, {
     store: fileStore({ path }, { fs }),
     ...(upstream ? { fetch: upstream.fetch } : {}),

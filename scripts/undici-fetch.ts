@@ -1,10 +1,10 @@
 /**
- * A candidate upstream client for the Node starter: the same `fetch` contract as
+ * The Node starter's upstream client: the same `fetch` contract as
  * scripts/node-fetch.ts (method, headers, a streamed or whole body, `signal`, no redirects,
  * bodies decoded, small answers read whole, framing from the body really sent, the address
  * guard, `onBodyBreak`) on undici's `Agent` (a `Pool` per origin) through its low-level `dispatch`, the layer
- * undici's own `request` is built on. `ROLLCALL_NODE_FETCH=undici` selects it; the proxy
- * benchmark measures it beside the node:http client (docs/BENCHMARKS.md).
+ * undici's own `request` is built on. The default since it measured less CPU per request than
+ * the node:http client (docs/BENCHMARKS.md, run 6); `ROLLCALL_NODE_FETCH=node-http` selects that.
  */
 import { PassThrough, Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
