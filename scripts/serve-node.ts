@@ -29,10 +29,13 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
   const allowAddress = (host: string, address: string) => coordinator.allowsUpstream(host, address);
   // undici's dispatcher by default: less CPU per request than the node:http client in the
   // proxy benchmark (docs/BENCHMARKS.md, run 6); ROLLCALL_NODE_FETCH=node-http or builtin.
+  // Under Bun (the standalone binary) "undici" is Bun's own shim, without a working
+  // dispatcher: the node:http client there.
+  const onBun = "Bun" in globalThis;
   const upstream =
     client === "builtin"
       ? null
-      : client === "node-http"
+      : client === "node-http" || onBun
         ? createNodeFetch({ allowAddress })
         : createUndiciFetch({ allowAddress });
   const coordinator = createCoordinator(init, {
