@@ -2,7 +2,11 @@
  * The benchmark's reference point (scripts/bench-proxy.ts): a bare hono app that only
  * `fetch`es the upstream, with no routing logic, on Node (@hono/node-server), Bun or Deno.
  *
- *   UPSTREAM=http://127.0.0.1:8080 PORT=8787 <node --import tsx | bun | deno run -A> scripts/bench-proxy-bare.ts
+ *   UPSTREAM=http://127.0.0.1:8080 PORT=8787 [CLIENT=node-http|undici] \
+ *     <node --import tsx | bun | deno run -A> scripts/bench-proxy-bare.ts
+ *
+ * CLIENT picks the upstream client: the runtime's fetch (default), the Node starter's node:http
+ * client (scripts/node-fetch.ts, Node and Deno) or the undici one (scripts/undici-fetch.ts).
  */
 import { Hono } from "hono";
 
@@ -12,10 +16,16 @@ const env: Record<string, string | undefined> =
 const upstream = env.UPSTREAM ?? "http://127.0.0.1:8080";
 const port = Number(env.PORT ?? 8787);
 const prefix = "/api/service/echo";
+const client =
+  env.CLIENT === "node-http"
+    ? (await import("./node-fetch.ts")).createNodeFetch().fetch
+    : env.CLIENT === "undici"
+      ? (await import("./undici-fetch.ts")).createUndiciFetch().fetch
+      : fetch;
 
 const app = new Hono();
 app.all(`${prefix}/*`, (c) =>
-  fetch(`${upstream}/service/echo${c.req.path.slice(prefix.length)}`, {
+  client(`${upstream}/service/echo${c.req.path.slice(prefix.length)}`, {
     method: c.req.method,
     headers: c.req.raw.headers,
   }),
@@ -34,3 +44,5 @@ else {
   serve({ fetch: app.fetch, port, hostname: "127.0.0.1" });
 }
 console.log(`bare hono proxy listening on http://127.0.0.1:${port}`);
+// A clean exit on SIGINT, so `--cpu-prof` (Node, Bun) writes its profile.
+if (!G.Deno) process.once("SIGINT", () => process.exit(0));

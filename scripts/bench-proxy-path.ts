@@ -5,10 +5,12 @@
  * interleaved in one process, batch after batch, so the load of a shared machine hits both
  * alike; the figure is the median per-round ratio. The full-stack proxy benchmark
  * (bench-proxy.ts) cannot see a few per cent of the coordinator's share through the noise of a
- * loaded machine; this one can.
+ * loaded machine; this one can. `--reports-breaks` marks the in-memory fetch as one that reports
+ * its answers' body breaks itself, as the Node and Deno starters' client does (Bun's and
+ * workerd's fetch do not).
  *
  *   npx tsx scripts/bench-proxy-path.ts --against /path/to/other/coordinator.ts \
- *     [--rounds 15] [--requests 20000]
+ *     [--rounds 15] [--requests 20000] [--reports-breaks]
  *   bun scripts/bench-proxy-path.ts --against ...      deno run -A scripts/bench-proxy-path.ts --against ...
  */
 import { cpus, loadavg } from "node:os";
@@ -21,6 +23,7 @@ const { values } = parseArgs({
     against: { type: "string" },
     rounds: { type: "string", default: "15" },
     requests: { type: "string", default: "20000" },
+    "reports-breaks": { type: "boolean", default: false },
   },
 });
 if (!values.against) {
@@ -47,11 +50,14 @@ const ENV = { incoming: { socket: { remoteAddress: "127.0.0.1" } } };
 
 /** A coordinator of version `mod` with one direct-mode worker serving "echo". */
 async function setUp(mod: Mod) {
-  const upstream = (async () =>
-    new Response('{"ok":true}', {
-      status: 200,
-      headers: { "content-type": "application/json", "content-length": "11" },
-    })) as unknown as typeof fetch;
+  const upstream = Object.assign(
+    async () =>
+      new Response('{"ok":true}', {
+        status: 200,
+        headers: { "content-type": "application/json", "content-length": "11" },
+      }),
+    { reportsBodyBreaks: values["reports-breaks"] },
+  ) as unknown as typeof fetch;
   const c = mod.createCoordinator(
     { liveView: false },
     {

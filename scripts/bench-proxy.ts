@@ -5,17 +5,25 @@
  * p50/p99 latency and each target's ratio to nginx, as a markdown table.
  *
  *   npm run bench:proxy -- [--rounds 3] [--duration 10] [--connections 50]
- *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin,hono-node,hono-bun,hono-deno]
- *         [--profile node,bun]
+ *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin,node-undici,
+ *                    hono-node,hono-node-http,hono-node-undici,hono-bun,hono-deno,hono-deno-http]
+ *         [--before <checkout>] [--profile node,bun,deno]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
  * upstream costs every target the same. Ratios are per round (median and range over rounds). The "nginx" proxy runs one worker process, as the
  * coordinator runs one JavaScript thread (the ratios are to it); "nginx-auto" runs one per core,
  * as Debian's default configuration does. "hono-<runtime>" is the reference point: a bare hono
- * app that only fetches the upstream (scripts/bench-proxy-bare.ts), no routing logic.
+ * app that only fetches the upstream (scripts/bench-proxy-bare.ts), no routing logic, with the
+ * runtime's fetch; "hono-node-http", "hono-deno-http" and "hono-node-undici" the same app with
+ * the Node starter's node:http client or the undici one. "node" is the Node coordinator with its
+ * default client (undici), "node-node-http" with the node:http one. A target with "@before" (e.g. "node@before") runs the coordinator of
+ * the checkout given by `--before` (with node_modules), interleaved with this tree's. A target
+ * with "~" passes runtime flags to that coordinator only ("node~--max-semi-space-size=32").
  * CPU µs per request is the proxy process's own CPU
- * time (all its threads, workers for nginx) over the requests served: robust to a busy machine. `--profile node,bun` runs those coordinators once more
- * under `--cpu-prof` and prints where their CPU time goes. Needs `apt-get install nginx wrk`.
+ * time (all its threads, workers for nginx) over the requests served: robust to a busy machine.
+ * `--profile node,bun,deno` runs those coordinators once more under a CPU profiler (`--cpu-prof`;
+ * Deno: V8's `--prof`, read by `node --prof-process`) and prints where their CPU time goes.
+ * Needs `apt-get install nginx wrk`.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import {
@@ -31,6 +39,7 @@ import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { generateKeyPair } from "@libp2p/crypto/keys";
+import { WebSocket } from "undici";
 import { signerFromKey } from "../agent/signer.ts";
 import { signRequest } from "../coordinator.ts";
 
@@ -47,6 +56,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "1" },
     targets: { type: "string", default: "direct,nginx,nginx-auto,node,bun,deno" },
     profile: { type: "string", default: "" },
+    before: { type: "string" },
   },
 });
 const rounds = Number(values.rounds);
@@ -87,9 +97,14 @@ async function waitForPort(port: number, deadlineMs = 30_000): Promise<void> {
 
 const children = new Set<ChildProcess>();
 
-function start(command: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+function start(
+  command: string,
+  args: string[],
+  env: Record<string, string> = {},
+  cwd = ROOT,
+): ChildProcess {
   const child = spawn(command, args, {
-    cwd: ROOT,
+    cwd,
     env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -209,27 +224,45 @@ const COORDINATOR_ENV = {
   ROLLCALL_UPSTREAM_ALLOW: "loopback",
 };
 
+/** Deno reads its packages as `deno task` does (deno.json), so a run never rewrites deno.lock. */
+const DENO_ENV = { DENO_NO_PACKAGE_JSON: "1" };
+
 /** The bare hono proxy (the reference point) on a runtime. */
-async function startBare(runtime: string, upstream: string): Promise<Coordinator> {
+async function startBare(
+  kind: string,
+  upstream: string,
+  runtimeArgs: string[] = [],
+): Promise<Coordinator> {
   const port = await freePort();
-  const env = { UPSTREAM: upstream, PORT: String(port) };
+  const [runtime, client] = kind.split("-") as [string, string | undefined];
+  const env = {
+    UPSTREAM: upstream,
+    PORT: String(port),
+    ...(client ? { CLIENT: client === "http" ? "node-http" : client } : {}),
+  };
   const file = "scripts/bench-proxy-bare.ts";
   const child =
     runtime === "node"
-      ? start(process.execPath, ["--import", "tsx", file], env)
+      ? start(process.execPath, [...runtimeArgs, "--import", "tsx", file], env)
       : runtime === "bun"
-        ? start(BIN("bun"), [file], env)
-        : start(BIN("deno"), ["run", "-A", file], env);
+        ? start(BIN("bun"), [...runtimeArgs, file], env)
+        : start(BIN("deno"), ["run", "-A", ...runtimeArgs, file], { ...env, ...DENO_ENV });
   await waitForPort(port);
   return { child, base: `http://127.0.0.1:${port}` };
 }
 
-async function startCoordinator(kind: string, runtimeArgs: string[] = []): Promise<Coordinator> {
+async function startCoordinator(target: string, runtimeArgs: string[] = []): Promise<Coordinator> {
   const port = await freePort();
+  const [spec, tree] = target.split("@") as [string, string | undefined];
+  // "node~--max-semi-space-size=32": that runtime flag for this target only.
+  const [kind, ...flagList] = spec.split("~") as [string, ...string[]];
+  runtimeArgs = [...flagList, ...runtimeArgs];
+  const cwd = tree === "before" ? path.resolve(values.before as string) : ROOT;
   const dir = mkdtempSync(path.join(work, `${kind}-`));
   const flags = ["--port", String(port)];
   let child: ChildProcess;
-  if (kind === "node" || kind === "node-builtin") {
+  if (kind.startsWith("node")) {
+    const client = kind.slice(5); // "" (the default: undici), "builtin", "undici", "node-http"
     child = start(
       process.execPath,
       [
@@ -241,26 +274,47 @@ async function startCoordinator(kind: string, runtimeArgs: string[] = []): Promi
         "--data",
         `${dir}/c.json`,
       ],
-      {
-        ...COORDINATOR_ENV,
-        ...(kind === "node-builtin" ? { ROLLCALL_NODE_FETCH: "builtin" } : {}),
-      },
+      { ...COORDINATOR_ENV, ...(client ? { ROLLCALL_NODE_FETCH: client } : {}) },
+      cwd,
     );
   } else if (kind === "bun") {
     child = start(
       BIN("bun"),
       [...runtimeArgs, "scripts/start-bun.ts", ...flags, "--data", `${dir}/c.json`],
       COORDINATOR_ENV,
+      cwd,
     );
   } else {
     child = start(
       BIN("deno"),
-      ["run", "-A", "--unstable-kv", "scripts/start-deno.ts", ...flags, "--kv", `${dir}/kv`],
-      COORDINATOR_ENV,
+      [
+        "run",
+        "-A",
+        "--unstable-kv",
+        ...runtimeArgs,
+        "scripts/start-deno.ts",
+        ...flags,
+        "--kv",
+        `${dir}/kv`,
+      ],
+      { ...COORDINATOR_ENV, ...DENO_ENV },
+      cwd,
     );
   }
   await waitForPort(port);
   return { child, base: `http://127.0.0.1:${port}` };
+}
+
+/** A coordinator (registered with one provider at `upstream`) or a bare hono proxy. */
+async function startTarget(
+  target: string,
+  upstream: string,
+  runtimeArgs: string[] = [],
+): Promise<Coordinator> {
+  if (target.startsWith("hono-")) return startBare(target.slice(5), upstream, runtimeArgs);
+  const coordinator = await startCoordinator(target, runtimeArgs);
+  await register(coordinator.base, upstream);
+  return coordinator;
 }
 
 /** Reports a one-member cluster whose leader is a fresh key (reports are signed by their leader). */
@@ -323,6 +377,10 @@ function summarizeProfile(file: string): string {
     if (name === "(idle)") return "idle";
     if (name === "(garbage collector)") return "garbage collector";
     if (name === "(program)") return "native (program)";
+    // Deno's inspector reports node:http traffic to an attached debugger: the profiler's cost.
+    if (name === "op_inspector_emit_protocol_event" || url.includes("inspector_network_bridge")) {
+      return "profiler (Deno inspector events)";
+    }
     if (url.includes("/coordinator.ts")) return "coordinator.ts";
     if (url.includes("node-fetch.ts")) return "scripts/node-fetch.ts (upstream client)";
     if (url.includes("@hono/node-server")) return "@hono/node-server";
@@ -330,6 +388,7 @@ function summarizeProfile(file: string): string {
     if (url.includes("undici")) return "undici (web streams, Headers, fetch)";
     if (url.startsWith("node:internal/webstreams")) return "node web streams";
     if (url.startsWith("node:")) return "node internals (http, net, streams, timers)";
+    if (url.startsWith("ext:")) return "deno runtime JS (ext:, its node:http layer too)";
     if (url === "") return "native / runtime";
     return "other";
   };
@@ -343,16 +402,105 @@ function summarizeProfile(file: string): string {
     areas.set(a, (areas.get(a) ?? 0) + t);
   }
   const pct = (t: number) => `${((100 * t) / total).toFixed(1)} %`;
-  const busy = total - (areas.get("idle") ?? 0);
+  const busy =
+    total - (areas.get("idle") ?? 0) - (areas.get("profiler (Deno inspector events)") ?? 0);
   const lines = ["Self time by area (share of all samples; busy = not idle):", ""];
   for (const [a, t] of [...areas].sort((x, y) => y[1] - x[1])) {
     lines.push(`  ${pct(t).padStart(7)}  ${a}`);
   }
-  lines.push("", `Busy: ${pct(busy)}. Top functions by self time:`, "");
+  lines.push(
+    "",
+    `Busy (not idle, not the profiler): ${pct(busy)}. Top functions by self time:`,
+    "",
+  );
   for (const [f, t] of [...fns].sort((x, y) => y[1] - x[1]).slice(0, 25)) {
     lines.push(`  ${pct(t).padStart(7)}  ${f}`);
   }
+  lines.push("", "coordinator.ts by self time, share of busy time:", "");
+  const own = [...fns].filter(([f]) => f.includes("coordinator.ts:")).sort((x, y) => y[1] - x[1]);
+  for (const [f, t] of own.slice(0, 15)) {
+    lines.push(`  ${((100 * t) / busy).toFixed(1).padStart(5)} %  ${f}`);
+  }
   return lines.join("\n");
+}
+
+/**
+ * The bare hono proxies a target compares with: on its runtime's fetch, and on the same
+ * upstream client (the node:http one for the Node and Deno coordinators, undici for node-undici).
+ */
+function bareOf(target: string): { fetch: string; client: string } | null {
+  const kind = (target.split("@")[0] as string).split("~")[0] as string;
+  if (kind.startsWith("hono-") || !/^(node|bun|deno)/.test(kind)) return null;
+  if (kind === "bun") return { fetch: "hono-bun", client: "hono-bun" };
+  if (kind === "deno") return { fetch: "hono-deno", client: "hono-deno-http" };
+  if (kind === "node-builtin") return { fetch: "hono-node", client: "hono-node" };
+  if (kind === "node-node-http") return { fetch: "hono-node", client: "hono-node-http" };
+  return { fetch: "hono-node", client: "hono-node-undici" }; // node, node-undici
+}
+
+/**
+ * Runs a target once more under a CPU profiler with the same load; returns the profile's path.
+ * Node and Bun write one with `--cpu-prof`; Deno (2.9 has no such flag) is profiled through its
+ * inspector, with the DevTools protocol's sampling profiler (the same profile format).
+ */
+async function profileTarget(target: string, upstream: string): Promise<string | null> {
+  const dir = path.join(work, `profile-${target.replace(/[^\w-]/g, "_")}`);
+  mkdirSync(dir);
+  const url = (c: Coordinator) => `${c.base}/api/service/echo/hello`;
+  if (!target.replace(/^hono-/, "").startsWith("deno")) {
+    const c = await startTarget(target, upstream, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
+    await wrk(url(c), Math.min(3, duration));
+    await wrk(url(c), duration);
+    await stop(c.child, "SIGINT");
+    await new Promise((r) => setTimeout(r, 500));
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+    return file ? path.join(dir, file) : null;
+  }
+  const inspectPort = await freePort();
+  const c = await startTarget(target, upstream, [`--inspect=127.0.0.1:${inspectPort}`]);
+  try {
+    await wrk(url(c), Math.min(3, duration));
+    const list = (await (await fetch(`http://127.0.0.1:${inspectPort}/json/list`)).json()) as {
+      webSocketDebuggerUrl: string;
+    }[];
+    const session = await inspector(list[0]?.webSocketDebuggerUrl as string);
+    await session.call("Profiler.enable");
+    await session.call("Profiler.setSamplingInterval", { interval: 1000 });
+    await session.call("Profiler.start");
+    await wrk(url(c), duration);
+    const { profile } = (await session.call("Profiler.stop")) as { profile: unknown };
+    session.close();
+    const file = path.join(dir, `${target}.cpuprofile`);
+    writeFileSync(file, JSON.stringify(profile));
+    return file;
+  } finally {
+    await stop(c.child);
+  }
+}
+
+/** A DevTools protocol session over a WebSocket: `call` sends a command and awaits its result. */
+async function inspector(wsUrl: string) {
+  const ws = new WebSocket(wsUrl);
+  await new Promise((resolve, reject) => {
+    ws.addEventListener("open", resolve, { once: true });
+    ws.addEventListener("error", reject, { once: true });
+  });
+  let id = 0;
+  const waiting = new Map<number, (result: unknown) => void>();
+  ws.addEventListener("message", (event) => {
+    const msg = JSON.parse(String(event.data)) as { id?: number; result?: unknown };
+    if (msg.id !== undefined) waiting.get(msg.id)?.(msg.result);
+  });
+  return {
+    call(method: string, params: Record<string, unknown> = {}): Promise<unknown> {
+      const n = ++id;
+      return new Promise((resolve) => {
+        waiting.set(n, resolve);
+        ws.send(JSON.stringify({ id: n, method, params }));
+      });
+    },
+    close: () => ws.close(),
+  };
 }
 
 async function main(): Promise<void> {
@@ -403,13 +551,8 @@ async function main(): Promise<void> {
       } else if (target === "nginx" || target === "nginx-auto") {
         url = `http://127.0.0.1:${target === "nginx" ? proxyPort : autoPort}${path1}`;
         pid = (target === "nginx" ? nginxProxy : nginxAuto).pid;
-      } else if (target.startsWith("hono-")) {
-        coordinator = await startBare(target.slice(5), upstream);
-        url = `${coordinator.base}/api/service/echo/hello`;
-        pid = coordinator.child.pid;
       } else {
-        coordinator = await startCoordinator(target);
-        await register(coordinator.base, upstream);
+        coordinator = await startTarget(target, upstream);
         url = `${coordinator.base}/api/service/echo/hello`;
         pid = coordinator.child.pid;
       }
@@ -437,33 +580,26 @@ async function main(): Promise<void> {
     return `${median(r).toFixed(2)} (${Math.min(...r).toFixed(2)}-${Math.max(...r).toFixed(2)})`;
   };
   console.log(
-    `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | CPU µs/req | x nginx | x nginx-auto | errors |`,
+    `\n| Target | req/s (median of ${rounds}) | spread | p50 ms | p99 ms | CPU µs/req | x nginx | x nginx-auto | x hono (fetch) | x hono (same client) | errors |`,
   );
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const target of targets) {
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const target of rounds > 0 ? targets : []) {
     const list = results.get(target) ?? [];
     const rps = list.map((r) => r.rps);
     const m = median(rps);
     const spread = `${Math.min(...rps).toFixed(0)}-${Math.max(...rps).toFixed(0)}`;
+    const bare = bareOf(target);
     console.log(
-      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${median(list.map((r) => r.cpuUsPerRequest)).toFixed(1)} | ${ratios("nginx", list)} | ${ratios("nginx-auto", list)} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
+      `| ${target} | ${m.toFixed(0)} | ${spread} | ${median(list.map((r) => r.p50)).toFixed(2)} | ${median(list.map((r) => r.p99)).toFixed(2)} | ${median(list.map((r) => r.cpuUsPerRequest)).toFixed(1)} | ${ratios("nginx", list)} | ${ratios("nginx-auto", list)} | ${bare ? ratios(bare.fetch, list) : "-"} | ${bare ? ratios(bare.client, list) : "-"} | ${list.reduce((a, r) => a + r.errors, 0)} |`,
     );
   }
   console.log(`\nLoad average (1, 5, 15 min) at the start of each round: ${loads.join("; ")}`);
-  for (const runtime of (values.profile as string).split(",").filter(Boolean)) {
-    const dir = path.join(work, `profile-${runtime}`);
-    mkdirSync(dir);
-    const coordinator = await startCoordinator(runtime, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
-    await register(coordinator.base, upstream);
-    await wrk(`${coordinator.base}/api/service/echo/hello`, Math.min(3, duration));
-    await wrk(`${coordinator.base}/api/service/echo/hello`, duration);
-    await stop(coordinator.child, "SIGINT");
-    await new Promise((r) => setTimeout(r, 500));
-    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+  for (const target of (values.profile as string).split(",").filter(Boolean)) {
+    const file = await profileTarget(target, upstream);
     console.log(
       file
-        ? `\nCPU profile of the ${runtime} coordinator under the same load (${path.join(dir, file)}):\n\n${summarizeProfile(path.join(dir, file))}`
-        : `\nNo CPU profile was written for ${runtime}.`,
+        ? `\nCPU profile of ${target} under the same load (${file}):\n\n${summarizeProfile(file)}`
+        : `\nNo CPU profile was written for ${target}.`,
     );
   }
   await Promise.all([

@@ -26,14 +26,13 @@ type NodeEnv = { incoming?: http.IncomingMessage; outgoing?: http.ServerResponse
 export function drainEarlyAnswers<E>(
   handler: (request: Request, env: E) => Response | Promise<Response>,
   init: DrainInit = {},
-): (request: Request, env: E) => Promise<Response> {
+): (request: Request, env: E) => Response | Promise<Response> {
   const maxBytes = init.maxBytes ?? 16 * 1024 * 1024;
   const timeoutMs = init.timeoutMs ?? 10_000;
-  return async (request, env) => {
+  const drained = async (request: Request, env: E) => {
     const response = await handler(request, env);
     const incoming = (env as NodeEnv)?.incoming;
-    if (!incoming || incoming.complete || request.method === "GET" || request.method === "HEAD")
-      return response;
+    if (!incoming || incoming.complete) return response;
     const body = request.body;
     if (!body) return response;
     if (body.locked) {
@@ -47,6 +46,11 @@ export function drainEarlyAnswers<E>(
     }
     void drain(body, incoming, maxBytes, timeoutMs);
     return response;
+  };
+  // A GET or HEAD has no body to drain: straight to the handler (no extra promise per request).
+  return (request, env) => {
+    const method = request.method;
+    return method === "GET" || method === "HEAD" ? handler(request, env) : drained(request, env);
   };
 }
 

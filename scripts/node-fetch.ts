@@ -9,6 +9,10 @@
  * does not match the body really sent (a pooled keep-alive socket must never be desynced), and,
  * given `allowAddress`, it refuses to connect where a name resolves to an address the
  * coordinator's `ROLLCALL_UPSTREAM_ALLOW` does not allow (DNS rebinding to 169.254.169.254).
+ * A streamed answer whose body breaks after its headers (the upstream reset mid-response, or
+ * sent a corrupt encoding) calls the caller's `onBodyBreak` (the coordinator's `UpstreamInit`),
+ * never when the reader stops reading; the fetch says so with `reportsBodyBreaks`, and takes
+ * the coordinator's `abortable` handle (cheaper than an AbortSignal on Node) beside `signal`.
  */
 import dns from "node:dns";
 import { once } from "node:events";
@@ -34,14 +38,51 @@ export interface NodeFetch {
   close(): void;
 }
 
-const NO_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+/** Statuses whose answers never have a body. */
+export const NO_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 
-function decoder(encoding: string): NodeJS.ReadWriteStream | null {
+/** A decoder for a Content-Encoding fetch decodes (gzip, deflate, br), or null. */
+export function decoder(encoding: string): NodeJS.ReadWriteStream | null {
   const e = encoding.trim().toLowerCase();
   if (e === "gzip" || e === "x-gzip") return zlib.createGunzip();
   if (e === "deflate") return zlib.createInflate();
   if (e === "br") return zlib.createBrotliDecompress();
   return null;
+}
+
+/** What the coordinator adds to an upstream fetch's init (its `UpstreamInit`). */
+export interface ProxyFetchInit extends RequestInit {
+  /** Called once when the answer's body breaks after its headers came. */
+  onBodyBreak?: () => void;
+  /** Given instead of `signal`: the client sets `abort`, which ends the request. */
+  abortable?: { abort: ((reason: Error) => void) | null };
+}
+
+/**
+ * Whether an error of an answer's body is the upstream's doing: node:http's own "aborted"
+ * reset (the connection closed before the body ended) or a corrupt encoding (zlib's `Z_`
+ * codes), never a reason the reader cancelled with (a client's socket error included).
+ */
+export function upstreamBodyFault(err: unknown): boolean {
+  const e = err as NodeJS.ErrnoException | null;
+  if (typeof e?.code !== "string") return false;
+  return (e.code === "ECONNRESET" && e.message === "aborted") || e.code.startsWith("Z_");
+}
+
+/**
+ * Calls `onBodyBreak` (once) when `stream` fails by the upstream's doing. A reader that cancels
+ * the answer aborts `req` (how Node's `Readable.toWeb` ends an answer), which then fails with
+ * the same "aborted" reset: that one is nobody's fault.
+ */
+function reportBreak(
+  stream: Readable,
+  req: http.ClientRequest,
+  onBodyBreak: (() => void) | undefined,
+): void {
+  if (onBodyBreak === undefined) return;
+  stream.once("error", (err) => {
+    if (!req.aborted && upstreamBodyFault(err)) onBodyBreak();
+  });
 }
 
 /** Framing headers the client sets itself from the body it really sends. */
@@ -51,7 +92,7 @@ const FRAMING = new Set(["content-length", "transfer-encoding", "expect"]);
  * The request headers for node:http, lower case, without the caller's framing headers (copied
  * past, not deleted: a plain object stays fast); `length` is the caller's Content-Length.
  */
-function nodeHeaders(headers: HeadersInit | undefined): {
+export function nodeHeaders(headers: HeadersInit | undefined): {
   out: Record<string, string>;
   length: string | undefined;
 } {
@@ -96,7 +137,7 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
  * one, the caller's Content-Length (`length`) for a stream only (node:http then sends exactly
  * that many bytes or fails the request), chunked otherwise.
  */
-function frame(
+export function frame(
   headers: Record<string, string>,
   body: RequestInit["body"],
   length: string | undefined,
@@ -109,14 +150,15 @@ function frame(
   }
 }
 
-type LookupCallback = (
+/** The callback of a `lookup` for node:http and node:net. */
+export type LookupCallback = (
   err: NodeJS.ErrnoException | null,
   address: string | dns.LookupAddress[],
   family?: number,
 ) => void;
 
 /** A `lookup` for node:http that refuses addresses `allow` says no to. */
-function guardedLookup(allow: (host: string, address: string) => boolean) {
+export function guardedLookup(allow: (host: string, address: string) => boolean) {
   return (hostname: string, options: dns.LookupOptions, callback: LookupCallback) => {
     dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, "");
@@ -169,6 +211,8 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
       if (headers["content-length"] !== undefined) {
         (req as unknown as { strictContentLength: boolean }).strictContentLength = true;
       }
+      const handle = (reqInit as ProxyFetchInit).abortable;
+      if (handle) handle.abort = (reason) => req.destroy(reason);
       req.on("error", reject);
       req.on("response", (res) => {
         const status = res.statusCode ?? 502;
@@ -201,6 +245,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
           res.on("error", (err) => decode.emit("error", err));
           stream = res.pipe(decode) as unknown as Readable;
         }
+        reportBreak(stream, req, (reqInit as ProxyFetchInit).onBodyBreak);
         resolve(new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, meta));
       });
       const body = reqInit.body;
@@ -212,7 +257,7 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 
   return {
-    fetch: nodeFetch as typeof fetch,
+    fetch: Object.assign(nodeFetch, { reportsBodyBreaks: true }) as unknown as typeof fetch,
     close: () => {
       httpAgent.destroy();
       httpsAgent.destroy();

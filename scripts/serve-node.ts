@@ -1,6 +1,6 @@
 /**
  * The Node coordinator as a function, for `scripts/start-node.ts` (`npm run coordinator`) and
- * the `rollcall coordinator` subcommand: options, file store, keep-alive upstream client,
+ * the `rollcall coordinator` subcommand: options, file store, keep-alive upstream client (undici),
  * clean stop on SIGINT/SIGTERM.
  */
 import fs from "node:fs/promises";
@@ -14,6 +14,7 @@ import {
 import { nodeClientAddress } from "./client-address.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
+import { createUndiciFetch } from "./undici-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
 
@@ -30,12 +31,19 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     process.exit(2);
   }
   // The client checks what upstream names resolve to against ROLLCALL_UPSTREAM_ALLOW.
+  const client = process.env.ROLLCALL_NODE_FETCH;
+  const allowAddress = (host: string, address: string) => coordinator.allowsUpstream(host, address);
+  // undici's dispatcher by default: less CPU per request than the node:http client in the
+  // proxy benchmark (docs/BENCHMARKS.md, run 6); ROLLCALL_NODE_FETCH=node-http or builtin.
+  // Under Bun (the standalone binary) "undici" is Bun's own shim, without a working
+  // dispatcher: the node:http client there.
+  const onBun = "Bun" in globalThis;
   const upstream =
-    process.env.ROLLCALL_NODE_FETCH === "builtin"
+    client === "builtin"
       ? null
-      : createNodeFetch({
-          allowAddress: (host, address) => coordinator.allowsUpstream(host, address),
-        });
+      : client === "node-http" || onBun
+        ? createNodeFetch({ allowAddress })
+        : createUndiciFetch({ allowAddress });
   const coordinator = createCoordinator(init, {
     store: fileStore({ path }, { fs }),
     ...(upstream ? { fetch: upstream.fetch } : {}),

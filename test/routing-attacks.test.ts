@@ -13,7 +13,8 @@ import {
   scopeCookies,
   workersClientAddress,
 } from "../coordinator.ts";
-import { createNodeFetch } from "../scripts/node-fetch.ts";
+import { createNodeFetch, type NodeFetch, type NodeFetchInit } from "../scripts/node-fetch.ts";
+import { createUndiciFetch } from "../scripts/undici-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 
@@ -63,11 +64,17 @@ afterAll(async () => {
 const svc = (...list: { name: string; url: string }[]) =>
   list.map((u) => ({ id: u.name, url: u.url }));
 
-describe("item 1: framing (request desync)", () => {
+/** The Node starter's upstream clients (undici by default, node:http): same guarantees. */
+const CLIENTS: [string, (init?: NodeFetchInit) => NodeFetch][] = [
+  ["node:http", createNodeFetch],
+  ["undici", createUndiciFetch],
+];
+
+describe.each(CLIENTS)("item 1: framing (request desync), the %s client", (_name, create) => {
   it("never forwards a Content-Length or Expect without its body, so a pooled socket stays in step", async () => {
     // One keep-alive socket to the upstream: a request that claims 5 body bytes it does not
     // send would make the upstream read the next request as its body (or hang until timeout).
-    const client = createNodeFetch({ maxSockets: 1 });
+    const client = create({ maxSockets: 1 });
     cleanups.push(() => client.close());
     const t = await routingCoordinator(svc(a), { proxyTimeoutMs: 2000 }, { fetch: client.fetch });
     const before = a.received.length;
@@ -86,8 +93,8 @@ describe("item 1: framing (request desync)", () => {
     }
   });
 
-  it("frames a body that does go along from the body itself (the node:http client)", async () => {
-    const client = createNodeFetch();
+  it("frames a body that does go along from the body itself", async () => {
+    const client = create();
     cleanups.push(() => client.close());
     const before = a.received.length;
     // A stray framing header with a string body: the client's own length wins, no chunking.
@@ -240,14 +247,17 @@ describe("item 3: loops and SSRF", () => {
     expect(hop.status).toBe(508);
   });
 
-  it("refuses to connect where a name resolves to an address the allow list refuses (node:http client)", async () => {
-    const client = createNodeFetch({ allowAddress: (_host, address) => address !== "127.0.0.1" });
-    cleanups.push(() => client.close());
-    const before = a.received.length;
-    const err = await client.fetch(a.url.replace("127.0.0.1", "localhost")).catch((e) => e);
-    expect(String(err?.message ?? err)).toMatch(/not allowed|EUPSTREAMREFUSED/);
-    expect(a.received.length).toBe(before);
-  });
+  it.each(CLIENTS)(
+    "refuses to connect where a name resolves to an address the allow list refuses (%s client)",
+    async (_name, create) => {
+      const client = create({ allowAddress: (_host, address) => address !== "127.0.0.1" });
+      cleanups.push(() => client.close());
+      const before = a.received.length;
+      const err = await client.fetch(a.url.replace("127.0.0.1", "localhost")).catch((e) => e);
+      expect(String(err?.message ?? err)).toMatch(/not allowed|EUPSTREAMREFUSED/);
+      expect(a.received.length).toBe(before);
+    },
+  );
 });
 
 describe("item 4: header trust", () => {

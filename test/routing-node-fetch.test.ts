@@ -1,18 +1,22 @@
-/** The Node starter's upstream client (scripts/node-fetch.ts) against real HTTP servers. */
+/**
+ * The Node starter's upstream clients (scripts/node-fetch.ts on node:http, scripts/undici-fetch.ts
+ * on undici) against real HTTP servers: both keep the same contract.
+ */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectFailure } from "../coordinator.ts";
-import { createNodeFetch } from "../scripts/node-fetch.ts";
+import { createNodeFetch, type NodeFetch, type NodeFetchInit } from "../scripts/node-fetch.ts";
+import { createUndiciFetch } from "../scripts/undici-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { freePort } from "../support/processes.ts";
 import { until } from "./helpers/upstream.ts";
 
-const client = createNodeFetch({ bufferBytes: 1024 });
 let server: http.Server;
 let base = "";
 let hung = 0;
+let dribblesClosed = 0;
 
 beforeAll(async () => {
   server = http.createServer((req, res) => {
@@ -29,8 +33,21 @@ beforeAll(async () => {
       } else if (req.url === "/empty") {
         res.writeHead(204);
         res.end();
-      } else if (req.url === "/hang") {
+      } else if (req.url === "/hang" || req.url === "/svc/hang") {
         hung++;
+      } else if (req.url === "/break") {
+        // Headers and 10 bytes of a promised 100,000, then the connection drops.
+        res.writeHead(200, { "content-length": "100000" });
+        res.write("0123456789");
+        setTimeout(() => res.socket?.destroy(), 20);
+      } else if (req.url === "/bad-gzip") {
+        res.writeHead(200, { "content-encoding": "gzip" });
+        res.end("this is not gzip at all");
+      } else if (req.url === "/dribble") {
+        // 10 bytes of a promised 200,000, then nothing until the reader leaves.
+        res.writeHead(200, { "content-length": "200000" });
+        res.write("0123456789");
+        res.on("close", () => dribblesClosed++);
       } else {
         res.writeHead(201, {
           "content-type": "application/json",
@@ -48,12 +65,19 @@ beforeAll(async () => {
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 afterAll(async () => {
-  client.close();
   server.closeAllConnections();
   await new Promise<void>((r) => server.close(() => r()));
 });
 
-describe("node:http upstream client", () => {
+const CLIENTS: [string, (init: NodeFetchInit) => NodeFetch][] = [
+  ["node:http", createNodeFetch],
+  ["undici", createUndiciFetch],
+];
+
+describe.each(CLIENTS)("%s upstream client", (_name, create) => {
+  const client = create({ bufferBytes: 1024 });
+  afterAll(() => client.close());
+
   it("answers small bodies whole with mutable headers, streams large ones, decodes gzip", async () => {
     const res = await client.fetch(`${base}/a?b=1`, { headers: new Headers({ "x-in": "1" }) });
     expect(res.status).toBe(201);
@@ -96,6 +120,51 @@ describe("node:http upstream client", () => {
     await until("the request to reach /hang", () => hung > 0, 10_000);
     controller.abort();
     await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("takes the coordinator's abort handle instead of a signal: an abort through it rejects", async () => {
+    const handle: { abort: ((reason: Error) => void) | null } = { abort: null };
+    const before = hung;
+    const pending = client.fetch(`${base}/hang`, { abortable: handle } as RequestInit);
+    await until("the request to reach /hang", () => hung > before, 10_000);
+    expect(handle.abort).not.toBeNull();
+    handle.abort?.(new DOMException("The operation was aborted", "AbortError"));
+    await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("ends a hung attempt at the coordinator's proxy timeout (504)", async () => {
+    const t = await routingCoordinator(
+      [{ id: "n1", url: base }],
+      { proxyTimeoutMs: 300, maxAttempts: 1 },
+      { fetch: client.fetch },
+    );
+    const before = hung;
+    const res = await t.get("/api/service/svc/hang");
+    expect(res.status).toBe(504);
+    expect(hung).toBe(before + 1);
+  });
+
+  it("reports a body that breaks after its headers to onBodyBreak, never a whole one or one its reader cancels", async () => {
+    let breaks = 0;
+    const init = { onBodyBreak: () => breaks++ } as RequestInit;
+    expect((client.fetch as { reportsBodyBreaks?: boolean }).reportsBodyBreaks).toBe(true);
+    const broken = await client.fetch(`${base}/break`, init);
+    expect(broken.status).toBe(200);
+    await expect(broken.text()).rejects.toThrow();
+    expect(breaks).toBe(1);
+    const corrupt = await client.fetch(`${base}/bad-gzip`, init);
+    await expect(corrupt.text()).rejects.toThrow();
+    expect(breaks).toBe(2);
+    expect((await (await client.fetch(`${base}/big`, init)).text()).length).toBe(200_000);
+    const dribble = await client.fetch(`${base}/dribble`, init);
+    const reader = (dribble.body as ReadableStream<Uint8Array>).getReader();
+    expect((await reader.read()).done).toBe(false);
+    // As @hono/node-server cancels when its client's socket fails.
+    const gone = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+    const closed = dribblesClosed;
+    await reader.cancel(gone);
+    await until("the upstream to see the reader leave", () => dribblesClosed > closed, 10_000);
+    expect(breaks).toBe(2);
   });
 
   it("serves the coordinator: its answer goes out as is, hop-by-hop headers stripped", async () => {
