@@ -12,12 +12,14 @@ const byDefault = parseUpstreamAllow("public,private");
 describe("finding 3: metadata endpoints outside 169.254/16 pass the default allow-list", () => {
   // FINDING review2-3 (high): AWS IMDS over IPv6 (Nitro) is fd00:ec2::254, inside fc00::/7,
   // classed "private"; Alibaba Cloud's metadata is 100.100.100.200, inside 100.64/10 (CGNAT),
-  // also "private"; Oracle Cloud's legacy one is 192.0.0.192 (192.0.0.0/24, IETF protocol
-  // assignments), classed "public". All three are allowed by default.
+  // also "private"; Oracle Cloud Classic's is 192.0.0.192 (192.0.0.0/24, IETF protocol
+  // assignments), classed "public"; Azure's WireServer is 168.63.129.16, a "public" address
+  // every Azure VM reaches. All four are allowed by default.
   for (const url of [
     "http://[fd00:ec2::254]/latest/meta-data/",
     "http://100.100.100.200/latest/meta-data/",
     "http://192.0.0.192/latest/",
+    "http://168.63.129.16/machine?comp=goalstate",
   ]) {
     it.fails(`refuses ${url} whatever the list says`, () => {
       expect(upstreamRefusal(url, byDefault)).not.toBeNull();
