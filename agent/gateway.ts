@@ -30,13 +30,19 @@ import { viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
-/** Copies headers without hop-by-hop ones (and those the Connection header names). */
+/** Headers a `Connection` list may not remove: the framing and the target of the message. */
+const NEVER_NAMED = new Set(["content-length", "host"]);
+
+/**
+ * Copies headers without hop-by-hop ones (and those the Connection header names, except
+ * Content-Length and Host: a client must not strip the framing of its own body that way).
+ */
 export function stripHopByHop(headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
   const named = new Set(
     String(headers.connection ?? "")
       .split(",")
       .map((s) => s.trim().toLowerCase())
-      .filter(Boolean),
+      .filter((s) => s !== "" && !NEVER_NAMED.has(s)),
   );
   const out: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) {
@@ -375,8 +381,15 @@ export class Gateway {
     const client = req.socket.remoteAddress ?? "";
     const prior = req.headers["x-forwarded-for"];
     headers["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
-    headers["x-forwarded-host"] ??= req.headers.host ?? "";
-    headers["x-forwarded-proto"] ??= "http";
+    // What this gateway saw, never what the client claims.
+    headers["x-forwarded-host"] = req.headers.host ?? "";
+    headers["x-forwarded-proto"] = "http";
+    // The body's framing, set here from the client's: node:http frames nothing by itself for
+    // GET, HEAD, DELETE or OPTIONS, so a body sent there unframed is the service's next request.
+    if (req.headers["transfer-encoding"] !== undefined) {
+      delete headers["content-length"];
+      headers["transfer-encoding"] = "chunked";
+    }
     const host = svc.host.includes(":") ? `[${svc.host}]` : svc.host;
     headers.host = svc.port === 80 ? host : `${host}:${svc.port}`;
     const upstream = http.request({
