@@ -473,8 +473,21 @@ function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): b
   return true;
 }
 
+/**
+ * Cloud metadata services outside link-local, never allowed whatever the list says (like
+ * METADATA_NAMES): AWS IMDS over IPv6, Alibaba Cloud, Oracle Cloud Classic, Azure WireServer.
+ */
+const METADATA_ADDRESSES = ["fd00:ec2::254", "100.100.100.200", "192.0.0.192", "168.63.129.16"].map(
+  (a) => (parseIPv4(a) ?? parseIPv6(a)) as Uint8Array,
+);
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
 function addressClass(bytes: Uint8Array): AddressClass {
+  if (METADATA_ADDRESSES.some((m) => sameBytes(m, bytes))) return "special";
   if (bytes.length === 16) {
     const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
     const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
@@ -498,8 +511,8 @@ function addressClass(bytes: Uint8Array): AddressClass {
 /** Host names that are cloud metadata services whatever they resolve to. */
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. */
-function parseUpstreamAllow(text: string): UpstreamPolicy {
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. @internal */
+export function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
     .map((e) => e.trim().toLowerCase())
@@ -572,8 +585,9 @@ function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
  * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
  * What a name resolves to is checked where the connection is made (the Node and Deno starters'
  * upstream client), see `resolvedAllowed`.
+ * @internal
  */
-function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
   let host: string;
   try {
     host = new URL(url).hostname.toLowerCase();
@@ -584,7 +598,7 @@ function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
   const bytes = parseIp(host);
   if (bytes) {
     if (addressClass(bytes) === "special")
-      return "link-local and special addresses are never allowed";
+      return "link-local, metadata and special addresses are never allowed";
     return addressAllowed(bytes, policy)
       ? null
       : `${addressClass(bytes)} addresses are not allowed`;
@@ -806,7 +820,7 @@ export const COORDINATOR_SETTINGS = {
     env: "ROLLCALL_UPSTREAM_ALLOW",
     kind: "upstreams",
     default: "public,private",
-    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast and cloud metadata names never. Refused providers show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
+    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast, metadata names and addresses never. Refused ones show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
   },
   cookies: {
     env: "ROLLCALL_COOKIES",
