@@ -121,8 +121,8 @@ function isJsonType(type: string | undefined): boolean {
 }
 
 /** Thrown when configuration from env/bindings is invalid. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
+export class CoordinatorConfigError extends Error {
+  override name = "CoordinatorConfigError";
 }
 
 //#endregion
@@ -130,6 +130,10 @@ export class ConfigError extends Error {
 //#region Wire schemas
 // Every request body the coordinator accepts
 
+/**
+ * The one name rule of clusters, services and workers: 1-64 of A-Z a-z 0-9 . _ -, starting with
+ * a letter or digit (mesh/schema.ts `NAME_PATTERN` is its copy, test/name-rule.test.ts).
+ */
 const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$/;
 
@@ -289,6 +293,9 @@ export const RegisterBodySchema = z.object({
 /** `POST /api/worker/register`. */
 export type RegisterBody = z.infer<typeof RegisterBodySchema>;
 
+/** `POST /api/worker/register` as an agent may send it (what `RegisterBodySchema` accepts). */
+export type RegisterBodyInput = z.input<typeof RegisterBodySchema>;
+
 const StatusWord = z
   .string()
   .regex(/^[A-Za-z][A-Za-z_-]{0,31}$/, "must be a word of at most 32 letters");
@@ -308,6 +315,9 @@ export const HeartbeatBodySchema = z.object({
 
 /** `POST /api/worker/heartbeat`. */
 export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+
+/** `POST /api/worker/heartbeat` as an agent may send it (what `HeartbeatBodySchema` accepts). */
+export type HeartbeatBodyInput = z.input<typeof HeartbeatBodySchema>;
 
 /** The latest time a JS Date can show (ms since the epoch): later ones cannot be written out. */
 const MAX_DATE_MS = 8.64e15;
@@ -511,7 +521,7 @@ function addressClass(bytes: Uint8Array): AddressClass {
 /** Host names that are cloud metadata services whatever they resolve to. */
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws ConfigError naming a bad entry. @internal */
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws CoordinatorConfigError naming a bad entry. @internal */
 export function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
@@ -526,7 +536,7 @@ export function parseUpstreamAllow(text: string): UpstreamPolicy {
     text: entries.join(","),
   };
   const bad = (entry: string, why: string) =>
-    new ConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
+    new CoordinatorConfigError(`ROLLCALL_UPSTREAM_ALLOW: ${JSON.stringify(entry)} ${why}`);
   for (const entry of entries) {
     if (entry === "public" || entry === "private" || entry === "loopback") {
       policy[entry] = true;
@@ -1006,7 +1016,7 @@ export type Settings = { [K in keyof SettingTable]: SettingValue<SettingTable[K]
 function secret(name: string, value: string | null | undefined): string | null {
   if (value === undefined || value === null) return null;
   if (value.trim() === "")
-    throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+    throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
   return value;
 }
 
@@ -1021,10 +1031,12 @@ function checkAliases(aliases: Record<string, string>): Record<string, string> {
       prefix === "/admin" ||
       prefix.startsWith("/admin/")
     ) {
-      throw new ConfigError(`Alias path must start with / and not shadow the API: ${prefix}`);
+      throw new CoordinatorConfigError(
+        `Alias path must start with / and not shadow the API: ${prefix}`,
+      );
     }
     if (!SERVICE_NAME_PATTERN.test(service)) {
-      throw new ConfigError(`Alias target is not a valid service name: ${service}`);
+      throw new CoordinatorConfigError(`Alias target is not a valid service name: ${service}`);
     }
   }
   return aliases;
@@ -1039,13 +1051,15 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
     case "url": {
       const url = (given as string | null | undefined) || null;
       if (url !== null && !isHttpUrl(url)) {
-        throw new ConfigError(`${row.label ?? key} must be an http(s) URL without credentials`);
+        throw new CoordinatorConfigError(
+          `${row.label ?? key} must be an http(s) URL without credentials`,
+        );
       }
       return url;
     }
     case "share":
       if (!((value as number) >= 0 && (value as number) <= 1)) {
-        throw new ConfigError(`${key} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${key} must be between 0 and 1`);
       }
       return value;
     case "positive":
@@ -1053,7 +1067,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
       return row.min === undefined ? value : Math.max(row.min, Math.floor(value as number));
     case "cookies":
       if (value !== "pass" && value !== "scope" && value !== "strip") {
-        throw new ConfigError("Cookies must be pass, scope or strip");
+        throw new CoordinatorConfigError("Cookies must be pass, scope or strip");
       }
       return value;
     case "aliases":
@@ -1065,7 +1079,7 @@ function resolveSetting(key: string, row: SettingRow, given: unknown): unknown {
   }
 }
 
-/** Applies defaults to an init object, and checks it (a bad value is a `ConfigError`). */
+/** Applies defaults to an init object, and checks it (a bad value is a `CoordinatorConfigError`). */
 export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const given = init as Record<string, unknown>;
   const out: Record<string, unknown> = {};
@@ -1075,7 +1089,7 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   const settings = out as Settings;
   const { agentToken, clusterToken, adminToken } = settings;
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
-    throw new ConfigError(
+    throw new CoordinatorConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
     );
   }
@@ -1088,7 +1102,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
     // A secret: set but blank is an error (an empty token must never mean "open").
     if (raw === undefined || raw === null) return null;
     if (typeof raw !== "string" || raw.trim() === "") {
-      throw new ConfigError(`${name} is set but empty: remove it or set a value`);
+      throw new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`);
     }
     return raw.trim();
   }
@@ -1097,26 +1111,28 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   const n = Number(v);
   switch (row.kind) {
     case "positive":
-      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number`);
+      if (!Number.isFinite(n) || n <= 0)
+        throw new CoordinatorConfigError(`${name} must be a positive number`);
       return n * (row.scale ?? 1);
     case "count":
-      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${name} must be a whole number`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new CoordinatorConfigError(`${name} must be a whole number`);
       return n;
     case "share":
       if (!Number.isFinite(n) || n < 0 || n > 1) {
-        throw new ConfigError(`${name} must be between 0 and 1`);
+        throw new CoordinatorConfigError(`${name} must be between 0 and 1`);
       }
       return n;
     case "bool": {
       const word = v.toLowerCase();
       if (["1", "true", "yes", "on"].includes(word)) return true;
       if (["0", "false", "no", "off"].includes(word)) return false;
-      throw new ConfigError(`${name} must be true or false`);
+      throw new CoordinatorConfigError(`${name} must be true or false`);
     }
     case "cookies": {
       const mode = v.toLowerCase();
       if (mode === "pass" || mode === "scope" || mode === "strip") return mode;
-      throw new ConfigError(`${name} must be pass, scope or strip`);
+      throw new CoordinatorConfigError(`${name} must be pass, scope or strip`);
     }
     case "aliases": {
       let parsed: unknown;
@@ -1127,7 +1143,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
       }
       const result = z.record(z.string(), z.string()).safeParse(parsed);
       if (!result.success) {
-        throw new ConfigError(`${name} must be a JSON object of path to service name`);
+        throw new CoordinatorConfigError(`${name} must be a JSON object of path to service name`);
       }
       return result.data;
     }
@@ -1136,7 +1152,7 @@ function settingFromEnv(name: string, row: SettingRow, raw: unknown): unknown {
   }
 }
 
-/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws ConfigError if bad. */
+/** Reads settings from env vars / Workers bindings (`ROLLCALL_*`); throws CoordinatorConfigError if bad. */
 export function configFromEnv(env: Record<string, unknown>): CoordinatorInit {
   const init: Record<string, unknown> = {};
   for (const [key, row] of Object.entries(COORDINATOR_SETTINGS) as [string, SettingRow][]) {
@@ -2313,6 +2329,60 @@ interface LiveSight {
 /** A cluster's live sight now, or null when there is none (`LiveViews.lookup`). */
 type LiveLookup = (cluster: string, now: number) => LiveSight | null;
 
+/** Claims a worker id for a table entry: whether this claim (rank, since) wins. */
+type Claim = (id: string, rank: number, since: number) => boolean;
+
+/**
+ * One worker id, one entry: a record its own key signed first (rank 0), then whoever claimed the
+ * id earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
+ * another's worker id cannot take it over.
+ */
+function claims(): Claim {
+  const held = new Map<string, [rank: number, since: number]>();
+  return (id, rank, since) => {
+    const prior = held.get(id);
+    if (prior && (prior[0] < rank || (prior[0] === rank && prior[1] <= since))) return false;
+    held.set(id, [rank, since]);
+    return true;
+  };
+}
+
+/**
+ * The providers of each service from the workers' views: healthy when the worker is routable,
+ * the service reported healthy and its URL allowed (checked here, where the table is built, not
+ * per request); a suspect (unheard) member stays routable as a last resort, like a degraded one.
+ */
+function providersOf(
+  views: ReadonlyMap<string, WorkerView>,
+  serviceHealth: ReadonlyMap<string, ReadonlyMap<string, StoredService["status"]>>,
+  upstreamAllow: UpstreamPolicy,
+): Map<string, Provider[]> {
+  const providers = new Map<string, Provider[]>();
+  for (const view of views.values()) {
+    for (const name of view.services) {
+      const url = view.service_urls[name] ?? view.tunnel_url;
+      const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
+      const refused = url ? upstreamRefusal(url, upstreamAllow) : null;
+      let health: Provider["health"] = "unhealthy";
+      if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
+        health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
+      }
+      const list = providers.get(name) ?? [];
+      list.push({
+        worker_id: view.worker_id,
+        name: view.name,
+        service: name,
+        url: url ?? "",
+        tier: view.tier,
+        health,
+        refused,
+      });
+      providers.set(name, list);
+    }
+  }
+  return providers;
+}
+
 /** Per-isolate registry state over a store. */
 class Registry {
   readonly budget: WriteBudget;
@@ -2647,139 +2717,129 @@ class Registry {
     return table;
   }
 
+  /** The routing table from the documents read: workers, then clusters, then providers. */
   #build(docs: Doc[], now: number): RoutingTable {
     const views = new Map<string, WorkerView>();
-    const clusters: ClusterSummary[] = [];
-    const staleAfter = directStaleAfterMs(this.settings);
     const serviceHealth = new Map<string, Map<string, StoredService["status"]>>();
-    // One worker id, one entry: a record its own key signed first, then whoever claimed the id
-    // earlier (a worker's registration, a cluster's creation), so a newer cluster that lists
-    // another's worker id cannot take it over.
-    const claims = new Map<string, [rank: number, since: number]>();
-    const claim = (id: string, rank: number, since: number): boolean => {
-      const held = claims.get(id);
-      if (held && (held[0] < rank || (held[0] === rank && held[1] <= since))) return false;
-      claims.set(id, [rank, since]);
-      return true;
-    };
+    const claim = claims();
     for (const doc of docs) {
-      if (doc.kind !== "worker") continue;
-      if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) continue;
-      // A service its worker reports stopped (`services_status`) gets no traffic.
-      serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
-      const live = this.#live.get(doc.worker_id);
-      const seen = Math.max(doc.written_at, live?.at ?? 0);
-      const stale = now - seen > staleAfter;
-      const status = stale ? "offline" : doc.status;
-      views.set(doc.worker_id, {
-        worker_id: doc.worker_id,
-        name: doc.name ?? null,
-        tier: doc.tier,
-        status,
-        healthy: isRoutableStatus(status),
-        last_heartbeat: new Date(seen).toISOString(),
-        capabilities: doc.capabilities,
-        services: doc.services.map((s) => s.name),
-        service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
-        tunnel_url: doc.tunnel_url,
-        ip_address: doc.ip_address,
-        is_heartbeat_leader: doc.is_heartbeat_leader,
-        mode: "direct",
-        cluster: null,
-        current_load: live?.current_load ?? doc.current_load,
-        available_memory: live?.available_memory ?? doc.available_memory,
-        registered_at: new Date(doc.registered_at).toISOString(),
-      });
+      if (doc.kind === "worker") this.#addWorker(doc, now, claim, views, serviceHealth);
     }
+    const clusters: ClusterSummary[] = [];
     let source: RoutingTable["source"] = "stored";
     this.#liveUntil = Number.POSITIVE_INFINITY;
-    for (const stored of docs) {
-      if (stored.kind !== "cluster") continue;
-      const live = this.#clusters.get(stored.cluster);
-      const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
-      const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
-      const seen = this.liveView(stored.cluster, now);
-      const view = seen?.members ? seen : null;
-      const unheard = seen?.unheard ?? null;
-      const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
-      const leader = leaderOf(doc);
-      const members = view?.members ?? Object.values(doc.members);
-      if (view !== null) {
-        source = "live";
-        this.#liveUntil = Math.min(this.#liveUntil, view.until);
-      }
-      for (const m of members) {
-        if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
-        const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
-        views.set(m.worker_id, {
-          worker_id: m.worker_id,
-          name: m.name ?? null,
-          tier: m.tier,
-          status,
-          healthy: isRoutableStatus(status),
-          // A document stored before last_seen was bounded may hold one no Date can show.
-          last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
-          capabilities: m.capabilities,
-          services: m.services.map((s) => s.name),
-          service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
-          tunnel_url: m.url,
-          ip_address: null,
-          is_heartbeat_leader: leader?.leader_id === m.worker_id,
-          mode: "cluster",
-          cluster: doc.cluster,
-          current_load: null,
-          available_memory: null,
-          registered_at: null,
-        });
-        serviceHealth.set(
-          m.worker_id,
-          new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
-        );
-      }
-      clusters.push({
-        cluster: doc.cluster,
-        leader_id: leader?.leader_id ?? null,
-        term: leader?.term ?? null,
-        leaders: Object.values(doc.leaders),
-        members: Object.keys(doc.members).length,
-        stale,
-        last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
-        last_report_at: live ? new Date(live.reportAt).toISOString() : null,
-        next_keepalive_at: stored.written_at
-          ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
-          : null,
-        digest: doc.digest,
-        pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
-        source: view !== null ? "live" : "stored",
-        leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
-      });
+    for (const doc of docs) {
+      if (doc.kind !== "cluster") continue;
+      const summary = this.#addCluster(doc, now, claim, views, serviceHealth);
+      if (summary.source === "live") source = "live";
+      clusters.push(summary);
     }
-    const providers = new Map<string, Provider[]>();
-    for (const view of views.values()) {
-      for (const name of view.services) {
-        const url = view.service_urls[name] ?? view.tunnel_url;
-        const serviceStatus = serviceHealth.get(view.worker_id)?.get(name) ?? "healthy";
-        // The allowed upstreams are checked here, where the table is built, not per request.
-        const refused = url ? upstreamRefusal(url, this.settings.upstreamAllow) : null;
-        let health: Provider["health"] = "unhealthy";
-        if (url && view.healthy && serviceStatus === "healthy" && refused === null) {
-          // A suspect (unheard) member stays routable as a last resort, like a degraded one.
-          health = view.status === "degraded" || view.status === "suspect" ? "degraded" : "healthy";
-        }
-        const list = providers.get(name) ?? [];
-        list.push({
-          worker_id: view.worker_id,
-          name: view.name,
-          service: name,
-          url: url ?? "",
-          tier: view.tier,
-          health,
-          refused,
-        });
-        providers.set(name, list);
-      }
-    }
+    const providers = providersOf(views, serviceHealth, this.settings.upstreamAllow);
     return { builtAt: now, workers: [...views.values()], providers, clusters, source };
+  }
+
+  /** A direct-mode worker's view, when its id is its own (see `claims`). */
+  #addWorker(
+    doc: WorkerRecord,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): void {
+    if (!claim(doc.worker_id, doc.owner === "key" ? 0 : 1, doc.registered_at)) return;
+    // A service its worker reports stopped (`services_status`) gets no traffic.
+    serviceHealth.set(doc.worker_id, new Map(doc.services.map((s) => [s.name, s.status])));
+    const live = this.#live.get(doc.worker_id);
+    const seen = Math.max(doc.written_at, live?.at ?? 0);
+    const stale = now - seen > directStaleAfterMs(this.settings);
+    const status = stale ? "offline" : doc.status;
+    views.set(doc.worker_id, {
+      worker_id: doc.worker_id,
+      name: doc.name ?? null,
+      tier: doc.tier,
+      status,
+      healthy: isRoutableStatus(status),
+      last_heartbeat: new Date(seen).toISOString(),
+      capabilities: doc.capabilities,
+      services: doc.services.map((s) => s.name),
+      service_urls: Object.fromEntries(doc.services.map((s) => [s.name, s.url])),
+      tunnel_url: doc.tunnel_url,
+      ip_address: doc.ip_address,
+      is_heartbeat_leader: doc.is_heartbeat_leader,
+      mode: "direct",
+      cluster: null,
+      current_load: live?.current_load ?? doc.current_load,
+      available_memory: live?.available_memory ?? doc.available_memory,
+      registered_at: new Date(doc.registered_at).toISOString(),
+    });
+  }
+
+  /**
+   * A cluster's members' views (from its live view while one is fresh, else from the newest
+   * document known), and its summary.
+   */
+  #addCluster(
+    stored: ClusterDoc,
+    now: number,
+    claim: Claim,
+    views: Map<string, WorkerView>,
+    serviceHealth: Map<string, Map<string, StoredService["status"]>>,
+  ): ClusterSummary {
+    const live = this.#clusters.get(stored.cluster);
+    const doc = live && live.doc.rev >= stored.rev ? live.doc : stored;
+    const lastAlive = Math.max(stored.written_at, live?.reportAt ?? 0);
+    const seen = this.liveView(stored.cluster, now);
+    const view = seen?.members ? seen : null;
+    const unheard = seen?.unheard ?? null;
+    const stale = view === null && clusterIsStale(lastAlive, now, this.settings);
+    const leader = leaderOf(doc);
+    const members = view?.members ?? Object.values(doc.members);
+    if (view !== null) this.#liveUntil = Math.min(this.#liveUntil, view.until);
+    for (const m of members) {
+      if (!claim(m.worker_id, 1, doc.created_at ?? 0)) continue;
+      const status = stale ? "unknown" : (unheard?.get(m.worker_id) ?? m.status);
+      views.set(m.worker_id, {
+        worker_id: m.worker_id,
+        name: m.name ?? null,
+        tier: m.tier,
+        status,
+        healthy: isRoutableStatus(status),
+        // A document stored before last_seen was bounded may hold one no Date can show.
+        last_heartbeat: m.last_seen <= MAX_DATE_MS ? new Date(m.last_seen).toISOString() : null,
+        capabilities: m.capabilities,
+        services: m.services.map((s) => s.name),
+        service_urls: Object.fromEntries(m.services.map((s) => [s.name, serviceUrl(m.url, s)])),
+        tunnel_url: m.url,
+        ip_address: null,
+        is_heartbeat_leader: leader?.leader_id === m.worker_id,
+        mode: "cluster",
+        cluster: doc.cluster,
+        current_load: null,
+        available_memory: null,
+        registered_at: null,
+      });
+      serviceHealth.set(
+        m.worker_id,
+        new Map(m.services.map((s) => [s.name, s.status ?? "healthy"])),
+      );
+    }
+    return {
+      cluster: doc.cluster,
+      leader_id: leader?.leader_id ?? null,
+      term: leader?.term ?? null,
+      leaders: Object.values(doc.leaders),
+      members: Object.keys(doc.members).length,
+      stale,
+      last_write_at: stored.written_at ? new Date(stored.written_at).toISOString() : null,
+      last_report_at: live ? new Date(live.reportAt).toISOString() : null,
+      next_keepalive_at: stored.written_at
+        ? new Date(stored.written_at + this.settings.keepaliveMs).toISOString()
+        : null,
+      digest: doc.digest,
+      pending_write: this.#pending.has(CLUSTER_PREFIX + doc.cluster),
+      source: view !== null ? "live" : "stored",
+      leader_url: doc.members[leader?.leader_id ?? ""]?.url ?? null,
+    };
   }
 }
 
@@ -4522,7 +4582,7 @@ interface ServiceTarget {
 }
 
 /** Parses `/api/service/<name>[/<rest>]` from a raw pathname; throws UnsafePathError on a bad name. */
-export function parseServicePath(pathname: string): ServiceTarget | null {
+export function parseProxyPath(pathname: string): ServiceTarget | null {
   const prefix = "/api/service/";
   if (!pathname.startsWith(prefix)) return null;
   const tail = pathname.slice(prefix.length);
@@ -4694,20 +4754,21 @@ function incomingOf(c: Context): Incoming {
   return { request: c.req.raw, env: c.env, exec };
 }
 
-/** The client's address as the runtime saw it (no header consulted), or undefined. */
-function peerAddress(inc: Incoming): string | undefined {
-  const env = inc.env as Record<string, unknown> | undefined;
+/**
+ * Where a coordinator learns a request's client address: from the runtime's view of the
+ * connection, handed in by each starter (like `clientGone`), never from a header a client could
+ * set. Only on Workers is a header the answer: Cloudflare sets CF-Connecting-IP itself
+ * (`workersClientAddress`). Undefined when unknown.
+ */
+export type ClientAddress = (request: Request, env: unknown) => string | null | undefined;
+
+/** The client's address by the starter's component; undefined when unknown or when it throws. */
+function clientOf(clientAddress: ClientAddress, inc: Incoming): string | undefined {
   try {
-    const incoming = (env?.incoming as { socket?: { remoteAddress?: string } } | undefined)?.socket;
-    if (incoming?.remoteAddress) return incoming.remoteAddress; // @hono/node-server
-    const requestIP = env?.requestIP as ((r: Request) => { address?: string } | null) | undefined;
-    if (typeof requestIP === "function") return requestIP.call(env, inc.request)?.address; // Bun
-    const remote = env?.remoteAddr as { hostname?: string } | undefined;
-    if (remote?.hostname) return remote.hostname; // Deno.serve's info
+    return clientAddress(inc.request, inc.env) || undefined;
   } catch {
-    // No address known: X-Forwarded-For keeps what it had.
+    return undefined; // no address known: X-Forwarded-For keeps what it had
   }
-  return undefined;
 }
 
 /**
@@ -5452,6 +5513,8 @@ interface ProxyContext {
   instanceId: string;
   /** Where details of an error answered generically go (never to the client). */
   log: (line: string) => void;
+  /** The client's address as the runtime saw it (the starter's component). */
+  clientAddress: ClientAddress;
 }
 
 /** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
@@ -5486,7 +5549,6 @@ function forwardHeaders(
   let host: string | null = null;
   let connection: string | null = null;
   let prior: string | null = null;
-  let cfClient: string | null = null;
   let length: string | null = null;
   let looped = false;
   inc.request.headers.forEach((value, name) => {
@@ -5495,7 +5557,6 @@ function forwardHeaders(
     else if (name === "connection") connection = value;
     else if (name === "x-forwarded-for") prior = value;
     else if (name === "content-length") length = value;
-    else if (name === "cf-connecting-ip") cfClient = value;
     else if (name === HOP_HEADER) looped = true;
   });
   if (looped) return null;
@@ -5506,8 +5567,7 @@ function forwardHeaders(
       if (name === "x-forwarded-for") prior = null;
     }
   }
-  // Cloudflare sets CF-Connecting-IP itself on Workers; anywhere else a client may send one.
-  const client = (inc.exec !== null && cfClient) || peerAddress(inc);
+  const client = clientOf(ctx.clientAddress, inc);
   if (client) out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
   else if (prior !== null) out["x-forwarded-for"] = prior;
   const https = url.startsWith("https:");
@@ -5853,6 +5913,68 @@ function proxyFailure(
   };
 }
 
+/** 405 for a method the proxy does not forward. */
+function methodRefused(ctx: ProxyContext, request: Request): Response {
+  const allow = [...PROXY_METHODS].join(", ");
+  const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
+  return proxyJson(ctx, request, body, 405, { allow });
+}
+
+/** 503 for a service no worker provides, with the services that are. */
+function unavailable(
+  ctx: ProxyContext,
+  request: Request,
+  table: RoutingTable,
+  service: string,
+): Response {
+  return proxyJson(
+    ctx,
+    request,
+    {
+      error: `Service '${service}' not available`,
+      available_services: availableServices(table),
+      suggestion: `No registered worker provides '${service}'. GET /api/admin/services lists what is available.`,
+    },
+    503,
+  );
+}
+
+/**
+ * Waits in the service's bounded queue while every provider is at its limit, then picks: the
+ * endpoint, or the answer that turns the request away (queue full or timed out, breakers open,
+ * no provider). The pick and its dispatch (which takes the slot) happen with no await between.
+ */
+async function queued(
+  ctx: ProxyContext,
+  inc: Incoming,
+  route: ServiceRoute,
+  table: RoutingTable,
+  started: number,
+): Promise<Endpoint | Response> {
+  const deadline = started + ctx.settings.queueTimeoutMs;
+  for (;;) {
+    const now = ctx.clock.now();
+    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
+    const left = deadline - performance.now();
+    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
+      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
+    }
+    const ep = route.pick({ now: ctx.clock.now(), random: ctx.random });
+    if (ep !== null) return ep;
+  }
+}
+
+/**
+ * The upstream URL of an attempt: the endpoint's base, the rest of the path as sent, the query.
+ * A `careful` rest (one `CAREFUL_REST` matches, checked by `assertSafeRest`) goes through
+ * `upstreamUrl`; the common one is joined as it is.
+ */
+function attemptUrl(base: string, rest: string | null, search: string, careful: boolean): string {
+  if (careful) return upstreamUrl(base, rest, search);
+  return rest === null ? base + search : `${base}/${rest}${search}`;
+}
+
+/** Forwards a request to a healthy provider of its service, retrying within the budget. */
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
@@ -5861,11 +5983,7 @@ async function routeService(
   const { reg, router, settings } = ctx;
   const request = inc.request;
   const method = request.method.toUpperCase();
-  if (!PROXY_METHODS.has(method)) {
-    const allow = [...PROXY_METHODS].join(", ");
-    const body = { error: "Method not allowed", message: `The proxy forwards ${allow}` };
-    return proxyJson(ctx, request, body, 405, { allow });
-  }
+  if (!PROXY_METHODS.has(method)) return methodRefused(ctx, request);
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
   if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
@@ -5879,32 +5997,16 @@ async function routeService(
   if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
   const route = router.routes.get(target.service);
   if (route === undefined || route.providers === 0) {
-    return proxyJson(
-      ctx,
-      request,
-      {
-        error: `Service '${target.service}' not available`,
-        available_services: availableServices(table),
-        suggestion: `No registered worker provides '${target.service}'. GET /api/admin/services lists what is available.`,
-      },
-      503,
-    );
+    return unavailable(ctx, request, table, target.service);
   }
   const started = performance.now();
   route.begin(now);
-  // Pick, or wait in the bounded queue while every provider is at its limit. A pick and its
-  // dispatch (which takes the slot) happen with no await in between.
   let ep = route.pick({ now, random: ctx.random });
-  let deadline = 0;
-  while (ep === null) {
-    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
-    deadline ||= started + settings.queueTimeoutMs;
-    const left = deadline - performance.now();
-    if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
-      return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
-    }
+  if (ep === null) {
+    const got = await queued(ctx, inc, route, table, started);
+    if (!(got instanceof Endpoint)) return got;
+    ep = got;
     now = ctx.clock.now();
-    ep = route.pick({ now, random: ctx.random });
   }
   const q = url.indexOf("?");
   const search = q === -1 ? "" : url.slice(q);
@@ -5917,11 +6019,7 @@ async function routeService(
   try {
     for (let n = 1; ; n++) {
       last = ep;
-      const to = careful
-        ? upstreamUrl(ep.base, rest, search)
-        : rest === null
-          ? ep.base + search
-          : `${ep.base}/${rest}${search}`;
+      const to = attemptUrl(ep.base, rest, search, careful);
       const init: RequestInit & { duplex?: "half" } = { method, headers, redirect: "manual" };
       if (body) {
         init.body = body.stream();
@@ -6023,7 +6121,7 @@ function errorAnswer(err: unknown, log: (line: string) => void): Response {
 
 /** The service target of a raw request URL's path (`/api/service/<name>/...`), or null. */
 function serviceTargetOf(url: string): ServiceTarget | null {
-  return parseServicePath(pathOf(url));
+  return parseProxyPath(pathOf(url));
 }
 
 //#endregion
@@ -6223,6 +6321,8 @@ interface DashboardDeps {
   budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
   /** What the dashboard remembers of clusters and endpoints (fed by every routing read). */
   watch: ClusterWatch;
+  /** The client's address of an operator's action (for the audit line). */
+  clientAddress: ClientAddress;
 }
 
 function clusterWarnings(cl: ClusterSummary, live: LiveViews | null, settings: Settings): string[] {
@@ -6975,7 +7075,7 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
         service,
         worker_id,
         changed,
-        client: peerAddress(incomingOf(c)) ?? null,
+        client: clientOf(deps.clientAddress, incomingOf(c)) ?? null,
         at: new Date(now).toISOString(),
       }),
     );
@@ -7013,6 +7113,11 @@ export interface CoordinatorComponents {
   random?: () => number;
   /** Whether the client of a request went away. Default: `request.signal.aborted`. */
   clientGone?: (request: Request, env: unknown) => boolean;
+  /**
+   * The client's address of a request as the runtime saw it (X-Forwarded-For, the legacy
+   * register limit, the audit line). Default: none known.
+   */
+  clientAddress?: ClientAddress;
   /**
    * Where the details of errors answered generically go (with their request id). Default
    * `console.error`. Never given a secret.
@@ -7070,6 +7175,7 @@ async function agentRequest(
   guard: Guard,
   nonces: NonceCache,
   now: number,
+  clientAddress: ClientAddress,
 ): Promise<AgentRequest | { response: Response }> {
   const level = await authorize(c, settings, guard);
   if (typeof level !== "string") return { response: level };
@@ -7098,9 +7204,8 @@ async function agentRequest(
     nonces,
     now,
   );
-  const inc = incomingOf(c);
-  const cf = inc.exec !== null ? c.req.header("cf-connecting-ip") : undefined;
-  return { bytes, sender: { level, signer, address: cf ?? peerAddress(inc) ?? "unknown" } };
+  const address = clientOf(clientAddress, incomingOf(c)) ?? "unknown";
+  return { bytes, sender: { level, signer, address } };
 }
 
 /** Parses an agent request's body as JSON against a schema, or answers 400. */
@@ -7185,6 +7290,7 @@ function coordinatorParts(settings: Settings, components: CoordinatorComponents)
     webhook: { sent: 0, failed: 0, lastError: null },
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
     log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
+    clientAddress: components.clientAddress ?? (() => undefined),
     nonces,
     watch: new ClusterWatch(),
     aliases: aliasList(settings.aliases),
@@ -7371,7 +7477,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
   /** Admits, reads and verifies an agent request, then parses its body (or answers why not). */
   const agentBody = async <T>(c: Context, guard: Guard, schema: z.ZodType<T>) => {
     parts.prune(clock.now(), null);
-    const got = await agentRequest(c, settings, guard, nonces, clock.now());
+    const got = await agentRequest(c, settings, guard, nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got;
     const body = parseJson(got.bytes, schema);
     return "response" in body ? body : { data: body.data, sender: got.sender };
@@ -7391,7 +7497,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
   });
 
   app.delete("/api/worker/unregister/:id", limit, async (c) => {
-    const got = await agentRequest(c, settings, "worker", nonces, clock.now());
+    const got = await agentRequest(c, settings, "worker", nonces, clock.now(), parts.clientAddress);
     if ("response" in got) return got.response;
     const id = WorkerIdSchema.safeParse(c.req.param("id"));
     if (!id.success) return c.json({ error: "Invalid worker id", details: issues(id.error) }, 400);
@@ -7558,25 +7664,34 @@ export function createCoordinator(
 
 let workerInstance: Coordinator | null = null;
 
-function envRecord(env: unknown): Record<string, unknown> {
+function envRecord(bindings: unknown): Record<string, unknown> {
   const processEnv =
     (globalThis as { process?: { env?: Record<string, unknown> } }).process?.env ?? {};
-  const bindings =
-    env && typeof env === "object" && !("requestIP" in env) ? (env as Record<string, unknown>) : {};
-  return { ...processEnv, ...bindings };
+  return { ...processEnv, ...(bindings && typeof bindings === "object" ? bindings : {}) };
 }
+
+/** The client's address on Workers: CF-Connecting-IP, which Cloudflare sets itself. */
+export const workersClientAddress: ClientAddress = (request) =>
+  request.headers.get("cf-connecting-ip");
+
+/** The client's address on Bun: its server (the second argument of `fetch`) saw the socket. */
+export const bunClientAddress: ClientAddress = (request, server) =>
+  (server as { requestIP(r: Request): { address?: string } | null }).requestIP(request)?.address;
 
 /**
  * The coordinator for a Workers isolate (or `bun coordinator.ts`): settings from env/bindings,
  * the `ROLLCALL_KV` binding as store when present, memory otherwise (reported by /health).
  */
-export function coordinatorFromEnv(env: unknown): Coordinator {
+export function coordinatorFromEnv(
+  bindings: unknown,
+  clientAddress: ClientAddress = workersClientAddress,
+): Coordinator {
   // One coordinator per isolate: the bindings of an isolate do not change between requests.
   if (workerInstance) return workerInstance;
-  const vars = envRecord(env);
+  const vars = envRecord(bindings);
   const kv = vars.ROLLCALL_KV as KvNamespaceLike | undefined;
   const store = kv && typeof kv.get === "function" ? cloudflareKvStore(kv) : memoryStore();
-  const coordinator = createCoordinator(configFromEnv(vars), { store });
+  const coordinator = createCoordinator(configFromEnv(vars), { store, clientAddress });
   workerInstance = coordinator;
   return coordinator;
 }
@@ -7585,9 +7700,15 @@ export default {
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response> {
     let coordinator: Coordinator;
     try {
-      coordinator = coordinatorFromEnv(env);
+      // Workers hands its bindings and an ExecutionContext; `bun coordinator.ts` hands Bun's
+      // server instead (and no context): no bindings then, and Bun tells the client's address.
+      coordinator =
+        ctx === undefined
+          ? coordinatorFromEnv(undefined, bunClientAddress)
+          : coordinatorFromEnv(env, workersClientAddress);
     } catch (err) {
-      const message = err instanceof ConfigError ? err.message : "Coordinator failed to start";
+      const message =
+        err instanceof CoordinatorConfigError ? err.message : "Coordinator failed to start";
       return json({ error: "Coordinator misconfigured", message }, 500);
     }
     return coordinator.fetch(request, env, ctx);

@@ -3,7 +3,7 @@
  * result (never throws): ok with the JSON answer, or an error that says whether
  * a retry makes sense (429, 5xx, network) and how long the server asked to wait.
  */
-import { signRequest } from "../coordinator.ts";
+import { type HeartbeatBodyInput, type RegisterBodyInput, signRequest } from "../coordinator.ts";
 import type { ReportAnswer, SendResult } from "./reporter.ts";
 import type { RequestSigner } from "./signer.ts";
 
@@ -83,12 +83,12 @@ export class CoordinatorClient {
   }
 
   /** POST /api/worker/register (direct mode). */
-  register(body: unknown): Promise<CallResult<RegisterAnswer>> {
+  register(body: RegisterBodyInput): Promise<CallResult<RegisterAnswer>> {
     return this.call("POST", "/api/worker/register", body);
   }
 
   /** POST /api/worker/heartbeat (direct mode). */
-  heartbeat(body: unknown): Promise<CallResult<{ status: string }>> {
+  heartbeat(body: HeartbeatBodyInput): Promise<CallResult<{ status: string }>> {
     return this.call("POST", "/api/worker/heartbeat", body);
   }
 

@@ -5,6 +5,7 @@
  * A change of services re-registers; a heartbeat answered 404 (the coordinator forgot us)
  * re-registers at once. Every failed register waits out the backoff.
  */
+import type { RegisterBodyInput } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
 import {
@@ -18,21 +19,8 @@ import {
 const MIN_BACKOFF_MS = 1_000;
 const MAX_BACKOFF_MS = 60_000;
 
-/** What the agent registers: the contract's register body. */
-export interface Registration {
-  worker_id: string;
-  /** The worker's human name (`--name`). */
-  name?: string;
-  tunnel_url: string;
-  ip_address?: string;
-  capabilities: Record<string, unknown>;
-  containers: {
-    name: string;
-    service_url: string;
-    port: number;
-    health_endpoint: string;
-  }[];
-}
+/** What the agent registers: the contract's register body, as the coordinator's schema takes it. */
+export type Registration = RegisterBodyInput;
 
 /** Load figures sent with each heartbeat. */
 export interface LoadSample {

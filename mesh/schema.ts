@@ -47,7 +47,12 @@ export type CounterField =
 export function saturate(n: number, field: CounterField): number {
   return Math.min(LIMITS[field], n + 1);
 }
-const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/**
+ * The one name rule of clusters, services and members (1-64 of A-Z a-z 0-9 . _ -, starting with
+ * a letter or digit): a copy of coordinator.ts's (mesh/ never imports it);
+ * test/name-rule.test.ts keeps the two equal.
+ */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** A heartbeat failed to decode or validate; the message says what failed. */
 export class HeartbeatError extends Error {
@@ -79,7 +84,7 @@ export function validateServices(services: readonly ServiceSummary[]): void {
     if (
       typeof s.name !== "string" ||
       s.name.length > LIMITS.serviceName ||
-      !SERVICE_NAME.test(s.name)
+      !NAME_PATTERN.test(s.name)
     ) {
       throw new HeartbeatError(
         `Service name is not valid: ${JSON.stringify(String(s.name).slice(0, 80))}`,
@@ -109,15 +114,12 @@ export function encodeMeta(meta: MemberMeta | undefined): Uint8Array {
   return bytes;
 }
 
-/** A member's human name in its meta: as the coordinator's WorkerNameSchema (1-64 of A-Z a-z 0-9 . _ -). */
-const MEMBER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-
 function checkMeta(meta: unknown): asserts meta is MemberMeta {
   if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
     throw new HeartbeatError("Meta must be an object");
   }
   const { tier, capabilities, name } = meta as Record<string, unknown>;
-  if (name !== undefined && !(typeof name === "string" && MEMBER_NAME.test(name))) {
+  if (name !== undefined && !(typeof name === "string" && NAME_PATTERN.test(name))) {
     throw new HeartbeatError("Meta name must be 1-64 letters, digits or . _ -");
   }
   if (

@@ -3,7 +3,7 @@
  * so the Workers entry uses it as the Node, Bun and Deno starters do.
  */
 import type { Logger } from "../agent/log.ts";
-import { aliasList, matchAlias, parseServicePath } from "../coordinator.ts";
+import { aliasList, matchAlias, parseProxyPath } from "../coordinator.ts";
 
 /** A coordinator's fetch handler (Request in, Response out, whatever else the runtime passes). */
 type FetchHandler = (request: Request, ...rest: never[]) => Response | Promise<Response>;
@@ -28,7 +28,7 @@ export function withAccessLog<F extends FetchHandler>(
     let service: string | null = null;
     try {
       service = path.startsWith("/api/service/")
-        ? (parseServicePath(path)?.service ?? null)
+        ? (parseProxyPath(path)?.service ?? null)
         : (matchAlias(path, list)?.service ?? null);
     } catch {
       // a bad service name: the coordinator answers 400 and the line says service=null

@@ -54,7 +54,13 @@ async function setUp(mod: Mod) {
     })) as unknown as typeof fetch;
   const c = mod.createCoordinator(
     { liveView: false },
-    { store: mod.memoryStore(), fetch: upstream },
+    {
+      store: mod.memoryStore(),
+      fetch: upstream,
+      // The Node starter's component (older versions read ENV.incoming themselves).
+      clientAddress: (_request: Request, env: unknown) =>
+        (env as typeof ENV).incoming.socket.remoteAddress,
+    },
   );
   const res = await c.fetch(
     new Request("http://coordinator.example/api/worker/register", {

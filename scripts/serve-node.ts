@@ -5,7 +5,13 @@
  */
 import fs from "node:fs/promises";
 import { serve } from "@hono/node-server";
-import { configFromEnv, ConfigError, createCoordinator, fileStore } from "../coordinator.ts";
+import {
+  configFromEnv,
+  CoordinatorConfigError,
+  createCoordinator,
+  fileStore,
+} from "../coordinator.ts";
+import { nodeClientAddress } from "./client-address.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
@@ -19,7 +25,7 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
   try {
     init = configFromEnv(process.env);
   } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
+    if (!(err instanceof CoordinatorConfigError)) throw err;
     log.error(`rollcall-coordinator: ${err.message}`);
     process.exit(2);
   }
@@ -36,6 +42,7 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     // Whichever upstream client: it asks the server's response, where the default reads
     // request.signal, which makes @hono/node-server build a real Request.
     clientGone: nodeClientGone,
+    clientAddress: nodeClientAddress,
     // Details of errors answered generically (with their request id) go to the log.
     log: (line) => log.error(`rollcall-coordinator: ${line}`),
   });

@@ -6,7 +6,13 @@
  * with the in-memory store only.
  */
 import fs from "node:fs/promises";
-import { ConfigError, configFromEnv, createCoordinator, fileStore } from "../coordinator.ts";
+import {
+  bunClientAddress,
+  CoordinatorConfigError,
+  configFromEnv,
+  createCoordinator,
+  fileStore,
+} from "../coordinator.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
 
@@ -26,12 +32,13 @@ let init: ReturnType<typeof configFromEnv>;
 try {
   init = configFromEnv(process.env);
 } catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
+  if (!(err instanceof CoordinatorConfigError)) throw err;
   log.error(`rollcall-coordinator: ${err.message}`);
   process.exit(2);
 }
 const coordinator = createCoordinator(init, {
   store: fileStore({ path }, { fs }),
+  clientAddress: bunClientAddress,
   // Details of errors answered generically (with their request id) go to the log.
   log: (line) => log.error(`rollcall-coordinator: ${line}`),
 });

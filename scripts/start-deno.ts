@@ -6,12 +6,13 @@
  * (ROLLCALL_ACCESS_LOG), --help, --version. Settings: ROLLCALL_* env vars, see docs/DEPLOY.md.
  */
 import {
-  ConfigError,
+  CoordinatorConfigError,
   configFromEnv,
   createCoordinator,
   type DenoKvLike,
   denoKvStore,
 } from "../coordinator.ts";
+import { denoClientAddress } from "./client-address.ts";
 import { createNodeFetch } from "./node-fetch.ts";
 import { withAccessLog } from "./access-log.ts";
 import { startStarter } from "./starter.ts";
@@ -35,7 +36,7 @@ let init: ReturnType<typeof configFromEnv>;
 try {
   init = configFromEnv(env);
 } catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
+  if (!(err instanceof CoordinatorConfigError)) throw err;
   log.error(`rollcall-coordinator: ${err.message}`);
   Deno.exit(2);
 }
@@ -51,6 +52,7 @@ const upstream =
       });
 const coordinator = createCoordinator(init, {
   store: denoKvStore(kv),
+  clientAddress: denoClientAddress,
   ...(upstream ? { fetch: upstream.fetch } : {}),
   // Details of errors answered generically (with their request id) go to the log.
   log: (line) => log.error(`rollcall-coordinator: ${line}`),

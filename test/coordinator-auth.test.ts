@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { viewAuthorized } from "../agent/view-auth.ts";
 import {
   base58Decode,
-  ConfigError,
+  CoordinatorConfigError,
   configFromEnv,
   isPeerId,
   peerIdPublicKey,
@@ -64,12 +64,12 @@ describe("item 6: every guard needs its own token once any token is set", () => 
     for (const name of ["ROLLCALL_CLUSTER_TOKEN", "ROLLCALL_ADMIN_TOKEN", "ROLLCALL_AGENT_TOKEN"]) {
       for (const value of ["", "   "]) {
         expect(() => configFromEnv({ [name]: value }), `${name}=${JSON.stringify(value)}`).toThrow(
-          new ConfigError(`${name} is set but empty: remove it or set a value`),
+          new CoordinatorConfigError(`${name} is set but empty: remove it or set a value`),
         );
       }
     }
-    expect(() => resolveSettings({ clusterToken: "" })).toThrow(ConfigError);
-    expect(() => resolveSettings({ adminToken: " " })).toThrow(ConfigError);
+    expect(() => resolveSettings({ clusterToken: "" })).toThrow(CoordinatorConfigError);
+    expect(() => resolveSettings({ adminToken: " " })).toThrow(CoordinatorConfigError);
     // The live view's credential reads only: it may not be a token that writes.
     expect(() => resolveSettings({ clusterToken: "same", agentToken: "same" })).toThrow(
       /agent token must differ/,

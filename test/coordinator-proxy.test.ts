@@ -2,7 +2,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConfigError, createCoordinator, resolveSettings } from "../coordinator.ts";
+import { CoordinatorConfigError, createCoordinator, resolveSettings } from "../coordinator.ts";
 import {
   kvLikeStore,
   ManualClock,
@@ -129,7 +129,9 @@ describe("forwarding", () => {
 
   it("never lets an alias take the coordinator's own paths", async () => {
     for (const prefix of ["/health", "/metrics", "/api/x", "relative"]) {
-      expect(() => resolveSettings({ aliases: { [prefix]: "upload" } })).toThrow(ConfigError);
+      expect(() => resolveSettings({ aliases: { [prefix]: "upload" } })).toThrow(
+        CoordinatorConfigError,
+      );
     }
     const t = await withMembers([member("A", { url: a.url })], { aliases: { "/": "upload" } });
     expect((await t.coordinator.fetch(new Request("http://c/elsewhere"))).status).toBe(200);

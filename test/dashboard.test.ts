@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
-  ConfigError,
+  CoordinatorConfigError,
   createCoordinator,
   memoryStore,
   resolveSettings,
@@ -111,8 +111,12 @@ describe("the page", () => {
   });
 
   it("cannot be shadowed by an alias", async () => {
-    expect(() => resolveSettings({ aliases: { "/admin": "upload" } })).toThrow(ConfigError);
-    expect(() => resolveSettings({ aliases: { "/admin/x": "upload" } })).toThrow(ConfigError);
+    expect(() => resolveSettings({ aliases: { "/admin": "upload" } })).toThrow(
+      CoordinatorConfigError,
+    );
+    expect(() => resolveSettings({ aliases: { "/admin/x": "upload" } })).toThrow(
+      CoordinatorConfigError,
+    );
     const [a] = (await upstreams("A")) as [Upstream];
     const t = await routingCoordinator(members(a), { aliases: { "/": "svc" } });
     expect((await t.call("/admin")).headers.get("content-security-policy")).toContain("'self'");

@@ -7,7 +7,12 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { type CoordinatorInit, HOP_HEADER, scopeCookies } from "../coordinator.ts";
+import {
+  type CoordinatorInit,
+  HOP_HEADER,
+  scopeCookies,
+  workersClientAddress,
+} from "../coordinator.ts";
 import { createNodeFetch } from "../scripts/node-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
@@ -274,7 +279,7 @@ describe("item 4: header trust", () => {
   });
 
   it("on Workers, trusts CF-Connecting-IP (Cloudflare sets it)", async () => {
-    const t = await routingCoordinator(svc(a));
+    const t = await routingCoordinator(svc(a), {}, { clientAddress: workersClientAddress });
     const before = a.received.length;
     const exec = { waitUntil: () => {} };
     const res = await t.coordinator.fetch(
@@ -284,6 +289,19 @@ describe("item 4: header trust", () => {
     );
     expect(res.status).toBe(200);
     expect(a.received[before]?.headers["x-forwarded-for"]).toBe("6.6.6.6");
+  });
+
+  it("trusts CF-Connecting-IP only where the starter says so (the Workers one), ExecutionContext or not", async () => {
+    const t = await routingCoordinator(svc(a));
+    const before = a.received.length;
+    const exec = { waitUntil: () => {} };
+    const res = await t.coordinator.fetch(
+      new Request("http://coordinator.test/api/service/svc/who", { headers: spoofed }),
+      { incoming: { socket: { remoteAddress: "10.1.2.3" } } },
+      exec,
+    );
+    expect(res.status).toBe(200);
+    expect(a.received[before]?.headers["x-forwarded-for"]).toBe("10.1.2.3");
   });
 
   it("scopes each service's cookies to its own path, or strips them, when asked", async () => {

@@ -6,6 +6,7 @@ import {
   memoryStore,
   type Store,
 } from "../../coordinator.ts";
+import { nodeClientAddress } from "../../scripts/client-address.ts";
 import { peer, signedHeaders, signerFor } from "./signing.ts";
 
 /** A clock whose time moves only when the test says so. */
@@ -96,7 +97,8 @@ export function testCoordinator(init: CoordinatorInit = {}, fetcher?: typeof fet
   // The leader's live view is off unless a test asks for it: these upstreams are no agents.
   const coordinator = createCoordinator(
     { ...TEST_INIT, ...init },
-    fetcher ? { store, clock, fetch: fetcher } : { store, clock },
+    // Requests carry @hono/node-server's env when a test gives a client address.
+    { store, clock, clientAddress: nodeClientAddress, ...(fetcher ? { fetch: fetcher } : {}) },
   );
   const call = async (
     method: string,

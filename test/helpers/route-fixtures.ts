@@ -3,7 +3,13 @@
  * random source for the picker, and one leader-mode cluster whose members each provide the
  * service "svc" at a real upstream.
  */
-import { type CoordinatorInit, createCoordinator, memoryStore } from "../../coordinator.ts";
+import {
+  type ClientAddress,
+  type CoordinatorInit,
+  createCoordinator,
+  memoryStore,
+} from "../../coordinator.ts";
+import { nodeClientAddress } from "../../scripts/client-address.ts";
 import { ManualClock, TEST_INIT } from "./coord-fixtures.ts";
 import { keyOf, signedHeaders, testKey } from "./signing.ts";
 
@@ -54,7 +60,12 @@ export type Members = { id: string; url: string; tier?: 1 | 2 | 3; services?: st
 export async function routingCoordinator(
   members: Members,
   init: CoordinatorInit = {},
-  components: { fetch?: typeof fetch; random?: () => number; log?: (line: string) => void } = {},
+  components: {
+    fetch?: typeof fetch;
+    random?: () => number;
+    log?: (line: string) => void;
+    clientAddress?: ClientAddress;
+  } = {},
 ) {
   const clock = new ManualClock();
   const coordinator = createCoordinator(
@@ -63,6 +74,8 @@ export async function routingCoordinator(
       store: memoryStore({}, { clock }),
       clock,
       random: components.random ?? seeded(7),
+      // Requests carry @hono/node-server's env when a test gives a client address.
+      clientAddress: components.clientAddress ?? nodeClientAddress,
       ...(components.fetch ? { fetch: components.fetch } : {}),
       ...(components.log ? { log: components.log } : {}),
     },
