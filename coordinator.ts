@@ -720,7 +720,7 @@ export const COORDINATOR_SETTINGS = {
     env: "ROLLCALL_LEADER_RESERVE",
     kind: "share",
     default: 0.1,
-    doc: "Share of the cap only an existing cluster's leader report may spend: a flood of other writes never defers it.",
+    doc: "Share of the cap only the leader report of a cluster that existed before today (UTC) may spend: a flood of other writes never defers it.",
   },
   maxDocBytes: {
     env: "ROLLCALL_MAX_DOC_BYTES",
@@ -1948,8 +1948,16 @@ interface WriteDecision {
 }
 
 /**
+ * Least time between two writes of one cluster's document for a change of its members; a change
+ * of its leaders (a failover, an election) is urgent and never waits for it. @internal
+ */
+export const CLUSTER_PACE_MS = 30_000;
+
+/**
  * Leader-mode write policy: write when the routing content changed or the keepalive is due
- * (with a small slack so a report sent on time counts), never past the daily cap.
+ * (with a small slack so a report sent on time counts), never past the daily cap, and a change
+ * not before `pacedUntil` (the last write plus CLUSTER_PACE_MS, 0 for a leader change): a flood of
+ * changed reports folds into one waiting document.
  * @internal
  */
 export function decideClusterWrite(input: {
@@ -1959,11 +1967,13 @@ export function decideClusterWrite(input: {
   keepaliveMs: number;
   writesToday: number;
   writeCap: number;
+  pacedUntil?: number;
 }): WriteDecision {
   const slack = Math.min(60_000, input.keepaliveMs / 10);
   const due =
     input.lastWriteAt === null || input.now >= input.lastWriteAt + input.keepaliveMs - slack;
   if (!input.changed && !due) return { write: false, reason: "unchanged" };
+  if (!due && input.now < (input.pacedUntil ?? 0)) return { write: false, reason: "deferred" };
   if (input.writesToday >= input.writeCap) return { write: false, reason: "deferred" };
   return { write: true, reason: input.changed ? "changed" : "keepalive" };
 }
@@ -2035,6 +2045,16 @@ function utcDay(ms: number): string {
 function nextUtcDay(ms: number): number {
   const d = new Date(ms);
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
+}
+
+/**
+ * Whether a document may spend the leader's reserve: a cluster's that existed before today
+ * (UTC), so a cluster created today (a token holder's own, say) never spends it.
+ */
+function spendsReserve(doc: ClusterDoc | WorkerRecord | null, now: number): boolean {
+  return (
+    doc?.kind === "cluster" && doc.rev > 0 && (doc.created_at ?? 0) < nextUtcDay(now) - 86_400_000
+  );
 }
 
 //#endregion
@@ -2520,7 +2540,7 @@ class Registry {
    * cluster's document) and the store's per-key rate.
    */
   #mayWrite(key: string, doc: Doc | null): boolean {
-    if (!this.budget.allows(doc?.kind === "cluster" && doc.rev > 0)) return false;
+    if (!this.budget.allows(spendsReserve(doc, this.clock.now()))) return false;
     const interval = this.store.minWriteIntervalMs;
     if (!interval) return true;
     const last = this.#lastWriteAt.get(key);
@@ -2600,6 +2620,7 @@ class Registry {
     let flushed = 0;
     for (const [key, doc] of [...this.#pending]) {
       if (!this.#mayWrite(key, doc)) continue;
+      if (doc?.kind === "cluster" && this.clock.now() < doc.written_at + CLUSTER_PACE_MS) continue;
       await this.lock.run(key, async () => {
         if (!this.#pending.has(key) || this.#pending.get(key) !== doc) return;
         this.#pending.delete(key);
@@ -3190,8 +3211,10 @@ async function clusterHeartbeat(
       }
       const changed =
         !stored || merged.digest !== stored.digest || leadersKey(merged) !== leadersKey(stored);
-      // Only an existing cluster's report may spend the budget's reserve (see WriteBudget).
-      const reserved = merged.rev > 0;
+      // Only a cluster that existed before today may spend the budget's reserve (WriteBudget).
+      const reserved = spendsReserve(merged, now);
+      const leaderChanged = !stored || leadersKey(merged) !== leadersKey(stored);
+      const pacedUntil = leaderChanged ? 0 : (stored?.written_at ?? 0) + CLUSTER_PACE_MS;
       const decision = decideClusterWrite({
         changed,
         lastWriteAt: stored?.written_at ?? null,
@@ -3199,6 +3222,7 @@ async function clusterHeartbeat(
         keepaliveMs: settings.keepaliveMs,
         writesToday: reg.budget.used,
         writeCap: reserved ? settings.writeCap : settings.writeCap - reg.budget.reserve,
+        pacedUntil,
       });
       reg.setLiveCluster(report.cluster, { doc: merged, reportAt: now });
       let written = false;
@@ -3219,7 +3243,11 @@ async function clusterHeartbeat(
       const lastWrite = written ? now : (stored?.written_at ?? now);
       const nextAt =
         reason === "deferred"
-          ? Math.max(now + 1000, reg.budget.allows(reserved) ? now + 1000 : nextUtcDay(now))
+          ? Math.max(
+              now + 1000,
+              pacedUntil,
+              reg.budget.allows(reserved) ? now + 1000 : nextUtcDay(now),
+            )
           : lastWrite + settings.keepaliveMs;
       return {
         status: "ok",

@@ -10,6 +10,7 @@ import { describe, expect, it } from "vitest";
 import { viewAuthorized } from "../agent/view-auth.ts";
 import {
   base58Decode,
+  CLUSTER_PACE_MS,
   CoordinatorConfigError,
   configFromEnv,
   isPeerId,
@@ -224,7 +225,7 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
   });
 
   it("never lets a key its cluster never listed take the members over, whatever term it claims", async () => {
-    const { call } = testCoordinator();
+    const { call, clock } = testCoordinator();
     const real = [member(LEADER), member("B", { url: "http://127.0.0.1:8702" })];
     expect((await call("POST", "/api/cluster/heartbeat", report({ members: real }))).status).toBe(
       200,
@@ -247,6 +248,7 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
     const workers = (await call("GET", "/api/admin/workers")).body as { tunnel_url: string }[];
     expect(workers.map((w) => w.tunnel_url)).not.toContain(evil);
     // The real leader still reports, and removes what it no longer lists.
+    clock.advance(CLUSTER_PACE_MS);
     const next = await call(
       "POST",
       "/api/cluster/heartbeat",
