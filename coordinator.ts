@@ -4069,6 +4069,53 @@ interface Waiter {
   done: boolean;
 }
 
+/** A bounded first-in first-out queue of requests waiting for a slot. */
+class WaitQueue {
+  /** Requests waiting now. */
+  size = 0;
+  #waiters: Waiter[] = [];
+  #head = 0;
+
+  /**
+   * Waits for `wakeOne`. Resolves false when `cap` are waiting already (at once) or after
+   * `timeoutMs`.
+   */
+  wait(timeoutMs: number, cap: number): Promise<boolean> {
+    if (this.size >= cap) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const waiter: Waiter = {
+        done: false,
+        timer: null,
+        wake: (ok) => {
+          if (waiter.done) return;
+          waiter.done = true;
+          this.size--;
+          if (waiter.timer !== null) clearTimeout(waiter.timer);
+          resolve(ok);
+        },
+      };
+      waiter.timer = setTimeout(() => waiter.wake(false), Math.max(0, timeoutMs));
+      this.size++;
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** Wakes the oldest waiter still waiting, if any. */
+  wakeOne(): void {
+    while (this.#head < this.#waiters.length) {
+      const w = this.#waiters[this.#head++] as Waiter;
+      if (!w.done) {
+        w.wake(true);
+        break;
+      }
+    }
+    if (this.#head > 64 && this.#head * 2 > this.#waiters.length) {
+      this.#waiters = this.#waiters.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+}
+
 /** A service's scaling signal and why. */
 interface ScalingSignal {
   signal: "scale_up" | "scale_down" | "steady";
@@ -4098,7 +4145,6 @@ export class ServiceRoute {
   retries = 0;
   rejected = 0;
   latencySumMs = 0;
-  queued = 0;
   signal: ScalingSignal = { signal: "steady", reason: "no traffic seen yet" };
   nextEvaluationAt = 0;
   readonly budget: RetryBudget;
@@ -4106,8 +4152,7 @@ export class ServiceRoute {
   readonly firstSeenAt: number;
   #turn = 0;
   #last: Endpoint | null = null;
-  #waiters: Waiter[] = [];
-  #head = 0;
+  readonly #queue = new WaitQueue();
 
   constructor(
     readonly name: string,
@@ -4343,7 +4388,7 @@ export class ServiceRoute {
     const { now, latencyMs, failed, probe } = outcome;
     e.inFlight--;
     this.inFlight--;
-    this.#wakeOne();
+    this.#queue.wakeOne();
     if (outcome.abandoned) {
       e.breaker.abandon(probe);
       return;
@@ -4421,37 +4466,12 @@ export class ServiceRoute {
    * queue is full (at once) or after `timeoutMs`.
    */
   wait(timeoutMs: number): Promise<boolean> {
-    if (this.queued >= this.settings.queueSize) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
-      const waiter: Waiter = {
-        done: false,
-        timer: null,
-        wake: (ok) => {
-          if (waiter.done) return;
-          waiter.done = true;
-          this.queued--;
-          if (waiter.timer !== null) clearTimeout(waiter.timer);
-          resolve(ok);
-        },
-      };
-      waiter.timer = setTimeout(() => waiter.wake(false), Math.max(0, timeoutMs));
-      this.queued++;
-      this.#waiters.push(waiter);
-    });
+    return this.#queue.wait(timeoutMs, this.settings.queueSize);
   }
 
-  #wakeOne(): void {
-    while (this.#head < this.#waiters.length) {
-      const w = this.#waiters[this.#head++] as Waiter;
-      if (!w.done) {
-        w.wake(true);
-        break;
-      }
-    }
-    if (this.#head > 64 && this.#head * 2 > this.#waiters.length) {
-      this.#waiters = this.#waiters.slice(this.#head);
-      this.#head = 0;
-    }
+  /** Requests waiting in the queue now. */
+  get queued(): number {
+    return this.#queue.size;
   }
 }
 
