@@ -3558,16 +3558,20 @@ async function verifiedSigner(
 /** How far a live-view authorization's timestamp may be from the agent's clock. */
 export const VIEW_AUTH_SKEW_MS = MINUTE;
 
-/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
-export function viewAuthText(timestamp: number): string {
-  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
+/**
+ * The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read the live
+ * view of the agent whose PeerId is `target` (the cluster's leader): that agent checks it
+ * against its own id, so a credential sent to one agent opens no other agent's view.
+ */
+export function viewAuthText(timestamp: number, target = ""): string {
+  return `rollcall-view-v2\nGET\n/_agent/cluster\n${target}\n${timestamp}`;
 }
 
 /**
- * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
- * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
+ * The `Authorization` value for the live view of agent `target`: `Rollcall-View ts=<ms>,
+ * sig=<hex>`, an HMAC of `viewAuthText` with the agent token, so the token itself never travels.
  */
-export async function viewAuthorization(token: string, now: number): Promise<string> {
+export async function viewAuthorization(token: string, now: number, target = ""): Promise<string> {
   const key = await crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(token),
@@ -3577,7 +3581,7 @@ export async function viewAuthorization(token: string, now: number): Promise<str
   );
   const ts = Math.round(now);
   const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts, target))),
   );
   let hex = "";
   for (const b of mac) hex += b.toString(16).padStart(2, "0");
@@ -5185,7 +5189,10 @@ class LiveViews {
       // An HMAC of the time with the agent token: the token itself never crosses the network.
       const token = this.settings.agentToken;
       // Wall time, not the injected clock: the agent checks it against its own clock.
-      if (token) headers.authorization = await viewAuthorization(token, Date.now());
+      // Bound to the leader's PeerId: it opens that agent's view only.
+      if (token) {
+        headers.authorization = await viewAuthorization(token, Date.now(), state.leaderId ?? "");
+      }
       const res = await fetcher(`${trimSlash(url)}/_agent/cluster`, {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),

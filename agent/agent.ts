@@ -92,6 +92,7 @@ export class Agent {
         services: () => this.#detector.services(),
         health: () => this.health(),
         clusterView: () => this.clusterView(),
+        selfId: () => this.#id,
       },
     );
     if (config.coordinator) {

@@ -26,7 +26,7 @@ import {
   readBodyHead,
   refuseConnection,
 } from "./limits.ts";
-import { viewAuthorized } from "./view-auth.ts";
+import { ViewReplayCache, viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
@@ -136,6 +136,8 @@ export interface GatewayComponents {
   services(): DetectedService[];
   health(): Record<string, unknown>;
   clusterView(): unknown;
+  /** This agent's PeerId, which a signed view credential must be made out to ("" if none). */
+  selfId?(): string;
 }
 
 /** Most bytes of a request body read and dropped after the service answered early. */
@@ -188,6 +190,8 @@ export class Gateway {
   readonly #agent: http.Agent;
   readonly #gate: ServiceGate;
   readonly #clients: ClientCaps;
+  /** Signed live-view credentials already used (each opens the view once). */
+  readonly #viewSeen = new ViewReplayCache();
 
   constructor(init: GatewayInit, components: GatewayComponents) {
     this.#init = init;
@@ -319,7 +323,13 @@ export class Gateway {
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
       const denied = token
-        ? !viewAuthorized(req.headers.authorization, token, Date.now())
+        ? !viewAuthorized(
+            req.headers.authorization,
+            token,
+            Date.now(),
+            this.#c.selfId?.() ?? "",
+            this.#viewSeen,
+          )
         : this.#init.viewLocked === true;
       if (denied) {
         return {

@@ -375,9 +375,11 @@ describe("item 11: the live view has its own credential, and it never travels", 
     const auth = asked[0]?.get("authorization") ?? "";
     expect(auth).toMatch(/^Rollcall-View ts=\d+, sig=[0-9a-f]{64}$/);
     expect(auth).not.toContain("secret");
-    expect(viewAuthorized(auth, "view-secret", Date.now())).toBe(true);
-    expect(viewAuthorized(auth, "cluster-secret", Date.now())).toBe(false);
-    expect(viewAuthorized(auth, "view-secret", Date.now() + 2 * MIN)).toBe(false);
+    // Made out to the leader (its PeerId): no other agent takes it.
+    expect(viewAuthorized(auth, "view-secret", Date.now(), LEADER)).toBe(true);
+    expect(viewAuthorized(auth, "view-secret", Date.now(), "another-agent")).toBe(false);
+    expect(viewAuthorized(auth, "cluster-secret", Date.now(), LEADER)).toBe(false);
+    expect(viewAuthorized(auth, "view-secret", Date.now() + 2 * MIN, LEADER)).toBe(false);
   });
 
   it("asks no agent for its view when tokens are set but no agent token is", async () => {

@@ -41,7 +41,7 @@ describe("finding 8: the live view's credential is a bearer token for a minute, 
   // shares ROLLCALL_AGENT_TOKEN and read their live views. Suggested: sign the target too
   // (the leader's PeerId, which the agent checks against its own id, or its URL's host) and
   // keep a short replay cache on the agent (agent/view-auth.ts `viewAuthorized`).
-  it.fails("a credential sent to a stranger's leader URL does not open another agent's view", async () => {
+  it("a credential sent to a stranger's leader URL does not open another agent's view", async () => {
     let captured: string | undefined;
     const fetcher = (async (input: RequestInfo | URL, init?: RequestInit) => {
       if (String(input).startsWith(SQUAT_URL)) {
