@@ -317,6 +317,7 @@ describe("what the admin views say of members the leader's mesh does not hear", 
         service: () => undefined,
         services: () => [],
         health: () => ({ status: "healthy" }),
+        selfId: () => L,
         clusterView: () => ({
           self: L,
           cluster: "default",
