@@ -5040,6 +5040,42 @@ interface LiveState {
   url: string | null;
 }
 
+/** Most bytes of a live view read: a view of 1,000 members is far below it. */
+const MAX_LIVE_VIEW_BYTES = 1 << 20;
+
+/**
+ * An answer's body as text, at most `max` bytes: a larger Content-Length is refused before any
+ * byte is read, and a body that grows past `max` is cancelled there. Throws on either.
+ */
+async function readCapped(res: Response, max: number): Promise<string> {
+  const tooLong = () => new Error(`The answer is larger than ${max} bytes`);
+  if (Number(res.headers.get("content-length") ?? 0) > max) {
+    await res.body?.cancel().catch(() => {});
+    throw tooLong();
+  }
+  if (res.body === null) return "";
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => {});
+      throw tooLong();
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /**
  * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`,
  * authorized by an HMAC of the time keyed with the agent token, see `viewAuthorization`), never
@@ -5202,7 +5238,13 @@ class LiveViews {
         await res.body?.cancel().catch(() => {});
         throw new Error(`The agent answered ${res.status}`);
       }
-      const parsed = LiveViewSchema.safeParse(await res.json());
+      let body: unknown;
+      try {
+        body = JSON.parse(await readCapped(res, MAX_LIVE_VIEW_BYTES));
+      } catch (err) {
+        throw err instanceof SyntaxError ? new Error("The agent's live view is not JSON") : err;
+      }
+      const parsed = LiveViewSchema.safeParse(body);
       if (!parsed.success) throw new Error("The agent's live view does not match the protocol");
       const data = parsed.data;
       if (data.cluster && data.cluster !== cluster) {
