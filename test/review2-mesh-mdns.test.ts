@@ -10,6 +10,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../agent/config.ts";
+import { checkExposure, OpenMeshError } from "../mesh/exposure.ts";
 
 const load = (argv: string[]) => loadConfig(argv, {}).config;
 
@@ -18,8 +19,21 @@ describe("finding 10: --mdns without a pre-shared key dials strangers on the LAN
   // addresses only. Suggested: treat `mdns` like a listen address beyond loopback (PSK or
   // --insecure-open-mesh required) in checkExposure and in loadConfig; or, with no PSK, gate
   // outbound dials to loopback addresses (denyDialMultiaddr) so discovery cannot reach out.
-  it.fails("refuses --mdns without --psk or --insecure-open-mesh", () => {
+  it("refuses --mdns without --psk or --insecure-open-mesh", () => {
     expect(() => load(["--mdns"])).toThrow(ConfigError);
+  });
+
+  it("refuses a mesh with mdns and no key where the mesh starts (checkExposure)", () => {
+    expect(() => checkExposure({ listen: ["/ip4/127.0.0.1/tcp/0"], mdns: true })).toThrow(
+      OpenMeshError,
+    );
+    expect(() =>
+      checkExposure({ listen: ["/ip4/127.0.0.1/tcp/0"], mdns: true, insecureOpenMesh: true }),
+    ).not.toThrow();
+  });
+
+  it("still takes --mdns with --insecure-open-mesh", () => {
+    expect(load(["--mdns", "--insecure-open-mesh"]).mdns).toBe(true);
   });
 
   it("still takes --mdns with a pre-shared key", () => {
