@@ -826,6 +826,12 @@ export const COORDINATOR_SETTINGS = {
     default: "*",
     doc: "`Access-Control-Allow-Origin` on the service routes and `/health`. The agent and admin endpoints send no CORS headers.",
   },
+  allowedHosts: {
+    env: "ROLLCALL_ALLOWED_HOSTS",
+    kind: "text",
+    default: null,
+    doc: "While no token is set (open, local dev): Host names answered besides loopback ones (`localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`), comma-separated; any other Host gets `421` (a DNS-rebound page). Not checked once a token is set.",
+  },
   upstreamAllow: {
     env: "ROLLCALL_UPSTREAM_ALLOW",
     kind: "upstreams",
@@ -7476,6 +7482,35 @@ async function proxyEntry(
  * origin) and `/health`, never on the agent and admin endpoints (no web page may read them, and
  * the dashboard is same-origin). Then what the cap deferred is written.
  */
+/** The host name of an absolute URL, lower case, without its port (IPv6 keeps its brackets). */
+function hostnameOf(url: string): string {
+  const from = url.indexOf("//") + 2;
+  const end = pathStart(url);
+  const host = url.slice(from, end === -1 ? undefined : end).toLowerCase();
+  if (host.startsWith("[")) return host.slice(0, host.indexOf("]") + 1);
+  const colon = host.indexOf(":");
+  return colon === -1 ? host : host.slice(0, colon);
+}
+
+/**
+ * Which Host names an open coordinator answers: loopback ones (`localhost`, `*.localhost`,
+ * 127.0.0.0/8, `[::1]`) and those `ROLLCALL_ALLOWED_HOSTS` lists.
+ */
+function openHosts(list: string): (host: string) => boolean {
+  const listed = new Set(
+    list
+      .split(",")
+      .map((h) => h.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  return (host) => {
+    const name = host.endsWith(".") ? host.slice(0, -1) : host;
+    if (name === "localhost" || name.endsWith(".localhost") || name === "[::1]") return true;
+    if (parseIPv4(name)?.[0] === 127) return true;
+    return listed.has(name);
+  };
+}
+
 function frontMiddleware(app: Hono, parts: Parts): void {
   const { settings, aliases } = parts;
   const corsPath = (path: string): boolean =>
@@ -7494,7 +7529,14 @@ function frontMiddleware(app: Hono, parts: Parts): void {
   });
   app.onError((err) => errorAnswer(err, parts.log));
   app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
+  // Open (no token): a web page whose name was rebound to this address is refused by its Host.
+  const allowedHost = isSecured(settings) ? null : openHosts(settings.allowedHosts ?? "");
   app.use("*", (c, next) => {
+    if (allowedHost !== null && !allowedHost(hostnameOf(c.req.url))) {
+      const message =
+        "An open coordinator (no token set) answers loopback Host names only; list others in ROLLCALL_ALLOWED_HOSTS";
+      return Promise.resolve(json({ error: "Misdirected request", message }, 421));
+    }
     const target = proxied(c.req.raw, aliases);
     if (target !== null) return proxyEntry(parts, incomingOf(c), target);
     return corsPath(c.req.path) ? corsHeaders(c, next) : next();
