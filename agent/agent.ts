@@ -93,6 +93,7 @@ export class Agent {
         health: () => this.health(),
         clusterView: () => this.clusterView(),
         selfId: () => this.#id,
+        log: (line) => this.#log(line),
       },
     );
     if (config.coordinator) {

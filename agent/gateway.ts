@@ -9,6 +9,7 @@
  * takes one of its service's slots (a slow body holds a connection, not a service), and per
  * service a cap on requests in flight with a bounded queue whose wait ends in a 503.
  */
+import { randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import {
@@ -138,6 +139,8 @@ export interface GatewayComponents {
   clusterView(): unknown;
   /** This agent's PeerId, which a signed view credential must be made out to ("" if none). */
   selfId?(): string;
+  /** Where a failed service call's detail goes (default `console.error`); clients never see it. */
+  log?(line: string): void;
 }
 
 /** Most bytes of a request body read and dropped after the service answered early. */
@@ -441,10 +444,18 @@ export class Gateway {
         drainRequest(req);
       }
       const timedOut = err.message === "upstream timeout";
+      // The system error names the service's address: the log gets it, the client an id.
+      const requestId = randomUUID();
+      (this.#c.log ?? console.error)(
+        `Service '${svc.name}' call failed (request ${requestId}): ${err.message}`,
+      );
       json(res, timedOut ? 504 : 502, {
         error: timedOut ? "Upstream timeout" : "Upstream failed",
-        message: err.message,
+        message: timedOut
+          ? "The service did not answer in time"
+          : "The service could not be reached",
         service: svc.name,
+        request_id: requestId,
       });
     });
     // The client left (mid-request or mid-response): cancel the upstream call too.
