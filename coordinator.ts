@@ -7136,6 +7136,11 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
     return c.json(dashboardSnapshot(deps, watch, table, now));
   });
   const act = (action: "breaker_reset" | "ejection_end") => async (c: Context) => {
+    // JSON only: a cross-site `text/plain` post (no preflight) must not reach the dev cluster.
+    if (!isJsonType(c.req.header("content-type"))) {
+      const message = "Admin actions take 'Content-Type: application/json'";
+      return c.json({ error: "Unsupported content type", message }, 415);
+    }
     const text = await c.req.text().catch(() => null);
     if (text === null) return c.json({ error: "Request body could not be read" }, 400);
     let value: unknown;
