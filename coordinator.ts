@@ -1094,6 +1094,11 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   }
   const settings = out as Settings;
   const { agentToken, clusterToken, adminToken } = settings;
+  if (clusterToken !== null && clusterToken === adminToken) {
+    throw new CoordinatorConfigError(
+      "The cluster token must differ from the admin token: every agent holds the cluster token",
+    );
+  }
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
     throw new CoordinatorConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",

@@ -75,6 +75,10 @@ describe("item 6: every guard needs its own token once any token is set", () => 
     expect(() => resolveSettings({ clusterToken: "same", agentToken: "same" })).toThrow(
       /agent token must differ/,
     );
+    // Every agent holds the cluster token: it may not open the admin API too.
+    expect(() => resolveSettings({ clusterToken: "same", adminToken: "same" })).toThrow(
+      /cluster token must differ from the admin token/,
+    );
   });
 });
 
