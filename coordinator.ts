@@ -3492,7 +3492,8 @@ class NonceCache {
         this.evicted++;
       }
     }
-    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
+    // Strictly past the last moment a signature made SIGNATURE_SKEW_MS ahead is still good.
+    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS + 1);
     return true;
   }
 

@@ -174,6 +174,20 @@ describe("item 7: a worker id that is a PeerId belongs to its key", () => {
     });
   });
 
+  it("remembers a nonce strictly past the last moment its signature is good", async () => {
+    const { call, clock } = secured();
+    const owner = testKey("ahead owner");
+    const path = "/api/worker/register";
+    const text = JSON.stringify(registration(owner.id));
+    const token = bearer("cluster-secret");
+    // Signed as far ahead as the window allows: good until now + 2 windows, not a ms beyond.
+    const ahead = await signPost(owner, path, text, clock.now() + 5 * MIN);
+    expect((await call("POST", path, text, { ...token, ...ahead })).status).toBe(200);
+    clock.advance(10 * MIN);
+    const replay = await call("POST", path, text, { ...token, ...ahead });
+    expect(replay.body.error).toBe("Request signature already used");
+  });
+
   it("lets a token-less legacy worker touch only what legacy workers registered", async () => {
     const { call } = testCoordinator({
       clusterToken: "cluster-secret",
