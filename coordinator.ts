@@ -483,8 +483,21 @@ function inPrefix(bytes: Uint8Array, prefix: readonly number[], bits: number): b
   return true;
 }
 
+/**
+ * Cloud metadata services outside link-local, never allowed whatever the list says (like
+ * METADATA_NAMES): AWS IMDS over IPv6, Alibaba Cloud, Oracle Cloud Classic, Azure WireServer.
+ */
+const METADATA_ADDRESSES = ["fd00:ec2::254", "100.100.100.200", "192.0.0.192", "168.63.129.16"].map(
+  (a) => (parseIPv4(a) ?? parseIPv6(a)) as Uint8Array,
+);
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /** The class of an address (4 or 16 bytes); IPv4-mapped and NAT64 IPv6 go by their IPv4 part. */
 function addressClass(bytes: Uint8Array): AddressClass {
+  if (METADATA_ADDRESSES.some((m) => sameBytes(m, bytes))) return "special";
   if (bytes.length === 16) {
     const mapped = inPrefix(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff], 96);
     const nat64 = inPrefix(bytes, [0, 0x64, 0xff, 0x9b], 96);
@@ -508,8 +521,8 @@ function addressClass(bytes: Uint8Array): AddressClass {
 /** Host names that are cloud metadata services whatever they resolve to. */
 const METADATA_NAMES = new Set(["metadata", "metadata.google.internal", "instance-data"]);
 
-/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws CoordinatorConfigError naming a bad entry. */
-function parseUpstreamAllow(text: string): UpstreamPolicy {
+/** Parses `ROLLCALL_UPSTREAM_ALLOW`; throws CoordinatorConfigError naming a bad entry. @internal */
+export function parseUpstreamAllow(text: string): UpstreamPolicy {
   const entries = text
     .split(/[\s,]+/)
     .map((e) => e.trim().toLowerCase())
@@ -582,8 +595,9 @@ function addressAllowed(bytes: Uint8Array, policy: UpstreamPolicy): boolean {
  * networks and class; a name by the names listed, then as `loopback` (localhost) or `public`.
  * What a name resolves to is checked where the connection is made (the Node and Deno starters'
  * upstream client), see `resolvedAllowed`.
+ * @internal
  */
-function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
+export function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
   let host: string;
   try {
     host = new URL(url).hostname.toLowerCase();
@@ -594,7 +608,7 @@ function upstreamRefusal(url: string, policy: UpstreamPolicy): string | null {
   const bytes = parseIp(host);
   if (bytes) {
     if (addressClass(bytes) === "special")
-      return "link-local and special addresses are never allowed";
+      return "link-local, metadata and special addresses are never allowed";
     return addressAllowed(bytes, policy)
       ? null
       : `${addressClass(bytes)} addresses are not allowed`;
@@ -706,7 +720,7 @@ export const COORDINATOR_SETTINGS = {
     env: "ROLLCALL_LEADER_RESERVE",
     kind: "share",
     default: 0.1,
-    doc: "Share of the cap only an existing cluster's leader report may spend: a flood of other writes never defers it.",
+    doc: "Share of the cap only the leader report of a cluster that existed before today (UTC) may spend: a flood of other writes never defers it.",
   },
   maxDocBytes: {
     env: "ROLLCALL_MAX_DOC_BYTES",
@@ -812,11 +826,17 @@ export const COORDINATOR_SETTINGS = {
     default: "*",
     doc: "`Access-Control-Allow-Origin` on the service routes and `/health`. The agent and admin endpoints send no CORS headers.",
   },
+  allowedHosts: {
+    env: "ROLLCALL_ALLOWED_HOSTS",
+    kind: "text",
+    default: null,
+    doc: "While no token is set (open, local dev): Host names answered besides loopback ones (`localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`), comma-separated; any other Host gets `421` (a DNS-rebound page). Not checked once a token is set.",
+  },
   upstreamAllow: {
     env: "ROLLCALL_UPSTREAM_ALLOW",
     kind: "upstreams",
     default: "public,private",
-    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast and cloud metadata names never. Refused providers show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
+    doc: "Upstreams the proxy may call, comma-separated: `public`, `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1, localhost), `any`, networks (`10.1.0.0/16`), addresses, host names (`*.example.com`). Link-local (169.254/16, fe80::/10), `0.0.0.0/8`, multicast, metadata names and addresses never. Refused ones show `refused` in `/api/admin/services`. `npm run dev` sets `loopback`.",
   },
   cookies: {
     env: "ROLLCALL_COOKIES",
@@ -1074,6 +1094,11 @@ export function resolveSettings(init: CoordinatorInit = {}): Settings {
   }
   const settings = out as Settings;
   const { agentToken, clusterToken, adminToken } = settings;
+  if (clusterToken !== null && clusterToken === adminToken) {
+    throw new CoordinatorConfigError(
+      "The cluster token must differ from the admin token: every agent holds the cluster token",
+    );
+  }
   if (agentToken !== null && (agentToken === clusterToken || agentToken === adminToken)) {
     throw new CoordinatorConfigError(
       "The agent token must differ from the cluster and admin tokens: it only reads live views",
@@ -1937,8 +1962,16 @@ interface WriteDecision {
 }
 
 /**
+ * Least time between two writes of one cluster's document for a change of its members; a change
+ * of its leaders (a failover, an election) is urgent and never waits for it. @internal
+ */
+export const CLUSTER_PACE_MS = 30_000;
+
+/**
  * Leader-mode write policy: write when the routing content changed or the keepalive is due
- * (with a small slack so a report sent on time counts), never past the daily cap.
+ * (with a small slack so a report sent on time counts), never past the daily cap, and a change
+ * not before `pacedUntil` (the last write plus CLUSTER_PACE_MS, 0 for a leader change): a flood of
+ * changed reports folds into one waiting document.
  * @internal
  */
 export function decideClusterWrite(input: {
@@ -1948,11 +1981,13 @@ export function decideClusterWrite(input: {
   keepaliveMs: number;
   writesToday: number;
   writeCap: number;
+  pacedUntil?: number;
 }): WriteDecision {
   const slack = Math.min(60_000, input.keepaliveMs / 10);
   const due =
     input.lastWriteAt === null || input.now >= input.lastWriteAt + input.keepaliveMs - slack;
   if (!input.changed && !due) return { write: false, reason: "unchanged" };
+  if (!due && input.now < (input.pacedUntil ?? 0)) return { write: false, reason: "deferred" };
   if (input.writesToday >= input.writeCap) return { write: false, reason: "deferred" };
   return { write: true, reason: input.changed ? "changed" : "keepalive" };
 }
@@ -2024,6 +2059,16 @@ function utcDay(ms: number): string {
 function nextUtcDay(ms: number): number {
   const d = new Date(ms);
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
+}
+
+/**
+ * Whether a document may spend the leader's reserve: a cluster's that existed before today
+ * (UTC), so a cluster created today (a token holder's own, say) never spends it.
+ */
+function spendsReserve(doc: ClusterDoc | WorkerRecord | null, now: number): boolean {
+  return (
+    doc?.kind === "cluster" && doc.rev > 0 && (doc.created_at ?? 0) < nextUtcDay(now) - 86_400_000
+  );
 }
 
 //#endregion
@@ -2509,7 +2554,7 @@ class Registry {
    * cluster's document) and the store's per-key rate.
    */
   #mayWrite(key: string, doc: Doc | null): boolean {
-    if (!this.budget.allows(doc?.kind === "cluster" && doc.rev > 0)) return false;
+    if (!this.budget.allows(spendsReserve(doc, this.clock.now()))) return false;
     const interval = this.store.minWriteIntervalMs;
     if (!interval) return true;
     const last = this.#lastWriteAt.get(key);
@@ -2589,6 +2634,7 @@ class Registry {
     let flushed = 0;
     for (const [key, doc] of [...this.#pending]) {
       if (!this.#mayWrite(key, doc)) continue;
+      if (doc?.kind === "cluster" && this.clock.now() < doc.written_at + CLUSTER_PACE_MS) continue;
       await this.lock.run(key, async () => {
         if (!this.#pending.has(key) || this.#pending.get(key) !== doc) return;
         this.#pending.delete(key);
@@ -3179,8 +3225,10 @@ async function clusterHeartbeat(
       }
       const changed =
         !stored || merged.digest !== stored.digest || leadersKey(merged) !== leadersKey(stored);
-      // Only an existing cluster's report may spend the budget's reserve (see WriteBudget).
-      const reserved = merged.rev > 0;
+      // Only a cluster that existed before today may spend the budget's reserve (WriteBudget).
+      const reserved = spendsReserve(merged, now);
+      const leaderChanged = !stored || leadersKey(merged) !== leadersKey(stored);
+      const pacedUntil = leaderChanged ? 0 : (stored?.written_at ?? 0) + CLUSTER_PACE_MS;
       const decision = decideClusterWrite({
         changed,
         lastWriteAt: stored?.written_at ?? null,
@@ -3188,6 +3236,7 @@ async function clusterHeartbeat(
         keepaliveMs: settings.keepaliveMs,
         writesToday: reg.budget.used,
         writeCap: reserved ? settings.writeCap : settings.writeCap - reg.budget.reserve,
+        pacedUntil,
       });
       reg.setLiveCluster(report.cluster, { doc: merged, reportAt: now });
       let written = false;
@@ -3208,7 +3257,11 @@ async function clusterHeartbeat(
       const lastWrite = written ? now : (stored?.written_at ?? now);
       const nextAt =
         reason === "deferred"
-          ? Math.max(now + 1000, reg.budget.allows(reserved) ? now + 1000 : nextUtcDay(now))
+          ? Math.max(
+              now + 1000,
+              pacedUntil,
+              reg.budget.allows(reserved) ? now + 1000 : nextUtcDay(now),
+            )
           : lastWrite + settings.keepaliveMs;
       return {
         status: "ok",
@@ -3245,11 +3298,18 @@ export async function tokensEqual(given: string, expected: string): Promise<bool
   return diff === 0;
 }
 
-function bearerToken(c: Context): string | null {
-  const header = c.req.header("authorization");
+/**
+ * The token of an `Authorization: Bearer <token>` header (scheme case-insensitive): null without
+ * a header, "" for another scheme. The one bearer rule, the agent gateway's too.
+ */
+export function bearerOf(header: string | undefined | null): string | null {
   if (!header) return null;
   const match = /^Bearer\s+(.+)$/i.exec(header.trim());
   return match ? (match[1] as string).trim() : "";
+}
+
+function bearerToken(c: Context): string | null {
+  return bearerOf(c.req.header("authorization"));
 }
 
 /** The guard of an endpoint: direct-mode agent calls, leader reports, admin reads. */
@@ -3442,7 +3502,8 @@ class NonceCache {
         this.evicted++;
       }
     }
-    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS);
+    // Strictly past the last moment a signature made SIGNATURE_SKEW_MS ahead is still good.
+    this.#seen.set(key, now + 2 * SIGNATURE_SKEW_MS + 1);
     return true;
   }
 
@@ -3519,16 +3580,20 @@ async function verifiedSigner(
 /** How far a live-view authorization's timestamp may be from the agent's clock. */
 export const VIEW_AUTH_SKEW_MS = MINUTE;
 
-/** The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read a live view. */
-export function viewAuthText(timestamp: number): string {
-  return `rollcall-view-v1\nGET\n/_agent/cluster\n${timestamp}`;
+/**
+ * The text the coordinator signs (HMAC-SHA-256, keyed with the agent token) to read the live
+ * view of the agent whose PeerId is `target` (the cluster's leader): that agent checks it
+ * against its own id, so a credential sent to one agent opens no other agent's view.
+ */
+export function viewAuthText(timestamp: number, target = ""): string {
+  return `rollcall-view-v2\nGET\n/_agent/cluster\n${target}\n${timestamp}`;
 }
 
 /**
- * The `Authorization` value for an agent's live view: `Rollcall-View ts=<ms>, sig=<hex>`, an
- * HMAC of `viewAuthText` with the agent token, so the token itself never travels.
+ * The `Authorization` value for the live view of agent `target`: `Rollcall-View ts=<ms>,
+ * sig=<hex>`, an HMAC of `viewAuthText` with the agent token, so the token itself never travels.
  */
-export async function viewAuthorization(token: string, now: number): Promise<string> {
+export async function viewAuthorization(token: string, now: number, target = ""): Promise<string> {
   const key = await crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(token),
@@ -3538,7 +3603,7 @@ export async function viewAuthorization(token: string, now: number): Promise<str
   );
   const ts = Math.round(now);
   const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts))),
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(viewAuthText(ts, target))),
   );
   let hex = "";
   for (const b of mac) hex += b.toString(16).padStart(2, "0");
@@ -4997,6 +5062,42 @@ interface LiveState {
   url: string | null;
 }
 
+/** Most bytes of a live view read: a view of 1,000 members is far below it. */
+const MAX_LIVE_VIEW_BYTES = 1 << 20;
+
+/**
+ * An answer's body as text, at most `max` bytes: a larger Content-Length is refused before any
+ * byte is read, and a body that grows past `max` is cancelled there. Throws on either.
+ */
+async function readCapped(res: Response, max: number): Promise<string> {
+  const tooLong = () => new Error(`The answer is larger than ${max} bytes`);
+  if (Number(res.headers.get("content-length") ?? 0) > max) {
+    await res.body?.cancel().catch(() => {});
+    throw tooLong();
+  }
+  if (res.body === null) return "";
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => {});
+      throw tooLong();
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /**
  * Live views of the clusters, fetched from each leader's agent (`GET <leader url>/_agent/cluster`,
  * authorized by an HMAC of the time keyed with the agent token, see `viewAuthorization`), never
@@ -5146,7 +5247,10 @@ class LiveViews {
       // An HMAC of the time with the agent token: the token itself never crosses the network.
       const token = this.settings.agentToken;
       // Wall time, not the injected clock: the agent checks it against its own clock.
-      if (token) headers.authorization = await viewAuthorization(token, Date.now());
+      // Bound to the leader's PeerId: it opens that agent's view only.
+      if (token) {
+        headers.authorization = await viewAuthorization(token, Date.now(), state.leaderId ?? "");
+      }
       const res = await fetcher(`${trimSlash(url)}/_agent/cluster`, {
         headers,
         signal: AbortSignal.timeout(this.settings.liveViewTimeoutMs),
@@ -5156,7 +5260,13 @@ class LiveViews {
         await res.body?.cancel().catch(() => {});
         throw new Error(`The agent answered ${res.status}`);
       }
-      const parsed = LiveViewSchema.safeParse(await res.json());
+      let body: unknown;
+      try {
+        body = JSON.parse(await readCapped(res, MAX_LIVE_VIEW_BYTES));
+      } catch (err) {
+        throw err instanceof SyntaxError ? new Error("The agent's live view is not JSON") : err;
+      }
+      const parsed = LiveViewSchema.safeParse(body);
       if (!parsed.success) throw new Error("The agent's live view does not match the protocol");
       const data = parsed.data;
       if (data.cluster && data.cluster !== cluster) {
@@ -7042,6 +7152,11 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
     return c.json(dashboardSnapshot(deps, watch, table, now));
   });
   const act = (action: "breaker_reset" | "ejection_end") => async (c: Context) => {
+    // JSON only: a cross-site `text/plain` post (no preflight) must not reach the dev cluster.
+    if (!isJsonType(c.req.header("content-type"))) {
+      const message = "Admin actions take 'Content-Type: application/json'";
+      return c.json({ error: "Unsupported content type", message }, 415);
+    }
     const text = await c.req.text().catch(() => null);
     if (text === null) return c.json({ error: "Request body could not be read" }, 400);
     let value: unknown;
@@ -7388,6 +7503,35 @@ async function proxyEntry(
  * origin) and `/health`, never on the agent and admin endpoints (no web page may read them, and
  * the dashboard is same-origin). Then what the cap deferred is written.
  */
+/** The host name of an absolute URL, lower case, without its port (IPv6 keeps its brackets). */
+function hostnameOf(url: string): string {
+  const from = url.indexOf("//") + 2;
+  const end = pathStart(url);
+  const host = url.slice(from, end === -1 ? undefined : end).toLowerCase();
+  if (host.startsWith("[")) return host.slice(0, host.indexOf("]") + 1);
+  const colon = host.indexOf(":");
+  return colon === -1 ? host : host.slice(0, colon);
+}
+
+/**
+ * Which Host names an open coordinator answers: loopback ones (`localhost`, `*.localhost`,
+ * 127.0.0.0/8, `[::1]`) and those `ROLLCALL_ALLOWED_HOSTS` lists.
+ */
+function openHosts(list: string): (host: string) => boolean {
+  const listed = new Set(
+    list
+      .split(",")
+      .map((h) => h.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  return (host) => {
+    const name = host.endsWith(".") ? host.slice(0, -1) : host;
+    if (name === "localhost" || name.endsWith(".localhost") || name === "[::1]") return true;
+    if (parseIPv4(name)?.[0] === 127) return true;
+    return listed.has(name);
+  };
+}
+
 function frontMiddleware(app: Hono, parts: Parts): void {
   const { settings, aliases } = parts;
   const corsPath = (path: string): boolean =>
@@ -7406,7 +7550,14 @@ function frontMiddleware(app: Hono, parts: Parts): void {
   });
   app.onError((err) => errorAnswer(err, parts.log));
   app.notFound((c) => c.json({ error: "Not found", path: new URL(c.req.url).pathname }, 404));
+  // Open (no token): a web page whose name was rebound to this address is refused by its Host.
+  const allowedHost = isSecured(settings) ? null : openHosts(settings.allowedHosts ?? "");
   app.use("*", (c, next) => {
+    if (allowedHost !== null && !allowedHost(hostnameOf(c.req.url))) {
+      const message =
+        "An open coordinator (no token set) answers loopback Host names only; list others in ROLLCALL_ALLOWED_HOSTS";
+      return Promise.resolve(json({ error: "Misdirected request", message }, 421));
+    }
     const target = proxied(c.req.raw, aliases);
     if (target !== null) return proxyEntry(parts, incomingOf(c), target);
     return corsPath(c.req.path) ? corsHeaders(c, next) : next();

@@ -100,6 +100,8 @@ export class Agent {
         health: () => this.health(),
         clusterView: () => this.clusterView(),
         drain: this.#drain,
+        selfId: () => this.#id,
+        log: (line) => this.#log(line),
       },
     );
     if (config.coordinator) {

@@ -82,7 +82,7 @@ const SETTINGS = [
     "mesh multiaddrs, comma-separated (default /ip4/0.0.0.0/tcp/7400 with --psk, else 127.0.0.1)",
   ],
   ["bootstrap", "ROLLCALL_BOOTSTRAP", "bootstrap peer multiaddrs with /p2p/<id>, comma-separated"],
-  ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false)"],
+  ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false; needs --psk)"],
   ["psk", "ROLLCALL_PSK", "private-network key: swarm.key text or a path to it"],
   ["services", "ROLLCALL_SERVICES", "services manifest JSON file (default: none, no services)"],
   ["mode", "ROLLCALL_MODE", "mesh (default) or direct"],
@@ -361,11 +361,20 @@ export function loadConfig(
     z.enum(["mesh", "direct"], { message: "must be mesh or direct" }),
     "mesh",
   );
+  const mdns = check("mdns", bool, false);
   if (mode === "mesh") {
     try {
-      checkExposure({ listen: meshListen, psk, insecureOpenMesh });
+      checkExposure({ listen: meshListen, psk, insecureOpenMesh, mdns });
     } catch (err) {
       if (!(err instanceof OpenMeshError)) throw err;
+      if (mdns && psk === undefined && !insecureOpenMesh) {
+        throw new ConfigError(
+          raw.get("mdns")?.from ?? "--mdns",
+          "finds peers on the LAN without a pre-shared key, so any machine there could answer " +
+            "and join: set --psk (ROLLCALL_PSK), leave mDNS off, or pass --insecure-open-mesh " +
+            "(ROLLCALL_INSECURE_OPEN_MESH=true) to let anyone who answers join",
+        );
+      }
       const open = meshListen.find((a) => !loopbackOnly(a));
       throw new ConfigError(
         raw.get("mesh-listen")?.from ?? "--mesh-listen",
@@ -404,7 +413,7 @@ export function loadConfig(
     publicUrl,
     meshListen,
     bootstrap,
-    mdns: check("mdns", bool, false),
+    mdns,
     psk,
     insecureOpenMesh,
     allowPeers,

@@ -9,6 +9,7 @@
  * takes one of its service's slots (a slow body holds a connection, not a service), and per
  * service a cap on requests in flight with a bounded queue whose wait ends in a 503.
  */
+import { randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import {
@@ -26,17 +27,23 @@ import {
   readBodyHead,
   refuseConnection,
 } from "./limits.ts";
-import { bearerMatches, viewAuthorized } from "./view-auth.ts";
+import { bearerMatches, ViewReplayCache, viewAuthorized } from "./view-auth.ts";
 
 const HOP_BY_HOP = new Set(HOP_BY_HOP_LIST);
 
-/** Copies headers without hop-by-hop ones (and those the Connection header names). */
+/** Headers a `Connection` list may not remove: the framing and the target of the message. */
+const NEVER_NAMED = new Set(["content-length", "host"]);
+
+/**
+ * Copies headers without hop-by-hop ones (and those the Connection header names, except
+ * Content-Length and Host: a client must not strip the framing of its own body that way).
+ */
 export function stripHopByHop(headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
   const named = new Set(
     String(headers.connection ?? "")
       .split(",")
       .map((s) => s.trim().toLowerCase())
-      .filter(Boolean),
+      .filter((s) => s !== "" && !NEVER_NAMED.has(s)),
   );
   const out: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) {
@@ -136,6 +143,10 @@ export interface GatewayComponents {
     set(on: boolean): void;
     status(): unknown;
   };
+  /** This agent's PeerId, which a signed view credential must be made out to ("" if none). */
+  selfId?(): string;
+  /** Where a failed service call's detail goes (default `console.error`); clients never see it. */
+  log?(line: string): void;
 }
 
 /** Most bytes of a request body read and dropped after the service answered early. */
@@ -188,6 +199,8 @@ export class Gateway {
   readonly #agent: http.Agent;
   readonly #gate: ServiceGate;
   readonly #clients: ClientCaps;
+  /** Signed live-view credentials already used (each opens the view once). */
+  readonly #viewSeen = new ViewReplayCache();
 
   constructor(init: GatewayInit, components: GatewayComponents) {
     this.#init = init;
@@ -321,7 +334,13 @@ export class Gateway {
     if (path === "/_agent/cluster") {
       const token = this.#init.agentToken;
       const denied = token
-        ? !viewAuthorized(req.headers.authorization, token, Date.now())
+        ? !viewAuthorized(
+            req.headers.authorization,
+            token,
+            Date.now(),
+            this.#c.selfId?.() ?? "",
+            this.#viewSeen,
+          )
         : this.#init.viewLocked === true;
       if (denied) {
         return {
@@ -418,8 +437,15 @@ export class Gateway {
     const client = req.socket.remoteAddress ?? "";
     const prior = req.headers["x-forwarded-for"];
     headers["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
-    headers["x-forwarded-host"] ??= req.headers.host ?? "";
-    headers["x-forwarded-proto"] ??= "http";
+    // What this gateway saw, never what the client claims.
+    headers["x-forwarded-host"] = req.headers.host ?? "";
+    headers["x-forwarded-proto"] = "http";
+    // The body's framing, set here from the client's: node:http frames nothing by itself for
+    // GET, HEAD, DELETE or OPTIONS, so a body sent there unframed is the service's next request.
+    if (req.headers["transfer-encoding"] !== undefined) {
+      delete headers["content-length"];
+      headers["transfer-encoding"] = "chunked";
+    }
     const host = svc.host.includes(":") ? `[${svc.host}]` : svc.host;
     headers.host = svc.port === 80 ? host : `${host}:${svc.port}`;
     const upstream = http.request({
@@ -461,10 +487,18 @@ export class Gateway {
         drainRequest(req);
       }
       const timedOut = err.message === "upstream timeout";
+      // The system error names the service's address: the log gets it, the client an id.
+      const requestId = randomUUID();
+      (this.#c.log ?? console.error)(
+        `Service '${svc.name}' call failed (request ${requestId}): ${err.message}`,
+      );
       json(res, timedOut ? 504 : 502, {
         error: timedOut ? "Upstream timeout" : "Upstream failed",
-        message: err.message,
+        message: timedOut
+          ? "The service did not answer in time"
+          : "The service could not be reached",
         service: svc.name,
+        request_id: requestId,
       });
     });
     // The client left (mid-request or mid-response): cancel the upstream call too.

@@ -22,16 +22,26 @@ export function loopbackOnly(addr: string): boolean {
 }
 
 /**
- * Throws OpenMeshError if the mesh would listen beyond loopback with no pre-shared key, unless
- * `insecureOpenMesh`: anyone who reaches such a port could join, advertise services and
- * claim leadership. The message names the listen address and the ways out.
+ * Throws OpenMeshError if the mesh would listen beyond loopback, or find peers by mDNS, with no
+ * pre-shared key, unless `insecureOpenMesh`: anyone who reaches such a port could join,
+ * advertise services and claim leadership, and mDNS dials whoever on the LAN answers its query
+ * (the stranger then gossips on that outbound connection). The message names the way in and
+ * the ways out.
  */
 export function checkExposure(init: {
   listen: readonly string[];
   psk?: unknown;
   insecureOpenMesh?: boolean;
+  mdns?: boolean;
 }): void {
   if (init.psk !== undefined || init.insecureOpenMesh) return;
+  if (init.mdns) {
+    throw new OpenMeshError(
+      "Mesh would find peers by mDNS without a pre-shared key (any machine on the LAN could " +
+        "answer and join): set a pre-shared key (--psk), leave mDNS off, or accept an open mesh " +
+        "(--insecure-open-mesh)",
+    );
+  }
   const open = init.listen.find((a) => !loopbackOnly(a));
   if (open === undefined) return;
   throw new OpenMeshError(

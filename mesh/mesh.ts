@@ -117,7 +117,12 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     // A bad address is a settings error: refuse to start rather than log it every second.
     const bootstrap = parseBootstrap(init.bootstrap ?? []);
     const listen = init.listen ?? ["/ip4/127.0.0.1/tcp/0"];
-    checkExposure({ listen, psk: init.psk, insecureOpenMesh: init.insecureOpenMesh });
+    checkExposure({
+      listen,
+      psk: init.psk,
+      insecureOpenMesh: init.insecureOpenMesh,
+      mdns: init.mdns ?? false,
+    });
     const allowed = init.allowPeers ? new Set(init.allowPeers.map(checkPeerId)) : undefined;
     const identity = await loadIdentity(init.dataDir, { logger: this.#log });
     this.#identity = identity;

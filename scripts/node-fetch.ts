@@ -135,7 +135,7 @@ async function pump(body: ReadableStream<Uint8Array>, req: http.ClientRequest): 
 /**
  * Sets the request's framing from its body: none without a body, the exact length of a whole
  * one, the caller's Content-Length (`length`) for a stream only (node:http then sends exactly
- * that many bytes or fails the request), chunked otherwise.
+ * that many bytes or fails the request); the caller chunks a stream without one.
  */
 export function frame(
   headers: Record<string, string>,
@@ -199,6 +199,11 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
       }
       const { out: headers, length } = nodeHeaders(reqInit.headers);
       frame(headers, reqInit.body, length);
+      // node:http chunks a body of unknown length for POST/PUT/PATCH only: for GET, DELETE,
+      // OPTIONS it would send the bytes unframed, the next request on the socket to the upstream.
+      if (reqInit.body instanceof ReadableStream && headers["content-length"] === undefined) {
+        headers["transfer-encoding"] = "chunked";
+      }
       const req = (secure ? https : http).request(url, {
         method,
         headers,

@@ -74,11 +74,11 @@ function coordinatorOn(clock: FakeClock, writeCap: number) {
     }
     return res;
   }) as typeof fetch;
-  const client = new CoordinatorClient({ baseUrl: "http://coordinator" }, { fetch: fetcher });
+  const client = new CoordinatorClient({ baseUrl: "http://localhost" }, { fetch: fetcher });
   /** A client that signs as `signer` (a leader's reports must be signed with its key). */
   const signedClient = (signer: RequestSigner) =>
     new CoordinatorClient(
-      { baseUrl: "http://coordinator", signer },
+      { baseUrl: "http://localhost", signer },
       { fetch: fetcher, now: () => clock.now() },
     );
   return { store, client, signedClient, stats: () => ({ requests, deferred }) };

@@ -40,6 +40,7 @@ describe("loadConfig", () => {
         cluster: "fromfile",
         listen: "127.0.0.1:9000",
         mdns: true,
+        "insecure-open-mesh": true, // mDNS without a key needs it (review2-mesh-mdns)
         bootstrap: ["/ip4/127.0.0.1/tcp/1/p2p/QmX"],
       }),
     );

@@ -137,6 +137,15 @@ describe("Gateway", () => {
     expect(echo.headers["x-forwarded-for"]).toContain("127.0.0.1");
   });
 
+  it("sets X-Forwarded-Host and -Proto from what it saw, never the client's", async () => {
+    const { text } = await raw("/service/upload/x", {
+      headers: { "x-forwarded-host": "evil.example", "x-forwarded-proto": "https" },
+    });
+    const echo = JSON.parse(text) as { headers: Record<string, string> };
+    expect(echo.headers["x-forwarded-host"]).toBe(new URL(base).host);
+    expect(echo.headers["x-forwarded-proto"]).toBe("http");
+  });
+
   it("proxies below a service's base path, with the Host the service expects", async () => {
     await withGateway(local("upload", up.port, "/api/v2"), async (gateway) => {
       const res = await fetch(`${gateway}/service/upload/files?x=1`);

@@ -9,7 +9,7 @@ import { CoordinatorClient } from "../agent/client.ts";
 import { DirectReporter } from "../agent/direct.ts";
 import { Gateway } from "../agent/gateway.ts";
 import { signerFromKey } from "../agent/signer.ts";
-import { viewAuthorized } from "../agent/view-auth.ts";
+import { ViewReplayCache, viewAuthorized } from "../agent/view-auth.ts";
 import { createCoordinator, memoryStore, viewAuthorization } from "../coordinator.ts";
 import { FakeClock } from "../mesh/clock.ts";
 
@@ -92,6 +92,46 @@ describe("the live view's credential", () => {
     } finally {
       await g.stop();
     }
+  });
+
+  it("takes a signed credential once, and only one made out to this agent's PeerId", async () => {
+    const g = new Gateway(
+      { host: "127.0.0.1", port: 0, agentToken: "view-secret" },
+      {
+        service: () => undefined,
+        services: () => [],
+        health: () => ({}),
+        clusterView: () => ({ members: [] }),
+        selfId: () => "agent-a",
+      },
+    );
+    const port = await g.start();
+    const status = (authorization: string) =>
+      fetch(`http://127.0.0.1:${port}/_agent/cluster`, { headers: { authorization } }).then(
+        (r) => r.status,
+      );
+    try {
+      const mine = await viewAuthorization("view-secret", Date.now(), "agent-a");
+      expect(await status(mine)).toBe(200);
+      expect(await status(mine)).toBe(401); // replayed
+      expect(await status(await viewAuthorization("view-secret", Date.now(), "agent-b"))).toBe(401);
+      expect(await status(await viewAuthorization("view-secret", Date.now() + 1, "agent-a"))).toBe(
+        200,
+      );
+    } finally {
+      await g.stop();
+    }
+  });
+
+  it("keeps a used credential strictly past the end of its window", () => {
+    const seen = new ViewReplayCache(2);
+    expect(seen.use("s", 100, 0)).toBe(true);
+    expect(seen.use("s", 100, 99)).toBe(false);
+    expect(seen.use("s", 100, 100)).toBe(true); // its window is over: the skew check refuses it
+    expect(seen.use("t", 200, 101)).toBe(true);
+    expect(seen.use("u", 200, 101)).toBe(true); // full: the oldest ("s") goes
+    expect(seen.use("u", 200, 102)).toBe(false);
+    expect(seen.use("t", 200, 102)).toBe(false);
   });
 
   it("serves nobody when a cluster token is set but no agent token (the view is not open then)", async () => {

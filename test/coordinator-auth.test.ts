@@ -10,6 +10,7 @@ import { describe, expect, it } from "vitest";
 import { viewAuthorized } from "../agent/view-auth.ts";
 import {
   base58Decode,
+  CLUSTER_PACE_MS,
   CoordinatorConfigError,
   configFromEnv,
   isPeerId,
@@ -73,6 +74,10 @@ describe("item 6: every guard needs its own token once any token is set", () => 
     // The live view's credential reads only: it may not be a token that writes.
     expect(() => resolveSettings({ clusterToken: "same", agentToken: "same" })).toThrow(
       /agent token must differ/,
+    );
+    // Every agent holds the cluster token: it may not open the admin API too.
+    expect(() => resolveSettings({ clusterToken: "same", adminToken: "same" })).toThrow(
+      /cluster token must differ from the admin token/,
     );
   });
 });
@@ -169,6 +174,20 @@ describe("item 7: a worker id that is a PeerId belongs to its key", () => {
     });
   });
 
+  it("remembers a nonce strictly past the last moment its signature is good", async () => {
+    const { call, clock } = secured();
+    const owner = testKey("ahead owner");
+    const path = "/api/worker/register";
+    const text = JSON.stringify(registration(owner.id));
+    const token = bearer("cluster-secret");
+    // Signed as far ahead as the window allows: good until now + 2 windows, not a ms beyond.
+    const ahead = await signPost(owner, path, text, clock.now() + 5 * MIN);
+    expect((await call("POST", path, text, { ...token, ...ahead })).status).toBe(200);
+    clock.advance(10 * MIN);
+    const replay = await call("POST", path, text, { ...token, ...ahead });
+    expect(replay.body.error).toBe("Request signature already used");
+  });
+
   it("lets a token-less legacy worker touch only what legacy workers registered", async () => {
     const { call } = testCoordinator({
       clusterToken: "cluster-secret",
@@ -224,7 +243,7 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
   });
 
   it("never lets a key its cluster never listed take the members over, whatever term it claims", async () => {
-    const { call } = testCoordinator();
+    const { call, clock } = testCoordinator();
     const real = [member(LEADER), member("B", { url: "http://127.0.0.1:8702" })];
     expect((await call("POST", "/api/cluster/heartbeat", report({ members: real }))).status).toBe(
       200,
@@ -247,6 +266,7 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
     const workers = (await call("GET", "/api/admin/workers")).body as { tunnel_url: string }[];
     expect(workers.map((w) => w.tunnel_url)).not.toContain(evil);
     // The real leader still reports, and removes what it no longer lists.
+    clock.advance(CLUSTER_PACE_MS);
     const next = await call(
       "POST",
       "/api/cluster/heartbeat",
@@ -373,9 +393,11 @@ describe("item 11: the live view has its own credential, and it never travels", 
     const auth = asked[0]?.get("authorization") ?? "";
     expect(auth).toMatch(/^Rollcall-View ts=\d+, sig=[0-9a-f]{64}$/);
     expect(auth).not.toContain("secret");
-    expect(viewAuthorized(auth, "view-secret", Date.now())).toBe(true);
-    expect(viewAuthorized(auth, "cluster-secret", Date.now())).toBe(false);
-    expect(viewAuthorized(auth, "view-secret", Date.now() + 2 * MIN)).toBe(false);
+    // Made out to the leader (its PeerId): no other agent takes it.
+    expect(viewAuthorized(auth, "view-secret", Date.now(), LEADER)).toBe(true);
+    expect(viewAuthorized(auth, "view-secret", Date.now(), "another-agent")).toBe(false);
+    expect(viewAuthorized(auth, "cluster-secret", Date.now(), LEADER)).toBe(false);
+    expect(viewAuthorized(auth, "view-secret", Date.now() + 2 * MIN, LEADER)).toBe(false);
   });
 
   it("asks no agent for its view when tokens are set but no agent token is", async () => {

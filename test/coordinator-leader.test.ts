@@ -1,6 +1,6 @@
 /** In-process route tests of the coordinator: health, the admin API's shapes, leader-mode reports. */
 import { describe, expect, it } from "vitest";
-import { createCoordinator, memoryStore, type Store } from "../coordinator.ts";
+import { CLUSTER_PACE_MS, createCoordinator, memoryStore, type Store } from "../coordinator.ts";
 import {
   agentPost,
   LEADER,
@@ -149,6 +149,7 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
       sequence: 2,
       members: [member("A"), member("B", { services: [{ name: "upload", status: "unhealthy" }] })],
     });
+    clock.advance(CLUSTER_PACE_MS); // a change within the pace waits (review2-budget)
     expect((await call("POST", "/api/cluster/heartbeat", down)).body.reason).toBe("changed");
     // A steady day: the agent reports every 60 s (more often than it needs to).
     const writesBefore = store.writes;
@@ -182,6 +183,7 @@ describe("leader mode: POST /api/cluster/heartbeat", () => {
     };
     expect((await send(report())).reason).toBe("changed");
     const down = report({ sequence: 2, members: [member("A")] });
+    clock.advance(CLUSTER_PACE_MS);
     expect((await send(down)).reason).toBe("changed");
     clock.advance(MIN);
     expect((await send({ ...down, sequence: 3 })).reason).toBe("unchanged");

@@ -249,7 +249,10 @@ describe("an operator's actions", () => {
     const post = (path: string, body: unknown, token: string | null = ADMIN) =>
       t.call(path, {
         method: "POST",
-        headers: token ? { authorization: `Bearer ${token}` } : {},
+        headers: {
+          "content-type": "application/json",
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+        },
         body: typeof body === "string" ? body : JSON.stringify(body),
       });
     // A drops every connection: its own fault (a 500 is the application's answer, never
@@ -317,6 +320,7 @@ describe("what the admin views say of members the leader's mesh does not hear", 
         service: () => undefined,
         services: () => [],
         health: () => ({ status: "healthy" }),
+        selfId: () => L,
         clusterView: () => ({
           self: L,
           cluster: "default",

@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  CLUSTER_PACE_MS,
   type ClusterReportInput,
   createCoordinator,
   memoryStore,
@@ -58,18 +59,18 @@ describe.each<[string, StoreFault]>([
     const c = start(store);
     expect((await c.send(report({ members: [m("A")] }))).status).toBe(200);
     store.fault = fault;
-    c.clock.advance(5000);
+    c.clock.advance(CLUSTER_PACE_MS);
     const refused = await c.send(report({ sequence: 2, members: [m("A"), m("B")] }));
     expect(refused.status).toBeGreaterThanOrEqual(500); // the agent's client retries 5xx
     expect(refused.body.error).toEqual(expect.any(String));
     expect(await c.route()).toBe(200);
-    c.clock.advance(5000);
+    c.clock.advance(CLUSTER_PACE_MS);
     expect(
       (await c.send(report({ sequence: 3, members: [m("A"), m("B"), m("C")] }))).status,
     ).toBeGreaterThanOrEqual(500);
     expect(await c.route()).toBe(200);
     store.fault = "none";
-    c.clock.advance(5000);
+    c.clock.advance(CLUSTER_PACE_MS);
     const ok = await c.send(report({ sequence: 4, members: [m("A"), m("B"), m("C")] }));
     expect(ok.status).toBe(200);
     expect(await c.storedMembers()).toEqual(["A", "B", "C"]);

@@ -5,7 +5,9 @@
  * so and skips.
  */
 import { spawnSync } from "node:child_process";
-import { readlinkSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { readlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { NodeProcess, tempDir } from "./helpers/mesh-cluster.ts";
 
@@ -28,8 +30,17 @@ describe("mesh mDNS", () => {
   it.skipIf(!canUnshare)(
     "two agents find each other by mDNS alone, inside a private namespace",
     async () => {
+      // mDNS needs a pre-shared key (or --insecure-open-mesh): strangers on a LAN answer it too.
+      const keyFile = join(tmp.path, "swarm.key");
+      writeFileSync(
+        keyFile,
+        `/key/swarm/psk/1.0.0/\n/base16/\n${randomBytes(32).toString("hex")}\n`,
+      );
       proc = new NodeProcess(
-        ["--data-dir", tmp.path, "--nodes", "2", "--mdns", "--cluster", "mdns-test"],
+        [
+          ...["--data-dir", tmp.path, "--nodes", "2", "--mdns", "--cluster", "mdns-test"],
+          ...["--psk-file", keyFile],
+        ],
         {
           command: [
             "unshare",

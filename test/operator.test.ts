@@ -191,9 +191,9 @@ describe("logs", () => {
     const original = console.log;
     console.log = (line: string) => void seen.push(line);
     try {
-      await worker.fetch(new Request("http://w/health"), {});
+      await worker.fetch(new Request("http://localhost/health"), {});
       expect(seen).toEqual([]);
-      await worker.fetch(new Request("http://w/health"), { ROLLCALL_ACCESS_LOG: "true" });
+      await worker.fetch(new Request("http://localhost/health"), { ROLLCALL_ACCESS_LOG: "true" });
       expect(seen).toHaveLength(1);
       expect(seen[0]).toMatch(
         /INFO {2}access method=GET path=\/health service=null worker=null .*status=200/,

@@ -198,6 +198,7 @@ describe("live view", () => {
         service: () => undefined,
         services: () => [],
         health: () => ({ status: "healthy" }),
+        selfId: () => L, // the coordinator's credential is made out to the leader's PeerId
         clusterView: () => ({
           self: "L",
           cluster: "default",

@@ -379,7 +379,7 @@ describe.each(runtimes)("coordinator on $name", (runtime) => {
     // An HMAC of the time keyed with the agent-view token: no token crosses the network.
     const auth = String(asked.headers.authorization);
     expect(auth).toMatch(/^Rollcall-View ts=\d+, sig=[0-9a-f]{64}$/);
-    expect(viewAuthorized(auth, VIEW, Date.now())).toBe(true);
+    expect(viewAuthorized(auth, VIEW, Date.now(), LEAD.id)).toBe(true);
     expect(auth).not.toContain(CLUSTER);
     expect((await admin("/api/admin/services")).source).toBe("stored");
     const metrics = await admin("/api/admin/metrics");

@@ -49,7 +49,12 @@ export function kvLikeStore(clock: FakeClock) {
 }
 
 /** Settings every in-process test coordinator starts from: test upstreams are on loopback. */
-export const TEST_INIT: CoordinatorInit = { liveView: false, upstreamAllow: "loopback,private" };
+export const TEST_INIT: CoordinatorInit = {
+  liveView: false,
+  upstreamAllow: "loopback,private",
+  // The names in-process tests call an open coordinator by (it answers loopback names only).
+  allowedHosts: "c,c.test,coordinator,coordinator.test,coordinator.example",
+};
 
 /**
  * An in-process coordinator on a counting memory store and a manual clock (live view off by
