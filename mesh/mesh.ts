@@ -30,6 +30,7 @@ import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
 import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
 import { signHeartbeat } from "./signing.ts";
+import { NAME_PATTERN } from "./schema.ts";
 import { Vouches } from "./vouch.ts";
 import type { Leader, LocalState, ViewSnapshot } from "./types.ts";
 
@@ -88,8 +89,9 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#clock = components.clock ?? systemClock;
     this.#log = components.logger ?? (() => {});
     const cluster = init.cluster ?? "default";
-    // The coordinator's ClusterNameSchema, copied (test/cluster-name.test.ts checks they agree).
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(cluster)) {
+    // The one name rule (mesh/schema.ts's copy of the coordinator's; test/name-rule.test.ts
+    // and test/cluster-name.test.ts check they agree).
+    if (!NAME_PATTERN.test(cluster)) {
       throw new MeshStateError(
         "Cluster name must be 1-64 letters, digits or . _ -, starting with a letter or digit",
       );
