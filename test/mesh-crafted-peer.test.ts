@@ -105,9 +105,11 @@ describe("a crafted peer against real mesh nodes", () => {
     const tmp = tempDir("rollcall-replay-");
     cleanups.push(tmp.cleanup);
     const [victim, n1, n2] = await makeIdentities(tmp.path, 3); // the victim has the lowest ID
-    // Observers forget quickly, and gossipsub forgets message ids quickly, so that a replay
-    // reaches the heartbeat validator instead of the duplicate filter.
-    const observer = { forgetAfterMs: 1000, gossip: { seenTTL: 1000 } };
+    // Observers forget quickly, and gossipsub forgets message ids well before that, so that a
+    // replay reaches the heartbeat validator instead of the duplicate filter (a crash proven by
+    // a refused redial is forgotten about forgetAfterMs after the kill: with equal times the
+    // last recorded message was sometimes still in gossipsub's seen cache).
+    const observer = { forgetAfterMs: 1000, gossip: { seenTTL: 200 } };
     const a = await startMesh({ dataDir: n1?.dir as string, ...observer });
     const b = await startMesh({
       dataDir: n2?.dir as string,
