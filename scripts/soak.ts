@@ -6,8 +6,8 @@
  * on the services `alpha` and `beta` through the coordinator. Every service always keeps a live
  * provider (the core agents run both), so the goal is 0 failed requests. After the warm-up
  * (the first fifth) it samples the RSS and open file descriptors of the long-lived processes
- * (coordinator, core agents): at the end each must be within +10 % RSS and a few descriptors of
- * its warm-up figure. Writes must stay within what the events explain. Prints one JSON line of
+ * (coordinator, core agents): at the end each must be within +10 % RSS (+20 % in runs under
+ * 5 min, where GC noise is that big) and a few descriptors of its warm-up figure. Writes must stay within what the events explain. Prints one JSON line of
  * figures and exits 1 if a goal was missed. Bounded in time; every process it starts is killed.
  *
  * Flags: --duration S (600), --every S (20), --rate N (GET/s, 40), --base-port N (random).
@@ -214,6 +214,11 @@ async function main(): Promise<number> {
   for (const child of children) child.kill("SIGKILL");
 
   const problems: string[] = [];
+  // The goal is +10 % (runs of 5 min and more, `npm run soak`). In a short run one GC cycle,
+  // and the upstream pools of agents that joined after the warm-up, are that big: the 60 s form
+  // saw 97,312 -> 107,488 kB in one full-suite run and 120,308 -> 107,004 alone, so it only
+  // catches gross growth (+20 %).
+  const rssSlack = durationMs >= 300_000 ? 1.1 : 1.2;
   if (failures.length > 0)
     problems.push(`${failures.length} failed request(s): ${failures.slice(0, 5).join("; ")}`);
   const memory: Record<string, unknown> = {};
@@ -221,7 +226,7 @@ async function main(): Promise<number> {
     const a = warm.get(w.name);
     const b = last.get(w.name);
     memory[w.name] = { warm_rss_kb: a?.rss, end_rss_kb: b?.rss, warm_fds: a?.fds, end_fds: b?.fds };
-    if (a && b && b.rss > a.rss * 1.1)
+    if (a && b && b.rss > a.rss * rssSlack)
       problems.push(`${w.name} RSS grew from ${a.rss} to ${b.rss} kB`);
     if (a && b && b.fds > a.fds + 10)
       problems.push(`${w.name} open descriptors grew from ${a.fds} to ${b.fds}`);
