@@ -12,6 +12,7 @@ import {
   allSeeAlive,
   leaders,
   makeIdentities,
+  nodeArgs,
   startMesh,
   tempDir,
   waitFor,
@@ -21,23 +22,6 @@ const cleanups: Array<() => Promise<void> | void> = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
 });
-
-function nodeArgs(dir: string, bootstrap: string[]): string[] {
-  const t = TEST_TIMINGS;
-  return [
-    "--data-dir",
-    dir,
-    ...bootstrap.flatMap((b) => ["--bootstrap", b]),
-    "--heartbeat-ms",
-    String(t.heartbeatIntervalMs),
-    "--suspect-ms",
-    String(t.suspectAfterMs),
-    "--dead-ms",
-    String(t.deadAfterMs),
-    "--settle-ms",
-    String(t.settleMs),
-  ];
-}
 
 describe("mesh of 5 real nodes on loopback", () => {
   it("converges, fails over when the leader is killed, and lets it back only after settling", async () => {

@@ -10,8 +10,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import type { MemberView } from "../mesh/index.ts";
 import {
   NodeProcess,
-  TEST_TIMINGS,
   makeIdentities,
+  nodeArgs,
   startMesh,
   tempDir,
   waitFor,
@@ -21,23 +21,6 @@ const cleanups: Array<() => Promise<void> | void> = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
 });
-
-function nodeArgs(dir: string, bootstrap: string[]): string[] {
-  const t = TEST_TIMINGS;
-  return [
-    "--data-dir",
-    dir,
-    ...bootstrap.flatMap((b) => ["--bootstrap", b]),
-    "--heartbeat-ms",
-    String(t.heartbeatIntervalMs),
-    "--suspect-ms",
-    String(t.suspectAfterMs),
-    "--dead-ms",
-    String(t.deadAfterMs),
-    "--settle-ms",
-    String(t.settleMs),
-  ];
-}
 
 /** Starts the pair; resolves once the survivor follows the child, the lower ID. */
 async function pair(prefix: string) {

@@ -180,3 +180,21 @@ export function allSeeAlive(meshes: Mesh[], ids: string[]): boolean {
         .join(",") === want,
   );
 }
+
+/** The command line of a mesh node process (NodeProcess) with the test timings. */
+export function nodeArgs(dir: string, bootstrap: string[]): string[] {
+  const t = TEST_TIMINGS;
+  return [
+    "--data-dir",
+    dir,
+    ...bootstrap.flatMap((b) => ["--bootstrap", b]),
+    "--heartbeat-ms",
+    String(t.heartbeatIntervalMs),
+    "--suspect-ms",
+    String(t.suspectAfterMs),
+    "--dead-ms",
+    String(t.deadAfterMs),
+    "--settle-ms",
+    String(t.settleMs),
+  ];
+}
