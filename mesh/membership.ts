@@ -20,6 +20,7 @@ import {
   validateServices,
   validateUrl,
 } from "./protocol.ts";
+import { watchedBy, watchersOf } from "./ring.ts";
 import type { LocalState, MemberState, MemberView, MembershipView } from "./types.ts";
 
 /** Settings of the membership state machine; every one has a default. */
@@ -50,6 +51,15 @@ export interface MembershipInit {
    * uptime still waits out the settle period as WE measure it.
    */
   uptimeCreditMs?: number;
+  /**
+   * How many members watch each one (the next ones in ID order, mesh/ring.ts); default every
+   * other member. Only a watcher judges a member's silence at suspectAfterMs; the others wait
+   * `unwatchedSuspectAfterMs` (they hear it only now and then) and take its watchers'
+   * accusations (`accuse`).
+   */
+  watchers?: number;
+  /** Silence after which a member we do not watch becomes suspect; default suspectAfterMs. */
+  unwatchedSuspectAfterMs?: number;
 }
 
 /** Default timing of the membership (see docs/BENCHMARKS.md for why). */
@@ -62,6 +72,7 @@ export const MEMBERSHIP_DEFAULTS = {
   maxMembers: 1000,
   maxTombstones: 4096,
   uptimeCreditMs: 1000,
+  watchers: Number.POSITIVE_INFINITY,
 } as const;
 
 /** One change of one member: `from`/`to` null mean unknown before / forgotten now. */
@@ -69,7 +80,22 @@ export interface MemberChange {
   id: string;
   from: MemberState | null;
   to: MemberState | null;
+  /** Set when a heartbeat of the member refuted an accusation we had taken. */
+  refuted?: true;
 }
+
+/** What became of an accusation (`Membership.accuse`). */
+export type AccusationOutcome =
+  /** The accused is suspect now. */
+  | "taken"
+  /** We are the accused: refute it (send a fresh heartbeat to everyone). */
+  | "self"
+  /** Not one of the accused's watchers in our view: ignored. */
+  | "not-watcher"
+  /** We heard the accused ourselves a moment ago: ignored. */
+  | "heard"
+  /** Unknown, not alive, or another incarnation: ignored. */
+  | "moot";
 
 interface Entry {
   view: MemberView;
@@ -81,6 +107,10 @@ interface Entry {
   since: number;
   /** Clock ms of recent downs (alive -> not alive), oldest first, bounded by flapThreshold. */
   downs: number[];
+  /** The highest state version the member announced (its heartbeats carry it even without state). */
+  announced: number;
+  /** Suspect on an accusation (not by our own judgement): a heartbeat refutes it. */
+  accused?: boolean;
 }
 
 /** What the local node puts in its next heartbeat besides its own state. */
@@ -108,6 +138,10 @@ interface Tombstone {
 export class Membership {
   readonly self: string;
   readonly settings: Required<Omit<MembershipInit, "local" | "incarnation">>;
+  /** Ids of alive and suspect members, self included, sorted (the watch ring); null: stale. */
+  #ring: string[] | null = null;
+  /** The members we watch (cached with the ring). */
+  #watched: Set<string> | null = null;
   #clock: Clock;
   #entries = new Map<string, Entry>();
   /** Forgotten members, oldest first (a Map keeps insertion order), at most maxTombstones. */
@@ -132,6 +166,9 @@ export class Membership {
       maxMembers: init.maxMembers ?? MEMBERSHIP_DEFAULTS.maxMembers,
       maxTombstones: init.maxTombstones ?? MEMBERSHIP_DEFAULTS.maxTombstones,
       uptimeCreditMs: init.uptimeCreditMs ?? MEMBERSHIP_DEFAULTS.uptimeCreditMs,
+      watchers: init.watchers ?? MEMBERSHIP_DEFAULTS.watchers,
+      unwatchedSuspectAfterMs:
+        init.unwatchedSuspectAfterMs ?? init.suspectAfterMs ?? MEMBERSHIP_DEFAULTS.suspectAfterMs,
     };
     checkLocal(init.local);
     const now = clock.now();
@@ -239,6 +276,7 @@ export class Membership {
     e.seq = hb.seq;
     v.lastSeen = now;
     e.heard = now;
+    e.announced = newer ? hb.stateVersion : Math.max(e.announced, hb.stateVersion);
     // A new status or state (url, services, meta) is news for the view, even without a transition.
     let news = v.status !== hb.status || v.canLead !== hb.canLead;
     v.status = hb.status;
@@ -256,9 +294,89 @@ export class Membership {
     }
     if (hb.leaving) return this.#transition(e, "left", now);
     if (v.state === "alive") return news ? [{ id: v.id, from: "alive", to: "alive" }] : [];
+    // Refuted: it was suspect only on another member's word, and speaks for itself now. It was
+    // alive all along as far as we know: its settle period goes on.
+    if (e.accused && !newer && v.state === "suspect") {
+      const changes = this.#transition(e, "alive", now);
+      for (const c of changes) c.refuted = true;
+      return changes;
+    }
     // Back: its settle period starts now, as we see it (a restart: less its credited uptime).
     v.aliveSince = newer ? now - this.#credit(hb, now) : now;
     return this.#transition(e, "alive", now);
+  }
+
+  /**
+   * Another member (`accuser`) floods that it suspects `id` in its `incarnation`. Taken (the
+   * member becomes suspect, as SWIM's suspicion) only if the accuser is one of its watchers in
+   * our view of the ring, it is that incarnation, alive, and we have not heard it ourselves
+   * within half the suspicion timeout: an accusation alone never overrides what we hear, and the
+   * accused refutes it with a fresh heartbeat (it brings it back without a settle period, and an
+   * accusation counts as no down for flapping). It still dies after deadAfterMs if no heartbeat
+   * of it comes.
+   */
+  accuse(
+    accuser: string,
+    id: string,
+    incarnation: number,
+  ): { outcome: AccusationOutcome; changes: MemberChange[] } {
+    if (id === this.self) {
+      const current = incarnation === this.#me.incarnation;
+      return { outcome: current ? "self" : "moot", changes: [] };
+    }
+    const e = this.#entries.get(id);
+    if (e?.view.state !== "alive" || e.view.incarnation !== incarnation) {
+      return { outcome: "moot", changes: [] };
+    }
+    if (!watchersOf(this.ring(), id, this.settings.watchers).includes(accuser)) {
+      return { outcome: "not-watcher", changes: [] };
+    }
+    const now = this.#clock.now();
+    if (now - e.heard < this.settings.suspectAfterMs / 2) return { outcome: "heard", changes: [] };
+    const changes = this.#transition(e, "suspect", now, false);
+    e.accused = true;
+    return { outcome: "taken", changes };
+  }
+
+  /** Whether the member announced a state version newer than the state we hold of it. */
+  needsState(id: string): boolean {
+    const e = this.#entries.get(id);
+    return e !== undefined && e.announced > e.stateVersion;
+  }
+
+  /** The ids of alive and suspect members, self included, sorted: the watch ring. */
+  ring(): readonly string[] {
+    if (!this.#ring) {
+      this.#ring = this.ids((x) => x.state === "alive" || x.state === "suspect").sort();
+    }
+    return this.#ring;
+  }
+
+  /** The members that watch `id` (default: us): whom it sends its heartbeat to every interval. */
+  watchers(id = this.self): string[] {
+    return watchersOf(this.ring(), id, this.settings.watchers);
+  }
+
+  /** Whether we watch `id` (judge its silence at suspectAfterMs). */
+  watching(id: string): boolean {
+    if (!this.#watched)
+      this.#watched = new Set(watchedBy(this.ring(), this.self, this.settings.watchers));
+    return this.#watched.has(id);
+  }
+
+  /** Changes the silence limit of the members we do not watch (it grows with the cluster). */
+  setUnwatchedSuspectAfter(ms: number): void {
+    (this.settings as { unwatchedSuspectAfterMs: number }).unwatchedSuspectAfterMs = Math.max(
+      this.settings.suspectAfterMs,
+      ms,
+    );
+  }
+
+  /** How long `e` may be silent before we suspect it. */
+  #limit(e: Entry): number {
+    return this.watching(e.view.id)
+      ? this.settings.suspectAfterMs
+      : this.settings.unwatchedSuspectAfterMs;
   }
 
   /** A hint that a member may be gone (e.g. every connection to it closed): suspect it now. */
@@ -293,12 +411,18 @@ export class Membership {
     return [{ id, from: "suspect", to: "suspect" }];
   }
 
-  /** The alive members (self aside) we have heard nothing of, first- or second-hand, for `ms`. */
+  /**
+   * The alive members (self aside) we have heard nothing of, first- or second-hand, for `ms`
+   * (plus, for a member we do not watch, the longer silence we allow it).
+   */
   quiet(ms: number): string[] {
     const now = this.#clock.now();
     const out: string[] = [];
     for (const e of this.#entries.values()) {
-      if (e.view.state === "alive" && now - e.view.lastSeen >= ms) out.push(e.view.id);
+      if (e.view.state !== "alive") continue;
+      if (now - e.view.lastSeen >= ms + this.#limit(e) - this.settings.suspectAfterMs) {
+        out.push(e.view.id);
+      }
     }
     return out;
   }
@@ -342,7 +466,7 @@ export class Membership {
     const changes: MemberChange[] = [];
     for (const e of this.#entries.values()) {
       const v = e.view;
-      if (v.state === "alive" && now - v.lastSeen > s.suspectAfterMs) {
+      if (v.state === "alive" && now - v.lastSeen > this.#limit(e)) {
         changes.push(...this.#transition(e, "suspect", now));
       } else if (v.state === "suspect" && now - e.since >= s.deadAfterMs) {
         changes.push(...this.#transition(e, "dead", now));
@@ -350,6 +474,8 @@ export class Membership {
         this.#entries.delete(v.id);
         this.#bury(v.id, { incarnation: v.incarnation, seq: e.seq, left: v.state === "left" });
         this.#sorted = null;
+        this.#ring = null;
+        this.#watched = null;
         changes.push({ id: v.id, from: v.state, to: null });
         continue;
       }
@@ -457,21 +583,29 @@ export class Membership {
       heard: now,
       since: now,
       downs: [],
+      announced: hb.stateVersion,
     });
     this.#sorted = null;
+    this.#ring = null;
+    this.#watched = null;
     // A stranger's goodbye is only a tombstone (to refuse its stale messages), not news.
     return hb.leaving ? [] : [{ id: hb.id, from: null, to: "alive" }];
   }
 
-  #transition(e: Entry, to: MemberState, now: number): MemberChange[] {
+  #transition(e: Entry, to: MemberState, now: number, down = true): MemberChange[] {
     const from = e.view.state;
     if (from === to) return [];
     e.view.state = to;
     e.since = now;
     e.view.since = now;
+    e.accused = false;
     delete e.view.evidence;
     delete e.view.reachable;
-    if (from === "alive") {
+    if ((from === "alive" || from === "suspect") !== (to === "alive" || to === "suspect")) {
+      this.#ring = null;
+      this.#watched = null;
+    }
+    if (from === "alive" && down) {
       e.downs.push(now);
       if (e.downs.length > this.settings.flapThreshold) e.downs.shift();
       if (this.#recentDowns(e, now) >= this.settings.flapThreshold) e.view.flapping = true;
