@@ -6,7 +6,8 @@
  * period. A sitting leader keeps the role until it is no longer alive (suspect, dead, left) or a
  * lower settled ID is present; a node that hears none of its peers waits until the leader is
  * dead, not just suspect (it is more likely the one cut off). A node that would pick itself but hears a higher-ID alive member
- * claim leadership follows that claimant instead (see below), so claims converge to one. A cluster
+ * claim leadership follows that claimant instead (see below), so claims converge to one; a node
+ * that has named no leader yet follows a lower ID's claim as well. A cluster
  * that starts or restarts together (no leader known, nobody claims) waits for a lower ID that is
  * only still settling instead of electing a higher one first: one leadership, not two.
  * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
@@ -107,12 +108,17 @@ export function elect(
   // leadership, follow the highest such claimant until it steps down. This gives one leader
   // right after a partition heals, and keeps a member that others see as flapping or unsettled
   // (which it cannot see itself) from leading beside the leader they chose.
+  // A node that has named no leader yet follows a claim below its choice too: the claimant has
+  // settled in its own view (it knew itself before we heard of it, and we credit its uptime only
+  // as far back as we knew of it), so taking a term above it would make a second leadership that
+  // ends as soon as the claimant settles in ours.
   let claimant: ElectionMember | undefined;
   let claimed = false;
+  const floor = previous === null ? "" : (chosen?.id ?? "");
   for (const m of view.members) {
     const claims = m.state === "alive" && m.leaderTerm !== undefined && m.canLead !== false;
     if (claims && !m.self) claimed = true;
-    if (!m.self && claims && m.id > (chosen?.id ?? "")) {
+    if (!m.self && claims && m.id > floor) {
       if (!claimant || m.id > claimant.id) claimant = m;
     }
   }

@@ -147,6 +147,26 @@ describe("membership and election on a fake clock", () => {
     expect(sim.clock.now() - started).toBeGreaterThan(SETTLE);
   });
 
+  it("cold start: a node that names no leader yet follows a lower ID's claim, not a term above it", () => {
+    // A starts first, the others a second later and hear of A only 2 s after that (mDNS found
+    // it late): they credit A's uptime 1 s at most, so A settles (and claims term 1) in its own
+    // view before it has in theirs, while B has settled in theirs. Seen in the netns mDNS test
+    // before the fix: B, C, D named B@2 200 ms after A took A@1.
+    const sim = cluster(["A"]);
+    sim.run(1000);
+    for (const id of ["B", "C", "D"]) sim.add(id);
+    sim.split(["A"], ["B", "C", "D"]);
+    sim.run(2000);
+    sim.heal();
+    sim.run(SETTLE + 3000);
+    expect(sim.leaders()).toEqual(["A@1"]);
+    for (const id of ["A", "B", "C", "D"]) {
+      expect(sim.history.filter((h) => h.id === id).map((h) => h.leader)).toEqual([
+        { id: "A", term: 1 },
+      ]);
+    }
+  });
+
   it("silent death: suspect after missed beats, next-lowest leads with a higher term, then dead, then forgotten", () => {
     const sim = cluster(["A", "B", "C"]);
     sim.run(8000);
@@ -423,6 +443,28 @@ describe("elect()", () => {
       members: [member("A", { aliveSince: 8000, flapping: true }), ...view.members.slice(1)],
     };
     expect(elect(flapping, null, at)).toEqual({ id: "B", term: 5 });
+  });
+
+  it("with no leader yet, follows a lower ID's claim (settled in its own view, not yet in ours)", () => {
+    const view = {
+      self: "C",
+      members: [
+        member("A", { aliveSince: 8000, leaderTerm: 1 }),
+        member("B"),
+        member("C", { self: true }),
+      ],
+    };
+    expect(elect(view, null, at)).toEqual({ id: "A", term: 1 });
+    const self = {
+      ...view,
+      self: "B",
+      members: view.members.map((m) => ({ ...m, self: m.id === "B" })),
+    };
+    expect(elect(self, null, at)).toEqual({ id: "A", term: 1 });
+    // A leader already named keeps the old rule: a lower unsettled claimant waits to settle.
+    expect(elect(view, { id: "B", term: 5 }, at)).toEqual({ id: "B", term: 5 });
+    // Nobody eligible yet: still none named.
+    expect(elect(view, null, { ...at, now: 4000 })).toBeNull();
   });
 
   it("returns null when nobody alive has settled", () => {
