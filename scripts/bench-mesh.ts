@@ -7,15 +7,22 @@
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
  *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
- *     [--stock]
+ *     [--stock] [--per-process 1] [--port-base 27000]
+ *
+ * --per-process K runs up to K mesh nodes in one process (scripts/mesh-node.ts --nodes), so
+ * that N = 50 fits in 2 cores. Agent 0 always runs alone: it gets the lowest ID, so it leads and
+ * is the victim of every crash and silent trial, and kill -9 or SIGSTOP hits only it. CPU per
+ * node is then its process's CPU divided by the nodes in it, and so is RSS per node (the
+ * process's own RSS is reported too). --port-base P: mesh agents listen on P.., Serf on
+ * P+300.. and its RPC on P+600.. (default: 27000, 28000 and 29000).
  *
  * --stock runs the mesh agents on the stock TCP/yamux stack (no mesh/lean.ts): with and without
  * it, the bytes and packets per agent show what lean saves.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { loadIdentity } from "../mesh/index.ts";
@@ -31,14 +38,18 @@ const { values } = parseArgs({
     "node-flags": { type: "string", default: "" },
     json: { type: "string" },
     stock: { type: "boolean", default: false },
+    "per-process": { type: "string", default: "1" },
+    "port-base": { type: "string" },
   },
 });
 const SIZES = values.n.split(",").map(Number);
 const TRIALS = Number(values.trials);
 const IDLE_S = Number(values["idle-s"]);
-const MESH_PORT = 27000;
-const SERF_PORT = 28000;
-const SERF_RPC = 29000;
+const PER_PROCESS = Math.max(1, Number(values["per-process"]));
+const PORT_BASE = values["port-base"] === undefined ? undefined : Number(values["port-base"]);
+const MESH_PORT = PORT_BASE ?? 27000;
+const SERF_PORT = PORT_BASE === undefined ? 28000 : PORT_BASE + 300;
+const SERF_RPC = PORT_BASE === undefined ? 29000 : PORT_BASE + 600;
 const ROOT = mkdtempSync(join(tmpdir(), "rollcall-bench-"));
 const children = new Set<ChildProcess>();
 
@@ -138,18 +149,37 @@ function parsePcap(buf: Buffer): { frames: number; payload: number; packets: num
   return { frames, payload, packets };
 }
 
-/** Per-agent RSS, CPU and loopback bytes over an idle window of IDLE_S seconds. */
-async function measureIdle(pids: number[], filter: string, n: number) {
+/**
+ * Per-agent RSS, CPU and loopback bytes over an idle window of IDLE_S seconds. Each process runs
+ * `nodes` agents: its CPU and RSS are divided among them (one figure per agent).
+ */
+async function measureIdle(
+  procs: Array<{ pid: number; nodes: number }>,
+  filter: string,
+  n: number,
+) {
   const cap = capture(filter);
-  const cpu0 = pids.map(cpuSeconds);
+  const cpu0 = procs.map((p) => cpuSeconds(p.pid));
+  const w0 = Date.now();
   await sleep(IDLE_S * 1000);
-  const cpu = pids.map((p, k) => ((cpuSeconds(p) - (cpu0[k] as number)) / IDLE_S) * 100);
+  const secs = (Date.now() - w0) / 1000;
+  const perProc = procs.map((p, k) => ((cpuSeconds(p.pid) - (cpu0[k] as number)) / secs) * 100);
   const bytes = await cap.stop();
-  const rss = pids.map(rssMb);
+  const rssProc = procs.map((p) => rssMb(p.pid));
+  const each = <T>(xs: T[]) => procs.flatMap((p, k) => Array<T>(p.nodes).fill(xs[k] as T));
+  const cpu = each(perProc.map((c, k) => c / (procs[k] as { nodes: number }).nodes));
+  const rss = each(rssProc.map((r, k) => r / (procs[k] as { nodes: number }).nodes));
+  const grouped = procs.some((p) => p.nodes > 1);
   return {
     idleS: IDLE_S,
     rssMbMedian: round(median(rss), 1),
     rssMbMax: round(Math.max(...rss), 1),
+    ...(grouped && {
+      processes: procs.length,
+      nodesPerProcess: procs.map((p) => p.nodes),
+      rssMbPerProcess: rssProc.map((r) => round(r, 1)),
+      cpuPctPerProcess: perProc.map((c) => round(c)),
+    }),
     cpuPctMedian: round(median(cpu)),
     cpuPctMax: round(Math.max(...cpu)),
     bytesPerSecPerAgent: Math.round(bytes.frames / IDLE_S / n),
@@ -190,6 +220,8 @@ interface Agent {
   i: number;
   dir: string;
   id: string;
+  /** The process this agent runs in, with the others in it (agent 0 always alone). */
+  group: Group;
   proc?: ChildProcess;
   /** (time, leader id) of every leader event, and member-down events seen. */
   leaders: Array<{ t: number; id: string | null }>;
@@ -197,14 +229,19 @@ interface Agent {
   alive: Set<string>;
 }
 
-function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
-  a.alive = new Set();
+/** One mesh-node process: its data dir (node k of several in <dir>/<k>) and its agents, in order. */
+interface Group {
+  dir: string;
+  agents: Agent[];
+}
+
+/** Starts a group's process; resolves when all its agents have started. */
+function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
+  const first = g.agents[0] as Agent;
   const args = [
     ...AGENT_COMMAND.slice(1),
-    "--data-dir",
-    a.dir,
-    "--listen",
-    `/ip4/127.0.0.1/tcp/${MESH_PORT + a.i}`,
+    ...["--data-dir", g.agents.length === 1 ? first.dir : g.dir],
+    ...["--nodes", String(g.agents.length), "--port-base", String(MESH_PORT + first.i)],
   ];
   for (const b of bootstrap) args.push("--bootstrap", b);
   if (values.gossip) args.push("--gossip", values.gossip);
@@ -212,9 +249,13 @@ function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
   const proc = track(
     spawn(AGENT_COMMAND[0] as string, args, { stdio: ["ignore", "pipe", "inherit"] }),
   );
-  a.proc = proc;
+  for (const a of g.agents) {
+    a.alive = new Set();
+    a.proc = proc;
+  }
+  let started = 0;
   return new Promise((resolve, reject) => {
-    proc.once("exit", () => reject(new Error(`agent ${a.i} exited`)));
+    proc.once("exit", () => reject(new Error(`agents ${g.agents.map((a) => a.i)} exited`)));
     createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on("line", (line) => {
       let l: Record<string, unknown>;
       try {
@@ -222,8 +263,10 @@ function spawnAgent(a: Agent, bootstrap: string[]): Promise<void> {
       } catch {
         return;
       }
+      const a = g.agents[typeof l.node === "number" ? l.node : 0];
+      if (!a) return;
       const t = l.t as number;
-      if (l.event === "started") resolve();
+      if (l.event === "started" && ++started === g.agents.length) resolve();
       if (l.event === "leader")
         a.leaders.push({ t, id: (l.leader as { id: string } | null)?.id ?? null });
       if (l.event === "member-up") a.alive.add(l.id as string);
@@ -256,23 +299,54 @@ async function agreed(
   return { id, t };
 }
 
+/**
+ * N agents in groups: agent 0 alone, then up to PER_PROCESS per process. Keys are made first and
+ * handed out in ID order, so agent 0 has the lowest ID: the leader, and so every trial's victim.
+ */
+function layout(dir: string, n: number): Array<{ group: number; dir: string }> {
+  const slots: Array<{ group: number; dir: string }> = [{ group: 0, dir: join(dir, "g0") }];
+  for (let i = 1; i < n; i++) {
+    const group = 1 + Math.floor((i - 1) / PER_PROCESS);
+    const size = Math.min(PER_PROCESS, n - 1 - (group - 1) * PER_PROCESS);
+    const g = join(dir, `g${group}`);
+    slots.push({ group, dir: size === 1 ? g : join(g, String((i - 1) % PER_PROCESS)) });
+  }
+  return slots;
+}
+
 async function benchMesh(n: number) {
   const dir = mkdtempSync(join(ROOT, `mesh${n}-`));
-  const agents: Agent[] = [];
+  const keys: Array<{ dir: string; id: string }> = [];
   for (let i = 0; i < n; i++) {
-    const d = join(dir, `a${i}`);
-    agents.push({
+    const d = join(dir, `key${i}`);
+    keys.push({ dir: d, id: (await loadIdentity(d)).peerId.toString() });
+  }
+  keys.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const groups: Group[] = [];
+  const agents: Agent[] = layout(dir, n).map((slot, i) => {
+    const key = keys[i] as { dir: string; id: string };
+    mkdirSync(dirname(slot.dir), { recursive: true });
+    renameSync(key.dir, slot.dir);
+    if (!groups[slot.group]) groups[slot.group] = { dir: join(dir, `g${slot.group}`), agents: [] };
+    const g = groups[slot.group] as Group;
+    const a: Agent = {
       i,
-      dir: d,
-      id: (await loadIdentity(d)).peerId.toString(),
+      dir: slot.dir,
+      id: key.id,
+      group: g,
       leaders: [],
       downs: [],
       alive: new Set(),
-    });
-  }
+    };
+    g.agents.push(a);
+    return a;
+  });
   const seeds = agents.slice(0, 2).map((a) => `/ip4/127.0.0.1/tcp/${MESH_PORT + a.i}/p2p/${a.id}`);
+  log(
+    `mesh n=${n}: ${groups.length} processes (${groups.map((g) => g.agents.length).join(" ")} agents)`,
+  );
   const t0 = Date.now();
-  await Promise.all(agents.map((a) => spawnAgent(a, seeds)));
+  await Promise.all(groups.map((g) => spawnGroup(g, seeds)));
   const started = Date.now();
   await until("every agent to see all members", 60_000, () =>
     agents.every((a) => a.alive.size === n - 1),
@@ -295,8 +369,14 @@ async function benchMesh(n: number) {
   // Idle window: bytes, CPU, RSS, false suspicions.
   await sleep(5000);
   const downsBefore = agents.reduce((s, a) => s + a.downs.length, 0);
-  const pids = agents.map((a) => a.proc?.pid as number);
-  Object.assign(res, await measureIdle(pids, `tcp portrange ${MESH_PORT}-${MESH_PORT + n - 1}`, n));
+  const procs = groups.map((g) => ({
+    pid: g.agents[0]?.proc?.pid as number,
+    nodes: g.agents.length,
+  }));
+  Object.assign(
+    res,
+    await measureIdle(procs, `tcp portrange ${MESH_PORT}-${MESH_PORT + n - 1}`, n),
+  );
   res.falseSuspicionsIdle = agents.reduce((s, a) => s + a.downs.length, 0) - downsBefore;
   log(`mesh n=${n}: idle ${JSON.stringify(res)}`);
 
@@ -309,6 +389,8 @@ async function benchMesh(n: number) {
     for (let k = 0; k < TRIALS; k++) {
       const leader = await agreed(agents, null, 60_000);
       const victim = agents.find((a) => a.id === leader.id) as Agent;
+      if (victim.group.agents.length > 1)
+        throw new Error(`The leader ${victim.i} shares its process: a trial would kill others`);
       const rest = agents.filter((a) => a !== victim);
       const killedAt = Date.now();
       victim.proc?.kill(signal);
@@ -327,7 +409,7 @@ async function benchMesh(n: number) {
         ...seeds.filter((s) => !s.endsWith(victim.id)),
         `/ip4/127.0.0.1/tcp/${MESH_PORT + helper.i}/p2p/${helper.id}`,
       ];
-      await spawnAgent(victim, boot);
+      await spawnGroup(victim.group, boot);
       // Wait until it is back everywhere and has taken over again (settle period included).
       await until("the restarted agent to lead again", 60_000, () =>
         agents.every((a) => current(a) === victim.id && a.alive.size === n - 1),
@@ -339,7 +421,7 @@ async function benchMesh(n: number) {
       [`${kind}Trials`]: times,
     });
   }
-  for (const a of agents) a.proc?.kill("SIGKILL");
+  for (const g of groups) g.agents[0]?.proc?.kill("SIGKILL");
   await sleep(500);
   return res;
 }
@@ -397,7 +479,7 @@ async function benchSerf(n: number) {
   const res: Record<string, unknown> = { n, membersConvergedS: round((Date.now() - t0) / 1000) };
   await sleep(5000);
   const idle = await measureIdle(
-    procs.map((p) => p.pid as number),
+    procs.map((p) => ({ pid: p.pid as number, nodes: 1 })),
     `portrange ${SERF_PORT}-${SERF_PORT + n - 1}`,
     n,
   );
@@ -442,13 +524,16 @@ const AGENT_COMMAND = await agentCommand(
 );
 const machine = `${cpus().length} x ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GB, Node ${process.version}, ${execFileSync("serf", ["version"], { encoding: "utf8" }).split("\n")[0]}`;
 log(`machine: ${machine}; sizes ${SIZES.join(",")}; ${TRIALS} trials; idle ${IDLE_S}s`);
-log(`mesh agents run as: ${AGENT_COMMAND.join(" ")}${values.stock ? " --stock" : ""}`);
+log(
+  `mesh agents run as: ${AGENT_COMMAND.join(" ")}${values.stock ? " --stock" : ""}, up to ${PER_PROCESS} per process`,
+);
 const results = {
   date: new Date().toISOString(),
   machine,
   loadavgAtStart: loadavg().map((x) => round(x)),
   agentCommand: AGENT_COMMAND.join(" "),
   lean: !values.stock,
+  perProcess: PER_PROCESS,
   mesh: [] as unknown[],
   serf: [] as unknown[],
 };

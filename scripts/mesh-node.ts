@@ -6,14 +6,18 @@
  *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
  *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
  *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0] [--gossip '{"D":2}']
- *     [--stock] [--insecure-open-mesh]
+ *     [--stock] [--insecure-open-mesh] [--port-base 27000]
+ *
+ * --port-base P: node i listens on /ip4/127.0.0.1/tcp/<P + i> (instead of --listen), so several
+ * nodes in one process get fixed, distinct ports (the benchmark's tcpdump filter needs them).
  *
  * Listening beyond loopback needs --psk-file, or --insecure-open-mesh (anyone may join).
  *
  * --stock runs the stock TCP/yamux stack instead of mesh/lean.ts (to measure what lean saves).
  *
  * Lines: {"t":<ms>,"node":<index>,"event":"started"|"leader"|"member-up"|"member-down"|"view"|
- * "stats"|"stopped"|"error", ...}. With --nodes N, node i uses <data-dir>/<i>.
+ * "stats"|"stopped"|"error", ...}. With --nodes N, node i uses <data-dir>/<i>. A "stats" line
+ * carries the process's `process.memoryUsage()` too (shared by its nodes).
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -39,6 +43,7 @@ const { values } = parseArgs({
     "exit-after-ms": { type: "string", default: "0" },
     gossip: { type: "string" },
     stock: { type: "boolean", default: false },
+    "port-base": { type: "string" },
     "insecure-open-mesh": { type: "boolean", default: false },
   },
 });
@@ -64,13 +69,14 @@ if (!dataDir) {
   process.exit(2);
 }
 const count = num("nodes") ?? 1;
+const portBase = num("port-base");
 const meshes: Mesh[] = [];
 
 for (let i = 0; i < count; i++) {
   const init: MeshInit = {
     dataDir: count > 1 ? join(dataDir, String(i)) : dataDir,
     cluster: values.cluster,
-    listen: values.listen,
+    listen: portBase === undefined ? values.listen : [`/ip4/127.0.0.1/tcp/${portBase + i}`],
     bootstrap: values.bootstrap,
     mdns: values.mdns,
     psk: values["psk-file"] ? readFileSync(values["psk-file"], "utf8") : undefined,
@@ -127,12 +133,22 @@ const statsMs = num("stats-ms") ?? 0;
 if (statsMs > 0) {
   const topic = heartbeatTopic(values.cluster);
   setInterval(() => {
+    const memory = process.memoryUsage();
     for (const [i, m] of meshes.entries()) {
       const peers = m.libp2p?.getPeers().length ?? 0;
       const subscribers = m.libp2p?.services.pubsub.getSubscribers(topic).length ?? 0;
       const members = m.view().members.length;
       const connections = m.libp2p?.getConnections().length ?? 0;
-      out({ node: i, event: "stats", stats: m.stats(), members, peers, subscribers, connections });
+      out({
+        node: i,
+        event: "stats",
+        stats: m.stats(),
+        members,
+        peers,
+        subscribers,
+        connections,
+        memory,
+      });
     }
   }, statsMs).unref();
 }
