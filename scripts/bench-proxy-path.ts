@@ -56,7 +56,7 @@ async function setUp(mod: Mod) {
         status: 200,
         headers: { "content-type": "application/json", "content-length": "11" },
       }),
-    { reportsBodyBreaks: values["reports-breaks"] },
+    { reportsBodyBreaks: values["reports-breaks"], abortHandle: values["reports-breaks"] },
   ) as unknown as typeof fetch;
   const c = mod.createCoordinator(
     { liveView: false },

@@ -12,7 +12,8 @@
  * A streamed answer whose body breaks after its headers (the upstream reset mid-response, or
  * sent a corrupt encoding) calls the caller's `onBodyBreak` (the coordinator's `UpstreamInit`),
  * never when the reader stops reading; the fetch says so with `reportsBodyBreaks`, and takes
- * the coordinator's `abortable` handle (cheaper than an AbortSignal on Node) beside `signal`.
+ * the coordinator's `abortable` handle (cheaper than an AbortSignal on Node) beside `signal`, which
+ * it marks with `abortHandle`.
  */
 import dns from "node:dns";
 import { once } from "node:events";
@@ -262,7 +263,10 @@ export function createNodeFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 
   return {
-    fetch: Object.assign(nodeFetch, { reportsBodyBreaks: true }) as unknown as typeof fetch,
+    fetch: Object.assign(nodeFetch, {
+      reportsBodyBreaks: true,
+      abortHandle: true,
+    }) as unknown as typeof fetch,
     close: () => {
       httpAgent.destroy();
       httpsAgent.destroy();

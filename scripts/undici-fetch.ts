@@ -178,7 +178,10 @@ export function createUndiciFetch(init: NodeFetchInit = {}): NodeFetch {
   };
 
   return {
-    fetch: Object.assign(undiciFetch, { reportsBodyBreaks: true }) as unknown as typeof fetch,
+    fetch: Object.assign(undiciFetch, {
+      reportsBodyBreaks: true,
+      abortHandle: true,
+    }) as unknown as typeof fetch,
     close: () => {
       void agent.destroy().catch(() => {});
     },

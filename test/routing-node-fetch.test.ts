@@ -132,16 +132,31 @@ describe.each(CLIENTS)("%s upstream client", (_name, create) => {
     await expect(pending).rejects.toMatchObject({ name: "AbortError" });
   });
 
-  it("ends a hung attempt at the coordinator's proxy timeout (504)", async () => {
+  it("ends a hung attempt at the coordinator's proxy timeout (504) through its abort handle", async () => {
+    expect((client.fetch as { abortHandle?: boolean }).abortHandle).toBe(true);
+    const inits: RequestInit[] = [];
+    const fetch = Object.assign(
+      (input: string, init: RequestInit) => {
+        inits.push(init);
+        return client.fetch(input, init);
+      },
+      { abortHandle: true },
+    ) as unknown as typeof globalThis.fetch;
     const t = await routingCoordinator(
       [{ id: "n1", url: base }],
       { proxyTimeoutMs: 300, maxAttempts: 1 },
-      { fetch: client.fetch },
+      { fetch },
     );
     const before = hung;
     const res = await t.get("/api/service/svc/hang");
     expect(res.status).toBe(504);
     expect(hung).toBe(before + 1);
+    // The handle, not a signal: no AbortController per attempt.
+    expect(inits).toHaveLength(1);
+    expect(inits[0]?.signal).toBeUndefined();
+    expect((inits[0] as { abortable?: { abort: unknown } }).abortable?.abort).toBeTypeOf(
+      "function",
+    );
   });
 
   it("reports a body that breaks after its headers to onBodyBreak, never a whole one or one its reader cancels", async () => {
