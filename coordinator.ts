@@ -18,7 +18,7 @@
  * Contents (`//#region` blocks; each uses only what is above it, which
  * test/coordinator-layout.test.ts checks):
  *   Utilities            time, URLs, JSON answers, deferred work, errors
- *   Wire schemas         the zod schemas of every body agents send, the name rules
+ *   Wire schemas         the zod schemas of every body agents send and every answer, the name rules
  *   Upstream policy      which hosts the proxy may call (`ROLLCALL_UPSTREAM_ALLOW`)
  *   Configuration        `CoordinatorInit`, `Settings`, `resolveSettings`, `configFromEnv`
  *   Store                the `Store` interface and its drivers
@@ -128,7 +128,7 @@ export class CoordinatorConfigError extends Error {
 //#endregion
 
 //#region Wire schemas
-// Every request body the coordinator accepts
+// Every request body the coordinator accepts and every JSON answer it gives, the name rules
 
 /**
  * The one name rule of clusters, services and workers: 1-64 of A-Z a-z 0-9 . _ -, starting with
@@ -378,20 +378,278 @@ export type ClusterReport = z.infer<typeof ClusterReportSchema>;
 /** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
 export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
 
+// Answers: what the coordinator sends back. The coordinator types each answer it builds with
+// the schema's `z.input` (a missing or unknown field fails typecheck); the agent, the `rollcall`
+// commands and the scripts parse what they receive with the schema and use its `z.output`, so
+// a malformed or hostile answer is a clear error there, never a crash or a wrong value. Fields
+// the contract (docs/PROTOCOL.md) names are required; where the coordinator this one succeeds
+// sent fewer, what this coordinator adds is optional.
+
+/** A worker's tier: 1 GPU, 2 CPU (the default), 3 storage. */
+const TierSchema = z.union([z.literal(1), z.literal(2), z.literal(3)]);
+const CountSchema = z.number().int().nonnegative();
+const IsoTimeSchema = z.iso.datetime();
+/** A list of service names as an answer carries it (at most what a worker may register). */
+const ServiceNamesSchema = z.array(ServiceNameSchema).max(128);
+
+/**
+ * Every error answer: `error` says what failed (sentence case), `message` why, `details` which
+ * fields of a body were refused; `request_id` names the log line of a generic 5xx; a signature
+ * refused as expired carries the coordinator's `server_time`; the proxy's 502/503/504 add the
+ * service, the worker and the services available. Other fields may follow.
+ */
+export const ErrorAnswerSchema = z.looseObject({
+  error: z.string().max(1024),
+  message: z.string().max(4096).optional(),
+  details: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
+  request_id: z.string().max(64).optional(),
+  server_time: z.number().int().nonnegative().max(MAX_DATE_MS).optional(),
+  available_services: ServiceNamesSchema.optional(),
+  suggestion: z.string().optional(),
+  service: z.string().optional(),
+  worker: z.string().optional(),
+});
+
+/** Every error answer, as the coordinator builds it. */
+export type ErrorAnswerInput = z.input<typeof ErrorAnswerSchema>;
+
+/** The answer to `POST /api/worker/register`. */
+export const RegisterAnswerSchema = z.object({
+  status: z.literal("registered").optional(),
+  worker_id: WorkerIdSchema,
+  tier: TierSchema,
+  /** Seconds between two heartbeats. */
+  heartbeat_interval: z.number().positive(),
+  is_heartbeat_leader: z.boolean(),
+  services_registered: ServiceNamesSchema,
+  /** What the universal agent of the old system reads: the services it may run. */
+  assigned_services: ServiceNamesSchema.optional(),
+  /** Whether the registration cost a store write. */
+  written: z.boolean().optional(),
+});
+
+/** The answer to `POST /api/worker/register`, as read. */
+export type RegisterAnswer = z.output<typeof RegisterAnswerSchema>;
+
+/** The answer to `POST /api/worker/heartbeat`, and to `GET /api/cluster/auth` (no `written`). */
+export const OkAnswerSchema = z.object({
+  status: z.literal("ok"),
+  /** Whether the heartbeat cost a store write. */
+  written: z.boolean().optional(),
+});
+
+/** The answer to `DELETE /api/worker/unregister/<id>`. */
+export const UnregisterAnswerSchema = z.object({
+  status: z.literal("ok"),
+  worker_id: WorkerIdSchema.optional(),
+  removed: z.boolean().optional(),
+  written: z.boolean().optional(),
+});
+
+/** The answer to `GET /api/worker/find/<service>`: a healthy provider (the old agents' lookup). */
+export const FindAnswerSchema = z.object({
+  worker_url: HttpUrlSchema,
+  worker_id: WorkerIdSchema,
+  name: WorkerNameSchema.nullable(),
+  service: ServiceNameSchema,
+  tier: TierSchema,
+});
+
 /** Why a report did or did not cost a write. */
-type WriteReason = "changed" | "keepalive" | "unchanged" | "deferred";
+const WriteReasonSchema = z.enum(["changed", "keepalive", "unchanged", "deferred"]);
+
+/** Why a report did or did not cost a write. */
+type WriteReason = z.output<typeof WriteReasonSchema>;
 
 /** The answer to `POST /api/cluster/heartbeat`. */
-export interface ClusterHeartbeatAnswer {
-  status: "ok";
-  written: boolean;
-  reason: WriteReason;
-  writes_today: number;
-  write_budget: number;
-  next_keepalive_at: string;
-  next_keepalive_in_s: number;
-  digest: string;
-}
+export const ClusterHeartbeatAnswerSchema = z.object({
+  status: z.literal("ok"),
+  written: z.boolean(),
+  reason: WriteReasonSchema,
+  writes_today: CountSchema,
+  write_budget: CountSchema,
+  next_keepalive_at: IsoTimeSchema,
+  /** When the leader should report again though nothing changed (its keepalive). */
+  next_keepalive_in_s: z.number().nonnegative(),
+  digest: z.string().max(128),
+});
+
+/** The answer to `POST /api/cluster/heartbeat`, as read. */
+export type ClusterHeartbeatAnswer = z.output<typeof ClusterHeartbeatAnswerSchema>;
+
+/** `GET /health`: what runs and what is open. */
+export const HealthAnswerSchema = z.object({
+  status: z.literal("healthy"),
+  service: z.literal("rollcall-coordinator"),
+  version: z.string(),
+  mode: z.enum(["secured", "open-local-dev"]),
+  auth: z.object({
+    cluster_token: z.boolean(),
+    admin_token: z.boolean(),
+    agent_endpoints: z.enum(["open", "token", "disabled"]),
+    admin_endpoints: z.enum(["open", "token", "disabled"]),
+    legacy_workers_admitted: z.boolean(),
+    signed_ids: z.string(),
+    live_view: z.enum(["off", "agent-token", "open"]),
+  }),
+  store: z.object({ kind: z.string(), persistent: z.boolean() }),
+  time: IsoTimeSchema,
+});
+
+/** A figure a worker sent as it was (old agents send numbers, strings or null). */
+const InfoFigureSchema = z.union([z.number(), z.string()]).nullable();
+
+/** One worker in `GET /api/admin/workers`: its effective status and routing. */
+export const WorkerViewSchema = z.object({
+  worker_id: WorkerIdSchema,
+  /** The worker's human name (its agent's `--name`), or null when it sent none. */
+  name: WorkerNameSchema.nullable(),
+  tier: TierSchema,
+  status: z.string(),
+  healthy: z.boolean(),
+  last_heartbeat: IsoTimeSchema.nullable(),
+  capabilities: CapabilitiesSchema,
+  services: ServiceNamesSchema,
+  service_urls: z.record(z.string(), z.string().nullable()),
+  tunnel_url: z.string().nullable(),
+  ip_address: z.string().nullable(),
+  is_heartbeat_leader: z.boolean(),
+  mode: z.enum(["direct", "cluster"]),
+  cluster: ClusterNameSchema.nullable(),
+  current_load: InfoFigureSchema,
+  available_memory: InfoFigureSchema,
+  registered_at: IsoTimeSchema.nullable(),
+});
+
+/** `GET /api/admin/workers`. */
+export const WorkersAnswerSchema = z.array(WorkerViewSchema);
+
+/** Whether the members shown (and routed to) come from a leader's live view or the store. */
+const SourceSchema = z.enum(["live", "stored"]);
+const BreakerStateSchema = z.enum(["closed", "open", "half_open"]);
+const ScalingSignalSchema = z.object({
+  signal: z.enum(["scale_up", "scale_down", "steady"]),
+  reason: z.string(),
+});
+
+/** `GET /api/admin/services`: each service's providers, their health and routing state. */
+export const ServicesAnswerSchema = z.object({
+  services: z.record(
+    ServiceNameSchema,
+    z.object({
+      total_workers: CountSchema,
+      healthy_workers: CountSchema,
+      status: z.enum(["available", "unavailable"]),
+      // What this coordinator adds to the contract's services view:
+      serving_workers: CountSchema.optional(),
+      in_flight: CountSchema.optional(),
+      queue_length: CountSchema.optional(),
+      scaling: ScalingSignalSchema.optional(),
+      workers: z.array(
+        z.object({
+          worker_id: WorkerIdSchema,
+          url: z.string(),
+          tier: TierSchema,
+          status: z.string(),
+          health: z.enum(["healthy", "degraded", "unhealthy"]),
+          /** Why the proxy may not call its URL (`ROLLCALL_UPSTREAM_ALLOW`). */
+          refused: z.string().optional(),
+          breaker: BreakerStateSchema.nullable(),
+          ejected: z.boolean(),
+          in_flight: CountSchema,
+        }),
+      ),
+    }),
+  ),
+  total_services: CountSchema,
+  source: SourceSchema.optional(),
+});
+
+/** `GET /api/admin/services`, as read. */
+export type ServicesAnswer = z.output<typeof ServicesAnswerSchema>;
+
+/** `GET /api/admin/breakers`: one row per service and worker. */
+export const BreakersAnswerSchema = z.object({
+  breakers: z.array(
+    z.object({
+      service: ServiceNameSchema,
+      worker_id: WorkerIdSchema,
+      state: BreakerStateSchema,
+      open_until: IsoTimeSchema.nullable(),
+      trips: CountSchema,
+      window: z.object({ requests: z.number().nonnegative(), failures: z.number().nonnegative() }),
+      ejected: z.boolean(),
+      ejected_until: IsoTimeSchema.nullable(),
+      ejections: CountSchema,
+      consecutive_failures: CountSchema,
+    }),
+  ),
+  source: SourceSchema,
+});
+
+/** `GET /api/admin/budget`: the day's store writes. */
+export const BudgetAnswerSchema = z.object({
+  day: z.string(),
+  used_today: CountSchema,
+  cap: CountSchema,
+  remaining: CountSchema,
+  resets_at: IsoTimeSchema,
+  /** Documents this isolate keeps until the budget allows their write. */
+  pending_writes: CountSchema,
+});
+
+/** `GET /api/admin/budget`, as read. */
+export type BudgetAnswer = z.output<typeof BudgetAnswerSchema>;
+
+/** A cluster's leader and lease, as `GET /api/admin/leader` and `/stats` show them. */
+export const ClusterSummarySchema = z.object({
+  cluster: ClusterNameSchema,
+  leader_id: WorkerIdSchema.nullable(),
+  term: CountSchema.nullable(),
+  /** Each leader's last view (two after a partition). */
+  leaders: z.array(
+    z.object({
+      leader_id: WorkerIdSchema,
+      term: CountSchema,
+      sequence: CountSchema,
+      reported_at: CountSchema,
+      members: z.array(WorkerIdSchema),
+    }),
+  ),
+  members: CountSchema,
+  stale: z.boolean(),
+  last_write_at: IsoTimeSchema.nullable(),
+  last_report_at: IsoTimeSchema.nullable(),
+  next_keepalive_at: IsoTimeSchema.nullable(),
+  digest: z.string(),
+  pending_write: z.boolean(),
+  /** Where the members shown (and routed to) come from. */
+  source: SourceSchema,
+  /** The leader's agent URL (its live view is read there). */
+  leader_url: z.string().nullable(),
+});
+
+/** `GET /api/admin/leader`. */
+export const LeaderAnswerSchema = z.object({ clusters: z.array(ClusterSummarySchema) });
+
+/** `GET /api/admin/stats`: counts by health and tier, services, the write budget, leaders. */
+export const StatsAnswerSchema = z.object({
+  total_workers: CountSchema,
+  healthy_workers: CountSchema,
+  offline_workers: CountSchema,
+  by_tier: z.record(z.string(), CountSchema),
+  total_services: CountSchema,
+  write_budget: BudgetAnswerSchema,
+  leader: z
+    .object({
+      cluster: ClusterNameSchema,
+      leader_id: WorkerIdSchema.nullable(),
+      term: CountSchema.nullable(),
+      stale: z.boolean(),
+    })
+    .nullable(),
+  clusters: z.array(ClusterSummarySchema),
+});
 
 //#endregion
 
@@ -2181,26 +2439,7 @@ function parseDoc(raw: string | null): Doc | null {
 }
 
 /** Effective status and routing of one worker, as the admin API shows it. */
-export interface WorkerView {
-  worker_id: string;
-  /** The worker's human name (its agent's `--name`), or null when it sent none. */
-  name: string | null;
-  tier: 1 | 2 | 3;
-  status: string;
-  healthy: boolean;
-  last_heartbeat: string | null;
-  capabilities: Capabilities;
-  services: string[];
-  service_urls: Record<string, string | null>;
-  tunnel_url: string | null;
-  ip_address: string | null;
-  is_heartbeat_leader: boolean;
-  mode: "direct" | "cluster";
-  cluster: string | null;
-  current_load: number | string | null;
-  available_memory: number | string | null;
-  registered_at: string | null;
-}
+export type WorkerView = z.input<typeof WorkerViewSchema>;
 
 /** A worker that can serve one service. */
 export interface Provider {
@@ -2215,23 +2454,7 @@ export interface Provider {
 }
 
 /** A cluster's leader and lease, as the admin API shows them. */
-export interface ClusterSummary {
-  cluster: string;
-  leader_id: string | null;
-  term: number | null;
-  leaders: LeaderView[];
-  members: number;
-  stale: boolean;
-  last_write_at: string | null;
-  last_report_at: string | null;
-  next_keepalive_at: string | null;
-  digest: string;
-  pending_write: boolean;
-  /** Where the members shown (and routed to) come from. */
-  source: "live" | "stored";
-  /** The leader's agent URL (its live view is read there). */
-  leader_url: string | null;
-}
+export type ClusterSummary = z.input<typeof ClusterSummarySchema>;
 
 /** The routing table built from the store (cached per isolate). */
 export interface RoutingTable {
@@ -2292,7 +2515,7 @@ export class Refused extends Error {
   override name = "Refused";
   constructor(
     readonly status: number,
-    readonly body: { error: string; [key: string]: unknown },
+    readonly body: ErrorAnswerInput,
     readonly headers: Record<string, string> = {},
   ) {
     super(body.error);
@@ -2991,7 +3214,11 @@ function tooLarge(what: string, size: number, cap: number): Refused {
   });
 }
 
-async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender) {
+async function registerWorker(
+  reg: Registry,
+  body: RegisterBody,
+  sender: Sender,
+): Promise<z.input<typeof RegisterAnswerSchema>> {
   const idless = !body.worker_id;
   if (idless && sender.level !== "legacy" && sender.level !== "open") {
     throw new Refused(400, {
@@ -3076,7 +3303,11 @@ async function registerWorker(reg: Registry, body: RegisterBody, sender: Sender)
   });
 }
 
-async function register(reg: Registry, body: RegisterBody, sender: Sender) {
+async function register(
+  reg: Registry,
+  body: RegisterBody,
+  sender: Sender,
+): Promise<z.input<typeof RegisterAnswerSchema>> {
   // One leadership decision at a time: workers that register at once must not all take it.
   return body.wants_heartbeat_leadership
     ? reg.lock.run(LEADERSHIP_LOCK, () => registerWorker(reg, body, sender))
@@ -3109,7 +3340,11 @@ function applyServicesStatus(
   return [...next.values()];
 }
 
-async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
+async function heartbeat(
+  reg: Registry,
+  body: HeartbeatBody,
+  sender: Sender,
+): Promise<z.input<typeof OkAnswerSchema> | null> {
   checkClaim(body.worker_id, sender);
   const key = WORKER_PREFIX + body.worker_id;
   return reg.lock.run(key, async () => {
@@ -3146,7 +3381,11 @@ async function heartbeat(reg: Registry, body: HeartbeatBody, sender: Sender) {
   });
 }
 
-async function unregister(reg: Registry, id: string, sender: Sender) {
+async function unregister(
+  reg: Registry,
+  id: string,
+  sender: Sender,
+): Promise<z.input<typeof UnregisterAnswerSchema> | null> {
   checkClaim(id, sender);
   const key = WORKER_PREFIX + id;
   return reg.lock.run(key, async () => {
@@ -3174,7 +3413,7 @@ async function clusterHeartbeat(
   reg: Registry,
   report: ClusterReport,
   sender: Sender,
-): Promise<ClusterHeartbeatAnswer> {
+): Promise<z.input<typeof ClusterHeartbeatAnswerSchema>> {
   if (sender.signer !== report.leader_id) {
     throw new Refused(401, {
       error: "Signature required",
@@ -5529,8 +5768,12 @@ export function prometheusText(services: Record<string, ServiceMetrics>): string
 }
 
 /** The admin view of services: each one's providers, their health and routing state. */
-function servicesView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
-  const services: Record<string, unknown> = {};
+function servicesView(
+  table: RoutingTable,
+  routes: ReadonlyMap<string, ServiceRoute>,
+  now: number,
+): z.input<typeof ServicesAnswerSchema> {
+  const services: z.input<typeof ServicesAnswerSchema>["services"] = {};
   const statusOf = new Map(table.workers.map((w) => [w.worker_id, w.status]));
   for (const name of [...table.providers.keys()].sort()) {
     const list = table.providers.get(name) ?? [];
@@ -5565,8 +5808,12 @@ function servicesView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRo
 }
 
 /** The admin view of circuit breakers: one row per service and worker, by service name. */
-function breakersView(table: RoutingTable, routes: ReadonlyMap<string, ServiceRoute>, now: number) {
-  const breakers = [];
+function breakersView(
+  table: RoutingTable,
+  routes: ReadonlyMap<string, ServiceRoute>,
+  now: number,
+): z.input<typeof BreakersAnswerSchema> {
+  const breakers: z.input<typeof BreakersAnswerSchema>["breakers"] = [];
   for (const name of [...routes.keys()].sort()) {
     const route = routes.get(name) as ServiceRoute;
     for (const e of route.endpoints) {
@@ -5598,7 +5845,10 @@ function metricsOf(
 }
 
 /** The admin view of counts: workers by health and tier, services, the write budget, leaders. */
-function statsView(table: RoutingTable, budget: unknown) {
+function statsView(
+  table: RoutingTable,
+  budget: z.input<typeof BudgetAnswerSchema>,
+): z.input<typeof StatsAnswerSchema> {
   const healthy = table.workers.filter((w) => w.healthy).length;
   const byTier: Record<string, number> = { "1": 0, "2": 0, "3": 0 };
   for (const w of table.workers) byTier[String(w.tier)] = (byTier[String(w.tier)] ?? 0) + 1;
@@ -6464,7 +6714,7 @@ interface DashboardDeps {
   clock: ClockLike;
   /** The routing table as the admin API reads it (synced into the router, live view fresh). */
   routing(c: Context): Promise<{ table: RoutingTable; now: number }>;
-  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  budget(): z.input<typeof BudgetAnswerSchema>;
   /** What the dashboard remembers of clusters and endpoints (fed by every routing read). */
   watch: ClusterWatch;
   /** The client's address of an operator's action (for the audit line). */
@@ -7294,7 +7544,7 @@ export interface Coordinator {
   /** The current routing table (admin views are built from it). */
   table(): Promise<RoutingTable>;
   /** Today's write budget figures. */
-  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  budget(): z.input<typeof BudgetAnswerSchema>;
   /** Re-evaluates every service's scaling signal (a change calls the webhook); `start()` calls it every 5 s. */
   tick(): void;
   /**
@@ -7410,7 +7660,7 @@ interface Parts extends ProxyContext {
   routing(c: Context | null): Promise<{ table: RoutingTable; now: number }>;
   /** Writes what the cap deferred, when the budget allows (errors ignored). */
   flushPending(): Promise<void>;
-  budget(): ReturnType<WriteBudget["snapshot"]> & { pending_writes: number };
+  budget(): z.input<typeof BudgetAnswerSchema>;
 }
 
 /** Builds the per-isolate parts from settings and collaborators. */
@@ -7644,7 +7894,7 @@ function publicRoutes(app: Hono, parts: Parts): void {
       },
       store: { kind: reg.store.kind, persistent: reg.store.persistent },
       time: new Date(clock.now()).toISOString(),
-    });
+    } satisfies z.input<typeof HealthAnswerSchema>);
   });
 }
 
@@ -7721,7 +7971,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
       name: pick.name ?? null,
       service: name.data,
       tier: pick.tier,
-    });
+    } satisfies z.input<typeof FindAnswerSchema>);
   });
 
   app.post("/api/cluster/heartbeat", limit, async (c) => {
@@ -7734,7 +7984,7 @@ function agentRoutes(app: Hono, parts: Parts): void {
   app.get("/api/cluster/auth", async (c) => {
     const level = await authorize(c, settings, "cluster");
     if (typeof level !== "string") return level;
-    return c.json({ status: "ok" });
+    return c.json({ status: "ok" } satisfies z.input<typeof OkAnswerSchema>);
   });
 }
 
@@ -7754,7 +8004,7 @@ function adminRoutes(app: Hono, parts: Parts): void {
   admin.get("/workers", async (c) => {
     const { table } = await routing(c);
     c.header("x-rollcall-source", table.source);
-    return c.json(table.workers);
+    return c.json(table.workers satisfies z.input<typeof WorkersAnswerSchema>);
   });
   admin.get("/services", async (c) => {
     const { table, now } = await routing(c);
@@ -7782,7 +8032,10 @@ function adminRoutes(app: Hono, parts: Parts): void {
     });
   });
   admin.get("/stats", async (c) => c.json(statsView((await routing(c)).table, parts.budget())));
-  admin.get("/leader", async (c) => c.json({ clusters: (await routing(c)).table.clusters }));
+  admin.get("/leader", async (c) => {
+    const { table } = await routing(c);
+    return c.json({ clusters: table.clusters } satisfies z.input<typeof LeaderAnswerSchema>);
+  });
   admin.get("/budget", (c) => c.json(parts.budget()));
   mountDashboard(app, admin, parts);
   app.route("/api/admin", admin);

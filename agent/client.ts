@@ -1,10 +1,22 @@
 /**
  * The coordinator's HTTP API as the agent uses it. Every call resolves to a
- * result (never throws): ok with the JSON answer, or an error that says whether
- * a retry makes sense (429, 5xx, network) and how long the server asked to wait.
+ * result (never throws): ok with the JSON answer, parsed with the coordinator's own answer
+ * schema, or an error that says whether a retry makes sense (429, 5xx, network, an answer
+ * that is not what the contract says) and how long the server asked to wait.
  */
-import { type HeartbeatBodyInput, type RegisterBodyInput, signRequest } from "../coordinator.ts";
-import type { ReportAnswer, SendResult } from "./reporter.ts";
+import type { z } from "zod";
+import {
+  ClusterHeartbeatAnswerSchema,
+  ErrorAnswerSchema,
+  type HeartbeatBodyInput,
+  OkAnswerSchema,
+  type RegisterAnswer,
+  RegisterAnswerSchema,
+  type RegisterBodyInput,
+  signRequest,
+  UnregisterAnswerSchema,
+} from "../coordinator.ts";
+import type { SendResult } from "./reporter.ts";
 import type { RequestSigner } from "./signer.ts";
 
 /** The outcome of one call. */
@@ -22,15 +34,6 @@ export interface ClientInit {
   timeoutMs?: number;
   /** Signs every request with the agent's key (docs/PROTOCOL.md, "Signed requests"). */
   signer?: RequestSigner | undefined;
-}
-
-/** Answer of POST /api/worker/register. */
-export interface RegisterAnswer {
-  worker_id: string;
-  tier: number;
-  heartbeat_interval: number;
-  is_heartbeat_leader: boolean;
-  services_registered: string[];
 }
 
 /** Parses Retry-After (seconds or an HTTP date) into milliseconds. */
@@ -65,7 +68,7 @@ export class CoordinatorClient {
 
   /** POST /api/cluster/heartbeat (leader mode). */
   async report(body: unknown): Promise<SendResult> {
-    const r = await this.call<ReportAnswer>("POST", "/api/cluster/heartbeat", body);
+    const r = await this.call("POST", "/api/cluster/heartbeat", ClusterHeartbeatAnswerSchema, body);
     return r.ok
       ? { ok: true, answer: r.data }
       : {
@@ -78,40 +81,48 @@ export class CoordinatorClient {
   }
 
   /** GET /api/cluster/auth: whether the coordinator takes our token (no write). */
-  checkToken(): Promise<CallResult<{ status: string }>> {
-    return this.call("GET", "/api/cluster/auth");
+  checkToken(): Promise<CallResult<z.output<typeof OkAnswerSchema>>> {
+    return this.call("GET", "/api/cluster/auth", OkAnswerSchema);
   }
 
   /** POST /api/worker/register (direct mode). */
   register(body: RegisterBodyInput): Promise<CallResult<RegisterAnswer>> {
-    return this.call("POST", "/api/worker/register", body);
+    return this.call("POST", "/api/worker/register", RegisterAnswerSchema, body);
   }
 
   /** POST /api/worker/heartbeat (direct mode). */
-  heartbeat(body: HeartbeatBodyInput): Promise<CallResult<{ status: string }>> {
-    return this.call("POST", "/api/worker/heartbeat", body);
+  heartbeat(body: HeartbeatBodyInput): Promise<CallResult<z.output<typeof OkAnswerSchema>>> {
+    return this.call("POST", "/api/worker/heartbeat", OkAnswerSchema, body);
   }
 
   /** DELETE /api/worker/unregister/<id> (direct mode, on a graceful stop). */
-  unregister(workerId: string): Promise<CallResult<{ status: string }>> {
-    return this.call("DELETE", `/api/worker/unregister/${encodeURIComponent(workerId)}`);
+  unregister(workerId: string): Promise<CallResult<z.output<typeof UnregisterAnswerSchema>>> {
+    const path = `/api/worker/unregister/${encodeURIComponent(workerId)}`;
+    return this.call("DELETE", path, UnregisterAnswerSchema);
   }
 
   /**
-   * One JSON call; maps every failure to a CallResult. A signed call refused because its clock
-   * is off by more than the coordinator allows is sent once more on the coordinator's time.
+   * One JSON call whose successful answer must parse with `answer` (the coordinator's schema of
+   * it); maps every failure to a CallResult. A signed call refused because its clock is off by
+   * more than the coordinator allows is sent once more on the coordinator's time.
    */
-  async call<T>(method: string, path: string, body?: unknown): Promise<CallResult<T>> {
+  async call<T>(
+    method: string,
+    path: string,
+    answer: z.ZodType<T>,
+    body?: unknown,
+  ): Promise<CallResult<T>> {
     const text = body === undefined ? undefined : JSON.stringify(body);
-    const first = await this.#send<T>(method, path, text);
+    const first = await this.#send(method, path, answer, text);
     if (first.skewedBy === undefined) return first.result;
     this.#offsetMs += first.skewedBy;
-    return (await this.#send<T>(method, path, text)).result;
+    return (await this.#send(method, path, answer, text)).result;
   }
 
   async #send<T>(
     method: string,
     path: string,
+    answer: z.ZodType<T>,
     text: string | undefined,
   ): Promise<{ result: CallResult<T>; skewedBy?: number }> {
     const headers: Record<string, string> = { accept: "application/json" };
@@ -133,7 +144,7 @@ export class CoordinatorClient {
         }),
       );
     }
-    const result = await this.#fetchResult<T>(method, path, headers, text);
+    const result = await this.#fetchResult(method, path, answer, headers, text);
     const data = result.ok ? undefined : result.serverTime;
     if (signer && !result.ok && result.status === 401 && data !== undefined) {
       return { result, skewedBy: data - now };
@@ -144,6 +155,7 @@ export class CoordinatorClient {
   async #fetchResult<T>(
     method: string,
     path: string,
+    answer: z.ZodType<T>,
     headers: Record<string, string>,
     text: string | undefined,
   ): Promise<CallResult<T> & { serverTime?: number }> {
@@ -166,26 +178,44 @@ export class CoordinatorClient {
       };
     }
     let data: unknown;
+    let json = true;
     try {
       data = await res.json();
     } catch {
-      data = undefined;
+      json = false;
     }
-    if (res.ok) return { ok: true, status: res.status, data: data as T };
-    const message =
-      data && typeof data === "object" && "error" in data
-        ? String((data as { error: unknown }).error)
-        : res.statusText;
-    const serverTime = (data as { server_time?: unknown } | undefined)?.server_time;
+    if (res.ok) {
+      const parsed = json ? answer.safeParse(data) : null;
+      if (parsed?.success) return { ok: true, status: res.status, data: parsed.data };
+      // Not the contract's answer (a proxy's page, another server, a hostile one): an error
+      // worth a retry with backoff, as the next answer may be the coordinator's again.
+      return {
+        ok: false,
+        status: res.status,
+        retryable: true,
+        error: `${method} ${path} answered ${res.status} with ${parsed ? `an unexpected body (${answerIssue(parsed.error)})` : "something that is not JSON"}`,
+      };
+    }
+    const refusal = ErrorAnswerSchema.safeParse(data);
+    const message = refusal.success ? refusal.data.error : res.statusText;
+    const serverTime = refusal.success ? refusal.data.server_time : undefined;
     return {
       ok: false,
       status: res.status,
       retryable: res.status === 429 || res.status === 408 || res.status >= 500,
       retryAfterMs: parseRetryAfter(res.headers.get("retry-after")),
       error: `${method} ${path} answered ${res.status}: ${message}`,
-      ...(typeof serverTime === "number" ? { serverTime } : {}),
+      ...(serverTime !== undefined ? { serverTime } : {}),
     };
   }
+}
+
+/** The first thing an answer's schema refused, e.g. `heartbeat_interval: Too small...`. */
+function answerIssue(err: z.ZodError): string {
+  const first = err.issues[0];
+  if (!first) return "refused";
+  const where = first.path.map(String).join(".");
+  return `${where || "the body"}: ${first.message}`.slice(0, 200);
 }
 
 /**

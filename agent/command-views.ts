@@ -3,6 +3,8 @@
  * (`/_agent/cluster`, `/_agent/health`) and of the coordinator's admin API turned into rows
  * for `--json` and into aligned text tables for people. No I/O; time is passed in.
  */
+import type { BudgetAnswer, ServicesAnswer } from "../coordinator.ts";
+import type { ReportAnswer } from "./reporter.ts";
 
 /** A member as `/_agent/cluster` lists it in `all_members`. */
 export interface LiveMemberState {
@@ -29,13 +31,8 @@ export interface AgentClusterView {
     failed?: number;
     lastAt?: number;
     lastError?: string;
-    lastAnswer?: {
-      written: boolean;
-      reason: string;
-      writes_today: number;
-      write_budget: number;
-      next_keepalive_in_s: number;
-    };
+    /** The coordinator's last answer to the leader's report, as the agent relays it. */
+    lastAnswer?: ReportAnswer;
   } | null;
 }
 
@@ -111,26 +108,13 @@ export function membersTable(rows: MemberRow[]): string {
   );
 }
 
-/** What the commands read of `GET /api/admin/services`. */
-export interface AdminServices {
-  services: Record<
-    string,
-    {
-      status: string;
-      total_workers: number;
-      healthy_workers: number;
-      scaling?: { signal: string; reason: string };
-    }
-  >;
-}
-
 /** The `services` table. */
-export function servicesTable(body: AdminServices): string {
+export function servicesTable(body: ServicesAnswer): string {
   const names = Object.keys(body.services).sort();
   return table(
     ["SERVICE", "STATUS", "HEALTHY", "SCALING"],
     names.map((name) => {
-      const s = body.services[name] as AdminServices["services"][string];
+      const s = body.services[name] as ServicesAnswer["services"][string];
       return [name, s.status, `${s.healthy_workers}/${s.total_workers}`, s.scaling?.signal ?? "-"];
     }),
   );
@@ -148,7 +132,7 @@ export function ago(at: number, now: number): string {
 export function statusOf(
   agentUrl: string,
   view: AgentClusterView,
-  budget: { used_today: number; cap: number } | null,
+  budget: Pick<BudgetAnswer, "used_today" | "cap"> | null,
   now: number,
 ) {
   const rows = memberRows(view);

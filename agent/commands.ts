@@ -9,8 +9,9 @@
  * go in the Authorization header only, never in a URL.
  */
 import { parseArgs } from "node:util";
+import type { BudgetAnswer } from "../coordinator.ts";
+import type { z } from "zod";
 import {
-  type AdminServices,
   type AgentClusterView,
   memberRows,
   membersTable,
@@ -170,14 +171,18 @@ const TOKEN_SETTING = {
   "The coordinator": "--admin-token or ROLLCALL_ADMIN_TOKEN",
 } as const;
 
-/** GETs (or `method`s) JSON with a bearer token; every failure is a CommandError saying what failed. */
+/**
+ * GETs (or `method`s) JSON with a bearer token, parsed with `schema` when one is given (the
+ * coordinator's answers); every failure is a CommandError saying what failed.
+ */
 async function getJson<T>(
   ctx: Context,
   url: string,
   token: string | undefined,
   what: keyof typeof TOKEN_SETTING,
   method = "GET",
-) {
+  schema?: z.ZodType<T>,
+): Promise<T> {
   const headers: Record<string, string> = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   let res: Response;
@@ -204,15 +209,28 @@ async function getJson<T>(
     await res.body?.cancel();
     throw new CommandError(`${what} at ${new URL(url).origin} answered ${res.status}`, 1);
   }
+  let data: unknown;
   try {
-    return (await res.json()) as T;
+    data = await res.json();
   } catch {
     throw new CommandError(
       `${what} at ${new URL(url).origin} answered something that is not JSON`,
       1,
     );
   }
+  if (schema === undefined) return data as T;
+  const parsed = schema.safeParse(data);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const where = issue?.path.map(String).join(".") || "the body";
+  throw new CommandError(
+    `${what} at ${new URL(url).origin} answered something unexpected (${where}: ${issue?.message ?? "refused"})`,
+    1,
+  );
 }
+
+/** The coordinator's answer schemas, loaded only by the commands that ask the coordinator. */
+const answers = () => import("./answers.ts");
 
 const agentView = (ctx: Context) =>
   getJson<AgentClusterView>(ctx, `${ctx.agent}/_agent/cluster`, ctx.agentToken, "The agent");
@@ -239,11 +257,13 @@ async function services(ctx: Context): Promise<void> {
     );
   }
   const base = httpUrl(coordinator, "coordinator URL");
-  const body = await getJson<AdminServices>(
+  const body = await getJson(
     ctx,
     `${base}/api/admin/services`,
     ctx.adminToken,
     "The coordinator",
+    "GET",
+    (await answers()).ServicesAnswerSchema,
   );
   print(ctx, body, servicesTable(body));
 }
@@ -251,10 +271,12 @@ async function services(ctx: Context): Promise<void> {
 async function status(ctx: Context): Promise<void> {
   const view = await agentView(ctx);
   const coordinator = ctx.coordinator ?? view.coordinator ?? undefined;
-  let budget: { used_today: number; cap: number } | null = null;
+  let budget: BudgetAnswer | null = null;
   if (ctx.adminToken && coordinator) {
     const base = httpUrl(coordinator, "coordinator URL");
-    budget = await getJson(ctx, `${base}/api/admin/budget`, ctx.adminToken, "The coordinator");
+    const schema = (await answers()).BudgetAnswerSchema;
+    const url = `${base}/api/admin/budget`;
+    budget = await getJson(ctx, url, ctx.adminToken, "The coordinator", "GET", schema);
   }
   const s = statusOf(
     ctx.agent,

@@ -5,19 +5,16 @@
  * A change of services re-registers; a heartbeat answered 404 (the coordinator forgot us)
  * re-registers at once. Every failed register waits out the backoff.
  */
-import type { RegisterBodyInput } from "../coordinator.ts";
+import type { RegisterAnswer, RegisterBodyInput } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
-import {
-  authFailureHint,
-  type CallResult,
-  type CoordinatorClient,
-  type RegisterAnswer,
-} from "./client.ts";
+import { authFailureHint, type CallResult, type CoordinatorClient } from "./client.ts";
 
 /** First retry delay after a failed call; doubles per failure up to MAX_BACKOFF_MS. */
 const MIN_BACKOFF_MS = 1_000;
 const MAX_BACKOFF_MS = 60_000;
+/** Longest heartbeat interval taken from the coordinator (a timer takes at most ~24.8 days). */
+const MAX_INTERVAL_S = 86_400;
 
 /** What the agent registers: the contract's register body, as the coordinator's schema takes it. */
 export type Registration = RegisterBodyInput;
@@ -121,7 +118,8 @@ export class DirectReporter {
         if (r.ok) {
           this.#registered = r.data;
           this.#dirty = this.#registration !== sent; // an update() meanwhile goes out next
-          this.#intervalMs = Math.max(1, r.data.heartbeat_interval) * 1000;
+          this.#intervalMs =
+            Math.min(Math.max(1, r.data.heartbeat_interval), MAX_INTERVAL_S) * 1000;
           this.stats.registers += 1;
           this.#c.log?.(
             `Registered as ${r.data.worker_id} (tier ${r.data.tier}): ${r.data.services_registered.join(", ") || "no services"}`,

@@ -9,6 +9,9 @@ import type { ClusterHeartbeatAnswer } from "../coordinator.ts";
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
 
+/** Longest wait for a keepalive the coordinator may ask for. */
+const MAX_KEEPALIVE_MS = 86_400_000;
+
 /** What the reporter sends: the aggregate plus who sends it. */
 export interface ReportState<M = unknown> {
   members: M[];
@@ -184,7 +187,11 @@ export class LeaderReporter<M = unknown> {
       this.#c.onAnswer?.(result.answer, report);
       this.stats.lastError = undefined;
       if (result.answer.written) this.stats.written += 1;
-      const keepaliveMs = Math.max(1_000, result.answer.next_keepalive_in_s * 1000);
+      // At least 1 s, at most a day (a timer takes at most ~24.8 days; a longer one fires at once).
+      const keepaliveMs = Math.min(
+        Math.max(1_000, result.answer.next_keepalive_in_s * 1000),
+        MAX_KEEPALIVE_MS,
+      );
       if (result.answer.reason === "deferred") {
         // Over the daily cap: the coordinator stores nothing; offer it again later.
         this.#arm(now + Math.min(this.#maxBackoffMs, keepaliveMs));

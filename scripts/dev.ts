@@ -22,7 +22,7 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { COORDINATOR_VERSION } from "../coordinator.ts";
+import { COORDINATOR_VERSION, ServicesAnswerSchema } from "../coordinator.ts";
 import { loadIdentity } from "../mesh/index.ts";
 
 const HELP = `Usage: npm run dev -- [options]   (or: deno task dev [options])
@@ -303,7 +303,7 @@ async function main(): Promise<void> {
     async () => {
       const res = await fetch(`${coordinatorUrl}/api/admin/services`, { headers: adminHeaders });
       if (res.status === 401) throw new Error("the coordinator refused the admin token");
-      const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
+      const body = ServicesAnswerSchema.parse(await res.json());
       return [...expected].every((n) => (body.services[n]?.healthy_workers ?? 0) > 0);
     },
     90_000,

@@ -18,6 +18,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { BudgetAnswerSchema, ServicesAnswerSchema } from "../coordinator.ts";
 import { loadIdentity } from "../mesh/index.ts";
 
 const { values } = parseArgs({
@@ -128,7 +129,7 @@ async function main(): Promise<number> {
   for (const a of agents) startAgent(a.i);
   const healthy = async (name: string) => {
     const res = await fetch(`${coordUrl}/api/admin/services`);
-    const body = (await res.json()) as { services: Record<string, { healthy_workers: number }> };
+    const body = ServicesAnswerSchema.parse(await res.json());
     return (body.services[name]?.healthy_workers ?? 0) >= 2;
   };
   await until(
@@ -177,8 +178,7 @@ async function main(): Promise<number> {
   let turn = 0;
   let writesAtStart = 0;
   const budget = async () =>
-    ((await (await fetch(`${coordUrl}/api/admin/budget`)).json()) as { used_today: number })
-      .used_today;
+    BudgetAnswerSchema.parse(await (await fetch(`${coordUrl}/api/admin/budget`)).json()).used_today;
   let nextEvent = started + everyMs;
   writesAtStart = await budget();
   while (Date.now() - started < durationMs) {

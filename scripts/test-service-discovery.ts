@@ -7,6 +7,8 @@
  * Prints one PASS/FAIL line per check and exits non-zero when any check fails.
  */
 import { parseArgs } from "node:util";
+import type { ServicesAnswer, WorkerViewSchema } from "../coordinator.ts";
+import type { z } from "zod";
 
 interface Check {
   name: string;
@@ -50,7 +52,12 @@ function expect(cond: unknown, message: string): asserts cond {
   if (!cond) throw new Error(message);
 }
 
-let services: Record<string, { healthy_workers: number; status: string }> = {};
+// What the checks read of the answers (any coordinator, the one rollcall succeeds too): the
+// contract's fields, as the coordinator's schemas name them; nothing else is required.
+let services: Record<
+  string,
+  Pick<ServicesAnswer["services"][string], "healthy_workers" | "status">
+> = {};
 
 const checks: Check[] = [
   {
@@ -105,7 +112,10 @@ const checks: Check[] = [
       const r = await getJson("/api/admin/workers", admin);
       expect(r.status === 200, `GET /api/admin/workers answered ${r.status}`);
       expect(Array.isArray(r.body), "the answer is not a JSON array");
-      const workers = r.body as unknown as { worker_id: string; status: string }[];
+      const workers = r.body as unknown as Pick<
+        z.output<typeof WorkerViewSchema>,
+        "worker_id" | "status"
+      >[];
       expect(workers.length > 0, "no workers registered");
       const online = workers.filter((w) => w.status !== "offline").length;
       return `${workers.length} worker(s), ${online} not offline`;

@@ -1,8 +1,8 @@
 /** Direct mode against the real coordinator code, in-process, on a fake clock; retries on a fake client. */
 import { describe, expect, it } from "vitest";
-import { type CallResult, CoordinatorClient, type RegisterAnswer } from "../agent/client.ts";
+import { type CallResult, CoordinatorClient } from "../agent/client.ts";
 import { DirectReporter, type Registration } from "../agent/direct.ts";
-import { createCoordinator, memoryStore } from "../coordinator.ts";
+import { createCoordinator, memoryStore, type RegisterAnswer } from "../coordinator.ts";
 import { FakeClock } from "../mesh/clock.ts";
 
 function setup() {
@@ -114,7 +114,7 @@ const notFound = (path: string): CallResult<never> => ({
 /** A reporter on a fake clock and a scripted client; `calls` lists [time, call] pairs. */
 function scripted(answers: {
   register: () => CallResult<RegisterAnswer> | Promise<CallResult<RegisterAnswer>>;
-  heartbeat?: () => CallResult<{ status: string }>;
+  heartbeat?: () => CallResult<{ status: "ok" }>;
 }) {
   const clock = new FakeClock(0);
   const calls: [number, string][] = [];
