@@ -27,7 +27,8 @@
  *   Registry             per-isolate state over the store; the routing table
  *   Registry operations  register, heartbeat, unregister (direct), cluster heartbeat (leader)
  *   Security             bearer tokens, guards, signed agent requests, the live view's credential
- *   Routing health       traffic windows, circuit breakers, retry budget, endpoints, picking
+ *   Routing health       traffic windows, breakers, retry budget, endpoints, latency, picker,
+ *                        ejection, service figures
  *   Paths and forwarding path safety, aliases, replayable bodies, forwarded headers
  *   Router               per-isolate routing state, live views, metrics
  *   Routing and proxy    admit, forward, retry, answer
@@ -3852,8 +3853,8 @@ export async function viewAuthorization(token: string, now: number, target = "")
 //#endregion
 
 //#region Routing health
-// Traffic windows, circuit breaker, retry budget, endpoints, the power-of-two-choices picker and
-// scaling signals. All of it lives per isolate: on Workers each isolate learns on its own (see
+// Traffic windows, circuit breaker, retry budget, endpoints, latency estimates, the
+// power-of-two-choices picker, outlier ejection, service figures and scaling signals. All of it lives per isolate: on Workers each isolate learns on its own (see
 // docs/DEPLOY.md).
 
 const HISTOGRAM_BASE_MS = 0.05;
@@ -4388,53 +4389,71 @@ interface ScalingSignal {
 }
 
 /**
- * One service's routing state in this isolate: its endpoints in preference groups (healthy
- * before degraded, then lower tier), the picker, outlier ejection, the retry budget, the
- * bounded queue and the service's traffic figures.
+ * What this isolate knows of a service's latency: a service-wide EWMA of successful attempts
+ * and, per endpoint, an EWMA (kept on the `Endpoint`) that fades towards the service's with time
+ * (`decayMs`) and with the requests the service served elsewhere since (10 % each), so an
+ * endpoint that looked slow once is tried again soon, even at low load.
  * @internal
  */
-export class ServiceRoute {
-  /** Routable endpoints, sorted by health, tier and ID. */
-  endpoints: Endpoint[] = [];
-  /** Start index of each preference group in `endpoints`, then its length. */
-  groups: number[] = [0];
-  /** Providers in the routing table, usable or not. */
-  providers = 0;
+export class LatencyEstimate {
   /** Service-wide latency EWMA of successful attempts (0: nothing known). */
   ewmaMs = 0;
   /** Attempts settled so far (the clock of the per-request fading). */
   samples = 0;
-  inFlight = 0;
-  requests = 0;
-  errors = 0;
-  retries = 0;
-  rejected = 0;
-  latencySumMs = 0;
-  signal: ScalingSignal = { signal: "steady", reason: "no traffic seen yet" };
-  nextEvaluationAt = 0;
-  readonly budget: RetryBudget;
-  readonly window: TrafficWindow;
-  readonly firstSeenAt: number;
-  #turn = 0;
-  #last: Endpoint | null = null;
-  readonly #queue = new WaitQueue();
 
-  constructor(
-    readonly name: string,
-    readonly settings: RoutingSettings,
-    now: number,
-  ) {
-    this.budget = new RetryBudget({
-      ratio: settings.retryRatio,
-      min: settings.retryMin,
-      windowMs: settings.retryWindowMs,
-    });
-    this.window = new TrafficWindow(settings.metricsWindowMs, now);
-    this.firstSeenAt = now;
+  constructor(readonly decayMs: number) {}
+
+  /** The latency estimate of `e` at `now` (0: nothing known about the service). */
+  of(e: Endpoint, now: number): number {
+    if (e.ewmaMs === 0) return this.ewmaMs;
+    if (this.ewmaMs === 0) return e.ewmaMs;
+    const fade = Math.exp(
+      -(now - e.ewmaAt) / this.decayMs - (this.samples - e.ewmaSample) * FADE_PER_REQUEST,
+    );
+    return this.ewmaMs + (e.ewmaMs - this.ewmaMs) * fade;
   }
 
+  /** Cost of sending one more request to `e`: (in flight + 1) x latency estimate. */
+  cost(e: Endpoint, now: number): number {
+    return (e.inFlight + 1) * this.of(e, now);
+  }
+
+  /**
+   * Takes an attempt's latency: into `e`'s EWMA (each sample weighs 30 %; a failure counts as
+   * at least 1 s) and, when it did not fail, into the service's (10 %).
+   */
+  record(e: Endpoint, now: number, latencyMs: number, failed: boolean): void {
+    const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
+    const base = this.of(e, now) || sample;
+    e.ewmaMs = base + (sample - base) * EWMA_SAMPLE_WEIGHT;
+    e.ewmaAt = now;
+    e.ewmaSample = ++this.samples;
+    if (!failed) {
+      this.ewmaMs = this.ewmaMs === 0 ? latencyMs : this.ewmaMs + (latencyMs - this.ewmaMs) * 0.1;
+    }
+  }
+}
+
+/**
+ * Picks a service's endpoint: endpoints in preference groups (healthy before degraded, then
+ * lower tier), power of two choices on cost within the first group with a usable one.
+ * @internal
+ */
+export class Picker {
+  /** Routable endpoints, sorted by health, tier and ID. */
+  endpoints: Endpoint[] = [];
+  /** Start index of each preference group in `endpoints`, then its length. */
+  groups: number[] = [0];
+  #turn = 0;
+  #last: Endpoint | null = null;
+
+  constructor(
+    readonly latency: LatencyEstimate,
+    readonly maxConcurrent: number,
+  ) {}
+
   /** Replaces the endpoints (after the routing table changed). */
-  setEndpoints(endpoints: Endpoint[], providers: number): void {
+  setEndpoints(endpoints: Endpoint[]): void {
     endpoints.sort(
       (a, b) =>
         HEALTH_RANK[a.health] - HEALTH_RANK[b.health] ||
@@ -4450,32 +4469,11 @@ export class ServiceRoute {
     groups.push(endpoints.length);
     this.endpoints = endpoints;
     this.groups = groups;
-    this.providers = providers;
-  }
-
-  /**
-   * The latency estimate of an endpoint: its EWMA fading towards the service's mean with time
-   * (`latencyDecayMs`) and with the requests the service served elsewhere since (10 % each), so
-   * an endpoint that looked slow once is tried again soon, even at low load.
-   */
-  latency(e: Endpoint, now: number): number {
-    if (e.ewmaMs === 0) return this.ewmaMs;
-    if (this.ewmaMs === 0) return e.ewmaMs;
-    const fade = Math.exp(
-      -(now - e.ewmaAt) / this.settings.latencyDecayMs -
-        (this.samples - e.ewmaSample) * FADE_PER_REQUEST,
-    );
-    return this.ewmaMs + (e.ewmaMs - this.ewmaMs) * fade;
-  }
-
-  /** Cost of sending one more request: (in flight + 1) x latency estimate. */
-  cost(e: Endpoint, now: number): number {
-    return (e.inFlight + 1) * this.latency(e, now);
   }
 
   #usable(e: Endpoint, now: number, tried: readonly Endpoint[] | null, strict: boolean): boolean {
     return (
-      e.inFlight < this.settings.maxConcurrent &&
+      e.inFlight < this.maxConcurrent &&
       (!strict || !e.ejected(now)) &&
       (tried === null || !tried.includes(e)) &&
       e.breaker.allows(now)
@@ -4525,7 +4523,7 @@ export class ServiceRoute {
       const only = list[start] as Endpoint;
       return this.#usable(only, now, tried, strict) ? only : null;
     }
-    if (this.ewmaMs === 0) {
+    if (this.latency.ewmaMs === 0) {
       // Nothing known yet: round-robin over the usable ones.
       for (let k = 0; k < m; k++) {
         const e = list[start + ((this.#turn + k) % m)] as Endpoint;
@@ -4569,8 +4567,8 @@ export class ServiceRoute {
 
   /** The cheaper of two; when their costs are about equal, not the one picked last. */
   #cheaper(a: Endpoint, b: Endpoint, now: number): Endpoint {
-    const ca = this.cost(a, now);
-    const cb = this.cost(b, now);
+    const ca = this.latency.cost(a, now);
+    const cb = this.latency.cost(b, now);
     if (ca > cb * COST_TIE) return b;
     if (cb > ca * COST_TIE) return a;
     return a === this.#last ? b : a;
@@ -4582,7 +4580,7 @@ export class ServiceRoute {
     for (const e of this.endpoints) {
       if (tried?.includes(e)) continue;
       if (!e.breaker.allows(now)) open = true;
-      else if (e.inFlight >= this.settings.maxConcurrent) return "busy";
+      else if (e.inFlight >= this.maxConcurrent) return "busy";
     }
     return open ? "open" : "none";
   }
@@ -4597,22 +4595,25 @@ export class ServiceRoute {
     }
     return Number.isFinite(soonest) ? Math.max(1000, soonest) : 1000;
   }
+}
 
-  /** Counts an incoming request (it also earns the retry budget). */
-  begin(now: number): void {
-    this.requests++;
-    this.budget.request(now);
-  }
+/** Endpoints ejected at `now`. */
+function ejectedCount(endpoints: readonly Endpoint[], now: number): number {
+  let n = 0;
+  for (const e of endpoints) if (e.ejected(now)) n++;
+  return n;
+}
 
-  /** Sends an attempt to `e`; returns whether it is the half-open breaker's probe. */
-  dispatch(e: Endpoint, now: number): boolean {
-    e.inFlight++;
-    e.attempts++;
-    this.inFlight++;
-    this.window.inFlight(now, this.inFlight);
-    e.window.inFlight(now, e.inFlight);
-    return e.breaker.dispatch();
-  }
+/**
+ * Outlier ejection over a service's endpoints, and whom an error answer blames: an endpoint
+ * with `ejectAfterFailures` failures in a row is ejected (never more than half the endpoints at
+ * once, each ejection of the same endpoint longer, up to `ejectMaxMs`).
+ * @internal
+ */
+export class Ejection {
+  constructor(
+    readonly settings: Pick<RoutingSettings, "ejectAfterFailures" | "ejectBaseMs" | "ejectMaxMs">,
+  ) {}
 
   /**
    * Whether a 502/503/504 answer from `e` is the worker's own fault: another worker of the
@@ -4621,9 +4622,9 @@ export class ServiceRoute {
    * and a service with one provider is never ejected for its answers. O(providers), only on such
    * an answer.
    */
-  blames(e: Endpoint, now: number): boolean {
+  blames(e: Endpoint, endpoints: readonly Endpoint[], now: number): boolean {
     const mine = (e.answerErrors.estimate(now) + 1) / (e.answers.estimate(now) + 1);
-    for (const p of this.endpoints) {
+    for (const p of endpoints) {
       if (p === e) continue;
       const n = p.answers.estimate(now);
       if (n >= 1 && p.answerErrors.estimate(now) / n <= mine / 2) return true;
@@ -4631,28 +4632,165 @@ export class ServiceRoute {
     return false;
   }
 
+  /** `e` answered well: its run of failures ends; its past ejections are forgotten after a while. */
+  succeeded(e: Endpoint, now: number): void {
+    e.consecutiveFailures = 0;
+    if (e.ejections > 0 && now - e.lastEjectedAt > this.settings.ejectMaxMs * 2) e.ejections = 0;
+  }
+
+  /** `e` failed: one more in its run; at `ejectAfterFailures` it is ejected if it may be. */
+  failed(e: Endpoint, endpoints: readonly Endpoint[], now: number): void {
+    e.consecutiveFailures++;
+    const s = this.settings;
+    if (
+      e.consecutiveFailures >= s.ejectAfterFailures &&
+      !e.ejected(now) &&
+      ejectedCount(endpoints, now) < Math.floor(endpoints.length / 2)
+    ) {
+      e.ejections++;
+      e.ejectedUntil = now + Math.min(s.ejectBaseMs * e.ejections, s.ejectMaxMs);
+      e.lastEjectedAt = now;
+      e.consecutiveFailures = 0;
+    }
+  }
+}
+
+/**
+ * A service's own traffic figures in this isolate (what the metrics and the scaling signal
+ * show): totals, requests in flight, the traffic window, and the last scaling signal.
+ * @internal
+ */
+export class ServiceFigures {
+  inFlight = 0;
+  requests = 0;
+  errors = 0;
+  retries = 0;
+  rejected = 0;
+  latencySumMs = 0;
+  signal: ScalingSignal = { signal: "steady", reason: "no traffic seen yet" };
+  nextEvaluationAt = 0;
+  readonly window: TrafficWindow;
+
+  constructor(
+    windowMs: number,
+    readonly firstSeenAt: number,
+  ) {
+    this.window = new TrafficWindow(windowMs, firstSeenAt);
+  }
+
+  /** Counts an attempt sent. */
+  dispatched(now: number): void {
+    this.inFlight++;
+    this.window.inFlight(now, this.inFlight);
+  }
+
+  /** Counts a finished request: its final status and end-to-end latency (ms). */
+  finish(now: number, status: number, latencyMs: number): void {
+    const failed = status >= 500;
+    if (failed) this.errors++;
+    this.latencySumMs += latencyMs;
+    this.window.record(now, latencyMs, failed);
+  }
+
+  /** Counts a retry taken from the budget. */
+  retry(now: number): void {
+    this.retries++;
+    this.window.retry(now);
+  }
+
+  /** Counts a request turned away (queue full, queue timeout, every breaker open). */
+  reject(now: number): void {
+    this.rejected++;
+    this.window.reject(now);
+  }
+}
+
+/** How an attempt ended, for `ServiceRoute.settle`. */
+interface AttemptOutcome {
+  now: number;
+  latencyMs: number;
+  failed: boolean;
+  /** It ended without an outcome (the client went away, the URL was this coordinator). */
+  abandoned?: boolean;
+  /** The worker sent an HTTP answer. */
+  answered?: boolean;
+  /** An error answer not held against the worker (counted in its metrics, never in its breaker or ejection). */
+  excused?: boolean;
+  /** It was the half-open breaker's probe. */
+  probe: boolean;
+}
+
+/**
+ * One service's routing state in this isolate: the picker over its endpoints, their latency,
+ * outlier ejection, the retry budget, the bounded queue and the service's figures. It ties
+ * them together where an attempt starts (`dispatch`) and ends (`settle`).
+ * @internal
+ */
+export class ServiceRoute {
+  /** Providers in the routing table, usable or not. */
+  providers = 0;
+  readonly latency: LatencyEstimate;
+  readonly picker: Picker;
+  readonly ejection: Ejection;
+  readonly figures: ServiceFigures;
+  readonly budget: RetryBudget;
+  readonly #queue = new WaitQueue();
+
+  constructor(
+    readonly name: string,
+    readonly settings: RoutingSettings,
+    now: number,
+  ) {
+    this.latency = new LatencyEstimate(settings.latencyDecayMs);
+    this.picker = new Picker(this.latency, settings.maxConcurrent);
+    this.ejection = new Ejection(settings);
+    this.figures = new ServiceFigures(settings.metricsWindowMs, now);
+    this.budget = new RetryBudget({
+      ratio: settings.retryRatio,
+      min: settings.retryMin,
+      windowMs: settings.retryWindowMs,
+    });
+  }
+
+  /** Routable endpoints, sorted by health, tier and ID (the picker's). */
+  get endpoints(): Endpoint[] {
+    return this.picker.endpoints;
+  }
+
+  /** Replaces the endpoints (after the routing table changed). */
+  setEndpoints(endpoints: Endpoint[], providers: number): void {
+    this.picker.setEndpoints(endpoints);
+    this.providers = providers;
+  }
+
+  /** Counts an incoming request (it also earns the retry budget). */
+  begin(now: number): void {
+    this.figures.requests++;
+    this.budget.request(now);
+  }
+
+  /** Sends an attempt to `e`; returns whether it is the half-open breaker's probe. */
+  dispatch(e: Endpoint, now: number): boolean {
+    e.inFlight++;
+    e.attempts++;
+    this.figures.dispatched(now);
+    e.window.inFlight(now, e.inFlight);
+    return e.breaker.dispatch();
+  }
+
+  /** Whether a 502/503/504 answer from `e` is the worker's own fault (`Ejection.blames`). */
+  blames(e: Endpoint, now: number): boolean {
+    return this.ejection.blames(e, this.picker.endpoints, now);
+  }
+
   /**
-   * Records an attempt's outcome and frees its slot: latency EWMA (each sample weighs 30 %; a
-   * failure counts as at least 1 s), consecutive failures and outlier ejection (never more than
-   * half the endpoints at once, each ejection longer), the breaker. `answered`: the worker sent
-   * an HTTP answer; `excused`: an error answer not held against the worker (counted in its
-   * metrics, never in its breaker or ejection).
+   * Records an attempt's outcome and frees its slot (waking the oldest queued request): the
+   * endpoint's answers and window, latency, its breaker and run of failures (ejection).
    */
-  settle(
-    e: Endpoint,
-    outcome: {
-      now: number;
-      latencyMs: number;
-      failed: boolean;
-      abandoned?: boolean;
-      answered?: boolean;
-      excused?: boolean;
-      probe: boolean;
-    },
-  ): void {
+  settle(e: Endpoint, outcome: AttemptOutcome): void {
     const { now, latencyMs, failed, probe } = outcome;
     e.inFlight--;
-    this.inFlight--;
+    this.figures.inFlight--;
     this.#queue.wakeOne();
     if (outcome.abandoned) {
       e.breaker.abandon(probe);
@@ -4666,64 +4804,20 @@ export class ServiceRoute {
     e.window.record(now, latencyMs, failed || excused);
     e.latencySumMs += latencyMs;
     e.latencyCount++;
-    const sample = failed ? Math.max(latencyMs, FAILURE_PENALTY_MS) : latencyMs;
-    const base = this.latency(e, now) || sample;
-    e.ewmaMs = base + (sample - base) * EWMA_SAMPLE_WEIGHT;
-    e.ewmaAt = now;
-    e.ewmaSample = ++this.samples;
-    if (!failed) {
-      this.ewmaMs = this.ewmaMs === 0 ? latencyMs : this.ewmaMs + (latencyMs - this.ewmaMs) * 0.1;
-      if (excused) {
-        e.failures++;
-        e.breaker.success(now, probe); // it answered: alive, whatever the answer says
-        return;
-      }
-      e.consecutiveFailures = 0;
-      if (e.ejections > 0 && now - e.lastEjectedAt > this.settings.ejectMaxMs * 2) e.ejections = 0;
-      e.breaker.success(now, probe);
+    this.latency.record(e, now, latencyMs, failed);
+    if (failed || excused) e.failures++;
+    if (failed) {
+      e.breaker.failure(now, probe);
+      this.ejection.failed(e, this.picker.endpoints, now);
       return;
     }
-    e.failures++;
-    e.consecutiveFailures++;
-    e.breaker.failure(now, probe);
-    if (
-      e.consecutiveFailures >= this.settings.ejectAfterFailures &&
-      !e.ejected(now) &&
-      this.ejectedCount(now) < Math.floor(this.endpoints.length / 2)
-    ) {
-      e.ejections++;
-      e.ejectedUntil =
-        now + Math.min(this.settings.ejectBaseMs * e.ejections, this.settings.ejectMaxMs);
-      e.lastEjectedAt = now;
-      e.consecutiveFailures = 0;
-    }
+    if (!excused) this.ejection.succeeded(e, now);
+    e.breaker.success(now, probe); // it answered: alive, whatever the answer says
   }
 
   /** Endpoints ejected at `now`. */
   ejectedCount(now: number): number {
-    let n = 0;
-    for (const e of this.endpoints) if (e.ejected(now)) n++;
-    return n;
-  }
-
-  /** Counts a finished request: its final status and end-to-end latency (ms). */
-  finish(now: number, status: number, latencyMs: number): void {
-    const failed = status >= 500;
-    if (failed) this.errors++;
-    this.latencySumMs += latencyMs;
-    this.window.record(now, latencyMs, failed);
-  }
-
-  /** Counts a retry taken from the budget. */
-  noteRetry(now: number): void {
-    this.retries++;
-    this.window.retry(now);
-  }
-
-  /** Counts a request turned away (queue full, queue timeout, every breaker open). */
-  noteRejected(now: number): void {
-    this.rejected++;
-    this.window.reject(now);
+    return ejectedCount(this.picker.endpoints, now);
   }
 
   /**
@@ -5231,7 +5325,7 @@ class Router {
     const table = this.#table;
     if (table === null) return;
     for (const [name, route] of this.routes) {
-      if (!table.providers.has(name) && route.inFlight === 0 && route.queued === 0) {
+      if (!table.providers.has(name) && route.figures.inFlight === 0 && route.queued === 0) {
         this.routes.delete(name);
       }
     }
@@ -5572,7 +5666,7 @@ function endpointMetrics(route: ServiceRoute, e: Endpoint, now: number) {
     /** Attempts with an outcome: the count of latency_sum_ms (requests_total also has those in flight or abandoned). */
     latency_count: e.latencyCount,
     in_flight: e.inFlight,
-    latency_ewma_ms: Math.round(route.latency(e, now) * 100) / 100,
+    latency_ewma_ms: Math.round(route.latency.of(e, now) * 100) / 100,
     consecutive_failures: e.consecutiveFailures,
     ejected: e.ejected(now),
     ejected_until: e.ejected(now) ? iso(e.ejectedUntil) : null,
@@ -5598,19 +5692,19 @@ function serviceMetrics(route: ServiceRoute, now: number) {
   const workers: Record<string, ReturnType<typeof endpointMetrics>> = {};
   for (const e of route.endpoints) workers[e.worker_id] = endpointMetrics(route, e, now);
   return {
-    requests_total: route.requests,
-    errors_total: route.errors,
-    retries_total: route.retries,
-    rejected_total: route.rejected,
-    latency_sum_ms: Math.round(route.latencySumMs * 100) / 100,
-    in_flight: route.inFlight,
+    requests_total: route.figures.requests,
+    errors_total: route.figures.errors,
+    retries_total: route.figures.retries,
+    rejected_total: route.figures.rejected,
+    latency_sum_ms: Math.round(route.figures.latencySumMs * 100) / 100,
+    in_flight: route.figures.inFlight,
     queue_length: route.queued,
     providers: route.providers,
     serving: servingCount(route, now),
     retry_budget_available: Math.floor(route.budget.available(now)),
-    latency_ewma_ms: Math.round(route.ewmaMs * 100) / 100,
-    window: route.window.snapshot(now),
-    scaling: route.signal,
+    latency_ewma_ms: Math.round(route.latency.ewmaMs * 100) / 100,
+    window: route.figures.window.snapshot(now),
+    scaling: route.figures.signal,
     workers,
   };
 }
@@ -5785,9 +5879,9 @@ function servicesView(
       healthy_workers: healthy,
       status: healthy > 0 ? "available" : "unavailable",
       serving_workers: route ? servingCount(route, now) : 0,
-      in_flight: route?.inFlight ?? 0,
+      in_flight: route?.figures.inFlight ?? 0,
       queue_length: route?.queued ?? 0,
-      scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+      scaling: route?.figures.signal ?? { signal: "steady", reason: "no traffic seen yet" },
       workers: list.map((p) => {
         const e = routed.get(p.worker_id);
         return {
@@ -5874,7 +5968,7 @@ function statsView(
 
 /**
  * Upstream answers that may be retried (idempotent methods only) and may count against the
- * worker (when `ServiceRoute.blames` says so). A 500 is the application's answer: passed on,
+ * worker (when `Ejection.blames` says so). A 500 is the application's answer: passed on,
  * never retried, never held against the worker.
  */
 const FAILED_STATUS = new Set([502, 503, 504]);
@@ -6079,20 +6173,20 @@ function evaluateSignal(
   now: number,
   exec: WaitUntil | null,
 ): void {
-  route.nextEvaluationAt = now + 1000;
+  route.figures.nextEvaluationAt = now + 1000;
   const next = scalingSignal({
     providers: route.providers,
     serving: servingCount(route, now),
     limit: ctx.settings.maxConcurrent,
     queued: route.queued,
-    window: route.window.snapshot(now),
-    observedMs: now - route.firstSeenAt,
+    window: route.figures.window.snapshot(now),
+    observedMs: now - route.figures.firstSeenAt,
     windowMs: ctx.settings.metricsWindowMs,
     scaleUpLatencyMs: ctx.settings.scaleUpLatencyMs,
     scaleDownUtilization: ctx.settings.scaleDownUtilization,
   });
-  const previous = route.signal;
-  route.signal = next;
+  const previous = route.figures.signal;
+  route.figures.signal = next;
   const url = ctx.settings.scalingWebhook;
   if (url === null || next.signal === previous.signal) return;
   const payload = JSON.stringify({
@@ -6202,8 +6296,8 @@ function finished(
   started: number,
 ): Response {
   const now = ctx.clock.now();
-  route.finish(now, res.status, performance.now() - started);
-  if (now >= route.nextEvaluationAt) evaluateSignal(ctx, route, now, inc.exec);
+  route.figures.finish(now, res.status, performance.now() - started);
+  if (now >= route.figures.nextEvaluationAt) evaluateSignal(ctx, route, now, inc.exec);
   return res;
 }
 
@@ -6216,7 +6310,7 @@ function turnedAway(
 ): Response {
   const name = route.name;
   const now = ctx.clock.now();
-  if (why !== "none") route.noteRejected(now);
+  if (why !== "none") route.figures.reject(now);
   if (why === "busy") {
     return proxyJson(
       ctx,
@@ -6244,7 +6338,7 @@ function turnedAway(
     503,
     {
       "retry-after": String(
-        open ? Math.ceil(route.retryAfterMs(now) / 1000) : ctx.settings.heartbeatIntervalS,
+        open ? Math.ceil(route.picker.retryAfterMs(now) / 1000) : ctx.settings.heartbeatIntervalS,
       ),
     },
   );
@@ -6350,12 +6444,12 @@ async function queued(
   const deadline = started + ctx.settings.queueTimeoutMs;
   for (;;) {
     const now = ctx.clock.now();
-    const why = route.endpoints.length === 0 ? "none" : route.blocked(now);
+    const why = route.endpoints.length === 0 ? "none" : route.picker.blocked(now);
     const left = deadline - performance.now();
     if (why !== "busy" || left <= 0 || !(await route.wait(left))) {
       return finished(ctx, route, inc, turnedAway(ctx, inc, route, table, why), started);
     }
-    const ep = route.pick({ now: ctx.clock.now(), random: ctx.random });
+    const ep = route.picker.pick({ now: ctx.clock.now(), random: ctx.random });
     if (ep !== null) return ep;
   }
 }
@@ -6370,34 +6464,168 @@ function attemptUrl(base: string, rest: string | null, search: string, careful: 
   return rest === null ? base + search : `${base}/${rest}${search}`;
 }
 
+/** One proxied request on its way upstream: what its attempts need and what they left. */
+interface Exchange {
+  route: ServiceRoute;
+  target: ServiceTarget;
+  method: string;
+  /** The headers sent upstream (`forwardHeaders`) and the body, replayable while it fits. */
+  headers: Record<string, string>;
+  body: ReplayableBody | null;
+  /** The query as sent, and whether the rest of the path needs `upstreamUrl` (`attemptUrl`). */
+  search: string;
+  careful: boolean;
+  /** The endpoint of the last attempt. */
+  last: Endpoint;
+  /** The last upstream 502/503/504: the answer if nothing better comes. */
+  held: Response | null;
+  /** The last attempt's failure (no answer), if it was the last word. */
+  failure: AttemptFailure | null;
+  /** An attempt reached this coordinator itself. */
+  looped: boolean;
+}
+
+/**
+ * Takes an upstream's HTTP answer to an attempt: the answer to give the client, or whether
+ * another worker may be tried (a 502/503/504 is held as the answer if nothing better comes;
+ * the coordinator's own loop marker refuses that URL from now on).
+ */
+function takeAnswer(
+  ctx: ProxyContext,
+  x: Exchange,
+  ep: Endpoint,
+  result: Response,
+  now: number,
+  latencyMs: number,
+  probe: boolean,
+): Response | boolean {
+  const route = x.route;
+  const status = result.status;
+  if (status === 508 && result.headers.get(LOOP_HEADER) === ctx.instanceId) {
+    // This URL is the coordinator itself: never again in this isolate; try another.
+    result.body?.cancel().catch(() => {});
+    route.settle(ep, { now, latencyMs, failed: false, abandoned: true, probe });
+    ctx.router.refuseSelf(ep.base);
+    x.looped = true;
+    return true;
+  }
+  const failed = FAILED_STATUS.has(status) && route.blames(ep, now);
+  const excused = !failed && status >= 500;
+  route.settle(ep, { now, latencyMs, failed, answered: true, excused, probe });
+  x.held?.body?.cancel().catch(() => {});
+  if (!FAILED_STATUS.has(status)) return result;
+  x.held = result;
+  x.failure = null;
+  // The request reached the worker: only an idempotent method may go again.
+  return IDEMPOTENT.has(x.method);
+}
+
+/** Takes an attempt that got no answer; returns whether another worker may be tried. */
+function takeFailure(
+  x: Exchange,
+  ep: Endpoint,
+  result: AttemptFailure,
+  now: number,
+  latencyMs: number,
+  probe: boolean,
+): boolean {
+  // The client went away or stalled its upload: nothing the worker did.
+  const clientFault = result.clientGone || result.clientSlow;
+  x.route.settle(ep, { now, latencyMs, failed: !clientFault, abandoned: clientFault, probe });
+  x.failure = result;
+  if (clientFault) return false;
+  // Nothing reached the worker when the runtime says the connection was refused or the
+  // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for
+  // a refused and for a dropped connection alike, so there only idempotent methods retry.
+  const nothingSent = !result.timedOut && isConnectFailure(result.error);
+  return nothingSent || IDEMPOTENT.has(x.method);
+}
+
+/**
+ * Sends the attempts of an exchange: to `ep` first, then, while an outcome allows it, to
+ * another provider not tried yet, within the retry budget and `maxAttempts`. Returns the
+ * upstream answer to give (not yet `respond`ed), or null when what the exchange holds
+ * (`lastAnswer`) is the answer.
+ */
+async function forward(
+  ctx: ProxyContext,
+  inc: Incoming,
+  x: Exchange,
+  ep: Endpoint,
+  now: number,
+): Promise<Response | null> {
+  const route = x.route;
+  const rest = x.target.rest;
+  let tried: Endpoint[] | null = null;
+  for (let n = 1; ; n++) {
+    x.last = ep;
+    const to = attemptUrl(ep.base, rest, x.search, x.careful);
+    const init: RequestInit & { duplex?: "half" } = {
+      method: x.method,
+      headers: x.headers,
+      redirect: "manual",
+    };
+    if (x.body) {
+      init.body = x.body.stream();
+      init.duplex = "half";
+    }
+    const probe = route.dispatch(ep, now);
+    const t0 = performance.now();
+    const result = await attempt(ctx, inc, to, init, x.body);
+    const latencyMs = performance.now() - t0;
+    now = ctx.clock.now();
+    // Not `instanceof Response`: @hono/node-server swaps the global Response class.
+    const next =
+      "failed" in result
+        ? takeFailure(x, ep, result, now, latencyMs, probe)
+        : takeAnswer(ctx, x, ep, result, now, latencyMs, probe);
+    if (next === false) return null;
+    if (next !== true) return next;
+    if ((x.body && !x.body.replayable) || n >= ctx.settings.maxAttempts) return null;
+    tried ??= [];
+    tried.push(ep);
+    const other = route.picker.pick({ now, random: ctx.random, tried });
+    if (other === null || !route.budget.tryRetry(now)) return null;
+    route.figures.retry(now);
+    ep = other;
+  }
+}
+
+/** The answer when no attempt got a good one: the held 5xx, the loop's, or the failure's. */
+function lastAnswer(ctx: ProxyContext, request: Request, x: Exchange): Response {
+  if (x.held !== null) return respond(ctx, request, x.held, x.last, x.method, x.target);
+  if (x.failure === null && x.looped) return loopAnswer(ctx, request);
+  const error = proxyFailure(ctx, x.failure, x.target.service, x.last.worker_id);
+  return proxyJson(ctx, request, error.body, error.status);
+}
+
 /** Forwards a request to a healthy provider of its service, retrying within the budget. */
 async function routeService(
   inc: Incoming,
   ctx: ProxyContext,
   target: ServiceTarget,
 ): Promise<Response> {
-  const { reg, router, settings } = ctx;
   const request = inc.request;
   const method = request.method.toUpperCase();
   if (!PROXY_METHODS.has(method)) return methodRefused(ctx, request);
   const rest = target.rest;
   const careful = rest !== null && CAREFUL_REST.test(rest);
-  if (careful) assertSafeRest(rest as string); // upstreamUrl below relies on it
+  if (careful) assertSafeRest(rest as string); // upstreamUrl (attemptUrl) relies on it
   const url = request.url;
   const source = method === "GET" || method === "HEAD" ? null : request.body;
   const headers = forwardHeaders(inc, url, ctx, source !== null);
   if (headers === null) return loopAnswer(ctx, request);
   let now = ctx.clock.now();
-  const table = reg.cachedTable(now) ?? (await reg.table());
-  router.sync(table, now);
+  const table = ctx.reg.cachedTable(now) ?? (await ctx.reg.table());
+  ctx.router.sync(table, now);
   if (ctx.live !== null && table.clusters.length > 0) ctx.live.tick(table, now, inc.exec);
-  const route = router.routes.get(target.service);
+  const route = ctx.router.routes.get(target.service);
   if (route === undefined || route.providers === 0) {
     return unavailable(ctx, request, table, target.service);
   }
   const started = performance.now();
   route.begin(now);
-  let ep = route.pick({ now, random: ctx.random });
+  let ep = route.picker.pick({ now, random: ctx.random });
   if (ep === null) {
     const got = await queued(ctx, inc, route, table, started);
     if (!(got instanceof Endpoint)) return got;
@@ -6405,87 +6633,30 @@ async function routeService(
     now = ctx.clock.now();
   }
   const q = url.indexOf("?");
-  const search = q === -1 ? "" : url.slice(q);
-  const body = source ? new ReplayableBody(source, settings.replayBufferBytes) : null;
-  let tried: Endpoint[] | null = null;
-  let held: Response | null = null; // the last upstream 5xx: the answer if nothing better comes
-  let failure: AttemptFailure | null = null;
-  let looped = false;
-  let last = ep;
+  const x: Exchange = {
+    route,
+    target,
+    method,
+    headers,
+    body: source ? new ReplayableBody(source, ctx.settings.replayBufferBytes) : null,
+    search: q === -1 ? "" : url.slice(q),
+    careful,
+    last: ep,
+    held: null,
+    failure: null,
+    looped: false,
+  };
+  let answer: Response;
   try {
-    for (let n = 1; ; n++) {
-      last = ep;
-      const to = attemptUrl(ep.base, rest, search, careful);
-      const init: RequestInit & { duplex?: "half" } = { method, headers, redirect: "manual" };
-      if (body) {
-        init.body = body.stream();
-        init.duplex = "half";
-      }
-      const probe = route.dispatch(ep, now);
-      const t0 = performance.now();
-      const result = await attempt(ctx, inc, to, init, body);
-      const latencyMs = performance.now() - t0;
-      now = ctx.clock.now();
-      // Not `instanceof Response`: @hono/node-server swaps the global Response class.
-      if (!("failed" in result)) {
-        const status = result.status;
-        if (status === 508 && result.headers.get(LOOP_HEADER) === ctx.instanceId) {
-          // This URL is the coordinator itself: never again in this isolate; try another.
-          result.body?.cancel().catch(() => {});
-          route.settle(ep, { now, latencyMs, failed: false, abandoned: true, probe });
-          router.refuseSelf(ep.base);
-          looped = true;
-        } else {
-          const failed = FAILED_STATUS.has(status) && route.blames(ep, now);
-          const excused = !failed && status >= 500;
-          route.settle(ep, { now, latencyMs, failed, answered: true, excused, probe });
-          if (!FAILED_STATUS.has(status)) {
-            held?.body?.cancel().catch(() => {});
-            return finished(
-              ctx,
-              route,
-              inc,
-              respond(ctx, request, result, ep, method, target),
-              started,
-            );
-          }
-          held?.body?.cancel().catch(() => {});
-          held = result;
-          failure = null;
-          // The request reached the worker: only an idempotent method may go again.
-          if (!IDEMPOTENT.has(method)) break;
-        }
-      } else {
-        // The client went away or stalled its upload: nothing the worker did.
-        const clientFault = result.clientGone || result.clientSlow;
-        route.settle(ep, { now, latencyMs, failed: !clientFault, abandoned: clientFault, probe });
-        failure = result;
-        if (clientFault) break;
-        // Nothing reached the worker when the runtime says the connection was refused or the
-        // name did not resolve (Node, Bun, Deno). workerd says "Network connection lost." for
-        // a refused and for a dropped connection alike, so there only idempotent methods retry.
-        const nothingSent = !result.timedOut && isConnectFailure(result.error);
-        if (!(nothingSent || IDEMPOTENT.has(method))) break;
-      }
-      if ((body && !body.replayable) || n >= settings.maxAttempts) break;
-      tried ??= [];
-      tried.push(ep);
-      const next = route.pick({ now, random: ctx.random, tried });
-      if (next === null || !route.budget.tryRetry(now)) break;
-      route.noteRetry(now);
-      ep = next;
-    }
+    const got = await forward(ctx, inc, x, ep, now);
+    answer =
+      got === null
+        ? lastAnswer(ctx, request, x)
+        : respond(ctx, request, got, x.last, method, target);
   } finally {
-    body?.release();
+    x.body?.release();
   }
-  if (held !== null) {
-    return finished(ctx, route, inc, respond(ctx, request, held, last, method, target), started);
-  }
-  if (failure === null && looped) {
-    return finished(ctx, route, inc, loopAnswer(ctx, request), started);
-  }
-  const error = proxyFailure(ctx, failure, target.service, last.worker_id);
-  return finished(ctx, route, inc, proxyJson(ctx, request, error.body, error.status), started);
+  return finished(ctx, route, inc, answer, started);
 }
 
 /**
@@ -6824,11 +6995,11 @@ function dashboardSnapshot(
       total_workers: list.length,
       healthy_workers: healthy,
       serving_workers: route ? servingCount(route, now) : 0,
-      in_flight: route?.inFlight ?? 0,
+      in_flight: route?.figures.inFlight ?? 0,
       queue_length: route?.queued ?? 0,
-      scaling: route?.signal ?? { signal: "steady", reason: "no traffic seen yet" },
-      window: route ? route.window.snapshot(now) : null,
-      series: route ? route.window.series(now) : [],
+      scaling: route?.figures.signal ?? { signal: "steady", reason: "no traffic seen yet" },
+      window: route ? route.figures.window.snapshot(now) : null,
+      series: route ? route.figures.window.series(now) : [],
       workers: rows,
     };
   });

@@ -171,7 +171,7 @@ function route(list: Partial<Provider>[]): ServiceRoute {
 
 /** Sends one attempt to the picked endpoint and settles it with `latencyMs`. */
 function serve(r: ServiceRoute, now: number, latencyMs: number, failed = false): string {
-  const e = r.pick({ now, random: prng(now) }) as Endpoint;
+  const e = r.picker.pick({ now, random: prng(now) }) as Endpoint;
   const probe = r.dispatch(e, now);
   r.settle(e, { now, latencyMs, failed, probe });
   return e.worker_id;
@@ -186,9 +186,9 @@ describe("ServiceRoute picker", () => {
       { worker_id: "t1b", tier: 1 },
     ]);
     expect(r.endpoints.map((e) => e.worker_id)).toEqual(["t1a", "t1b", "t2", "deg"]);
-    const first = r.pick({ now: T0, random: Math.random }) as Endpoint;
+    const first = r.picker.pick({ now: T0, random: Math.random }) as Endpoint;
     r.dispatch(first, T0);
-    const second = r.pick({ now: T0, random: Math.random }) as Endpoint;
+    const second = r.picker.pick({ now: T0, random: Math.random }) as Endpoint;
     expect([first.worker_id, second.worker_id]).toEqual(["t1a", "t1b"]);
   });
 
@@ -206,12 +206,12 @@ describe("ServiceRoute picker", () => {
     }
     const picks = new Map<string, number>();
     for (let i = 0; i < 100; i++) {
-      const e = r.pick({ now: T0, random: prng(i) }) as Endpoint;
+      const e = r.picker.pick({ now: T0, random: prng(i) }) as Endpoint;
       picks.set(e.worker_id, (picks.get(e.worker_id) ?? 0) + 1);
     }
     expect(picks.get("fast")).toBe(100);
     fast.inFlight = 20; // (20 + 1) x ~1 ms costs more than 1 x ~10 ms
-    expect(r.pick({ now: T0, random: prng(1) })?.worker_id).toBe("slow");
+    expect(r.picker.pick({ now: T0, random: prng(1) })?.worker_id).toBe("slow");
     fast.inFlight = 0;
 
     const even = route([{ worker_id: "a" }, { worker_id: "b" }]);
@@ -238,20 +238,20 @@ describe("ServiceRoute picker", () => {
     const r = route([{ worker_id: "a" }]);
     serve(r, T0, 3); // the service's latency is known now
     r.setEndpoints([], 1); // its one provider reports the service stopped
-    expect(r.pick({ now: T0, random: prng(1) })).toBeNull();
-    expect(r.blocked(T0)).toBe("none");
+    expect(r.picker.pick({ now: T0, random: prng(1) })).toBeNull();
+    expect(r.picker.blocked(T0)).toBe("none");
   });
 
   it("never picks a worker tried already, or one at its limit; says why nothing is left", () => {
     const r = route([{ worker_id: "a" }, { worker_id: "b" }]);
     const [a, b] = r.endpoints as [Endpoint, Endpoint];
-    expect(r.pick({ now: T0, random: Math.random, tried: [a] })).toBe(b);
-    expect(r.pick({ now: T0, random: Math.random, tried: [a, b] })).toBeNull();
-    expect(r.blocked(T0, [a, b])).toBe("none");
+    expect(r.picker.pick({ now: T0, random: Math.random, tried: [a] })).toBe(b);
+    expect(r.picker.pick({ now: T0, random: Math.random, tried: [a, b] })).toBeNull();
+    expect(r.picker.blocked(T0, [a, b])).toBe("none");
     a.inFlight = 2;
     b.inFlight = 2;
-    expect(r.pick({ now: T0, random: Math.random })).toBeNull();
-    expect(r.blocked(T0)).toBe("busy");
+    expect(r.picker.pick({ now: T0, random: Math.random })).toBeNull();
+    expect(r.picker.blocked(T0)).toBe("busy");
   });
 
   it("ejects after consecutive failures, at most half of the workers, each time for longer", () => {
@@ -273,7 +273,7 @@ describe("ServiceRoute picker", () => {
     const [x, y] = only.endpoints as [Endpoint, Endpoint];
     x.ejectedUntil = T0 + 1000;
     y.inFlight = 2;
-    expect(only.pick({ now: T0, random: Math.random })).toBe(x);
+    expect(only.picker.pick({ now: T0, random: Math.random })).toBe(x);
     fail(a, T0 + 10_000);
     fail(a, T0 + 10_000);
     expect(a.ejectedUntil).toBe(T0 + 10_000 + 20_000);
@@ -346,7 +346,7 @@ describe("prometheusText", () => {
         serving: 1,
         retry_budget_available: 10,
         latency_ewma_ms: 3,
-        window: r.window.snapshot(T0),
+        window: r.figures.window.snapshot(T0),
         scaling: { signal: "steady", reason: "" },
         workers: {
           'we"ird\\id': {
