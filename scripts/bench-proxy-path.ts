@@ -59,7 +59,8 @@ async function setUp(mod: Mod) {
     { reportsBodyBreaks: values["reports-breaks"], abortHandle: values["reports-breaks"] },
   ) as unknown as typeof fetch;
   const c = mod.createCoordinator(
-    { liveView: false },
+    // An open coordinator answers only loopback Host names unless told of others.
+    { liveView: false, allowedHosts: "coordinator.example" },
     {
       store: mod.memoryStore(),
       fetch: upstream,
