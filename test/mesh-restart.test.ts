@@ -41,7 +41,13 @@ describe("a restarted cluster", () => {
 
     // Second run, on the same ports, each with the others in its bootstrap list: the highest
     // first, the lowest more than a tick after it (its settle period ends last everywhere).
+    // The premise: the others hear the lowest before their own settle period ends (they cannot
+    // wait for a member they have not heard). From its start until its first heartbeat arrives
+    // (dial, Noise, identify, gossipsub) takes 0.6 s here idle and 2.5 s under load, so this
+    // run settles in twice the test timing: 6 s, leaving 5 s for it after the 1 s gap.
+    const settleMs = 2 * TEST_TIMINGS.settleMs;
     const named = new Map<string, Array<Leader | null>>();
+    const heardLowAt = new Map<string, number>();
     const meshes: Mesh[] = [];
     cleanups.push(async () => {
       await Promise.all(meshes.map((m) => m.stop()));
@@ -49,10 +55,13 @@ describe("a restarted cluster", () => {
     const start = async (n: (typeof ids)[0]) => {
       const others = ids.filter((o) => o !== n).map((o) => addrs.get(o.id) as string);
       const listen = [(addrs.get(n.id) as string).replace(/\/p2p\/.*$/, "")];
-      const m = await startMesh({ dataDir: n.dir, bootstrap: others, listen });
+      const m = await startMesh({ dataDir: n.dir, bootstrap: others, listen, settleMs });
       const seen: Array<Leader | null> = [];
       named.set(n.id, seen);
       m.addEventListener("leader", (e) => seen.push(e.detail));
+      m.addEventListener("member-up", (e) => {
+        if (e.detail.id === low.id && !heardLowAt.has(n.id)) heardLowAt.set(n.id, Date.now());
+      });
       meshes.push(m);
       return m;
     };
@@ -73,10 +82,13 @@ describe("a restarted cluster", () => {
       () => Date.now() - settledAt >= 2 * TEST_TIMINGS.heartbeatIntervalMs,
     );
     expect(leaders(meshes)).toEqual([final]);
+    const heard = [high, mid]
+      .map((n) => `${(heardLowAt.get(n.id) ?? Number.NaN) - startedAt}`)
+      .join(" and ");
     for (const n of ids) {
       expect(
         named.get(n.id),
-        `leaders named by ${n === high ? "the highest" : n === mid ? "the middle" : "the lowest"} ID`,
+        `leaders named by ${n === high ? "the highest" : n === mid ? "the middle" : "the lowest"} ID (the highest and middle heard the lowest ${heard} ms after the highest started; they settle ${settleMs} ms after their start)`,
       ).toEqual([{ id: low.id, term: 1 }]);
     }
   });
