@@ -92,6 +92,7 @@ describe("mesh of 5 real nodes on loopback", () => {
         if (e.detail?.id === lowest.id && !ledAt.has(m)) ledAt.set(m, Date.now());
       });
     }
+    const spawnedAt = Date.now();
     proc = new NodeProcess(nodeArgs(lowest.dir, seed));
     const started = await proc.line("the restarted node to start", (l) => l.event === "started");
     expect(started.id).toBe(lowest.id);
@@ -105,19 +106,19 @@ describe("mesh of 5 real nodes on loopback", () => {
       return l.length === 1 && l[0]?.startsWith(lowest.id) && l[0];
     });
     expect(Number(third.split("@")[1])).toBeGreaterThan(term2);
-    // Every survivor saw it alive well before it led, and switched only once it had been alive
-    // (since its restart, as its uptime tells) for the settle period.
+    // Every survivor switched only once it had been alive for the settle period since its
+    // restart: its uptime is believed no further back than the new process (the survivors knew
+    // its ID long before, but not this run), and it led no earlier than settleMs after that.
+    // Measured against the spawn, not against when its first heartbeat arrived: under load the
+    // new process may run for seconds before it is heard, and that time does count (its uptime).
     for (const m of meshes) {
       const member = m.view().members.find((x) => x.id === lowest.id);
       const up = upAt.get(m) ?? Number.NaN;
       const led = ledAt.get(m) ?? Number.NaN;
-      expect(
-        led - up,
-        `up ${up - Number(started.t)} led ${led - Number(started.t)} after the child started; aliveSince ${(member?.aliveSince ?? 0) - Number(started.t)}`,
-      ).toBeGreaterThan(TEST_TIMINGS.settleMs / 2);
-      expect(led - (member?.aliveSince ?? Number.NaN)).toBeGreaterThanOrEqual(
-        TEST_TIMINGS.settleMs,
-      );
+      const aliveSince = member?.aliveSince ?? Number.NaN;
+      const said = `spawned at 0: started ${Number(started.t) - spawnedAt}, up ${up - spawnedAt}, led ${led - spawnedAt}, aliveSince ${aliveSince - spawnedAt} ms`;
+      expect(aliveSince, said).toBeGreaterThanOrEqual(spawnedAt);
+      expect(led - aliveSince, said).toBeGreaterThanOrEqual(TEST_TIMINGS.settleMs);
     }
   });
 
