@@ -292,7 +292,7 @@ export const RegisterBodySchema = z.object({
 });
 
 /** `POST /api/worker/register`. */
-export type RegisterBody = z.infer<typeof RegisterBodySchema>;
+type RegisterBody = z.infer<typeof RegisterBodySchema>;
 
 /** `POST /api/worker/register` as an agent may send it (what `RegisterBodySchema` accepts). */
 export type RegisterBodyInput = z.input<typeof RegisterBodySchema>;
@@ -315,7 +315,7 @@ export const HeartbeatBodySchema = z.object({
 });
 
 /** `POST /api/worker/heartbeat`. */
-export type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
+type HeartbeatBody = z.infer<typeof HeartbeatBodySchema>;
 
 /** `POST /api/worker/heartbeat` as an agent may send it (what `HeartbeatBodySchema` accepts). */
 export type HeartbeatBodyInput = z.input<typeof HeartbeatBodySchema>;
@@ -374,7 +374,7 @@ export const ClusterReportSchema = z.object({
 });
 
 /** `POST /api/cluster/heartbeat` (leader mode), as parsed (defaults applied). */
-export type ClusterReport = z.infer<typeof ClusterReportSchema>;
+type ClusterReport = z.infer<typeof ClusterReportSchema>;
 
 /** `POST /api/cluster/heartbeat` (leader mode), as an agent sends it (defaults optional). */
 export type ClusterReportInput = z.input<typeof ClusterReportSchema>;
@@ -412,7 +412,7 @@ export const ErrorAnswerSchema = z.looseObject({
 });
 
 /** Every error answer, as the coordinator builds it. */
-export type ErrorAnswerInput = z.input<typeof ErrorAnswerSchema>;
+type ErrorAnswerInput = z.input<typeof ErrorAnswerSchema>;
 
 /** The answer to `POST /api/worker/register`. */
 export const RegisterAnswerSchema = z.object({
@@ -477,6 +477,18 @@ export const ClusterHeartbeatAnswerSchema = z.object({
 
 /** The answer to `POST /api/cluster/heartbeat`, as read. */
 export type ClusterHeartbeatAnswer = z.output<typeof ClusterHeartbeatAnswerSchema>;
+
+/**
+ * What the coordinator reads of the leader agent's live view (`GET <agent url>/_agent/cluster`,
+ * the one answer the agent gives and the coordinator reads): the agent builds it typed by this
+ * schema's `z.input`.
+ */
+export const LiveViewSchema = z.object({
+  cluster: z.string().nullish(),
+  leader: z.object({ id: z.string(), term: z.number() }).nullish(),
+  // `state`: the member's liveness in the leader's mesh (a report leaves it out to save writes).
+  members: z.array(ClusterMemberSchema.extend({ state: z.string().max(16).nullish() })).max(1000),
+});
 
 /** `GET /health`: what runs and what is open. */
 export const HealthAnswerSchema = z.object({
@@ -5364,13 +5376,6 @@ class Router {
     for (const key of [...this.#endpoints.keys()]) if (!seen.has(key)) this.#endpoints.delete(key);
   }
 }
-
-const LiveViewSchema = z.object({
-  cluster: z.string().nullish(),
-  leader: z.object({ id: z.string(), term: z.number() }).nullish(),
-  // `state`: the member's liveness in the leader's mesh (a report leaves it out to save writes).
-  members: z.array(ClusterMemberSchema.extend({ state: z.string().max(16).nullish() })).max(1000),
-});
 
 /** An admin read refreshes the live view when it is older than this (routing: `liveViewTtlMs`). */
 const ADMIN_LIVE_MAX_AGE_MS = 250;

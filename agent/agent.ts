@@ -5,7 +5,8 @@
  * handler here is guarded: a throw is logged, never fatal to the agent.
  */
 import { freemem, loadavg } from "node:os";
-import { type ClusterMemberReport, serviceUrl } from "../coordinator.ts";
+import type { z } from "zod";
+import { type ClusterMemberReport, type LiveViewSchema, serviceUrl } from "../coordinator.ts";
 import { systemClock } from "../mesh/clock.ts";
 import {
   createMesh,
@@ -17,6 +18,7 @@ import {
   type ViewSnapshot,
 } from "../mesh/index.ts";
 import { aggregate, liveMembers, reportBody } from "./aggregate.ts";
+import type { AgentClusterView } from "./command-views.ts";
 import { authFailureHint, CoordinatorClient } from "./client.ts";
 import type { AgentConfig } from "./config.ts";
 import { type ServiceCandidate, ServiceDetector } from "./detect.ts";
@@ -181,8 +183,11 @@ export class Agent {
     };
   }
 
-  /** /_agent/cluster: the live view (members, leader, services, health, reporting). */
-  clusterView(): Record<string, unknown> {
+  /**
+   * /_agent/cluster: the live view (members, leader, services, health, reporting), typed by what
+   * the commands read of it and what the coordinator reads (its `LiveViewSchema`).
+   */
+  clusterView(): AgentClusterView & z.input<typeof LiveViewSchema> {
     const view = this.#mesh?.view();
     return {
       self: this.#id,

@@ -16,9 +16,14 @@ export interface LiveMemberState {
   last_seen: number;
 }
 
-/** What the commands read of `/_agent/cluster` (see docs/PROTOCOL.md). */
+/**
+ * `/_agent/cluster` as the commands read it (see docs/PROTOCOL.md); the agent builds its answer
+ * typed by this and by the coordinator's `LiveViewSchema` (`Agent.clusterView`).
+ */
 export interface AgentClusterView {
   self: string;
+  /** The agent's human name (`--name`). */
+  name?: string;
   cluster: string;
   mode: string;
   coordinator?: string | null;

@@ -10,6 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import type { BudgetAnswer } from "../coordinator.ts";
+import type { DrainStatus } from "./drain.ts";
 import type { z } from "zod";
 import {
   type AgentClusterView,
@@ -285,14 +286,6 @@ async function status(ctx: Context): Promise<void> {
     (ctx.io.now ?? Date.now)(),
   );
   print(ctx, s, statusText(s));
-}
-
-/** What `/_agent/drain` answers (agent/drain.ts). */
-interface DrainStatus {
-  draining: boolean;
-  in_flight: number;
-  safe_to_stop: boolean;
-  quiet_ms: number;
 }
 
 async function drain(ctx: Context): Promise<void> {
