@@ -6,7 +6,12 @@
  * a leader whose agent cannot be reached shows as suspect until the next leader reports.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
+import {
+  LOCAL_CLUSTER_START_MS,
+  type LocalCluster,
+  type LocalWorker,
+  startLocalCluster,
+} from "./helpers/local-cluster.ts";
 import { killAll, pollUntil } from "../support/processes.ts";
 
 interface WorkerRow {
@@ -28,7 +33,7 @@ beforeAll(async () => {
       ["beta", "gamma"],
     ],
   });
-}, 90_000);
+}, LOCAL_CLUSTER_START_MS);
 
 afterAll(async () => {
   await killAll();

@@ -10,7 +10,12 @@ import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memberRows, statusOf, statusText, table } from "../agent/command-views.ts";
-import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
+import {
+  LOCAL_CLUSTER_START_MS,
+  type LocalCluster,
+  type LocalWorker,
+  startLocalCluster,
+} from "./helpers/local-cluster.ts";
 import { freePort, killAll, ROOT } from "../support/processes.ts";
 
 const run = promisify(execFile);
@@ -39,7 +44,7 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 
 beforeAll(async () => {
   cluster = await startLocalCluster({ layout: [["notes", "upload"], ["upload"]] });
-}, 90_000);
+}, LOCAL_CLUSTER_START_MS);
 
 afterAll(async () => {
   await killAll();

@@ -6,7 +6,12 @@
  * request fails. `drain --off` brings it back. The endpoint refuses callers without the token.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
+import {
+  LOCAL_CLUSTER_START_MS,
+  type LocalCluster,
+  type LocalWorker,
+  startLocalCluster,
+} from "./helpers/local-cluster.ts";
 import { killAll, pollUntil, startTs } from "../support/processes.ts";
 
 interface WorkerRow {
@@ -21,7 +26,7 @@ beforeAll(async () => {
   cluster = await startLocalCluster({ layout: [["alpha"], ["alpha"]] });
   const leader = await cluster.leader();
   victim = cluster.workers.find((w) => w !== leader) as LocalWorker;
-}, 90_000);
+}, LOCAL_CLUSTER_START_MS);
 
 afterAll(async () => {
   await killAll();

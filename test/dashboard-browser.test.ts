@@ -11,7 +11,12 @@ import { serve } from "@hono/node-server";
 import type { Browser, ConsoleMessage, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { launchChromium } from "../support/browser.ts";
-import { type LocalCluster, type LocalWorker, startLocalCluster } from "./helpers/local-cluster.ts";
+import {
+  LOCAL_CLUSTER_START_MS,
+  type LocalCluster,
+  type LocalWorker,
+  startLocalCluster,
+} from "./helpers/local-cluster.ts";
 import { killAll, pollUntil } from "../support/processes.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
 import { startUpstream } from "./helpers/upstream.ts";
@@ -45,7 +50,7 @@ beforeAll(async () => {
       ["rag", "ocr"],
     ],
   });
-}, 120_000);
+}, LOCAL_CLUSTER_START_MS);
 
 afterAll(async () => {
   await browser?.close();

@@ -53,6 +53,14 @@ export interface LocalClusterInit {
   env?: Record<string, string>;
 }
 
+/**
+ * How long a test's hook should allow `startLocalCluster`: its own waits (coordinator 30 s,
+ * services 30 s, every service healthy 60 s, the lowest ID's report stored 60 s) and room to
+ * spawn. The waits are on conditions, so this only bounds a hang: idle a cluster is up in
+ * ~15 s, at a load average of 24 on 2 cores it took 52 s (17 s of it the coordinator's start).
+ */
+export const LOCAL_CLUSTER_START_MS = 240_000;
+
 /** Starts a local cluster; resolves once every service is healthy and the lowest ID leads. */
 export async function startLocalCluster(init: LocalClusterInit): Promise<LocalCluster> {
   const adminToken = init.adminToken ?? "local-admin-token";
