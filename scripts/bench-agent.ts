@@ -1,19 +1,41 @@
 /**
  * Per-agent memory and idle CPU of the whole agent (mesh, gateway, service detection, leader
- * reporting), N agents in mesh mode on loopback reporting to a coordinator, run two ways in the
- * same script: the built agent on plain Node (`npm run build:agent`, as a worker runs it) and
- * `node --import tsx agent/cli.ts` (as `npm run dev` runs agents). Bounded: one idle window per
- * way, every process stopped at the end.
+ * reporting), N agents in mesh mode on loopback reporting to a coordinator, run several ways in
+ * the same script (`--ways`, in this order):
+ *
+ * - `rollcall`: `node dist/rollcall.mjs agent` (`npm run build:agent`: the command a worker runs);
+ * - `built`: `node dist/agent/rollcall-agent.mjs` (the agent-only bundle of the same build);
+ * - `external`: our code bundled by esbuild unminified, the libraries from node_modules, so a CPU
+ *   profile names functions and packages (`--cpu-prof` defaults to this way);
+ * - `tsx`: `node --import tsx agent/cli.ts` (as `npm run dev` runs agents).
+ *
+ * Every agent runs with a small preload (`--import`): on SIGUSR2 it writes its
+ * `process.memoryUsage()` and V8 heap spaces to a file, and with `--cpu-prof` it starts the
+ * in-process profiler at the idle window's start and writes the profile at its end, so the
+ * profile holds the idle window only (not the start). Per agent the table names its role (the
+ * leader, agent 0 = everyone's bootstrap target) with its RSS, heap, external and array
+ * buffers. `--repeat R` runs each (way, N) R times. Bounded: one idle window per run, every
+ * process stopped at the end.
  *
  * `--imports` measures instead what single imports cost: RSS of a fresh Node process after
  * `import()` of zod, hono, libp2p, the coordinator and the mesh (each bundled as the built
  * agent bundles them), minus before; a few seconds.
  *
- *   npm run bench:agent -- [--n 10] [--idle-s 60]
+ *   npm run bench:agent -- [--n 10,20] [--idle-s 60] [--ways rollcall,tsx] [--repeat 1]
+ *     [--node-flags=--max-semi-space-size=1] [--cpu-prof [--top 25]] [--json out.json]
  *   npm run bench:agent -- --imports [--runs 5]
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -24,17 +46,26 @@ import { serve } from "@hono/node-server";
 import { build } from "esbuild";
 import { createCoordinator, memoryStore } from "../coordinator.ts";
 import { freePort, type Proc, pollUntil, ROOT, startNode } from "../support/processes.ts";
+import { type CpuProfile, report } from "./cpu-profile.ts";
 
 const { values } = parseArgs({
   options: {
     n: { type: "string", default: "10" },
     "idle-s": { type: "string", default: "60" },
+    ways: { type: "string" },
+    repeat: { type: "string", default: "1" },
+    "node-flags": { type: "string", default: "" },
+    "cpu-prof": { type: "boolean", default: false },
+    top: { type: "string", default: "25" },
+    json: { type: "string" },
     imports: { type: "boolean", default: false },
     runs: { type: "string", default: "5" },
   },
 });
-const N = Number(values.n);
+const SIZES = values.n.split(",").map(Number);
 const IDLE_S = Number(values["idle-s"]);
+const WAYS = (values.ways ?? (values["cpu-prof"] ? "external" : "rollcall,tsx")).split(",");
+const NODE_FLAGS = values["node-flags"].split(" ").filter(Boolean);
 /** Clock ticks per second in /proc/<pid>/stat (USER_HZ). */
 const TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
 
@@ -45,20 +76,112 @@ const median = (xs: number[]) => {
 };
 const rssMb = (pid: number) =>
   Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+/** CPU ticks per thread: "main" (JavaScript), the others by name (Node 20 names most "node"). */
+const threadTicks = (pid: number) => {
+  const by = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const comm = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
+      const name = tid === String(pid) ? "main" : comm;
+      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+      by.set(name, (by.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+    } catch {} // the thread ended
+  }
+  return by;
+};
 const cpuTicks = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * The preload every agent gets: SIGUSR2 writes memory figures to `$ROLLCALL_BENCH_PROBE.mem.json`;
+ * with `$ROLLCALL_BENCH_PROFILE` set, the first SIGUSR2 also starts the profiler, the second
+ * writes the profile to `$ROLLCALL_BENCH_PROBE.cpuprofile`.
+ */
+const PROBE = `
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector";
+import { getHeapSpaceStatistics } from "node:v8";
+const out = process.env.ROLLCALL_BENCH_PROBE;
+let session;
+let profiling = false;
+process.on("SIGUSR2", () => {
+  const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]));
+  writeFileSync(out + ".mem.json", JSON.stringify({ ...process.memoryUsage(), spaces }));
+  if (!process.env.ROLLCALL_BENCH_PROFILE) return;
+  if (!profiling) {
+    profiling = true;
+    session = new Session();
+    session.connect();
+    session.post("Profiler.enable", () =>
+      session.post("Profiler.setSamplingInterval", { interval: 4000 }, () =>
+        session.post("Profiler.start"),
+      ),
+    );
+  } else {
+    session.post("Profiler.stop", (err, r) => {
+      writeFileSync(out + ".cpuprofile", err ? "{}" : JSON.stringify(r.profile));
+      session.disconnect();
+    });
+  }
+});
+`;
+
+/** What the probe writes. */
+interface Memory {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+  spaces: Record<string, number>;
+}
+
+/**
+ * Sends SIGUSR2 to each agent and reads the memory figures its probe wrote (the same signal
+ * starts or ends a profile, with --cpu-prof).
+ */
+async function probe(agents: Proc[], files: string[]): Promise<Memory[]> {
+  for (const f of files)
+    for (const what of ["mem.json", "cpuprofile"])
+      if (existsSync(`${f}.${what}`)) unlinkSync(`${f}.${what}`);
+  for (const a of agents) a.proc.kill("SIGUSR2");
+  return collect(files, "mem.json");
+}
+
+/** Reads what each agent's probe wrote, once every file is there. */
+async function collect(files: string[], what: "mem.json" | "cpuprofile") {
+  await pollUntil(
+    `every agent's ${what}`,
+    async () => (files.every((f) => existsSync(`${f}.${what}`)) ? true : undefined),
+    30_000,
+    50,
+  );
+  await sleep(200); // the write that created the file may still be going on
+  return files.map((f) => JSON.parse(readFileSync(`${f}.${what}`, "utf8")));
+}
+
+const MB = 2 ** 20;
+
 /** Runs N agents with `node <argv>` (plus their flags), measures them, stops them. */
-async function run(name: string, argv: string[], coordinator: string, manifest: string) {
+async function run(
+  name: string,
+  argv: { node: string[]; script: string[] },
+  n: number,
+  coordinator: string,
+  manifest: string,
+  probeFile: string,
+) {
   const dir = mkdtempSync(path.join(tmpdir(), `rollcall-bench-agent-${name}-`));
   const agents: Proc[] = [];
+  const files: string[] = [];
   try {
     const t0 = Date.now();
     let bootstrap = "";
-    for (let i = 0; i < N; i++) {
+    for (let i = 0; i < n; i++) {
       const gateway = await freePort();
       const args = [
         ...["--coordinator", coordinator, "--data-dir", path.join(dir, String(i))],
@@ -66,7 +189,14 @@ async function run(name: string, argv: string[], coordinator: string, manifest: 
         ...["--services", manifest, "--public-url", `http://127.0.0.1:${gateway}`],
       ];
       if (bootstrap) args.push("--bootstrap", bootstrap);
-      const a = startNode(`${name}-${i}`, [...argv, ...args]);
+      files.push(path.join(dir, `probe-${i}`));
+      const env: Record<string, string> = { ROLLCALL_BENCH_PROBE: files[i] as string };
+      if (values["cpu-prof"]) env.ROLLCALL_BENCH_PROFILE = "1";
+      const a = startNode(
+        `${name}-${i}`,
+        [...argv.node, "--import", pathToFileURL(probeFile).href, ...argv.script, ...args],
+        env,
+      );
       agents.push(a);
       if (i === 0) {
         const line = await a.waitForLine(/Mesh listening on/, 30_000);
@@ -76,14 +206,21 @@ async function run(name: string, argv: string[], coordinator: string, manifest: 
     const ups = (a: Proc) => (a.output().match(/Member up: /g) ?? []).length;
     await pollUntil(
       "every agent to see every other",
-      async () => (agents.every((a) => ups(a) >= N - 1) ? true : undefined),
-      60_000,
+      async () => (agents.every((a) => ups(a) >= n - 1) ? true : undefined),
+      90_000,
       100,
-    );
+    ).catch((err) => {
+      console.error(`members seen per agent: ${agents.map(ups).join(" ")}`);
+      const worst = agents.reduce((a, b) => (ups(b) < ups(a) ? b : a));
+      console.error(`${worst.name}'s output:\n${worst.output().slice(-4000)}`);
+      throw err;
+    });
     const convergeS = (Date.now() - t0) / 1000;
     await sleep(5000); // let the start settle
     const pids = agents.map((a) => a.proc.pid as number);
+    const memBefore = await probe(agents, files);
     const before = pids.map(cpuTicks);
+    const threadsBefore = pids.map(threadTicks);
     const started = Date.now();
     await sleep(IDLE_S * 1000);
     const seconds = (Date.now() - started) / 1000;
@@ -91,12 +228,46 @@ async function run(name: string, argv: string[], coordinator: string, manifest: 
       (pid, i) => ((cpuTicks(pid) - (before[i] as number)) / TICKS / seconds) * 100,
     );
     const rss = pids.map(rssMb);
+    const threads = new Map<string, number>();
+    for (const [k, pid] of pids.entries())
+      for (const [name, t] of threadTicks(pid))
+        threads.set(name, (threads.get(name) ?? 0) + t - (threadsBefore[k]?.get(name) ?? 0));
+    const threadPct = [...threads]
+      .map(([name, t]) => ({ name, pct: Math.round((t / TICKS / seconds / n) * 10000) / 100 }))
+      .sort((a, b) => b.pct - a.pct);
+    const mem = await probe(agents, files);
+    const profiles: CpuProfile[] = values["cpu-prof"] ? await collect(files, "cpuprofile") : [];
+    const leads = (a: Proc) =>
+      /: this agent$/.test(
+        a
+          .output()
+          .match(/Leader is [^\n]*/g)
+          ?.at(-1) ?? "",
+      );
+    const each = agents.map((a, i) => ({
+      i,
+      role: [leads(a) && "leader", i === 0 && "bootstrap"].filter(Boolean).join("+") || "-",
+      rssMb: Math.round((rss[i] as number) * 10) / 10,
+      cpuPct: Math.round((cpu[i] as number) * 100) / 100,
+      heapUsedMb: Math.round(((mem[i] as Memory).heapUsed / MB) * 10) / 10,
+      heapTotalMb: Math.round(((mem[i] as Memory).heapTotal / MB) * 10) / 10,
+      externalMb: Math.round(((mem[i] as Memory).external / MB) * 10) / 10,
+      arrayBuffersMb: Math.round(((mem[i] as Memory).arrayBuffers / MB) * 10) / 10,
+      newSpaceMb: Math.round((((mem[i] as Memory).spaces.new_space ?? 0) / MB) * 10) / 10,
+      rssGrowthMb:
+        Math.round((((mem[i] as Memory).rss - (memBefore[i] as Memory).rss) / MB) * 10) / 10,
+    }));
     return {
       name,
+      n,
       convergeS,
       rssMedian: median(rss),
       rssMax: Math.max(...rss),
       cpuMedian: median(cpu),
+      cpuMax: Math.max(...cpu),
+      agents: each,
+      threadPct,
+      profiles,
     };
   } finally {
     await Promise.all(agents.map((a) => a.kill()));
@@ -182,6 +353,27 @@ async function imports(runs: number): Promise<void> {
   rmSync(out, { recursive: true, force: true });
 }
 
+/** Each way's command line before the agent's flags: Node's flags, then the script and its own. */
+async function wayArgv(way: string): Promise<{ node: string[]; script: string[] }> {
+  if (way === "rollcall") return { node: NODE_FLAGS, script: ["dist/rollcall.mjs", "agent"] };
+  if (way === "built") return { node: NODE_FLAGS, script: ["dist/agent/rollcall-agent.mjs"] };
+  if (way === "tsx") return { node: [...NODE_FLAGS, "--import", "tsx"], script: ["agent/cli.ts"] };
+  if (way !== "external")
+    throw new Error(`Unknown way ${way}: use rollcall, built, external or tsx`);
+  const outfile = path.join(ROOT, "dist/bench/rollcall-agent-external.mjs");
+  await build({
+    entryPoints: [path.join(ROOT, "agent/cli.ts")],
+    bundle: true,
+    packages: "external",
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    logLevel: "warning",
+    outfile,
+  });
+  return { node: NODE_FLAGS, script: [outfile] };
+}
+
 async function main(): Promise<void> {
   if (values.imports) {
     await imports(Number(values.runs));
@@ -198,32 +390,65 @@ async function main(): Promise<void> {
     manifest,
     JSON.stringify({ services: [{ name: "notes", port: servicePort, health: "/" }] }),
   );
+  const probeFile = path.join(dir, "probe.mjs");
+  writeFileSync(probeFile, PROBE);
   const coordinator = createCoordinator({ liveView: false }, { store: memoryStore() });
   const server = serve({ fetch: coordinator.fetch, port: 0, hostname: "127.0.0.1" });
   await new Promise<void>((r) => server.once("listening", () => r()));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   console.log(
-    `N = ${N} agents per way, idle ${IDLE_S} s; load before: ${readFileSync("/proc/loadavg", "utf8").trim()}`,
+    `N = ${SIZES.join(", ")}; ways ${WAYS.join(", ")}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}; ${values.repeat} run(s) each; idle ${IDLE_S} s; load before: ${readFileSync("/proc/loadavg", "utf8").trim()}`,
   );
   const results = [];
   try {
-    results.push(await run("built", ["dist/agent/rollcall-agent.mjs"], url, manifest));
-    results.push(await run("tsx", ["--import", "tsx", "agent/cli.ts"], url, manifest));
+    for (const n of SIZES)
+      for (const way of WAYS)
+        for (let r = 0; r < Number(values.repeat); r++) {
+          const argv = await wayArgv(way);
+          const res = await run(way, argv, n, url, manifest, probeFile);
+          results.push(res);
+          console.log(`\n${way}, N = ${n}, run ${r + 1}: per agent (MB, % of a core)`);
+          console.log(
+            "| agent | role | RSS | heap used / total | external | array buffers | new space | RSS growth in window | CPU |",
+          );
+          console.log("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+          for (const a of res.agents)
+            console.log(
+              `| ${a.i} | ${a.role} | ${a.rssMb} | ${a.heapUsedMb} / ${a.heapTotalMb} | ${a.externalMb} | ${a.arrayBuffersMb} | ${a.newSpaceMb} | ${a.rssGrowthMb} | ${a.cpuPct} |`,
+            );
+          console.log(
+            `CPU per agent by thread (% of a core): ${res.threadPct.map((t) => `${t.name} ${t.pct}`).join(", ")}`,
+          );
+          if (res.profiles.length > 0) {
+            console.log(`\nWhere the idle CPU goes (${way}, N = ${n}, all agents):\n`);
+            console.log(report(res.profiles, Number(values.top)));
+          }
+        }
   } finally {
     server.close();
     service.close();
     rmSync(dir, { recursive: true, force: true });
   }
-  console.log("\n| agent | converge | RSS MB median / max | idle CPU % of a core (median) |");
-  console.log("| --- | ---: | ---: | ---: |");
+  console.log(`\nload after: ${readFileSync("/proc/loadavg", "utf8").trim()}`);
+  console.log(
+    "\n| agent | N | converge | RSS MB median / max (role of the max) | idle CPU % of a core median / max |",
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: |");
   for (const r of results) {
+    const top = r.agents.reduce((a, b) => (b.rssMb > a.rssMb ? b : a));
     console.log(
-      `| ${r.name} | ${r.convergeS.toFixed(1)} s | ${r.rssMedian.toFixed(1)} / ${r.rssMax.toFixed(1)} | ${r.cpuMedian.toFixed(2)} |`,
+      `| ${r.name} | ${r.n} | ${r.convergeS.toFixed(1)} s | ${r.rssMedian.toFixed(1)} / ${r.rssMax.toFixed(1)} (${top.role}) | ${r.cpuMedian.toFixed(2)} / ${r.cpuMax.toFixed(2)} |`,
     );
   }
-  const [built, tsx] = results;
-  if (built && tsx)
-    console.log(`\nbuilt / tsx RSS: ${(built.rssMedian / tsx.rssMedian).toFixed(2)}`);
+  if (values.json)
+    writeFileSync(
+      values.json,
+      JSON.stringify(
+        results.map(({ profiles: _, ...r }) => r),
+        null,
+        2,
+      ),
+    );
   process.exit(0);
 }
 
