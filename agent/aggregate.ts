@@ -44,7 +44,7 @@ function reportStatus(m: MemberView): ClusterMemberReport["status"] {
 }
 
 /** One member as the coordinator receives it. */
-export function toReportMember(m: MemberView): ClusterMemberReport {
+function toReportMember(m: MemberView): ClusterMemberReport {
   const tier = m.meta?.tier;
   return {
     worker_id: m.id,

@@ -22,7 +22,7 @@ import {
 } from "./command-views.ts";
 
 /** The commands, by name. */
-export const COMMANDS = ["members", "services", "status", "drain"] as const;
+const COMMANDS = ["members", "services", "status", "drain"] as const;
 
 /** A command's name. */
 export type CommandName = (typeof COMMANDS)[number];
@@ -75,7 +75,7 @@ export interface CommandIo {
 }
 
 /** A command that cannot go on; `code` is its exit code. */
-export class CommandError extends Error {
+class CommandError extends Error {
   constructor(
     message: string,
     readonly code: 1 | 2,

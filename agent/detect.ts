@@ -24,10 +24,10 @@ export interface ServiceCandidate {
 }
 
 /** What counts as healthy when a manifest entry does not say. */
-export const DEFAULT_HEALTHY_STATUS: readonly string[] = ["2xx", "3xx"];
+const DEFAULT_HEALTHY_STATUS: readonly string[] = ["2xx", "3xx"];
 
 /** Whether an HTTP status is one of `healthy` (codes or classes like "2xx"). */
-export function isHealthyStatus(
+function isHealthyStatus(
   status: number,
   healthy: readonly (number | string)[] = DEFAULT_HEALTHY_STATUS,
 ): boolean {

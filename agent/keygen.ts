@@ -5,7 +5,7 @@
 import { writeFileSync } from "node:fs";
 
 /** The swarm.key text of 32 random bytes, as @libp2p/pnet reads it. */
-export function swarmKey(
+function swarmKey(
   random: (bytes: Uint8Array) => Uint8Array = (b) => crypto.getRandomValues(b),
 ): string {
   const hex = [...random(new Uint8Array(32))].map((b) => b.toString(16).padStart(2, "0")).join("");

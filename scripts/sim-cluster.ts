@@ -50,7 +50,7 @@ export interface SimResult {
 
 const DAY_MS = 24 * 3600 * 1000;
 /** Simulations start at a UTC midnight, so "a day" is one write-budget day. */
-export const SIM_START = Date.UTC(2026, 0, 1);
+const SIM_START = Date.UTC(2026, 0, 1);
 
 const plainId = (i: number) => `m${String(i).padStart(5, "0")}`;
 /** How long (real time) `settle` waits for the requests in flight before it calls one hung. */

@@ -29,7 +29,7 @@ const COMMAND: Record<StarterRuntime, string> = {
 };
 
 /** The --help text of a runtime's starter. */
-export function starterHelp(runtime: StarterRuntime): string {
+function starterHelp(runtime: StarterRuntime): string {
   const store =
     runtime === "deno"
       ? "  --kv PATH          ROLLCALL_KV_PATH  Deno KV file (default: Deno's own database)"
@@ -55,7 +55,7 @@ export function starterHelp(runtime: StarterRuntime): string {
 }
 
 /** Why the options could not be used (the starter prints it and exits with 2). */
-export class StarterError extends Error {
+class StarterError extends Error {
   override name = "StarterError";
 }
 
@@ -66,7 +66,7 @@ const truthy = (v: string | undefined) =>
  * Reads a starter's flags and environment; `help`/`version` say the starter should print and
  * exit. Throws StarterError naming the bad flag or variable.
  */
-export function starterOptions(
+function starterOptions(
   runtime: StarterRuntime,
   argv: string[],
   env: Record<string, string | undefined>,
