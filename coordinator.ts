@@ -5422,7 +5422,7 @@ const MAX_LIVE_VIEW_BYTES = 1 << 20;
  * An answer's body as text, at most `max` bytes: a larger Content-Length is refused before any
  * byte is read, and a body that grows past `max` is cancelled there. Throws on either.
  */
-async function readCapped(res: Response, max: number): Promise<string> {
+export async function readCapped(res: Response, max: number): Promise<string> {
   const tooLong = () => new Error(`The answer is larger than ${max} bytes`);
   if (Number(res.headers.get("content-length") ?? 0) > max) {
     await res.body?.cancel().catch(() => {});

@@ -10,6 +10,7 @@ import {
   ErrorAnswerSchema,
   type HeartbeatBodyInput,
   OkAnswerSchema,
+  readCapped,
   type RegisterAnswer,
   RegisterAnswerSchema,
   type RegisterBodyInput,
@@ -35,6 +36,9 @@ export interface ClientInit {
   /** Signs every request with the agent's key (docs/PROTOCOL.md, "Signed requests"). */
   signer?: RequestSigner | undefined;
 }
+
+/** Most bytes of an answer read: every answer of the contract is a few KiB. */
+const MAX_ANSWER_BYTES = 1 << 20;
 
 /** Parses Retry-After (seconds or an HTTP date) into milliseconds. */
 function parseRetryAfter(value: string | null, now = Date.now()): number | undefined {
@@ -180,8 +184,18 @@ export class CoordinatorClient {
     let data: unknown;
     let json = true;
     try {
-      data = await res.json();
-    } catch {
+      data = JSON.parse(await readCapped(res, MAX_ANSWER_BYTES));
+    } catch (err) {
+      if (res.ok && !(err instanceof SyntaxError)) {
+        // Larger than any answer of the contract, or it broke off: never buffered whole.
+        const why = (err as Error).name === "TimeoutError" ? "timed out" : (err as Error).message;
+        return {
+          ok: false,
+          status: res.status,
+          retryable: true,
+          error: `${method} ${path} answered ${res.status}: ${why}`,
+        };
+      }
       json = false;
     }
     if (res.ok) {
