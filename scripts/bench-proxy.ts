@@ -18,7 +18,9 @@
  * the Node starter's node:http client or the undici one. "node" is the Node coordinator with its
  * default client (undici), "node-node-http" with the node:http one. A target with "@before" (e.g. "node@before") runs the coordinator of
  * the checkout given by `--before` (with node_modules), interleaved with this tree's. A target
- * with "~" passes runtime flags to that coordinator only ("node~--max-semi-space-size=32").
+ * with "~" passes runtime flags to that target only ("node~--max-semi-space-size=32",
+ * "hono-node-undici~--max-semi-space-size=64"); a Node coordinator otherwise gets the flags its
+ * starter runs with (NODE_FLAGS: `npm run coordinator` passes them), "node~" none.
  * CPU µs per request is the proxy process's own CPU
  * time (all its threads, workers for nginx) over the requests served: robust to a busy machine.
  * `--profile node,bun,deno` runs those coordinators once more under a CPU profiler (`--cpu-prof`;
@@ -42,6 +44,7 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import { WebSocket } from "undici";
 import { signerFromKey } from "../agent/signer.ts";
 import { signRequest } from "../coordinator.ts";
+import { NODE_FLAGS } from "./starter.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const BIN = (name: string) => path.join(ROOT, "node_modules/.bin", name);
@@ -234,7 +237,10 @@ async function startBare(
   runtimeArgs: string[] = [],
 ): Promise<Coordinator> {
   const port = await freePort();
-  const [runtime, client] = kind.split("-") as [string, string | undefined];
+  // "node-undici~--max-semi-space-size=64": runtime flags for this bare proxy only.
+  const [spec, ...flagList] = kind.split("~") as [string, ...string[]];
+  runtimeArgs = [...flagList.filter(Boolean), ...runtimeArgs];
+  const [runtime, client] = spec.split("-") as [string, string | undefined];
   const env = {
     UPSTREAM: upstream,
     PORT: String(port),
@@ -254,9 +260,11 @@ async function startBare(
 async function startCoordinator(target: string, runtimeArgs: string[] = []): Promise<Coordinator> {
   const port = await freePort();
   const [spec, tree] = target.split("@") as [string, string | undefined];
-  // "node~--max-semi-space-size=32": that runtime flag for this target only.
+  // "node~--max-semi-space-size=32": that runtime flag for this target only, instead of the
+  // starter's own (NODE_FLAGS, as `npm run coordinator` passes them); "node~": V8's defaults.
   const [kind, ...flagList] = spec.split("~") as [string, ...string[]];
-  runtimeArgs = [...flagList, ...runtimeArgs];
+  const own = kind.startsWith("node") && tree !== "before" ? NODE_FLAGS : [];
+  runtimeArgs = [...(spec.includes("~") ? flagList.filter(Boolean) : own), ...runtimeArgs];
   const cwd = tree === "before" ? path.resolve(values.before as string) : ROOT;
   const dir = mkdtempSync(path.join(work, `${kind}-`));
   const flags = ["--port", String(port)];
@@ -354,8 +362,11 @@ async function register(base: string, upstream: string): Promise<void> {
   if (res.status !== 200) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
 }
 
-/** Sums a Node CPU profile's self time by function and by area. */
-function summarizeProfile(file: string): string {
+/**
+ * Sums a Node CPU profile's self time by function and by area; given the requests served while
+ * it was taken, also as µs per request (comparable between targets, whatever their speed).
+ */
+function summarizeProfile(file: string, requests?: number): string {
   const profile = JSON.parse(readFileSync(file, "utf8")) as {
     nodes: {
       id: number;
@@ -401,10 +412,15 @@ function summarizeProfile(file: string): string {
     const a = area(url, functionName);
     areas.set(a, (areas.get(a) ?? 0) + t);
   }
-  const pct = (t: number) => `${((100 * t) / total).toFixed(1)} %`;
+  // Self time per request (timeDeltas are µs), when the profile covers exactly the measured load.
+  const per = (t: number) => (requests ? `  ${(t / requests).toFixed(2).padStart(7)} µs/req` : "");
+  const pct = (t: number) => `${((100 * t) / total).toFixed(1)} %${per(t)}`;
   const busy =
     total - (areas.get("idle") ?? 0) - (areas.get("profiler (Deno inspector events)") ?? 0);
-  const lines = ["Self time by area (share of all samples; busy = not idle):", ""];
+  const lines = [
+    `Self time by area (share of all samples; busy = not idle${requests ? `; ${requests} requests` : ""}):`,
+    "",
+  ];
   for (const [a, t] of [...areas].sort((x, y) => y[1] - x[1])) {
     lines.push(`  ${pct(t).padStart(7)}  ${a}`);
   }
@@ -419,7 +435,7 @@ function summarizeProfile(file: string): string {
   lines.push("", "coordinator.ts by self time, share of busy time:", "");
   const own = [...fns].filter(([f]) => f.includes("coordinator.ts:")).sort((x, y) => y[1] - x[1]);
   for (const [f, t] of own.slice(0, 15)) {
-    lines.push(`  ${((100 * t) / busy).toFixed(1).padStart(5)} %  ${f}`);
+    lines.push(`  ${((100 * t) / busy).toFixed(1).padStart(5)} %${per(t)}  ${f}`);
   }
   return lines.join("\n");
 }
@@ -439,22 +455,27 @@ function bareOf(target: string): { fetch: string; client: string } | null {
 }
 
 /**
- * Runs a target once more under a CPU profiler with the same load; returns the profile's path.
- * Node and Bun write one with `--cpu-prof`; Deno (2.9 has no such flag) is profiled through its
- * inspector, with the DevTools protocol's sampling profiler (the same profile format).
+ * Runs a target once more under a CPU profiler with the same load; returns the profile's path
+ * and, when the profile covers only the measured load, the requests served in it. Bun writes
+ * one with `--cpu-prof` (start to exit); Node and Deno (2.9 has no such flag) are profiled
+ * through their inspector, with the DevTools protocol's sampling profiler (the same profile
+ * format), started after the warm-up and stopped when the load ends.
  */
-async function profileTarget(target: string, upstream: string): Promise<string | null> {
+async function profileTarget(
+  target: string,
+  upstream: string,
+): Promise<{ file: string; requests?: number } | null> {
   const dir = path.join(work, `profile-${target.replace(/[^\w-]/g, "_")}`);
   mkdirSync(dir);
   const url = (c: Coordinator) => `${c.base}/api/service/echo/hello`;
-  if (!target.replace(/^hono-/, "").startsWith("deno")) {
+  if (target.replace(/^hono-/, "").startsWith("bun")) {
     const c = await startTarget(target, upstream, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
     await wrk(url(c), Math.min(3, duration));
     await wrk(url(c), duration);
     await stop(c.child, "SIGINT");
     await new Promise((r) => setTimeout(r, 500));
     const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
-    return file ? path.join(dir, file) : null;
+    return file ? { file: path.join(dir, file) } : null;
   }
   const inspectPort = await freePort();
   const c = await startTarget(target, upstream, [`--inspect=127.0.0.1:${inspectPort}`]);
@@ -467,12 +488,12 @@ async function profileTarget(target: string, upstream: string): Promise<string |
     await session.call("Profiler.enable");
     await session.call("Profiler.setSamplingInterval", { interval: 1000 });
     await session.call("Profiler.start");
-    await wrk(url(c), duration);
+    const { requests } = await wrk(url(c), duration);
     const { profile } = (await session.call("Profiler.stop")) as { profile: unknown };
     session.close();
-    const file = path.join(dir, `${target}.cpuprofile`);
+    const file = path.join(dir, `${target.replace(/[^\w-]/g, "_")}.cpuprofile`);
     writeFileSync(file, JSON.stringify(profile));
-    return file;
+    return { file, requests };
   } finally {
     await stop(c.child);
   }
@@ -595,10 +616,10 @@ async function main(): Promise<void> {
   }
   console.log(`\nLoad average (1, 5, 15 min) at the start of each round: ${loads.join("; ")}`);
   for (const target of (values.profile as string).split(",").filter(Boolean)) {
-    const file = await profileTarget(target, upstream);
+    const got = await profileTarget(target, upstream);
     console.log(
-      file
-        ? `\nCPU profile of ${target} under the same load (${file}):\n\n${summarizeProfile(file)}`
+      got
+        ? `\nCPU profile of ${target} under the same load (${got.file}):\n\n${summarizeProfile(got.file, got.requests)}`
         : `\nNo CPU profile was written for ${target}.`,
     );
   }

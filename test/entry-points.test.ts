@@ -4,10 +4,13 @@
  * a time and a level when asked, and the access log when asked.
  */
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { COORDINATOR_VERSION } from "../coordinator.ts";
+import { missingNodeFlags } from "../scripts/serve-node.ts";
+import { NODE_FLAGS } from "../scripts/starter.ts";
 import { BIN, ROOT, spawnUntil, tempDir } from "./helpers/coord-runtimes.ts";
 
 const run = promisify(execFile);
@@ -148,4 +151,12 @@ it("a bad ROLLCALL_* setting stops the Node coordinator with one error line nami
     /ERROR rollcall-coordinator: ROLLCALL_WRITE_CAP must be a positive number/,
   );
   expect((bad as { stderr: string }).stderr).not.toMatch(/^\s+at /m);
+});
+
+it("npm run coordinator starts Node with the starter's young-generation flags, and says when they are missing", () => {
+  const scripts = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")).scripts;
+  for (const flag of NODE_FLAGS) expect(scripts.coordinator).toContain(` ${flag} `);
+  expect(missingNodeFlags([], false)).toEqual([...NODE_FLAGS]);
+  expect(missingNodeFlags(["--import", "tsx", ...NODE_FLAGS], false)).toEqual([]);
+  expect(missingNodeFlags([], true)).toEqual([]); // Bun: no V8 flags to give
 });
