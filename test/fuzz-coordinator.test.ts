@@ -9,7 +9,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { createCoordinator, memoryStore } from "../coordinator.ts";
+import { createCoordinator, ErrorAnswerSchema, memoryStore } from "../coordinator.ts";
 import { agentPost, testClock, member, registration, report } from "./helpers/coord-fixtures.ts";
 import { countingStore } from "../support/counting-store.ts";
 import { fuzzRuns } from "./helpers/fuzz.ts";
@@ -178,8 +178,11 @@ describe("every coordinator endpoint under hostile input", () => {
           expect(res.status, context).toBeLessThan(500);
         }
         if (res.status >= 400 && res.status < 500) {
-          if (g.method !== "HEAD")
-            expect(JSON.parse(text).error, context).toEqual(expect.any(String));
+          if (g.method !== "HEAD") {
+            // Every refusal is the contract's error answer (docs/PROTOCOL.md, ErrorAnswerSchema).
+            const parsed = ErrorAnswerSchema.safeParse(JSON.parse(text));
+            expect(parsed.success ? [] : parsed.error.issues, context).toEqual([]);
+          }
           if (pending === 0) expect(store.writes - writes, context).toBe(0);
         }
         expect(({} as Record<string, unknown>).polluted, context).toBeUndefined();
