@@ -3969,6 +3969,11 @@ export class TrafficWindow {
     (this.#histogram[i * HISTOGRAM_BUCKETS + latencyBucket(latencyMs)] as number)++;
   }
 
+  /** Counts one more error of a request already counted (its answer broke after its headers). */
+  error(now: number): void {
+    (this.#counts[this.#slice(now) * FIELDS + 1] as number)++;
+  }
+
   /** Counts one retry. */
   retry(now: number): void {
     (this.#counts[this.#slice(now) * FIELDS + 2] as number)++;
@@ -4164,6 +4169,20 @@ export class CircuitBreaker {
     }
     if (this.state === "open") return;
     this.#count(now, true);
+    this.#tripIfDue(now);
+  }
+
+  /**
+   * A request counted as answered well failed after all (its answer's body broke): one more
+   * failure, not one more request. Only a closed breaker counts it.
+   */
+  failedAfter(now: number): void {
+    if (this.state !== "closed") return;
+    this.#failures.add(now);
+    this.#tripIfDue(now);
+  }
+
+  #tripIfDue(now: number): void {
     const n = this.#requests.estimate(now);
     const f = this.#failures.estimate(now);
     if (n >= this.init.minRequests && f >= this.init.failureRatio * n) this.#open(now);
@@ -4704,6 +4723,12 @@ export class ServiceFigures {
     this.window.record(now, latencyMs, failed);
   }
 
+  /** Counts an error of a finished request whose answer broke after its headers. */
+  broke(now: number): void {
+    this.errors++;
+    this.window.error(now);
+  }
+
   /** Counts a retry taken from the budget. */
   retry(now: number): void {
     this.retries++;
@@ -4825,6 +4850,22 @@ export class ServiceRoute {
     }
     if (!excused) this.ejection.succeeded(e, now);
     e.breaker.success(now, probe); // it answered: alive, whatever the answer says
+  }
+
+  /**
+   * An answer's body broke after its headers (the worker reset mid-response): the attempt,
+   * settled as answered, failed after all, and counts as a reset before the headers would: in
+   * the endpoint's errors and latency (a failure), its breaker, and its run of failures, which
+   * the answer's headers had ended (`streak`: the run before them).
+   */
+  broke(e: Endpoint, streak: number, now: number): void {
+    e.failures++;
+    e.window.error(now);
+    this.figures.broke(now);
+    this.latency.record(e, now, 0, true);
+    e.breaker.failedAfter(now);
+    if (streak > e.consecutiveFailures) e.consecutiveFailures = streak;
+    this.ejection.failed(e, this.picker.endpoints, now);
   }
 
   /** Endpoints ejected at `now`. */
@@ -5993,6 +6034,11 @@ interface ProxyContext {
   deadlines: Deadlines;
   /** Whether upstream responses have mutable headers (Bun, the Node client); null until known. */
   inPlace: boolean | null;
+  /**
+   * Whether the proxy watches answers' bodies for a break after their headers itself
+   * (`checkedAnswer`): when the fetch does not report one (`reportsBodyBreaks`).
+   */
+  watchBodies: boolean;
   webhook: { sent: number; failed: number; lastError: string | null };
   /** This coordinator's id, the value of the hop header it sets. */
   instanceId: string;
@@ -6064,12 +6110,86 @@ function forwardHeaders(
   return out;
 }
 
+/** Answers up to this size (by Content-Length) are read whole where the fetch reports no break. */
+const WHOLE_ANSWER_BYTES = 64 * 1024;
+/** Statuses whose answers have no body (a Response with one cannot be built). */
+const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+
+/** What the proxy adds to an upstream fetch's init (the Node client's `ProxyFetchInit`). */
+interface UpstreamInit extends RequestInit {
+  duplex?: "half";
+  /**
+   * Called once when the answer's body breaks after its headers by the upstream's doing (never
+   * when the reader cancels it); a fetch that calls it says so with `reportsBodyBreaks: true`.
+   */
+  onBodyBreak?: () => void;
+}
+
+/**
+ * `body` passed through as it comes, calling `onBreak` when a read fails (the upstream broke
+ * it), never after the reader cancelled (the client went away).
+ */
+function watched(
+  body: ReadableStream<Uint8Array>,
+  onBreak: () => void,
+): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let cancelled = false;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        let chunk: ReadableStreamReadResult<Uint8Array>;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          if (cancelled) return;
+          onBreak();
+          controller.error(err);
+          return;
+        }
+        if (cancelled) return;
+        if (chunk.done) controller.close();
+        else controller.enqueue(chunk.value);
+      },
+      cancel(reason) {
+        cancelled = true;
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/**
+ * An upstream answer made to tell a break after its headers, for a fetch that cannot report one
+ * (Bun's, workerd's, Deno's and Node's own): one of up to 64 KiB by its Content-Length (and not
+ * encoded) is read whole, so a break fails the attempt before anything is answered and an
+ * idempotent request goes to another worker; a larger one streams through `watched`.
+ */
+async function checkedAnswer(res: Response, onBreak: () => void): Promise<Response> {
+  const body = res.body;
+  const status = res.status;
+  if (body === null || status < 200 || status > 599 || NULL_BODY_STATUS.has(status)) return res;
+  const headers = res.headers;
+  const init = { status, statusText: res.statusText, headers };
+  const length = headers.get("content-length");
+  if (length !== null && Number(length) <= WHOLE_ANSWER_BYTES && !headers.has("content-encoding")) {
+    return new Response(await res.arrayBuffer(), init);
+  }
+  return new Response(watched(body, onBreak), init);
+}
+
+/**
+ * One attempt: the upstream fetch under the proxy timeout and the client's presence, its
+ * answer checked for a break (`checkedAnswer`) where the fetch cannot report one (`onBreak`).
+ */
 async function attempt(
   ctx: ProxyContext,
   inc: Incoming,
   target: string,
-  init: RequestInit,
+  init: UpstreamInit,
   body: ReplayableBody | null,
+  onBreak: () => void,
 ): Promise<Response | AttemptFailure> {
   const timeoutMs = ctx.settings.proxyTimeoutMs;
   if (inc.exec !== null) {
@@ -6096,7 +6216,8 @@ async function attempt(
     const signal = inc.request.signal;
     signal.addEventListener("abort", onClientAbort, { once: true });
     try {
-      return await ctx.fetcher(target, init);
+      const res = await ctx.fetcher(target, init);
+      return ctx.watchBodies ? await checkedAnswer(res, onBreak) : res;
     } catch (error) {
       return { failed: true, error, ...state };
     } finally {
@@ -6128,7 +6249,8 @@ async function attempt(
   };
   ctx.deadlines.add(pending);
   try {
-    return await ctx.fetcher(target, init);
+    const res = await ctx.fetcher(target, init);
+    return ctx.watchBodies ? await checkedAnswer(res, onBreak) : res;
   } catch (error) {
     const { timedOut, clientGone, clientSlow } = pending;
     return { failed: true, error, timedOut, clientGone, clientSlow };
@@ -6565,27 +6687,35 @@ async function forward(
   for (let n = 1; ; n++) {
     x.last = ep;
     const to = attemptUrl(ep.base, rest, x.search, x.careful);
-    const init: RequestInit & { duplex?: "half" } = {
-      method: x.method,
-      headers: x.headers,
-      redirect: "manual",
-    };
+    const init: UpstreamInit = { method: x.method, headers: x.headers, redirect: "manual" };
     if (x.body) {
       init.body = x.body.stream();
       init.duplex = "half";
     }
+    // A break of the answer's body after its headers fails the attempt after all: blamed on
+    // the worker if its answer was taken as good (`streak`: its run of failures before then).
+    const sent = ep;
+    let streak = -1;
+    const onBreak = () => {
+      if (streak >= 0) route.broke(sent, streak, ctx.clock.now());
+    };
+    if (!ctx.watchBodies) init.onBodyBreak = onBreak;
     const probe = route.dispatch(ep, now);
     const t0 = performance.now();
-    const result = await attempt(ctx, inc, to, init, x.body);
+    const result = await attempt(ctx, inc, to, init, x.body, onBreak);
     const latencyMs = performance.now() - t0;
     now = ctx.clock.now();
+    const before = ep.consecutiveFailures;
     // Not `instanceof Response`: @hono/node-server swaps the global Response class.
     const next =
       "failed" in result
         ? takeFailure(x, ep, result, now, latencyMs, probe)
         : takeAnswer(ctx, x, ep, result, now, latencyMs, probe);
     if (next === false) return null;
-    if (next !== true) return next;
+    if (next !== true) {
+      streak = before;
+      return next;
+    }
     if ((x.body && !x.body.replayable) || n >= ctx.settings.maxAttempts) return null;
     tried ??= [];
     tried.push(ep);
@@ -7868,6 +7998,7 @@ function coordinatorParts(settings: Settings, components: CoordinatorComponents)
       components.clientGone ?? ((request) => request.signal.aborted),
     ),
     inPlace: null,
+    watchBodies: !(fetcher as { reportsBodyBreaks?: boolean }).reportsBodyBreaks,
     webhook: { sent: 0, failed: 0, lastError: null },
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
     log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
