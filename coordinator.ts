@@ -3252,7 +3252,7 @@ async function registerWorker(
       (w) => w.mode === "direct" && w.worker_id !== id && w.is_heartbeat_leader && w.healthy,
     );
   }
-  return reg.lock.run(key, async () => {
+  return reg.lock.run(key, async (): Promise<z.input<typeof RegisterAnswerSchema>> => {
     const existing = (await reg.read(key, true)) as WorkerRecord | null;
     checkOwner(id, existing, sender);
     if (existing === null && idless && !reg.legacyLimiter.take(sender.address, now)) {
@@ -3360,7 +3360,7 @@ async function heartbeat(
 ): Promise<z.input<typeof OkAnswerSchema> | null> {
   checkClaim(body.worker_id, sender);
   const key = WORKER_PREFIX + body.worker_id;
-  return reg.lock.run(key, async () => {
+  return reg.lock.run(key, async (): Promise<z.input<typeof OkAnswerSchema> | null> => {
     const record = (await reg.read(key)) as WorkerRecord | null;
     if (record?.kind !== "worker") return null;
     checkOwner(body.worker_id, record, sender);
@@ -3401,7 +3401,7 @@ async function unregister(
 ): Promise<z.input<typeof UnregisterAnswerSchema> | null> {
   checkClaim(id, sender);
   const key = WORKER_PREFIX + id;
-  return reg.lock.run(key, async () => {
+  return reg.lock.run(key, async (): Promise<z.input<typeof UnregisterAnswerSchema> | null> => {
     const record = (await reg.read(key, true)) as WorkerRecord | null;
     if (!record) return null;
     if (record.kind === "worker") checkOwner(id, record, sender);
@@ -3435,7 +3435,7 @@ async function clusterHeartbeat(
   }
   const key = CLUSTER_PREFIX + report.cluster;
   const { settings, clock } = reg;
-  return reg.lock.run(key, async () => {
+  return reg.lock.run(key, async (): Promise<z.input<typeof ClusterHeartbeatAnswerSchema>> => {
     for (let attempt = 0; ; attempt++) {
       const now = clock.now();
       const { raw, doc: parsed } = await reg.fetch(key);
