@@ -359,8 +359,10 @@ export class Agent {
                 aggregate: r,
               }),
             );
-            // A report is an authenticated call too: a refused token withdraws the offer.
-            eligibility.observe(
+            // A report is an authenticated call too: refused (401/403), the token is checked at
+            // once, and the offer withdrawn only if that is refused (a report may be refused for
+            // membership or its signature, which says nothing of the token).
+            eligibility.doubt(
               result.ok ? { ok: true, status: 200 } : { ok: false, status: result.status ?? 0 },
             );
             if (result.ok) {
