@@ -6,6 +6,7 @@
  */
 import type { PrivateKey, PublicKey } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
+import { withCachedVerify } from "./ed25519.ts";
 import { HeartbeatError, sealHeartbeat, signingInput } from "./protocol.ts";
 
 /** Signs a heartbeat body for `cluster` and returns the wire form. */
@@ -34,7 +35,8 @@ export class HeartbeatVerifier {
     if (cached) return cached;
     let key: PublicKey | undefined;
     try {
-      key = peerIdFromString(id).publicKey;
+      const embedded = peerIdFromString(id).publicKey;
+      key = embedded && withCachedVerify(embedded);
     } catch {
       throw new HeartbeatError("Heartbeat id is not a PeerId");
     }
