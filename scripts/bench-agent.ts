@@ -207,7 +207,7 @@ async function run(
     await pollUntil(
       "every agent to see every other",
       async () => (agents.every((a) => ups(a) >= n - 1) ? true : undefined),
-      90_000,
+      180_000,
       100,
     ).catch((err) => {
       console.error(`members seen per agent: ${agents.map(ups).join(" ")}`);
