@@ -179,3 +179,34 @@ describe("the stored view converges within one report of the surviving leader", 
     expect(truth.leaders).toEqual(["A"]);
   });
 });
+
+describe("a partition's small side keeps reporting", () => {
+  // Open (docs/RELIABILITY.md, "Open"): `admitsLeader` takes a leader only while it is in the
+  // document's current members or leader views, though its comment promises any key a leader of
+  // the cluster ever listed. In a 2/3 split the big side's new leader first lists the old one as
+  // a suspect member (its view is deposed), then, once it is dead by silence, leaves it out:
+  // that report adopts the deposed leader's entries and deletes them, and from then on the small
+  // side's leader is refused 403 "Leader is not a member of this cluster" (seen in the netns lab
+  // right after a heal): the coordinator loses the small side for the rest of the partition.
+  it.fails("the small side's leader is still admitted after the big side's leader left it out", async () => {
+    const t = setup();
+    const all = ["A", "B", "C", "D", "E"];
+    expect(
+      await t.send(
+        "A",
+        1,
+        all.map((id) => view(id, "alive")),
+      ),
+    ).toBe(200);
+    // Split {A, B} | {C, D, E}: C leads the big side with term 2; its first report still lists
+    // A and B, suspect (not dead yet).
+    const big = [view("C", "alive"), view("D", "alive"), view("E", "alive")];
+    expect(await t.send("C", 2, [view("A", "suspect"), view("B", "suspect"), ...big])).toBe(200);
+    expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive")])).toBe(200);
+    // A and B dead by silence in C's view: left out of its next report.
+    expect(await t.send("C", 2, big)).toBe(200);
+    // A still leads its side, which is still there: its report must be taken.
+    expect(await t.send("A", 1, [view("A", "alive"), view("B", "alive")])).toBe(200);
+    expect((await t.storedTruth()).routable).toEqual(all);
+  });
+});
