@@ -448,6 +448,7 @@ export class Gateway {
     }
     const host = svc.host.includes(":") ? `[${svc.host}]` : svc.host;
     headers.host = svc.port === 80 ? host : `${host}:${svc.port}`;
+    const timeoutMs = this.#init.upstreamTimeoutMs ?? 30_000;
     const upstream = http.request({
       host: svc.host,
       port: svc.port,
@@ -455,7 +456,7 @@ export class Gateway {
       path: svc.basePath + path,
       headers,
       agent: this.#agent,
-      timeout: this.#init.upstreamTimeoutMs ?? 30_000,
+      timeout: timeoutMs,
     });
     let answered = false;
     upstream.on("response", (up) => {
@@ -478,7 +479,16 @@ export class Gateway {
         }
       });
     });
-    upstream.on("timeout", () => upstream.destroy(new Error("upstream timeout")));
+    upstream.on("timeout", () => {
+      // The service's silence is timed, not the client's: while the client has not taken what
+      // it was sent (the answer waits for its connection to drain), nobody reads the service,
+      // and cutting the answer then would truncate it and blame the worker for a slow client.
+      if (res.headersSent && res.writableNeedDrain) {
+        res.once("drain", () => upstream.setTimeout(timeoutMs));
+        return;
+      }
+      upstream.destroy(new Error("upstream timeout"));
+    });
     upstream.on("error", (err) => {
       if (answered) return; // the body's rest failed to reach a service that had answered
       if (res.headersSent || res.destroyed) return void res.destroy(err);
