@@ -12,7 +12,7 @@ import type { Leader, LocalState, MemberView, ViewSnapshot } from "./types.ts";
 export interface MeshInit {
   /** The key is persisted at <dataDir>/peer.key (0600), created on first start. */
   dataDir: string;
-  /** Cluster name: topic rollcall/<cluster>/hb/1, and the mDNS tag; default "default". */
+  /** Cluster name: topics rollcall/<cluster>/hb/3(/<member>), and the mDNS tag; default "default". */
   cluster?: string;
   /** Listen multiaddrs; default ["/ip4/127.0.0.1/tcp/0"]. */
   listen?: string[];
@@ -43,8 +43,13 @@ export interface MeshInit {
   forgetAfterMs?: number;
   /** How long a member must be alive before it may lead; default 5000 ms. */
   settleMs?: number;
-  /** Every how many heartbeats the full state (url, services, meta, addrs) rides along; default 10. */
-  fullStateEvery?: number;
+  /**
+   * How many members watch each one (the next ones in ID order, mesh/ring.ts): a member sends
+   * its heartbeat every interval to its watchers only, and floods the cluster only with news and
+   * now and then (every N - 1 intervals), so that per-agent traffic does not grow with N.
+   * Default 3.
+   */
+  watchers?: number;
   /** Advanced: gossipsub overrides (see GOSSIP_DEFAULTS). */
   gossip?: NodeInit["gossip"];
   /** Advanced: false runs the stock TCP/yamux stack instead of mesh/lean.ts; default true. */
@@ -93,6 +98,20 @@ export interface MeshStats {
   reachable: number;
   /** Answers of members that heard a quiet member later than we did (a suspicion avoided). */
   vouched: number;
+  /** Heartbeats sent to one member (a watcher, an answer to a state request, a hello). */
+  direct: number;
+  /** Heartbeats flooded to the cluster (news, accusations, refutations, the occasional one). */
+  floods: number;
+  /** Bytes of heartbeats handed to gossipsub, times their receivers (no framing). */
+  bytesSent: number;
+  /** Accusations we flooded (members we watch that fell silent). */
+  accusations: number;
+  /** Accusations of others we took (the accused became suspect). */
+  accused: number;
+  /** Accusations we took that the accused refuted with a fresh heartbeat. */
+  refuted: number;
+  /** Full states we asked a member for (a join, a state version we lacked). */
+  stateRequests: number;
 }
 
 /** Event name -> detail type. */

@@ -26,8 +26,11 @@ export interface InboxComponents {
   allowed?: (id: string) => boolean;
   /** Whether the mesh still runs (late deliveries after stop() are ignored). */
   running: () => boolean;
-  /** Called with every fresh, verified heartbeat and the membership changes it caused. */
-  onAccepted: (hb: Heartbeat, changes: MemberChange[]) => void;
+  /**
+   * Called with every fresh, verified heartbeat, the membership changes it caused, and whether it
+   * came to us alone (our direct topic) rather than flooded.
+   */
+  onAccepted: (hb: Heartbeat, changes: MemberChange[], direct: boolean) => void;
 }
 
 /** Validates and applies received heartbeats. */
@@ -40,15 +43,18 @@ export class HeartbeatInbox {
     this.#verifier = new HeartbeatVerifier({ cluster: components.cluster });
   }
 
-  /** Handles one message; never throws. Reject = invalid (penalised), Ignore = do not relay. */
-  async receive(data: Uint8Array): Promise<TopicValidatorResult> {
+  /**
+   * Handles one message; never throws. Reject = invalid (penalised), Ignore = do not relay.
+   * `to`: our own id for a message on our direct topic (it must be signed for us), else a flood.
+   */
+  async receive(data: Uint8Array, to?: string): Promise<TopicValidatorResult> {
     const { stats } = this.#c;
     stats.received++;
     let hb: Heartbeat;
     try {
       const { body, signature } = openHeartbeat(data);
       hb = decodeHeartbeat(body);
-      if (!(await this.#verifier.verify(hb.id, body, signature))) {
+      if (!(await this.#verifier.verify(hb.id, body, signature, to))) {
         stats.spoofed++;
         this.#c.log(`dropped a heartbeat claiming ${hb.id} that its key did not sign`);
         return TopicValidatorResult.Reject;
@@ -58,7 +64,7 @@ export class HeartbeatInbox {
       return TopicValidatorResult.Reject;
     }
     try {
-      return this.#apply(hb);
+      return this.#apply(hb, to !== undefined);
     } catch (err) {
       stats.faults++;
       this.#c.log(
@@ -69,7 +75,7 @@ export class HeartbeatInbox {
   }
 
   /** Applies a decoded, verified heartbeat (our side: what throws here is our fault). */
-  #apply(hb: Heartbeat): TopicValidatorResult {
+  #apply(hb: Heartbeat, direct: boolean): TopicValidatorResult {
     const { membership: m, stats } = this.#c;
     if (!this.#c.running()) return TopicValidatorResult.Ignore;
     if (this.#c.allowed && !this.#c.allowed(hb.id)) {
@@ -86,8 +92,11 @@ export class HeartbeatInbox {
     }
     const changes = m.onHeartbeat(hb);
     stats.accepted++;
-    this.#c.onAccepted(hb, changes);
-    return this.#relay(hb.peers) ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore;
+    this.#c.onAccepted(hb, changes, direct);
+    // A direct heartbeat is for us alone: nobody else subscribes to our topic.
+    return !direct && this.#relay(hb.peers)
+      ? TopicValidatorResult.Accept
+      : TopicValidatorResult.Ignore;
   }
 
   /**

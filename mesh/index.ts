@@ -19,6 +19,7 @@ export type { Identity } from "./identity.ts";
 export { IdentityError, keyPath, loadIdentity } from "./identity.ts";
 export type { HeartbeatOptions, MemberChange, MembershipInit } from "./membership.ts";
 export { MEMBERSHIP_DEFAULTS, Membership, checkLocal } from "./membership.ts";
+export { DEFAULT_WATCHERS, watchedBy, watchersOf } from "./ring.ts";
 export type {
   Mesh,
   MeshComponents,
@@ -34,14 +35,16 @@ export { OpenMeshError, checkExposure, loopbackOnly } from "./exposure.ts";
 export { HeartbeatVerifier, signHeartbeat } from "./signing.ts";
 export type { MeshLibp2p } from "./node.ts";
 export { GOSSIP_DEFAULTS, PskError, parsePsk } from "./node.ts";
-export type { Heartbeat, HeartbeatState } from "./protocol.ts";
+export type { Accusation, Heartbeat, HeartbeatState } from "./protocol.ts";
 export {
+  EVERYONE,
   HEARTBEAT_VERSION,
   HeartbeatError,
   LIMITS,
   MAX_HEARTBEAT_BYTES,
   SIGNATURE_BYTES,
   decodeHeartbeat,
+  directTopic,
   signingInput,
   encodeHeartbeat,
   heartbeatTopic,

@@ -12,6 +12,7 @@
  */
 import type { Clock } from "./clock.ts";
 import {
+  type Accusation,
   type Heartbeat,
   HeartbeatError,
   LIMITS,
@@ -124,6 +125,10 @@ export interface HeartbeatOptions {
   addrs?: Uint8Array[];
   /** How many peers we are directly connected to. */
   peers?: number;
+  /** Ask the receiver for its full state. */
+  requestState?: boolean;
+  /** Members we watch and suspect of silence. */
+  accuse?: Accusation[];
 }
 
 /** What a forgotten member leaves behind: the newest heartbeat of it we had taken. */
@@ -186,6 +191,11 @@ export class Membership {
     };
   }
 
+  /** Our state version: bumped by every real change of our state (heartbeats carry it). */
+  get stateVersion(): number {
+    return this.#stateVersion;
+  }
+
   /** Replaces parts of the local state; throws HeartbeatError if it breaks the schema. */
   setLocal(update: Partial<LocalState>): boolean {
     const next: LocalState = { ...copyLocal(this.#me), ...update };
@@ -243,6 +253,8 @@ export class Membership {
     }
     if (opts.addrs && opts.addrs.length > 0) hb.addrs = opts.addrs;
     if (opts.peers !== undefined) hb.peers = opts.peers;
+    if (opts.requestState) hb.requestState = true;
+    if (opts.accuse && opts.accuse.length > 0) hb.accuse = opts.accuse;
     return hb;
   }
 

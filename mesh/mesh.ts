@@ -28,7 +28,16 @@ import { MEMBERSHIP_DEFAULTS, type MemberChange, Membership } from "./membership
 import { type MeshLibp2p, createNode } from "./node.ts";
 import { PeerExchange, type PexPeer, tcpOnly } from "./pex.ts";
 import { HeartbeatInbox } from "./inbox.ts";
-import { LIMITS, MAX_HEARTBEAT_BYTES, encodeHeartbeat, heartbeatTopic } from "./protocol.ts";
+import {
+  type Accusation,
+  type Heartbeat,
+  LIMITS,
+  MAX_HEARTBEAT_BYTES,
+  directTopic,
+  encodeHeartbeat,
+  heartbeatTopic,
+} from "./protocol.ts";
+import { DEFAULT_WATCHERS } from "./ring.ts";
 import { signHeartbeat } from "./signing.ts";
 import { NAME_PATTERN } from "./schema.ts";
 import { Vouches } from "./vouch.ts";
@@ -61,6 +70,22 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
   #timers = new Map<string, unknown>();
   #lastTick = 0;
   #fullStateBeats = 0;
+  #watchers: number;
+  /** What our last flood said that others' views use (status, lead, state version). */
+  #floodedKey: string | undefined;
+  /** When the next occasional flood is due (clock ms). */
+  #floodDue = 0;
+  /** The largest ring we have been in: the silence we allow unwatched members follows it. */
+  #maxRing = 1;
+  /** Silent members we watch, to accuse in the next flood. */
+  #accusations: Accusation[] = [];
+  /** Rounds left in which we flood (with our state) after a start or rejoin: a join is news. */
+  #joinRounds = 0;
+  /** An accusation of us came: refute it in the next flood. */
+  #refute = false;
+  /** When we last sent our full state to each member, and asked each for its own. */
+  #stateSentAt = new Map<string, number>();
+  #stateAskedAt = new Map<string, number>();
   #stats: MeshStats = {
     received: 0,
     accepted: 0,
@@ -80,6 +105,13 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     refusedTwice: 0,
     reachable: 0,
     vouched: 0,
+    direct: 0,
+    floods: 0,
+    bytesSent: 0,
+    accusations: 0,
+    accused: 0,
+    refuted: 0,
+    stateRequests: 0,
   };
 
   constructor(init: MeshInit, components: MeshComponents) {
@@ -102,6 +134,11 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#interval = init.heartbeatIntervalMs ?? 1000;
     this.#settleMs = init.settleMs ?? DEFAULT_SETTLE_MS;
     this.#tickMs = Math.max(20, Math.min(250, Math.floor(this.#interval / 4)));
+    // No ring (the default for now): every member floods every heartbeat to every peer.
+    this.#watchers =
+      init.watchers === undefined
+        ? Number.POSITIVE_INFINITY
+        : Math.max(1, Math.floor(init.watchers || DEFAULT_WATCHERS));
   }
 
   get id(): string {
@@ -137,6 +174,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         suspectAfterMs: init.suspectAfterMs ?? MEMBERSHIP_DEFAULTS.suspectAfterMs,
         deadAfterMs: init.deadAfterMs ?? MEMBERSHIP_DEFAULTS.deadAfterMs,
         forgetAfterMs: init.forgetAfterMs ?? MEMBERSHIP_DEFAULTS.forgetAfterMs,
+        watchers: this.#watchers,
       },
       this.#clock,
     );
@@ -239,7 +277,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         clock: this.#clock,
         heardAgo: (id) => m.heardAgo(id),
         quiet: (ms) => m.quiet(ms),
-        hearing: () => m.ids((x) => !x.self && x.state === "alive"),
+        hearing: (about) => this.#helpers(about),
         onHeard: (id, at) => m.vouch(id, at),
         allowed: allowed ? may : undefined,
         onVouch: () => {
@@ -256,23 +294,35 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
       cluster: this.#cluster,
       allowed: allowed ? may : undefined,
       running: () => this.#running,
-      onAccepted: (hb, changes) => {
-        if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
-        if (changes.some((c) => c.from === null)) this.#wantFullState(1);
-        // No change, no new election: what else moves it (time, for settling) the tick covers.
-        if (changes.length > 0) this.#apply(changes);
-      },
+      onAccepted: (hb, changes) => this.#accepted(hb, changes),
     });
+    const mine = directTopic(this.#cluster, self);
     pubsub.topicValidators.set(this.#topic, (_peer, msg) => inbox.receive(msg.data));
+    pubsub.topicValidators.set(mine, (_peer, msg) => inbox.receive(msg.data, self));
+    // A member we can reach directly now (it subscribed to its own topic on a new connection):
+    // if it is new to us, or back, tell it our state and ask for its own. Both ends do it, so a
+    // joiner has everyone's state as soon as it is connected to them.
     pubsub.addEventListener(
       "subscription-change",
-      this.#guard("subscription-change", () => this.#wantFullState(1)),
+      this.#guard("subscription-change", (e) => {
+        if (!this.#ring) {
+          this.#wantFullState(1);
+          return;
+        }
+        const peer = e.detail.peerId.toString();
+        const direct = directTopic(this.#cluster, peer);
+        if (!e.detail.subscriptions.some((s) => s.subscribe && s.topic === direct)) return;
+        if (m.member(peer)?.state === "alive") return;
+        this.#tellState(peer, true);
+      }),
     );
     pubsub.subscribe(this.#topic);
+    pubsub.subscribe(mine);
     this.#running = true;
     this.#log(`mesh ${self} incarnation ${identity.incarnation} on ${this.multiaddrs().join(" ")}`);
     this.#lastTick = this.#clock.now();
     this.#fullStateBeats = 1;
+    this.#joinRounds = JOIN_ROUNDS;
     dialer.start();
     this.#beat();
     this.#tick();
@@ -368,12 +418,12 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
   #beat(): void {
     // Schedule first: a fault while sending must not end the heartbeat.
     this.#schedule("beat", this.#interval, () => this.#beat());
-    this.#send();
+    this.#round(false);
   }
 
-  /** Sends a heartbeat shortly (news worth not waiting a whole interval for). */
+  /** Sends news shortly (not worth waiting a whole interval for); nothing if there is none. */
   #beatSoon(): void {
-    if (!this.#timers.has("soon")) this.#schedule("soon", 20, () => this.#send());
+    if (!this.#timers.has("soon")) this.#schedule("soon", 20, () => this.#round(true));
   }
 
   #wantFullState(beats: number): void {
@@ -381,30 +431,226 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#beatSoon();
   }
 
-  #send(): void {
+  /** How often a member floods when nothing changed: every N - 1 intervals (N: the ring). */
+  #floodEveryMs(n: number): number {
+    return this.#interval * Math.max(1, n - 1);
+  }
+
+  /** What our heartbeats say that the others' views use; a change of it is flooded. */
+  #newsKey(): string {
+    const m = this.#m as Membership;
+    const me = m.member(m.self);
+    const term = this.#leader?.id === m.self ? this.#leader.term : "";
+    return `${me?.status}|${me?.canLead}|${term}|${m.stateVersion}`;
+  }
+
+  /**
+   * One round: news (a changed state, lead or status, accusations, a refutation) and the
+   * occasional heartbeat are flooded to the cluster; otherwise our watchers get a small heartbeat
+   * each. `soon`: only news, if any (the ordinary round comes at its time).
+   */
+  #round(soon: boolean): void {
     const m = this.#m;
-    const node = this.#node;
-    const key = this.#identity?.privateKey;
-    if (!m || !node || !key || !this.#running) return;
-    const every = this.#init.fullStateEvery ?? 10;
-    const withState = this.#fullStateBeats > 0 || Math.random() * every < 1;
+    if (!m || !this.#node || !this.#running) return;
+    if (!this.#ring) {
+      this.#floodAll();
+      return;
+    }
+    const now = this.#clock.now();
+    const n = m.ring().length;
+    const key = this.#newsKey();
+    const news =
+      key !== this.#floodedKey ||
+      this.#fullStateBeats > 0 ||
+      this.#accusations.length > 0 ||
+      this.#refute;
+    // Everyone watches everyone in a ring this small: the watchers' heartbeats reach them all.
+    const due = n - 1 > this.#watchers && now >= this.#floodDue;
+    // Not linked to every member yet: our floods carry our state and addresses, so that those
+    // who hear us through a relay learn where to dial us.
+    const pubsub = this.#node.services.pubsub;
+    const partial = pubsub.getSubscribers(this.#topic).length + 1 < n;
+    const joining = !soon && this.#joinRounds > 0;
+    if (joining) this.#joinRounds--;
+    if (news || joining || (!soon && due)) {
+      const withState =
+        partial ||
+        joining ||
+        this.#fullStateBeats > 0 ||
+        key.split("|")[3] !== this.#floodedKey?.split("|")[3];
+      if (this.#fullStateBeats > 0) this.#fullStateBeats--;
+      this.#floodedKey = key;
+      this.#refute = false;
+      const accuse = this.#accusations.splice(0, LIMITS.accusations);
+      if (accuse.length > 0) this.#stats.accusations += accuse.length;
+      const every = this.#floodEveryMs(n);
+      this.#floodDue = now + every * (0.75 + 0.5 * Math.random());
+      this.#flood(withState, accuse);
+      return;
+    }
+    if (soon) return;
+    // A peer linked to us that is not an alive member in our view (its subscription came before
+    // we listened, or it is back): tell it our state and ask for its own.
+    for (const p of pubsub.getSubscribers(this.#topic)) {
+      const id = p.toString();
+      if (m.member(id)?.state !== "alive") this.#tellState(id, true);
+    }
+    const watchers = m.watchers();
+    // A watcher we have no direct link to (a joiner still connecting, a member that reaches only
+    // some of us): flood, so that relays carry our heartbeat to it.
+    const linked = (w: string) =>
+      pubsub.getSubscribers(directTopic(this.#cluster, w)).some((p) => p.toString() === w);
+    if (!watchers.every(linked)) {
+      this.#floodedKey = key;
+      this.#flood(partial, []);
+      return;
+    }
+    for (const w of watchers) this.#direct(w, { withState: false });
+  }
+
+  /** Whether the watch ring is on (`watchers` set): else every heartbeat is flooded. */
+  get #ring(): boolean {
+    return this.#watchers !== Number.POSITIVE_INFINITY;
+  }
+
+  /** Without the ring: flood every heartbeat, with our state now and then or after a change. */
+  #floodAll(): void {
+    const withState = this.#fullStateBeats > 0 || Math.random() * 10 < 1;
     if (this.#fullStateBeats > 0) this.#fullStateBeats--;
+    this.#refute = false;
+    this.#flood(withState, []);
+  }
+
+  /** Our next heartbeat, as options say (the leader's term, our addresses with the state). */
+  #heartbeat(opts: {
+    withState: boolean;
+    requestState?: boolean;
+    accuse?: Accusation[];
+    flood?: boolean;
+  }): Heartbeat {
+    const m = this.#m as Membership;
+    const node = this.#node as MeshLibp2p;
     const leaderTerm = this.#leader?.id === m.self ? this.#leader.term : undefined;
-    const addrs = withState
+    const addrs = opts.withState
       ? node
           .getMultiaddrs()
           .map((a) => a.decapsulateCode(421).bytes)
           .filter((b) => b.length <= LIMITS.addrBytes)
           .slice(0, LIMITS.addrs)
       : undefined;
-    const peers = node.services.pubsub.getSubscribers(this.#topic).length;
-    const body = encodeHeartbeat(m.heartbeat({ leaderTerm, withState, addrs, peers }));
+    const peers = opts.flood ? node.services.pubsub.getSubscribers(this.#topic).length : undefined;
+    return m.heartbeat({
+      leaderTerm,
+      withState: opts.withState,
+      addrs,
+      peers,
+      requestState: opts.requestState,
+      accuse: opts.accuse,
+    });
+  }
+
+  #flood(withState: boolean, accuse: Accusation[]): void {
+    const node = this.#node;
+    const key = this.#identity?.privateKey;
+    if (!node || !key) return;
+    const body = encodeHeartbeat(this.#heartbeat({ withState, accuse, flood: true }));
+    const receivers = node.services.pubsub.getSubscribers(this.#topic).length;
     signHeartbeat(body, key, this.#cluster)
-      .then((wire) => node.services.pubsub.publish(this.#topic, wire))
+      .then((wire) => {
+        this.#stats.bytesSent += wire.length * receivers;
+        return node.services.pubsub.publish(this.#topic, wire);
+      })
       .then(
-        () => this.#stats.sent++,
+        () => {
+          this.#stats.sent++;
+          this.#stats.floods++;
+        },
         () => this.#stats.sendFailed++,
       );
+  }
+
+  /** Sends a heartbeat to member `to` alone, signed for it, on its direct topic. */
+  #direct(to: string, opts: { withState: boolean; requestState?: boolean }): void {
+    const node = this.#node;
+    const key = this.#identity?.privateKey;
+    if (!node || !key) return;
+    const body = encodeHeartbeat(this.#heartbeat(opts));
+    signHeartbeat(body, key, this.#cluster, to)
+      .then((wire) => {
+        this.#stats.bytesSent += wire.length;
+        return node.services.pubsub.publish(directTopic(this.#cluster, to), wire);
+      })
+      .then(
+        () => {
+          this.#stats.sent++;
+          this.#stats.direct++;
+        },
+        () => this.#stats.sendFailed++,
+      );
+  }
+
+  /** Sends `to` our full state (at most once an interval), asking for its own if `ask`. */
+  #tellState(to: string, ask: boolean): void {
+    const now = this.#clock.now();
+    if (now - (this.#stateSentAt.get(to) ?? Number.NEGATIVE_INFINITY) < this.#interval) return;
+    bounded(this.#stateSentAt).set(to, now);
+    if (ask) {
+      bounded(this.#stateAskedAt).set(to, now);
+      this.#stats.stateRequests++;
+    }
+    this.#direct(to, { withState: true, requestState: ask });
+  }
+
+  /** Whom to ask about quiet members: their other watchers (they hear them), else anyone alive. */
+  #helpers(about: readonly string[]): string[] {
+    const m = this.#m as Membership;
+    const quiet = new Set(about);
+    const out = new Set<string>();
+    for (const id of about) {
+      for (const w of m.watchers(id)) {
+        if (w !== m.self && !quiet.has(w) && m.member(w)?.state === "alive") out.add(w);
+      }
+    }
+    if (out.size > 0) return [...out];
+    return m.ids((x) => !x.self && x.state === "alive");
+  }
+
+  /** A fresh, verified heartbeat was taken. */
+  #accepted(hb: Heartbeat, taken: MemberChange[]): void {
+    const m = this.#m;
+    if (!m) return;
+    if (hb.addrs) this.#learnAddrs(hb.id, hb.addrs);
+    const changes = [...taken];
+    for (const c of changes) if (c.refuted) this.#stats.refuted++;
+    const isNew = changes.some((c) => c.from === null);
+    if (!this.#ring) {
+      if (isNew) this.#wantFullState(1);
+    } else if (hb.requestState || isNew) {
+      // It asked, or it is new to us: it gets our state (and is asked for its own if we lack it).
+      this.#tellState(hb.id, m.needsState(hb.id));
+    } else if (m.needsState(hb.id)) {
+      const now = this.#clock.now();
+      if (now - (this.#stateAskedAt.get(hb.id) ?? Number.NEGATIVE_INFINITY) >= 2 * this.#interval) {
+        bounded(this.#stateAskedAt).set(hb.id, now);
+        this.#stats.stateRequests++;
+        this.#direct(hb.id, { withState: false, requestState: true });
+      }
+    }
+    // Without the ring everyone hears everyone: an accusation tells us nothing (and is ignored).
+    for (const a of this.#ring ? (hb.accuse ?? []) : []) {
+      const r = m.accuse(hb.id, a.id, a.incarnation);
+      if (r.outcome === "self") {
+        this.#log(`${hb.id} accused us of silence: refuting`);
+        this.#refute = true;
+        this.#beatSoon();
+      } else if (r.outcome === "taken") {
+        this.#stats.accused++;
+        changes.push(...r.changes);
+        this.#dialer?.probe(peerIdFromString(a.id), "silent");
+      }
+    }
+    // No change, no new election: what else moves it (time, for settling) the tick covers.
+    if (changes.length > 0) this.#apply(changes);
   }
 
   #tick(): void {
@@ -423,14 +669,27 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         saveIncarnation(this.#init.dataDir, inc);
         this.#stats.rejoins++;
         this.#log(`frozen for ${late} ms: rejoining with incarnation ${inc}`);
+        this.#joinRounds = JOIN_ROUNDS;
         this.#wantFullState(1);
       }
     }
+    const n = m.ring().length;
+    this.#maxRing = Math.max(this.#maxRing, n);
+    // A member we do not watch floods now and then (every N - 1 intervals, as it counts N):
+    // twice that and three rounds is silence worth a suspicion.
+    m.setUnwatchedSuspectAfter(2 * this.#floodEveryMs(this.#maxRing) + 3 * this.#interval);
     const changes = m.tick();
-    // Fell silent: is its host still there (a frozen process), or gone (refused twice)?
+    // Fell silent: is its host still there (a frozen process), or gone (refused twice)? If we
+    // watch it, tell the others (they do not hear it every interval).
     for (const c of changes) {
-      if (c.from === "alive" && c.to === "suspect")
+      if (c.from === "alive" && c.to === "suspect") {
         this.#dialer?.probe(peerIdFromString(c.id), "silent");
+        const incarnation = m.member(c.id)?.incarnation;
+        if (this.#ring && m.watching(c.id) && incarnation !== undefined) {
+          this.#accusations.push({ id: c.id, incarnation });
+          this.#beatSoon();
+        }
+      }
     }
     this.#apply(changes);
     // Quiet on our link: ask members we hear whether they heard it (not a suspicion yet).
@@ -500,6 +759,18 @@ function checkPeerId(id: string): string {
   } catch {
     throw new MeshStateError(`Allowed peer is not a PeerId: ${JSON.stringify(id.slice(0, 80))}`);
   }
+}
+
+/**
+ * Rounds a node floods its state after it starts (or rejoins): whoever it is connected to by
+ * then relays it to the rest, who learn its addresses and dial it, as a joiner needs.
+ */
+const JOIN_ROUNDS = 4;
+
+/** A map of per-member times, emptied when it grows past any cluster's size. */
+function bounded(map: Map<string, number>): Map<string, number> {
+  if (map.size >= 4096) map.clear();
+  return map;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {

@@ -2,11 +2,12 @@
  * The gossip heartbeat: a versioned, compact binary codec with strict bounds. Pure: no I/O,
  * no libp2p. Every decode failure is a HeartbeatError; no input can make it throw anything else.
  *
- * Layout (version 2), varints are unsigned LEB128:
- *   u8 version | u8 flags | bytes id | varint incarnation | varint seq | varint term
+ * Layout (version 3), varints are unsigned LEB128:
+ *   u8 version | varint flags | bytes id | varint incarnation | varint seq | varint term
  *   | varint uptimeMs | varint stateVersion | [flags.peers] varint peers
  *   | [flags.state] string url, varint n, n x (string name, u8 sflags, [varint latency]), bytes meta
  *   | [flags.addrs] varint n, n x bytes multiaddr
+ *   | [flags.accuse] varint n (1..8), n x (bytes id, varint incarnation)
  * bytes/string = varint length + content (string is UTF-8). Trailing bytes are an error. Every
  * number is bounded by its entry in LIMITS (mesh/schema.ts), on the way in and on the way out.
  *
@@ -14,7 +15,8 @@
  * (see seal/open here and mesh/signing.ts), so the claimed id is the signed sender by
  * construction, for 66 bytes less than gossipsub's own signed envelope. The signature covers
  * the cluster's name too (`signingInput`), which is not sent: a heartbeat signed for one
- * cluster does not verify in another.
+ * cluster does not verify in another. So does its receiver: a heartbeat sent to one member
+ * (its direct topic) is signed for that member alone, one flooded to the cluster for "*".
  */
 import { fromString, toString as bytesToString } from "uint8arrays";
 import {
@@ -34,22 +36,41 @@ import type { MemberMeta, MemberStatus, ServiceSummary } from "./types.ts";
 export { HeartbeatError, LIMITS, encodeMeta, validateServices, validateUrl };
 export { saturate } from "./schema.ts";
 
-/** Current wire version (2: signatures bound to the cluster, and the may-lead flag). */
-export const HEARTBEAT_VERSION = 2;
+/**
+ * Current wire version (3: heartbeats sent to one receiver and signed for it, accusations, the
+ * state request; flags a varint). Version 2 does not interoperate (docs/PROTOCOL.md).
+ */
+export const HEARTBEAT_VERSION = 3;
 /** Largest heartbeat accepted or produced, in bytes. */
 export const MAX_HEARTBEAT_BYTES = 4096;
 
-/** The gossipsub topic a cluster's heartbeats travel on (one per wire version). */
+/** The gossipsub topic a cluster's flooded heartbeats (news) travel on (one per wire version). */
 export function heartbeatTopic(cluster = "default"): string {
   return `rollcall/${cluster}/hb/${HEARTBEAT_VERSION}`;
 }
 
+/** Characters of a member's id that name its direct topic (47 bits of base58: no collision). */
+const DIRECT_TAG = 8;
+
 /**
- * What a heartbeat's signature covers: a domain naming the wire version and the cluster, then
- * the body. The domain is not sent, so binding a heartbeat to its cluster costs no byte.
+ * The gossipsub topic only member `id` subscribes to: heartbeats sent to it alone (its watched
+ * members' heartbeats, answers to its state requests). Short, since every message names it; a
+ * collision would only deliver a heartbeat signed for another receiver, which fails to verify.
  */
-export function signingInput(cluster: string, body: Uint8Array): Uint8Array {
-  const domain = fromString(`rollcall/hb/${HEARTBEAT_VERSION}/${cluster}\n`, "utf8");
+export function directTopic(cluster: string, id: string): string {
+  return `${heartbeatTopic(cluster)}/${id.slice(-DIRECT_TAG)}`;
+}
+
+/** The receiver a flooded heartbeat is signed for (a direct one names its receiver's id). */
+export const EVERYONE = "*";
+
+/**
+ * What a heartbeat's signature covers: a domain naming the wire version, the cluster and the
+ * receiver (a member's id, or EVERYONE for a flood), then the body. The domain is not sent, so
+ * binding a heartbeat to its cluster and receiver costs no byte.
+ */
+export function signingInput(cluster: string, body: Uint8Array, to = EVERYONE): Uint8Array {
+  const domain = fromString(`rollcall/hb/${HEARTBEAT_VERSION}/${cluster}/${to}\n`, "utf8");
   const out = new Uint8Array(domain.length + body.length);
   out.set(domain, 0);
   out.set(body, domain.length);
@@ -63,7 +84,9 @@ const F_STATE = 8;
 const F_ADDRS = 16;
 const F_PEERS = 32;
 const F_CAN_LEAD = 64;
-const F_KNOWN = 127;
+const F_ACCUSE = 128;
+const F_REQUEST_STATE = 256;
+const F_KNOWN = 511;
 const S_UNHEALTHY = 1;
 const S_LATENCY = 2;
 
@@ -99,6 +122,16 @@ export interface Heartbeat {
   addrs?: Uint8Array[];
   /** How many peers the sender is directly connected to (relays help when it is too few). */
   peers?: number;
+  /** The sender asks the receiver for its full state (a join, or a state version it lacks). */
+  requestState?: boolean;
+  /** Members the sender watches and suspects of silence (each in the incarnation it knew). */
+  accuse?: Accusation[];
+}
+
+/** One accusation: the sender, a watcher of `id`, has not heard it for the suspicion timeout. */
+export interface Accusation {
+  id: string;
+  incarnation: number;
 }
 
 class Writer {
@@ -198,8 +231,10 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
   if (hb.state) flags |= F_STATE;
   if (hb.addrs && hb.addrs.length > 0) flags |= F_ADDRS;
   if (hb.peers !== undefined) flags |= F_PEERS;
+  if (hb.requestState) flags |= F_REQUEST_STATE;
+  if (hb.accuse && hb.accuse.length > 0) flags |= F_ACCUSE;
   w.u8(HEARTBEAT_VERSION);
-  w.u8(flags);
+  w.varint(flags);
   w.bytes(id);
   w.varint(hb.incarnation);
   w.varint(hb.seq);
@@ -229,6 +264,19 @@ export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
       w.bytes(a);
     }
   }
+  if (hb.accuse && hb.accuse.length > 0) {
+    if (hb.accuse.length > LIMITS.accusations)
+      throw new HeartbeatError(`Too many accusations (at most ${LIMITS.accusations})`);
+    w.varint(hb.accuse.length);
+    for (const a of hb.accuse) {
+      const accused = fromString(a.id, "base58btc");
+      if (accused.length === 0 || accused.length > LIMITS.idBytes)
+        throw new HeartbeatError("Accused id is not valid");
+      checkCounter(a.incarnation, "incarnation");
+      w.bytes(accused);
+      w.varint(a.incarnation);
+    }
+  }
   const out = w.finish();
   if (out.length > MAX_HEARTBEAT_BYTES) {
     throw new HeartbeatError(`Heartbeat exceeds ${MAX_HEARTBEAT_BYTES} bytes`);
@@ -245,8 +293,9 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
   const version = r.u8("version");
   if (version !== HEARTBEAT_VERSION)
     throw new HeartbeatError(`Heartbeat version ${version} is not supported`);
-  const flags = r.u8("flags");
-  if ((flags & ~F_KNOWN) !== 0) throw new HeartbeatError("Heartbeat has unknown flags");
+  const flags = r.varint("flags");
+  if (flags > F_KNOWN || (flags & ~F_KNOWN) !== 0)
+    throw new HeartbeatError("Heartbeat has unknown flags");
   const idBytes = r.bytes("id", LIMITS.idBytes);
   if (idBytes.length === 0) throw new HeartbeatError("Heartbeat id is empty");
   const hb: Heartbeat = {
@@ -288,6 +337,21 @@ export function decodeHeartbeat(buf: Uint8Array): Heartbeat {
       throw new HeartbeatError(`Address count must be 1 to ${LIMITS.addrs}`);
     hb.addrs = [];
     for (let i = 0; i < n; i++) hb.addrs.push(r.bytes("address", LIMITS.addrBytes));
+  }
+  if (flags & F_REQUEST_STATE) hb.requestState = true;
+  if (flags & F_ACCUSE) {
+    const n = r.varint("accusation count");
+    if (n === 0 || n > LIMITS.accusations)
+      throw new HeartbeatError(`Accusation count must be 1 to ${LIMITS.accusations}`);
+    hb.accuse = [];
+    for (let i = 0; i < n; i++) {
+      const accused = r.bytes("accused id", LIMITS.idBytes);
+      if (accused.length === 0) throw new HeartbeatError("Accused id is empty");
+      hb.accuse.push({
+        id: bytesToString(accused, "base58btc"),
+        incarnation: r.counter("incarnation"),
+      });
+    }
   }
   if (!r.done) throw new HeartbeatError("Heartbeat has trailing bytes");
   return hb;

@@ -22,6 +22,8 @@ export const LIMITS = {
   metaBytes: 1024,
   addrs: 8,
   addrBytes: 128,
+  /** Members one heartbeat accuses of silence. */
+  accusations: 8,
   incarnation: MAX_VARINT,
   seq: MAX_VARINT,
   term: MAX_VARINT,

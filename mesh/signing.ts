@@ -2,20 +2,25 @@
  * Heartbeat signatures: the sender signs the heartbeat body, prefixed with a domain that names
  * the cluster (`signingInput`), with its libp2p key; a receiver verifies it against the public
  * key inside the claimed PeerId (Ed25519 ids embed it), so a heartbeat whose claimed id is not
- * its signer's, or that was signed for another cluster, is dropped (and counted as spoofed).
+ * its signer's, or that was signed for another cluster or another receiver, is dropped (and
+ * counted as spoofed).
  */
 import type { PrivateKey, PublicKey } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { withCachedVerify } from "./ed25519.ts";
-import { HeartbeatError, sealHeartbeat, signingInput } from "./protocol.ts";
+import { EVERYONE, HeartbeatError, sealHeartbeat, signingInput } from "./protocol.ts";
 
-/** Signs a heartbeat body for `cluster` and returns the wire form. */
+/**
+ * Signs a heartbeat body for `cluster` and its receiver (`to`: a member's id for a direct
+ * heartbeat, default EVERYONE for a flood) and returns the wire form.
+ */
 export async function signHeartbeat(
   body: Uint8Array,
   key: PrivateKey,
   cluster: string,
+  to = EVERYONE,
 ): Promise<Uint8Array> {
-  return sealHeartbeat(body, await key.sign(signingInput(cluster, body)));
+  return sealHeartbeat(body, await key.sign(signingInput(cluster, body, to)));
 }
 
 /** Verifies one cluster's heartbeat signatures, caching the public key of each claimed id. */
@@ -46,11 +51,16 @@ export class HeartbeatVerifier {
     return key;
   }
 
-  /** Whether `signature` over `body` (in this cluster) was made by the key of `id`. */
-  async verify(id: string, body: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  /** Whether `signature` over `body` (in this cluster, for receiver `to`) was made by the key of `id`. */
+  async verify(
+    id: string,
+    body: Uint8Array,
+    signature: Uint8Array,
+    to = EVERYONE,
+  ): Promise<boolean> {
     const key = this.keyOf(id);
     try {
-      return await key.verify(signingInput(this.#cluster, body), signature);
+      return await key.verify(signingInput(this.#cluster, body, to), signature);
     } catch {
       return false;
     }

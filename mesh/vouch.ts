@@ -182,8 +182,8 @@ export interface VouchComponents {
   heardAgo: (id: string) => number | undefined;
   /** The alive members we have heard nothing of for `ms`. */
   quiet: (ms: number) => string[];
-  /** The alive members we hear (candidates to ask). */
-  hearing: () => string[];
+  /** The alive members we hear that are best asked about `about` (candidates to ask). */
+  hearing: (about: readonly string[]) => string[];
   /** Someone heard `id` at `at` (our clock); true if that is later than anything we had. */
   onHeard: (id: string, at: number) => boolean;
   /** Whether `id` may ask us at all (the allow-list); default every connected peer. */
@@ -228,7 +228,7 @@ export class Vouches {
     if (due.length === 0) return;
     const random = this.#c.random ?? Math.random;
     const helpers = this.#c
-      .hearing()
+      .hearing(due)
       .filter((id) => !still.has(id))
       .map((id) => ({ id, r: random() }))
       .sort((a, b) => a.r - b.r)

@@ -7,7 +7,7 @@
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
  *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
- *     [--stock] [--per-process 1] [--port-base 27000]
+ *     [--stock] [--per-process 1] [--port-base 27000] [--watchers 3]
  *
  * --per-process K runs up to K mesh nodes in one process (scripts/mesh-node.ts --nodes), so
  * that N = 50 fits in 2 cores. Agent 0 always runs alone: it gets the lowest ID, so it leads and
@@ -40,6 +40,8 @@ const { values } = parseArgs({
     stock: { type: "boolean", default: false },
     "per-process": { type: "string", default: "1" },
     "port-base": { type: "string" },
+    // The watch ring (mesh/ring.ts, issue 15): heartbeats to this many watchers, not a flood.
+    watchers: { type: "string" },
   },
 });
 const SIZES = values.n.split(",").map(Number);
@@ -246,6 +248,7 @@ function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
   for (const b of bootstrap) args.push("--bootstrap", b);
   if (values.gossip) args.push("--gossip", values.gossip);
   if (values.stock) args.push("--stock");
+  if (values.watchers) args.push("--watchers", values.watchers);
   const proc = track(
     spawn(AGENT_COMMAND[0] as string, args, { stdio: ["ignore", "pipe", "inherit"] }),
   );

@@ -129,7 +129,7 @@ describe("a crafted peer against real mesh nodes", () => {
     const vid = started.id as string;
     expect(vid).toBe(victim?.id);
 
-    // The rogue connects to the victim and records what it floods: heartbeats claiming the lead.
+    // The rogue connects to the victim and records what it floods: a heartbeat claiming the lead.
     const topic = heartbeatTopic("default");
     const { node } = await rogue(topic);
     const recorded: Uint8Array[] = [];
@@ -146,7 +146,9 @@ describe("a crafted peer against real mesh nodes", () => {
     await waitFor("the victim to lead everywhere", () =>
       [a, b].every((m) => m.view().leader?.id === vid),
     );
-    await waitFor("three recorded claims of the victim", () => recorded.length >= 3);
+    // With the watch ring a leadership claim is flooded once, as news (the watchers get the rest,
+    // signed for them alone): one recorded claim is what a rogue can count on to replay.
+    await waitFor("a recorded claim of the victim", () => recorded.length >= 1);
 
     await v.kill("SIGKILL");
     await waitFor("the others to forget the victim", () =>

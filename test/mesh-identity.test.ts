@@ -67,6 +67,13 @@ describe("heartbeat signatures", () => {
     const elsewhere = openHeartbeat(await signHeartbeat(body, alice.privateKey, "lab2"));
     expect(elsewhere.body).toEqual(good.body);
     expect(await verifier.verify(hb.id, elsewhere.body, elsewhere.signature)).toBe(false);
+    // Signed for one receiver (a direct heartbeat to a watcher): it verifies for that receiver
+    // only, neither as a flood nor for another member, so a watcher cannot pass it on.
+    const toBob = openHeartbeat(await signHeartbeat(body, alice.privateKey, "lab", "bob"));
+    expect(await verifier.verify(hb.id, toBob.body, toBob.signature, "bob")).toBe(true);
+    expect(await verifier.verify(hb.id, toBob.body, toBob.signature)).toBe(false);
+    expect(await verifier.verify(hb.id, toBob.body, toBob.signature, "carol")).toBe(false);
+    expect(await verifier.verify(hb.id, good.body, good.signature, "bob")).toBe(false);
     const tampered = Uint8Array.from(good.body);
     tampered[0] = (tampered[0] ?? 0) ^ 1;
     expect(await verifier.verify(hb.id, tampered, good.signature)).toBe(false);

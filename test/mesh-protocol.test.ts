@@ -87,11 +87,46 @@ describe("heartbeat codec", () => {
     }
   });
 
+  it("round-trips a state request and accusations (version 3), bounded", () => {
+    const hb: Heartbeat = {
+      ...full(),
+      requestState: true,
+      accuse: [
+        { id: ID, incarnation: 3 },
+        { id: "12D3KooWAJjbRkp8FPF5MKgMU53aUTxWkqvDrs4zc1VMbwRwfsbE", incarnation: 2 ** 40 },
+      ],
+    };
+    const bytes = encodeHeartbeat(hb);
+    expect(bytes[0]).toBe(3);
+    expect(decodeHeartbeat(bytes)).toEqual(hb);
+    const many = { ...hb, accuse: Array.from({ length: 9 }, () => ({ id: ID, incarnation: 1 })) };
+    expect(() => encodeHeartbeat(many)).toThrow(/Too many accusations/);
+    expect(() => encodeHeartbeat({ ...hb, accuse: [{ id: ID, incarnation: 2 ** 50 }] })).toThrow(
+      HeartbeatError,
+    );
+    // A count of 9 on the wire is refused as well (the last byte before the list is its count).
+    const one = encodeHeartbeat({ ...hb, accuse: [{ id: ID, incarnation: 1 }] });
+    const idLen = 1 + 38 + 1; // varint length, the id (38 bytes), the incarnation
+    const at = one.length - idLen - 1;
+    expect(one[at]).toBe(1);
+    const nine = Uint8Array.from(one);
+    nine[at] = 9;
+    expect(() => decodeHeartbeat(nine)).toThrow(/Accusation count/);
+  });
+
   it("rejects bad versions, unknown flags, truncation and trailing bytes with HeartbeatError", () => {
     const good = encodeHeartbeat(full());
     const cases: Array<[string, Uint8Array, RegExp]> = [
       ["version", Uint8Array.from([1, ...good.slice(1)]), /version 1 is not supported/],
-      ["flags", Uint8Array.from([2, 0x80, ...good.slice(2)]), /unknown flags/],
+      // Version 2 (one flags byte, signatures without a receiver) is refused: no mixed clusters.
+      ["version 2", Uint8Array.from([2, ...good.slice(1)]), /version 2 is not supported/],
+      // Flags are a varint: 512 is none we know, nor is a 2^35 that 32-bit masks would lose.
+      ["flags", Uint8Array.from([3, 0x80, 0x04, ...good.slice(2)]), /unknown flags/],
+      [
+        "huge flags",
+        Uint8Array.from([3, 0x80, 0x80, 0x80, 0x80, 0x01, ...good.slice(2)]),
+        /unknown flags/,
+      ],
       ["truncated", good.slice(0, good.length - 3), /ended early|not valid|trailing/],
       ["trailing", Uint8Array.from([...good, 0]), /trailing bytes/],
       ["empty", new Uint8Array(0), /ended early in version/],
@@ -111,7 +146,7 @@ describe("heartbeat codec", () => {
       if (i % 2 === 0) {
         input = new Uint8Array(Math.floor(rand() * 300));
         for (let j = 0; j < input.length; j++) input[j] = Math.floor(rand() * 256);
-        if (input.length > 1 && i % 4 === 0) input[0] = 1; // get past the version byte
+        if (input.length > 1 && i % 4 === 0) input[0] = 3; // get past the version byte
       } else {
         input = good.slice(0, Math.max(1, Math.floor(rand() * (good.length + 4))));
         const flips = 1 + Math.floor(rand() * 4);
