@@ -13,10 +13,12 @@ import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import { afterAll, describe, expect, it } from "vitest";
 import {
+  type Heartbeat,
   type Mesh,
   Membership,
   decodeHeartbeat,
   encodeHeartbeat,
+  watchersOf,
   heartbeatTopic,
   openHeartbeat,
   signHeartbeat,
@@ -57,14 +59,19 @@ async function rogue(topic: string, psk?: string): Promise<{ node: MeshLibp2p; k
 }
 
 /** A signed heartbeat of the rogue itself, as our own encoder would write it. */
-async function ownBeat(key: PrivateKey, cluster: string, seq: number): Promise<Uint8Array> {
+async function ownBeat(
+  key: PrivateKey,
+  cluster: string,
+  seq: number,
+  extra: Partial<Heartbeat> = {},
+): Promise<Uint8Array> {
   const id = peerIdFromPrivateKey(key).toString();
   const m = new Membership(
     id,
     { local: { url: "http://127.0.0.1:9", status: "online", services: [] } },
     { now: () => Date.now(), setTimeout: () => 0, clearTimeout: () => {} },
   );
-  return signHeartbeat(encodeHeartbeat({ ...m.heartbeat(), seq }), key, cluster);
+  return signHeartbeat(encodeHeartbeat({ ...m.heartbeat(), seq, ...extra }), key, cluster);
 }
 
 const ids = (m: Mesh) => m.view().members.map((x) => x.id);
@@ -169,6 +176,62 @@ describe("a crafted peer against real mesh nodes", () => {
       expect(ids(m)).not.toContain(vid);
       expect(m.view().leader?.id).not.toBe(vid);
     }
+  });
+
+  it("with the watch ring, a flooded accusation by a member that does not watch the accused is ignored, and the accused refutes it", async () => {
+    const tmp = tempDir("rollcall-accuse-");
+    cleanups.push(tmp.cleanup);
+    const idents = await makeIdentities(tmp.path, 3);
+    const meshes: Mesh[] = [];
+    for (const n of idents) {
+      meshes.push(
+        await startMesh({ dataDir: n.dir, watchers: 1, bootstrap: meshes[0]?.multiaddrs() ?? [] }),
+      );
+    }
+    cleanups.push(() => Promise.all(meshes.map((m) => m.stop())).then(() => {}));
+    const all = meshes.map((m) => m.id);
+    await waitFor("the three to see each other", () => allSeeAlive(meshes, all));
+
+    const topic = heartbeatTopic("default");
+    const { node, key } = await rogue(topic);
+    const rogueId = node.peerId.toString();
+    for (const m of meshes) await node.dial(multiaddr(m.multiaddrs()[0] as string));
+    await node.services.pubsub.publish(topic, await ownBeat(key, "default", 1));
+    await waitFor("every member to take the rogue", () =>
+      meshes.every((m) => ids(m).includes(rogueId)),
+    );
+    // The victim: a member whose one watcher (the next ID in the ring) is not the rogue.
+    const ring = [...all, rogueId].sort();
+    const victim = meshes.find((m) => watchersOf(ring, m.id, 1)[0] !== rogueId) as Mesh;
+    const others = meshes.filter((m) => m !== victim);
+    const incarnation = victim.view().members.find((x) => x.self)?.incarnation as number;
+    const downs: string[] = [];
+    for (const m of others) {
+      m.addEventListener("member-down", (e) => {
+        if (e.detail.id === victim.id) downs.push(m.id);
+      });
+    }
+    const floods = victim.stats().floods;
+    await node.services.pubsub.publish(
+      topic,
+      await ownBeat(key, "default", 2, { accuse: [{ id: victim.id, incarnation }] }),
+    );
+    // The victim refutes at once (a fresh flood), whoever accused it.
+    await waitFor("the victim to refute", () => victim.stats().floods > floods);
+    // A later heartbeat of the rogue on the same links: once the others show it, they have
+    // handled the accusation before it.
+    await node.services.pubsub.publish(
+      topic,
+      await ownBeat(key, "default", 3, { status: "degraded" }),
+    );
+    await waitFor("the others to take the rogue's next heartbeat", () =>
+      others.every((m) => m.view().members.find((x) => x.id === rogueId)?.status === "degraded"),
+    );
+    for (const m of others) {
+      expect(m.stats().accused).toBe(0);
+      expect(m.view().members.find((x) => x.id === victim.id)?.state).toBe("alive");
+    }
+    expect(downs).toEqual([]);
   });
 
   it("with an allow-list, a peer that holds the pre-shared key but is not on it cannot join", async () => {
