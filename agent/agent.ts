@@ -359,10 +359,11 @@ export class Agent {
                 aggregate: r,
               }),
             );
-            // A report is an authenticated call too: refused (401/403), the token is checked at
-            // once, and the offer withdrawn only if that is refused (a report may be refused for
-            // membership or its signature, which says nothing of the token).
-            eligibility.doubt(
+            // A report is an authenticated call too: a refused token withdraws the offer. So
+            // does a 403 for membership (the coordinator does not list this leader): stepping
+            // aside lets a member it lists lead and list us; keeping the lead would be refused
+            // for good (tried and reverted, docs/RELIABILITY.md Open item 7).
+            eligibility.observe(
               result.ok ? { ok: true, status: 200 } : { ok: false, status: result.status ?? 0 },
             );
             if (result.ok) {

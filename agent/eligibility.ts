@@ -8,11 +8,7 @@
  * - At start: check at once. Success: offer. 401/403: do not offer, check again with backoff.
  *   Anything else (network, 5xx): no news, check again with backoff.
  * - Afterwards every call the agent makes anyway (the leader's reports) counts: a success
- *   confirms; a 401/403 of a call that is not only about the token (`doubt`: a report may be
- *   refused because the coordinator no longer lists its leader as a member, or for its
- *   signature) checks the token at once, and only a refusal of that check withdraws the offer
- *   (then the checks resume). Seen after a healed partition: a report refused 403 for
- *   membership withdrew the offer of the lowest ID, and its partner led for a moment.
+ *   confirms, a 401/403 withdraws the offer (and the checks resume).
  */
 import { type Clock, systemClock } from "../mesh/clock.ts";
 import { backoffMs } from "./backoff.ts";
@@ -92,16 +88,6 @@ export class LeadEligibility {
       this.#set("refused", `the coordinator refused the cluster token (${outcome.status})`);
     }
     if (!this.#canLead && this.#timer === undefined) this.#retry();
-  }
-
-  /**
-   * Takes the outcome of a call that may be refused for more than the token (a report): a
-   * 401/403 checks the token now and keeps the offer until that check refuses it too; any other
-   * outcome counts as `observe` does.
-   */
-  doubt(outcome: AuthOutcome): void {
-    if (outcome.status === 401 || outcome.status === 403) this.#schedule(0);
-    else this.observe(outcome);
   }
 
   #set(said: "took" | "refused", why: string): void {

@@ -89,35 +89,4 @@ describe("LeadEligibility", () => {
     expect(s.checks()).toBe(2);
     s.e.stop();
   });
-
-  it("a report refused for something else than the token (a 403 for membership) keeps the offer; the token check decides", async () => {
-    const s = setup([
-      { ok: true, status: 200 },
-      { ok: true, status: 200 },
-    ]);
-    s.e.start();
-    await s.advance(0);
-    s.e.doubt({ ok: false, status: 403 });
-    await s.advance(0);
-    expect(s.checks()).toBe(2); // checked at once
-    expect(s.e.canLead).toBe(true);
-    expect(s.changes).toEqual([true]);
-    expect(s.lines.filter((l) => l.startsWith("Not offering"))).toEqual([]);
-    s.e.doubt({ ok: false, status: 503 }); // no news of the token
-    expect(s.e.canLead).toBe(true);
-    // A token that is really refused: the check says so, and the offer goes.
-    const r = setup([
-      { ok: true, status: 200 },
-      { ok: false, status: 401 },
-    ]);
-    r.e.start();
-    await r.advance(0);
-    r.e.doubt({ ok: false, status: 401 });
-    expect(r.e.canLead).toBe(true); // until the check answers
-    await r.advance(0);
-    expect(r.e.canLead).toBe(false);
-    expect(r.changes).toEqual([true, false]);
-    s.e.stop();
-    r.e.stop();
-  });
 });
