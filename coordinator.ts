@@ -1977,6 +1977,23 @@ export interface ClusterDoc {
   digest: string;
   leaders: Record<string, LeaderView>;
   members: Record<string, StoredMember>;
+  /**
+   * Every ID some leader of this cluster listed, oldest first, at most MAX_ROSTER (absent in
+   * documents older than this field): who may report the cluster (`admitsLeader`), also after a
+   * leader of the other side of a partition left it out of the members.
+   */
+  roster?: string[];
+}
+
+/** Most IDs a cluster's roster keeps (twice a report's member cap); the oldest go first. */
+const MAX_ROSTER = 2000;
+
+/** `roster` with the IDs in `ids` it lacks appended, the oldest dropped past MAX_ROSTER. */
+function grownRoster(roster: readonly string[] | undefined, ids: Iterable<string>): string[] {
+  const known = new Set(roster ?? []);
+  const added = [...ids].filter((id) => !known.has(id) && (known.add(id), true));
+  const all = [...(roster ?? []), ...added];
+  return all.length > MAX_ROSTER ? all.slice(all.length - MAX_ROSTER) : all;
 }
 
 /**
@@ -2126,8 +2143,9 @@ export function mergeClusterReport(
       members[m.worker_id] = incoming;
     }
   }
+  const roster = grownRoster(base.roster, listed);
   if (deposed) {
-    return { ...base, members, leaders, digest: routingDigest(Object.values(members)) };
+    return { ...base, members, leaders, roster, digest: routingDigest(Object.values(members)) };
   }
   // Entries of a leader that has no view (a deposed leader's late report took them) are this
   // leader's now, else no report could ever remove them. A newer report removes every entry of
@@ -2171,7 +2189,7 @@ export function mergeClusterReport(
     }
   }
   leaders[L] = { ...view, members: [...viewMembers] };
-  return { ...base, members, leaders, digest: routingDigest(Object.values(members)) };
+  return { ...base, members, leaders, roster, digest: routingDigest(Object.values(members)) };
 }
 
 /**
@@ -2214,6 +2232,7 @@ export function mergeClusterDocs(stored: ClusterDoc, waiting: ClusterDoc): Clust
     digest: routingDigest(Object.values(members)),
     leaders,
     members,
+    roster: grownRoster(stored.roster, waiting.roster ?? []),
   };
 }
 
@@ -3412,14 +3431,18 @@ async function unregister(
 
 /**
  * Whether `leader` may report a cluster whose document is `doc`: anyone may start a cluster
- * (no document, no members); after that only a member some leader of it reported, or a leader
- * with a view in it. The document is the cluster's roster: a key that no leader of the cluster
- * ever listed (its mesh never knew it) cannot take the cluster's members over.
+ * (no document, no members); after that only an ID some leader of it listed (the document's
+ * `roster`, and its members and leader views), also once another leader left it out: in a
+ * partition the big side's leader stops listing the small side, whose leader must still be heard.
+ * A key that no leader of the cluster ever listed (its mesh never knew it) cannot take the
+ * cluster's members over.
  */
 function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
   if (doc === null) return true;
   if (doc.members[leader] !== undefined || doc.leaders[leader] !== undefined) return true;
-  return Object.keys(doc.members).length === 0 && Object.keys(doc.leaders).length === 0;
+  if (doc.roster?.includes(leader)) return true;
+  const known = Object.keys(doc.members).length + Object.keys(doc.leaders).length;
+  return known === 0 && (doc.roster ?? []).length === 0;
 }
 
 async function clusterHeartbeat(
