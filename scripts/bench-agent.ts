@@ -22,7 +22,7 @@
  * agent bundles them), minus before; a few seconds.
  *
  *   npm run bench:agent -- [--n 10,20] [--idle-s 60] [--ways rollcall,tsx] [--repeat 1]
- *     [--node-flags=--max-semi-space-size=1] [--cpu-prof [--top 25]] [--json out.json]
+ *     [--node-flags=--max-semi-space-size=1] [--cpu-prof [--top 25] [--prof-dir dir]] [--json out.json]
  *   npm run bench:agent -- --imports [--runs 5]
  */
 import { execFileSync } from "node:child_process";
@@ -57,6 +57,7 @@ const { values } = parseArgs({
     "node-flags": { type: "string", default: "" },
     "cpu-prof": { type: "boolean", default: false },
     top: { type: "string", default: "25" },
+    "prof-dir": { type: "string" },
     json: { type: "string" },
     imports: { type: "boolean", default: false },
     runs: { type: "string", default: "5" },
@@ -419,6 +420,15 @@ async function main(): Promise<void> {
           console.log(
             `CPU per agent by thread (% of a core): ${res.threadPct.map((t) => `${t.name} ${t.pct}`).join(", ")}`,
           );
+          const profDir = values["prof-dir"];
+          if (profDir) {
+            mkdirSync(profDir, { recursive: true });
+            for (const [i, p] of res.profiles.entries())
+              writeFileSync(
+                path.join(profDir, `${way}-n${n}-r${r + 1}-${i}.cpuprofile`),
+                JSON.stringify(p),
+              );
+          }
           if (res.profiles.length > 0) {
             console.log(`\nWhere the idle CPU goes (${way}, N = ${n}, all agents):\n`);
             console.log(report(res.profiles, Number(values.top)));

@@ -27,7 +27,8 @@ export function originOf(url: string, fn: string): string {
   if (!url) return fn.startsWith("(") ? fn : "(native)";
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
   if (pkg) return pkg[1] as string;
-  if (url.startsWith("node:")) return `node:${url.slice(5).split("/")[0]}`;
+  if (url.startsWith("node:internal/")) return `node:${url.slice(14).split("/")[0]}`;
+  if (url.startsWith("node:")) return url;
   const own = /\/(mesh|agent|scripts|support)\/[^/]+$/.exec(url);
   if (own) return `${own[1]}/`;
   if (/coordinator\.(ts|mjs)$/.test(url)) return "coordinator.ts";
