@@ -4,11 +4,11 @@
  * verify() and sign(): at N = 10 that is ten key imports a second per agent, the largest
  * single item in the idle agent's profile after the socket writes (docs/BENCHMARKS.md, issue
  * 15). `withCachedVerify` imports the public key once and verifies with `node:crypto` (Node,
- * Deno and Bun all have it). Same keys, same signatures, same answers: only the import is
+ * Deno and Bun all have it); `signCached` does the same for our own key when signing. Same keys, same signatures, same answers: only the import is
  * cached.
  */
-import { createPublicKey, type KeyObject, verify } from "node:crypto";
-import type { PublicKey } from "@libp2p/interface";
+import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from "node:crypto";
+import type { PrivateKey, PublicKey } from "@libp2p/interface";
 import { toString as uint8ArrayToString } from "uint8arrays/to-string";
 
 /** The `node:crypto` KeyObject of a raw 32-byte Ed25519 public key. */
@@ -34,4 +34,25 @@ export function withCachedVerify(key: PublicKey): PublicKey {
     return verify(null, data instanceof Uint8Array ? data : data.subarray(), object, sig);
   };
   return fast;
+}
+
+const privateObjects = new WeakMap<PrivateKey, KeyObject>();
+
+/** Signs `data` with `key`: an Ed25519 key through a KeyObject made once per key, others as libp2p does. */
+export async function signCached(key: PrivateKey, data: Uint8Array): Promise<Uint8Array> {
+  if (key.type !== "Ed25519" || key.raw.byteLength !== 64) return key.sign(data);
+  let object = privateObjects.get(key);
+  if (!object) {
+    object = createPrivateKey({
+      format: "jwk",
+      key: {
+        kty: "OKP",
+        crv: "Ed25519",
+        d: uint8ArrayToString(key.raw.subarray(0, 32), "base64url"),
+        x: uint8ArrayToString(key.raw.subarray(32), "base64url"),
+      },
+    });
+    privateObjects.set(key, object);
+  }
+  return new Uint8Array(sign(null, data, object));
 }

@@ -7,7 +7,7 @@
  */
 import type { PrivateKey, PublicKey } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { withCachedVerify } from "./ed25519.ts";
+import { signCached, withCachedVerify } from "./ed25519.ts";
 import { EVERYONE, HeartbeatError, sealHeartbeat, signingInput } from "./protocol.ts";
 
 /**
@@ -20,7 +20,7 @@ export async function signHeartbeat(
   cluster: string,
   to = EVERYONE,
 ): Promise<Uint8Array> {
-  return sealHeartbeat(body, await key.sign(signingInput(cluster, body, to)));
+  return sealHeartbeat(body, await signCached(key, signingInput(cluster, body, to)));
 }
 
 /** Verifies one cluster's heartbeat signatures, caching the public key of each claimed id. */

@@ -1,7 +1,7 @@
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { withCachedVerify } from "../mesh/ed25519.ts";
+import { signCached, withCachedVerify } from "../mesh/ed25519.ts";
 import { HeartbeatVerifier, signHeartbeat } from "../mesh/signing.ts";
 import { openHeartbeat } from "../mesh/protocol.ts";
 
@@ -31,6 +31,18 @@ describe("withCachedVerify (mesh/ed25519.ts)", () => {
         expect(await fast.verify(msg, good.subarray(1))).toBe(false);
       }),
       { numRuns: 50 },
+    );
+  });
+
+  it("signCached makes the very signature the libp2p key makes (Ed25519 is deterministic)", async () => {
+    const a = await generateKeyPair("Ed25519");
+    const k = await generateKeyPair("secp256k1");
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (msg) => {
+        expect(await signCached(a, msg)).toEqual(Uint8Array.from(await a.sign(msg)));
+        expect(await k.publicKey.verify(msg, await signCached(k, msg))).toBe(true);
+      }),
+      { numRuns: 30 },
     );
   });
 
