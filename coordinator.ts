@@ -1990,9 +1990,13 @@ const MAX_ROSTER = 2000;
 
 /** `roster` with the IDs in `ids` it lacks appended, the oldest dropped past MAX_ROSTER. */
 function grownRoster(roster: readonly string[] | undefined, ids: Iterable<string>): string[] {
-  const known = new Set(roster ?? []);
-  const added = [...ids].filter((id) => !known.has(id) && (known.add(id), true));
-  const all = [...(roster ?? []), ...added];
+  const all = [...(roster ?? [])];
+  const known = new Set(all);
+  for (const id of ids) {
+    if (known.has(id)) continue;
+    known.add(id);
+    all.push(id);
+  }
   return all.length > MAX_ROSTER ? all.slice(all.length - MAX_ROSTER) : all;
 }
 
