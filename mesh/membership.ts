@@ -283,6 +283,8 @@ export class Membership {
     if (!e) return this.#add(hb, now);
     const v = e.view;
     const newer = hb.incarnation > v.incarnation;
+    // How long we had not heard it: an accusation excuses no silence longer than we allow.
+    const silentFor = now - e.heard;
     this.#maxTerm = Math.max(this.#maxTerm, hb.term);
     v.incarnation = hb.incarnation;
     e.seq = hb.seq;
@@ -303,16 +305,21 @@ export class Membership {
       v.canLead = hb.canLead;
       if (!hb.state.meta) delete v.meta;
       e.stateVersion = hb.stateVersion;
+    } else if (newer) {
+      // State versions start again with each run: what we hold is the old run's.
+      e.stateVersion = 0;
     }
     if (hb.leaving) return this.#transition(e, "left", now);
     if (v.state === "alive") return news ? [{ id: v.id, from: "alive", to: "alive" }] : [];
     // Refuted: it was suspect only on another member's word, and speaks for itself now. It was
     // alive all along as far as we know: its settle period goes on.
-    if (e.accused && !newer && v.state === "suspect") {
+    if (e.accused && !newer && v.state === "suspect" && silentFor <= this.#limit(e)) {
       const changes = this.#transition(e, "alive", now);
       for (const c of changes) c.refuted = true;
       return changes;
     }
+    // Suspect on another's word, but silent longer than we allow: a real down after all.
+    if (e.accused) this.#countDown(e, now);
     // Back: its settle period starts now, as we see it (a restart: less its credited uptime).
     v.aliveSince = newer ? now - this.#credit(hb, now) : now;
     return this.#transition(e, "alive", now);
@@ -617,12 +624,15 @@ export class Membership {
       this.#ring = null;
       this.#watched = null;
     }
-    if (from === "alive" && down) {
-      e.downs.push(now);
-      if (e.downs.length > this.settings.flapThreshold) e.downs.shift();
-      if (this.#recentDowns(e, now) >= this.settings.flapThreshold) e.view.flapping = true;
-    }
+    if (from === "alive" && down) this.#countDown(e, now);
     return [{ id: e.view.id, from, to }];
+  }
+
+  /** One down of the member, for flapping. */
+  #countDown(e: Entry, now: number): void {
+    e.downs.push(now);
+    if (e.downs.length > this.settings.flapThreshold) e.downs.shift();
+    if (this.#recentDowns(e, now) >= this.settings.flapThreshold) e.view.flapping = true;
   }
 
   #recentDowns(e: Entry, now: number): number {

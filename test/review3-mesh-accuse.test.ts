@@ -1,7 +1,7 @@
 /**
  * Review of the watch ring's accusations and needsState (mesh/membership.ts, commit 052fbb7),
  * pure, on a fake clock. Both are open findings for the mesh protocol's author
- * (/work/notes/review-findings.md): marked `it.fails` until the fix lands with the runtime.
+ * (/work/notes/review-findings.md): fixed (they failed on the code before the fix).
  */
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../mesh/clock.ts";
@@ -64,7 +64,7 @@ describe("review3: accusations and refutation", () => {
   // than we allow) into a "refutation": no down counted, the settle period kept. A member that
   // really drops out again and again is never damped as flapping, and keeps its eligibility to
   // lead, in every node its watchers accuse it to first (in a watch ring: all non-watchers).
-  it.fails("an accusation does not excuse a silence longer than we allow (flapping, settle)", () => {
+  it("an accusation does not excuse a silence longer than we allow (flapping, settle)", () => {
     const { clock, m } = flaps(true);
     expect(m.member("D")).toMatchObject({ flapping: true, aliveSince: clock.now() });
   });
@@ -74,7 +74,7 @@ describe("review3: needsState across incarnations", () => {
   // State versions restart with each run (Membership starts at 1), so a version of the new
   // incarnation says nothing about the state we hold of the old one: after a restart whose
   // heartbeats carry no state, we keep the old run's URL and services and never ask.
-  it.fails("a restarted member's state is needed until it sent the new incarnation's", () => {
+  it("a restarted member's state is needed until it sent the new incarnation's", () => {
     const { m } = observer();
     m.onHeartbeat(
       beat("D", 2, { stateVersion: 1, state: { url: "http://127.0.0.1:2", services: [] } }),
