@@ -9,7 +9,7 @@
  */
 import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from "node:crypto";
 import type { PrivateKey, PublicKey } from "@libp2p/interface";
-import { toString as uint8ArrayToString } from "uint8arrays/to-string";
+import { toString as uint8ArrayToString } from "uint8arrays";
 
 /** The `node:crypto` KeyObject of a raw 32-byte Ed25519 public key. */
 export function ed25519KeyObject(raw: Uint8Array): KeyObject {
