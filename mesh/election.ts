@@ -10,7 +10,9 @@
  * that has named no leader yet follows a lower ID's claim as well. A cluster
  * that starts or restarts together (no leader known, nobody claims) waits for a lower ID that is
  * only still settling instead of electing a higher one first: one leadership, not two.
- * Terms: a leader's term is authoritative once it claims it in a heartbeat; a new leadership
+ * Terms: a leader's term is authoritative once it claims it in a heartbeat; a sitting leader that
+ * sees a higher term while nobody else claims (a healed partition's other side led under it)
+ * takes a fresh one; a new leadership
  * takes max(term seen, previous term) + 1, so nodes that saw the same history pick the same term before the
  * new leader has even spoken. Terms saturate at LIMITS.term (mesh/schema.ts), the most a
  * heartbeat can carry: a peer that gossips the largest term cannot make a new leader's
@@ -136,7 +138,15 @@ export function elect(
   // that saw failures in a different order may guess different terms for a moment; the new
   // leader's claim, authoritative, aligns them within a heartbeat.
   const fresh = Math.min(LIMITS.term, Math.max(settings.maxTerm, previous?.term ?? 0) + 1);
-  if (chosen.self) return { id: chosen.id, term: keep && previous ? previous.term : fresh };
+  // A sitting leader that sees a higher term than its own while nobody else claims the lead
+  // (another side of a healed partition led under it, and stepped down before we heard its
+  // claim) takes a term above it: a leader whose term is below one the cluster used is a deposed
+  // leader to the coordinator. While another still claims, the claim rules settle it (two
+  // sitting leaders raising their terms in turn would never stop).
+  if (chosen.self) {
+    const own = keep && previous && (previous.term >= settings.maxTerm || claimed);
+    return { id: chosen.id, term: own ? previous.term : fresh };
+  }
   if (chosen.leaderTerm !== undefined) return { id: chosen.id, term: chosen.leaderTerm };
   if (keep && previous) return { id: chosen.id, term: previous.term };
   return { id: chosen.id, term: fresh };

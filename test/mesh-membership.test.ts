@@ -24,6 +24,8 @@ class Sim {
   clock = new FakeClock(1_000_000);
   nodes = new Map<string, SimNode>();
   blocked = new Set<string>();
+  /** Drops single heartbeats (a claim that reaches some members only, say). */
+  drop: (from: string, to: string, hb: Heartbeat) => boolean = () => false;
   history: Array<{ at: number; id: string; leader: Leader | null }> = [];
 
   add(id: string, init: Partial<MembershipInit> = {}): SimNode {
@@ -54,7 +56,8 @@ class Sim {
 
   send(from: SimNode, hb: Heartbeat): void {
     for (const to of this.nodes.values()) {
-      if (to !== from && to.up && !this.blocked.has(`${from.id}|${to.id}`)) to.m.onHeartbeat(hb);
+      if (to === from || !to.up || this.blocked.has(`${from.id}|${to.id}`)) continue;
+      if (!this.drop(from.id, to.id, hb)) to.m.onHeartbeat(hb);
     }
   }
 
@@ -283,6 +286,25 @@ describe("membership and election on a fake clock", () => {
     for (const id of ["A", "B", "C", "D", "E"]) expect(sim.changes(id, healedAt)).toBe(0);
   });
 
+  // With the watch ring a claim is flooded once, as news; the other side's leader can step down
+  // before the lower ID hears it claim. Its heartbeats still carry the term it saw: the healed
+  // leader must go above it (the coordinator takes a leader below a term it holds as deposed).
+  it("healing after a split whose claim the lower ID never heard: its lead goes above the other side's term", () => {
+    const sim = cluster(["A", "B", "C", "D", "E"]);
+    sim.run(8000);
+    sim.split(["A", "B"], ["C", "D", "E"]);
+    sim.run(12_000);
+    expect(sim.leaders(["C", "D", "E"])).toEqual(["C@2"]);
+    sim.drop = (from, to, hb) => from === "C" && hb.leader && (to === "A" || to === "B");
+    sim.heal();
+    sim.run(SETTLE + 2000);
+    expect(sim.leaders()).toEqual(["A@3"]);
+    const healedAt = sim.clock.now();
+    sim.run(10_000);
+    expect(sim.leaders()).toEqual(["A@3"]);
+    for (const id of ["A", "B", "C", "D", "E"]) expect(sim.changes(id, healedAt)).toBe(0);
+  });
+
   it("a member cut off from everyone for a few seconds never takes the lead (network flap)", () => {
     const sim = cluster(["A", "B", "C"]);
     sim.run(8000);
@@ -389,6 +411,16 @@ describe("elect()", () => {
     const view = { self: "B", members: [member("A"), member("B", { self: true })] };
     expect(elect(view, null, at)).toEqual({ id: "A", term: 5 });
     expect(elect(view, { id: "A", term: 5 }, { ...at, maxTerm: 7 })).toEqual({ id: "A", term: 5 });
+    // Only a sitting leader itself goes above a higher term it sees (the others follow its claim).
+    const mine = { self: "A", members: [member("A", { self: true }), member("B")] };
+    expect(elect(mine, { id: "A", term: 5 }, { ...at, maxTerm: 5 })).toEqual({ id: "A", term: 5 });
+    expect(elect(mine, { id: "A", term: 5 }, { ...at, maxTerm: 7 })).toEqual({ id: "A", term: 8 });
+    // ... unless another claims the lead (the claim rules settle that; no raising in turn).
+    const rival = {
+      ...mine,
+      members: [member("A", { self: true }), member("B", { leaderTerm: 7, aliveSince: 9000 })],
+    };
+    expect(elect(rival, { id: "A", term: 5 }, { ...at, maxTerm: 7 })).toEqual({ id: "B", term: 7 });
   });
 
   it("keeps an unsettled sitting leader unless a lower settled ID is present", () => {
@@ -417,7 +449,9 @@ describe("elect()", () => {
       self: "B",
       members: [member("B", { self: true }), member("C", { leaderTerm: 6, state: "dead" })],
     };
-    expect(elect(deadRival, prev, at)).toEqual({ id: "B", term: 3 });
+    expect(elect(deadRival, prev, { ...at, maxTerm: 3 })).toEqual({ id: "B", term: 3 });
+    // A dead rival led under a higher term: nobody claims now, so B goes above it.
+    expect(elect(deadRival, prev, { ...at, maxTerm: 6 })).toEqual({ id: "B", term: 7 });
   });
 
   it("with no leader yet and no claim, waits for a lower ID that only settles; a claim or a sitting leader is followed at once", () => {
