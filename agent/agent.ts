@@ -314,6 +314,7 @@ export class Agent {
         psk: c.psk,
         insecureOpenMesh: c.insecureOpenMesh,
         allowPeers: c.allowPeers,
+        watchers: c.meshWatchers,
         local: {
           url: c.publicUrl,
           status: "online",

@@ -51,6 +51,8 @@ export interface AgentConfig {
   allowPeers: string[] | undefined;
   /** Connections one client address may hold open on the gateway (0: no cap). */
   gatewayPerClient: number;
+  /** The watch ring's watchers per member (--mesh-watchers); undefined: the mesh's default. */
+  meshWatchers: number | undefined;
   services: string | undefined;
   mode: "mesh" | "direct";
   probeIntervalMs: number;
@@ -84,6 +86,11 @@ const SETTINGS = [
   ["bootstrap", "ROLLCALL_BOOTSTRAP", "bootstrap peer multiaddrs with /p2p/<id>, comma-separated"],
   ["mdns", "ROLLCALL_MDNS", "find peers on the LAN by mDNS (true/false; needs --psk)"],
   ["psk", "ROLLCALL_PSK", "private-network key: swarm.key text or a path to it"],
+  [
+    "mesh-watchers",
+    "ROLLCALL_MESH_WATCHERS",
+    "heartbeat to this many watchers instead of flooding every peer (1-16; docs/PROTOCOL.md)",
+  ],
   ["services", "ROLLCALL_SERVICES", "services manifest JSON file (default: none, no services)"],
   ["mode", "ROLLCALL_MODE", "mesh (default) or direct"],
   ["probe-interval", "ROLLCALL_PROBE_INTERVAL", "seconds between service probes (default 10)"],
@@ -422,6 +429,9 @@ export function loadConfig(
       z.coerce.number().int().min(0).max(1_000_000),
       256,
     ),
+    meshWatchers: raw.has("mesh-watchers")
+      ? check("mesh-watchers", z.coerce.number().int().min(1).max(16), 3)
+      : undefined,
     services: get("services"),
     mode,
     probeIntervalMs: check("probe-interval", seconds(0.1, 3600), 10) * 1000,

@@ -7,7 +7,9 @@
  * - `built`: `node dist/agent/rollcall-agent.mjs` (the agent-only bundle of the same build);
  * - `external`: our code bundled by esbuild unminified, the libraries from node_modules, so a CPU
  *   profile names functions and packages (`--cpu-prof` defaults to this way);
- * - `tsx`: `node --import tsx agent/cli.ts` (as `npm run dev` runs agents).
+ * - `tsx`: `node --import tsx agent/cli.ts` (as `npm run dev` runs agents);
+ * - a path ending in `.mjs`: `node <path> agent`, another build of dist/rollcall.mjs (a copy of
+ *   main's, for before and after in one run).
  *
  * Every agent runs with a small preload (`--import`): on SIGUSR2 it writes its
  * `process.memoryUsage()` and V8 heap spaces to a file, and with `--cpu-prof` it starts the
@@ -23,6 +25,7 @@
  *
  *   npm run bench:agent -- [--n 10,20] [--idle-s 60] [--ways rollcall,tsx] [--repeat 1]
  *     [--node-flags=--max-semi-space-size=1] [--cpu-prof [--top 25] [--prof-dir dir]] [--json out.json]
+ *     [--watchers 3]
  *   npm run bench:agent -- --imports [--runs 5]
  */
 import { execFileSync } from "node:child_process";
@@ -60,6 +63,10 @@ const { values } = parseArgs({
     "prof-dir": { type: "string" },
     json: { type: "string" },
     imports: { type: "boolean", default: false },
+    // The watch ring (--mesh-watchers of the agent): heartbeats to this many watchers.
+    watchers: { type: "string" },
+    // Print the last lines of every agent's output after each run (to see what a busy one does).
+    logs: { type: "boolean", default: false },
     runs: { type: "string", default: "5" },
   },
 });
@@ -166,6 +173,8 @@ async function collect(files: string[], what: "mem.json" | "cpuprofile") {
 }
 
 const MB = 2 ** 20;
+/** Runs so far in this process (each gets its own cluster name). */
+let runs = 0;
 
 /** Runs N agents with `node <argv>` (plus their flags), measures them, stops them. */
 async function run(
@@ -177,6 +186,9 @@ async function run(
   probeFile: string,
 ) {
   const dir = mkdtempSync(path.join(tmpdir(), `rollcall-bench-agent-${name}-`));
+  // A cluster name of its own per run: the coordinator remembers the members a cluster's leaders
+  // listed, and refuses a leader from a wholly new set of members (the previous run's cluster).
+  const cluster = `bench-${++runs}`;
   const agents: Proc[] = [];
   const files: string[] = [];
   try {
@@ -186,10 +198,12 @@ async function run(
       const gateway = await freePort();
       const args = [
         ...["--coordinator", coordinator, "--data-dir", path.join(dir, String(i))],
+        ...["--cluster", cluster],
         ...["--listen", `127.0.0.1:${gateway}`, "--mesh-listen", "/ip4/127.0.0.1/tcp/0"],
         ...["--services", manifest, "--public-url", `http://127.0.0.1:${gateway}`],
       ];
       if (bootstrap) args.push("--bootstrap", bootstrap);
+      if (values.watchers) args.push("--mesh-watchers", values.watchers);
       files.push(path.join(dir, `probe-${i}`));
       const env: Record<string, string> = { ROLLCALL_BENCH_PROBE: files[i] as string };
       if (values["cpu-prof"]) env.ROLLCALL_BENCH_PROFILE = "1";
@@ -237,6 +251,8 @@ async function run(
       .map(([name, t]) => ({ name, pct: Math.round((t / TICKS / seconds / n) * 10000) / 100 }))
       .sort((a, b) => b.pct - a.pct);
     const mem = await probe(agents, files);
+    if (values.logs)
+      for (const a of agents) console.log(`--- ${a.name}\n${a.output().slice(-1500)}`);
     const profiles: CpuProfile[] = values["cpu-prof"] ? await collect(files, "cpuprofile") : [];
     const leads = (a: Proc) =>
       /: this agent$/.test(
@@ -357,6 +373,8 @@ async function imports(runs: number): Promise<void> {
 /** Each way's command line before the agent's flags: Node's flags, then the script and its own. */
 async function wayArgv(way: string): Promise<{ node: string[]; script: string[] }> {
   if (way === "rollcall") return { node: NODE_FLAGS, script: ["dist/rollcall.mjs", "agent"] };
+  // Another build of the command (e.g. main's, copied aside): before/after in one run.
+  if (way.endsWith(".mjs")) return { node: NODE_FLAGS, script: [path.resolve(way), "agent"] };
   if (way === "built") return { node: NODE_FLAGS, script: ["dist/agent/rollcall-agent.mjs"] };
   if (way === "tsx") return { node: [...NODE_FLAGS, "--import", "tsx"], script: ["agent/cli.ts"] };
   if (way !== "external")
@@ -398,7 +416,7 @@ async function main(): Promise<void> {
   await new Promise<void>((r) => server.once("listening", () => r()));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   console.log(
-    `N = ${SIZES.join(", ")}; ways ${WAYS.join(", ")}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}; ${values.repeat} run(s) each; idle ${IDLE_S} s; load before: ${readFileSync("/proc/loadavg", "utf8").trim()}`,
+    `N = ${SIZES.join(", ")}; ways ${WAYS.join(", ")}${values.watchers ? `; --mesh-watchers ${values.watchers}` : ""}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}; ${values.repeat} run(s) each; idle ${IDLE_S} s; load before: ${readFileSync("/proc/loadavg", "utf8").trim()}`,
   );
   const results = [];
   try {

@@ -121,7 +121,16 @@ describe("loadConfig", () => {
     expect(load([]).gatewayPerClient).toBe(256);
     expect(load(["--gateway-per-client", "0"]).gatewayPerClient).toBe(0);
     expect(settingOf(() => load(["--gateway-per-client", "many"]))).toBe("--gateway-per-client");
-    for (const flag of ["--insecure-open-mesh", "--allow-peers", "--gateway-per-client"]) {
+    expect(load([]).meshWatchers).toBeUndefined();
+    expect(load(["--mesh-watchers", "3"]).meshWatchers).toBe(3);
+    expect(load([], { ROLLCALL_MESH_WATCHERS: "2" }).meshWatchers).toBe(2);
+    expect(settingOf(() => load(["--mesh-watchers", "0"]))).toBe("--mesh-watchers");
+    for (const flag of [
+      "--insecure-open-mesh",
+      "--allow-peers",
+      "--gateway-per-client",
+      "--mesh-watchers",
+    ]) {
       expect(helpText()).toContain(flag);
     }
   });
