@@ -223,7 +223,8 @@ export class Dialer {
   #pass(): void {
     const node = this.#c.node;
     const now = this.#c.clock.now();
-    const connected = new Set(node.getPeers().map((p) => p.toString()));
+    // From the connections, not getPeers(): that one round-trips every id through its string.
+    const connected = new Set(node.getConnections().map((c) => c.remotePeer.toString()));
     const self = node.peerId.toString();
     for (const { addr, id } of this.#init.bootstrap) {
       if (id !== self && (id ? !connected.has(id) : connected.size === 0)) this.dial(addr);

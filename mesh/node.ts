@@ -135,7 +135,13 @@ export async function createNode(
     addresses: { listen: init.listen },
     transports: [lean ? leanTcp({}, { log: components.log }) : tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [lean ? leanYamux({}, { log: components.log }) : yamux()],
+    // No yamux keep-alive pings (one per connection every 30 s, and the answer): heartbeats
+    // already show whether a member is there, and a silent one's link is probed and reset.
+    streamMuxers: [
+      lean
+        ? leanYamux({ enableKeepAlive: false }, { log: components.log })
+        : yamux({ enableKeepAlive: false }),
+    ],
     peerDiscovery,
     // Heartbeats already prove liveness every second; libp2p's pings would only add bytes.
     connectionMonitor: { enabled: false },

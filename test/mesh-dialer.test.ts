@@ -1,6 +1,6 @@
 /**
  * The dialer on a fake clock with a stand-in for the libp2p node (only what the dialer calls:
- * peerId, getPeers, dial, hangUp, the peer store's addresses, events). No libp2p sockets; the
+ * peerId, getConnections, dial, hangUp, the peer store's addresses, events). No libp2p sockets; the
  * probes connect to real loopback ports (a listener, a closed port, a listener that closes).
  */
 import { generateKeyPair } from "@libp2p/crypto/keys";
@@ -57,7 +57,7 @@ function fakeNode(self: PeerId, connected: PeerId[], addrs: string[] = []) {
     peerStore: {
       get: async () => ({ addresses: addrs.map((a) => ({ multiaddr: multiaddr(a) })) }),
     },
-    getPeers: () => connected,
+    getConnections: () => connected.map((remotePeer) => ({ remotePeer })),
     dial: (target: unknown) => {
       dials.push(String(target));
       return new Promise(() => {});
