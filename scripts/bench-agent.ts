@@ -424,9 +424,10 @@ async function main(): Promise<void> {
       for (const way of WAYS)
         for (let r = 0; r < Number(values.repeat); r++) {
           const argv = await wayArgv(way);
-          const res = await run(way, argv, n, url, manifest, probeFile);
+          const label = way.endsWith(".mjs") ? path.basename(way, ".mjs") : way;
+          const res = await run(label, argv, n, url, manifest, probeFile);
           results.push(res);
-          console.log(`\n${way}, N = ${n}, run ${r + 1}: per agent (MB, % of a core)`);
+          console.log(`\n${label}, N = ${n}, run ${r + 1}: per agent (MB, % of a core)`);
           console.log(
             "| agent | role | RSS | heap used / total | external | array buffers | new space | RSS growth in window | CPU |",
           );
@@ -443,12 +444,12 @@ async function main(): Promise<void> {
             mkdirSync(profDir, { recursive: true });
             for (const [i, p] of res.profiles.entries())
               writeFileSync(
-                path.join(profDir, `${way}-n${n}-r${r + 1}-${i}.cpuprofile`),
+                path.join(profDir, `${label}-n${n}-r${r + 1}-${i}.cpuprofile`),
                 JSON.stringify(p),
               );
           }
           if (res.profiles.length > 0) {
-            console.log(`\nWhere the idle CPU goes (${way}, N = ${n}, all agents):\n`);
+            console.log(`\nWhere the idle CPU goes (${label}, N = ${n}, all agents):\n`);
             console.log(report(res.profiles, Number(values.top)));
           }
         }
