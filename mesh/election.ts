@@ -33,6 +33,8 @@ export interface ElectionMember {
   canLead?: boolean;
   /** Suspect, but its host accepts connections: we are not cut off from it. */
   reachable?: boolean;
+  /** Suspect on one watcher's accusation only (not confirmed): a sitting leader keeps the lead. */
+  accused?: boolean;
 }
 
 /** What the election needs to know about the view. */
@@ -96,11 +98,15 @@ export function elect(
   // merely suspected leader keeps its role until it is dead. A member whose network flaps never
   // grabs the lead. A silent member whose host accepts our connection (a frozen process) or
   // refused it twice (dead, with evidence) is no sign that we are cut off.
+  // A leader suspect on one watcher's accusation only keeps the lead until a second watcher, our
+  // own judgement or its death confirms it: one watcher's word (a hiccup of its own, or a rogue)
+  // would otherwise move the lead away and back when the leader refutes it.
   const isolated = others > 0 && hearing === 0;
   const sittingHolds =
     sitting !== undefined &&
     sitting.canLead !== false &&
-    (sitting.state === "alive" || (isolated && sitting.state === "suspect"));
+    (sitting.state === "alive" ||
+      (sitting.state === "suspect" && (isolated || sitting.accused === true)));
   const keep =
     previous !== null &&
     sittingHolds &&

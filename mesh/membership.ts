@@ -61,6 +61,13 @@ export interface MembershipInit {
   watchers?: number;
   /** Silence after which a member we do not watch becomes suspect; default suspectAfterMs. */
   unwatchedSuspectAfterMs?: number;
+  /**
+   * Least time between two refutations of accusations of us; default suspectAfterMs / 3. A
+   * refutation reaches everyone, and a member that heard us within suspectAfterMs / 2 ignores an
+   * accusation, so one per window answers every accusation: more would only let an accuser make
+   * us flood at its rate.
+   */
+  refuteEveryMs?: number;
 }
 
 /** Default timing of the membership (see docs/BENCHMARKS.md for why). */
@@ -83,6 +90,8 @@ export interface MemberChange {
   to: MemberState | null;
   /** Set when a heartbeat of the member refuted an accusation we had taken. */
   refuted?: true;
+  /** Set when our own judgement confirmed a suspicion we had taken on one watcher's word. */
+  confirmed?: true;
 }
 
 /** What became of an accusation (`Membership.accuse`). */
@@ -91,6 +100,10 @@ export type AccusationOutcome =
   | "taken"
   /** We are the accused: refute it (send a fresh heartbeat to everyone). */
   | "self"
+  /** We are the accused, and refuted an accusation less than refuteEveryMs ago: nothing to do. */
+  | "refuted"
+  /** A second watcher accuses a member we suspect on one watcher's word: confirmed. */
+  | "confirmed"
   /** Not one of the accused's watchers in our view: ignored. */
   | "not-watcher"
   /** We heard the accused ourselves a moment ago: ignored. */
@@ -112,6 +125,8 @@ interface Entry {
   announced: number;
   /** Suspect on an accusation (not by our own judgement): a heartbeat refutes it. */
   accused?: boolean;
+  /** Who accused it in its current suspicion (the second one confirms it). */
+  accusers?: string[];
 }
 
 /** What the local node puts in its next heartbeat besides its own state. */
@@ -158,6 +173,8 @@ export class Membership {
   #seq = 0;
   #stateVersion = 1;
   #maxTerm = 0;
+  /** Clock ms of our last refutation (see refuteEveryMs). */
+  #refutedAt = Number.NEGATIVE_INFINITY;
 
   constructor(selfId: string, init: MembershipInit, clock: Clock) {
     this.self = selfId;
@@ -174,6 +191,8 @@ export class Membership {
       watchers: init.watchers ?? MEMBERSHIP_DEFAULTS.watchers,
       unwatchedSuspectAfterMs:
         init.unwatchedSuspectAfterMs ?? init.suspectAfterMs ?? MEMBERSHIP_DEFAULTS.suspectAfterMs,
+      refuteEveryMs:
+        init.refuteEveryMs ?? (init.suspectAfterMs ?? MEMBERSHIP_DEFAULTS.suspectAfterMs) / 3,
     };
     checkLocal(init.local);
     const now = clock.now();
@@ -332,28 +351,44 @@ export class Membership {
    * within half the suspicion timeout: an accusation alone never overrides what we hear, and the
    * accused refutes it with a fresh heartbeat (it brings it back without a settle period, and an
    * accusation counts as no down for flapping). It still dies after deadAfterMs if no heartbeat
-   * of it comes.
+   * of it comes. Suspect on one watcher's word it is `accused` in the view (the election keeps a
+   * leader that is only that) until a second watcher accuses it, we judge its silence ourselves,
+   * or it dies. Accusations of us are answered at most once per refuteEveryMs ("refuted").
    */
   accuse(
     accuser: string,
     id: string,
     incarnation: number,
   ): { outcome: AccusationOutcome; changes: MemberChange[] } {
+    const now = this.#clock.now();
     if (id === this.self) {
-      const current = incarnation === this.#me.incarnation;
-      return { outcome: current ? "self" : "moot", changes: [] };
+      if (incarnation !== this.#me.incarnation) return { outcome: "moot", changes: [] };
+      if (now - this.#refutedAt < this.settings.refuteEveryMs) {
+        return { outcome: "refuted", changes: [] };
+      }
+      this.#refutedAt = now;
+      return { outcome: "self", changes: [] };
     }
     const e = this.#entries.get(id);
-    if (e?.view.state !== "alive" || e.view.incarnation !== incarnation) {
-      return { outcome: "moot", changes: [] };
-    }
+    const state = e?.view.state;
+    if (!e || e.view.incarnation !== incarnation) return { outcome: "moot", changes: [] };
+    // Suspect on one watcher's word, and another one accuses it too: confirmed.
+    const second = state === "suspect" && e.view.accused === true;
+    if (state !== "alive" && !second) return { outcome: "moot", changes: [] };
     if (!watchersOf(this.ring(), id, this.settings.watchers).includes(accuser)) {
       return { outcome: "not-watcher", changes: [] };
     }
-    const now = this.#clock.now();
+    if (second) {
+      if (e.accusers?.includes(accuser)) return { outcome: "moot", changes: [] };
+      delete e.view.accused;
+      e.accusers?.push(accuser);
+      return { outcome: "confirmed", changes: [{ id, from: "suspect", to: "suspect" }] };
+    }
     if (now - e.heard < this.settings.suspectAfterMs / 2) return { outcome: "heard", changes: [] };
     const changes = this.#transition(e, "suspect", now, false);
     e.accused = true;
+    e.accusers = [accuser];
+    e.view.accused = true;
     return { outcome: "taken", changes };
   }
 
@@ -497,6 +532,10 @@ export class Membership {
         this.#watched = null;
         changes.push({ id: v.id, from: v.state, to: null });
         continue;
+      } else if (v.accused && now - v.lastSeen > this.#limit(e)) {
+        // Suspect on one watcher's word, and now silent longer than we allow: ours too.
+        delete v.accused;
+        changes.push({ id: v.id, from: "suspect", to: "suspect", confirmed: true });
       }
       if (v.flapping && this.#recentDowns(e, now) < s.flapThreshold) {
         v.flapping = false;
@@ -618,6 +657,8 @@ export class Membership {
     e.since = now;
     e.view.since = now;
     e.accused = false;
+    e.accusers = undefined;
+    delete e.view.accused;
     delete e.view.evidence;
     delete e.view.reachable;
     if ((from === "alive" || from === "suspect") !== (to === "alive" || to === "suspect")) {

@@ -647,6 +647,8 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
         this.#stats.accused++;
         changes.push(...r.changes);
         this.#dialer?.probe(peerIdFromString(a.id), "silent");
+      } else if (r.outcome === "confirmed") {
+        changes.push(...r.changes);
       }
     }
     // No change, no new election: what else moves it (time, for settling) the tick covers.
@@ -682,7 +684,8 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     // Fell silent: is its host still there (a frozen process), or gone (refused twice)? If we
     // watch it, tell the others (they do not hear it every interval).
     for (const c of changes) {
-      if (c.from === "alive" && c.to === "suspect") {
+      // Suspect now, or on a watcher's word before and on our own judgement now.
+      if ((c.from === "alive" && c.to === "suspect") || c.confirmed) {
         this.#dialer?.probe(peerIdFromString(c.id), "silent");
         const incarnation = m.member(c.id)?.incarnation;
         if (this.#ring && m.watching(c.id) && incarnation !== undefined) {

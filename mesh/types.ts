@@ -70,6 +70,11 @@ export interface MemberView {
   evidence?: "refused";
   /** Suspect, but its host accepts connections: its process is silent, the network is not cut. */
   reachable?: boolean;
+  /**
+   * Suspect on one watcher's accusation only (watch ring): not yet confirmed by a second watcher,
+   * by our own judgement of its silence, or by its death. A leader that is only this keeps the lead.
+   */
+  accused?: boolean;
 }
 
 /** A leader and the term of its leadership. */

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../mesh/clock.ts";
+import { elect } from "../mesh/election.ts";
 import { Membership } from "../mesh/membership.ts";
 import type { Heartbeat } from "../mesh/protocol.ts";
 import { watchedBy, watchersOf } from "../mesh/ring.ts";
@@ -173,5 +174,122 @@ describe("Membership with a watch ring", () => {
     expect(m.needsState("D")).toBe(false);
     m.onHeartbeat(beat("D", 3, { stateVersion: 2 }));
     expect(m.needsState("D")).toBe(true);
+  });
+});
+
+describe("accusations: refutations bounded, one watcher's word does not move the lead", () => {
+  // F3 (review of the ring): every accusation of us made us flood a refutation, so a member that
+  // accuses again and again made us flood at its rate. One per refuteEveryMs answers them all.
+  it("refutes at most once per refuteEveryMs, however often it is accused", () => {
+    const { clock, m } = observer();
+    expect(m.settings.refuteEveryMs).toBe(1000);
+    const outcomes: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      outcomes.push(m.accuse(i % 2 ? "A" : "B", "C", 1).outcome);
+      clock.advance(50);
+    }
+    expect(outcomes).toEqual(["self", ...Array(9).fill("refuted")]);
+    clock.advance(500);
+    expect(m.accuse("B", "C", 1).outcome).toBe("self");
+  });
+
+  /** "D" with watchers=2 among A..F: A (the leader, term 1) is watched by B and C, not by D. */
+  function leaderView(timing: { deadAfterMs?: number; unwatchedSuspectAfterMs?: number } = {}) {
+    const clock = new FakeClock(1_000_000);
+    const m = new Membership(
+      "D",
+      {
+        local,
+        watchers: 2,
+        suspectAfterMs: 3000,
+        deadAfterMs: 20_000,
+        unwatchedSuspectAfterMs: 9000,
+        ...timing,
+      },
+      clock,
+    );
+    for (const id of RING) {
+      if (id !== "D") m.onHeartbeat(beat(id, 1, id === "A" ? { leader: true, term: 1 } : {}));
+    }
+    clock.advance(10_000); // everyone settled; A's word keeps it alive
+    m.onHeartbeat(beat("A", 2, { leader: true, term: 1 }));
+    for (const id of ["B", "C", "E", "F"]) m.onHeartbeat(beat(id, 2));
+    let leader = { id: "A", term: 1 };
+    const changes: string[] = [];
+    const run = () => {
+      const v = m.view();
+      const next = elect(v, leader, { settleMs: 5000, now: v.now, maxTerm: v.maxTerm });
+      if (next && (next.id !== leader.id || next.term !== leader.term)) {
+        changes.push(`${next.id}@${next.term}`);
+        leader = next;
+      }
+    };
+    return { clock, m, run, changes };
+  }
+
+  // F4: one watcher accuses the leader; the others took it, elected the next ID, and went back
+  // when the leader refuted it: two leader changes (two reports) for one hiccup.
+  it("a leader accused by one watcher keeps the lead; its refutation changes nothing", () => {
+    const { clock, m, run, changes } = leaderView();
+    clock.advance(2000);
+    expect(m.accuse("B", "A", 1).outcome).toBe("taken");
+    expect(m.member("A")).toMatchObject({ state: "suspect", accused: true });
+    run();
+    clock.advance(100);
+    m.onHeartbeat(beat("A", 3, { leader: true, term: 1 }));
+    run();
+    expect(m.member("A")?.state).toBe("alive");
+    expect(changes).toEqual([]);
+  });
+
+  it("a second watcher's accusation confirms it: the lead moves at once", () => {
+    const { clock, m, run, changes } = leaderView();
+    clock.advance(2000);
+    m.accuse("B", "A", 1);
+    expect(m.accuse("B", "A", 1).outcome).toBe("moot"); // the same watcher again is no second
+    run();
+    expect(m.accuse("C", "A", 1)).toEqual({
+      outcome: "confirmed",
+      changes: [{ id: "A", from: "suspect", to: "suspect" }],
+    });
+    expect(m.member("A")?.accused).toBeUndefined();
+    run();
+    expect(changes).toEqual(["B@2"]);
+  });
+
+  it("our own judgement of its silence confirms it (and the tick says so, for a watcher to accuse)", () => {
+    const { clock, m, run, changes } = leaderView();
+    clock.advance(2000);
+    m.accuse("B", "A", 1);
+    clock.advance(6999); // 8999 ms of silence: less than the 9 s we allow A (we do not watch it)
+    for (const id of ["B", "C", "E", "F"]) m.onHeartbeat(beat(id, 3)); // the others speak
+    const ofA = () => m.tick().filter((c) => c.id === "A");
+    expect(ofA()).toEqual([]);
+    run();
+    expect(changes).toEqual([]);
+    clock.advance(2);
+    expect(ofA()).toEqual([{ id: "A", from: "suspect", to: "suspect", confirmed: true }]);
+    run();
+    expect(changes).toEqual(["B@2"]);
+  });
+
+  it("unconfirmed, it still dies after deadAfterMs, and the lead moves then", () => {
+    const { clock, m, run, changes } = leaderView({
+      deadAfterMs: 4000,
+      unwatchedSuspectAfterMs: 20_000,
+    });
+    clock.advance(2000);
+    m.accuse("C", "A", 1);
+    clock.advance(3999);
+    for (const id of ["B", "C", "E", "F"]) m.onHeartbeat(beat(id, 3));
+    expect(m.tick().filter((c) => c.id === "A")).toEqual([]);
+    run();
+    expect(changes).toEqual([]);
+    clock.advance(1);
+    expect(m.tick().filter((c) => c.id === "A")).toEqual([
+      { id: "A", from: "suspect", to: "dead" },
+    ]);
+    run();
+    expect(changes).toEqual(["B@2"]);
   });
 });
