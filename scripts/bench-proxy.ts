@@ -7,7 +7,7 @@
  *   npm run bench:proxy -- [--rounds 3] [--duration 10] [--connections 50]
  *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin,node-undici,
  *                    hono-node,hono-node-http,hono-node-undici,hono-bun,hono-deno,hono-deno-http]
- *         [--before <checkout>] [--profile node,bun,deno]
+ *         [--before <checkout>] [--profile node,bun,deno] [--heap node,hono-node-undici]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
  * upstream costs every target the same. Ratios are per round (median and range over rounds). The "nginx" proxy runs one worker process, as the
@@ -25,6 +25,9 @@
  * time (all its threads, workers for nginx) over the requests served: robust to a busy machine.
  * `--profile node,bun,deno` runs those coordinators once more under a CPU profiler (`--cpu-prof`;
  * Deno: V8's `--prof`, read by `node --prof-process`) and prints where their CPU time goes.
+ * `--heap node,...` (Node and Deno targets) runs those once more under V8's sampling heap
+ * profiler (through the inspector, objects a scavenge or a full GC collected included) during the
+ * measured load and prints the bytes allocated per request, by function and by area.
  * Needs `apt-get install nginx wrk`.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
@@ -59,6 +62,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "1" },
     targets: { type: "string", default: "direct,nginx,nginx-auto,node,bun,deno" },
     profile: { type: "string", default: "" },
+    heap: { type: "string", default: "" },
     before: { type: "string" },
   },
 });
@@ -441,6 +445,52 @@ function summarizeProfile(file: string, requests?: number): string {
 }
 
 /**
+ * Sums a sampling heap profile (V8's, collected objects included) by allocating function and by
+ * area: bytes allocated per request over the `requests` served while it was taken.
+ */
+function summarizeHeap(file: string, requests: number): string {
+  interface HeapNode {
+    callFrame: { functionName: string; url: string; lineNumber: number };
+    selfSize: number;
+    children: HeapNode[];
+  }
+  const { head } = JSON.parse(readFileSync(file, "utf8")) as { head: HeapNode };
+  const fns = new Map<string, number>();
+  const files = new Map<string, number>();
+  let total = 0;
+  const visit = (n: HeapNode) => {
+    const { functionName, url, lineNumber } = n.callFrame;
+    if (n.selfSize > 0) {
+      const where = url.replace(/^.*\/(?=[^/]+\/[^/]+$)/, "");
+      const key = `${functionName || "(anonymous)"} ${where}:${lineNumber + 1}`;
+      fns.set(key, (fns.get(key) ?? 0) + n.selfSize);
+      const area = url === "" ? "(native / runtime)" : where.replace(/:\d+$/, "");
+      files.set(area, (files.get(area) ?? 0) + n.selfSize);
+      total += n.selfSize;
+    }
+    for (const c of n.children) visit(c);
+  };
+  visit(head);
+  const per = (bytes: number) => `${(bytes / requests).toFixed(0).padStart(6)} B/req`;
+  const lines = [
+    `Allocated ${per(total)} (${requests} requests). By file:`,
+    "",
+    ...[...files]
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, 15)
+      .map(([f, b]) => `  ${per(b)}  ${f}`),
+    "",
+    "Top functions by bytes allocated:",
+    "",
+    ...[...fns]
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, 30)
+      .map(([f, b]) => `  ${per(b)}  ${f}`),
+  ];
+  return lines.join("\n");
+}
+
+/**
  * The bare hono proxies a target compares with: on its runtime's fetch, and on the same
  * upstream client (the node:http one for the Node and Deno coordinators, undici for node-undici).
  */
@@ -464,11 +514,13 @@ function bareOf(target: string): { fetch: string; client: string } | null {
 async function profileTarget(
   target: string,
   upstream: string,
+  heap = false,
 ): Promise<{ file: string; requests?: number } | null> {
-  const dir = path.join(work, `profile-${target.replace(/[^\w-]/g, "_")}`);
+  const dir = path.join(work, `${heap ? "heap" : "profile"}-${target.replace(/[^\w-]/g, "_")}`);
   mkdirSync(dir);
   const url = (c: Coordinator) => `${c.base}/api/service/echo/hello`;
   if (target.replace(/^hono-/, "").startsWith("bun")) {
+    if (heap) return null; // Bun has no V8 inspector
     const c = await startTarget(target, upstream, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
     await wrk(url(c), Math.min(3, duration));
     await wrk(url(c), duration);
@@ -485,13 +537,29 @@ async function profileTarget(
       webSocketDebuggerUrl: string;
     }[];
     const session = await inspector(list[0]?.webSocketDebuggerUrl as string);
-    await session.call("Profiler.enable");
-    await session.call("Profiler.setSamplingInterval", { interval: 1000 });
-    await session.call("Profiler.start");
-    const { requests } = await wrk(url(c), duration);
-    const { profile } = (await session.call("Profiler.stop")) as { profile: unknown };
+    let requests: number;
+    let profile: unknown;
+    if (heap) {
+      await session.call("HeapProfiler.enable");
+      await session.call("HeapProfiler.startSampling", {
+        samplingInterval: 1024,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: true,
+      });
+      ({ requests } = await wrk(url(c), duration));
+      ({ profile } = (await session.call("HeapProfiler.stopSampling")) as { profile: unknown });
+    } else {
+      await session.call("Profiler.enable");
+      await session.call("Profiler.setSamplingInterval", { interval: 1000 });
+      await session.call("Profiler.start");
+      ({ requests } = await wrk(url(c), duration));
+      ({ profile } = (await session.call("Profiler.stop")) as { profile: unknown });
+    }
     session.close();
-    const file = path.join(dir, `${target.replace(/[^\w-]/g, "_")}.cpuprofile`);
+    const file = path.join(
+      dir,
+      `${target.replace(/[^\w-]/g, "_")}.${heap ? "heapprofile" : "cpuprofile"}`,
+    );
     writeFileSync(file, JSON.stringify(profile));
     return { file, requests };
   } finally {
@@ -621,6 +689,14 @@ async function main(): Promise<void> {
       got
         ? `\nCPU profile of ${target} under the same load (${got.file}):\n\n${summarizeProfile(got.file, got.requests)}`
         : `\nNo CPU profile was written for ${target}.`,
+    );
+  }
+  for (const target of (values.heap as string).split(",").filter(Boolean)) {
+    const got = await profileTarget(target, upstream, true);
+    console.log(
+      got?.requests
+        ? `\nHeap allocation of ${target} under the same load (${got.file}):\n\n${summarizeHeap(got.file, got.requests)}`
+        : `\nNo heap profile was taken for ${target}.`,
     );
   }
   await Promise.all([
