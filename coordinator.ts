@@ -3485,7 +3485,7 @@ async function clusterHeartbeat(
       if (!admitsLeader(base, report.leader_id)) {
         throw new Refused(403, {
           error: "Leader is not a member of this cluster",
-          message: `Cluster '${report.cluster}' may be reported only by a member one of its leaders listed`,
+          message: `Cluster '${report.cluster}' may be reported only by a member one of its leaders listed. If every member has a new key (data directories wiped), an operator can forget the old cluster: POST /api/admin/clusters/forget (docs/PROTOCOL.md)`,
         });
       }
       if (live === undefined && reg.clusterCount >= MAX_CLUSTERS) {
@@ -3552,6 +3552,39 @@ async function clusterHeartbeat(
         next_keepalive_in_s: Math.max(0, Math.round((nextAt - now) / 1000)),
         digest: merged.digest,
       };
+    }
+  });
+}
+
+/**
+ * An operator forgets a cluster (`POST /api/admin/clusters/forget`): its document starts afresh,
+ * members, leader views and roster emptied, keeping only its revision and today's budget, the way
+ * an abandoned cluster does (clusterHeartbeat). The next leader that reports is admitted and
+ * starts a new roster. For a fleet whose members all got new keys (data directories wiped):
+ * otherwise the roster refuses them, rightly, until the cluster has been silent for
+ * ROLLCALL_RECORD_TTL_S. Null: no such cluster. One write (deferred, like any, past the cap).
+ */
+async function forgetCluster(
+  reg: Registry,
+  cluster: string,
+): Promise<{ written: boolean; members: number } | null> {
+  const key = CLUSTER_PREFIX + cluster;
+  return reg.lock.run(key, async () => {
+    for (let attempt = 0; ; attempt++) {
+      const now = reg.clock.now();
+      const { raw, doc: parsed } = await reg.fetch(key);
+      const read = parsed?.kind === "cluster" ? parsed : null;
+      const known = reg.lastKnown(key);
+      const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
+      const live = reg.liveCluster(cluster);
+      const base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+      if (base === null) return null;
+      const fresh = { ...emptyClusterDoc(cluster, now), rev: base.rev, budget: base.budget };
+      reg.setLiveCluster(cluster, { doc: fresh, reportAt: now });
+      const result = await reg.write(key, fresh, stored === read ? raw : undefined);
+      if (result === "conflict" && attempt < 4) continue;
+      if (result === "conflict") reg.defer(key, fresh);
+      return { written: result === true, members: Object.keys(base.members).length };
     }
   });
 }
@@ -7205,6 +7238,8 @@ function dashboardSnapshot(
 
 /** The body of an operator's action on one provider. */
 const ProviderActionSchema = z.object({ service: ServiceNameSchema, worker_id: WorkerIdSchema });
+/** `POST /api/admin/clusters/forget`. */
+const ForgetClusterSchema = z.object({ cluster: ClusterNameSchema });
 
 /** The dashboard page: a shell the script fills in (no data in it, so it is served openly). */
 const DASHBOARD_HTML = `<!doctype html>
@@ -7744,6 +7779,41 @@ const DASHBOARD_HEADERS: Record<string, string> = {
   "cache-control": "no-store",
 };
 
+/** An admin action's body limit: its JSON is a few names. */
+const smallBody = bodyLimit({
+  maxSize: 4096,
+  onError: (c) => c.json({ error: "Request body is larger than 4096 bytes" }, 413),
+});
+
+/**
+ * Reads an admin action's JSON body against `schema`: 415 unless it says JSON (a cross-site
+ * `text/plain` post, which needs no preflight, must not reach the dev cluster), 400 for what
+ * does not parse, with the schema's details.
+ */
+async function adminBody<S extends z.ZodType>(
+  c: Context,
+  schema: S,
+): Promise<{ data: z.output<S> } | { response: Response }> {
+  if (!isJsonType(c.req.header("content-type"))) {
+    const message = "Admin actions take 'Content-Type: application/json'";
+    return { response: c.json({ error: "Unsupported content type", message }, 415) };
+  }
+  const text = await c.req.text().catch(() => null);
+  if (text === null) return { response: c.json({ error: "Request body could not be read" }, 400) };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { response: c.json({ error: "Request body is not valid JSON" }, 400) };
+  }
+  const body = schema.safeParse(value);
+  if (!body.success) {
+    const details = body.error.issues.map((i) => ({ path: i.path.join("."), message: i.message }));
+    return { response: c.json({ error: "Invalid request body", details }, 400) };
+  }
+  return { data: body.data };
+}
+
 /**
  * Registers the dashboard: the page and its two files on `app` (open: they hold no data), the
  * snapshot and the two actions on `admin`, behind whatever guard the admin API has. Returns the
@@ -7762,27 +7832,8 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
     return c.json(dashboardSnapshot(deps, watch, table, now));
   });
   const act = (action: "breaker_reset" | "ejection_end") => async (c: Context) => {
-    // JSON only: a cross-site `text/plain` post (no preflight) must not reach the dev cluster.
-    if (!isJsonType(c.req.header("content-type"))) {
-      const message = "Admin actions take 'Content-Type: application/json'";
-      return c.json({ error: "Unsupported content type", message }, 415);
-    }
-    const text = await c.req.text().catch(() => null);
-    if (text === null) return c.json({ error: "Request body could not be read" }, 400);
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch {
-      return c.json({ error: "Request body is not valid JSON" }, 400);
-    }
-    const body = ProviderActionSchema.safeParse(value);
-    if (!body.success) {
-      const details = body.error.issues.map((i) => ({
-        path: i.path.join("."),
-        message: i.message,
-      }));
-      return c.json({ error: "Invalid request body", details }, 400);
-    }
+    const body = await adminBody(c, ProviderActionSchema);
+    if ("response" in body) return body.response;
     const { service, worker_id } = body.data;
     const { now } = await deps.routing(c);
     const e = deps.router.routes.get(service)?.endpoints.find((x) => x.worker_id === worker_id);
@@ -7823,12 +7874,8 @@ function mountDashboard(app: Hono, admin: Hono, deps: DashboardDeps): void {
       ejected: e.ejected(now),
     });
   };
-  const small = bodyLimit({
-    maxSize: 4096,
-    onError: (c) => c.json({ error: "Request body is larger than 4096 bytes" }, 413),
-  });
-  admin.post("/breakers/reset", small, act("breaker_reset"));
-  admin.post("/ejections/end", small, act("ejection_end"));
+  admin.post("/breakers/reset", smallBody, act("breaker_reset"));
+  admin.post("/ejections/end", smallBody, act("ejection_end"));
 }
 
 //#endregion
@@ -8371,6 +8418,28 @@ function adminRoutes(app: Hono, parts: Parts): void {
     return c.json({ clusters: table.clusters } satisfies z.input<typeof LeaderAnswerSchema>);
   });
   admin.get("/budget", (c) => c.json(parts.budget()));
+  admin.post("/clusters/forget", smallBody, async (c) => {
+    const got = await adminBody(c, ForgetClusterSchema);
+    if ("response" in got) return got.response;
+    const { cluster } = got.data;
+    const done = await forgetCluster(parts.reg, cluster);
+    if (done === null) {
+      const message = `This coordinator keeps no cluster '${cluster}'`;
+      return c.json({ error: "No such cluster", message }, 404);
+    }
+    const now = parts.reg.clock.now();
+    parts.watch.record(now, "action", `Operator forgot cluster ${cluster}`);
+    console.log(
+      JSON.stringify({
+        audit: "cluster_forget",
+        cluster,
+        members: done.members,
+        client: clientOf(parts.clientAddress, incomingOf(c)) ?? null,
+        at: new Date(now).toISOString(),
+      }),
+    );
+    return c.json({ status: "ok", action: "cluster_forget", cluster, ...done });
+  });
   mountDashboard(app, admin, parts);
   app.route("/api/admin", admin);
 

@@ -373,7 +373,7 @@ export class Agent {
             }
             // A refused token: say once which setting to check, and keep retrying with the
             // capped exponential backoff (a fixed token can start working without a restart).
-            const hint = authFailureHint(result.status ?? 0);
+            const hint = authFailureHint(result.status ?? 0, result.ok ? "" : result.error);
             if (hint && !refused) this.#logger.error(hint);
             refused = hint !== null;
             return hint ? { ...result, retryable: true } : result;

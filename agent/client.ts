@@ -234,10 +234,19 @@ function answerIssue(err: z.ZodError): string {
 
 /**
  * What to check when the coordinator refused the agent's credentials (401/403), said once per
- * streak of refusals; null for any other status.
+ * streak of refusals; null for any other status. `error` is the call's error line: a leader the
+ * cluster's roster does not list gets its own hint (its token is fine).
  */
-export function authFailureHint(status: number): string | null {
+export function authFailureHint(status: number, error = ""): string | null {
   if (status !== 401 && status !== 403) return null;
+  if (status === 403 && error.includes("not a member of this cluster")) {
+    return (
+      "The coordinator does not list this leader as a member of its cluster (403): stepping " +
+      "aside so a member it lists can lead and list this one, which ends it. If it goes on " +
+      "because every member has a new key (data directories wiped), an operator can forget " +
+      "the old cluster: POST /api/admin/clusters/forget with the admin token (docs/PROTOCOL.md)."
+    );
+  }
   return (
     `The coordinator refused this agent's cluster token (${status}): check --token / ` +
     "ROLLCALL_CLUSTER_TOKEN, which must equal the coordinator's ROLLCALL_CLUSTER_TOKEN. " +

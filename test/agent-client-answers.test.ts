@@ -7,7 +7,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CoordinatorClient } from "../agent/client.ts";
+import { authFailureHint, CoordinatorClient } from "../agent/client.ts";
 import { DirectReporter } from "../agent/direct.ts";
 import { LeaderReporter } from "../agent/reporter.ts";
 import { FakeClock } from "../mesh/clock.ts";
@@ -221,5 +221,33 @@ describe("figures an agent schedules by are bounded", () => {
     clock.advance(1);
     expect(sent).toEqual([0, 86_400_000]);
     reporter.stop();
+  });
+});
+
+describe("a refusal says what to check", () => {
+  it("a membership 403 from a real answer names the roster and the forget action, not the token", async () => {
+    next = {
+      status: 403,
+      body: JSON.stringify({
+        error: "Leader is not a member of this cluster",
+        message: "Cluster 'default' may be reported only by a member one of its leaders listed",
+      }),
+    };
+    const result = await client.checkToken();
+    expect(result.ok).toBe(false);
+    if (result.ok) return;
+    const hint = authFailureHint(result.status, result.error) ?? "";
+    expect(hint).toContain("/api/admin/clusters/forget");
+    expect(hint).not.toContain("ROLLCALL_CLUSTER_TOKEN");
+  });
+
+  it("a 401 or another 403 points at the cluster token; other statuses give no hint", () => {
+    expect(
+      authFailureHint(401, "POST /api/cluster/heartbeat answered 401: Unauthorized"),
+    ).toContain("ROLLCALL_CLUSTER_TOKEN");
+    expect(authFailureHint(403, "answered 403: Agent endpoints are disabled")).toContain(
+      "ROLLCALL_CLUSTER_TOKEN",
+    );
+    expect(authFailureHint(503, "answered 503")).toBeNull();
   });
 });

@@ -348,6 +348,92 @@ describe("item 7: a cluster report is its leader's, and a cluster's members are 
     );
     expect(ids).toEqual([newcomer.id]);
   });
+
+  it("lets an operator forget a cluster whose members all got new keys: its new leader is then admitted", async () => {
+    const { call, clock, store } = testCoordinator({
+      adminToken: "admin-secret",
+      clusterToken: "cluster-secret",
+    });
+    const admin = bearer("admin-secret");
+    const agent = bearer("cluster-secret");
+    await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ members: [member(LEADER), member("B")] }),
+      agent,
+    );
+    // The fleet's data directories were wiped: every member has a new key.
+    const fresh = testKey("re-provisioned leader");
+    const newReport = {
+      leader_id: fresh.id,
+      term: 1,
+      sequence: 1,
+      members: [member(fresh.id)],
+    };
+    const refused = await call("POST", "/api/cluster/heartbeat", newReport, agent);
+    expect(refused.status).toBe(403);
+    expect(refused.body.message).toContain("/api/admin/clusters/forget");
+
+    const path = "/api/admin/clusters/forget";
+    // Fails closed: not without the admin token, not with the agents' cluster token.
+    expect((await call("POST", path, { cluster: "default" })).status).toBe(401);
+    expect((await call("POST", path, { cluster: "default" }, agent)).status).toBe(401);
+    const writes = store.writes;
+    const done = await call("POST", path, { cluster: "default" }, admin);
+    expect(done.status).toBe(200);
+    expect(done.body).toMatchObject({
+      status: "ok",
+      cluster: "default",
+      members: 2,
+      written: true,
+    });
+    expect(store.writes).toBe(writes + 1);
+    expect((await call("GET", "/api/admin/workers", undefined, admin)).body).toEqual([]);
+
+    clock.advance(CLUSTER_PACE_MS);
+    const admitted = await call("POST", "/api/cluster/heartbeat", newReport, agent);
+    expect(admitted.status).toBe(200);
+    const ids = (
+      (await call("GET", "/api/admin/workers", undefined, admin)).body as { worker_id: string }[]
+    ).map((w) => w.worker_id);
+    expect(ids).toEqual([fresh.id]);
+    // The forgotten keys are now the outsiders.
+    clock.advance(CLUSTER_PACE_MS);
+    const old = await call(
+      "POST",
+      "/api/cluster/heartbeat",
+      report({ term: 5, members: [member(LEADER)] }),
+      agent,
+    );
+    expect(old.status).toBe(403);
+  });
+
+  it("answers a bad forget with a 4xx and changes nothing", async () => {
+    const { call, store } = testCoordinator({
+      adminToken: "admin-secret",
+      clusterToken: "cluster-secret",
+    });
+    const admin = bearer("admin-secret");
+    const agent = bearer("cluster-secret");
+    await call("POST", "/api/cluster/heartbeat", report(), agent);
+    const writes = store.writes;
+    const path = "/api/admin/clusters/forget";
+    const cases: [unknown, Record<string, string>, number][] = [
+      [{ cluster: "nope" }, {}, 404],
+      [{ cluster: "../default" }, {}, 400],
+      [{ cluster: 7 }, {}, 400],
+      [{}, {}, 400],
+      ["{not json", {}, 400],
+      [JSON.stringify({ cluster: "default" }), { "content-type": "text/plain" }, 415],
+      [{ cluster: "default", pad: "x".repeat(5000) }, {}, 413],
+    ];
+    for (const [body, headers, status] of cases) {
+      const res = await call("POST", path, body, { ...admin, ...headers });
+      expect(res.status, JSON.stringify(body).slice(0, 40)).toBe(status);
+    }
+    expect(store.writes).toBe(writes);
+    expect((await call("GET", "/api/admin/workers", undefined, admin)).body).toHaveLength(2);
+  });
 });
 
 describe("item 10: no cross-site writes", () => {
