@@ -8,6 +8,7 @@
  *         [--targets direct,nginx,nginx-auto,node,bun,deno,node-builtin,node-undici,
  *                    hono-node,hono-node-http,hono-node-undici,hono-bun,hono-deno,hono-deno-http]
  *         [--before <checkout>] [--profile node,bun,deno] [--heap node,hono-node-undici]
+ *         [--heap-kept node,hono-node-undici]
  *
  * The upstream is nginx returning a static 29-byte JSON answer (one worker process), so the
  * upstream costs every target the same. Ratios are per round (median and range over rounds). The "nginx" proxy runs one worker process, as the
@@ -28,6 +29,8 @@
  * `--heap node,...` (Node and Deno targets) runs those once more under V8's sampling heap
  * profiler (through the inspector, objects a scavenge or a full GC collected included) during the
  * measured load and prints the bytes allocated per request, by function and by area.
+ * `--heap-kept node,...` does the same with the objects a scavenge collected left out: what
+ * survives the young generation (promoted, pretenured, or still held when the load ends).
  * Needs `apt-get install nginx wrk`.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
@@ -63,6 +66,7 @@ const { values } = parseArgs({
     targets: { type: "string", default: "direct,nginx,nginx-auto,node,bun,deno" },
     profile: { type: "string", default: "" },
     heap: { type: "string", default: "" },
+    "heap-kept": { type: "string", default: "" },
     before: { type: "string" },
   },
 });
@@ -266,8 +270,9 @@ async function startCoordinator(target: string, runtimeArgs: string[] = []): Pro
   const [spec, tree] = target.split("@") as [string, string | undefined];
   // "node~--max-semi-space-size=32": that runtime flag for this target only, instead of the
   // starter's own (NODE_FLAGS, as `npm run coordinator` passes them); "node~": V8's defaults.
+  // A `--before` tree gets the same flags (its starter has had them since run 9).
   const [kind, ...flagList] = spec.split("~") as [string, ...string[]];
-  const own = kind.startsWith("node") && tree !== "before" ? NODE_FLAGS : [];
+  const own = kind.startsWith("node") ? NODE_FLAGS : [];
   runtimeArgs = [...(spec.includes("~") ? flagList.filter(Boolean) : own), ...runtimeArgs];
   const cwd = tree === "before" ? path.resolve(values.before as string) : ROOT;
   const dir = mkdtempSync(path.join(work, `${kind}-`));
@@ -514,9 +519,12 @@ function bareOf(target: string): { fetch: string; client: string } | null {
 async function profileTarget(
   target: string,
   upstream: string,
-  heap = false,
+  heap: false | "all" | "kept" = false,
 ): Promise<{ file: string; requests?: number } | null> {
-  const dir = path.join(work, `${heap ? "heap" : "profile"}-${target.replace(/[^\w-]/g, "_")}`);
+  const dir = path.join(
+    work,
+    `${heap ? `heap-${heap}` : "profile"}-${target.replace(/[^\w-]/g, "_")}`,
+  );
   mkdirSync(dir);
   const url = (c: Coordinator) => `${c.base}/api/service/echo/hello`;
   if (target.replace(/^hono-/, "").startsWith("bun")) {
@@ -544,7 +552,7 @@ async function profileTarget(
       await session.call("HeapProfiler.startSampling", {
         samplingInterval: 1024,
         includeObjectsCollectedByMajorGC: true,
-        includeObjectsCollectedByMinorGC: true,
+        includeObjectsCollectedByMinorGC: heap === "all",
       });
       ({ requests } = await wrk(url(c), duration));
       ({ profile } = (await session.call("HeapProfiler.stopSampling")) as { profile: unknown });
@@ -691,13 +699,17 @@ async function main(): Promise<void> {
         : `\nNo CPU profile was written for ${target}.`,
     );
   }
-  for (const target of (values.heap as string).split(",").filter(Boolean)) {
-    const got = await profileTarget(target, upstream, true);
-    console.log(
-      got?.requests
-        ? `\nHeap allocation of ${target} under the same load (${got.file}):\n\n${summarizeHeap(got.file, got.requests)}`
-        : `\nNo heap profile was taken for ${target}.`,
-    );
+  for (const kind of ["all", "kept"] as const) {
+    const list = (kind === "all" ? values.heap : values["heap-kept"]) as string;
+    for (const target of list.split(",").filter(Boolean)) {
+      const got = await profileTarget(target, upstream, kind);
+      const what = kind === "all" ? "Heap allocation" : "Allocation surviving a scavenge";
+      console.log(
+        got?.requests
+          ? `\n${what} of ${target} under the same load (${got.file}):\n\n${summarizeHeap(got.file, got.requests)}`
+          : `\nNo heap profile was taken for ${target}.`,
+      );
+    }
   }
   await Promise.all([
     stop(nginxUp, "SIGQUIT"),
