@@ -143,12 +143,22 @@ export function frame(
   body: RequestInit["body"],
   length: string | undefined,
 ): void {
-  if (body === null || body === undefined) return;
-  if (typeof body === "string") headers["content-length"] = String(Buffer.byteLength(body));
-  else if (body instanceof Uint8Array) headers["content-length"] = String(body.byteLength);
-  else if (body instanceof ReadableStream && length !== undefined && /^\d+$/.test(length)) {
-    headers["content-length"] = length;
+  const framed = framedLength(body, length);
+  if (framed !== undefined) headers["content-length"] = framed;
+}
+
+/** The Content-Length `frame` sets for a body (undefined: none, or chunked). */
+export function framedLength(
+  body: RequestInit["body"],
+  length: string | undefined,
+): string | undefined {
+  if (body === null || body === undefined) return undefined;
+  if (typeof body === "string") return String(Buffer.byteLength(body));
+  if (body instanceof Uint8Array) return String(body.byteLength);
+  if (body instanceof ReadableStream && length !== undefined && /^\d+$/.test(length)) {
+    return length;
   }
+  return undefined;
 }
 
 /** The callback of a `lookup` for node:http and node:net. */
