@@ -5282,6 +5282,15 @@ function incomingOf(c: Context): Incoming {
  */
 export type ClientAddress = (request: Request, env: unknown) => string | null | undefined;
 
+/**
+ * A request's headers as the runtime's server received them, as one flat list (name, value,
+ * name, value, ...; names in any case, a repeated name repeated), where reading that list costs
+ * less than `request.headers`: @hono/node-server builds a `Headers` from Node's `rawHeaders` on
+ * first use, which is then sorted to be read. Handed in by a starter (`nodeRawHeaders`); none,
+ * or null for a request: `request.headers`.
+ */
+export type RawRequestHeaders = (request: Request, env: unknown) => readonly string[] | null;
+
 /** The client's address by the starter's component; undefined when unknown or when it throws. */
 function clientOf(clientAddress: ClientAddress, inc: Incoming): string | undefined {
   try {
@@ -5329,8 +5338,9 @@ function abortReason(): Error {
 
 /** One attempt in flight: what aborts it, and when. */
 interface Pending {
-  /** Aborts the attempt (its controller's, or the upstream client's handle). */
-  abort: () => void;
+  /** What aborts the attempt: the upstream client's handle, else a controller of its signal. */
+  handle: AbortHandle | null;
+  controller: AbortController | null;
   deadline: number;
   started: number;
   inc: Incoming;
@@ -5340,6 +5350,12 @@ interface Pending {
   clientGone: boolean;
   clientSlow: boolean;
   index: number;
+}
+
+/** Aborts an attempt in flight (no closure per attempt: the handle or controller it holds). */
+function abortPending(p: Pending): void {
+  if (p.handle !== null) p.handle.abort?.(abortReason());
+  else p.controller?.abort();
 }
 
 /**
@@ -5390,10 +5406,10 @@ class Deadlines {
       if (now >= p.deadline && now >= dueAt(p.deadline, p.started, p.body)) {
         p.timedOut = true;
         p.clientSlow = p.body?.waitingForClient ?? false;
-        p.abort();
+        abortPending(p);
       } else if (now - p.started >= this.periodMs && this.clientGone(p.inc.request, p.inc.env)) {
         p.clientGone = true;
-        p.abort();
+        abortPending(p);
       }
     }
   }
@@ -6106,6 +6122,8 @@ interface ProxyContext {
   log: (line: string) => void;
   /** The client's address as the runtime saw it (the starter's component). */
   clientAddress: ClientAddress;
+  /** The request's headers as the server received them, where that is cheaper (a starter's). */
+  rawHeaders: RawRequestHeaders | null;
 }
 
 /** Removes hop-by-hop headers (and a decoded body's encoding) from upstream response headers. */
@@ -6142,17 +6160,33 @@ function forwardHeaders(
   let prior: string | null = null;
   let length: string | null = null;
   let looped = false;
-  inc.request.headers.forEach((value, name) => {
-    if (!REWRITTEN_REQUEST_HEADERS.has(name)) out[name] = value;
-    else if (name === "host") host = value;
-    else if (name === "connection") connection = value;
-    else if (name === "x-forwarded-for") prior = value;
-    else if (name === "content-length") length = value;
+  // The server's own list where a starter hands it in (names in any case, repeats apart: joined
+  // here with ", " as `Headers` joins them), else the request's Headers (lower case, joined).
+  let list = ctx.rawHeaders === null ? null : ctx.rawHeaders(inc.request, inc.env);
+  if (list === null) {
+    const flat: string[] = [];
+    inc.request.headers.forEach((value, name) => {
+      flat.push(name, value);
+    });
+    list = flat;
+  }
+  for (let i = 0; i + 1 < list.length; i += 2) {
+    const name = (list[i] as string).toLowerCase();
+    const value = list[i + 1] as string;
+    if (name.charCodeAt(0) === 58) continue; // an HTTP/2 pseudo-header (":path")
+    if (!REWRITTEN_REQUEST_HEADERS.has(name)) {
+      const had = out[name];
+      out[name] = had === undefined ? value : `${had}, ${value}`;
+    } else if (name === "host") host = host === null ? value : `${host}, ${value}`;
+    else if (name === "connection")
+      connection = connection === null ? value : `${connection}, ${value}`;
+    else if (name === "x-forwarded-for") prior = prior === null ? value : `${prior}, ${value}`;
+    else if (name === "content-length") length = length === null ? value : `${length}, ${value}`;
     else if (name === HOP_HEADER) looped = true;
-  });
+  }
   if (looped) return null;
   if (connection !== null) {
-    for (const named of (connection as string).split(",")) {
+    for (const named of connection.split(",")) {
       const name = named.trim().toLowerCase();
       delete out[name];
       if (name === "x-forwarded-for") prior = null;
@@ -6241,7 +6275,8 @@ async function checkedAnswer(res: Response, onBreak: () => void): Promise<Respon
 
 /**
  * One attempt: the upstream fetch under the proxy timeout and the client's presence, its
- * answer checked for a break (`checkedAnswer`) where the fetch cannot report one (`onBreak`).
+ * answer checked for a break (`checkedAnswer`) where the fetch cannot report one, else
+ * `onBreak` handed to the fetch as init `onBodyBreak`.
  */
 async function attempt(
   ctx: ProxyContext,
@@ -6252,6 +6287,7 @@ async function attempt(
   onBreak: () => void,
 ): Promise<Response | AttemptFailure> {
   const timeoutMs = ctx.settings.proxyTimeoutMs;
+  if (!ctx.watchBodies) init.onBodyBreak = onBreak;
   if (inc.exec !== null) {
     const controller = new AbortController();
     init.signal = controller.signal;
@@ -6285,19 +6321,19 @@ async function attempt(
       signal.removeEventListener("abort", onClientAbort);
     }
   }
-  let abort: () => void;
+  let handle: AbortHandle | null = null;
+  let controller: AbortController | null = null;
   if (ctx.abortHandle) {
-    const handle: AbortHandle = { abort: null };
+    handle = { abort: null };
     (init as { abortable?: AbortHandle }).abortable = handle;
-    abort = () => handle.abort?.(abortReason());
   } else {
-    const controller = new AbortController();
+    controller = new AbortController();
     init.signal = controller.signal;
-    abort = () => controller.abort();
   }
   const started = performance.now();
   const pending: Pending = {
-    abort,
+    handle,
+    controller,
     deadline: started + timeoutMs,
     started,
     inc,
@@ -6756,13 +6792,13 @@ async function forward(
     // the worker if its answer was taken as good (`streak`: its run of failures before then).
     const sent = ep;
     let streak = -1;
-    const onBreak = () => {
-      if (streak >= 0) route.broke(sent, streak, ctx.clock.now());
-    };
-    if (!ctx.watchBodies) init.onBodyBreak = onBreak;
     const probe = route.dispatch(ep, now);
     const t0 = performance.now();
-    const result = await attempt(ctx, inc, to, init, x.body, onBreak);
+    // (The break callback is an argument, not a named const: under tsx, esbuild's keepNames
+    // would name each one with a defineProperty call, per attempt.)
+    const result = await attempt(ctx, inc, to, init, x.body, () => {
+      if (streak >= 0) route.broke(sent, streak, ctx.clock.now());
+    });
     const latencyMs = performance.now() - t0;
     now = ctx.clock.now();
     const before = ep.consecutiveFailures;
@@ -7903,6 +7939,11 @@ export interface CoordinatorComponents {
    */
   clientAddress?: ClientAddress;
   /**
+   * A request's headers as the server received them, read by the proxy instead of
+   * `request.headers` (Node: `nodeRawHeaders` in scripts/client-address.ts). Default: none.
+   */
+  rawHeaders?: RawRequestHeaders;
+  /**
    * Where the details of errors answered generically go (with their request id). Default
    * `console.error`. Never given a secret.
    */
@@ -8077,6 +8118,7 @@ function coordinatorParts(settings: Settings, components: CoordinatorComponents)
     instanceId: crypto.randomUUID().replaceAll("-", "").slice(0, 16),
     log: components.log ?? ((line: string) => console.error(`rollcall: ${line}`)),
     clientAddress: components.clientAddress ?? (() => undefined),
+    rawHeaders: components.rawHeaders ?? null,
     nonces,
     watch: new ClusterWatch(),
     aliases: aliasList(settings.aliases),

@@ -11,7 +11,7 @@ import {
   createCoordinator,
   fileStore,
 } from "../coordinator.ts";
-import { nodeClientAddress } from "./client-address.ts";
+import { nodeClientAddress, nodeRawHeaders } from "./client-address.ts";
 import { drainEarlyAnswers } from "./node-drain.ts";
 import { createNodeFetch, nodeClientGone } from "./node-fetch.ts";
 import { createUndiciFetch } from "./undici-fetch.ts";
@@ -60,6 +60,8 @@ export async function runNodeCoordinator(argv: string[]): Promise<void> {
     // request.signal, which makes @hono/node-server build a real Request.
     clientGone: nodeClientGone,
     clientAddress: nodeClientAddress,
+    // The proxy reads Node's own header list: no Headers built per request.
+    rawHeaders: nodeRawHeaders,
     // Details of errors answered generically (with their request id) go to the log.
     log: (line) => log.error(`rollcall-coordinator: ${line}`),
   });

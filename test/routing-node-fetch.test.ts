@@ -3,10 +3,12 @@
  * on undici) against real HTTP servers: both keep the same contract.
  */
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
+import { serve } from "@hono/node-server";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectFailure } from "../coordinator.ts";
+import { nodeRawHeaders } from "../scripts/client-address.ts";
 import { createNodeFetch, type NodeFetch, type NodeFetchInit } from "../scripts/node-fetch.ts";
 import { createUndiciFetch } from "../scripts/undici-fetch.ts";
 import { routingCoordinator } from "./helpers/route-fixtures.ts";
@@ -43,6 +45,13 @@ beforeAll(async () => {
       } else if (req.url === "/bad-gzip") {
         res.writeHead(200, { "content-encoding": "gzip" });
         res.end("this is not gzip at all");
+      } else if (req.url === "/svc/raw") {
+        const text = JSON.stringify({ raw: req.rawHeaders });
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(text),
+        });
+        res.end(text);
       } else if (req.url === "/dribble") {
         // 10 bytes of a promised 200,000, then nothing until the reader leaves.
         res.writeHead(200, { "content-length": "200000" });
@@ -191,5 +200,92 @@ describe.each(CLIENTS)("%s upstream client", (_name, create) => {
     expect(res.headers.get("x-upstream")).toBe("node");
     expect(res.headers.get("x-hop")).toBeNull();
     expect(res.headers.get("access-control-allow-origin")).toBe("*");
+  });
+});
+
+/** One raw HTTP/1.1 request to a local port (`head`: the lines after the request line); its answer as text. */
+function rawRequest(port: number, path: string, head: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1");
+    let text = "";
+    socket.on("data", (c: Buffer) => {
+      text += c.toString();
+    });
+    socket.once("end", () => resolve(text));
+    socket.once("error", reject);
+    const lines = [`GET ${path} HTTP/1.1`, `Host: 127.0.0.1:${port}`, ...head, "Connection: close"];
+    socket.write(`${lines.join("\r\n")}\r\n\r\n`);
+  });
+}
+
+describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", () => {
+  const client = createUndiciFetch({});
+  afterAll(() => client.close());
+
+  /** What the upstream received through a coordinator served by @hono/node-server. */
+  async function sent(raw: boolean, path: string, head: string[]) {
+    const t = await routingCoordinator(
+      [{ id: "n1", url: base }],
+      {},
+      { fetch: client.fetch, ...(raw ? { rawHeaders: nodeRawHeaders } : {}) },
+    );
+    const port = await freePort();
+    let server: ReturnType<typeof serve> | null = null;
+    await new Promise<void>((listening) => {
+      server = serve({ fetch: t.coordinator.fetch, port, hostname: "127.0.0.1" }, () =>
+        listening(),
+      );
+    });
+    try {
+      const answer = await rawRequest(port, path, head);
+      const [status = "", body = ""] = [answer.split("\r\n")[0], answer.split("\r\n\r\n")[1]];
+      if (!status.includes(" 200 ")) return { status, headers: null };
+      const list = (JSON.parse(body) as { raw: string[] }).raw;
+      const headers: [string, string][] = [];
+      for (let i = 0; i < list.length; i += 2) {
+        const name = (list[i] as string).toLowerCase();
+        // The hop header carries each coordinator's own id.
+        // (The host names this server's port.)
+        const value = (list[i + 1] as string).replace(`:${port}`, ":PORT");
+        if (name !== "x-rollcall-hop") headers.push([name, value]);
+      }
+      return { status, headers: headers.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) };
+    } finally {
+      (server as ReturnType<typeof serve> | null)?.close();
+    }
+  }
+
+  it("sends upstream what the request's Headers would: repeats joined, case folded, hop-by-hop and Connection-named dropped", async () => {
+    const head = [
+      "X-Dup: a",
+      "x-DUP: b",
+      "Accept: */*",
+      "Cookie: a=1",
+      "Connection: keep-alive, X-Secret",
+      "X-Secret: s",
+      "Keep-Alive: timeout=5",
+      "TE: trailers",
+      "X-Forwarded-For: 10.0.0.1",
+      "x-forwarded-for: 10.0.0.2",
+      "X-Real-IP: 10.9.9.9",
+      "Accept-Encoding: gzip",
+    ];
+    const viaRaw = await sent(true, "/api/service/svc/raw", head);
+    const viaHeaders = await sent(false, "/api/service/svc/raw", head);
+    expect(viaRaw).toEqual(viaHeaders);
+    const got = Object.fromEntries(viaRaw.headers ?? []);
+    expect(got["x-dup"]).toBe("a, b");
+    expect(got["x-forwarded-for"]).toBe("10.0.0.1, 10.0.0.2, 127.0.0.1");
+    expect(got.cookie).toBe("a=1");
+    for (const gone of ["x-secret", "keep-alive", "te", "x-real-ip", "accept-encoding"]) {
+      expect(got[gone]).toBeUndefined();
+    }
+  });
+
+  it("refuses a request that carries the hop header in any case (508), as the Headers path does", async () => {
+    const viaRaw = await sent(true, "/api/service/svc/raw", ["X-ROLLCALL-HOP: other"]);
+    const viaHeaders = await sent(false, "/api/service/svc/raw", ["X-ROLLCALL-HOP: other"]);
+    expect(viaRaw.status).toContain(" 508 ");
+    expect(viaHeaders.status).toContain(" 508 ");
   });
 });

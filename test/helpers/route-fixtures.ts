@@ -5,6 +5,7 @@
  */
 import {
   type ClientAddress,
+  type RawRequestHeaders,
   type CoordinatorInit,
   createCoordinator,
   memoryStore,
@@ -39,6 +40,7 @@ export async function routingCoordinator(
     random?: () => number;
     log?: (line: string) => void;
     clientAddress?: ClientAddress;
+    rawHeaders?: RawRequestHeaders;
   } = {},
 ) {
   const clock = testClock();
@@ -52,6 +54,7 @@ export async function routingCoordinator(
       clientAddress: components.clientAddress ?? nodeClientAddress,
       ...(components.fetch ? { fetch: components.fetch } : {}),
       ...(components.log ? { log: components.log } : {}),
+      ...(components.rawHeaders ? { rawHeaders: components.rawHeaders } : {}),
     },
   );
   const call = async (path: string, reqInit: RequestInit = {}) =>
