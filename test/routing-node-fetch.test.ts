@@ -204,7 +204,7 @@ describe.each(CLIENTS)("%s upstream client", (_name, create) => {
 });
 
 /** One raw HTTP/1.1 request to a local port (`head`: the lines after the request line); its answer as text. */
-function rawRequest(port: number, path: string, head: string[]): Promise<string> {
+function rawRequest(port: number, path: string, head: string[], body?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, "127.0.0.1");
     let text = "";
@@ -213,8 +213,14 @@ function rawRequest(port: number, path: string, head: string[]): Promise<string>
     });
     socket.once("end", () => resolve(text));
     socket.once("error", reject);
-    const lines = [`GET ${path} HTTP/1.1`, `Host: 127.0.0.1:${port}`, ...head, "Connection: close"];
-    socket.write(`${lines.join("\r\n")}\r\n\r\n`);
+    const lines = [
+      `${body === undefined ? "GET" : "POST"} ${path} HTTP/1.1`,
+      `Host: 127.0.0.1:${port}`,
+      ...head,
+      ...(body === undefined ? [] : [`Content-Length: ${Buffer.byteLength(body)}`]),
+      "Connection: close",
+    ];
+    socket.write(`${lines.join("\r\n")}\r\n\r\n${body ?? ""}`);
   });
 }
 
@@ -223,7 +229,7 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
   afterAll(() => client.close());
 
   /** What the upstream received through a coordinator served by @hono/node-server. */
-  async function sent(raw: boolean, path: string, head: string[]) {
+  async function sent(raw: boolean, path: string, head: string[], body?: string) {
     const t = await routingCoordinator(
       [{ id: "n1", url: base }],
       {},
@@ -237,10 +243,10 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
       );
     });
     try {
-      const answer = await rawRequest(port, path, head);
-      const [status = "", body = ""] = [answer.split("\r\n")[0], answer.split("\r\n\r\n")[1]];
+      const answer = await rawRequest(port, path, head, body);
+      const [status = "", text = ""] = [answer.split("\r\n")[0], answer.split("\r\n\r\n")[1]];
       if (!status.includes(" 200 ")) return { status, headers: null };
-      const list = (JSON.parse(body) as { raw: string[] }).raw;
+      const list = (JSON.parse(text) as { raw: string[] }).raw;
       const headers: [string, string][] = [];
       for (let i = 0; i < list.length; i += 2) {
         const name = (list[i] as string).toLowerCase();
@@ -280,6 +286,18 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
     for (const gone of ["x-secret", "keep-alive", "te", "x-real-ip", "accept-encoding"]) {
       expect(got[gone]).toBeUndefined();
     }
+  });
+
+  it("sends a POST's Content-Length with its body, as the Headers path does", async () => {
+    const viaRaw = await sent(true, "/api/service/svc/raw", ["Content-Type: text/plain"], "hello");
+    const viaHeaders = await sent(
+      false,
+      "/api/service/svc/raw",
+      ["Content-Type: text/plain"],
+      "hello",
+    );
+    expect(viaRaw).toEqual(viaHeaders);
+    expect(Object.fromEntries(viaRaw.headers ?? [])["content-length"]).toBe("5");
   });
 
   it("refuses a request that carries the hop header in any case (508), as the Headers path does", async () => {
