@@ -7,7 +7,8 @@
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
  *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
- *     [--stock] [--per-process 1] [--port-base 27000] [--watchers 3]
+ *     [--stock] [--per-process 1] [--port-base 27000] [--watchers 3] [--stagger]
+ *     [--converge-s 60] [--logs dir] [--stats-ms 1000]
  *
  * --per-process K runs up to K mesh nodes in one process (scripts/mesh-node.ts --nodes), so
  * that N = 50 fits in 2 cores. Agent 0 always runs alone: it gets the lowest ID, so it leads and
@@ -16,11 +17,29 @@
  * process's own RSS is reported too). --port-base P: mesh agents listen on P.., Serf on
  * P+300.. and its RPC on P+600.. (default: 27000, 28000 and 29000).
  *
+ * --stagger starts the mesh processes one at a time, each once every agent started before it sees
+ * all the others; convergence is then the last process's agents joining the rest. Started all at
+ * once, N = 50 on 2 cores starves every event loop for seconds while 1,225 connections set up, and
+ * the dials time out faster than they finish (docs/BENCHMARKS.md). Keep --port-base below the
+ * ephemeral ports (32768 on Linux): a listen port there may already be a connection's source port.
+ *
+ * --logs DIR keeps every mesh process's stdout (JSON lines, with a stats line a second unless
+ * --stats-ms says otherwise); while waiting for convergence, members seen and connections per
+ * agent are printed every 5 s. --converge-s: how long the agents may take to see every member.
+ *
  * --stock runs the mesh agents on the stock TCP/yamux stack (no mesh/lean.ts): with and without
  * it, the bytes and packets per agent show what lean saves.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  createWriteStream,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -42,6 +61,14 @@ const { values } = parseArgs({
     "port-base": { type: "string" },
     // The watch ring (mesh/ring.ts, issue 15): heartbeats to this many watchers, not a flood.
     watchers: { type: "string" },
+    // Every mesh process's stdout (JSON lines: events, logs, stats) kept in this directory.
+    logs: { type: "string" },
+    // Each node prints a stats line this often (connections, subscribers, members).
+    "stats-ms": { type: "string" },
+    // How long the agents may take to see every member.
+    "converge-s": { type: "string", default: "60" },
+    // Start the mesh processes one at a time (see benchMesh).
+    stagger: { type: "boolean", default: false },
   },
 });
 const SIZES = values.n.split(",").map(Number);
@@ -52,6 +79,12 @@ const PORT_BASE = values["port-base"] === undefined ? undefined : Number(values[
 const MESH_PORT = PORT_BASE ?? 27000;
 const SERF_PORT = PORT_BASE === undefined ? 28000 : PORT_BASE + 300;
 const SERF_RPC = PORT_BASE === undefined ? 29000 : PORT_BASE + 600;
+const CONVERGE_MS = Number(values["converge-s"]) * 1000;
+// --logs without --stats-ms: a stats line a second, so the logs show connections over time.
+const STATS_MS = Number(values["stats-ms"] ?? (values.logs ? 1000 : 0));
+let spawned = 0;
+const LOGS = values.logs;
+if (LOGS) mkdirSync(LOGS, { recursive: true });
 const ROOT = mkdtempSync(join(tmpdir(), "rollcall-bench-"));
 const children = new Set<ChildProcess>();
 
@@ -229,6 +262,8 @@ interface Agent {
   leaders: Array<{ t: number; id: string | null }>;
   downs: Array<{ t: number; id: string; state: string }>;
   alive: Set<string>;
+  /** Its latest "stats" line (with --stats-ms or --logs): connections and gossip subscribers. */
+  stats?: { connections: number; subscribers: number };
 }
 
 /** One mesh-node process: its data dir (node k of several in <dir>/<k>) and its agents, in order. */
@@ -249,9 +284,14 @@ function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
   if (values.gossip) args.push("--gossip", values.gossip);
   if (values.stock) args.push("--stock");
   if (values.watchers) args.push("--watchers", values.watchers);
+  if (STATS_MS > 0) args.push("--stats-ms", String(STATS_MS));
   const proc = track(
     spawn(AGENT_COMMAND[0] as string, args, { stdio: ["ignore", "pipe", "inherit"] }),
   );
+  const file = LOGS
+    ? createWriteStream(join(LOGS, `${++spawned}-agents-${first.i}-${g.agents.at(-1)?.i}.jsonl`))
+    : undefined;
+  if (file) proc.once("exit", () => file.end());
   for (const a of g.agents) {
     a.alive = new Set();
     a.proc = proc;
@@ -260,6 +300,7 @@ function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
     proc.once("exit", () => reject(new Error(`agents ${g.agents.map((a) => a.i)} exited`)));
     createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      file?.write(`${line}\n`);
       let l: Record<string, unknown>;
       try {
         l = JSON.parse(line);
@@ -273,6 +314,8 @@ function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
       if (l.event === "leader")
         a.leaders.push({ t, id: (l.leader as { id: string } | null)?.id ?? null });
       if (l.event === "member-up") a.alive.add(l.id as string);
+      if (l.event === "stats")
+        a.stats = { connections: Number(l.connections), subscribers: Number(l.subscribers) };
       if (l.event === "member-down") {
         a.alive.delete(l.id as string);
         a.downs.push({ t, id: l.id as string, state: l.state as string });
@@ -282,6 +325,16 @@ function spawnGroup(g: Group, bootstrap: string[]): Promise<void> {
 }
 
 const current = (a: Agent) => a.leaders.at(-1)?.id ?? null;
+
+/** Min / median / max of members seen (and of connections, with stats lines), for progress. */
+function spread(agents: Agent[], since: number): string {
+  const mmm = (xs: number[]) => `${Math.min(...xs)}/${median(xs)}/${Math.max(...xs)}`;
+  const stats = agents.flatMap((a) => (a.stats ? [a.stats] : []));
+  const conns = stats.length ? `, connections ${mmm(stats.map((s) => s.connections))}` : "";
+  const subs = stats.length ? `, subscribers ${mmm(stats.map((s) => s.subscribers))}` : "";
+  const secs = round((Date.now() - since) / 1000, 1);
+  return `${secs} s: members seen min/median/max ${mmm(agents.map((a) => a.alive.size))}${conns}${subs}`;
+}
 
 /** When every agent in `group` names the same leader (not `not`), the time the last one switched. */
 async function agreed(
@@ -349,21 +402,45 @@ async function benchMesh(n: number) {
     `mesh n=${n}: ${groups.length} processes (${groups.map((g) => g.agents.length).join(" ")} agents)`,
   );
   const t0 = Date.now();
-  await Promise.all(groups.map((g) => spawnGroup(g, seeds)));
-  const started = Date.now();
-  await until("every agent to see all members", 60_000, () =>
+  // --stagger: one process at a time, the next once every agent started so far sees the others.
+  const steps: number[] = [];
+  let lastSpawn = t0;
+  if (values.stagger) {
+    const up: Agent[] = [];
+    for (const g of groups) {
+      const at = Date.now();
+      lastSpawn = at;
+      await spawnGroup(g, seeds);
+      up.push(...g.agents);
+      const progress = setInterval(() => log(`mesh n=${n}: ${spread(up, at)}`), 5000);
+      await until(`the first ${up.length} agents to see each other`, CONVERGE_MS, () =>
+        up.every((a) => a.alive.size === up.length - 1),
+      ).finally(() => clearInterval(progress));
+      steps.push(round((Date.now() - at) / 1000));
+      log(`mesh n=${n}: ${up.length} agents see each other ${steps.at(-1)} s after the step`);
+    }
+  } else {
+    await Promise.all(groups.map((g) => spawnGroup(g, seeds)));
+  }
+  // Staggered, convergence counts from the last process's spawn (its agents joining the rest).
+  const started = values.stagger ? lastSpawn : Date.now();
+  const progress = setInterval(() => log(`mesh n=${n}: ${spread(agents, started)}`), 5000);
+  await until("every agent to see all members", CONVERGE_MS, () =>
     agents.every((a) => a.alive.size === n - 1),
-  ).catch((err) => {
-    log(`members seen per agent: ${agents.map((a) => a.alive.size).join(" ")}`);
-    throw err;
-  });
+  )
+    .catch((err) => {
+      log(`members seen per agent: ${agents.map((a) => a.alive.size).join(" ")}`);
+      throw err;
+    })
+    .finally(() => clearInterval(progress));
   const membersAt = Date.now();
   const first = await agreed(agents, null, 60_000);
   const res: Record<string, unknown> = {
     n,
-    spawnToStartedS: round((started - t0) / 1000),
+    spawnToStartedS: round(((values.stagger ? t0 : started) - t0) / 1000),
     membersConvergedS: round((membersAt - started) / 1000),
     leaderConvergedS: round((Math.max(first.t, membersAt) - started) / 1000),
+    ...(values.stagger && { staggeredStepsS: steps }),
   };
   log(
     `mesh n=${n}: converged (members ${res.membersConvergedS}s, leader ${res.leaderConvergedS}s after the last start)`,
@@ -525,7 +602,16 @@ const AGENT_COMMAND = await agentCommand(
   values.runtime,
   values["node-flags"].split(" ").filter(Boolean),
 );
-const machine = `${cpus().length} x ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GB, Node ${process.version}, ${execFileSync("serf", ["version"], { encoding: "utf8" }).split("\n")[0]}`;
+/** Serf's version line; with --only mesh, a missing serf is no error. */
+function serfVersion(): string {
+  try {
+    return execFileSync("serf", ["version"], { encoding: "utf8" }).split("\n")[0] ?? "";
+  } catch (err) {
+    if (values.only === "mesh") return "no serf";
+    throw err;
+  }
+}
+const machine = `${cpus().length} x ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GB, Node ${process.version}, ${serfVersion()}`;
 log(`machine: ${machine}; sizes ${SIZES.join(",")}; ${TRIALS} trials; idle ${IDLE_S}s`);
 log(
   `mesh agents run as: ${AGENT_COMMAND.join(" ")}${values.stock ? " --stock" : ""}, up to ${PER_PROCESS} per process`,
