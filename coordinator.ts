@@ -6176,9 +6176,15 @@ function forwardHeaders(
     if (name.charCodeAt(0) === 58) continue; // an HTTP/2 pseudo-header (":path")
     if (!REWRITTEN_REQUEST_HEADERS.has(name)) {
       const had = out[name];
-      out[name] = had === undefined ? value : `${had}, ${value}`;
-    } else if (name === "host") host = host === null ? value : `${host}, ${value}`;
-    else if (name === "connection")
+      // Cookie lines join with "; " (RFC 6265 5.4; `Headers` does so too): ", " would make the
+      // rest of the lines part of the first cookie's value.
+      if (had === undefined) out[name] = value;
+      else out[name] = `${had}${name === "cookie" ? "; " : ", "}${value}`;
+    } else if (name === "host") {
+      // The first Host: the one the request's URL (and the open coordinator's Host check) took;
+      // a repeated one is no host of this request, never passed on as X-Forwarded-Host.
+      if (host === null) host = value;
+    } else if (name === "connection")
       connection = connection === null ? value : `${connection}, ${value}`;
     else if (name === "x-forwarded-for") prior = prior === null ? value : `${prior}, ${value}`;
     else if (name === "content-length") length = length === null ? value : `${length}, ${value}`;

@@ -228,24 +228,42 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
   const client = createUndiciFetch({});
   afterAll(() => client.close());
 
-  /** What the upstream received through a coordinator served by @hono/node-server. */
-  async function sent(raw: boolean, path: string, head: string[], body?: string) {
+  /**
+   * What the upstream received through a coordinator served by @hono/node-server (`lenient`:
+   * Node's lenient parser, `insecureHTTPParser`); `failures`: the worker's failures after it.
+   */
+  async function sent(
+    raw: boolean,
+    path: string,
+    head: string[],
+    body?: string,
+    options: { lenient?: boolean; fetch?: typeof fetch } = {},
+  ) {
     const t = await routingCoordinator(
       [{ id: "n1", url: base }],
       {},
-      { fetch: client.fetch, ...(raw ? { rawHeaders: nodeRawHeaders } : {}) },
+      { fetch: options.fetch ?? client.fetch, ...(raw ? { rawHeaders: nodeRawHeaders } : {}) },
     );
     const port = await freePort();
     let server: ReturnType<typeof serve> | null = null;
     await new Promise<void>((listening) => {
-      server = serve({ fetch: t.coordinator.fetch, port, hostname: "127.0.0.1" }, () =>
-        listening(),
+      server = serve(
+        {
+          fetch: t.coordinator.fetch,
+          port,
+          hostname: "127.0.0.1",
+          ...(options.lenient ? { serverOptions: { insecureHTTPParser: true } } : {}),
+        },
+        () => listening(),
       );
     });
     try {
       const answer = await rawRequest(port, path, head, body);
       const [status = "", text = ""] = [answer.split("\r\n")[0], answer.split("\r\n\r\n")[1]];
-      if (!status.includes(" 200 ")) return { status, headers: null };
+      if (!status.includes(" 200 ")) {
+        const failures = (await t.breaker("n1")).consecutive_failures;
+        return { status, headers: null, failures };
+      }
       const list = (JSON.parse(text) as { raw: string[] }).raw;
       const headers: [string, string][] = [];
       for (let i = 0; i < list.length; i += 2) {
@@ -305,5 +323,18 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
     const viaHeaders = await sent(false, "/api/service/svc/raw", ["X-ROLLCALL-HOP: other"]);
     expect(viaRaw.status).toContain(" 508 ");
     expect(viaHeaders.status).toContain(" 508 ");
+  });
+
+  it("joins repeated Cookie lines with '; ' as Headers does, not ', ' (which folds the later cookies into the first one's value)", async () => {
+    const head = ["Cookie: a=1", "cookie: b=2", "COOKIE: c=3"];
+    const viaRaw = await sent(true, "/api/service/svc/raw", head);
+    const viaHeaders = await sent(false, "/api/service/svc/raw", head);
+    expect(Object.fromEntries(viaRaw.headers ?? []).cookie).toBe("a=1; b=2; c=3");
+    expect(viaRaw).toEqual(viaHeaders);
+  });
+
+  it("sends the first Host as X-Forwarded-Host (the one the URL and the Host check took), never a second one", async () => {
+    const viaRaw = await sent(true, "/api/service/svc/raw", ["Host: evil.example"]);
+    expect(Object.fromEntries(viaRaw.headers ?? [])["x-forwarded-host"]).toBe("127.0.0.1:PORT");
   });
 });
