@@ -5143,6 +5143,21 @@ export function matchAlias(pathname: string, aliases: AliasList): ServiceTarget 
 }
 
 /**
+ * Whether the upstream client refused to send the request as given, before anything went out:
+ * undici's invalid-argument error, node:http's invalid header character or name (a header
+ * value with a NUL or a control character that a lenient server parser let in). The request's
+ * fault, never the worker's.
+ */
+function isRefusedRequest(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return (
+    code === "UND_ERR_INVALID_ARG" ||
+    code === "ERR_INVALID_CHAR" ||
+    code === "ERR_INVALID_HTTP_TOKEN"
+  );
+}
+
+/**
  * Whether a fetch error means nothing reached the upstream (connection refused, DNS failure).
  * @internal
  */
@@ -6614,6 +6629,15 @@ function proxyFailure(
       },
     };
   }
+  if (failure !== null && isRefusedRequest(failure.error)) {
+    return {
+      status: 400,
+      body: {
+        error: "Invalid request header",
+        message: "A header of this request cannot be forwarded (a control character in a value)",
+      },
+    };
+  }
   const timedOut = failure?.timedOut ?? false;
   const requestId = newRequestId();
   const detail = (failure?.error as Error | undefined)?.message ?? "unknown error";
@@ -6758,8 +6782,9 @@ function takeFailure(
   latencyMs: number,
   probe: boolean,
 ): boolean {
-  // The client went away or stalled its upload: nothing the worker did.
-  const clientFault = result.clientGone || result.clientSlow;
+  // The client went away, stalled its upload or sent a header the upstream client refuses:
+  // nothing the worker did.
+  const clientFault = result.clientGone || result.clientSlow || isRefusedRequest(result.error);
   x.route.settle(ep, { now, latencyMs, failed: !clientFault, abandoned: clientFault, probe });
   x.failure = result;
   if (clientFault) return false;

@@ -337,4 +337,23 @@ describe("the Node starter's raw request headers (rawHeaders: nodeRawHeaders)", 
     const viaRaw = await sent(true, "/api/service/svc/raw", ["Host: evil.example"]);
     expect(Object.fromEntries(viaRaw.headers ?? [])["x-forwarded-host"]).toBe("127.0.0.1:PORT");
   });
+
+  it.each(CLIENTS)(
+    "answers 400 for a header value the %s client refuses (a NUL let in by a lenient parser), and does not blame the worker",
+    async (_name, create) => {
+      const other = create({});
+      try {
+        for (const value of ["a\u0000b", "a\u0001b"]) {
+          const got = await sent(true, "/api/service/svc/raw", [`X-Bad: ${value}`], undefined, {
+            lenient: true,
+            fetch: other.fetch,
+          });
+          expect(got.status).toContain(" 400 ");
+          expect(got.failures).toBe(0);
+        }
+      } finally {
+        other.close();
+      }
+    },
+  );
 });
