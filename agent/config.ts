@@ -51,7 +51,10 @@ export interface AgentConfig {
   allowPeers: string[] | undefined;
   /** Connections one client address may hold open on the gateway (0: no cap). */
   gatewayPerClient: number;
-  /** The watch ring's watchers per member (--mesh-watchers); undefined: the mesh's default. */
+  /**
+   * The watch ring's watchers per member (--mesh-watchers); Infinity (`all`): flood every peer;
+   * undefined: the mesh's default (3).
+   */
   meshWatchers: number | undefined;
   services: string | undefined;
   mode: "mesh" | "direct";
@@ -89,7 +92,7 @@ const SETTINGS = [
   [
     "mesh-watchers",
     "ROLLCALL_MESH_WATCHERS",
-    "heartbeat to this many watchers instead of flooding every peer (1-16; docs/PROTOCOL.md)",
+    "heartbeat to this many watchers (1-16, default 3), or all: flood every peer (docs/PROTOCOL.md)",
   ],
   ["services", "ROLLCALL_SERVICES", "services manifest JSON file (default: none, no services)"],
   ["mode", "ROLLCALL_MODE", "mesh (default) or direct"],
@@ -430,7 +433,14 @@ export function loadConfig(
       256,
     ),
     meshWatchers: raw.has("mesh-watchers")
-      ? check("mesh-watchers", z.coerce.number().int().min(1).max(16), 3)
+      ? check(
+          "mesh-watchers",
+          z.union([
+            z.literal("all").transform(() => Number.POSITIVE_INFINITY),
+            z.coerce.number().int().min(1).max(16),
+          ]),
+          3,
+        )
       : undefined,
     services: get("services"),
     mode,

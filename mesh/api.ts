@@ -47,7 +47,7 @@ export interface MeshInit {
    * How many members watch each one (the next ones in ID order, mesh/ring.ts): a member sends
    * its heartbeat every interval to its watchers only, and floods the cluster only with news and
    * now and then (every N - 1 intervals), so that per-agent traffic does not grow with N.
-   * Default 3.
+   * Default 3 (DEFAULT_WATCHERS); `Infinity` floods every heartbeat to every peer instead.
    */
   watchers?: number;
   /** Advanced: gossipsub overrides (see GOSSIP_DEFAULTS). */

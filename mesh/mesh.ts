@@ -134,10 +134,11 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#interval = init.heartbeatIntervalMs ?? 1000;
     this.#settleMs = init.settleMs ?? DEFAULT_SETTLE_MS;
     this.#tickMs = Math.max(20, Math.min(250, Math.floor(this.#interval / 4)));
-    // No ring (the default for now): every member floods every heartbeat to every peer.
+    // The watch ring by default (DEFAULT_WATCHERS); Infinity: every member floods every
+    // heartbeat to every peer (the way before heartbeat version 3's ring, kept for comparison).
     this.#watchers =
       init.watchers === undefined
-        ? Number.POSITIVE_INFINITY
+        ? DEFAULT_WATCHERS
         : Math.max(1, Math.floor(init.watchers || DEFAULT_WATCHERS));
   }
 

@@ -7,7 +7,7 @@
  *
  *   npm run bench:mesh -- [--n 5,10,20] [--trials 5] [--idle-s 60] [--only mesh|serf]
  *     [--runtime tsx|node|bun|deno] [--node-flags=--max-semi-space-size=1] [--json out.json]
- *     [--stock] [--per-process 1] [--port-base 27000] [--watchers 3] [--stagger]
+ *     [--stock] [--per-process 1] [--port-base 27000] [--watchers 3|all] [--stagger]
  *     [--converge-s 60] [--logs dir] [--stats-ms 1000]
  *
  * --per-process K runs up to K mesh nodes in one process (scripts/mesh-node.ts --nodes), so
@@ -59,7 +59,8 @@ const { values } = parseArgs({
     stock: { type: "boolean", default: false },
     "per-process": { type: "string", default: "1" },
     "port-base": { type: "string" },
-    // The watch ring (mesh/ring.ts, issue 15): heartbeats to this many watchers, not a flood.
+    // The watch ring (mesh/ring.ts, issue 15): heartbeats to this many watchers (default: the
+    // mesh's, 3); all: every heartbeat flooded to every peer.
     watchers: { type: "string" },
     // Every mesh process's stdout (JSON lines: events, logs, stats) kept in this directory.
     logs: { type: "string" },

@@ -5,7 +5,7 @@
  *   npx tsx scripts/mesh-node.ts --data-dir .data/n1 [--listen /ip4/127.0.0.1/tcp/0]
  *     [--bootstrap <multiaddr>]... [--mdns] [--cluster name] [--psk-file swarm.key]
  *     [--url http://...] [--nodes 2] [--views] [--heartbeat-ms 1000] [--suspect-ms 3000]
- *     [--watchers 3]
+ *     [--watchers 3|all]
  *     [--dead-ms 6000] [--settle-ms 5000] [--stats-ms 0] [--exit-after-ms 0] [--gossip '{"D":2}']
  *     [--stock] [--insecure-open-mesh] [--port-base 27000]
  *
@@ -87,7 +87,7 @@ for (let i = 0; i < count; i++) {
     local: { url: values.url ?? "", status: "online", services: [] },
     heartbeatIntervalMs: num("heartbeat-ms"),
     suspectAfterMs: num("suspect-ms"),
-    watchers: num("watchers"),
+    watchers: values.watchers === "all" ? Number.POSITIVE_INFINITY : num("watchers"),
     deadAfterMs: num("dead-ms"),
     settleMs: num("settle-ms"),
     gossip: values.gossip ? JSON.parse(values.gossip) : undefined,

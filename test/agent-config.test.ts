@@ -125,6 +125,8 @@ describe("loadConfig", () => {
     expect(load(["--mesh-watchers", "3"]).meshWatchers).toBe(3);
     expect(load([], { ROLLCALL_MESH_WATCHERS: "2" }).meshWatchers).toBe(2);
     expect(settingOf(() => load(["--mesh-watchers", "0"]))).toBe("--mesh-watchers");
+    expect(load(["--mesh-watchers", "all"]).meshWatchers).toBe(Number.POSITIVE_INFINITY);
+    expect(settingOf(() => load(["--mesh-watchers", "All of them"]))).toBe("--mesh-watchers");
     for (const flag of [
       "--insecure-open-mesh",
       "--allow-peers",
