@@ -16,8 +16,8 @@ if (isCommand(command)) {
   };
   process.exitCode = await runCommand(command, rest, io);
 } else {
-  // Before libp2p loads and the agent starts: its young generation stays small (agent/heap.ts).
-  (await import("./heap.ts")).keepYoungGenerationSmall();
+  // Before libp2p loads and the agent starts: its V8 memory settings (agent/heap.ts).
+  (await import("./heap.ts")).setAgentV8Flags();
   // Loaded only to run the agent (libp2p and all): the commands above start fast.
   const code = await (await import("./main.ts")).agentMain(argv);
   if (code !== undefined) process.exitCode = code;

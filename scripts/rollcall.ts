@@ -66,8 +66,8 @@ async function main(argv: string[]): Promise<number | undefined> {
   switch (command) {
     // Loaded on demand: --version, --help and keygen need neither libp2p nor the coordinator.
     case "agent":
-      // Before libp2p loads: the agent's young generation stays small (agent/heap.ts).
-      (await import("../agent/heap.ts")).keepYoungGenerationSmall();
+      // Before libp2p loads: the agent's V8 memory settings (agent/heap.ts).
+      (await import("../agent/heap.ts")).setAgentV8Flags();
       return (await import("../agent/main.ts")).agentMain(rest);
     case "coordinator":
       await (await import("./serve-node.ts")).runNodeCoordinator(rest);
