@@ -112,13 +112,15 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PROBE = `
 import { writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
-import { getHeapSpaceStatistics } from "node:v8";
+import { getHeapSpaceStatistics, getHeapStatistics } from "node:v8";
 const out = process.env.ROLLCALL_BENCH_PROBE;
 let session;
 let profiling = false;
 process.on("SIGUSR2", () => {
   const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]));
-  writeFileSync(out + ".mem.json", JSON.stringify({ ...process.memoryUsage(), spaces }));
+  const h = getHeapStatistics();
+  const v8 = { physical: h.total_physical_size, malloced: h.malloced_memory, peakMalloced: h.peak_malloced_memory };
+  writeFileSync(out + ".mem.json", JSON.stringify({ ...process.memoryUsage(), spaces, v8 }));
   if (!process.env.ROLLCALL_BENCH_PROFILE) return;
   if (!profiling) {
     profiling = true;
@@ -146,6 +148,38 @@ interface Memory {
   external: number;
   arrayBuffers: number;
   spaces: Record<string, number>;
+  v8: { physical: number; malloced: number; peakMalloced: number };
+}
+
+/**
+ * Where a process's resident memory is, from /proc/<pid>/smaps (MB): file-backed (code of node
+ * and its libraries), the brk heap (glibc's main malloc arena), glibc's other malloc arenas
+ * (anonymous mappings aligned to their 64 MB reservation), thread stacks and every other
+ * anonymous mapping (V8's heap pages and code space, mostly).
+ */
+function residentBy(pid: number) {
+  const by = { file: 0, brk: 0, arenas: 0, arenaCount: 0, stack: 0, anonOther: 0 };
+  let kind: keyof typeof by | undefined;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      const [, start, , , name] = head as unknown as string[];
+      const aligned = BigInt(`0x${start}`) % BigInt(64 * MB) === 0n;
+      if (name === "[heap]") kind = "brk";
+      else if (name?.startsWith("[stack")) kind = "stack";
+      else if (name && !name.startsWith("[")) kind = "file";
+      else if (!name && aligned) kind = "arenas";
+      else kind = "anonOther";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss && kind) {
+      const kb = Number(rss[1]);
+      by[kind] += kb / 1024;
+      if (kind === "arenas" && kb > 0) by.arenaCount++;
+    }
+  }
+  return by;
 }
 
 /**
@@ -179,7 +213,7 @@ let runs = 0;
 /** Runs N agents with `node <argv>` (plus their flags), measures them, stops them. */
 async function run(
   name: string,
-  argv: { node: string[]; script: string[] },
+  argv: { node: string[]; script: string[]; env: Record<string, string> },
   n: number,
   coordinator: string,
   manifest: string,
@@ -205,7 +239,10 @@ async function run(
       if (bootstrap) args.push("--bootstrap", bootstrap);
       if (values.watchers) args.push("--mesh-watchers", values.watchers);
       files.push(path.join(dir, `probe-${i}`));
-      const env: Record<string, string> = { ROLLCALL_BENCH_PROBE: files[i] as string };
+      const env: Record<string, string> = {
+        ...argv.env,
+        ROLLCALL_BENCH_PROBE: files[i] as string,
+      };
       if (values["cpu-prof"]) env.ROLLCALL_BENCH_PROFILE = "1";
       const a = startNode(
         `${name}-${i}`,
@@ -243,6 +280,7 @@ async function run(
       (pid, i) => ((cpuTicks(pid) - (before[i] as number)) / TICKS / seconds) * 100,
     );
     const rss = pids.map(rssMb);
+    const resident = pids.map(residentBy);
     const threads = new Map<string, number>();
     for (const [k, pid] of pids.entries())
       for (const [name, t] of threadTicks(pid))
@@ -273,6 +311,8 @@ async function run(
       newSpaceMb: Math.round((((mem[i] as Memory).spaces.new_space ?? 0) / MB) * 10) / 10,
       rssGrowthMb:
         Math.round((((mem[i] as Memory).rss - (memBefore[i] as Memory).rss) / MB) * 10) / 10,
+      resident: resident[i] as ReturnType<typeof residentBy>,
+      mem: mem[i] as Memory,
     }));
     return {
       name,
@@ -371,7 +411,19 @@ async function imports(runs: number): Promise<void> {
 }
 
 /** Each way's command line before the agent's flags: Node's flags, then the script and its own. */
-async function wayArgv(way: string): Promise<{ node: string[]; script: string[] }> {
+async function wayArgv(
+  spec: string,
+): Promise<{ node: string[]; script: string[]; env: Record<string, string> }> {
+  // `<way>:NAME=value:...`: the same way with variables in the agents' environment.
+  const [way = "", ...vars] = spec.split(":");
+  const env = Object.fromEntries(
+    vars.map((v) => [v.slice(0, v.indexOf("=")), v.slice(v.indexOf("=") + 1)]),
+  );
+  return { ...(await wayCommand(way)), env };
+}
+
+/** A way's command line before the agent's flags. */
+async function wayCommand(way: string): Promise<{ node: string[]; script: string[] }> {
   if (way === "rollcall") return { node: NODE_FLAGS, script: ["dist/rollcall.mjs", "agent"] };
   // Another build of the command (e.g. main's, copied aside): before/after in one run.
   if (way.endsWith(".mjs")) return { node: NODE_FLAGS, script: [path.resolve(way), "agent"] };
@@ -424,7 +476,10 @@ async function main(): Promise<void> {
       for (const way of WAYS)
         for (let r = 0; r < Number(values.repeat); r++) {
           const argv = await wayArgv(way);
-          const label = way.endsWith(".mjs") ? path.basename(way, ".mjs") : way;
+          const [file = "", ...vars] = way.split(":");
+          const label = [file.endsWith(".mjs") ? path.basename(file, ".mjs") : file, ...vars].join(
+            " ",
+          );
           const res = await run(label, argv, n, url, manifest, probeFile);
           results.push(res);
           console.log(`\n${label}, N = ${n}, run ${r + 1}: per agent (MB, % of a core)`);
@@ -436,6 +491,21 @@ async function main(): Promise<void> {
             console.log(
               `| ${a.i} | ${a.role} | ${a.rssMb} | ${a.heapUsedMb} / ${a.heapTotalMb} | ${a.externalMb} | ${a.arrayBuffersMb} | ${a.newSpaceMb} | ${a.rssGrowthMb} | ${a.cpuPct} |`,
             );
+          console.log(
+            "\nWhere each agent's RSS is (MB; /proc smaps: file-backed, brk heap, other glibc malloc arenas (count), other anonymous; V8: committed physical, malloced by V8 itself, peak; spaces: old / code / large objects / new)",
+          );
+          console.log(
+            "| agent | RSS | file | brk | arenas (n) | anon other | V8 physical | V8 malloced / peak | old / code / LO / new |",
+          );
+          console.log("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+          const f1 = (x: number) => (x / MB).toFixed(1);
+          for (const a of res.agents) {
+            const r = a.resident;
+            const sp = a.mem.spaces;
+            console.log(
+              `| ${a.i} | ${a.rssMb} | ${r.file.toFixed(1)} | ${r.brk.toFixed(1)} | ${r.arenas.toFixed(1)} (${r.arenaCount}) | ${r.anonOther.toFixed(1)} | ${f1(a.mem.v8.physical)} | ${f1(a.mem.v8.malloced)} / ${f1(a.mem.v8.peakMalloced)} | ${f1(sp.old_space ?? 0)} / ${f1(sp.code_space ?? 0)} / ${f1(sp.large_object_space ?? 0)} / ${f1(sp.new_space ?? 0)} |`,
+            );
+          }
           console.log(
             `CPU per agent by thread (% of a core): ${res.threadPct.map((t) => `${t.name} ${t.pct}`).join(", ")}`,
           );
