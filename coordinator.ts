@@ -3449,6 +3449,24 @@ function admitsLeader(doc: ClusterDoc | null, leader: string): boolean {
   return known === 0 && (doc.roster ?? []).length === 0;
 }
 
+/**
+ * A cluster's document as the store has it (`read`, `raw` for compare-and-set), the newest
+ * version known (`stored`: Workers KV may serve an older value for up to 60 s after this
+ * isolate's own write, so "changed" and "keepalive due" are judged against the newest), and
+ * `newest` of those and the last report this isolate merged (as new as anything it keeps
+ * waiting).
+ */
+async function newestCluster(reg: Registry, cluster: string) {
+  const key = CLUSTER_PREFIX + cluster;
+  const { raw, doc: parsed } = await reg.fetch(key);
+  const read = parsed?.kind === "cluster" ? parsed : null;
+  const known = reg.lastKnown(key);
+  const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
+  const live = reg.liveCluster(cluster);
+  const newest = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+  return { raw, read, stored, live, newest };
+}
+
 async function clusterHeartbeat(
   reg: Registry,
   report: ClusterReport,
@@ -3465,15 +3483,8 @@ async function clusterHeartbeat(
   return reg.lock.run(key, async (): Promise<z.input<typeof ClusterHeartbeatAnswerSchema>> => {
     for (let attempt = 0; ; attempt++) {
       const now = clock.now();
-      const { raw, doc: parsed } = await reg.fetch(key);
-      const read = parsed?.kind === "cluster" ? parsed : null;
-      // Workers KV may serve an older value for up to 60 s after this isolate's own write:
-      // judge "changed" and "keepalive due" against the newest version known.
-      const known = reg.lastKnown(key);
-      const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
-      // The last report this isolate merged is as new as anything it keeps waiting.
-      const live = reg.liveCluster(report.cluster);
-      let base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+      const { raw, read, stored, live, newest } = await newestCluster(reg, report.cluster);
+      let base = newest;
       if (base !== null) {
         // A cluster nobody reported for as long as a direct record lives is abandoned: the
         // next report starts it afresh (its roster too), keeping only its revision.
@@ -3572,12 +3583,7 @@ async function forgetCluster(
   return reg.lock.run(key, async () => {
     for (let attempt = 0; ; attempt++) {
       const now = reg.clock.now();
-      const { raw, doc: parsed } = await reg.fetch(key);
-      const read = parsed?.kind === "cluster" ? parsed : null;
-      const known = reg.lastKnown(key);
-      const stored = known?.kind === "cluster" && (!read || known.rev > read.rev) ? known : read;
-      const live = reg.liveCluster(cluster);
-      const base = live && (!stored || live.doc.rev >= stored.rev) ? live.doc : stored;
+      const { raw, read, stored, newest: base } = await newestCluster(reg, cluster);
       if (base === null) return null;
       const fresh = { ...emptyClusterDoc(cluster, now), rev: base.rev, budget: base.budget };
       reg.setLiveCluster(cluster, { doc: fresh, reportAt: now });
