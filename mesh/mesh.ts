@@ -235,11 +235,14 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
       },
     );
     this.#dialer = dialer;
-    // A closed connection to a live member is a hint worth a probe (see Dialer.probe).
+    // A closed connection to a live or suspect member is a hint worth a probe (Dialer.probe): a
+    // member suspect before it died (late heartbeats on a loaded host; its host accepted the
+    // silent probe) is otherwise proven dead by nothing but the suspicion timeout.
     node.addEventListener(
       "peer:disconnect",
       this.#guard("peer:disconnect", (e: CustomEvent<PeerId>) => {
-        if (m.member(e.detail.toString())?.state === "alive") dialer.probe(e.detail);
+        const state = m.member(e.detail.toString())?.state;
+        if (state === "alive" || state === "suspect") dialer.probe(e.detail);
       }),
     );
     // mDNS finds, and new entries in the peer store (heartbeat addresses), land here.

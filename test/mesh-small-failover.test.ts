@@ -68,4 +68,20 @@ describe("a 2-member cluster fails over on evidence, not on the suspicion timeou
       survivor.view().members.every((m) => m.state === "alive"),
     );
   });
+
+  it("a leader already suspect (frozen, its host accepting) that is then killed is proven dead by refusals, not by the timeout", async () => {
+    // What a loaded machine does to the kill -9 case above: the leader's heartbeats come late,
+    // it is suspect (and its host accepts) before it dies; its connection's close must still
+    // be probed, or it dies only by the suspicion timeout (once seen in a fresh-clone CI run).
+    const { survivor, child, low, atTakeover } = await pair("rollcall-small-stop-kill-");
+    child.child.kill("SIGSTOP");
+    const seen = await atTakeover;
+    expect(seen?.state).toBe("suspect");
+    await child.kill("SIGKILL");
+    await waitFor("the killed leader to be dead", () =>
+      survivor.view().members.find((m) => m.id === low.id && m.state === "dead"),
+    );
+    const dead = survivor.view().members.find((m) => m.id === low.id);
+    expect(dead?.evidence).toBe("refused");
+  });
 });
