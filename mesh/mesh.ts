@@ -136,10 +136,7 @@ class MeshNode extends TypedEventEmitter<MeshEventMap> implements Mesh {
     this.#tickMs = Math.max(20, Math.min(250, Math.floor(this.#interval / 4)));
     // The watch ring by default (DEFAULT_WATCHERS); Infinity: every member floods every
     // heartbeat to every peer (the way before heartbeat version 3's ring, kept for comparison).
-    this.#watchers =
-      init.watchers === undefined
-        ? DEFAULT_WATCHERS
-        : Math.max(1, Math.floor(init.watchers || DEFAULT_WATCHERS));
+    this.#watchers = Math.max(1, Math.floor(init.watchers || DEFAULT_WATCHERS));
   }
 
   get id(): string {
